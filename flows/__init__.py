@@ -1,0 +1,1 @@
+"""Prefect flows and the ``abs-eval`` command line. Nothing here computes."""
