@@ -1,0 +1,90 @@
+"""Typed configuration of the ABS method and of the models it runs on.
+
+Why a dataclass and not loose keyword arguments: the pipeline hashes the
+configuration to decide whether cached predictions can be reused, so every number
+that changes a prediction lives here, with the paper's defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class ABSConfig:
+    """Method parameters (defaults from the ABS paper, ICML 2025; see ABS_SPEC.md)."""
+
+    alpha: float = 0.5
+    """Smallest crop side as a fraction of the image (or feature-grid) side."""
+    beta: float = 0.9
+    """Largest crop side as a fraction of the image (or feature-grid) side."""
+    top_k: int = 20
+    """Crop centres are drawn from the K patches DINO attends to most."""
+    n_crops: int = 60
+    """Crops per branch (raw-space and feature-space each)."""
+    n_descriptions: int = 50
+    """M: the first M descriptions per class are used."""
+    tau_sample: float = 0.03
+    """Softmax temperature over the top-K attention values."""
+    tau: float = 0.03
+    """Soft-matching temperature."""
+    seed: int = 0
+    """Every random draw for an image comes from a generator seeded by (seed, image id)."""
+    raw_crops: bool = True
+    """Use the raw-space (pixel) crops."""
+    feature_crops: bool = True
+    """Use the feature-space crops."""
+    max_image_side: int = 1024
+    """Images whose longer side exceeds this are first downscaled (antialiased) before
+    cropping. Crops of a 4000 px photo are resampled to 224 px anyway; the bound keeps
+    the resampling cost linear in the crop count, not in the megapixels. Set 0 to
+    disable (exact single-pass resampling at any size)."""
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.alpha <= self.beta <= 1.0):
+            raise ValueError(f"need 0 < alpha <= beta <= 1, got alpha={self.alpha}, beta={self.beta}")
+        for name in ("top_k", "n_crops", "n_descriptions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tau <= 0 or self.tau_sample <= 0:
+            raise ValueError("temperatures must be > 0")
+        if not (self.raw_crops or self.feature_crops):
+            raise ValueError("at least one of raw_crops / feature_crops must be enabled")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ABSConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ABSConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def digest(self) -> str:
+        """A short stable hash of every field (part of the pipeline's cache keys)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which weights to load for one backbone.
+
+    ``name`` is an open_clip model name (``ViT-B-16``) or a timm model name
+    (``vit_base_patch16_224.dino``). ``pretrained`` is an open_clip pretrained tag
+    (``openai``), the literal ``"timm"`` for timm's own hub weights, a local
+    checkpoint path, or ``None`` / ``"random"`` for random initialisation (tests and
+    offline demos; announced loudly).
+    """
+
+    name: str
+    pretrained: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained in (None, "", "random")

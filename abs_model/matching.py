@@ -1,0 +1,66 @@
+"""Soft matching of crop features against (class, description) text features.
+
+ABS scores every crop against every (class, description) pair jointly:
+  s[n, c, m] = v_n . t[c, m] / tau
+  P[n]       = softmax of s[n] over all (c, m) pairs together
+  logit[c]   = sum_n sum_m P[n, c, m] * s[n, c, m]
+Classes with fewer than M descriptions are padded; the mask keeps padded pairs out
+of the softmax and out of the sum (the authors' code cannot handle that case).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def soft_match(
+    crop_features: Tensor,
+    text_features: Tensor,
+    text_mask: Tensor | None,
+    tau: float,
+    chunk: int = 8,
+) -> Tensor:
+    """Soft-matching logits.
+
+    Args:
+        crop_features: ``[B, n, D]`` L2-normalised crop embeddings.
+        text_features: ``[C, M, D]`` L2-normalised description embeddings.
+        text_mask: ``[C, M]`` bool, True where a description exists; None = all valid.
+        tau: matching temperature.
+        chunk: images per matmul (bounds memory at ``chunk * n * C * M`` floats).
+
+    Returns:
+        ``[B, C]`` logits (float32).
+    """
+    if crop_features.dim() != 3 or text_features.dim() != 3:
+        raise ValueError("crop_features must be [B, n, D] and text_features [C, M, D]")
+    b, n, d = crop_features.shape
+    c, m, d2 = text_features.shape
+    if d != d2:
+        raise ValueError(f"feature sizes differ: crops {d}, text {d2}")
+    flat_text = text_features.reshape(c * m, d).to(crop_features.dtype)
+    valid = None
+    if text_mask is not None:
+        if tuple(text_mask.shape) != (c, m):
+            raise ValueError(f"text_mask must be [{c}, {m}], got {tuple(text_mask.shape)}")
+        valid = text_mask.reshape(1, 1, c * m).to(torch.bool).to(crop_features.device)
+        if not bool(valid.any()):
+            raise ValueError("text_mask masks every description")
+    out = []
+    for s0 in range(0, b, chunk):
+        s = crop_features[s0 : s0 + chunk] @ flat_text.T / tau  # [b', n, C*M]
+        s = s.float()
+        if valid is not None:
+            s = s.masked_fill(~valid, float("-inf"))
+        p = torch.softmax(s, dim=-1)
+        contrib = p * s
+        if valid is not None:
+            contrib = contrib.masked_fill(~valid, 0.0)
+        out.append(contrib.reshape(-1, n, c, m).sum(dim=(1, 3)))
+    return torch.cat(out) if out else crop_features.new_zeros(0, c)
+
+
+def cosine_logits(image_features: Tensor, class_features: Tensor, scale: float = 100.0) -> Tensor:
+    """Plain zero-shot logits: ``scale * g . w_c`` for normalised features."""
+    return scale * image_features.float() @ class_features.float().T

@@ -1,0 +1,103 @@
+"""Model inputs from decoded images: CLIP views of crops, the DINO view.
+
+Why not torchvision transforms: they run per crop. Here all crops of one image
+are produced by two batched matmuls (see ``resample``) with the same arithmetic as
+the standard pipelines:
+
+* CLIP view of a box: crop, shorter side to S (antialiased bicubic), centre crop S,
+  CLIP mean/std -- open_clip's default ``preprocess`` applied to ``img.crop(box)``.
+* DINO view: the whole image resized to S x S (antialiased bilinear, no crop),
+  ImageNet mean/std -- as the authors' DINO image processor does.
+
+Pixels are float in [0, 1] throughout (PIL rounds to uint8 between its two passes;
+we do not, a difference below 1/255 per pixel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .resample import aa_matrix, apply_separable, resize_crop_geometry
+
+ImageLike = "Image.Image | Tensor | np.ndarray"
+
+
+def to_tensor_image(img) -> Tensor:
+    """PIL image / uint8 ``[H, W, 3]`` array / ``[3, H, W]`` tensor -> float32 ``[3, H, W]`` in [0, 1].
+
+    Any PIL mode (L, P with transparency, CMYK, I;16, RGBA) is converted to RGB
+    here, at model input, as the sharding step leaves images as they were encoded.
+    """
+    if isinstance(img, Image.Image):
+        if img.mode == "I;16" or img.mode.startswith("I"):
+            arr = np.asarray(img, dtype=np.float64)
+            hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+            img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8))
+        elif img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        arr = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    if isinstance(img, np.ndarray):
+        img = torch.from_numpy(np.ascontiguousarray(img))
+        if img.dim() == 3 and img.shape[-1] in (1, 3):
+            img = img.permute(2, 0, 1)
+    if not isinstance(img, Tensor):
+        raise TypeError(f"expected a PIL image, numpy array or tensor, got {type(img).__name__}")
+    if img.dim() != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image [3, H, W], got shape {tuple(img.shape)}")
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    if img.dtype == torch.uint8:
+        return img.float().div(255.0)
+    return img.float()
+
+
+def limit_size(x: Tensor, max_side: int) -> Tensor:
+    """Downscale ``[3, H, W]`` (antialiased bicubic) so its longer side is ``<= max_side``."""
+    _, h, w = x.shape
+    if max_side <= 0 or max(h, w) <= max_side:
+        return x
+    f = max_side / max(h, w)
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    one = torch.zeros(1, dtype=torch.long, device=x.device)
+    ry = aa_matrix(one, one + h, one + nh, one, nh, h)
+    rx = aa_matrix(one, one + w, one + nw, one, nw, w)
+    return apply_separable(x, ry, rx)[0]
+
+
+def normalize(x: Tensor, mean, std) -> Tensor:
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - m) / s
+
+
+def clip_views(x: Tensor, boxes: Tensor, size: int, mean, std) -> Tensor:
+    """CLIP inputs ``[N, 3, size, size]`` for boxes ``[N, 4]`` (x0, y0, x1, y1) of ``x [3, H, W]``."""
+    _, h, w = x.shape
+    boxes = boxes.to(x.device)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    bh, bw = y1 - y0, x1 - x0
+    new_h, new_w, top, left = resize_crop_geometry(bh, bw, size)
+    ry = aa_matrix(y0, bh, new_h, top, size, h, "bicubic")
+    rx = aa_matrix(x0, bw, new_w, left, size, w, "bicubic")
+    return normalize(apply_separable(x, ry, rx), mean, std)
+
+
+def full_box(x: Tensor) -> Tensor:
+    """The box covering the whole image, ``[1, 4]``."""
+    _, h, w = x.shape
+    return torch.tensor([[0, 0, w, h]], dtype=torch.long, device=x.device)
+
+
+def dino_view(x: Tensor, size: int, mean, std) -> Tensor:
+    """DINO input ``[3, size, size]``: the whole image resized without cropping."""
+    _, h, w = x.shape
+    one = torch.zeros(1, dtype=torch.long, device=x.device)
+    ry = aa_matrix(one, one + h, one + size, one, size, h, "bilinear")
+    rx = aa_matrix(one, one + w, one + size, one, size, w, "bilinear")
+    return normalize(apply_separable(x, ry, rx)[0], mean, std)

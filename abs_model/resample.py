@@ -1,0 +1,146 @@
+"""Separable resampling as batched matrix products.
+
+Why: ABS resizes ~60 crops per image to 224x224 and ~60 feature-token windows per
+image back to the full grid. Doing that one crop at a time with PIL or
+``F.interpolate`` costs a Python call per crop. Every such resize is linear and
+separable, so one crop is ``R_y @ X @ R_x^T`` with small weight matrices; all crops
+of an image then run as two batched matmuls, with no loop over crops.
+
+The weights reproduce the kernels used by the reference pipelines:
+
+* ``aa_matrix`` -- antialiased resampling as in PIL's ``Image.resize`` and
+  ``F.interpolate(..., antialias=True)``: the filter support grows with the
+  downscale factor (bicubic uses a = -0.5, bilinear the triangle filter).
+* ``bicubic_matrix`` -- ``F.interpolate(mode="bicubic", align_corners=False)``
+  without antialiasing (a = -0.75, indices clamped at the border); used for the
+  feature-space windows, which are only ever upscaled.
+
+Every matrix maps a segment ``[start, start + length)`` of a signal of
+``full_size`` samples; columns outside the segment are zero, which is exactly a
+crop followed by a resize.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["aa_matrix", "bicubic_matrix", "resize_crop_geometry", "apply_separable"]
+
+
+def _aa_filter(x: Tensor, kernel: str) -> Tensor:
+    x = x.abs()
+    if kernel == "bicubic":
+        a = -0.5
+        inner = ((a + 2) * x - (a + 3)) * x * x + 1
+        outer = (((x - 5) * x + 8) * x - 4) * a
+        return torch.where(x < 1, inner, torch.where(x < 2, outer, torch.zeros_like(x)))
+    if kernel == "bilinear":
+        return torch.clamp(1 - x, min=0)
+    raise ValueError(f"unknown antialias kernel {kernel!r} (bicubic or bilinear)")
+
+
+_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
+
+
+def aa_matrix(
+    start: Tensor,
+    length: Tensor,
+    resized: Tensor,
+    offset: Tensor,
+    out_size: int,
+    full_size: int,
+    kernel: str = "bicubic",
+) -> Tensor:
+    """Antialiased resize weights, batched over crops.
+
+    For each crop ``n``: the segment ``[start[n], start[n] + length[n])`` of a signal
+    with ``full_size`` samples is resized to ``resized[n]`` samples, and outputs
+    ``offset[n] .. offset[n] + out_size - 1`` of that are kept (a centre crop).
+    Returns ``[n, out_size, full_size]`` float64 weights.
+    """
+    dtype = torch.float64
+    start = start.to(dtype).view(-1, 1, 1)
+    length = length.to(dtype).view(-1, 1, 1)
+    resized = resized.to(dtype).view(-1, 1, 1)
+    offset = offset.to(dtype).view(-1, 1, 1)
+    dev = start.device
+    i = torch.arange(out_size, dtype=dtype, device=dev).view(1, -1, 1) + offset  # output index in the resized signal
+    x = torch.arange(full_size, dtype=dtype, device=dev).view(1, 1, -1)
+    scale = length / resized
+    support = _SUPPORT[kernel] * torch.clamp(scale, min=1.0)
+    invscale = torch.where(scale >= 1.0, 1.0 / scale, torch.ones_like(scale))
+    center = scale * (i + 0.5)
+    # Same integer bounds as PIL / ATen (truncation; negatives are clamped to 0 anyway).
+    xmin = torch.clamp(torch.trunc(center - support + 0.5), min=0)
+    xmax = torch.minimum(torch.trunc(center + support + 0.5), length)
+    j = x - start  # position inside the segment
+    valid = (j >= xmin) & (j < xmax)
+    w = torch.where(valid, _aa_filter((j - center + 0.5) * invscale, kernel), torch.zeros((), dtype=dtype, device=dev))
+    total = w.sum(dim=-1, keepdim=True)
+    return w / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def bicubic_matrix(start: Tensor, length: Tensor, out_size: int, full_size: int) -> Tensor:
+    """Plain bicubic resize weights (``align_corners=False``, a = -0.75), batched.
+
+    Segment ``[start[n], start[n] + length[n])`` of a ``full_size`` signal resized to
+    ``out_size`` samples. Returns ``[n, out_size, full_size]`` float64 weights.
+    """
+    dtype = torch.float64
+    a = -0.75
+    start = start.to(dtype).view(-1, 1)
+    length = length.to(dtype).view(-1, 1)
+    i = torch.arange(out_size, dtype=dtype, device=start.device).view(1, -1)
+    real = (length / out_size) * (i + 0.5) - 0.5
+    x0 = torch.floor(real)
+    t = real - x0
+
+    def near(d: Tensor) -> Tensor:  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d: Tensor) -> Tensor:  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    taps = [(-1, far(t + 1)), (0, near(t)), (1, near(1 - t)), (2, far(2 - t))]
+    n = start.shape[0]
+    out = torch.zeros(n, out_size, full_size, dtype=dtype, device=start.device)
+    for k, wk in taps:  # four taps, not a loop over crops
+        idx = torch.minimum(torch.clamp(x0 + k, min=0), length - 1) + start
+        out.scatter_add_(2, idx.long().unsqueeze(-1), wk.unsqueeze(-1))
+    return out
+
+
+def resize_crop_geometry(h: Tensor, w: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sizes and offsets of "shorter side to ``size``, then centre crop ``size``".
+
+    Follows torchvision's ``Resize(size)`` (long side ``int(size * long / short)``)
+    and ``CenterCrop(size)`` (offset ``int(round((new - size) / 2))``).
+    Returns ``(new_h, new_w, top, left)`` as int64 tensors.
+    """
+    h = h.to(torch.int64)
+    w = w.to(torch.int64)
+    short = torch.minimum(h, w)
+    long_ = torch.maximum(h, w)
+    new_long = torch.floor(size * long_.double() / short.double()).to(torch.int64)
+    new_h = torch.where(h <= w, torch.full_like(h, size), new_long)
+    new_w = torch.where(h <= w, new_long, torch.full_like(w, size))
+    # Python's round() is banker's rounding; torch.round matches it (half to even).
+    top = torch.round((new_h - size).double() / 2.0).to(torch.int64)
+    left = torch.round((new_w - size).double() / 2.0).to(torch.int64)
+    return new_h, new_w, top, left
+
+
+def apply_separable(x: Tensor, ry: Tensor, rx: Tensor) -> Tensor:
+    """Resample ``x [C, H, W]`` (or ``[n, C, H, W]``) by ``ry [n, h, H]``, ``rx [n, w, W]``.
+
+    Returns ``[n, C, h, w]``. The larger spatial axis is contracted first, which
+    keeps the second product on the smaller one.
+    """
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    ry = ry.to(x.dtype).unsqueeze(1)
+    rx = rx.to(x.dtype).unsqueeze(1)
+    if x.shape[-2] >= x.shape[-1]:
+        return torch.matmul(torch.matmul(ry, x), rx.transpose(-1, -2))
+    return torch.matmul(ry, torch.matmul(x, rx.transpose(-1, -2)))

@@ -1,0 +1,54 @@
+"""Weight loading helpers shared by the backbones: seeded random init and digests.
+
+Why digests: the pipeline keys its caches by model *and weights*, so a fine-tuned
+checkpoint under the same architecture name never reuses another's features.
+Why seeded random init: with random weights (tests, offline demo) a resumed run in a
+new process must rebuild exactly the same model, or resume would mix two models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import sys
+from typing import Iterator
+
+import torch
+from torch import nn
+
+log = logging.getLogger("abs_model")
+
+RANDOM_INIT_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
+    """Run model construction under a fixed torch seed without touching global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over parameter/buffer names, shapes, dtypes and bytes (first 16 hex chars)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def announce_random(kind: str, name: str) -> None:
+    """Say loudly, on stderr and in the log, that a backbone has random weights."""
+    msg = (
+        f"[abs_model] {kind} '{name}' has RANDOM weights (no pretrained weights loaded): "
+        "predictions are at chance level. Pass a pretrained tag or a checkpoint path for real results."
+    )
+    log.warning(msg)
+    print(msg, file=sys.stderr)
