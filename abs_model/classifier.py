@@ -107,7 +107,7 @@ class ABSClassifier:
                 f"CLIP model {clip.spec.name} embeds to {clip.embed_dim}"
             )
         self._text_dev = {
-            "desc": text.descriptions[:, : self.config.n_descriptions].to(self.device),
+            "desc": text.descriptions[:, : self.config.n_descriptions].to(self.device, clip.feature_dtype),
             "mask": text.mask[:, : self.config.n_descriptions].to(self.device),
         }
 
@@ -145,6 +145,7 @@ class ABSClassifier:
         xs = [limit_size(to_tensor_image(im).to(self.device), self.config.max_image_side) for im in images]
         n = self.dino.norm
         views = torch.stack([dino_view(x, n.size, n.mean, n.std) for x in xs])
+        views = views.to(next(self.dino.parameters()).dtype)
         with self._autocast():
             return self._rows(self.dino.cls_attention, views).float()
 
@@ -206,7 +207,9 @@ class ABSClassifier:
         if n_raw:
             for x, geo in zip(work, geoms):
                 views.append(clip_views(x, _to_working(geo.raw_boxes, geo, x), cn.size, cn.mean, cn.std))
-        views_t = torch.cat(views)
+        fdt = self.clip.feature_dtype
+        wdtype = next(self.clip.parameters()).dtype
+        views_t = torch.cat(views).to(wdtype)
         B = len(work)
         global_tokens = []
 
@@ -214,8 +217,8 @@ class ABSClassifier:
             tok = self.clip.trunk(v)
             if sum(t.shape[0] for t in global_tokens) < B:
                 need = B - sum(t.shape[0] for t in global_tokens)
-                global_tokens.append(tok[:need].float())
-            return self.clip.head(tok).float()
+                global_tokens.append(tok[:need].to(fdt))
+            return self.clip.head(tok).to(fdt)
 
         with self._autocast():
             emb = self._rows(trunk_head, views_t)
@@ -238,9 +241,8 @@ class ABSClassifier:
                 cls_tok = toks[b, :1].unsqueeze(0).expand(res.shape[0], -1, -1)
                 crop_tokens.append(torch.cat([cls_tok, res], dim=1))
             ct = torch.cat(crop_tokens)
-            wdtype = next(self.clip.parameters()).dtype
             with self._autocast():
-                femb = self._rows(lambda t: self.clip.head(t.to(wdtype)).float(), ct)
+                femb = self._rows(lambda t: self.clip.head(t.to(wdtype)).to(fdt), ct)
             parts.append(torch.nn.functional.normalize(femb, dim=-1).view(B, cfg.n_crops, -1))
         crops = torch.cat(parts, dim=1)
 
@@ -255,7 +257,7 @@ class ABSClassifier:
         if t.subset is not None:
             cols = torch.tensor(t.subset, device=self.device)
             logits = {k: v.index_select(1, cols) for k, v in logits.items()}
-        logits = {k: v.float().cpu() for k, v in logits.items()}
+        logits = {k: v.cpu() for k, v in logits.items()}
         extras = {"crop_features": crops.cpu(), "global_features": g_feat.cpu()} if return_features else {}
         return Prediction(list(image_ids), logits, geoms, t.subset, extras)
 

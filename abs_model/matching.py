@@ -31,7 +31,7 @@ def soft_match(
         chunk: images per matmul (bounds memory at ``chunk * n * C * M`` floats).
 
     Returns:
-        ``[B, C]`` logits (float32).
+        ``[B, C]`` logits, in the dtype of ``crop_features``.
     """
     if crop_features.dim() != 3 or text_features.dim() != 3:
         raise ValueError("crop_features must be [B, n, D] and text_features [C, M, D]")
@@ -50,7 +50,6 @@ def soft_match(
     out = []
     for s0 in range(0, b, chunk):
         s = crop_features[s0 : s0 + chunk] @ flat_text.T / tau  # [b', n, C*M]
-        s = s.float()
         if valid is not None:
             s = s.masked_fill(~valid, float("-inf"))
         p = torch.softmax(s, dim=-1)
@@ -63,4 +62,4 @@ def soft_match(
 
 def cosine_logits(image_features: Tensor, class_features: Tensor, scale: float = 100.0) -> Tensor:
     """Plain zero-shot logits: ``scale * g . w_c`` for normalised features."""
-    return scale * image_features.float() @ class_features.float().T
+    return scale * image_features @ class_features.to(image_features.dtype).T

@@ -9,8 +9,9 @@ the standard pipelines:
 * DINO view: the whole image resized to S x S (antialiased bilinear, no crop),
   ImageNet mean/std -- as the authors' DINO image processor does.
 
-Pixels are float in [0, 1] throughout (PIL rounds to uint8 between its two passes;
-we do not, a difference below 1/255 per pixel).
+Pixels are float in [0, 1]; like PIL on 8-bit images, each resampling pass is
+clamped and rounded to 8 bits, so views match PIL's up to rare one-level
+differences (tested).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def limit_size(x: Tensor, max_side: int) -> Tensor:
     one = torch.zeros(1, dtype=torch.long, device=x.device)
     ry = aa_matrix(one, one + h, one + nh, one, nh, h)
     rx = aa_matrix(one, one + w, one + nw, one, nw, w)
-    return apply_separable(x, ry, rx)[0]
+    return apply_separable(x, ry, rx, pil_rounding=True)[0]
 
 
 def normalize(x: Tensor, mean, std) -> Tensor:
@@ -85,7 +86,7 @@ def clip_views(x: Tensor, boxes: Tensor, size: int, mean, std) -> Tensor:
     new_h, new_w, top, left = resize_crop_geometry(bh, bw, size)
     ry = aa_matrix(y0, bh, new_h, top, size, h, "bicubic")
     rx = aa_matrix(x0, bw, new_w, left, size, w, "bicubic")
-    return normalize(apply_separable(x, ry, rx), mean, std)
+    return normalize(apply_separable(x, ry, rx, pil_rounding=True), mean, std)
 
 
 def full_box(x: Tensor) -> Tensor:
@@ -100,4 +101,4 @@ def dino_view(x: Tensor, size: int, mean, std) -> Tensor:
     one = torch.zeros(1, dtype=torch.long, device=x.device)
     ry = aa_matrix(one, one + h, one + size, one, size, h, "bilinear")
     rx = aa_matrix(one, one + w, one + size, one, size, w, "bilinear")
-    return normalize(apply_separable(x, ry, rx)[0], mean, std)
+    return normalize(apply_separable(x, ry, rx, pil_rounding=True)[0], mean, std)

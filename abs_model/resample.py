@@ -131,16 +131,45 @@ def resize_crop_geometry(h: Tensor, w: Tensor, size: int) -> tuple[Tensor, Tenso
     return new_h, new_w, top, left
 
 
-def apply_separable(x: Tensor, ry: Tensor, rx: Tensor) -> Tensor:
+def apply_separable(x: Tensor, ry: Tensor, rx: Tensor, pil_rounding: bool = False) -> Tensor:
     """Resample ``x [C, H, W]`` (or ``[n, C, H, W]``) by ``ry [n, h, H]``, ``rx [n, w, W]``.
 
-    Returns ``[n, C, h, w]``. The larger spatial axis is contracted first, which
-    keeps the second product on the smaller one.
+    Returns ``[n, C, h, w]`` in the dtype of ``x``. Without ``pil_rounding`` the
+    larger spatial axis is contracted first (cheaper) and nothing is rounded.
+
+    With ``pil_rounding`` (``x`` holds 8-bit levels scaled to [0, 1]) the arithmetic
+    is PIL's for 8-bit images: weights in 22-bit fixed point (rounded half away from
+    zero), the horizontal pass first, each pass rounded and clamped to 0..255. Done
+    in float64, where those integer products are exact, this gives PIL's pixels
+    exactly, so crops match the authors' PIL pipeline bit for bit.
     """
     if x.dim() == 3:
         x = x.unsqueeze(0)
+    if pil_rounding:
+        return _pil_separable(x, ry, rx).to(x.dtype)
     ry = ry.to(x.dtype).unsqueeze(1)
     rx = rx.to(x.dtype).unsqueeze(1)
     if x.shape[-2] >= x.shape[-1]:
         return torch.matmul(torch.matmul(ry, x), rx.transpose(-1, -2))
     return torch.matmul(ry, torch.matmul(x, rx.transpose(-1, -2)))
+
+
+_PIL_PRECISION_BITS = 32 - 8 - 2
+
+
+def _pil_fixed(w: Tensor) -> Tensor:
+    w = w.to(torch.float64) * (1 << _PIL_PRECISION_BITS)
+    return torch.where(w < 0, torch.ceil(w - 0.5), torch.floor(w + 0.5))
+
+
+def _pil_pass(acc: Tensor) -> Tensor:
+    half = float(1 << (_PIL_PRECISION_BITS - 1))
+    return torch.floor((acc + half) / float(1 << _PIL_PRECISION_BITS)).clamp_(0.0, 255.0)
+
+
+def _pil_separable(x: Tensor, ry: Tensor, rx: Tensor) -> Tensor:
+    levels = torch.round(x.to(torch.float64) * 255.0)
+    kx = _pil_fixed(rx).unsqueeze(1)
+    ky = _pil_fixed(ry).unsqueeze(1)
+    tmp = _pil_pass(torch.matmul(levels, kx.transpose(-1, -2)))
+    return _pil_pass(torch.matmul(ky, tmp)) / 255.0

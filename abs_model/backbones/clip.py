@@ -117,6 +117,11 @@ class CLIPBackbone(nn.Module):
     def is_random(self) -> bool:
         return self.spec.is_random
 
+    @property
+    def feature_dtype(self) -> torch.dtype:
+        """float64 when the weights are float64 (exactness checks), else float32."""
+        return torch.float64 if self.visual.proj.dtype == torch.float64 else torch.float32
+
     # ------------------------------------------------------------------ vision
     def _blocks(self, x: Tensor, blocks) -> Tensor:
         batch_first = getattr(self.visual.transformer, "batch_first", True)
@@ -164,8 +169,8 @@ class CLIPBackbone(nn.Module):
             tokens = self.tokenizer(texts[s : s + batch_size]).to(device)
             with autocast_context(device, autocast_dtype):
                 f = self.model.encode_text(tokens)
-            out.append(nn.functional.normalize(f.float(), dim=-1).cpu())
+            out.append(nn.functional.normalize(f.to(self.feature_dtype), dim=-1).cpu())
         if not out:
-            return torch.zeros(0, self.embed_dim)
+            return torch.zeros(0, self.embed_dim, dtype=self.feature_dtype)
         return torch.cat(out)
 
