@@ -1,0 +1,29 @@
+"""Dataset layouts: every benchmark's official on-disk layout, registered by name.
+
+``load_source("imagenet-a", "/data/imagenet-a")`` returns a
+:class:`~tasks.datasets.base.DatasetSource`: classes in label order, the classes
+the text side scores, the ImageNet-A/R subset indices, the official size and
+the ordered images. ``tasks.shard`` turns it into Parquet shards.
+
+Importing this package imports every layout module, which registers itself.
+"""
+
+from __future__ import annotations
+
+from . import cub, dtd, folder, food101, imagenet, manifest, pets, places365  # noqa: F401  (registration)
+from .base import DatasetSizeWarning, DatasetSource, Entry, IgnoredFile, Layout, LayoutError
+from .registry import get_layout, layout_aliases, list_layouts, load_source, register_layout
+
+__all__ = [
+    "DatasetSizeWarning",
+    "DatasetSource",
+    "Entry",
+    "IgnoredFile",
+    "Layout",
+    "LayoutError",
+    "get_layout",
+    "layout_aliases",
+    "list_layouts",
+    "load_source",
+    "register_layout",
+]

@@ -1,0 +1,502 @@
+"""Typed pieces every dataset layout shares: the source it describes and small fs helpers.
+
+Why a layout returns plain data (a :class:`DatasetSource` with an ordered list of
+:class:`Entry`) instead of an iterator of images: sharding needs the full, ordered
+list up front to cut fixed-size shards, to fingerprint the source (so a rerun can
+tell whether committed shards still describe it) and to warn about partial
+downloads before anything is written. Reading bytes happens later, per shard,
+possibly on another worker, through :meth:`DatasetSource.read_bytes`.
+
+All paths inside a source are POSIX paths relative to its root, whatever the
+filesystem (local disk, ``memory://``, ``s3://``, ``gs://``), so the same source
+gives the same entries, image ids and fingerprint wherever it is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import sys
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+# Files that operating systems and download tools drop next to images. They are
+# never images of the dataset; they are listed in ``DatasetSource.ignored`` (not
+# silently dropped) so the metadata says what was left out and why.
+JUNK_FILE_NAMES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r"})
+
+
+class LayoutError(ValueError):
+    """A source does not have the on-disk layout its layout expects.
+
+    The message always names the file or folder and what was expected, so a user
+    can fix a download without reading the code.
+    """
+
+
+class DatasetSizeWarning(UserWarning):
+    """A benchmark source holds a different number of images than its official split.
+
+    Usually a partial or interrupted download. Sharding goes on (every image that
+    is there is kept), but accuracies are not comparable to published numbers.
+    """
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of a source, before it is read.
+
+    ``path`` is relative to the source root (or, for manifests only, an absolute
+    path or URL). ``image_id`` is stable and unique within the dataset: it is the
+    path below the layout's image folder, so it does not change when the same
+    files are copied elsewhere. ``size`` and ``regular`` come from the listing when
+    the layout lists files (``None`` when unknown); ``regular=False`` marks things
+    that must not be opened (a FIFO would block forever, a dangling link cannot be
+    read).
+    """
+
+    path: str
+    label: int
+    image_id: str
+    size: int | None = None
+    regular: bool | None = None
+
+
+@dataclass(frozen=True)
+class IgnoredFile:
+    """A file found in the source that is not an image of the chosen split, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class DatasetSource:
+    """What a layout found in a source: classes, their order, and the ordered images.
+
+    ``classnames`` are in label order (``label`` indexes them). ``text_classnames``
+    are the classes the text side scores: the 1000 ImageNet names for ImageNet-A
+    and -R, whose 200 classes sit at ``subset_indices`` of that list; for every
+    other layout they equal ``classnames`` and ``subset_indices`` is ``None``.
+    """
+
+    layout: str
+    name: str
+    url: str
+    fs: AbstractFileSystem = field(repr=False, compare=False)
+    root_path: str
+    classnames: list[str]
+    entries: list[Entry] = field(repr=False)
+    text_classnames: list[str] | None = None
+    subset_indices: list[int] | None = None
+    class_ids: list[str] | None = None
+    expected_size: int | None = None
+    split: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    ignored: list[IgnoredFile] = field(default_factory=list, repr=False)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.text_classnames is None:
+            self.text_classnames = list(self.classnames)
+        if self.subset_indices is not None:
+            if len(self.subset_indices) != len(self.classnames):
+                raise ValueError("subset_indices must have one index per class")
+            bad = [i for i in self.subset_indices if not 0 <= i < len(self.text_classnames)]
+            if bad:
+                raise ValueError(f"subset_indices out of range of text_classnames: {bad[:5]}")
+        n = len(self.classnames)
+        bad_labels = sorted({e.label for e in self.entries if not 0 <= e.label < n})
+        if bad_labels:
+            raise ValueError(f"{self.layout}: labels {bad_labels[:5]} outside 0..{n - 1}")
+        seen: set[str] = set()
+        for e in self.entries:
+            if e.image_id in seen:
+                raise LayoutError(f"{self.layout}: image id {e.image_id!r} appears twice in {self.url}")
+            seen.add(e.image_id)
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+    @property
+    def labels(self) -> list[int]:
+        return [e.label for e in self.entries]
+
+    @property
+    def size_matches(self) -> bool | None:
+        """``None`` when there is no official size to compare with."""
+        return None if self.expected_size is None else len(self.entries) == self.expected_size
+
+    def class_counts(self) -> list[int]:
+        counts = [0] * len(self.classnames)
+        for e in self.entries:
+            counts[e.label] += 1
+        return counts
+
+    # ------------------------------------------------------------------ reading
+    def resolve(self, entry: Entry) -> tuple[AbstractFileSystem, str]:
+        """Filesystem and path of an entry; relative paths are under the source root."""
+        if "://" in entry.path:
+            fs, path = fsspec.core.url_to_fs(entry.path, **self.storage_options)
+            return fs, path
+        if entry.path.startswith("/"):
+            return self.fs, entry.path
+        return self.fs, posixpath.join(self.root_path, entry.path)
+
+    def read_bytes(self, entry: Entry) -> bytes:
+        """The file's original bytes (raises ``OSError`` subclasses when it cannot be read)."""
+        fs, path = self.resolve(entry)
+        return fs.cat_file(path)
+
+    def display_path(self, entry: Entry) -> str:
+        fs, path = self.resolve(entry)
+        return display(fs, path)
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self) -> str:
+        """sha256 over everything that defines the shard rows of this source.
+
+        Covers the layout, split, classes and the ordered entries with their listed
+        sizes, but not the source URL: the same files copied from a disk to a bucket
+        give the same fingerprint (and the same shards). File contents are not
+        hashed (that would mean reading everything twice); a file replaced in place
+        by one of the same name and size is not noticed, use ``force=True`` then.
+        """
+        h = hashlib.sha256()
+        head = {
+            "layout": self.layout,
+            "split": self.split,
+            "options": {k: self.options[k] for k in sorted(self.options)},
+            "classnames": self.classnames,
+            "text_classnames": self.text_classnames,
+            "subset_indices": self.subset_indices,
+        }
+        h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        for e in self.entries:
+            h.update(json.dumps([e.image_id, e.path, e.label, e.size]).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (no entries) for metadata files and logs."""
+        return {
+            "layout": self.layout,
+            "name": self.name,
+            "source": self.url,
+            "split": self.split,
+            "options": dict(self.options),
+            "classnames": list(self.classnames),
+            "text_classnames": list(self.text_classnames or []),
+            "subset_indices": None if self.subset_indices is None else list(self.subset_indices),
+            "class_ids": None if self.class_ids is None else list(self.class_ids),
+            "n_images": len(self.entries),
+            "expected_size": self.expected_size,
+            "size_matches": self.size_matches,
+            "n_ignored": len(self.ignored),
+            "ignored_sample": [{"path": i.path, "reason": i.reason} for i in self.ignored[:20]],
+        }
+
+
+class Layout(ABC):
+    """One official on-disk layout. Subclasses are registered with ``register_layout``.
+
+    A subclass implements :meth:`_load`; :meth:`load` opens the filesystem, checks
+    the split and warns when the count differs from the official one.
+    """
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    title: ClassVar[str] = ""
+    #: Official number of images per split (empty when there is none).
+    expected_sizes: ClassVar[Mapping[str, int]] = {}
+    #: Split used when the caller gives none (``None``: the layout has no splits).
+    default_split: ClassVar[str | None] = None
+    #: Allowed splits; ``None`` means "any name the layout's files define".
+    splits: ClassVar[tuple[str, ...] | None] = None
+    #: ``True`` when ``source`` is a file (a manifest) rather than a folder.
+    source_is_file: ClassVar[bool] = False
+
+    def load(
+        self,
+        source: str,
+        *,
+        split: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> DatasetSource:
+        """Read the layout's index files / folders under ``source`` (any fsspec URL)."""
+        storage_options = dict(storage_options or {})
+        split = split if split is not None else self.default_split
+        if self.splits is not None and split not in self.splits:
+            if self.splits == (None,):
+                raise LayoutError(f"{self.name}: this layout has no splits (the folder is the evaluation set); leave split unset")
+            raise LayoutError(f"{self.name}: unknown split {split!r}; expected one of {list(self.splits)}")
+        fs, root = fsspec.core.url_to_fs(source, **storage_options)
+        root = root.rstrip("/") or "/"
+        if self.source_is_file:
+            if not fs.isfile(root):
+                raise LayoutError(f"{self.name}: {source} is not a file; expected {self.title}")
+        elif not fs.isdir(root):
+            raise LayoutError(f"{self.name}: {source} does not exist or is not a folder; expected {self.title}")
+        ds = self._load(fs, root, source=source, split=split, **options)
+        ds.storage_options = storage_options
+        if ds.expected_size is None:
+            ds.expected_size = self.expected_size(split)
+        if ds.expected_size is not None and len(ds.entries) != ds.expected_size:
+            warn_user(
+                f"{self.name}: {source} holds {len(ds.entries)} images"
+                f"{f' in split {split!r}' if split else ''}, but the official evaluation set has "
+                f"{ds.expected_size} (a partial download?). Every image found is kept; "
+                "accuracies will not be comparable to published numbers.",
+            )
+        return ds
+
+    def expected_size(self, split: str | None) -> int | None:
+        return self.expected_sizes.get(split or "", None)
+
+    @abstractmethod
+    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+        """Build the :class:`DatasetSource`; ``root`` is the filesystem path of ``source``."""
+
+
+# ---------------------------------------------------------------------- fs helpers
+def display(fs: AbstractFileSystem, path: str) -> str:
+    """A path as the user would write it (no ``file://`` for local files)."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if proto in ("file", "local"):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def relpath(path: str, root: str) -> str:
+    """``path`` relative to ``root``; both are filesystem paths of the same fs."""
+    root = root.rstrip("/")
+    if root and path.startswith(root + "/"):
+        return path[len(root) + 1 :]
+    if not root and path.startswith("/"):
+        return path[1:]
+    return posixpath.relpath(path, root or "/")
+
+
+def is_junk(name: str) -> bool:
+    """Hidden files and OS droppings (``.DS_Store``, ``._x.jpg``, ``Thumbs.db``)."""
+    return name.startswith(".") or name in JUNK_FILE_NAMES
+
+
+def list_tree(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
+    """Every file below ``root`` as ``{relative path: info}``, sorted by path.
+
+    One ``find`` call (paginated listing on object stores), so listing costs no
+    per-file request. Directories are not listed.
+    """
+    return dict(sorted(_list_files(fs, root, set()).items()))
+
+
+def _list_files(fs: AbstractFileSystem, root: str, seen: set[str]) -> dict[str, dict[str, Any]]:
+    # Local listings report symbolic links as type "other" without following them
+    # (fsspec lists with scandir). Datasets are often prepared as links (ImageNet
+    # val sorted into class folders by symlinks, class folders linked from another
+    # disk), so links are resolved here: a link to a file is that file, a link to a
+    # folder is listed through, and only a dangling link stays "other".
+    seen.add(os.path.realpath(root) if is_local_fs(fs) else root)
+    out: dict[str, dict[str, Any]] = {}
+    for p, info in fs.find(root, detail=True, withdirs=False).items():
+        if info.get("type") == "directory":
+            continue
+        if info.get("islink") and info.get("type") == "other":
+            try:
+                target = fs.info(p)
+            except (FileNotFoundError, OSError):
+                target = info  # dangling: stays "other", becomes an 'unreadable' row
+            if target.get("type") == "directory":
+                real = os.path.realpath(p)
+                if real in seen or any(real.startswith(s.rstrip("/") + "/") for s in seen):
+                    continue  # a link back into a listed folder would list files twice
+                for sub, sub_info in _list_files(fs, p, seen).items():
+                    out[relpath(p, root) + "/" + sub] = sub_info
+                continue
+            info = {**target, "name": p}
+        out[relpath(p, root)] = info
+    return out
+
+
+def is_local_fs(fs: AbstractFileSystem) -> bool:
+    """``True`` for the local disk (where FIFOs, links and permission bits exist)."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return proto in ("file", "local")
+
+
+def info_size(info: Mapping[str, Any] | None) -> int | None:
+    if info is None:
+        return None
+    size = info.get("size")
+    return int(size) if size is not None else None
+
+
+def info_regular(info: Mapping[str, Any] | None) -> bool | None:
+    """``False`` for FIFOs, sockets and dangling links (local ``type == 'other'``)."""
+    if info is None:
+        return None
+    return info.get("type", "file") == "file"
+
+
+def require_file(fs: AbstractFileSystem, path: str, what: str, layout: str) -> str:
+    if not fs.isfile(path):
+        raise LayoutError(f"{layout}: missing {display(fs, path)} — expected {what}")
+    return path
+
+
+def read_text(fs: AbstractFileSystem, path: str, what: str, layout: str) -> str:
+    """Text of an index file; a missing or non-UTF-8 file fails with what was expected."""
+    require_file(fs, path, what, layout)
+    data = fs.cat_file(path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LayoutError(f"{layout}: {display(fs, path)} is not UTF-8 text ({e}); expected {what}") from e
+
+
+def parse_table(
+    fs: AbstractFileSystem,
+    path: str,
+    *,
+    n_fields: int | tuple[int, int],
+    what: str,
+    layout: str,
+    int_fields: tuple[int, ...] = (),
+) -> list[tuple[int, list[str]]]:
+    """Whitespace-separated index file as ``[(line number, fields)]``.
+
+    Blank lines and ``#`` comments are skipped. ``n_fields`` is an exact count or
+    an inclusive ``(min, max)`` range. Fields listed in ``int_fields`` must parse as
+    integers. Any other line fails with the file, the line number and ``what``.
+    """
+    lo, hi = (n_fields, n_fields) if isinstance(n_fields, int) else n_fields
+    rows: list[tuple[int, list[str]]] = []
+    for lineno, line in enumerate(read_text(fs, path, what, layout).splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        fields = stripped.split()
+        ok = lo <= len(fields) <= hi
+        if ok:
+            for i in int_fields:
+                try:
+                    int(fields[i])
+                except (ValueError, IndexError):
+                    ok = False
+        if not ok:
+            raise LayoutError(f"{layout}: {display(fs, path)} line {lineno}: expected {what}, got {line!r}")
+        rows.append((lineno, fields))
+    if not rows:
+        raise LayoutError(f"{layout}: {display(fs, path)} is empty; expected {what}")
+    return rows
+
+
+def find_root(
+    fs: AbstractFileSystem,
+    root: str,
+    marker: str,
+    *,
+    subdirs: tuple[str, ...],
+    what: str,
+    layout: str,
+) -> str:
+    """The folder holding ``marker``: ``root`` itself or one of the usual ``subdirs``.
+
+    Users point at the folder the archive extracted into or at its parent; both work.
+    """
+    for cand in ("", *subdirs):
+        base = posixpath.join(root, cand) if cand else root
+        if fs.isfile(posixpath.join(base, marker)) or fs.isdir(posixpath.join(base, marker)):
+            return base.rstrip("/")
+    where = " or ".join(display(fs, posixpath.join(root, c, marker) if c else posixpath.join(root, marker)) for c in ("", *subdirs))
+    raise LayoutError(f"{layout}: missing {where} — expected {what}")
+
+
+def scan_class_folders(
+    fs: AbstractFileSystem, root: str
+) -> tuple[dict[str, list[tuple[str, dict[str, Any]]]], list[IgnoredFile]]:
+    """Group every file below ``root`` by its top-level folder (the class folder).
+
+    Files of all kinds inside a class folder are kept (a text file named ``.jpg``
+    must become an error row, not vanish); only hidden files and OS droppings, and
+    files lying directly in ``root`` (a README), are set aside in the ignored list.
+    Sub-folders of a class folder belong to that class.
+    """
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    ignored: list[IgnoredFile] = []
+    for rel, info in list_tree(fs, root).items():
+        parts = rel.split("/")
+        if len(parts) == 1:
+            ignored.append(IgnoredFile(rel, "not inside a class folder"))
+            continue
+        if any(is_junk(p) for p in parts):
+            ignored.append(IgnoredFile(rel, "hidden or system file"))
+            continue
+        groups.setdefault(parts[0], []).append((rel, info))
+    return groups, ignored
+
+
+def entries_from_listing(
+    specs: list[tuple[str, int, str]], listing: Mapping[str, Mapping[str, Any]]
+) -> list[Entry]:
+    """Entries for ``(path, label, image_id)`` specs, with size/kind from a listing.
+
+    A listed-in-the-index file that is absent from the listing stays an entry (it
+    becomes a ``missing`` error row when sharded): nothing is dropped.
+    """
+    return [
+        Entry(path=p, label=label, image_id=iid, size=info_size(listing.get(p)), regular=info_regular(listing.get(p)))
+        for p, label, iid in specs
+    ]
+
+
+def count_missing(entries: list[Entry], listing: Mapping[str, Any]) -> int:
+    return sum(1 for e in entries if e.path not in listing)
+
+
+def warn_missing(layout: str, fs: AbstractFileSystem, root: str, entries: list[Entry], listing: Mapping[str, Any], index_file: str) -> None:
+    """Warn (once, with a count and an example) about indexed images that are not on disk."""
+    missing = [e for e in entries if e.path not in listing]
+    if missing:
+        warn_user(
+            f"{layout}: {len(missing)} of {len(entries)} images listed in {index_file} are not under "
+            f"{display(fs, root)} (first: {missing[0].path}); they become 'missing' error rows.",
+        )
+
+
+_INTERNAL_PREFIXES = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shard.py"),
+)
+
+
+def warn_user(message: str, category: type[Warning] = DatasetSizeWarning) -> None:
+    """Warn with the location of the first caller outside this package and ``tasks.shard``.
+
+    A partial-download warning is about the caller's dataset, so it should point at
+    the caller's line, not at whichever layout module noticed.
+    """
+    level, frame = 2, sys._getframe(1)  # stacklevel 1 would be this function
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_PREFIXES):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def readable_name(name: str) -> str:
+    """``american_pit_bull_terrier`` -> ``american pit bull terrier`` (case kept)."""
+    return " ".join(name.replace("_", " ").split())

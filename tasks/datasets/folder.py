@@ -1,0 +1,54 @@
+"""A user's own image folder: ``<root>/<class name>/<image>``, like torchvision's ImageFolder.
+
+Classes are the folder names, sorted, used as-is as class names (name the folders
+the way the text prompts should read them). Sub-folders of a class folder belong
+to it. Unlike ImageFolder, files are not filtered by extension: a broken or
+mis-named file inside a class folder becomes an error row instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from fsspec.spec import AbstractFileSystem
+
+from .base import DatasetSource, Entry, Layout, LayoutError, display, info_regular, info_size, scan_class_folders
+from .registry import register_layout
+
+
+@register_layout("folder", "imagefolder", "image-folder")
+class ImageFolder(Layout):
+    title = "a folder with one sub-folder of images per class"
+
+    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+        if options:
+            raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
+        groups, ignored = scan_class_folders(fs, root)
+        if not groups:
+            raise LayoutError(f"{self.name}: no class folders with files in {display(fs, root)}; expected {self.title}")
+        classnames = sorted(groups)
+        label_of = {c: i for i, c in enumerate(classnames)}
+        entries = [
+            Entry(path=rel, label=label_of[c], image_id=rel, size=info_size(info), regular=info_regular(info))
+            for c in classnames
+            for rel, info in sorted(groups[c])
+        ]
+        return DatasetSource(
+            layout=self.name,
+            name=_safe_name(posixpath.basename(root.rstrip("/")) or "folder"),
+            url=source,
+            fs=fs,
+            root_path=root,
+            classnames=classnames,
+            entries=entries,
+            class_ids=list(classnames),
+            split=split,
+            ignored=ignored,
+        )
+
+
+def _safe_name(name: str) -> str:
+    """A default dataset name usable in a storage path (letters, digits, ``._-``)."""
+    out = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in name).strip("-.")
+    return out or "dataset"

@@ -1,0 +1,824 @@
+"""Shard a dataset source into immutable Parquet files under a storage root.
+
+Sharding is the first step of every evaluation and the place where bad files are
+caught: every image is read once, its original bytes kept (never re-encoded),
+hashed, opened and fully decoded with Pillow. A file that cannot be read or
+decoded becomes a row with ``status`` and ``error`` instead of stopping the
+shard or disappearing; decodable oddities (CMYK, 16-bit, palette, grayscale,
+1x1) stay ``ok`` and are converted to RGB later, at model input.
+
+Storage layout under the root (all writes go through :class:`tasks.storage.Storage`)::
+
+    shards/dataset=<ds>/part-00000.parquet          rows, schema SHARD_SCHEMA
+    shards/dataset=<ds>/dataset.json                classes, text classes, subset indices,
+                                                    layout, source, fingerprint, counts, shards
+    _commits/shards/dataset=<ds>/part-00000.json    per-shard done-marker (fingerprint, counts)
+    _commits/shards/dataset=<ds>/dataset.json       dataset done-marker, written after dataset.json
+
+There is deliberately no fingerprint level in the path: a dataset name has one
+current sharding, which later steps find by the plain glob
+``shards/dataset=<ds>/part-*.parquet`` and key their own caches by (shard index,
+dataset fingerprint). When the fingerprint changes (other files, classes,
+``images_per_shard`` or decode limits), :func:`prepare_shards` first removes
+the dataset marker and metadata, then every part whose marker does not carry the
+new fingerprint (marker first, then file), so the folder never mixes committed
+shards of two fingerprints and readers see "incomplete" until it is done.
+
+Rerun rule: a shard is skipped when its marker exists with the current
+fingerprint and its file is there; anything else is (re)written. A crash between
+moving a part into place and writing its marker only costs that one shard.
+
+Determinism: shard ``i`` holds entries ``[i*n, (i+1)*n)`` of the layout's fixed
+order; ``image_id`` is the layout's stable id (the path below its image folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image, ImageFile, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from tasks.datasets import DatasetSource, Entry, load_source
+from tasks.datasets.base import display, is_local_fs
+from tasks.storage import COMMITS_DIR, Storage
+
+SCHEMA_VERSION = 1
+SHARDS_DIR = "shards"
+DEFAULT_IMAGES_PER_SHARD = 1000
+#: Files larger than this are not stored (an error row says so); raise it for huge TIFFs.
+DEFAULT_MAX_FILE_BYTES = 128 * 2**20
+#: Parquet row groups: small enough that a reader can stream a shard in pieces.
+ROWS_PER_GROUP = 128
+#: Arrow binary arrays hold at most 2 GiB; start a new batch well before that.
+_MAX_BATCH_BYTES = 512 * 2**20
+
+# ---------------------------------------------------------------------- statuses
+STATUS_OK = "ok"
+STATUS_MISSING = "missing"  # listed by the layout, not found
+STATUS_UNREADABLE = "unreadable"  # permission denied, FIFO, broken link, I/O error
+STATUS_EMPTY = "empty"  # zero-byte file
+STATUS_TOO_LARGE = "too_large"  # over max_file_bytes, bytes not stored
+STATUS_NOT_IMAGE = "not_image"  # Pillow does not recognise the bytes
+STATUS_TRUNCATED = "truncated"  # header fine, data ends early
+STATUS_BOMB = "decompression_bomb"  # more pixels than the limit
+STATUS_DECODE_ERROR = "decode_error"  # any other decoder failure
+ERROR_STATUSES = (
+    STATUS_MISSING,
+    STATUS_UNREADABLE,
+    STATUS_EMPTY,
+    STATUS_TOO_LARGE,
+    STATUS_NOT_IMAGE,
+    STATUS_TRUNCATED,
+    STATUS_BOMB,
+    STATUS_DECODE_ERROR,
+)
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("class_name", pa.string()),
+        pa.field("image", pa.binary()),  # original encoded bytes; null when unreadable
+        pa.field("sha256", pa.string()),  # of the bytes read; null when none were
+        pa.field("width", pa.int32()),  # as stored (before EXIF rotation); null when unknown
+        pa.field("height", pa.int32()),
+        pa.field("source", pa.string(), nullable=False),  # path in the source layout
+        pa.field("status", pa.string(), nullable=False),  # 'ok' or one of ERROR_STATUSES
+        pa.field("error", pa.string()),  # why, for error rows; null for ok rows
+        pa.field("format", pa.string()),  # Pillow format (JPEG, PNG, ...)
+        pa.field("mode", pa.string()),  # Pillow mode (RGB, CMYK, I;16, P, L, ...)
+        pa.field("n_bytes", pa.int64()),  # file size
+    ]
+)
+_SMALL_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "image"]
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "row_group_size": ROWS_PER_GROUP,
+    # Image bytes are already compressed: compressing them again only burns CPU.
+    "compression": {**{c: "SNAPPY" for c in _SMALL_COLUMNS}, "image": "NONE"},
+    "use_dictionary": ["label", "class_name", "status", "format", "mode"],
+    # min/max statistics of megabyte blobs are useless and bloat the footer.
+    "write_statistics": ["image_id", "label", "width", "height", "status"],
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# ---------------------------------------------------------------------- paths
+def dataset_dir(dataset: str) -> str:
+    return f"{SHARDS_DIR}/dataset={dataset}"
+
+
+def shard_rel_path(dataset: str, index: int) -> str:
+    return f"{dataset_dir(dataset)}/part-{index:05d}.parquet"
+
+
+def shard_key(dataset: str, index: int) -> str:
+    return f"{dataset_dir(dataset)}/part-{index:05d}"
+
+
+def info_rel_path(dataset: str) -> str:
+    return f"{dataset_dir(dataset)}/dataset.json"
+
+
+def dataset_key(dataset: str) -> str:
+    return f"{dataset_dir(dataset)}/dataset"
+
+
+def _storage(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> Storage:
+    return root if isinstance(root, Storage) else Storage(root, dict(storage_options or {}))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------- image check
+@dataclass(frozen=True)
+class ImageCheck:
+    """Outcome of opening and fully decoding one file's bytes."""
+
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    mode: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+
+def pixel_limit(max_image_pixels: int | None = None) -> int | None:
+    """The decompression-bomb limit in force: the caller's, else Pillow's current one."""
+    return Image.MAX_IMAGE_PIXELS if max_image_pixels is None else int(max_image_pixels)
+
+
+def check_image(data: bytes, max_image_pixels: int | None = None) -> ImageCheck:
+    """Open and decode ``data`` once with Pillow; never raises for bad bytes.
+
+    ``max_image_pixels`` defaults to Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``,
+    89,478,485 unless changed). Anything above it is an error row: Pillow itself
+    only *warns* between one and two times its limit and raises above, and a
+    pipeline must not decode a bomb just because the warning went to a log. A
+    caller may pass a lower limit; Pillow still refuses images over twice its
+    process-wide limit, and those rows say so too.
+    """
+    if not data:
+        return ImageCheck(STATUS_EMPTY, "zero-byte file")
+    limit = pixel_limit(max_image_pixels)
+    width = height = fmt = mode = None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            fmt, mode = im.format, im.mode
+            if limit is not None and width * height > limit:
+                return ImageCheck(
+                    STATUS_BOMB,
+                    f"{width}x{height} = {width * height} pixels exceeds the limit of {limit} (decompression-bomb protection)",
+                    width,
+                    height,
+                    fmt,
+                    mode,
+                )
+            if width < 1 or height < 1:
+                return ImageCheck(STATUS_DECODE_ERROR, f"zero-size image {width}x{height}", width, height, fmt, mode)
+            im.load()
+    except Image.DecompressionBombError as e:
+        return ImageCheck(STATUS_BOMB, f"DecompressionBombError: {e}", width, height, fmt, mode)
+    except UnidentifiedImageError:
+        return ImageCheck(STATUS_NOT_IMAGE, f"not a recognised image format (starts with {data[:16]!r})")
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncation as OSError("image file is truncated ...") or
+        # "Truncated File Read"; other corruptions come as OSError/SyntaxError.
+        kind = STATUS_TRUNCATED if "truncated" in str(e).lower() or isinstance(e, EOFError) else STATUS_DECODE_ERROR
+        return ImageCheck(kind, f"{type(e).__name__}: {e}", width, height, fmt, mode)
+    except Exception as e:  # a decoder bug must not stop the shard either
+        return ImageCheck(STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}", width, height, fmt, mode)
+    return ImageCheck(STATUS_OK, None, width, height, fmt, mode)
+
+
+class ShardReadError(RuntimeError):
+    """Reading from a remote source kept failing for a reason that is not about one file.
+
+    Raised instead of writing an error row, because a network outage must not be
+    committed as permanently broken images; the shard is retried instead.
+    """
+
+
+_ROW_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None, retries: int = 2) -> tuple[bytes | None, str | None, str | None]:
+    """``(bytes, None, None)`` or ``(None, status, error)`` for one entry."""
+    fs, path = source.resolve(entry)
+    if entry.regular is False:
+        return None, STATUS_UNREADABLE, f"not a regular file (FIFO, socket or broken link): {display(fs, path)}"
+    if max_file_bytes is not None and entry.size is not None and entry.size > max_file_bytes:
+        return None, STATUS_TOO_LARGE, f"{entry.size} bytes exceeds max_file_bytes={max_file_bytes}"
+    local = is_local_fs(fs)
+    last: BaseException | None = None
+    for attempt in range(retries + 1):
+        try:
+            if entry.regular is None and local and fs.info(path).get("type") != "file":
+                return None, STATUS_UNREADABLE, f"not a regular file: {display(fs, path)}"
+            return fs.cat_file(path), None, None
+        except FileNotFoundError:
+            return None, STATUS_MISSING, f"file not found: {display(fs, path)}"
+        except _ROW_ERRORS as e:
+            return None, STATUS_UNREADABLE, f"{type(e).__name__}: {e}"
+        except OSError as e:
+            if local:  # an I/O error on a local disk is about this file
+                return None, STATUS_UNREADABLE, f"{type(e).__name__}: {e}"
+            last = e
+        except Exception as e:  # remote client errors (timeouts, throttling)
+            last = e
+        if attempt < retries:
+            time.sleep(0.5 * 2**attempt)
+    raise ShardReadError(f"reading {display(fs, path)} failed {retries + 1} times: {type(last).__name__}: {last}") from last
+
+
+def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | None, max_file_bytes: int | None) -> dict[str, Any]:
+    """One shard row for ``entry``: read once, hash, decode once."""
+    data, status, error = _read_entry(source, entry, max_file_bytes)
+    row: dict[str, Any] = {
+        "image_id": entry.image_id,
+        "label": entry.label,
+        "class_name": source.classnames[entry.label],
+        "image": None,
+        "sha256": None,
+        "width": None,
+        "height": None,
+        "source": entry.path,
+        "status": status,
+        "error": error,
+        "format": None,
+        "mode": None,
+        "n_bytes": entry.size if entry.regular is not False else None,
+    }
+    if data is None:
+        return row
+    row["n_bytes"] = len(data)
+    row["sha256"] = hashlib.sha256(data).hexdigest()
+    if max_file_bytes is not None and len(data) > max_file_bytes:
+        row.update(status=STATUS_TOO_LARGE, error=f"{len(data)} bytes exceeds max_file_bytes={max_file_bytes}")
+        return row
+    check = check_image(data, max_image_pixels)
+    row.update(
+        image=data,
+        status=check.status,
+        error=check.error,
+        width=check.width,
+        height=check.height,
+        format=check.format,
+        mode=check.mode,
+    )
+    return row
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows -> table, in batches that stay far below Arrow's 2 GiB binary limit."""
+    batches: list[pa.RecordBatch] = []
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        n = len(row["image"] or b"")
+        if batch and (len(batch) >= ROWS_PER_GROUP or size + n > _MAX_BATCH_BYTES):
+            batches.append(pa.RecordBatch.from_pylist(batch, schema=SHARD_SCHEMA))
+            batch, size = [], 0
+        batch.append(row)
+        size += n
+    if batch:
+        batches.append(pa.RecordBatch.from_pylist(batch, schema=SHARD_SCHEMA))
+    return pa.Table.from_batches(batches, schema=SHARD_SCHEMA)
+
+
+# ---------------------------------------------------------------------- plan / results
+@dataclass
+class ShardResult:
+    """What one committed shard holds (also the content of its done-marker)."""
+
+    index: int
+    path: str  # relative to the storage root
+    n_total: int
+    n_ok: int
+    n_error: int
+    status_counts: dict[str, int]
+    first_image_id: str
+    last_image_id: str
+    digest: str  # sha256 of the shard's entry list (ids, paths, labels, sizes)
+    n_bytes: int = 0
+    skipped: bool = False  # True when this run found it already committed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("skipped")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, skipped: bool = False) -> ShardResult:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and k != "skipped"}, skipped=skipped)
+
+
+@dataclass
+class ShardPlan:
+    """Everything needed to write any shard of a dataset, on any worker.
+
+    ``fingerprint`` covers the source fingerprint and every setting that changes
+    the rows (``images_per_shard``, decode limits, schema version); markers carry
+    it and a rerun skips only shards committed with the same value.
+    """
+
+    dataset: str
+    source: DatasetSource
+    images_per_shard: int
+    max_image_pixels: int | None
+    max_file_bytes: int | None
+    source_fingerprint: str
+    fingerprint: str
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(len(self.source.entries) / self.images_per_shard)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.source.entries)
+
+    def entries(self, index: int) -> list[Entry]:
+        if not 0 <= index < self.n_shards:
+            raise IndexError(f"shard {index} out of range 0..{self.n_shards - 1}")
+        n = self.images_per_shard
+        return self.source.entries[index * n : (index + 1) * n]
+
+    def shard_digest(self, index: int) -> str:
+        h = hashlib.sha256()
+        for e in self.entries(index):
+            h.update(json.dumps([e.image_id, e.path, e.label, e.size]).encode() + b"\n")
+        return h.hexdigest()
+
+
+@dataclass
+class ShardManifest:
+    """Result of :func:`shard_dataset`: per-shard counts and paths, which shards this run wrote."""
+
+    dataset: str
+    layout: str
+    source: str
+    root: str
+    fingerprint: str
+    source_fingerprint: str
+    images_per_shard: int
+    expected_size: int | None
+    info_path: str
+    shards: list[ShardResult] = field(default_factory=list)
+
+    @property
+    def n_total(self) -> int:
+        return sum(s.n_total for s in self.shards)
+
+    @property
+    def n_ok(self) -> int:
+        return sum(s.n_ok for s in self.shards)
+
+    @property
+    def n_error(self) -> int:
+        return sum(s.n_error for s in self.shards)
+
+    @property
+    def written(self) -> list[int]:
+        return [s.index for s in self.shards if not s.skipped]
+
+    @property
+    def skipped(self) -> list[int]:
+        return [s.index for s in self.shards if s.skipped]
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for s in self.shards:
+            c.update(s.status_counts)
+        return dict(sorted(c.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(n_total=self.n_total, n_ok=self.n_ok, n_error=self.n_error, written=self.written, skipped=self.skipped)
+        return d
+
+
+@dataclass
+class DatasetInfo:
+    """The committed ``dataset.json``: what later steps need without re-reading the source."""
+
+    dataset: str
+    layout: str
+    source: str
+    split: str | None
+    fingerprint: str
+    source_fingerprint: str
+    classnames: list[str]
+    text_classnames: list[str]
+    subset_indices: list[int] | None
+    class_ids: list[str] | None
+    expected_size: int | None
+    images_per_shard: int
+    n_shards: int
+    n_total: int
+    n_ok: int
+    n_error: int
+    status_counts: dict[str, int]
+    shards: list[ShardResult]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DatasetInfo:
+        names = {f.name for f in fields(cls)} - {"shards", "raw"}
+        return cls(
+            **{k: d.get(k) for k in names},
+            shards=[ShardResult.from_dict(s) for s in d.get("shards", [])],
+            raw=dict(d),
+        )
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a path and a hive value)")
+    return name
+
+
+def plan_shards(
+    layout: str | DatasetSource,
+    source: str | None = None,
+    dataset_name: str | None = None,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    *,
+    split: str | None = None,
+    layout_options: Mapping[str, Any] | None = None,
+    source_storage_options: Mapping[str, Any] | None = None,
+    max_image_pixels: int | None = None,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+) -> ShardPlan:
+    """Load the source through its layout and fix the shard boundaries and fingerprint.
+
+    ``layout`` is a registered layout name (then ``source`` is its URL) or an
+    already loaded :class:`DatasetSource`. Nothing is written.
+    """
+    if images_per_shard < 1:
+        raise ValueError("images_per_shard must be at least 1")
+    if isinstance(layout, DatasetSource):
+        ds = layout
+    else:
+        if source is None:
+            raise ValueError("give the source URL of the dataset")
+        ds = load_source(layout, source, split=split, storage_options=source_storage_options, **dict(layout_options or {}))
+    if not ds.entries:
+        raise ValueError(f"{ds.layout}: no images found in {ds.url}; nothing to shard")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        warnings.warn(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images will decode and be marked ok",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    limit = pixel_limit(max_image_pixels)
+    source_fp = ds.fingerprint()
+    settings = {
+        "schema_version": SCHEMA_VERSION,
+        "source_fingerprint": source_fp,
+        "images_per_shard": images_per_shard,
+        "max_image_pixels": limit,
+        "max_file_bytes": max_file_bytes,
+    }
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return ShardPlan(
+        dataset=_check_name(dataset_name or ds.name),
+        source=ds,
+        images_per_shard=images_per_shard,
+        max_image_pixels=limit,
+        max_file_bytes=max_file_bytes,
+        source_fingerprint=source_fp,
+        fingerprint=fingerprint,
+    )
+
+
+def _rm(storage: Storage, rel: str) -> None:
+    if storage.exists(rel):
+        storage.fs.rm(storage.path(rel))
+
+
+def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = False) -> list[str]:
+    """Remove what does not belong to ``plan`` before writing; returns removed paths.
+
+    Run once per dataset before shards are written (by any number of workers).
+    Keeps parts whose marker has the plan's fingerprint; removes the dataset
+    marker and metadata when they describe another fingerprint, and every other
+    part (marker first, so a crash here never leaves a marker without its file).
+    """
+    st = _storage(storage)
+    ds = plan.dataset
+    removed: list[str] = []
+    info_marker = st.read_marker(dataset_key(ds))
+    stale_info = force or (info_marker is not None and info_marker.get("fingerprint") != plan.fingerprint)
+    if not stale_info and info_marker is None and st.exists(info_rel_path(ds)):
+        stale_info = st.read_json(info_rel_path(ds)).get("fingerprint") != plan.fingerprint
+    if stale_info:
+        for rel in (st.marker_path(dataset_key(ds)), info_rel_path(ds)):
+            if st.exists(rel):
+                _rm(st, rel)
+                removed.append(rel)
+    indices: set[int] = set()
+    for pattern in (f"{dataset_dir(ds)}/part-*.parquet", f"{COMMITS_DIR}/{dataset_dir(ds)}/part-*.json"):
+        for p in st.glob(pattern):
+            m = re.search(r"part-(\d+)\.(?:parquet|json)$", p)
+            if m:
+                indices.add(int(m.group(1)))
+    for i in sorted(indices):
+        marker = st.read_marker(shard_key(ds, i))
+        keep = (
+            not force
+            and i < plan.n_shards
+            and marker is not None
+            and marker.get("fingerprint") == plan.fingerprint
+            and st.exists(shard_rel_path(ds, i))
+        )
+        if keep:
+            continue
+        for rel in (st.marker_path(shard_key(ds, i)), shard_rel_path(ds, i)):
+            if st.exists(rel):
+                _rm(st, rel)
+                removed.append(rel)
+    return removed
+
+
+def write_shard(
+    plan: ShardPlan,
+    index: int,
+    storage: str | Storage,
+    *,
+    force: bool = False,
+    workers: int = 4,
+    on_image: Callable[[dict[str, Any]], None] | None = None,
+) -> ShardResult:
+    """Write shard ``index`` of ``plan`` (or skip it when already committed); returns its counts.
+
+    Reads and checks the shard's images on ``workers`` threads (I/O bound on
+    buckets; Pillow releases the GIL while decoding), keeps the plan's order,
+    writes the Parquet file atomically and only then its done-marker.
+    ``on_image`` is called in order with each row (without waiting for the shard).
+    """
+    st = _storage(storage)
+    key, rel = shard_key(plan.dataset, index), shard_rel_path(plan.dataset, index)
+    if not force:
+        marker = st.read_marker(key)
+        if marker is not None and marker.get("fingerprint") == plan.fingerprint and st.exists(rel):
+            return ShardResult.from_dict(marker, skipped=True)
+
+    entries = plan.entries(index)
+
+    def one(entry: Entry) -> dict[str, Any]:
+        return build_row(plan.source, entry, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes)
+
+    rows: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for row in pool.map(one, entries):
+            rows.append(row)
+            if on_image is not None:
+                on_image(row)
+    counts = Counter(r["status"] for r in rows)
+    table = rows_to_table(rows)
+    table = table.replace_schema_metadata(
+        {
+            "abs.dataset": plan.dataset,
+            "abs.fingerprint": plan.fingerprint,
+            "abs.shard": str(index),
+            "abs.schema_version": str(SCHEMA_VERSION),
+        }
+    )
+    st.write_parquet(rel, table, **_PARQUET_OPTIONS)
+    result = ShardResult(
+        index=index,
+        path=rel,
+        n_total=len(rows),
+        n_ok=counts.get(STATUS_OK, 0),
+        n_error=len(rows) - counts.get(STATUS_OK, 0),
+        status_counts=dict(sorted(counts.items())),
+        first_image_id=entries[0].image_id,
+        last_image_id=entries[-1].image_id,
+        digest=plan.shard_digest(index),
+        n_bytes=sum(len(r["image"] or b"") for r in rows),
+    )
+    st.mark_done(key, {**result.to_dict(), "dataset": plan.dataset, "fingerprint": plan.fingerprint, "committed_at": _now()})
+    return result
+
+
+def finalize_shards(plan: ShardPlan, storage: str | Storage, results: list[ShardResult]) -> ShardManifest:
+    """Write ``dataset.json`` (atomically) and then the dataset done-marker.
+
+    Fails when a shard is missing from ``results``: the metadata must only ever
+    describe a complete dataset.
+    """
+    st = _storage(storage)
+    results = sorted(results, key=lambda r: r.index)
+    if [r.index for r in results] != list(range(plan.n_shards)):
+        missing = sorted(set(range(plan.n_shards)) - {r.index for r in results})
+        raise ValueError(f"cannot finalize {plan.dataset}: shards {missing[:10]} are not committed")
+    manifest = ShardManifest(
+        dataset=plan.dataset,
+        layout=plan.source.layout,
+        source=plan.source.url,
+        root=st.root,
+        fingerprint=plan.fingerprint,
+        source_fingerprint=plan.source_fingerprint,
+        images_per_shard=plan.images_per_shard,
+        expected_size=plan.source.expected_size,
+        info_path=info_rel_path(plan.dataset),
+        shards=results,
+    )
+    info = {
+        **plan.source.describe(),
+        "dataset": plan.dataset,
+        "fingerprint": plan.fingerprint,
+        "source_fingerprint": plan.source_fingerprint,
+        "schema_version": SCHEMA_VERSION,
+        "images_per_shard": plan.images_per_shard,
+        "max_image_pixels": plan.max_image_pixels,
+        "max_file_bytes": plan.max_file_bytes,
+        "n_shards": plan.n_shards,
+        "n_total": manifest.n_total,
+        "n_ok": manifest.n_ok,
+        "n_error": manifest.n_error,
+        "status_counts": manifest.status_counts,
+        "shards": [r.to_dict() for r in results],
+        "finalized_at": _now(),
+    }
+    st.write_json(info_rel_path(plan.dataset), info)
+    st.mark_done(
+        dataset_key(plan.dataset),
+        {"dataset": plan.dataset, "fingerprint": plan.fingerprint, "n_shards": plan.n_shards, "n_total": manifest.n_total},
+    )
+    return manifest
+
+
+def shard_dataset(
+    layout: str | DatasetSource,
+    source: str | None,
+    root: str | Storage,
+    dataset_name: str | None = None,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    *,
+    split: str | None = None,
+    layout_options: Mapping[str, Any] | None = None,
+    source_storage_options: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    max_image_pixels: int | None = None,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+    workers: int = 4,
+    force: bool = False,
+    progress: bool = True,
+    on_shard_done: Callable[[ShardResult], None] | None = None,
+) -> ShardManifest:
+    """Shard ``source`` (any fsspec URL, read with layout ``layout``) into ``root``.
+
+    Returns the manifest of every shard; ``manifest.written`` / ``.skipped`` say
+    what this run did. A rerun writes only shards not committed for the same
+    fingerprint; ``force=True`` rewrites all. ``on_shard_done`` runs after each
+    shard is committed (or skipped); an exception raised there stops the run like
+    a crash would, which is how tests interrupt it. ``progress`` shows a bar with
+    images and shards.
+    """
+    st = _storage(root, storage_options)
+    plan = plan_shards(
+        layout,
+        source,
+        dataset_name,
+        images_per_shard,
+        split=split,
+        layout_options=layout_options,
+        source_storage_options=source_storage_options,
+        max_image_pixels=max_image_pixels,
+        max_file_bytes=max_file_bytes,
+    )
+    prepare_shards(plan, st, force=force)
+    results: list[ShardResult] = []
+    n_err = 0
+    with tqdm(total=plan.n_images, unit="img", desc=f"shard {plan.dataset}", disable=not progress, dynamic_ncols=True) as bar:
+        bar.set_postfix_str(f"shards 0/{plan.n_shards}")
+
+        def on_image(row: dict[str, Any]) -> None:
+            bar.update(1)
+
+        for i in range(plan.n_shards):
+            res = write_shard(plan, i, st, force=force, workers=workers, on_image=on_image)
+            if res.skipped:
+                bar.update(res.n_total)
+            n_err += res.n_error
+            results.append(res)
+            bar.set_postfix_str(
+                f"shards {i + 1}/{plan.n_shards} (skipped {sum(r.skipped for r in results)}), errors {n_err}"
+            )
+            if on_shard_done is not None:
+                on_shard_done(res)
+    return finalize_shards(plan, st, results)
+
+
+# ---------------------------------------------------------------------- readers
+def list_datasets(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Names of datasets completely sharded under ``root``."""
+    st = _storage(root, storage_options)
+    out = []
+    for p in st.glob(f"{COMMITS_DIR}/{SHARDS_DIR}/dataset=*/dataset.json"):
+        m = re.search(r"dataset=([^/]+)/dataset\.json$", p)
+        if m:
+            out.append(m.group(1))
+    return sorted(out)
+
+
+def read_dataset_info(root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None) -> DatasetInfo:
+    """The committed metadata of ``dataset``; fails clearly when it is not completely sharded."""
+    st = _storage(root, storage_options)
+    marker = st.read_marker(dataset_key(dataset))
+    if marker is None:
+        raise FileNotFoundError(
+            f"dataset {dataset!r} is not (completely) sharded under {st.root}: no {st.marker_path(dataset_key(dataset))}; "
+            "run shard_dataset for it first"
+        )
+    info = st.read_json(info_rel_path(dataset))
+    if info.get("fingerprint") != marker.get("fingerprint"):
+        raise RuntimeError(f"{info_rel_path(dataset)} does not match its done-marker under {st.root}; shard the dataset again")
+    return DatasetInfo.from_dict(info)
+
+
+def list_shards(root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None) -> list[ShardResult]:
+    """Committed shards of a completely sharded dataset, in order (paths relative to the root)."""
+    return read_dataset_info(root, dataset, storage_options).shards
+
+
+def read_shard(
+    root: str | Storage,
+    dataset: str,
+    index: int,
+    columns: list[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """One committed shard as a table (pass ``columns`` to skip the image bytes)."""
+    st = _storage(root, storage_options)
+    if not st.is_done(shard_key(dataset, index)):
+        raise FileNotFoundError(f"shard {index} of {dataset!r} is not committed under {st.root}")
+    return st.read_parquet(shard_rel_path(dataset, index), columns=columns)
+
+
+def iter_shards(
+    root: str | Storage,
+    dataset: str,
+    columns: list[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Iterator[tuple[ShardResult, pa.Table]]:
+    """``(shard, table)`` for every committed shard of ``dataset``, in order."""
+    st = _storage(root, storage_options)
+    for shard in list_shards(st, dataset):
+        yield shard, st.read_parquet(shard.path, columns=columns)
+
+
+__all__ = [
+    "DEFAULT_IMAGES_PER_SHARD",
+    "DEFAULT_MAX_FILE_BYTES",
+    "ERROR_STATUSES",
+    "SHARD_SCHEMA",
+    "STATUS_OK",
+    "DatasetInfo",
+    "ImageCheck",
+    "ShardManifest",
+    "ShardPlan",
+    "ShardReadError",
+    "ShardResult",
+    "build_row",
+    "check_image",
+    "dataset_dir",
+    "finalize_shards",
+    "info_rel_path",
+    "iter_shards",
+    "list_datasets",
+    "list_shards",
+    "plan_shards",
+    "prepare_shards",
+    "read_dataset_info",
+    "read_shard",
+    "shard_dataset",
+    "shard_key",
+    "shard_rel_path",
+    "write_shard",
+]

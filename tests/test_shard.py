@@ -1,0 +1,327 @@
+"""Sharding: bad input becomes rows, commits are atomic, reruns write only what is missing."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pytest
+
+from tasks.datasets import DatasetSizeWarning
+from tasks.shard import (
+    SHARD_SCHEMA,
+    check_image,
+    info_rel_path,
+    iter_shards,
+    list_datasets,
+    list_shards,
+    plan_shards,
+    read_dataset_info,
+    read_shard,
+    shard_dataset,
+    shard_rel_path,
+    write_shard,
+)
+from tasks.storage import Storage
+
+try:
+    from dataset_fixtures import (
+        Tree,
+        jpeg_bytes,
+        make_bad_folder,
+        make_class_folders,
+        make_cub,
+        make_dtd,
+        make_food101,
+        make_pets,
+        make_places365,
+        png_bytes,
+        png_header_bomb,
+    )
+except ImportError:  # tests/ imported as a package
+    from tests.dataset_fixtures import (  # type: ignore[no-redef]
+        Tree,
+        jpeg_bytes,
+        make_bad_folder,
+        make_class_folders,
+        make_cub,
+        make_dtd,
+        make_food101,
+        make_pets,
+        make_places365,
+        png_bytes,
+        png_header_bomb,
+    )
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def all_rows(root: str, dataset: str) -> list[dict]:
+    return [row for _, table in iter_shards(root, dataset) for row in table.to_pylist()]
+
+
+def make_images(root: str, n: int, classes=("a", "b", "c")) -> list[str]:
+    t = Tree(root)
+    return [t.put(f"{classes[i % len(classes)]}/{i:03d}.jpg", jpeg_bytes(i)) for i in range(n)]
+
+
+# ---------------------------------------------------------------------- bad input
+def test_every_bad_file_gets_exactly_one_row(tmp_path):
+    src = str(tmp_path / "src")
+    expected = make_bad_folder(src)
+    root = str(tmp_path / "out")
+    m = shard_dataset("folder", src, root, "bad", images_per_shard=4, progress=False)
+
+    rows = all_rows(root, "bad")
+    ids = [r["image_id"] for r in rows]
+    assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))
+    by_id = {r["image_id"]: r for r in rows}
+    assert {i: r["status"] for i, r in by_id.items()} == expected
+
+    reasons = {
+        "mixed/truncated.jpg": "truncated",
+        "mixed/empty.jpg": "zero-byte file",
+        "mixed/text.jpg": "not a recognised image format (starts with b'hello, this is n'",
+        "mixed/bomb.png": "decompression bomb",
+        "mixed/broken_link.jpg": "not a regular file",
+        "mixed/fifo.jpg": "not a regular file",
+    }
+    for image_id, reason in reasons.items():
+        assert reason in by_id[image_id]["error"], (image_id, by_id[image_id]["error"])
+    for image_id, status in expected.items():
+        row = by_id[image_id]
+        assert (row["error"] is None) == (status == "ok")
+        assert row["label"] == (0 if image_id.startswith("mixed/") else 1)
+        assert row["class_name"] == image_id.split("/")[0]
+        assert row["source"] == image_id
+
+    # ok rows: original bytes (never re-encoded), hash, size and mode recorded
+    for image_id in [i for i, s in expected.items() if s == "ok"]:
+        raw = (tmp_path / "src" / image_id).read_bytes()
+        row = by_id[image_id]
+        assert row["image"] == raw and row["sha256"] == hashlib.sha256(raw).hexdigest()
+        assert row["width"] >= 1 and row["height"] >= 1
+    modes = {i.split("/")[1]: by_id[i]["mode"] for i in expected if expected[i] == "ok"}
+    assert modes["cmyk.jpg"] == "CMYK" and modes["gray16.png"] == "I;16"
+    assert modes["palette_transparent.png"] == "P" and modes["gray.jpg"] == "L"
+    assert (by_id["mixed/tiny_1x1.png"]["width"], by_id["mixed/tiny_1x1.png"]["height"]) == (1, 1)
+    # error rows keep whatever bytes were read; unreadable ones have none
+    assert by_id["mixed/empty.jpg"]["image"] == b""
+    assert by_id["mixed/text.jpg"]["image"].startswith(b"hello")
+    assert by_id["mixed/fifo.jpg"]["image"] is None and by_id["mixed/fifo.jpg"]["sha256"] is None
+    assert by_id["mixed/fifo.jpg"]["n_bytes"] is None
+
+    n_ok = sum(s == "ok" for s in expected.values())
+    assert (m.n_total, m.n_ok, m.n_error) == (len(expected), n_ok, len(expected) - n_ok)
+    info = read_dataset_info(root, "bad")
+    assert (info.n_total, info.n_ok, info.n_error) == (m.n_total, m.n_ok, m.n_error)
+    assert info.status_counts["truncated"] == 1 and info.status_counts["unreadable"] >= 2
+    assert info.raw["n_ignored"] == 1 and info.raw["ignored_sample"][0]["path"] == "mixed/.DS_Store"
+    for shard in info.shards:
+        assert shard.n_total == shard.n_ok + shard.n_error
+        assert sum(shard.status_counts.values()) == shard.n_total
+
+
+def test_caller_pixel_limit_and_direct_checks():
+    assert check_image(jpeg_bytes(size=(8, 8)), max_image_pixels=100).status == "ok"
+    over = check_image(jpeg_bytes(size=(12, 12)), max_image_pixels=100)
+    assert (over.status, over.width, over.height) == ("decompression_bomb", 12, 12)
+    assert "144 pixels exceeds the limit of 100" in over.error
+    bomb = check_image(png_header_bomb())  # Pillow's default limit
+    assert bomb.status == "decompression_bomb"
+    assert check_image(b"").status == "empty"
+    assert check_image(png_bytes("RGBA", (1, 1))).status == "ok"
+
+
+# ---------------------------------------------------------------------- resume
+def test_interrupted_run_resumes_with_only_missing_shards(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    files = make_images(src, 11)
+    committed = []
+
+    def crash_after_two(result):
+        committed.append(result.index)
+        if len(committed) == 2:
+            raise Crash("injected after two shards")
+
+    with pytest.raises(Crash):
+        shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False, on_shard_done=crash_after_two)
+
+    st = Storage(root)
+    visible = st.glob("shards/dataset=d/*")
+    assert visible == [st.path(shard_rel_path("d", 0)), st.path(shard_rel_path("d", 1))]
+    assert not st.glob("_tmp/*")
+    with pytest.raises(FileNotFoundError, match="not \\(completely\\) sharded"):
+        list_shards(root, "d")
+    first = {i: (st.fs.cat_file(st.path(shard_rel_path("d", i))), st.read_marker(f"shards/dataset=d/part-{i:05d}")) for i in (0, 1)}
+
+    m = shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False)
+    assert m.skipped == [0, 1] and m.written == [2, 3]
+    for i in (0, 1):  # untouched: same bytes, same marker
+        assert st.fs.cat_file(st.path(shard_rel_path("d", i))) == first[i][0]
+        assert st.read_marker(f"shards/dataset=d/part-{i:05d}") == first[i][1]
+    rows = all_rows(root, "d")
+    assert sorted(r["image_id"] for r in rows) == sorted(files) and len(rows) == 11
+    assert [s.n_total for s in list_shards(root, "d")] == [3, 3, 3, 2]
+
+    again = shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False)
+    assert again.written == [] and again.skipped == [0, 1, 2, 3]
+
+
+def test_crash_inside_a_shard_leaves_nothing_visible(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 6)
+    plan = plan_shards("folder", src, "d", images_per_shard=3)
+    seen = []
+
+    def crash_on_second_image(row):
+        seen.append(row["image_id"])
+        if len(seen) == 2:
+            raise Crash("injected while reading")
+
+    with pytest.raises(Crash):
+        write_shard(plan, 0, root, on_image=crash_on_second_image)
+    st = Storage(root)
+    assert not st.exists(shard_rel_path("d", 0)) and not st.is_done("shards/dataset=d/part-00000")
+
+
+def test_missing_marker_rewrites_only_that_shard(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 7)
+    shard_dataset("folder", src, root, "d", images_per_shard=2, progress=False)
+    st = Storage(root)
+    st.fs.rm(st.path(st.marker_path("shards/dataset=d/part-00002")))  # crash between file and marker
+    m = shard_dataset("folder", src, root, "d", images_per_shard=2, progress=False)
+    assert m.written == [2] and m.skipped == [0, 1, 3]
+    assert len(all_rows(root, "d")) == 7
+
+
+def test_changed_source_or_shard_size_replaces_stale_shards(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 9)
+    first = shard_dataset("folder", src, root, "d", images_per_shard=2, progress=False)
+    assert len(first.shards) == 5
+    second = shard_dataset("folder", src, root, "d", images_per_shard=4, progress=False)
+    assert second.fingerprint != first.fingerprint and second.written == [0, 1, 2]
+    st = Storage(root)
+    assert len(st.glob("shards/dataset=d/part-*.parquet")) == 3
+    assert len(st.glob("_commits/shards/dataset=d/part-*.json")) == 3
+    assert len(all_rows(root, "d")) == 9
+
+    Tree(src).put("a/new.jpg", jpeg_bytes(99))  # the download grew
+    third = shard_dataset("folder", src, root, "d", images_per_shard=4, progress=False)
+    assert third.source_fingerprint != second.source_fingerprint and third.written == [0, 1, 2]
+    rows = all_rows(root, "d")
+    assert len(rows) == 10 and len({r["image_id"] for r in rows}) == 10
+    assert read_dataset_info(root, "d").fingerprint == third.fingerprint
+
+
+def test_sharding_is_deterministic(tmp_path):
+    src = str(tmp_path / "src")
+    make_images(src, 8)
+    a = shard_dataset("folder", src, str(tmp_path / "a"), "d", images_per_shard=3, progress=False, workers=1)
+    b = shard_dataset("folder", src, str(tmp_path / "b"), "d", images_per_shard=3, progress=False, workers=4)
+    assert a.fingerprint == b.fingerprint
+    cols = ["image_id", "label", "sha256", "status"]
+    assert [t.to_pylist() for _, t in iter_shards(str(tmp_path / "a"), "d", cols)] == [
+        t.to_pylist() for _, t in iter_shards(str(tmp_path / "b"), "d", cols)
+    ]
+
+
+# ---------------------------------------------------------------------- memory://
+def test_memory_source_and_memory_output():
+    tag = uuid.uuid4().hex
+    src, root = f"memory://src-{tag}/CUB_200_2011", f"memory://out-{tag}"
+    mem = fsspec.filesystem("memory")
+    try:
+        minis = make_cub(src)
+        with pytest.warns(DatasetSizeWarning):
+            m = shard_dataset("cub", src, root, images_per_shard=4, progress=False)
+        assert m.dataset == "cub" and m.n_total == 6 and m.n_error == 0 and len(m.shards) == 2
+        assert list_datasets(root) == ["cub"]
+        info = read_dataset_info(root, "cub")
+        assert info.classnames == minis["test"].classnames and info.text_classnames == info.classnames
+        assert info.subset_indices is None and info.expected_size == 5_794 and info.layout == "cub"
+        rows = all_rows(root, "cub")
+        assert [(r["source"], r["label"], r["image_id"]) for r in rows] == minis["test"].expected
+        assert all(r["image"] == mem.cat_file(f"/src-{tag}/CUB_200_2011/{r['source']}") for r in rows)
+        assert not mem.glob(f"/out-{tag}/_tmp/*")
+        table = read_shard(root, "cub", 1, columns=["image_id", "status"])
+        assert table.column_names == ["image_id", "status"] and table.num_rows == 2
+        with pytest.warns(DatasetSizeWarning):
+            again = shard_dataset("cub", src, root, images_per_shard=4, progress=False)
+        assert again.written == [] and again.skipped == [0, 1]
+    finally:
+        for p in (f"/src-{tag}", f"/out-{tag}"):
+            if mem.exists(p):
+                mem.rm(p, recursive=True)
+
+
+# ---------------------------------------------------------------------- every layout end to end
+@pytest.mark.parametrize(
+    "layout,build",
+    [
+        ("cub", lambda r: make_cub(r)["test"]),
+        ("pets", make_pets),
+        ("dtd", lambda r: make_dtd(r)["test1"]),
+        ("food101", make_food101),
+        ("places365", make_places365),
+        ("imagenet-a", None),
+    ],
+)
+def test_each_layout_shards(tmp_path, layout, build):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    if build is None:
+        from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids
+
+        wnids = imagenet_wnids()
+        mini = make_class_folders(src, [wnids[11], wnids[6]], per_class=2, label_of=[wnids[6], wnids[11]].index)
+        mini.classnames = [imagenet_classnames()[6], imagenet_classnames()[11]]
+    else:
+        mini = build(src)
+    with pytest.warns(DatasetSizeWarning):
+        m = shard_dataset(layout, src, root, images_per_shard=2, progress=False)
+    rows = all_rows(root, m.dataset)
+    assert [(r["source"], r["label"], r["image_id"]) for r in rows] == mini.expected
+    assert [r["class_name"] for r in rows] == [mini.classnames[r["label"]] for r in rows]
+    assert all(r["status"] == "ok" for r in rows)
+    info = read_dataset_info(root, m.dataset)
+    assert info.classnames == mini.classnames
+    if layout == "imagenet-a":
+        assert info.subset_indices == [6, 11] and len(info.text_classnames) == 1000
+    table = read_shard(root, m.dataset, 0)
+    assert table.schema.remove_metadata() == SHARD_SCHEMA
+    assert table.schema.metadata[b"abs.fingerprint"].decode() == m.fingerprint
+
+
+def test_progress_bar_shows_images_and_shards(tmp_path, capsys):
+    src = str(tmp_path / "src")
+    make_images(src, 5)
+    shard_dataset("folder", src, str(tmp_path / "out"), "d", images_per_shard=2, progress=True)
+    err = capsys.readouterr().err
+    assert "shard d" in err and "5/5" in err and "shards 3/3" in err
+
+
+def test_bad_dataset_name_and_unknown_dataset(tmp_path):
+    src = str(tmp_path / "src")
+    make_images(src, 2)
+    with pytest.raises(ValueError, match="dataset name"):
+        shard_dataset("folder", src, str(tmp_path / "out"), "../escape", progress=False)
+    with pytest.raises(FileNotFoundError, match="run shard_dataset"):
+        read_dataset_info(str(tmp_path / "out"), "nothing")
+
+
+def test_dataset_json_is_committed_next_to_shards(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 3)
+    m = shard_dataset("folder", src, root, "d", images_per_shard=2, progress=False)
+    st = Storage(root)
+    raw = st.read_json(info_rel_path("d"))
+    assert raw["classnames"] == ["a", "b", "c"] and raw["layout"] == "folder" and raw["source"] == src
+    assert raw["fingerprint"] == m.fingerprint and raw["n_total"] == 3 and raw["n_shards"] == 2
+    assert [s["path"] for s in raw["shards"]] == [shard_rel_path("d", 0), shard_rel_path("d", 1)]
+    assert isinstance(read_shard(root, "d", 0), pa.Table)
