@@ -92,7 +92,7 @@ class ABSClassifier:
         config: ABSConfig | None = None,
         device: str | torch.device | None = None,
         precision: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
     ):
         self.config = config or ABSConfig()
         self.device = resolve_device(device)
@@ -100,7 +100,8 @@ class ABSClassifier:
         self.clip = clip.to(self.device).eval()
         self.dino = dino.to(self.device).eval()
         self.text = text
-        self.batch_size = int(batch_size)
+        # Rows per forward: small on CPUs (activations stay in cache), large on GPUs.
+        self.batch_size = int(batch_size or (512 if self.device.type == "cuda" else 24))
         if text.descriptions.shape[-1] != clip.embed_dim:
             raise ValueError(
                 f"text features have dimension {text.descriptions.shape[-1]}, "

@@ -66,8 +66,8 @@ def limit_size(x: Tensor, max_side: int) -> Tensor:
     f = max_side / max(h, w)
     nh, nw = max(1, round(h * f)), max(1, round(w * f))
     one = torch.zeros(1, dtype=torch.long, device=x.device)
-    ry = aa_matrix(one, one + h, one + nh, one, nh, h)
-    rx = aa_matrix(one, one + w, one + nw, one, nw, w)
+    ry = aa_matrix(one, one + h, one + nh, one, nh, h, pil_fixed=True)
+    rx = aa_matrix(one, one + w, one + nw, one, nw, w, pil_fixed=True)
     return apply_separable(x, ry, rx, pil_rounding=True)[0]
 
 
@@ -84,8 +84,8 @@ def clip_views(x: Tensor, boxes: Tensor, size: int, mean, std) -> Tensor:
     x0, y0, x1, y1 = boxes.unbind(1)
     bh, bw = y1 - y0, x1 - x0
     new_h, new_w, top, left = resize_crop_geometry(bh, bw, size)
-    ry = aa_matrix(y0, bh, new_h, top, size, h, "bicubic")
-    rx = aa_matrix(x0, bw, new_w, left, size, w, "bicubic")
+    ry = aa_matrix(y0, bh, new_h, top, size, h, "bicubic", pil_fixed=True)
+    rx = aa_matrix(x0, bw, new_w, left, size, w, "bicubic", pil_fixed=True)
     return normalize(apply_separable(x, ry, rx, pil_rounding=True), mean, std)
 
 
@@ -99,6 +99,6 @@ def dino_view(x: Tensor, size: int, mean, std) -> Tensor:
     """DINO input ``[3, size, size]``: the whole image resized without cropping."""
     _, h, w = x.shape
     one = torch.zeros(1, dtype=torch.long, device=x.device)
-    ry = aa_matrix(one, one + h, one + size, one, size, h, "bilinear")
-    rx = aa_matrix(one, one + w, one + size, one, size, w, "bilinear")
+    ry = aa_matrix(one, one + h, one + size, one, size, h, "bilinear", pil_fixed=True)
+    rx = aa_matrix(one, one + w, one + size, one, size, w, "bilinear", pil_fixed=True)
     return normalize(apply_separable(x, ry, rx, pil_rounding=True)[0], mean, std)

@@ -51,6 +51,7 @@ def aa_matrix(
     out_size: int,
     full_size: int,
     kernel: str = "bicubic",
+    pil_fixed: bool = False,
 ) -> Tensor:
     """Antialiased resize weights, batched over crops.
 
@@ -58,15 +59,20 @@ def aa_matrix(
     with ``full_size`` samples is resized to ``resized[n]`` samples, and outputs
     ``offset[n] .. offset[n] + out_size - 1`` of that are kept (a centre crop).
     Returns ``[n, out_size, full_size]`` float64 weights.
+
+    Only the taps inside each output's support are evaluated (a handful per
+    output), then scattered into the dense matrix. ``pil_fixed`` returns them in
+    PIL's 22-bit fixed point (integers in float64), as ``apply_separable(...,
+    pil_rounding=True)`` expects.
     """
     dtype = torch.float64
+    dev = start.device
+    n = start.shape[0]
     start = start.to(dtype).view(-1, 1, 1)
     length = length.to(dtype).view(-1, 1, 1)
     resized = resized.to(dtype).view(-1, 1, 1)
     offset = offset.to(dtype).view(-1, 1, 1)
-    dev = start.device
-    i = torch.arange(out_size, dtype=dtype, device=dev).view(1, -1, 1) + offset  # output index in the resized signal
-    x = torch.arange(full_size, dtype=dtype, device=dev).view(1, 1, -1)
+    i = torch.arange(out_size, dtype=dtype, device=dev).view(1, -1, 1) + offset  # index in the resized signal
     scale = length / resized
     support = _SUPPORT[kernel] * torch.clamp(scale, min=1.0)
     invscale = torch.where(scale >= 1.0, 1.0 / scale, torch.ones_like(scale))
@@ -74,11 +80,17 @@ def aa_matrix(
     # Same integer bounds as PIL / ATen (truncation; negatives are clamped to 0 anyway).
     xmin = torch.clamp(torch.trunc(center - support + 0.5), min=0)
     xmax = torch.minimum(torch.trunc(center + support + 0.5), length)
-    j = x - start  # position inside the segment
-    valid = (j >= xmin) & (j < xmax)
+    taps = int(torch.ceil(2 * support.max()).item()) + 2 if n else 1
+    j = xmin + torch.arange(taps, dtype=dtype, device=dev).view(1, 1, -1)  # position inside the segment
+    valid = j < xmax
     w = torch.where(valid, _aa_filter((j - center + 0.5) * invscale, kernel), torch.zeros((), dtype=dtype, device=dev))
     total = w.sum(dim=-1, keepdim=True)
-    return w / torch.where(total == 0, torch.ones_like(total), total)
+    w = w / torch.where(total == 0, torch.ones_like(total), total)
+    if pil_fixed:
+        w = _pil_fixed(w)
+    col = torch.where(valid, j + start, torch.zeros((), dtype=dtype, device=dev)).long().clamp_(0, full_size - 1)
+    out = torch.zeros(n, out_size, full_size, dtype=dtype, device=dev)
+    return out.scatter_add_(2, col, w)
 
 
 def bicubic_matrix(start: Tensor, length: Tensor, out_size: int, full_size: int) -> Tensor:
@@ -137,9 +149,10 @@ def apply_separable(x: Tensor, ry: Tensor, rx: Tensor, pil_rounding: bool = Fals
     Returns ``[n, C, h, w]`` in the dtype of ``x``. Without ``pil_rounding`` the
     larger spatial axis is contracted first (cheaper) and nothing is rounded.
 
-    With ``pil_rounding`` (``x`` holds 8-bit levels scaled to [0, 1]) the arithmetic
-    is PIL's for 8-bit images: weights in 22-bit fixed point (rounded half away from
-    zero), the horizontal pass first, each pass rounded and clamped to 0..255. Done
+    With ``pil_rounding`` (``x`` holds 8-bit levels scaled to [0, 1], and ``ry`` /
+    ``rx`` come from ``aa_matrix(..., pil_fixed=True)``) the arithmetic is PIL's for
+    8-bit images: weights in 22-bit fixed point (rounded half away from zero), the
+    horizontal pass first, each pass rounded and clamped to 0..255. Done
     in float64, where those integer products are exact, this gives PIL's pixels
     exactly, so crops match the authors' PIL pipeline bit for bit.
     """
@@ -164,12 +177,18 @@ def _pil_fixed(w: Tensor) -> Tensor:
 
 def _pil_pass(acc: Tensor) -> Tensor:
     half = float(1 << (_PIL_PRECISION_BITS - 1))
-    return torch.floor((acc + half) / float(1 << _PIL_PRECISION_BITS)).clamp_(0.0, 255.0)
+    return acc.add_(half).mul_(1.0 / (1 << _PIL_PRECISION_BITS)).floor_().clamp_(0.0, 255.0)
 
 
 def _pil_separable(x: Tensor, ry: Tensor, rx: Tensor) -> Tensor:
-    levels = torch.round(x.to(torch.float64) * 255.0)
-    kx = _pil_fixed(rx).unsqueeze(1)
-    ky = _pil_fixed(ry).unsqueeze(1)
-    tmp = _pil_pass(torch.matmul(levels, kx.transpose(-1, -2)))
-    return _pil_pass(torch.matmul(ky, tmp)) / 255.0
+    """``x [1, C, H, W]`` -> ``[n, C, h, w]``: one GEMM for all horizontal passes, one bmm after."""
+    if x.shape[0] != 1:
+        return torch.cat([_pil_separable(x[k : k + 1], ry, rx) for k in range(x.shape[0])])
+    _, c, h, w = x.shape
+    n, oh, ow = ry.shape[0], ry.shape[1], rx.shape[1]
+    levels = torch.round(x[0].to(torch.float64) * 255.0).reshape(c * h, w)
+    kx = rx.to(torch.float64).reshape(n * ow, w)
+    tmp = _pil_pass(levels @ kx.T)  # [C*H, n*ow]
+    tmp = tmp.view(c, h, n, ow).permute(2, 1, 0, 3).reshape(n, h, c * ow)
+    out = _pil_pass(torch.bmm(ry.to(torch.float64), tmp))  # [n, oh, C*ow]
+    return out.view(n, oh, c, ow).permute(0, 2, 1, 3).mul_(1.0 / 255.0)

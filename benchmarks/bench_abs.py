@@ -1,0 +1,206 @@
+"""Images per second of ABS: the batched path vs a per-image path, side by side.
+
+Both paths run the same images through the same random-weight ViT-B/16 CLIP and
+DINO ViT-B/16 (no weights are downloaded; speed does not depend on the values), at
+the paper's N=60 crops per branch and an ImageNet-sized text side (1000 classes x
+M=50 descriptions). The per-image path follows the authors' data path: one image
+at a time, PIL crops and torchvision preprocessing in a loop over crops, the raw
+crops of one image encoded as one batch, each feature crop through the last block
+on its own. Also printed: achieved GFLOP/s of the batched path's model forwards
+against a plain fp32 matmul measured in the same run.
+
+    .venv/bin/python benchmarks/bench_abs.py            # CPU, 4 images
+    .venv/bin/python benchmarks/bench_abs.py --device cuda --images 256 --batch-size 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms as T
+
+from abs_model import ABSClassifier, ABSConfig, CLIPBackbone, DINOBackbone, ModelSpec, TextBank
+from abs_model.sampling import draw_crops, image_generator
+
+
+def make_images(n: int, seed: int = 0) -> list[Image.Image]:
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(500, 375), (375, 500), (500, 333), (640, 480)]
+    out = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        small = (torch.rand(3, h // 16, w // 16, generator=g) * 255).byte()
+        out.append(T.ToPILImage()(small).resize((w, h), Image.BICUBIC))
+    return out
+
+
+def random_text(clip: CLIPBackbone, classes: int, m: int) -> TextBank:
+    g = torch.Generator().manual_seed(1)
+    d = clip.embed_dim
+    desc = F.normalize(torch.randn(classes, m, d, generator=g), dim=-1)
+    proto = F.normalize(torch.randn(classes, d, generator=g), dim=-1)
+    return TextBank([f"class {i}" for i in range(classes)], desc, torch.ones(classes, m, dtype=torch.bool),
+                    proto, proto.clone())
+
+
+def count_flops(fn) -> int:
+    """FLOPs of ``fn`` (2 per multiply-add). nn.MultiheadAttention's inference fast
+    path is a fused op the counter cannot see, so it is switched off while counting."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return fc.get_total_flops()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(device, dtype, n=4096, reps=5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+@torch.inference_mode()
+def per_image_path(clf: ABSClassifier, images, ids):
+    """One image at a time, PIL crops in a loop (the authors' data path)."""
+    cfg, clip, dino = clf.config, clf.clip, clf.dino
+    pre = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
+                     T.Normalize(clip.norm.mean, clip.norm.std)])
+    pre_dino = T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
+                          T.Normalize(dino.norm.mean, dino.norm.std)])
+    desc, mask = clf._text_dev["desc"], clf._text_dev["mask"]
+    G, D = clip.grid, dino.grid
+    preds = []
+    for pil, iid in zip(images, ids):
+        W, H = pil.size
+        att = dino.cls_attention(pre_dino(pil)[None].to(clf.device))[0].cpu()
+        vals, idx = torch.topk(att, cfg.top_k)
+        dr = draw_crops(idx, vals, W, H, G, cfg, image_generator(cfg.seed, iid))
+        crops = []
+        for n in range(cfg.n_crops):
+            r, c = int(dr.raw_cells[n]) // D, int(dr.raw_cells[n]) % D
+            cx, cy = (c + 0.5) * W / D, (r + 0.5) * H / D
+            w, h = int(dr.raw_widths[n]), int(dr.raw_heights[n])
+            box = (max(0, cx - w / 2), max(0, cy - h / 2), min(W, cx + w / 2), min(H, cy + h / 2))
+            crops.append(pre(pil.crop(tuple(round(v) for v in box))))
+        g_in = pre(pil)[None].to(clf.device)
+        raw = F.normalize(clip.encode_image(torch.stack(crops).to(clf.device)), dim=-1)
+        tok = clip.trunk(g_in)
+        grid = tok[:, 1:].transpose(1, 2).reshape(1, -1, G, G)
+        feats = []
+        for n in range(cfg.n_crops):
+            r, c = int(dr.feature_cells[n]) // D, int(dr.feature_cells[n]) % D
+            rr, cc, s = r * G // D, c * G // D, int(dr.feature_sides[n])
+            win = grid[:, :, max(0, rr - s // 2): min(G, rr + s // 2 + 1), max(0, cc - s // 2): min(G, cc + s // 2 + 1)]
+            win = F.interpolate(win, size=(G, G), mode="bicubic", align_corners=False)
+            feats.append(F.normalize(clip.head(torch.cat([tok[:, :1], win.flatten(2).transpose(1, 2)], 1)), dim=-1))
+        v = torch.cat([raw, torch.cat(feats)])[None]
+        s = v @ desc.reshape(-1, desc.shape[-1]).T / cfg.tau
+        s = s.masked_fill(~mask.reshape(1, 1, -1), float("-inf"))
+        preds.append(int((torch.softmax(s, -1) * s).reshape(1, v.shape[1], *mask.shape).sum((1, 3)).argmax()))
+    return preds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--per-image", type=int, default=None, help="images for the per-image path (default: same)")
+    ap.add_argument("--crops", type=int, default=60)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--descriptions", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="CLIP rows per forward in the batched path (default: 24 on CPU, 512 on CUDA)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on cuda)")
+    ap.add_argument("--clip", default="ViT-B-16")
+    ap.add_argument("--dino", default="vit_base_patch16_224.dino")
+    args = ap.parse_args()
+
+    from abs_model.device import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    prec = resolve_precision(device, None if args.precision == "auto" else args.precision)
+    print(f"device={device} autocast={prec} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print("weights: RANDOM (speed does not depend on weight values; nothing is downloaded)")
+    clip = CLIPBackbone.load(ModelSpec(args.clip), device)
+    dino = DINOBackbone.load(ModelSpec(args.dino), device)
+    cfg = ABSConfig(n_crops=args.crops, n_descriptions=args.descriptions)
+    clf = ABSClassifier(clip, dino, random_text(clip, args.classes, args.descriptions), cfg, device,
+                        args.precision, batch_size=args.batch_size)
+    images = make_images(args.images)
+    ids = [f"bench/{i}" for i in range(len(images))]
+    n_per = args.per_image if args.per_image is not None else len(images)
+
+    # FLOPs of every model forward the batched path runs, counted on single passes.
+    S = clip.norm.size
+    x1 = torch.randn(1, 3, S, S, device=device)
+    with torch.inference_mode():
+        f_full = count_flops(lambda: clip.encode_image(x1))
+        tok = clip.trunk(x1)
+        f_last = count_flops(lambda: clip.head(tok))
+        f_dino = count_flops(lambda: dino.cls_attention(torch.randn(1, 3, dino.norm.size, dino.norm.size, device=device)))
+    n = cfg.n_crops
+    per_image_model = (1 + n) * f_full + n * f_last + f_dino
+    per_image_match = 2 * (2 * n) * args.classes * args.descriptions * clip.embed_dim
+    print(f"model FLOPs per image: {per_image_model / 1e9:.1f} G  (CLIP full {f_full / 1e9:.2f} G x {1 + n}, "
+          f"last block {f_last / 1e9:.2f} G x {n}, DINO {f_dino / 1e9:.2f} G); matching {per_image_match / 1e9:.1f} G")
+
+    dt = torch.float32 if prec is None else prec
+    mm = matmul_gflops(device, dt)
+    print(f"plain {dt} matmul 4096^3: {mm:.1f} GFLOP/s")
+
+    # Warm-up on one image, then time the whole batch.
+    clf.predict(images[:1], ids[:1])
+    sync(device)
+    t = time.perf_counter()
+    out = clf.predict(images, ids)
+    sync(device)
+    t_batched = time.perf_counter() - t
+    ips_b = len(images) / t_batched
+    gf_model = per_image_model * len(images) / t_batched / 1e9
+    gf_all = (per_image_model + per_image_match) * len(images) / t_batched / 1e9
+
+    t = time.perf_counter()
+    preds_ref = per_image_path(clf, images[:n_per], ids[:n_per])
+    sync(device)
+    t_ref = time.perf_counter() - t
+    ips_r = n_per / t_ref
+    agree = sum(int(a == b) for a, b in zip(preds_ref, out.pred("abs")[:n_per].tolist()))
+
+    print()
+    print(f"{'path':<12}{'images':>8}{'seconds':>10}{'images/s':>11}{'s/image':>9}")
+    print(f"{'batched':<12}{len(images):>8}{t_batched:>10.2f}{ips_b:>11.3f}{1 / ips_b:>9.2f}")
+    print(f"{'per-image':<12}{n_per:>8}{t_ref:>10.2f}{ips_r:>11.3f}{1 / ips_r:>9.2f}")
+    print(f"speed-up batched / per-image: {ips_b / ips_r:.2f}x   (same ABS argmax on {agree}/{n_per} images)")
+    print(f"batched path: {gf_model:.1f} GFLOP/s on model forwards = {100 * gf_model / mm:.0f}% of matmul "
+          f"({gf_all:.1f} GFLOP/s = {100 * gf_all / mm:.0f}% counting the matching too)")
+    if device.type == "cuda":
+        peak = 989.0 if prec is not None else 67.0
+        print(f"share of an H100/H200 dense {('bf16' if prec is not None else 'fp32')} peak (~{peak:.0f} TFLOP/s): "
+              f"{100 * gf_model / 1e3 / peak:.1f}%; ImageNet val (50,000 images) would take "
+              f"{50000 / ips_b / 60:.1f} min")
+    else:
+        print(f"ImageNet val (50,000 images) at this rate: {50000 / ips_b / 3600:.1f} h on this machine")
+
+
+if __name__ == "__main__":
+    main()
