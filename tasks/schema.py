@@ -15,8 +15,10 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("shard", pa.int32(), nullable=False),
         pa.field("label", pa.int32()),  # index into the dataset's class list (label order)
+        pa.field("class_name", pa.string()),  # name of the true class
         pa.field("method", pa.string(), nullable=False),  # abs, clip, clip-e, cupl
         pa.field("pred", pa.int32()),  # predicted label (same index space as label); null on error rows
+        pa.field("pred_name", pa.string()),
         pa.field("top5", pa.list_(pa.int32())),
         pa.field("score_true", pa.float32()),  # the true class's logit
         pa.field("margin", pa.float32()),  # true logit minus the best other logit (>0 means correct)
@@ -45,6 +47,23 @@ def predictions_dir(dataset: str, model: str, config: str) -> str:
 
 def prediction_part(dataset: str, model: str, config: str, shard: int) -> str:
     return f"{predictions_dir(dataset, model, config)}/part-{shard:05d}.parquet"
+
+
+# ---------------------------------------------------------------- DINO attention cache
+DINO_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("grid", pa.int32()),  # D: attention is D*D cells, row-major
+        pa.field("attention", pa.list_(pa.float32())),  # CLS-to-patch attention of the last block, head mean
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+
+
+def dino_part(model: str, weights: str, dataset: str, shard: int) -> str:
+    return f"cache/dino/model={slug(model)}/weights={weights}/dataset={slug(dataset)}/part-{shard:05d}.parquet"
 
 
 def run_record_json(run_id: str) -> str:
