@@ -9,7 +9,7 @@ Pure torch + open_clip + timm; usable on its own::
 """
 
 from .backbones import CLIPBackbone, DINOBackbone, SplitError
-from .classifier import METHODS, ABSClassifier, CropGeometry, Prediction
+from .classifier import METHODS, ABSClassifier, CropGeometry, Prediction, dino_attention
 from .config import ABSConfig, ModelSpec
 from .matching import cosine_logits, soft_match
 from .sampling import image_generator
@@ -22,5 +22,5 @@ TINY_DINO = "abs-tiny-dino-vit-b16"
 __all__ = [
     "ABSClassifier", "ABSConfig", "CLIPBackbone", "CropGeometry", "DEFAULT_PROMPT", "DINOBackbone",
     "METHODS", "ModelSpec", "Prediction", "SplitError", "TextBank", "cosine_logits", "image_generator",
-    "soft_match", "TINY_CLIP", "TINY_CLIP_B32", "TINY_DINO",
+    "soft_match", "dino_attention", "TINY_CLIP", "TINY_CLIP_B32", "TINY_DINO",
 ]

@@ -140,15 +140,11 @@ class ABSClassifier:
         outs = [fn(x[s : s + self.batch_size]) for s in range(0, x.shape[0], self.batch_size)]
         return torch.cat(outs) if outs else x.new_zeros(0)
 
-    @torch.inference_mode()
     def dino_attention(self, images: Sequence[Any]) -> Tensor:
         """CLS-to-patch attention of the last DINO block, ``[B, D*D]`` float32."""
-        xs = [limit_size(to_tensor_image(im).to(self.device), self.config.max_image_side) for im in images]
-        n = self.dino.norm
-        views = torch.stack([dino_view(x, n.size, n.mean, n.std) for x in xs])
-        views = views.to(next(self.dino.parameters()).dtype)
-        with self._autocast():
-            return self._rows(self.dino.cls_attention, views).float()
+        return dino_attention(
+            self.dino, images, self.config.max_image_side, self.device, self.autocast_dtype, self.batch_size
+        )
 
     def dino_topk(self, images: Sequence[Any], k: int | None = None) -> tuple[Tensor, Tensor]:
         """Top-``k`` DINO cells per image: ``(indices [B, k], values [B, k])``, descending."""
@@ -261,6 +257,32 @@ class ABSClassifier:
         logits = {k: v.cpu() for k, v in logits.items()}
         extras = {"crop_features": crops.cpu(), "global_features": g_feat.cpu()} if return_features else {}
         return Prediction(list(image_ids), logits, geoms, t.subset, extras)
+
+
+@torch.inference_mode()
+def dino_attention(
+    dino: DINOBackbone,
+    images: Sequence[Any],
+    max_image_side: int = ABSConfig.max_image_side,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """CLS-to-patch attention ``[B, D*D]`` (float32, CPU) of decoded images.
+
+    The DINO cache task calls this directly; ``ABSClassifier.predict`` calls it when
+    no cached attention is given. Same preprocessing in both, so cached and fresh
+    attention are identical.
+    """
+    device = torch.device(device)
+    xs = [limit_size(to_tensor_image(im).to(device), max_image_side) for im in images]
+    n = dino.norm
+    views = torch.stack([dino_view(x, n.size, n.mean, n.std) for x in xs]).to(next(dino.parameters()).dtype)
+    out = []
+    with autocast_context(device, autocast_dtype):
+        for s in range(0, views.shape[0], batch_size):
+            out.append(dino.cls_attention(views[s : s + batch_size]).float())
+    return torch.cat(out).cpu()
 
 
 def _to_working(boxes: Tensor, geo: CropGeometry, x: Tensor) -> Tensor:

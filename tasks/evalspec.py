@@ -1,0 +1,85 @@
+"""What one evaluation is: dataset x models x method config x descriptions.
+
+Why a dataclass with a hash: the hash names the prediction partition
+(``config=<hash>``) and decides what a rerun may reuse. It covers everything that
+changes a number -- method parameters, model names and weight digests, DINO
+preprocessing, the description content, prompts and templates, the class list,
+the dataset's shard fingerprint, and ``ALGORITHM_VERSION`` -- and nothing that
+does not (device, batch sizes, worker counts), so a resumed run on another
+machine reuses what was committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from abs_model import ABSConfig, ModelSpec
+from abs_model.text import DEFAULT_PROMPT
+
+#: Bump when the computation changes in a way the other fields do not capture.
+ALGORITHM_VERSION = 1
+
+
+def short_hash(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """One (dataset, CLIP model, config) evaluation, as the flows pass it around."""
+
+    dataset: str
+    clip: ModelSpec
+    dino: ModelSpec
+    descriptions: str  # name of a stored description set (tasks.descriptions.store)
+    abs: ABSConfig = field(default_factory=ABSConfig)
+    prompt: str = DEFAULT_PROMPT
+    templates: str = "openai-imagenet"  # "openai-imagenet" (80 templates) or "none"
+    # execution settings: never part of the hash
+    device: str = "auto"
+    precision: str = "auto"
+    images_per_batch: int | None = None
+    keep_features: bool = False
+
+    @property
+    def model_name(self) -> str:
+        """The CLIP model as it appears in partitions and reports (``ViT-B-16/openai``)."""
+        return self.clip.name if self.clip.is_random else f"{self.clip.name}/{_tag(self.clip.pretrained)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalSpec":
+        d = dict(d)
+        d["clip"] = ModelSpec(**d["clip"])
+        d["dino"] = ModelSpec(**d["dino"])
+        d["abs"] = ABSConfig.from_dict(d["abs"])
+        return cls(**d)
+
+    def numbers_key(self, *, clip_digest: str, dino_digest: str, descriptions_hash: str,
+                    dataset_fingerprint: str, text_classnames: list[str], subset: list[int] | None) -> dict[str, Any]:
+        """Everything that determines the predictions (what ``config_hash`` hashes)."""
+        return {
+            "algorithm_version": ALGORITHM_VERSION,
+            "abs": self.abs.to_dict(),
+            "clip": {"name": self.clip.name, "pretrained": _tag(self.clip.pretrained), "digest": clip_digest},
+            "dino": {"name": self.dino.name, "pretrained": _tag(self.dino.pretrained), "digest": dino_digest},
+            "descriptions_hash": descriptions_hash,
+            "prompt": self.prompt,
+            "templates": self.templates,
+            "dataset_fingerprint": dataset_fingerprint,
+            "classes": short_hash(text_classnames),
+            "subset": subset,
+        }
+
+
+def _tag(pretrained: str | None) -> str:
+    """Weights tag for names and hashes: the pretrained tag, a checkpoint's file name, or 'random'."""
+    if pretrained in (None, "", "random"):
+        return "random"
+    return pretrained.rsplit("/", 1)[-1]

@@ -1,0 +1,175 @@
+"""Inference per shard: ABS and the baselines, one prediction row per image and method.
+
+Reads the shard (image bytes), its DINO cache part (the crop centres come from
+it, no DINO pass here) and the classifier's text bank; writes
+``predictions/dataset=<ds>/model=<clip>/config=<hash>/part-<nnnnn>.parquet``
+(schema ``tasks.schema.PREDICTION_SCHEMA``) atomically, then its done-marker. A
+committed part is never recomputed: the config hash already names everything
+that could change it. Error rows of the shard (and images that fail to decode
+now) become one error row per method, so counts always add up.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from abs_model import ABSClassifier
+from tasks.dino_cache import DECODE_ERROR, decode, read_dino_shard
+from tasks.schema import PREDICTION_SCHEMA, prediction_part
+from tasks.shard import read_shard
+from tasks.storage import Storage
+
+FEATURES_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("crop_features", pa.list_(pa.list_(pa.float32()))),
+    pa.field("global_feature", pa.list_(pa.float32())),
+])
+
+
+@dataclass(frozen=True)
+class InferShardResult:
+    shard: int
+    path: str
+    computed: bool
+    n_images: int
+    n_ok: int
+    n_error: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _method_rows(method: str, logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
+    lg = logits.double()
+    k = min(5, lg.shape[1])
+    top = torch.topk(lg, k, dim=1).indices
+    lab = torch.tensor(labels, dtype=torch.long)
+    in_range = (lab >= 0) & (lab < lg.shape[1])
+    safe = lab.clamp(0, lg.shape[1] - 1)
+    true = lg.gather(1, safe[:, None])[:, 0]
+    other = lg.scatter(1, safe[:, None], float("-inf")).max(dim=1).values
+    return {
+        "pred": top[:, 0].tolist(),
+        "top5": top.tolist(),
+        "score_true": torch.where(in_range, true, torch.full_like(true, float("nan"))).tolist(),
+        "margin": torch.where(in_range, true - other, torch.full_like(true, float("nan"))).tolist(),
+    }
+
+
+def infer_shard(
+    storage: Storage,
+    classifier: ABSClassifier,
+    *,
+    dataset: str,
+    model: str,
+    config: str,
+    shard: int,
+    dino_path: str,
+    classnames: list[str],
+    run_id: str,
+    images_per_batch: int = 8,
+    keep_features: bool = False,
+    progress=None,
+) -> InferShardResult:
+    """Predict every image of one shard (or return the committed part untouched)."""
+    rel = prediction_part(dataset, model, config, shard)
+    marker_key = rel.removesuffix(".parquet")
+    marker = storage.read_marker(marker_key)
+    if marker is not None and storage.exists(rel):
+        return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
+
+    t = read_shard(storage, dataset, shard, columns=["image_id", "label", "class_name", "image", "status", "error"])
+    ids = t.column("image_id").to_pylist()
+    labels = t.column("label").to_pylist()
+    cnames = t.column("class_name").to_pylist()
+    status = t.column("status").to_pylist()
+    error = t.column("error").to_pylist()
+    dino = read_dino_shard(storage, dino_path)
+    images = t.column("image")
+    methods = [m for m in ("abs", "clip", "clip-e", "cupl")]
+    K = classifier.config.top_k
+
+    per_image: dict[int, dict[str, Any]] = {}
+    feats: dict[int, tuple[list, list]] = {}
+    ok_idx: list[int] = []
+    for i, st in enumerate(status):
+        if st != "ok":
+            continue
+        att = dino.get(ids[i])
+        if att is None or att[0] is None:
+            status[i] = att[1] if att else "missing_dino"
+            error[i] = att[2] if att else "no DINO attention cached for this image"
+            continue
+        ok_idx.append(i)
+
+    for s in range(0, len(ok_idx), images_per_batch):
+        chunk = ok_idx[s : s + images_per_batch]
+        imgs, good = [], []
+        for i in chunk:
+            try:
+                imgs.append(decode(images[i].as_py()))
+                good.append(i)
+            except Exception as exc:
+                status[i], error[i] = DECODE_ERROR, f"{type(exc).__name__}: {exc}"
+        if not good:
+            continue
+        att = torch.tensor([dino[ids[i]][0] for i in good], dtype=torch.float32)
+        vals, idx = torch.topk(att, K, dim=1)
+        out = classifier.predict(imgs, [ids[i] for i in good], dino_topk=(idx, vals), return_features=keep_features)
+        present = [m for m in methods if m in out.logits]
+        rows = {m: _method_rows(m, out.logits[m], [labels[i] for i in good]) for m in present}
+        for j, i in enumerate(good):
+            per_image[i] = {m: {k: v[j] for k, v in rows[m].items()} for m in present}
+            per_image[i]["_geo"] = out.geometry[j]
+            if keep_features:
+                feats[i] = (out.extras["crop_features"][j].tolist(), out.extras["global_features"][j].tolist())
+        if progress is not None:
+            progress(len(good))
+
+    cols: dict[str, list] = {f.name: [] for f in PREDICTION_SCHEMA}
+    present = methods if not per_image else [m for m in methods if m in next(iter(per_image.values()))]
+    for i in range(len(ids)):
+        res = per_image.get(i)
+        for m in present:
+            r = res[m] if res else None
+            g = res["_geo"] if (res and m == "abs") else None
+            cols["image_id"].append(ids[i])
+            cols["shard"].append(shard)
+            cols["label"].append(labels[i])
+            cols["class_name"].append(cnames[i])
+            cols["method"].append(m)
+            cols["pred"].append(r["pred"] if r else None)
+            cols["pred_name"].append(classnames[r["pred"]] if r else None)
+            cols["top5"].append(r["top5"] if r else None)
+            cols["score_true"].append(_finite(r["score_true"]) if r else None)
+            cols["margin"].append(_finite(r["margin"]) if r else None)
+            cols["status"].append("ok" if r else status[i])
+            cols["error"].append(None if r else error[i])
+            cols["run_id"].append(run_id)
+            cols["width"].append(g.width if g else None)
+            cols["height"].append(g.height if g else None)
+            cols["dino_topk_indices"].append(g.dino_topk_indices.tolist() if g else None)
+            cols["dino_topk_values"].append(g.dino_topk_values.tolist() if g else None)
+            cols["raw_boxes"].append(g.raw_boxes.tolist() if g else None)
+            cols["feature_windows"].append(g.feature_windows.tolist() if g else None)
+    table = pa.table(cols, schema=PREDICTION_SCHEMA)
+    if keep_features:
+        fdir = posixpath.dirname(rel).replace("predictions/", "features/", 1)
+        ft = pa.table({"image_id": [ids[i] for i in sorted(feats)],
+                       "crop_features": [feats[i][0] for i in sorted(feats)],
+                       "global_feature": [feats[i][1] for i in sorted(feats)]}, schema=FEATURES_SCHEMA)
+        storage.write_parquet(posixpath.join(fdir, posixpath.basename(rel)), ft)
+    storage.write_parquet(rel, table)
+    n_ok = len(per_image)
+    storage.mark_done(marker_key, {"n_images": len(ids), "n_ok": n_ok, "n_error": len(ids) - n_ok, "run_id": run_id})
+    return InferShardResult(shard, rel, True, len(ids), n_ok, len(ids) - n_ok)
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)

@@ -1,0 +1,61 @@
+"""Models loaded once per worker process, not once per shard.
+
+Why: a shard task may run hundreds of times in one worker (thread pool, Dask
+worker process, Ray actor). Loading ViT-B/16 weights each time would cost more
+than the shard. The cache is keyed by the model spec and device and guarded by
+a lock, so threads of one worker share one copy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import torch
+
+from abs_model import CLIPBackbone, DINOBackbone, ModelSpec
+from abs_model.device import resolve_device
+
+_LOCK = threading.RLock()  # re-entrant: a cached build may load models itself
+_CACHE: dict[tuple, Any] = {}
+
+
+def _key(kind: str, spec: ModelSpec, device: torch.device) -> tuple:
+    return (kind, spec.name, spec.pretrained, json.dumps(spec.extra, sort_keys=True), str(device))
+
+
+def _get(kind: str, spec: ModelSpec, device: str | torch.device | None, loader) -> Any:
+    dev = resolve_device(device)
+    key = _key(kind, spec, dev)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = loader(spec, dev)
+        return _CACHE[key]
+
+
+def get_clip(spec: ModelSpec, device: str | torch.device | None = None) -> CLIPBackbone:
+    return _get("clip", spec, device, CLIPBackbone.load)
+
+
+def get_dino(spec: ModelSpec, device: str | torch.device | None = None) -> DINOBackbone:
+    return _get("dino", spec, device, DINOBackbone.load)
+
+
+def cached(key: tuple, build) -> Any:
+    """Process-wide memo for other heavy objects (text banks, classifiers)."""
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = build()
+        return _CACHE[key]
+
+
+def replace(key: tuple, value: Any) -> None:
+    with _LOCK:
+        _CACHE[key] = value
+
+
+def clear() -> None:
+    """Drop every cached model (tests; freeing GPU memory between jobs)."""
+    with _LOCK:
+        _CACHE.clear()

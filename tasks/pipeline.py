@@ -1,0 +1,104 @@
+"""One evaluation's resolved context, built once per worker process.
+
+Why: every shard task of a run needs the same classifier (models, text bank,
+config hash). A task receives only small JSON-able arguments (root URL, the
+EvalSpec as a dict, a shard index), so it can run in a thread, a Dask worker or
+a Ray actor; ``resolve`` turns them into the heavy objects once per process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from abs_model import ABSClassifier, CLIPBackbone, DINOBackbone, TextBank
+from tasks import models
+from tasks.descriptions import DescriptionSet, read_descriptions
+from tasks.evalspec import EvalSpec, short_hash
+from tasks.shard import DatasetInfo, read_dataset_info
+from tasks.storage import Storage
+from tasks.text_cache import TextCacheEntry, ensure_text_bank
+
+
+class EvaluationError(RuntimeError):
+    """A problem with the job itself (not one image): fail fast with what to do."""
+
+
+@dataclass
+class EvalContext:
+    storage: Storage
+    spec: EvalSpec
+    info: DatasetInfo
+    descriptions: DescriptionSet
+    clip: CLIPBackbone
+    dino: DINOBackbone
+    text: TextBank
+    text_entry: TextCacheEntry
+    numbers: dict[str, Any]
+    config_hash: str
+    classifier: ABSClassifier
+
+    @property
+    def images_per_batch(self) -> int:
+        if self.spec.images_per_batch:
+            return self.spec.images_per_batch
+        return 64 if self.classifier.device.type == "cuda" else 4
+
+
+def _check_descriptions(ds: DescriptionSet, info: DatasetInfo, name: str) -> None:
+    want = list(info.text_classnames)
+    got = list(ds.classnames)
+    if got != want:
+        diff = [(i, a, b) for i, (a, b) in enumerate(zip(got, want)) if a != b][:5]
+        raise EvaluationError(
+            f"description set {name!r} was made for {len(got)} classes, dataset {info.dataset!r} scores "
+            f"{len(want)} classes; first differences (label, descriptions, dataset): {diff}. "
+            "Import the descriptions against this dataset's class list."
+        )
+
+
+def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -> EvalContext:
+    storage = root if isinstance(root, Storage) else Storage(root)
+    try:
+        info = read_dataset_info(storage, spec.dataset)
+    except FileNotFoundError as exc:
+        raise EvaluationError(str(exc)) from exc
+    ds = read_descriptions(storage, spec.descriptions)
+    _check_descriptions(ds, info, spec.descriptions)
+    clip = models.get_clip(spec.clip, spec.device)
+    dino = models.get_dino(spec.dino, spec.device)
+    if dino.grid != 14:
+        raise EvaluationError(f"DINO model {spec.dino.name} has a {dino.grid}x{dino.grid} grid; ABS expects 14x14")
+    subset = list(info.subset_indices) if info.subset_indices is not None else None
+    bank, entry = ensure_text_bank(
+        storage, clip, list(info.text_classnames), ds.texts, ds.content_hash,
+        m=spec.abs.n_descriptions, prompt=spec.prompt, templates=spec.templates, subset=subset, progress=progress,
+    )
+    numbers = spec.numbers_key(
+        clip_digest=clip.weights_digest, dino_digest=dino.weights_digest, descriptions_hash=ds.content_hash,
+        dataset_fingerprint=info.fingerprint, text_classnames=list(info.text_classnames), subset=subset,
+    )
+    clf = ABSClassifier(clip, dino, bank, spec.abs, spec.device, spec.precision)
+    return EvalContext(storage, spec, info, ds, clip, dino, bank, entry, numbers, short_hash(numbers), clf)
+
+
+def resolve(root: str, spec: EvalSpec | dict, expect_config: str | None = None, progress: bool = False) -> EvalContext:
+    """``build_context``, memoised per process by (root, spec).
+
+    ``expect_config``: the config hash the flow resolved; a memoised context with
+    another hash (descriptions re-imported since, say) is rebuilt, so a long-lived
+    worker never predicts with stale inputs.
+    """
+    if isinstance(spec, dict):
+        spec = EvalSpec.from_dict(spec)
+    key = ("eval-context", root, json.dumps(spec.to_dict(), sort_keys=True, default=str))
+    ctx = models.cached(key, lambda: build_context(root, spec, progress))
+    if expect_config is not None and ctx.config_hash != expect_config:
+        ctx = build_context(root, spec, progress)
+        models.replace(key, ctx)
+        if ctx.config_hash != expect_config:
+            raise EvaluationError(
+                f"inputs changed during the run: config {ctx.config_hash} here, {expect_config} in the flow"
+            )
+    return ctx

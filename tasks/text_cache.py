@@ -1,0 +1,150 @@
+"""CLIP text embeddings of a description set (and the baselines' prompts), cached.
+
+Why cached: ImageNet has 1000 x 50 descriptions plus 80 x 1000 template prompts;
+encoding them costs minutes on a CPU and is the same for every run, rerun and
+method variant with the same CLIP weights and descriptions. The cache key is the
+CLIP model, its weights digest, the descriptions' content hash, the class list,
+M, the prompt and the template set.
+
+Layout: ``cache/text/model=<clip>/key=<hash>/text.parquet`` with one row per
+embedding (``kind`` = description / prompt / ensemble, ``class_index``,
+``index``, ``embedding``), plus its done-marker.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from abs_model import CLIPBackbone, TextBank
+from abs_model.text import imagenet_templates
+from tasks.evalspec import short_hash
+from tasks.schema import slug
+from tasks.storage import Storage
+
+TEXT_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("class_index", pa.int32(), nullable=False),
+        pa.field("index", pa.int32(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+TEMPLATE_SETS = {"openai-imagenet": imagenet_templates, "none": lambda: []}
+
+
+@dataclass(frozen=True)
+class TextCacheEntry:
+    """Where a text bank lives and what it was built from (what a task returns)."""
+
+    path: str
+    key: str
+    computed: bool
+    n_classes: int
+    m: int
+    n_embeddings: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def text_key(clip: CLIPBackbone, descriptions_hash: str, classnames: list[str], m: int, prompt: str, templates: str) -> str:
+    return short_hash({
+        "clip": clip.spec.name, "weights": clip.weights_digest, "descriptions": descriptions_hash,
+        "classes": classnames, "m": m, "prompt": prompt, "templates": templates,
+    })
+
+
+def text_path(clip: CLIPBackbone, key: str) -> str:
+    return posixpath.join("cache", "text", f"model={slug(clip.spec.name)}", f"key={key}", "text.parquet")
+
+
+def _rows(kind: str, feats: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, list]:
+    out: dict[str, list] = {"kind": [], "class_index": [], "index": [], "embedding": []}
+    if feats.dim() == 2:
+        feats = feats.unsqueeze(1)
+    arr = feats.float().numpy()
+    for c in range(arr.shape[0]):
+        for i in range(arr.shape[1]):
+            if mask is not None and not bool(mask[c, i]):
+                continue
+            out["kind"].append(kind)
+            out["class_index"].append(c)
+            out["index"].append(i)
+            out["embedding"].append(arr[c, i])
+    return out
+
+
+def ensure_text_bank(
+    storage: Storage,
+    clip: CLIPBackbone,
+    classnames: list[str],
+    texts: list[list[str]] | tuple,
+    descriptions_hash: str,
+    *,
+    m: int,
+    prompt: str,
+    templates: str = "openai-imagenet",
+    subset: list[int] | None = None,
+    progress: bool = True,
+) -> tuple[TextBank, TextCacheEntry]:
+    """Load the cached text bank, or encode and commit it first."""
+    if templates not in TEMPLATE_SETS:
+        raise ValueError(f"unknown template set {templates!r}; choose from {sorted(TEMPLATE_SETS)}")
+    key = text_key(clip, descriptions_hash, list(classnames), m, prompt, templates)
+    rel = text_path(clip, key)
+    marker = f"text/{slug(clip.spec.name)}/{key}"
+    computed = False
+    if not (storage.is_done(marker) and storage.exists(rel)):
+        bank = TextBank.build(clip, classnames, [list(t) for t in texts], m=m, prompt=prompt or None,
+                              templates=TEMPLATE_SETS[templates](), progress=progress)
+        cols: dict[str, list] = {"kind": [], "class_index": [], "index": [], "embedding": []}
+        parts = [_rows("description", bank.descriptions, bank.mask)]
+        if bank.prompt is not None:
+            parts.append(_rows("prompt", bank.prompt))
+        if bank.ensemble is not None:
+            parts.append(_rows("ensemble", bank.ensemble))
+        for p in parts:
+            for k in cols:
+                cols[k].extend(p[k])
+        storage.write_parquet(rel, pa.table(cols, schema=TEXT_SCHEMA))
+        storage.mark_done(marker, {"path": rel, "clip": clip.spec.name, "weights": clip.weights_digest,
+                                   "descriptions_hash": descriptions_hash, "m": m, "prompt": prompt,
+                                   "templates": templates, "n_classes": len(classnames)})
+        computed = True
+    bank = load_text_bank(storage, rel, list(classnames), m, subset)
+    n = int(bank.mask.sum()) + (len(classnames) if bank.prompt is not None else 0) + (
+        len(classnames) if bank.ensemble is not None else 0)
+    return bank, TextCacheEntry(rel, key, computed, len(classnames), m, n)
+
+
+def load_text_bank(storage: Storage, rel: str, classnames: list[str], m: int, subset: list[int] | None) -> TextBank:
+    """Rebuild a ``TextBank`` from its cached Parquet."""
+    t = storage.read_parquet(rel)
+    kind = np.asarray(t.column("kind").to_pylist())
+    ci = t.column("class_index").to_numpy()
+    ix = t.column("index").to_numpy()
+    emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    c, d = len(classnames), emb.shape[1]
+    sel = kind == "description"
+    width = int(ix[sel].max()) + 1 if sel.any() else 1
+    desc = torch.zeros(c, width, d)
+    mask = torch.zeros(c, width, dtype=torch.bool)
+    desc[ci[sel], ix[sel]] = torch.from_numpy(emb[sel])
+    mask[ci[sel], ix[sel]] = True
+
+    def per_class(k: str) -> torch.Tensor | None:
+        s = kind == k
+        if not s.any():
+            return None
+        out = torch.zeros(c, d)
+        out[ci[s]] = torch.from_numpy(emb[s])
+        return out
+
+    return TextBank(list(classnames), desc, mask, per_class("prompt"), per_class("ensemble"), subset)
