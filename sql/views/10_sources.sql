@@ -1,0 +1,50 @@
+-- The views over the Parquet files of a storage root; everything else builds on these.
+-- Answers: what has been committed (predictions, run records, cached DINO attention).
+-- Parameters: ${root} -- the storage root, substituted by tasks/catalog.py (an
+--   absolute path, a registered fsspec URL such as memory:///abs, or '.' when the
+--   shell is started in the root). Nothing else in sql/ names a path.
+--
+-- Why these globs: committed part files live exactly three partition levels deep
+-- and are named part-*.parquet; writers stage files under <root>/_tmp/ and move
+-- them into place, so a half-written file never matches. hive_types_autocast is off
+-- because a config hash such as 0123 must stay the string '0123'. union_by_name lets
+-- files written before a column was added (schema growth) be read with NULLs.
+
+-- One row per image x method, as written by the inference task (tasks/schema.py
+-- PREDICTION_SCHEMA) plus the partition columns dataset, model, config. run_id is
+-- the run that COMPUTED the row (see run_predictions for a run's full set).
+CREATE OR REPLACE VIEW predictions AS
+SELECT *
+FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
+                  hive_partitioning = true, hive_types_autocast = false, union_by_name = true);
+
+-- One row per run (tasks/schema.py RUN_SCHEMA), plus previous_run_id: the latest
+-- earlier completed run of the same deployment, dataset and model (the run that a
+-- scheduled re-evaluation is compared with).
+CREATE OR REPLACE VIEW runs AS
+WITH records AS (
+    SELECT *
+    FROM read_parquet('${root}/runs/*/run.parquet', hive_partitioning = false, union_by_name = true)
+)
+SELECT cur.*,
+       (SELECT arg_max(prev.run_id, prev.started_at)
+        FROM records AS prev
+        WHERE prev.deployment IS NOT DISTINCT FROM cur.deployment
+          AND prev.dataset = cur.dataset
+          AND prev.model = cur.model
+          AND prev.started_at < cur.started_at
+          AND coalesce(prev.status, 'completed') = 'completed') AS previous_run_id
+FROM records AS cur;
+
+-- Cached CLS-to-patch DINO attention (tasks/schema.py DINO_SCHEMA): the full D x D map
+-- per image. Files live at cache/dino/model=<m>/<variant>/dataset=<ds>/part-*.parquet,
+-- where the second level names the weights or a cache key (its name has varied), so
+-- the partition values are taken from the path here instead of by hive name:
+-- model, variant (the second level's value), dataset.
+CREATE OR REPLACE VIEW dino_attention AS
+SELECT * EXCLUDE (filename),
+       regexp_extract(filename, '/model=([^/]+)/[^/]+/dataset=[^/]+/[^/]+$', 1) AS model,
+       regexp_extract(filename, '/model=[^/]+/(?:[^/=]+=)?([^/]+)/dataset=[^/]+/[^/]+$', 1) AS variant,
+       regexp_extract(filename, '/dataset=([^/]+)/[^/]+$', 1) AS dataset
+FROM read_parquet('${root}/cache/dino/*/*/*/part-*.parquet',
+                  hive_partitioning = false, filename = true, union_by_name = true);

@@ -1,0 +1,23 @@
+-- A run's prediction set: one row per image x method that the run's numbers are over.
+-- Answers: "which rows does run R stand for?"
+-- Parameters: none.
+--
+-- Why a join and not a filter on predictions.run_id: a resumed run reuses the shards
+-- an earlier (crashed) run of the same config committed, and a rerun of an unchanged
+-- config reuses all of them. So a run stands for every row of its (dataset, model,
+-- config) partition; computed_by names the run that actually computed each row.
+-- correct is false (never NULL) for error rows; status is the row's, run_status the run's.
+CREATE OR REPLACE VIEW run_predictions AS
+SELECT r.run_id,
+       r.deployment,
+       r.status AS run_status,
+       r.started_at AS run_started_at,
+       p.dataset,
+       p.model,
+       p.config,
+       p.run_id AS computed_by,
+       p.* EXCLUDE (run_id, dataset, model, config),
+       coalesce(p.status = 'ok' AND p.pred = p.label, false) AS correct
+FROM runs AS r
+JOIN predictions AS p
+  ON p.dataset = r.dataset AND p.model = r.model AND p.config = r.config;

@@ -1,0 +1,27 @@
+-- Accuracy by run x method x true class.
+-- Answers: which classes a method gets right or wrong, with counts and a 95% Wilson interval.
+-- Parameters: none (sql/queries/per_class_accuracy.sql and class_extremes.sql filter it).
+-- Error rows count in n and n_error, not in accuracy (same rule as the accuracy view).
+CREATE OR REPLACE VIEW per_class_accuracy AS
+WITH counts AS (
+    SELECT run_id,
+           dataset,
+           model,
+           config,
+           method,
+           label,
+           any_value(class_name) AS class_name,
+           count(*) AS n,
+           count(*) FILTER (WHERE status = 'ok') AS n_ok,
+           count(*) FILTER (WHERE status <> 'ok') AS n_error,
+           count(*) FILTER (WHERE correct) AS n_correct
+    FROM run_predictions
+    GROUP BY run_id, dataset, model, config, method, label
+)
+SELECT run_id, dataset, model, config, method, label, class_name,
+       n, n_ok, n_error,
+       n_correct AS correct,
+       n_correct / nullif(n_ok, 0) AS accuracy,
+       wilson_low(n_correct, n_ok) AS ci_low,
+       wilson_high(n_correct, n_ok) AS ci_high
+FROM counts;

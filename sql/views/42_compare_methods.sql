@@ -1,0 +1,37 @@
+-- Run comparison per method: accuracy in run_a and run_b, the difference, and how many
+-- images flipped each way (from compare_flips).
+-- Answers: "did this week's run get better or worse than last week's, per method?"
+-- Parameters: run_a, run_b (DuckDB variables, via run_pair).
+-- delta = accuracy_b - accuracy_a (over ok rows). n_fixed - n_broken is the net change
+-- in correct images on the images both runs share.
+CREATE OR REPLACE VIEW compare_methods AS
+WITH pair AS (FROM run_pair),
+a AS (SELECT acc.* FROM accuracy AS acc, pair WHERE acc.run_id = pair.run_a),
+b AS (SELECT acc.* FROM accuracy AS acc, pair WHERE acc.run_id = pair.run_b),
+f AS (
+    SELECT method,
+           count(*) AS n_changed,
+           count(*) FILTER (WHERE change = 'fixed') AS n_fixed,
+           count(*) FILTER (WHERE change = 'broken') AS n_broken
+    FROM compare_flips
+    GROUP BY method
+)
+SELECT (SELECT run_a FROM pair) AS run_a,
+       (SELECT run_b FROM pair) AS run_b,
+       method,
+       a.n AS n_a,
+       b.n AS n_b,
+       a.n_error AS n_error_a,
+       b.n_error AS n_error_b,
+       a.accuracy AS accuracy_a,
+       b.accuracy AS accuracy_b,
+       b.accuracy - a.accuracy AS delta,
+       a.ci_low AS ci_low_a,
+       a.ci_high AS ci_high_a,
+       b.ci_low AS ci_low_b,
+       b.ci_high AS ci_high_b,
+       coalesce(f.n_changed, 0) AS n_changed,
+       coalesce(f.n_fixed, 0) AS n_fixed,
+       coalesce(f.n_broken, 0) AS n_broken
+FROM a FULL OUTER JOIN b USING (method)
+LEFT JOIN f USING (method);

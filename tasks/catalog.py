@@ -1,0 +1,345 @@
+"""DuckDB views over a storage root, the analyst queries in ``sql/``, and the ``results.duckdb`` catalog.
+
+Why SQL files and not Python aggregation: analysts get numbers by opening DuckDB,
+never by reading Python, and a number in a report must be re-runnable by anyone.
+So every view and query lives in ``sql/`` (one view set or query per file, with a
+header saying what it answers and which parameters it takes); this module only
+loads them.
+
+Layout of ``sql/``::
+
+    sql/views/NN_<name>.sql   CREATE OR REPLACE VIEW/MACRO statements, run in file-name order.
+                              Only views/10_sources.sql names files: read_parquet('${root}/<glob>')
+    sql/queries/<name>.sql    one SELECT over the views (never over paths), so it runs unchanged
+                              in the duckdb shell once the views exist (e.g. in results.duckdb)
+
+Placeholder scheme: the single placeholder is ``${root}`` (the storage root, no
+trailing slash). :func:`render_views` substitutes it with an absolute local path,
+a URL of a filesystem registered with DuckDB (``memory:///abs``, ``s3://bucket/abs``),
+or ``.`` for a shell started inside the root. Query parameters are DuckDB variables
+(``SET VARIABLE run_a = '...'`` / ``getvariable('run_a')``), the same in Python and
+in the shell; unset variables mean "the default" (see each file's header).
+
+Empty roots: DuckDB refuses a view over a glob that matches no file. When a source
+glob has no match yet, its ``read_parquet(...)`` call is replaced by an empty,
+correctly typed relation built from ``tasks/schema.py``, so every view exists (and
+is empty) on a fresh root. A catalog written before any file existed keeps that
+empty view: write it again once there are results.
+
+Remote roots: DuckDB's own httpfs extension downloads at first use (impossible on
+offline machines), so :func:`connect` registers the root's fsspec filesystem with
+DuckDB instead; the views then read ``memory://``/``s3://`` URLs through fsspec.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.schema import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA
+from tasks.storage import Storage
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+VIEWS_DIR = SQL_DIR / "views"
+QUERIES_DIR = SQL_DIR / "queries"
+ROOT_PLACEHOLDER = "${root}"
+
+#: Globs (relative to the root) that views read, with the Arrow schema of their files and
+#: the VARCHAR columns ``read_parquet`` adds (hive partitions, ``filename``). Used to type
+#: the empty relation that stands in for a glob with no file yet.
+SOURCES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
+    "predictions/*/*/*/part-*.parquet": (PREDICTION_SCHEMA, ("dataset", "model", "config")),
+    "runs/*/run.parquet": (RUN_SCHEMA, ()),
+    "cache/dino/*/*/*/part-*.parquet": (DINO_SCHEMA, ("filename",)),
+}
+
+#: Oldest DuckDB storage format written into a catalog file: any duckdb / duckdb-cli
+#: >= 1.4 opens it (the file holds views and macros only, so nothing is lost).
+CATALOG_STORAGE_VERSION = "v1.4.0"
+
+_SOURCE_CALL = re.compile(r"read_parquet\(\s*'\$\{root\}/(?P<glob>[^']+)'[^()]*\)")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOCAL = ("file", "local")
+
+
+# ---------------------------------------------------------------------- SQL files
+def view_files() -> list[Path]:
+    """The view files, in the order they must run (later views use earlier ones)."""
+    return sorted(VIEWS_DIR.glob("*.sql"))
+
+
+def list_queries() -> dict[str, str]:
+    """Named queries: ``{name: first header line}``, sorted by name (``sql/queries/<name>.sql``)."""
+    out: dict[str, str] = {}
+    for path in sorted(QUERIES_DIR.glob("*.sql")):
+        first = next((ln for ln in path.read_text().splitlines() if ln.startswith("--")), "-- ")
+        out[path.stem] = first[2:].strip()
+    return out
+
+
+def query_sql(name: str) -> str:
+    """The text of the named query ``sql/queries/<name>.sql``."""
+    path = QUERIES_DIR / f"{name}.sql"
+    if not _IDENT.match(name) or not path.is_file():
+        raise KeyError(f"no query named {name!r}; known: {', '.join(list_queries())}")
+    return path.read_text()
+
+
+def _sql_literal(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _duckdb_types(schema: pa.Schema) -> list[tuple[str, str]]:
+    con = duckdb.connect()
+    try:
+        rel = con.from_arrow(schema.empty_table())
+        return [(name, str(t)) for name, t in zip(rel.columns, rel.types)]
+    finally:
+        con.close()
+
+
+def empty_relation_sql(glob: str) -> str:
+    """``(SELECT CAST(NULL AS <type>) AS <col>, ... WHERE false)`` with the columns of ``glob``'s files."""
+    if glob not in SOURCES:
+        raise ValueError(f"no schema known for source glob {glob!r}: add it to tasks.catalog.SOURCES")
+    schema, hive = SOURCES[glob]
+    cols = _duckdb_types(schema) + [(h, "VARCHAR") for h in hive if h not in schema.names]
+    select = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in cols)
+    return f"(SELECT {select} WHERE false)"
+
+
+def render_views(root_sql: str, empty_globs: set[str] | frozenset[str] = frozenset()) -> str:
+    """All view files as one SQL script, ``${root}`` replaced by ``root_sql``.
+
+    ``empty_globs``: source globs with no file yet; their ``read_parquet`` calls become
+    typed empty relations (DuckDB cannot create a view over a glob with no match).
+    """
+    root_sql = _sql_literal(root_sql.rstrip("/") or "/")
+
+    def source(m: re.Match[str]) -> str:
+        if m.group("glob") in empty_globs:
+            return empty_relation_sql(m.group("glob"))
+        return m.group(0)
+
+    parts = []
+    for path in view_files():
+        text = _SOURCE_CALL.sub(source, path.read_text())
+        parts.append(f"-- {path.relative_to(SQL_DIR)}\n" + text.replace(ROOT_PLACEHOLDER, root_sql))
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------- connections
+def _storage(root: str | Storage, storage_options: Mapping[str, Any] | None) -> Storage:
+    return root if isinstance(root, Storage) else Storage(root, dict(storage_options or {}))
+
+
+def _is_local(st: Storage) -> bool:
+    return st.protocol in _LOCAL
+
+
+def _empty_globs(st: Storage) -> set[str]:
+    used = {m.group("glob") for p in view_files() for m in _SOURCE_CALL.finditer(p.read_text())}
+    return {g for g in used if not st.glob(g)}
+
+
+def create_views(con: duckdb.DuckDBPyConnection, st: Storage, *, root_sql: str | None = None) -> None:
+    """Create (or replace) every view of ``sql/views`` on ``con`` for the root of ``st``."""
+    con.execute(render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st)))
+
+
+def _root_sql(st: Storage) -> str:
+    return st.root_path if _is_local(st) else st.url()
+
+
+def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with all views over ``root`` (any fsspec URL).
+
+    For a non-local root the root's fsspec filesystem is registered with DuckDB, so
+    no DuckDB extension (httpfs) has to be downloaded. The views are built from the
+    files present now: after new results are committed, connect again (or call
+    :func:`create_views`) to pick up sources that were empty before.
+    """
+    st = _storage(root, storage_options)
+    con = duckdb.connect()
+    if not _is_local(st):
+        con.register_filesystem(st.fs)
+    create_views(con, st)
+    return con
+
+
+def write_catalog(
+    root: str | Storage,
+    out_path: str | os.PathLike[str] = "results.duckdb",
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    relative: bool = False,
+    storage_version: str = CATALOG_STORAGE_VERSION,
+    allow_remote: bool = False,
+) -> str:
+    """Write a DuckDB file holding the views (and macros) over ``root``; returns its absolute path.
+
+    Then ``duckdb results.duckdb -c "from accuracy"`` works without knowing any path.
+    The file holds no data, only view definitions with the root's absolute path in
+    them (``relative=True``: paths relative to the current directory, for a catalog
+    used by a shell started inside the root). It is written to a temporary name and
+    moved into place, so an analyst never opens half a catalog.
+
+    ``storage_version``: the oldest DuckDB storage format to write, so that the
+    ``duckdb`` shell (``duckdb-cli`` on PyPI, which may lag the Python package) can
+    open the file; the default opens in every DuckDB >= 1.4.
+
+    Remote roots: the views would read ``s3://``-style URLs, which the duckdb shell
+    can only open with its httpfs extension (downloaded at first use) and credentials
+    of its own, so they need ``allow_remote=True``; ``memory://`` roots cannot be
+    opened by another process at all and are refused. In Python, use :func:`connect`.
+    """
+    st = _storage(root, storage_options)
+    if not _is_local(st):
+        if st.protocol == "memory":
+            raise ValueError("a memory:// root lives in this process only: use tasks.catalog.connect() instead of a catalog file")
+        if not allow_remote:
+            raise ValueError(
+                f"{st.root} is not a local folder: the duckdb shell would need its httpfs extension and credentials "
+                "to read it. Pass allow_remote=True (sql --allow-remote) if that is set up, or use tasks.catalog.connect()."
+            )
+    if relative and not _is_local(st):
+        raise ValueError("relative=True is for a local root opened by a shell started inside it")
+    out = Path(out_path).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    con = duckdb.connect()
+    try:
+        if not _is_local(st):
+            con.register_filesystem(st.fs)
+        con.execute(f"ATTACH '{_sql_literal(str(tmp))}' AS abs_eval_catalog (STORAGE_VERSION '{_sql_literal(storage_version)}')")
+        con.execute("USE abs_eval_catalog")
+        if relative:
+            # Views are bound when created: resolve the relative globs against the root.
+            con.execute(f"SET file_search_path = '{_sql_literal(st.root_path)}'")
+        create_views(con, st, root_sql="." if relative else None)
+        con.execute("USE memory")
+        con.execute("DETACH abs_eval_catalog")
+    except BaseException:
+        con.close()
+        for p in (tmp, Path(f"{tmp}.wal")):
+            p.unlink(missing_ok=True)
+        raise
+    con.close()
+    os.replace(tmp, out)
+    return str(out)
+
+
+# ---------------------------------------------------------------------- queries
+def _view_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+
+
+def resolve_sql(con: duckdb.DuckDBPyConnection, name_or_sql: str) -> str:
+    """A named query's text, ``SELECT * FROM <view>`` for a view name, else the SQL itself."""
+    text = name_or_sql.strip()
+    if _IDENT.match(text):
+        if text in list_queries():
+            return query_sql(text)
+        if text in _view_names(con):
+            return f"SELECT * FROM {text}"
+        raise KeyError(f"{text!r} is neither a query ({', '.join(list_queries())}) nor a view ({', '.join(sorted(_view_names(con)))})")
+    return name_or_sql
+
+
+def _to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
+    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+    out = fetch()
+    return out if isinstance(out, pa.Table) else out.read_all()
+
+
+def run_query(
+    root: str | Storage | duckdb.DuckDBPyConnection,
+    name_or_sql: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """Run a named query (``sql/queries/<name>.sql``), a view name, or any SQL; returns an Arrow table.
+
+    ``root``: a storage root (the views are created on a fresh connection) or a
+    connection from :func:`connect` (reused; cheaper for many queries). ``params``
+    become DuckDB variables for this call only (``{"run_a": "r1"}`` is
+    ``SET VARIABLE run_a = 'r1'``); a ``None`` value leaves the variable unset.
+    """
+    own = not isinstance(root, duckdb.DuckDBPyConnection)
+    con = connect(root, storage_options) if own else root
+    params = dict(params or {})
+    for key in params:
+        if not _IDENT.match(key):
+            raise ValueError(f"parameter name {key!r} is not a plain identifier")
+    try:
+        sql = resolve_sql(con, name_or_sql)
+        for key, value in params.items():
+            if value is None:
+                con.execute(f"RESET VARIABLE {key}")
+            else:
+                con.execute(f"SET VARIABLE {key} = ?", [value])
+        rel = con.sql(sql)
+        return _to_arrow(rel) if rel is not None else pa.table({})
+    finally:
+        if own:
+            con.close()
+        else:
+            for key in params:
+                con.execute(f"RESET VARIABLE {key}")
+
+
+# ---------------------------------------------------------------------- output
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def export(table: pa.Table, path: str, fmt: str | None = None) -> str:
+    """Write ``table`` to ``path`` (local or any fsspec URL) as csv, parquet, json (an array) or jsonl.
+
+    ``fmt`` defaults to the file suffix. CSV and JSON are written by DuckDB (lists
+    and timestamps come out as DuckDB prints them); Parquet keeps the Arrow types.
+    """
+    fmt = (fmt or _FORMATS.get(Path(path).suffix.lower(), "")).lower()
+    if fmt not in {"csv", "parquet", "json", "jsonl"}:
+        raise ValueError(f"unknown output format for {path!r}: give fmt as csv, parquet, json or jsonl")
+    if fmt == "parquet":
+        with fsspec.open(path, "wb") as f:
+            pq.write_table(table, f)
+        return path
+    options = {"csv": "FORMAT csv, HEADER true", "json": "FORMAT json, ARRAY true", "jsonl": "FORMAT json"}[fmt]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = os.path.join(tmpdir, "out")
+        con = duckdb.connect()
+        try:
+            rel = con.from_arrow(table)
+            rel.create_view("export_table")
+            con.execute(f"COPY (SELECT * FROM export_table) TO '{_sql_literal(tmp)}' ({options})")
+        finally:
+            con.close()
+        with open(tmp, "rb") as src, fsspec.open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return path
+
+
+def format_table(table: pa.Table, max_rows: int = 50) -> str:
+    """A boxed text rendering of ``table`` (DuckDB's), at most ``max_rows`` rows, for printing."""
+    con = duckdb.connect()
+    try:
+        rel = con.from_arrow(table)
+        text = str(rel.limit(max_rows) if table.num_rows > max_rows else rel)
+    finally:
+        con.close()
+    if table.num_rows > max_rows:
+        text += f"({table.num_rows} rows, first {max_rows} shown)\n"
+    return text
