@@ -13,7 +13,6 @@ fingerprint. Error rows of the shard pass through as error rows.
 from __future__ import annotations
 
 import io
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from PIL import Image
 from abs_model import DINOBackbone, dino_attention
 from abs_model.device import resolve_device, resolve_precision
 from tasks.evalspec import ALGORITHM_VERSION, short_hash
-from tasks.schema import DINO_SCHEMA, slug
+from tasks.schema import DINO_SCHEMA, dino_part
 from tasks.shard import read_shard
 from tasks.storage import Storage
 
@@ -42,10 +41,6 @@ def dino_key(dino: DINOBackbone, max_image_side: int) -> str:
     n = dino.norm
     return short_hash({"weights": dino.weights_digest, "size": n.size, "mean": n.mean, "std": n.std,
                        "max_image_side": max_image_side, "algorithm": ALGORITHM_VERSION})
-
-
-def dino_dir(dino: DINOBackbone, key: str, dataset: str) -> str:
-    return posixpath.join("cache", "dino", f"model={slug(dino.spec.name)}", f"key={key}", f"dataset={slug(dataset)}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +69,7 @@ def dino_shard(
 ) -> DinoShardResult:
     """Compute (or reuse) the attention of every image in one shard."""
     key = dino_key(dino, max_image_side)
-    rel = posixpath.join(dino_dir(dino, key, dataset), f"part-{shard:05d}.parquet")
+    rel = dino_part(dino.spec.name, key, dataset, shard)
     marker_key = rel.removesuffix(".parquet")
     marker = storage.read_marker(marker_key)
     if marker is not None and marker.get("fingerprint") == fingerprint and storage.exists(rel):

@@ -62,8 +62,13 @@ DINO_SCHEMA = pa.schema(
 )
 
 
-def dino_part(model: str, weights: str, dataset: str, shard: int) -> str:
-    return f"cache/dino/model={slug(model)}/weights={weights}/dataset={slug(dataset)}/part-{shard:05d}.parquet"
+def dino_dir(model: str, key: str, dataset: str) -> str:
+    """``key`` hashes the DINO weights digest and the preprocessing (see tasks.dino_cache)."""
+    return f"cache/dino/model={slug(model)}/key={key}/dataset={slug(dataset)}"
+
+
+def dino_part(model: str, key: str, dataset: str, shard: int) -> str:
+    return f"{dino_dir(model, key, dataset)}/part-{shard:05d}.parquet"
 
 
 def run_record_json(run_id: str) -> str:

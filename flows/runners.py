@@ -1,0 +1,40 @@
+"""Task runners by name: where the per-shard tasks run.
+
+``threads`` (default): a thread pool in the flow's process, with Prefect's local
+API. ``dask``: a Dask cluster -- a local one with ``workers`` processes, or an
+existing scheduler given by ``address`` / ``ABS_DASK_ADDRESS``. ``ray``: a Ray
+cluster (``address`` / ``ABS_RAY_ADDRESS``, or a local one). Shards are the unit
+of distribution; every worker must reach the same storage root (use s3:// or
+gs:// roots, or a shared filesystem, across machines).
+"""
+
+from __future__ import annotations
+
+import os
+
+RUNNERS = ("threads", "dask", "ray")
+
+
+def build_task_runner(runner: str = "threads", workers: int = 1, address: str | None = None):
+    if runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=max(1, workers))
+    if runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise RuntimeError("runner 'dask' needs the dask extra: pip install 'abs-eval[dask]'") from exc
+        address = address or os.environ.get("ABS_DASK_ADDRESS")
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": max(1, workers), "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    if runner == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise RuntimeError("runner 'ray' needs the ray extra: pip install 'abs-eval[ray]'") from exc
+        address = address or os.environ.get("ABS_RAY_ADDRESS")
+        return RayTaskRunner(address=address) if address else RayTaskRunner()
+    raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")

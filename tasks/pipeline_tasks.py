@@ -1,0 +1,86 @@
+"""Prefect tasks of the evaluate flow: thin wrappers over the plain pipeline steps.
+
+Each task takes small JSON-able arguments (root URL, EvalSpec dict, shard index)
+and returns a small manifest dict, never tensors, so it can run in a thread, a
+Dask worker process or a Ray worker. Tasks that touch storage retry; tasks that
+run models carry the ``gpu`` tag (give it a concurrency limit on a GPU pool:
+``prefect concurrency-limit create gpu 1``). Prefect's result caching is off:
+idempotence comes from the commit markers in the storage root, which survive
+process crashes and are shared by every worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.descriptions import import_descriptions, read_descriptions, write_descriptions
+from tasks.dino_cache import dino_shard
+from tasks.infer import infer_shard
+from tasks.pipeline import resolve
+from tasks.runs import RunRecord
+from tasks.shard import read_dataset_info, shard_dataset
+from tasks.storage import Storage
+
+STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[5, 30])
+
+
+@task(name="shard-dataset", cache_policy=NO_CACHE, **STORAGE_RETRIES)
+def shard_task(layout: str, source: str, root: str, dataset: str, images_per_shard: int,
+               layout_options: dict | None = None, progress: bool = True) -> dict[str, Any]:
+    m = shard_dataset(layout, source, root, dataset, images_per_shard, layout_options=layout_options or {},
+                      progress=progress)
+    return {"dataset": dataset, "fingerprint": m.fingerprint, "n_shards": len(m.shards), "n_total": m.n_total,
+            "n_ok": m.n_ok, "n_error": m.n_error, "written": m.written, "skipped": m.skipped}
+
+
+@task(name="descriptions", cache_policy=NO_CACHE, **STORAGE_RETRIES)
+def descriptions_task(root: str, dataset: str, name: str, path: str | None, fmt: str = "auto",
+                      dataset_key: str | None = None, m: int = 50) -> dict[str, Any]:
+    """Import ``path`` against the dataset's class list as set ``name``, or check the stored set."""
+    info = read_dataset_info(root, dataset)
+    if path:
+        ds = import_descriptions(path, list(info.text_classnames), format=fmt, dataset_key=dataset_key, m=m)
+        man = write_descriptions(ds, root, name)
+        return {"name": name, "content_hash": man.content_hash, "summary": ds.summary()}
+    ds = read_descriptions(root, name)
+    return {"name": name, "content_hash": ds.content_hash, "summary": ds.summary()}
+
+
+@task(name="prepare-evaluation", cache_policy=NO_CACHE, tags=["gpu"], **STORAGE_RETRIES)
+def prepare_task(root: str, spec: dict) -> dict[str, Any]:
+    """Load models, build (or reuse) the text-embedding cache, compute the config hash."""
+    ctx = resolve(root, spec, progress=True)
+    return {
+        "config_hash": ctx.config_hash, "numbers": ctx.numbers, "text": ctx.text_entry.to_dict(),
+        "fingerprint": ctx.info.fingerprint, "shards": [s.index for s in ctx.info.shards],
+        "clip_digest": ctx.clip.weights_digest, "dino_digest": ctx.dino.weights_digest,
+        "descriptions_hash": ctx.descriptions.content_hash, "model": ctx.spec.model_name,
+        "random_weights": ctx.clip.is_random or ctx.dino.is_random,
+    }
+
+
+@task(name="dino-shard", cache_policy=NO_CACHE, tags=["gpu"], task_run_name="dino-shard-{shard}", **STORAGE_RETRIES)
+def dino_shard_task(root: str, spec: dict, config_hash: str, shard: int) -> dict[str, Any]:
+    ctx = resolve(root, spec, expect_config=config_hash)
+    r = dino_shard(ctx.storage, ctx.spec.dataset, shard, ctx.info.fingerprint, ctx.dino,
+                   max_image_side=ctx.spec.abs.max_image_side, device=ctx.classifier.device,
+                   precision=ctx.spec.precision)
+    return r.to_dict()
+
+
+@task(name="infer-shard", cache_policy=NO_CACHE, tags=["gpu"], task_run_name="infer-shard-{shard}", **STORAGE_RETRIES)
+def infer_shard_task(root: str, spec: dict, config_hash: str, shard: int, run_id: str,
+                     dino: dict[str, Any]) -> dict[str, Any]:
+    ctx = resolve(root, spec, expect_config=config_hash)
+    r = infer_shard(ctx.storage, ctx.classifier, dataset=ctx.spec.dataset, model=ctx.spec.model_name,
+                    config=config_hash, shard=shard, dino_path=dino["path"], classnames=list(ctx.info.classnames),
+                    run_id=run_id, images_per_batch=ctx.images_per_batch, keep_features=ctx.spec.keep_features)
+    return r.to_dict()
+
+
+@task(name="run-record", cache_policy=NO_CACHE, **STORAGE_RETRIES)
+def run_record_task(root: str, record: dict[str, Any]) -> None:
+    RunRecord(**record).write(Storage(root))
