@@ -166,8 +166,8 @@ def run_evaluation(job: EvaluateJob) -> dict[str, Any]:
     record = dict(
         run_id=run_id, dataset=spec.dataset, model=prep["model"], config=prep["config_hash"],
         deployment=job.deployment, shards_total=len(prep["shards"]),
-        clip_model=spec.clip.name, clip_pretrained=str(spec.clip.pretrained), clip_weights_digest=prep["clip_digest"],
-        dino_model=spec.dino.name, dino_pretrained=str(spec.dino.pretrained), dino_weights_digest=prep["dino_digest"],
+        clip_model=spec.clip.name, clip_pretrained=spec.clip.pretrained or "random", clip_weights_digest=prep["clip_digest"],
+        dino_model=spec.dino.name, dino_pretrained=spec.dino.pretrained or "random", dino_weights_digest=prep["dino_digest"],
         descriptions_hash=prep["descriptions_hash"], config_json={"spec": spec_d, "numbers": prep["numbers"]},
         started_at=datetime.now(timezone.utc),
     )

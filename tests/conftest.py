@@ -57,3 +57,33 @@ def make_image(h: int, w: int, seed: int) -> Image.Image:
 @pytest.fixture
 def images():
     return [make_image(h, w, s) for s, (h, w) in enumerate([(120, 160), (200, 150), (97, 131), (64, 64)])]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (real API, SQLite) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        from prefect.settings import PREFECT_API_URL
+
+        yield PREFECT_API_URL.value()
+
+
+def demo_source(tmp_path_factory, per_class: int = 2):
+    """A generated image folder (12 classes) and a matching CuPL-style description file."""
+    import json
+
+    from tasks.synthetic import demo_descriptions, write_demo_dataset
+
+    base = tmp_path_factory.mktemp("demo-src")
+    classes = write_demo_dataset(str(base / "images"), per_class=per_class)
+    desc = base / "descriptions.json"
+    desc.write_text(json.dumps(demo_descriptions([c.replace(" ", "_") for c in classes])))
+    return str(base / "images"), str(desc)
+
+
+TINY_FLOW_PARAMS = dict(
+    layout="folder", clip_model="abs-tiny-vit-b16", clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16",
+    dino_pretrained=None, abs_config={"n_crops": 6, "top_k": 5, "n_descriptions": 4}, templates="none",
+)

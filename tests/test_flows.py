@@ -1,0 +1,102 @@
+"""The evaluate flow on a real (temporary) Prefect server: results, artifacts, validation, Dask."""
+
+import pytest
+
+from conftest import TINY_FLOW_PARAMS, demo_source
+from flow_helpers import predictions
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return demo_source(tmp_path_factory, per_class=2)
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, source, tmp_path_factory):
+    from flows.evaluate import evaluate
+
+    images, desc = source
+    root = str(tmp_path_factory.mktemp("root-threads"))
+    out = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
+                   deployment="test", **TINY_FLOW_PARAMS)
+    return root, out
+
+
+def test_evaluate_writes_predictions_runs_and_report(first_run):
+    from tasks.catalog import run_query
+    from tasks.storage import Storage
+
+    root, out = first_run
+    rows = predictions(root)
+    assert len(rows) == 24 * 3  # 12 classes x 2 images, one row per method
+    assert {r[4] for r in rows} == {"abs", "clip", "cupl"}  # templates="none": no clip-e
+    assert out["shards_total"] == 5 and out["shards_computed"] == 5 and out["n_images"] == 24
+    st = Storage(root)
+    rec = st.read_json(f"runs/run={out['run_id']}/run.json")
+    assert rec["status"] == "completed" and rec["n_ok"] == 24 and rec["config"] == out["config"]
+    assert rec["versions_json"]["torch"] and rec["clip_weights_digest"]
+    acc = {r["method"]: r for r in run_query(root, "accuracy", {"run_id": out["run_id"]}).to_pylist()}
+    assert set(acc) == {"abs", "clip", "cupl"}  # templates="none": no clip-e
+    for m, r in acc.items():
+        correct = sum(1 for x in rows if x[4] == m and x[6] == x[5])
+        assert r["correct"] == correct and r["n"] == 24
+    assert st.exists(f"runs/run={out['run_id']}/report.md")
+
+
+def test_artifacts_are_published(first_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    _, out = first_run
+
+    async def keys():
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts()}
+
+    found = asyncio.run(keys())
+    key = out["run_id"].lower()
+    assert any(k.startswith("accuracy-") and k.endswith(key[-8:]) for k in found if k)
+    assert any(k.startswith("report-") for k in found if k)
+
+
+def test_rerun_reuses_everything(first_run, source):
+    from flows.evaluate import evaluate
+
+    root, out = first_run
+    images, desc = source
+    again = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
+                     deployment="test", **TINY_FLOW_PARAMS)
+    assert again["config"] == out["config"]
+    assert again["shards_computed"] == 0
+    assert len(predictions(root)) == 24 * 3
+
+
+def test_bad_parameters_fail_before_any_work(prefect_server, tmp_path, source):
+    from flows.evaluate import ParameterError, evaluate
+
+    images, desc = source
+    root = tmp_path / "never-written"
+    with pytest.raises(ParameterError) as err:
+        evaluate(dataset="demo", source=str(tmp_path / "no-such-folder"), root=str(root), descriptions=desc,
+                 **{**TINY_FLOW_PARAMS, "layout": "imagenet-z", "clip_model": "ViT-Q-1"})
+    msg = str(err.value)
+    assert "unknown layout 'imagenet-z'" in msg and "source not found" in msg and "unknown CLIP model" in msg
+    assert not root.exists()
+    with pytest.raises(ParameterError, match="n_crops must be >= 1"):
+        evaluate(dataset="demo", source=images, root=str(root), descriptions=desc,
+                 **{**TINY_FLOW_PARAMS, "abs_config": {"n_crops": 0}})
+    assert not root.exists()
+
+
+def test_dask_cluster_gives_the_same_predictions(first_run, source, tmp_path):
+    pytest.importorskip("prefect_dask")
+    from flows.evaluate import evaluate
+
+    root_threads, out = first_run
+    images, desc = source
+    root = str(tmp_path / "root-dask")
+    res = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
+                   deployment="test", runner="dask", workers=2, report=False, **TINY_FLOW_PARAMS)
+    assert res["config"] == out["config"] and res["shards_computed"] == 5
+    assert predictions(root) == predictions(root_threads)
