@@ -9,7 +9,7 @@ crops of one image encoded as one batch, each feature crop through the last bloc
 on its own. Also printed: achieved GFLOP/s of the batched path's model forwards
 against a plain fp32 matmul measured in the same run.
 
-    .venv/bin/python benchmarks/bench_abs.py            # CPU, 4 images
+    .venv/bin/python benchmarks/bench_abs.py            # CPU, 3 images, best of 2 runs per path
     .venv/bin/python benchmarks/bench_abs.py --device cuda --images 256 --batch-size 1024
 """
 
@@ -122,7 +122,8 @@ def per_image_path(clf: ABSClassifier, images, ids):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating timed runs per path (best kept)")
     ap.add_argument("--per-image", type=int, default=None, help="images for the per-image path (default: same)")
     ap.add_argument("--crops", type=int, default=60)
     ap.add_argument("--classes", type=int, default=1000)
@@ -168,25 +169,29 @@ def main() -> None:
     mm = matmul_gflops(device, dt)
     print(f"plain {dt} matmul 4096^3: {mm:.1f} GFLOP/s")
 
-    # Warm-up on one image, then time the whole batch.
+    # Warm-up on one image, then alternate the two paths `repeats` times and keep each
+    # one's best time: on a shared, noisy machine the best of several is the fairest.
     clf.predict(images[:1], ids[:1])
     sync(device)
-    t = time.perf_counter()
-    out = clf.predict(images, ids)
-    sync(device)
-    t_batched = time.perf_counter() - t
+    t_batched = t_ref = float("inf")
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = clf.predict(images, ids)
+        sync(device)
+        t_batched = min(t_batched, time.perf_counter() - t)
+        t = time.perf_counter()
+        preds_ref = per_image_path(clf, images[:n_per], ids[:n_per])
+        sync(device)
+        t_ref = min(t_ref, time.perf_counter() - t)
     ips_b = len(images) / t_batched
     gf_model = per_image_model * len(images) / t_batched / 1e9
     gf_all = (per_image_model + per_image_match) * len(images) / t_batched / 1e9
-
-    t = time.perf_counter()
-    preds_ref = per_image_path(clf, images[:n_per], ids[:n_per])
-    sync(device)
-    t_ref = time.perf_counter() - t
     ips_r = n_per / t_ref
     agree = sum(int(a == b) for a, b in zip(preds_ref, out.pred("abs")[:n_per].tolist()))
+    mm = max(mm, matmul_gflops(device, dt))  # measured again after the runs, best of both
 
     print()
+    print(f"plain {dt} matmul (best of two measurements): {mm:.1f} GFLOP/s; best of {args.repeats} runs per path")
     print(f"{'path':<12}{'images':>8}{'seconds':>10}{'images/s':>11}{'s/image':>9}")
     print(f"{'batched':<12}{len(images):>8}{t_batched:>10.2f}{ips_b:>11.3f}{1 / ips_b:>9.2f}")
     print(f"{'per-image':<12}{n_per:>8}{t_ref:>10.2f}{ips_r:>11.3f}{1 / ips_r:>9.2f}")
