@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from abs_model import ABSClassifier
+from abs_model import METHODS, ABSClassifier
 from tasks.dino_cache import DECODE_ERROR, decode, read_dino_shard
 from tasks.schema import PREDICTION_SCHEMA, prediction_part
 from tasks.shard import read_shard
@@ -43,6 +43,24 @@ class InferShardResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def classifier_methods(classifier: ABSClassifier) -> list[str]:
+    """The methods ``classifier.predict`` scores, in row order (from its text bank, so a
+    shard whose every image failed gets the same methods as the others)."""
+    t = classifier.text
+    have = {"abs": True, "clip": t.prompt is not None, "clip-e": t.ensemble is not None, "cupl": True}
+    return [m for m in METHODS if have[m]]
+
+
+def features_part(prediction_rel: str) -> str:
+    """``features/...`` twin of a prediction part."""
+    return posixpath.join(posixpath.dirname(prediction_rel).replace("predictions/", "features/", 1),
+                          posixpath.basename(prediction_rel))
+
+
+def _features_committed(storage: Storage, frel: str) -> bool:
+    return storage.is_done(frel.removesuffix(".parquet")) and storage.exists(frel)
 
 
 def _method_rows(method: str, logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
@@ -77,11 +95,17 @@ def infer_shard(
     keep_features: bool = False,
     progress=None,
 ) -> InferShardResult:
-    """Predict every image of one shard (or return the committed part untouched)."""
+    """Predict every image of one shard (or return the committed part untouched).
+
+    ``keep_features`` on a part committed without its features computes and
+    commits the features only; the committed predictions are left as they are.
+    """
     rel = prediction_part(dataset, model, config, shard)
     marker_key = rel.removesuffix(".parquet")
     marker = storage.read_marker(marker_key)
-    if marker is not None and storage.exists(rel):
+    committed = marker is not None and storage.exists(rel)
+    frel = features_part(rel)
+    if committed and not (keep_features and not _features_committed(storage, frel)):
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
     t = read_shard(storage, dataset, shard, columns=["image_id", "label", "class_name", "image", "status", "error"])
@@ -92,7 +116,7 @@ def infer_shard(
     error = t.column("error").to_pylist()
     dino = read_dino_shard(storage, dino_path)
     images = t.column("image")
-    methods = [m for m in ("abs", "clip", "clip-e", "cupl")]
+    methods = classifier_methods(classifier)
     K = classifier.config.top_k
 
     per_image: dict[int, dict[str, Any]] = {}
@@ -122,21 +146,33 @@ def infer_shard(
         att = torch.tensor([dino[ids[i]][0] for i in good], dtype=torch.float32)
         vals, idx = torch.topk(att, K, dim=1)
         out = classifier.predict(imgs, [ids[i] for i in good], dino_topk=(idx, vals), return_features=keep_features)
-        present = [m for m in methods if m in out.logits]
-        rows = {m: _method_rows(m, out.logits[m], [labels[i] for i in good]) for m in present}
+        if sorted(out.logits) != sorted(methods):
+            raise RuntimeError(f"classifier returned methods {sorted(out.logits)}, expected {methods}")
+        width = next(iter(out.logits.values())).shape[1]
+        if width != len(classnames):
+            raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
+        rows = {m: _method_rows(m, out.logits[m], [labels[i] for i in good]) for m in methods}
         for j, i in enumerate(good):
-            per_image[i] = {m: {k: v[j] for k, v in rows[m].items()} for m in present}
+            per_image[i] = {m: {k: v[j] for k, v in rows[m].items()} for m in methods}
             per_image[i]["_geo"] = out.geometry[j]
             if keep_features:
                 feats[i] = (out.extras["crop_features"][j].tolist(), out.extras["global_features"][j].tolist())
         if progress is not None:
             progress(len(good))
 
+    if keep_features:
+        ft = pa.table({"image_id": [ids[i] for i in sorted(feats)],
+                       "crop_features": [feats[i][0] for i in sorted(feats)],
+                       "global_feature": [feats[i][1] for i in sorted(feats)]}, schema=FEATURES_SCHEMA)
+        storage.write_parquet(frel, ft)
+        storage.mark_done(frel.removesuffix(".parquet"), {"n_images": len(ids), "n_ok": len(feats), "run_id": run_id})
+    if committed:  # only the features were missing
+        return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
+
     cols: dict[str, list] = {f.name: [] for f in PREDICTION_SCHEMA}
-    present = methods if not per_image else [m for m in methods if m in next(iter(per_image.values()))]
     for i in range(len(ids)):
         res = per_image.get(i)
-        for m in present:
+        for m in methods:
             r = res[m] if res else None
             g = res["_geo"] if (res and m == "abs") else None
             cols["image_id"].append(ids[i])
@@ -159,12 +195,6 @@ def infer_shard(
             cols["raw_boxes"].append(g.raw_boxes.tolist() if g else None)
             cols["feature_windows"].append(g.feature_windows.tolist() if g else None)
     table = pa.table(cols, schema=PREDICTION_SCHEMA)
-    if keep_features:
-        fdir = posixpath.dirname(rel).replace("predictions/", "features/", 1)
-        ft = pa.table({"image_id": [ids[i] for i in sorted(feats)],
-                       "crop_features": [feats[i][0] for i in sorted(feats)],
-                       "global_feature": [feats[i][1] for i in sorted(feats)]}, schema=FEATURES_SCHEMA)
-        storage.write_parquet(posixpath.join(fdir, posixpath.basename(rel)), ft)
     storage.write_parquet(rel, table)
     n_ok = len(per_image)
     storage.mark_done(marker_key, {"n_images": len(ids), "n_ok": n_ok, "n_error": len(ids) - n_ok, "run_id": run_id})
