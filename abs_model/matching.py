@@ -60,6 +60,17 @@ def soft_match(
     return torch.cat(out) if out else crop_features.new_zeros(0, c)
 
 
-def cosine_logits(image_features: Tensor, class_features: Tensor, scale: float = 100.0) -> Tensor:
-    """Plain zero-shot logits: ``scale * g . w_c`` for normalised features."""
-    return scale * image_features @ class_features.to(image_features.dtype).T
+def cosine_logits(image_features: Tensor, class_features: Tensor, scale: float = 100.0, chunk: int = 16) -> Tensor:
+    """Plain zero-shot logits: ``scale * g . w_c`` for normalised features.
+
+    Computed as a row-wise float64 product-and-sum rather than a matmul, so an
+    image's logits do not depend on how many images share the call (a matmul of
+    one row and of many rows round differently in the last bits).
+    """
+    w = class_features.to(torch.float64)
+    out = []
+    for s0 in range(0, image_features.shape[0], chunk):
+        g = image_features[s0 : s0 + chunk].to(torch.float64)
+        out.append((g[:, None, :] * w[None]).sum(-1))
+    res = torch.cat(out) if out else image_features.new_zeros(0, w.shape[0], dtype=torch.float64)
+    return (scale * res).to(image_features.dtype)

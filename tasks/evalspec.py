@@ -5,8 +5,9 @@ Why a dataclass with a hash: the hash names the prediction partition
 changes a number -- method parameters, model names and weight digests, DINO
 preprocessing, the description content, prompts and templates, the class list,
 the dataset's shard fingerprint, and ``ALGORITHM_VERSION`` -- and nothing that
-does not (device, batch sizes, worker counts), so a resumed run on another
-machine reuses what was committed.
+does not change the method (device, batch sizes, worker counts), so a resumed run
+on another machine reuses what was committed. (Batch sizes and devices can move
+model outputs in the last float bits; the crops and the method do not change.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 from abs_model import ABSClassifier, CLIPBackbone, DINOBackbone, TextBank
 from tasks import models
-from tasks.descriptions import DescriptionSet, read_descriptions
+from tasks.descriptions import DescriptionError, DescriptionSet, read_descriptions
 from tasks.evalspec import EvalSpec, short_hash
 from tasks.shard import DatasetInfo, read_dataset_info
 from tasks.storage import Storage
@@ -64,7 +64,10 @@ def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -
         info = read_dataset_info(storage, spec.dataset)
     except FileNotFoundError as exc:
         raise EvaluationError(str(exc)) from exc
-    ds = read_descriptions(storage, spec.descriptions)
+    try:
+        ds = read_descriptions(storage, spec.descriptions)
+    except DescriptionError as exc:
+        raise EvaluationError(f"{exc} (pass a description file with --descriptions, or `abs-eval describe`)") from exc
     _check_descriptions(ds, info, spec.descriptions)
     clip = models.get_clip(spec.clip, spec.device)
     dino = models.get_dino(spec.dino, spec.device)

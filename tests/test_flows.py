@@ -100,3 +100,40 @@ def test_dask_cluster_gives_the_same_predictions(first_run, source, tmp_path):
                    deployment="test", runner="dask", workers=2, report=False, **TINY_FLOW_PARAMS)
     assert res["config"] == out["config"] and res["shards_computed"] == 5
     assert predictions(root) == predictions(root_threads)
+
+
+def test_cli_status_sql_and_help(first_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    root, out = first_run
+    runner = CliRunner()
+    res = runner.invoke(app, ["status", "--root", root])
+    assert res.exit_code == 0, res.output
+    assert out["run_id"] in res.output and "shards 5/5" in res.output and "errors 0" in res.output
+    res = runner.invoke(app, ["sql", "run", "accuracy", "--root", root, "-p", f"run_id={out['run_id']}"])
+    assert res.exit_code == 0 and "abs" in res.output and "cupl" in res.output, res.output
+    csv = tmp_path / "acc.csv"
+    res = runner.invoke(app, ["sql", "run", "select method, count(*) n from run_predictions group by 1",
+                              "--root", root, "--out", str(csv)])
+    assert res.exit_code == 0, res.output
+    assert csv.read_text().splitlines()[0] == "method,n"
+    res = runner.invoke(app, ["sql", "run", "no_such_query", "--root", root])
+    assert res.exit_code != 0
+    for cmd in ([], ["demo"], ["shard"], ["describe", "import"], ["describe", "generate"], ["run"], ["status"],
+                ["sql", "run"], ["sql", "catalog"], ["report"], ["layouts"]):
+        res = runner.invoke(app, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output, (cmd, res.output)
+
+
+def test_cli_run_rejects_bad_layout_with_a_message(prefect_server, tmp_path, source):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    images, _ = source
+    res = CliRunner().invoke(app, ["run", "--dataset", "x", "--source", images, "--layout", "nope",
+                                   "--root", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "unknown layout 'nope'" in res.output
