@@ -129,9 +129,10 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--descriptions", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="CLIP rows per forward in the batched path (default: 24 on CPU, 512 on CUDA)")
+                    help="CLIP rows per forward in the batched path (default: 16 on CPU, 512 on CUDA)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on cuda)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the CLIP trunk and head (batched path)")
     ap.add_argument("--clip", default="ViT-B-16")
     ap.add_argument("--dino", default="vit_base_patch16_224.dino")
     args = ap.parse_args()
@@ -140,13 +141,14 @@ def main() -> None:
 
     device = resolve_device(args.device)
     prec = resolve_precision(device, None if args.precision == "auto" else args.precision)
-    print(f"device={device} autocast={prec} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"device={device} autocast={prec} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"compile={args.compile}")
     print("weights: RANDOM (speed does not depend on weight values; nothing is downloaded)")
     clip = CLIPBackbone.load(ModelSpec(args.clip), device)
     dino = DINOBackbone.load(ModelSpec(args.dino), device)
     cfg = ABSConfig(n_crops=args.crops, n_descriptions=args.descriptions)
     clf = ABSClassifier(clip, dino, random_text(clip, args.classes, args.descriptions), cfg, device,
-                        args.precision, batch_size=args.batch_size)
+                        args.precision, batch_size=args.batch_size, compile=args.compile)
     images = make_images(args.images)
     ids = [f"bench/{i}" for i in range(len(images))]
     n_per = args.per_image if args.per_image is not None else len(images)

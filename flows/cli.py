@@ -222,6 +222,8 @@ def run(
     runner: str = typer.Option("threads", help="threads, dask or ray."),
     workers: int = typer.Option(1, help="Parallel shard tasks (threads or Dask worker processes)."),
     keep_features: bool = typer.Option(False, help="Also store crop features (re-score without images)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the CLIP trunk/head: ~30 s once, "
+                                 "then ~8-20% faster; worth it for long runs."),
     deployment: str = typer.Option("manual", help="Label runs for comparison with the previous one."),
 ) -> None:
     """Evaluate ABS and the baselines on one dataset (resumes whatever was committed)."""
@@ -236,7 +238,7 @@ def run(
             descriptions=descriptions, descriptions_name=descriptions_name,
             abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed),
             images_per_shard=images_per_shard, device=device, precision=precision, runner=runner, workers=workers,
-            keep_features=keep_features, deployment=deployment,
+            keep_features=keep_features, compile=compile, deployment=deployment,
         )
     except ParameterError as exc:
         _fail(str(exc))

@@ -74,7 +74,7 @@ def validate_parameters(
     dino_model: str, dino_pretrained: str | None, descriptions: str | None, descriptions_name: str | None,
     descriptions_format: str, descriptions_key: str | None, abs_config: dict | None, prompt: str, templates: str,
     images_per_shard: int, device: str, precision: str, images_per_batch: int | None, keep_features: bool,
-    deployment: str, runner: str, workers: int, report: bool, layout_options: dict | None,
+    compile: bool, deployment: str, runner: str, workers: int, report: bool, layout_options: dict | None,
 ) -> EvaluateJob:
     """Every check that needs no model and no image: a wrong name or path fails here, with a message."""
     from tasks.datasets import list_layouts
@@ -107,7 +107,7 @@ def validate_parameters(
     spec = EvalSpec(
         dataset=dataset, clip=ModelSpec(clip_model, clip_pretrained), dino=ModelSpec(dino_model, dino_pretrained),
         descriptions=descriptions_name or dataset, abs=cfg, prompt=prompt, templates=templates, device=device,
-        precision=precision, images_per_batch=images_per_batch, keep_features=keep_features,
+        precision=precision, images_per_batch=images_per_batch, keep_features=keep_features, compile=compile,
     )
     return EvaluateJob(spec, root, source, layout, dict(layout_options or {}), descriptions, descriptions_format,
                        descriptions_key, images_per_shard, deployment, runner, workers, report)
@@ -243,6 +243,7 @@ def evaluate(
     precision: str = "auto",
     images_per_batch: int | None = None,
     keep_features: bool = False,
+    compile: bool = False,
     deployment: str = "manual",
     runner: str = "threads",
     workers: int = 1,

@@ -44,6 +44,7 @@ class EvalSpec:
     precision: str = "auto"
     images_per_batch: int | None = None
     keep_features: bool = False
+    compile: bool = False  # torch.compile the CLIP trunk/head (long runs)
 
     @property
     def model_name(self) -> str:

@@ -82,7 +82,7 @@ def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -
         clip_digest=clip.weights_digest, dino_digest=dino.weights_digest, descriptions_hash=ds.content_hash,
         dataset_fingerprint=info.fingerprint, text_classnames=list(info.text_classnames), subset=subset,
     )
-    clf = ABSClassifier(clip, dino, bank, spec.abs, spec.device, spec.precision)
+    clf = ABSClassifier(clip, dino, bank, spec.abs, spec.device, spec.precision, compile=spec.compile)
     return EvalContext(storage, spec, info, ds, clip, dino, bank, entry, numbers, short_hash(numbers), clf)
 
 

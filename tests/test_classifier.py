@@ -120,3 +120,11 @@ def test_precision_and_dimension_errors(tiny_clip, tiny_clip_b32, tiny_dino, tex
     bad = TextBank(text.classnames, torch.zeros(5, 5, 32), text.mask)
     with pytest.raises(ValueError, match="dimension 32"):
         ABSClassifier(tiny_clip, tiny_dino, bad)
+
+
+def test_compiled_forward_matches_eager(tiny_clip, tiny_dino, text, images):
+    cfg = ABSConfig(n_crops=4, top_k=4, n_descriptions=5)
+    eager = ABSClassifier(tiny_clip, tiny_dino, text, cfg).predict(images[:2], ["a", "b"])
+    comp = ABSClassifier(tiny_clip, tiny_dino, text, cfg, compile=True).predict(images[:2], ["a", "b"])
+    for m in eager.logits:
+        assert torch.allclose(eager.logits[m], comp.logits[m], atol=1e-3, rtol=1e-4), m
