@@ -52,3 +52,20 @@ def announce_random(kind: str, name: str) -> None:
     )
     log.warning(msg)
     print(msg, file=sys.stderr)
+
+
+class WeightsInfo:
+    """Mixin for backbones holding ``self.model`` and ``self.spec``: digest and randomness."""
+
+    _digest: str | None = None
+
+    @property
+    def weights_digest(self) -> str:
+        """Computed once per loaded model (hashing ViT-L weights takes a second or two)."""
+        if self._digest is None:
+            self._digest = state_digest(self.model)
+        return self._digest
+
+    @property
+    def is_random(self) -> bool:
+        return self.spec.is_random

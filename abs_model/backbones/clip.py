@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..config import ModelSpec
 from ..device import autocast_context
 from ..model_configs import register_clip_configs
-from ..weights import announce_random, seeded_init, state_digest
+from ..weights import WeightsInfo, announce_random, seeded_init
 
 
 class SplitError(ValueError):
@@ -34,7 +34,7 @@ class ImageNorm:
     std: tuple[float, float, float]
 
 
-class CLIPBackbone(nn.Module):
+class CLIPBackbone(WeightsInfo, nn.Module):
     """An open_clip CLIP model exposing ``trunk`` / ``head`` / ``encode_text``."""
 
     def __init__(self, model: nn.Module, tokenizer, spec: ModelSpec):
@@ -42,7 +42,6 @@ class CLIPBackbone(nn.Module):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec
-        self._digest: str | None = None
         visual = model.visual
         self._check_splittable(visual, spec.name)
         self.visual = visual
@@ -106,16 +105,6 @@ class CLIPBackbone(nn.Module):
                 f"{' + attentional pooler' if getattr(visual, 'attn_pool', None) is not None else ''}; "
                 "ABS needs CLS-token pooling (pool_type='tok', no attn_pool)"
             )
-
-    @property
-    def weights_digest(self) -> str:
-        if self._digest is None:
-            self._digest = state_digest(self.model)
-        return self._digest
-
-    @property
-    def is_random(self) -> bool:
-        return self.spec.is_random
 
     @property
     def feature_dtype(self) -> torch.dtype:

@@ -16,21 +16,20 @@ from torch import Tensor, nn
 
 from ..config import ModelSpec
 from ..model_configs import dino_configs
-from ..weights import announce_random, seeded_init, state_digest
+from ..weights import WeightsInfo, announce_random, seeded_init
 from .clip import ImageNorm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DINOBackbone(nn.Module):
+class DINOBackbone(WeightsInfo, nn.Module):
     """A timm ViT used only for its last-block CLS attention over patches."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec):
         super().__init__()
         self.model = model.eval()
         self.spec = spec
-        self._digest: str | None = None
         if not hasattr(model, "blocks") or not hasattr(model.blocks[-1], "attn"):
             raise ValueError(f"{spec.name}: not a timm VisionTransformer with attention blocks")
         attn = model.blocks[-1].attn
@@ -80,16 +79,6 @@ class DINOBackbone(nn.Module):
                 timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": spec.pretrained}, **kwargs
             )
         return cls(model, spec).to(device)
-
-    @property
-    def weights_digest(self) -> str:
-        if self._digest is None:
-            self._digest = state_digest(self.model)
-        return self._digest
-
-    @property
-    def is_random(self) -> bool:
-        return self.spec.is_random
 
     def cls_attention(self, images: Tensor) -> Tensor:
         """Normalised images ``[B, 3, S, S]`` -> CLS-to-patch attention ``[B, G*G]`` (head mean)."""
