@@ -14,6 +14,7 @@ from .config import ABSConfig, ModelSpec
 from .matching import cosine_logits, soft_match
 from .sampling import image_generator
 from .text import DEFAULT_PROMPT, TextBank
+from .weights import WeightsUnavailableError
 
 TINY_CLIP = "abs-tiny-vit-b16"
 TINY_CLIP_B32 = "abs-tiny-vit-b32"
@@ -22,5 +23,5 @@ TINY_DINO = "abs-tiny-dino-vit-b16"
 __all__ = [
     "ABSClassifier", "ABSConfig", "CLIPBackbone", "CropGeometry", "DEFAULT_PROMPT", "DINOBackbone",
     "METHODS", "ModelSpec", "Prediction", "SplitError", "TextBank", "cosine_logits", "image_generator",
-    "soft_match", "dino_attention", "TINY_CLIP", "TINY_CLIP_B32", "TINY_DINO",
+    "soft_match", "dino_attention", "WeightsUnavailableError", "TINY_CLIP", "TINY_CLIP_B32", "TINY_DINO",
 ]

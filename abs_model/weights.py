@@ -44,6 +44,25 @@ def state_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be loaded (offline, unknown tag, bad checkpoint)."""
+
+
+@contextlib.contextmanager
+def explain_download(kind: str, name: str, tag: str) -> Iterator[None]:
+    """Turn a failed weights download into one message that says what to do."""
+    try:
+        yield
+    except (FileNotFoundError, WeightsUnavailableError):
+        raise
+    except Exception as exc:  # network, hub or format errors from open_clip / timm / huggingface_hub
+        raise WeightsUnavailableError(
+            f"could not load {kind} weights {tag!r} for {name}: {type(exc).__name__}: {exc}. "
+            "If this machine is offline, download them elsewhere and pass the local checkpoint path "
+            "instead of the tag, or use 'random' for a smoke test."
+        ) from exc
+
+
 def announce_random(kind: str, name: str) -> None:
     """Say loudly, on stderr and in the log, that a backbone has random weights."""
     msg = (

@@ -227,8 +227,11 @@ def run(
     deployment: str = typer.Option("manual", help="Label runs for comparison with the previous one."),
 ) -> None:
     """Evaluate ABS and the baselines on one dataset (resumes whatever was committed)."""
+    from abs_model import WeightsUnavailableError
     from flows.evaluate import ParameterError, evaluate
     from tasks.catalog import format_table, run_query
+    from tasks.descriptions import DescriptionError
+    from tasks.pipeline import EvaluationError
 
     rnd = lambda p: None if p in (None, "random") else p  # noqa: E731
     try:
@@ -240,7 +243,7 @@ def run(
             images_per_shard=images_per_shard, device=device, precision=precision, runner=runner, workers=workers,
             keep_features=keep_features, compile=compile, deployment=deployment,
         )
-    except ParameterError as exc:
+    except (ParameterError, EvaluationError, WeightsUnavailableError, DescriptionError) as exc:
         _fail(str(exc))
     typer.echo(format_table(run_query(root, "accuracy", {"run_id": out["run_id"]})))
 

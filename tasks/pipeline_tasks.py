@@ -16,15 +16,30 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.descriptions import import_descriptions, read_descriptions, write_descriptions
+from abs_model import WeightsUnavailableError
+from tasks.datasets import LayoutError
+from tasks.descriptions import DescriptionError, import_descriptions, read_descriptions, write_descriptions
 from tasks.dino_cache import dino_shard
 from tasks.infer import infer_shard
-from tasks.pipeline import resolve
+from tasks.pipeline import EvaluationError, resolve
 from tasks.runs import RunRecord
 from tasks.shard import read_dataset_info, shard_dataset
 from tasks.storage import Storage
 
-STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[5, 30])
+def _transient(task, task_run, state) -> bool:
+    """Retry storage and device hiccups, not problems with the job itself (they would fail again)."""
+    try:
+        state.result(raise_on_failure=True)
+    except PERMANENT:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+PERMANENT = (EvaluationError, WeightsUnavailableError, DescriptionError, LayoutError, FileNotFoundError,
+             ValueError, TypeError, KeyError)
+STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
 
 
 @task(name="shard-dataset", cache_policy=NO_CACHE, **STORAGE_RETRIES)

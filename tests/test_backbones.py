@@ -95,3 +95,10 @@ def test_dino_local_checkpoint(tmp_path, tiny_dino):
     torch.save(sd, ckpt)
     loaded = DINOBackbone.load(ModelSpec("abs-tiny-dino-vit-b16", str(ckpt)))
     assert torch.equal(loaded.model.cls_token, sd["cls_token"])
+
+
+def test_unavailable_pretrained_weights_say_what_to_do():
+    from abs_model import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="local checkpoint path"):
+        CLIPBackbone.load(ModelSpec("abs-tiny-vit-b16", "no-such-tag"))

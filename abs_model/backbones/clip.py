@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..config import ModelSpec
 from ..device import autocast_context
 from ..model_configs import register_clip_configs
-from ..weights import WeightsInfo, announce_random, seeded_init
+from ..weights import WeightsInfo, announce_random, explain_download, seeded_init
 
 
 class SplitError(ValueError):
@@ -83,7 +83,7 @@ class CLIPBackbone(WeightsInfo, nn.Module):
         pretrained = None if spec.is_random else spec.pretrained
         if pretrained is not None and os.path.sep in pretrained and not os.path.exists(pretrained):
             raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained}")
-        with seeded_init():
+        with seeded_init(), explain_download("CLIP", spec.name, str(pretrained)):
             model = open_clip.create_model(spec.name, pretrained=pretrained, device="cpu", **spec.extra)
         if pretrained is None:
             announce_random("CLIP", spec.name)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..config import ModelSpec
 from ..model_configs import dino_configs
-from ..weights import WeightsInfo, announce_random, seeded_init
+from ..weights import WeightsInfo, announce_random, explain_download, seeded_init
 from .clip import ImageNorm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,13 +71,15 @@ class DINOBackbone(WeightsInfo, nn.Module):
                 model = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
             announce_random("DINO", spec.name)
         elif spec.pretrained == "timm":
-            model = timm.create_model(timm_name, pretrained=True, num_classes=0, **kwargs)
+            with explain_download("DINO", timm_name, "timm"):
+                model = timm.create_model(timm_name, pretrained=True, num_classes=0, **kwargs)
         else:
             if not os.path.exists(spec.pretrained):
                 raise FileNotFoundError(f"DINO checkpoint not found: {spec.pretrained}")
-            model = timm.create_model(
-                timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": spec.pretrained}, **kwargs
-            )
+            with explain_download("DINO", timm_name, spec.pretrained):
+                model = timm.create_model(
+                    timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": spec.pretrained}, **kwargs
+                )
         return cls(model, spec).to(device)
 
     def cls_attention(self, images: Tensor) -> Tensor:
