@@ -23,7 +23,6 @@ from torch import Tensor
 
 from .resample import aa_matrix, apply_separable, resize_crop_geometry
 
-ImageLike = "Image.Image | Tensor | np.ndarray"
 
 
 def to_tensor_image(img) -> Tensor:
