@@ -137,3 +137,17 @@ def test_cli_run_rejects_bad_layout_with_a_message(prefect_server, tmp_path, sou
                                    "--root", str(tmp_path / "r")])
     assert res.exit_code == 2
     assert "unknown layout 'nope'" in res.output
+
+
+def test_ray_cluster_gives_the_same_predictions(first_run, source, tmp_path):
+    """Runs where the optional ray extra is installed (pip install -e '.[ray]')."""
+    pytest.importorskip("prefect_ray")
+    from flows.evaluate import evaluate
+
+    root_threads, out = first_run
+    images, desc = source
+    root = str(tmp_path / "root-ray")
+    res = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
+                   deployment="test", runner="ray", workers=2, report=False, **TINY_FLOW_PARAMS)
+    assert res["config"] == out["config"] and res["shards_computed"] == 5
+    assert predictions(root) == predictions(root_threads)
