@@ -13,6 +13,10 @@ fingerprint. Error rows of the shard pass through as error rows.
 from __future__ import annotations
 
 import io
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +39,44 @@ def decode(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
+
+
+def _decode_or_error(data: bytes) -> Image.Image | Exception:
+    try:
+        return decode(data)
+    except Exception as exc:  # decodable at shard time but not now: the caller records it
+        return exc
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
+        return _POOL
+
+
+def iter_decoded(images: pa.ChunkedArray, indices: list[int], batch: int) -> Iterator[list[tuple[int, Any]]]:
+    """Decoded images of ``indices`` in batches: ``[(index, PIL image or the exception)]``.
+
+    Why threads and prefetch: JPEG decoding releases the GIL, so a pool decodes a
+    batch in parallel while the model works on the previous one; on a GPU that
+    keeps the device fed. Only two batches are ever held decoded, not the shard.
+    """
+    chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
+
+    def submit(chunk: list[int]) -> list[Future]:
+        return [_pool().submit(_decode_or_error, images[i].as_py()) for i in chunk]
+
+    pending = submit(chunks[0]) if chunks else []
+    for k, chunk in enumerate(chunks):
+        done = [f.result() for f in pending]
+        pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+        yield list(zip(chunk, done))
 
 
 def dino_key(dino: DINOBackbone, max_image_side: int) -> str:
@@ -81,17 +123,16 @@ def dino_shard(
     status = t.column("status").to_pylist()
     error = t.column("error").to_pylist()
     att: list[list[float] | None] = [None] * len(ids)
-    todo: list[tuple[int, Image.Image]] = []
-    images = t.column("image")
-    for i, st in enumerate(status):
-        if st != "ok":
+    ok = [i for i, st in enumerate(status) if st == "ok"]
+    for decoded in iter_decoded(t.column("image"), ok, batch_size):
+        chunk = []
+        for i, im in decoded:
+            if isinstance(im, Exception):
+                status[i], error[i] = DECODE_ERROR, f"{type(im).__name__}: {im}"
+            else:
+                chunk.append((i, im))
+        if not chunk:
             continue
-        try:
-            todo.append((i, decode(images[i].as_py())))
-        except Exception as exc:  # decodable at shard time but not now: record, do not crash
-            status[i], error[i] = DECODE_ERROR, f"{type(exc).__name__}: {exc}"
-    for s in range(0, len(todo), batch_size):
-        chunk = todo[s : s + batch_size]
         a = dino_attention(dino, [im for _, im in chunk], max_image_side, dev, autocast, batch_size)
         for (i, _), row in zip(chunk, a):
             att[i] = row.tolist()

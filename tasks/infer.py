@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from abs_model import METHODS, ABSClassifier
-from tasks.dino_cache import DECODE_ERROR, decode, read_dino_shard
+from tasks.dino_cache import DECODE_ERROR, iter_decoded, read_dino_shard
 from tasks.schema import PREDICTION_SCHEMA, prediction_part
 from tasks.shard import read_shard
 from tasks.storage import Storage
@@ -132,15 +132,14 @@ def infer_shard(
             continue
         ok_idx.append(i)
 
-    for s in range(0, len(ok_idx), images_per_batch):
-        chunk = ok_idx[s : s + images_per_batch]
+    for decoded in iter_decoded(images, ok_idx, images_per_batch):
         imgs, good = [], []
-        for i in chunk:
-            try:
-                imgs.append(decode(images[i].as_py()))
+        for i, im in decoded:
+            if isinstance(im, Exception):
+                status[i], error[i] = DECODE_ERROR, f"{type(im).__name__}: {im}"
+            else:
+                imgs.append(im)
                 good.append(i)
-            except Exception as exc:
-                status[i], error[i] = DECODE_ERROR, f"{type(exc).__name__}: {exc}"
         if not good:
             continue
         att = torch.tensor([dino[ids[i]][0] for i in good], dtype=torch.float32)
