@@ -89,15 +89,17 @@ def test_bad_parameters_fail_before_any_work(prefect_server, tmp_path, source):
     assert not root.exists()
 
 
-def test_dask_cluster_gives_the_same_predictions(first_run, source, tmp_path):
-    pytest.importorskip("prefect_dask")
+@pytest.mark.parametrize("runner,extra", [("dask", "prefect_dask"), ("ray", "prefect_ray")])
+def test_cluster_runners_give_the_same_predictions(runner, extra, first_run, source, tmp_path):
+    """Dask (dev extra, runs in CI) and Ray (runs where the ray extra is installed)."""
+    pytest.importorskip(extra)
     from flows.evaluate import evaluate
 
     root_threads, out = first_run
     images, desc = source
-    root = str(tmp_path / "root-dask")
+    root = str(tmp_path / f"root-{runner}")
     res = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                   deployment="test", runner="dask", workers=2, report=False, **TINY_FLOW_PARAMS)
+                   deployment="test", runner=runner, workers=2, report=False, **TINY_FLOW_PARAMS)
     assert res["config"] == out["config"] and res["shards_computed"] == 5
     assert predictions(root) == predictions(root_threads)
 
@@ -138,16 +140,3 @@ def test_cli_run_rejects_bad_layout_with_a_message(prefect_server, tmp_path, sou
     assert res.exit_code == 2
     assert "unknown layout 'nope'" in res.output
 
-
-def test_ray_cluster_gives_the_same_predictions(first_run, source, tmp_path):
-    """Runs where the optional ray extra is installed (pip install -e '.[ray]')."""
-    pytest.importorskip("prefect_ray")
-    from flows.evaluate import evaluate
-
-    root_threads, out = first_run
-    images, desc = source
-    root = str(tmp_path / "root-ray")
-    res = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                   deployment="test", runner="ray", workers=2, report=False, **TINY_FLOW_PARAMS)
-    assert res["config"] == out["config"] and res["shards_computed"] == 5
-    assert predictions(root) == predictions(root_threads)

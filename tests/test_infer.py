@@ -24,36 +24,20 @@ from tasks.pipeline import EvaluationError, build_context
 from tasks.schema import PREDICTION_SCHEMA, prediction_part
 from tasks.text_cache import ensure_text_bank
 
-try:
-    from pipeline_fixtures import (
-        METHODS,
-        SMALL_ABS,
-        Tree,
-        cached_topk,
-        clip_image_modules,
-        count_forward,
-        make_folder_source,
-        make_spec,
-        photo_bytes,
-        prepare_dataset,
-        shard_images,
-        simple_descriptions,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.pipeline_fixtures import (  # type: ignore[no-redef]
-        METHODS,
-        SMALL_ABS,
-        Tree,
-        cached_topk,
-        clip_image_modules,
-        count_forward,
-        make_folder_source,
-        make_spec,
-        photo_bytes,
-        prepare_dataset,
-        shard_images,
-        simple_descriptions,
-    )
+from pipeline_fixtures import (
+    METHODS,
+    SMALL_ABS,
+    Tree,
+    cached_topk,
+    clip_image_modules,
+    count_forward,
+    make_folder_source,
+    make_spec,
+    photo_bytes,
+    prepare_dataset,
+    shard_images,
+    simple_descriptions,
+)
 
 GEOMETRY = ("width", "height", "dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows")
 NUMBERS = ("pred", "pred_name", "top5", "score_true", "margin")
