@@ -86,7 +86,7 @@ def demo(
     classes = write_demo_dataset(src, per_class=per_class)
     desc_path = st.url("demo-descriptions.json")
     with st.fs.open(st.path("demo-descriptions.json"), "w") as f:
-        json.dump(demo_descriptions([c.replace(" ", "_") for c in classes]), f, indent=1)
+        json.dump(demo_descriptions(classes), f, indent=1)
     out = evaluate(
         dataset="demo", source=src, layout="folder", root=root,
         clip_model="abs-tiny-vit-b16", clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None,

@@ -79,7 +79,7 @@ def demo_source(tmp_path_factory, per_class: int = 2):
     base = tmp_path_factory.mktemp("demo-src")
     classes = write_demo_dataset(str(base / "images"), per_class=per_class)
     desc = base / "descriptions.json"
-    desc.write_text(json.dumps(demo_descriptions([c.replace(" ", "_") for c in classes])))
+    desc.write_text(json.dumps(demo_descriptions(classes)))
     return str(base / "images"), str(desc)
 
 

@@ -419,3 +419,17 @@ def test_layouts_work_on_memory_filesystem():
         assert ds.read_bytes(ds.entries[0]) == jpeg_bytes(1)
     finally:
         fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)
+
+
+def test_folder_class_names_are_readable_but_ids_keep_the_folder(tmp_path):
+    from PIL import Image
+
+    from tasks.datasets import load_source
+
+    for folder in ("golden_retriever", "tabby__cat"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "a.jpg")
+    src = load_source("folder", str(tmp_path))
+    assert src.classnames == ["golden retriever", "tabby cat"]
+    assert src.class_ids == ["golden_retriever", "tabby__cat"]
+    assert [e.label for e in src.entries] == [0, 1]

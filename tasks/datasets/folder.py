@@ -13,7 +13,17 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-from .base import DatasetSource, Entry, Layout, LayoutError, display, info_regular, info_size, scan_class_folders
+from .base import (
+    DatasetSource,
+    Entry,
+    Layout,
+    LayoutError,
+    display,
+    info_regular,
+    info_size,
+    readable_name,
+    scan_class_folders,
+)
 from .registry import register_layout
 
 
@@ -27,13 +37,16 @@ class ImageFolder(Layout):
         groups, ignored = scan_class_folders(fs, root)
         if not groups:
             raise LayoutError(f"{self.name}: no class folders with files in {display(fs, root)}; expected {self.title}")
-        classnames = sorted(groups)
-        label_of = {c: i for i, c in enumerate(classnames)}
+        folders = sorted(groups)
+        label_of = {c: i for i, c in enumerate(folders)}
         entries = [
             Entry(path=rel, label=label_of[c], image_id=rel, size=info_size(info), regular=info_regular(info))
-            for c in classnames
+            for c in folders
             for rel, info in sorted(groups[c])
         ]
+        # Folder names are often identifiers (golden_retriever); the text side reads
+        # class names, so they are made readable. Labels follow the folder order.
+        classnames = [readable_name(c) for c in folders]
         return DatasetSource(
             layout=self.name,
             name=_safe_name(posixpath.basename(root.rstrip("/")) or "folder"),
@@ -42,7 +55,7 @@ class ImageFolder(Layout):
             root_path=root,
             classnames=classnames,
             entries=entries,
-            class_ids=list(classnames),
+            class_ids=folders,
             split=split,
             ignored=ignored,
         )
