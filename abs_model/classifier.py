@@ -114,10 +114,18 @@ class ABSClassifier:
                 f"text features have dimension {text.descriptions.shape[-1]}, "
                 f"CLIP model {clip.spec.name} embeds to {clip.embed_dim}"
             )
+        # Class-side tensors on the device once, not on every predict call.
+        fdt = clip.feature_dtype
         self._text_dev = {
-            "desc": text.descriptions[:, : self.config.n_descriptions].to(self.device, clip.feature_dtype),
+            "desc": text.descriptions[:, : self.config.n_descriptions].to(self.device, fdt),
             "mask": text.mask[:, : self.config.n_descriptions].to(self.device),
         }
+        self._baselines = {"cupl": text.cupl.to(self.device, fdt)}
+        if text.prompt is not None:
+            self._baselines["clip"] = text.prompt.to(self.device, fdt)
+        if text.ensemble is not None:
+            self._baselines["clip-e"] = text.ensemble.to(self.device, fdt)
+        self._subset = torch.tensor(text.subset, device=self.device) if text.subset is not None else None
 
     @classmethod
     def from_specs(
@@ -137,6 +145,12 @@ class ABSClassifier:
         dino_b = DINOBackbone.load(dino, dev)
         text = TextBank.build(clip_b, classnames, descriptions, m=config.n_descriptions, **text_kwargs)
         return cls(clip_b, dino_b, text, config, dev)
+
+    @property
+    def methods(self) -> list[str]:
+        """The methods ``predict`` scores, in ``METHODS`` order (``clip`` / ``clip-e``
+        only when the text bank has their prompts)."""
+        return [m for m in METHODS if m == "abs" or m in self._baselines]
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -215,12 +229,12 @@ class ABSClassifier:
         wdtype = next(self.clip.parameters()).dtype
         views_t = torch.cat(views).to(wdtype)
         B = len(work)
-        global_tokens = []
+        global_tokens: list[Tensor] = []  # the first B rows' trunk tokens, kept for step 4
 
         def trunk_head(v: Tensor) -> Tensor:
             tok = self._trunk(v)
-            if sum(t.shape[0] for t in global_tokens) < B:
-                need = B - sum(t.shape[0] for t in global_tokens)
+            need = B - sum(t.shape[0] for t in global_tokens)
+            if need > 0:
                 global_tokens.append(tok[:need].to(fdt))
             return self._head(tok).to(fdt)
 
@@ -251,19 +265,14 @@ class ABSClassifier:
         crops = torch.cat(parts, dim=1)
 
         # 5. matching and baselines.
-        t = self.text
         logits = {"abs": soft_match(crops, self._text_dev["desc"], self._text_dev["mask"], cfg.tau)}
-        if t.prompt is not None:
-            logits["clip"] = cosine_logits(g_feat, t.prompt.to(self.device))
-        if t.ensemble is not None:
-            logits["clip-e"] = cosine_logits(g_feat, t.ensemble.to(self.device))
-        logits["cupl"] = cosine_logits(g_feat, t.cupl.to(self.device))
-        if t.subset is not None:
-            cols = torch.tensor(t.subset, device=self.device)
-            logits = {k: v.index_select(1, cols) for k, v in logits.items()}
+        for name, class_features in self._baselines.items():
+            logits[name] = cosine_logits(g_feat, class_features)
+        if self._subset is not None:
+            logits = {k: v.index_select(1, self._subset) for k, v in logits.items()}
         logits = {k: v.cpu() for k, v in logits.items()}
         extras = {"crop_features": crops.cpu(), "global_features": g_feat.cpu()} if return_features else {}
-        return Prediction(list(image_ids), logits, geoms, t.subset, extras)
+        return Prediction(list(image_ids), logits, geoms, self.text.subset, extras)
 
 
 @torch.inference_mode()

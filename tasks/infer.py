@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from abs_model import METHODS, ABSClassifier
+from abs_model import ABSClassifier
 from tasks.dino_cache import DECODE_ERROR, iter_decoded, read_dino_shard
 from tasks.schema import PREDICTION_SCHEMA, prediction_part
 from tasks.shard import read_shard
@@ -43,14 +43,6 @@ class InferShardResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def classifier_methods(classifier: ABSClassifier) -> list[str]:
-    """The methods ``classifier.predict`` scores, in row order (from its text bank, so a
-    shard whose every image failed gets the same methods as the others)."""
-    t = classifier.text
-    have = {"abs": True, "clip": t.prompt is not None, "clip-e": t.ensemble is not None, "cupl": True}
-    return [m for m in METHODS if have[m]]
 
 
 def features_part(prediction_rel: str) -> str:
@@ -116,7 +108,7 @@ def infer_shard(
     error = t.column("error").to_pylist()
     dino = read_dino_shard(storage, dino_path)
     images = t.column("image")
-    methods = classifier_methods(classifier)
+    methods = classifier.methods
     K = classifier.config.top_k
 
     per_image: dict[int, dict[str, Any]] = {}
