@@ -18,7 +18,13 @@ from prefect.cache_policies import NO_CACHE
 
 from abs_model import WeightsUnavailableError
 from tasks.datasets import LayoutError
-from tasks.descriptions import DescriptionError, import_descriptions, read_descriptions, write_descriptions
+from tasks.descriptions import (
+    DescriptionError,
+    generate_descriptions,
+    import_descriptions,
+    read_descriptions,
+    write_descriptions,
+)
 from tasks.dino_cache import dino_shard
 from tasks.infer import infer_shard
 from tasks.pipeline import EvaluationError, resolve
@@ -61,6 +67,21 @@ def descriptions_task(root: str, dataset: str, name: str, path: str | None, fmt:
         man = write_descriptions(ds, root, name)
         return {"name": name, "content_hash": man.content_hash, "summary": ds.summary()}
     ds = read_descriptions(root, name)
+    return {"name": name, "content_hash": ds.content_hash, "summary": ds.summary()}
+
+
+@task(name="generate-descriptions", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=60,
+      retry_condition_fn=_transient)
+def generate_descriptions_task(root: str, dataset: str, name: str, *, base_url: str, model: str,
+                               **options: Any) -> dict[str, Any]:
+    """Ask an LLM endpoint for descriptions of the dataset's classes and store them as ``name``.
+
+    ``options`` go to ``tasks.descriptions.generate_descriptions`` (m, seed, temperature,
+    api_key_env, workers ...). A retry resumes class by class: finished classes are
+    not asked again.
+    """
+    info = read_dataset_info(root, dataset)
+    ds = generate_descriptions(list(info.text_classnames), root, name, base_url=base_url, model=model, **options)
     return {"name": name, "content_hash": ds.content_hash, "summary": ds.summary()}
 
 
