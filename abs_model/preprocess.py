@@ -63,10 +63,15 @@ def limit_size(x: Tensor, max_side: int) -> Tensor:
     if max_side <= 0 or max(h, w) <= max_side:
         return x
     f = max_side / max(h, w)
-    nh, nw = max(1, round(h * f)), max(1, round(w * f))
-    one = torch.zeros(1, dtype=torch.long, device=x.device)
-    ry = aa_matrix(one, one + h, one + nh, one, nh, h, pil_fixed=True)
-    rx = aa_matrix(one, one + w, one + nw, one, nw, w, pil_fixed=True)
+    return resize_whole(x, max(1, round(h * f)), max(1, round(w * f)), "bicubic")
+
+
+def resize_whole(x: Tensor, nh: int, nw: int, kernel: str) -> Tensor:
+    """The whole ``[3, H, W]`` image resized to ``[3, nh, nw]`` as PIL's ``resize`` does."""
+    _, h, w = x.shape
+    zero = torch.zeros(1, dtype=torch.long, device=x.device)
+    ry = aa_matrix(zero, zero + h, zero + nh, zero, nh, h, kernel, pil_fixed=True)
+    rx = aa_matrix(zero, zero + w, zero + nw, zero, nw, w, kernel, pil_fixed=True)
     return apply_separable(x, ry, rx, pil_rounding=True)[0]
 
 
@@ -96,8 +101,4 @@ def full_box(x: Tensor) -> Tensor:
 
 def dino_view(x: Tensor, size: int, mean, std) -> Tensor:
     """DINO input ``[3, size, size]``: the whole image resized without cropping."""
-    _, h, w = x.shape
-    one = torch.zeros(1, dtype=torch.long, device=x.device)
-    ry = aa_matrix(one, one + h, one + size, one, size, h, "bilinear", pil_fixed=True)
-    rx = aa_matrix(one, one + w, one + size, one, size, w, "bilinear", pil_fixed=True)
-    return normalize(apply_separable(x, ry, rx, pil_rounding=True)[0], mean, std)
+    return normalize(resize_whole(x, size, size, "bilinear"), mean, std)

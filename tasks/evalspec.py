@@ -52,8 +52,7 @@ class EvalSpec:
         return self.clip.name if self.clip.is_random else f"{self.clip.name}/{_tag(self.clip.pretrained)}"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalSpec":

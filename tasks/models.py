@@ -27,11 +27,7 @@ def _key(kind: str, spec: ModelSpec, device: torch.device) -> tuple:
 
 def _get(kind: str, spec: ModelSpec, device: str | torch.device | None, loader) -> Any:
     dev = resolve_device(device)
-    key = _key(kind, spec, dev)
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = loader(spec, dev)
-        return _CACHE[key]
+    return cached(_key(kind, spec, dev), lambda: loader(spec, dev))
 
 
 def get_clip(spec: ModelSpec, device: str | torch.device | None = None) -> CLIPBackbone:
