@@ -35,12 +35,22 @@ RootOpt = typer.Option(DEFAULT_ROOT, "--root", "-r", help="Storage root: a folde
 
 @app.callback()
 def _setup() -> None:
-    # Offline-friendly Prefect defaults; an explicit environment always wins.
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Offline-friendly Prefect defaults and a start-up timeout for Prefect's temporary
+    # API that holds on a cold 2-core machine; must run before prefect is imported.
+    from flows.prefect_env import configure_prefect
+
+    configure_prefect(announce=False)
+
+
+def _announce_local_api() -> None:
+    """Say at once that a local Prefect API is starting (the first start can take a minute)."""
+    from flows.prefect_env import configure_prefect
+
+    configure_prefect(announce=True)
 
 
 def _fail(msg: str) -> None:
+    """One red line on stderr (several for a list of problems), exit code 2, no traceback."""
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -76,8 +86,9 @@ def demo(
     report and a DuckDB catalog, and prints the accuracy table. Random weights give chance accuracy;
     the point is that every stage runs.
     """
+    _announce_local_api()
     from flows.evaluate import evaluate
-    from tasks.catalog import format_table, run_query, write_catalog
+    from tasks.catalog import write_catalog
     from tasks.storage import Storage
     from tasks.synthetic import demo_descriptions, write_demo_dataset
 
@@ -93,25 +104,32 @@ def demo(
         descriptions=desc_path, abs_config={"n_crops": n_crops, "n_descriptions": 8},
         images_per_shard=images_per_shard, deployment="demo",
     )
-    table = run_query(root, "select method, n, n_error, correct, round(accuracy, 4) as accuracy, "
-                            "round(ci_low, 4) as ci_low, round(ci_high, 4) as ci_high from accuracy "
-                            f"where run_id = '{out['run_id']}' order by method")
-    typer.echo("")
-    typer.echo(f"Accuracy of run {out['run_id']} (from sql/ via DuckDB):")
-    typer.echo(format_table(table))
     catalog = None
     if st.protocol in ("file", "local"):
         catalog = write_catalog(root, str(Path(st.path("results.duckdb"))))
     typer.echo("")
+    _print_accuracy(root, out)
     typer.secho("The models had RANDOM weights (no downloads here), so accuracy is at chance level "
                 f"(1/{len(classes)} = {1 / len(classes):.3f}).", fg=typer.colors.YELLOW)
-    typer.echo(f"Report: {st.path(out['report'])}" if out.get("report") else "")
+    if out.get("report"):
+        typer.echo(f"Report: {st.path(out['report'])}")
     if catalog:
-        typer.echo(f"Query it:  .venv/bin/duckdb {catalog} -c \"from accuracy\"")
+        typer.echo(f"Query it:  {Path(sys.executable).parent / 'duckdb'} {catalog} -c \"from accuracy\"")
     typer.echo("Real weights (needs the internet once, for open_clip/timm downloads):\n"
                "  abs-eval run --dataset imagenet --layout imagenet --source /data/imagenet/val \\\n"
                "      --descriptions cupl_prompts.json --clip-model ViT-B-16 --clip-pretrained openai \\\n"
                "      --dino-model vit_base_patch16_224.dino --dino-pretrained timm")
+
+
+def _print_accuracy(root: str, out: dict) -> None:
+    """The number the user came for first: method, accuracy, its 95% interval, n; fits 80 columns."""
+    from tasks.catalog import format_accuracy, run_query
+
+    rows = run_query(root, "accuracy", {"run_id": out["run_id"]}).to_pylist()
+    reused = out.get("shards_reused", 0)
+    typer.echo(f"Run {out['run_id']}: {out['dataset']} x {out['model']}, {out.get('n_images', 0)} images, "
+               f"shards computed {out.get('shards_computed', 0)}, reused {reused} (accuracy from sql/ via DuckDB):")
+    typer.echo(format_accuracy(rows))
 
 
 # ------------------------------------------------------------------------------ shard
@@ -198,54 +216,104 @@ def describe_generate(
 
 
 # ------------------------------------------------------------------------------ run
+_P_DATA, _P_MODELS, _P_METHOD, _P_EXEC = "Dataset and descriptions", "Models", "ABS method (paper defaults)", "Execution"
+
+
 @app.command()
 def run(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name under the root."),
-    source: Optional[str] = typer.Option(None, help="Dataset as downloaded (shards it first; omit to reuse shards)."),
-    layout: str = typer.Option("folder", help="Layout of --source (see `abs-eval layouts`)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Name to store the dataset under.",
+                                rich_help_panel=_P_DATA),
+    source: Optional[str] = typer.Option(None, help="Dataset as downloaded; omit to reuse its shards.",
+                                         rich_help_panel=_P_DATA),
+    layout: str = typer.Option("folder", help="Layout of --source (`abs-eval layouts`).", rich_help_panel=_P_DATA),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Layout option KEY=VALUE "
+                                               "(repeatable), e.g. split=test2.", rich_help_panel=_P_DATA),
     root: str = RootOpt,
-    descriptions: Optional[str] = typer.Option(None, help="Description file to import (omit: use the stored set)."),
-    descriptions_name: Optional[str] = typer.Option(None, help="Stored description set (default: dataset name)."),
-    clip_model: str = typer.Option("ViT-B-16", help="open_clip ViT name."),
-    clip_pretrained: Optional[str] = typer.Option("openai", help="open_clip tag, checkpoint path, or 'random'."),
-    dino_model: str = typer.Option("vit_base_patch16_224.dino", help="timm DINO ViT name."),
-    dino_pretrained: Optional[str] = typer.Option("timm", help="'timm' (hub weights), a checkpoint path, or 'random'."),
-    alpha: Optional[float] = typer.Option(None), beta: Optional[float] = typer.Option(None),
-    top_k: Optional[int] = typer.Option(None, help="K (default 20)."),
-    n_crops: Optional[int] = typer.Option(None, help="N crops per branch (default 60)."),
-    m: Optional[int] = typer.Option(None, help="M descriptions per class (default 50)."),
-    tau: Optional[float] = typer.Option(None), tau_sample: Optional[float] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    images_per_shard: int = typer.Option(1000),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
-    precision: str = typer.Option("auto", help="auto (bf16 on cuda, fp32 on cpu), fp32, bf16, fp16."),
-    runner: str = typer.Option("threads", help="threads, dask or ray."),
-    workers: int = typer.Option(1, help="Parallel shard tasks (threads or Dask worker processes)."),
-    keep_features: bool = typer.Option(False, help="Also store crop features (re-score without images)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the CLIP trunk/head: ~30 s once, "
-                                 "then ~8-20% faster; worth it for long runs."),
-    deployment: str = typer.Option("manual", help="Label runs for comparison with the previous one."),
+    descriptions: Optional[str] = typer.Option(None, help="Description file to import; omit to use the "
+                                               "stored set.", rich_help_panel=_P_DATA),
+    descriptions_name: Optional[str] = typer.Option(None, help="Stored set name (default: the dataset name).",
+                                                    rich_help_panel=_P_DATA),
+    descriptions_format: str = typer.Option("auto", help="auto, cupl, nested, attributes or templates.",
+                                            rich_help_panel=_P_DATA),
+    descriptions_key: Optional[str] = typer.Option(None, help="Dataset key inside a nested file.",
+                                                   rich_help_panel=_P_DATA),
+    images_per_shard: int = typer.Option(1000, help="Images per Parquet shard.", rich_help_panel=_P_DATA),
+    allow_single_class: bool = typer.Option(False, help="Evaluate a dataset with one class (100% for any method).",
+                                            rich_help_panel=_P_DATA),
+    clip_model: str = typer.Option("ViT-B-16", help="open_clip ViT name (`abs-eval models`).",
+                                   rich_help_panel=_P_MODELS),
+    clip_pretrained: Optional[str] = typer.Option("openai", help="open_clip tag, checkpoint path or 'random'.",
+                                                  rich_help_panel=_P_MODELS),
+    dino_model: str = typer.Option("vit_base_patch16_224.dino", help="timm DINO ViT name.",
+                                   rich_help_panel=_P_MODELS),
+    dino_pretrained: Optional[str] = typer.Option("timm", help="'timm', a checkpoint path or 'random'.",
+                                                  rich_help_panel=_P_MODELS),
+    prompt: str = typer.Option("a photo of a {}.", help="Prompt of the plain CLIP baseline.",
+                               rich_help_panel=_P_MODELS),
+    templates: str = typer.Option("openai-imagenet", help="Template set of clip-e: openai-imagenet or none.",
+                                  rich_help_panel=_P_MODELS),
+    alpha: Optional[float] = typer.Option(None, help="Smallest crop side, fraction of the side (0.5).",
+                                          rich_help_panel=_P_METHOD),
+    beta: Optional[float] = typer.Option(None, help="Largest crop side, fraction of the side (0.9).",
+                                         rich_help_panel=_P_METHOD),
+    top_k: Optional[int] = typer.Option(None, help="K: crop centres from the K most attended patches (20).",
+                                        rich_help_panel=_P_METHOD),
+    n_crops: Optional[int] = typer.Option(None, help="N: crops per branch (60).", rich_help_panel=_P_METHOD),
+    m: Optional[int] = typer.Option(None, help="M: descriptions per class (50).", rich_help_panel=_P_METHOD),
+    tau: Optional[float] = typer.Option(None, help="Soft-matching temperature (0.03).", rich_help_panel=_P_METHOD),
+    tau_sample: Optional[float] = typer.Option(None, help="Temperature over the top-K attention (0.03).",
+                                               rich_help_panel=_P_METHOD),
+    seed: Optional[int] = typer.Option(None, help="Crop seed; each image draws from (seed, image id) (0).",
+                                       rich_help_panel=_P_METHOD),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ...", rich_help_panel=_P_EXEC),
+    precision: str = typer.Option("auto", help="auto (bf16 on cuda, fp32 on cpu), fp32, bf16, fp16.",
+                                  rich_help_panel=_P_EXEC),
+    images_per_batch: Optional[int] = typer.Option(None, help="Images per model batch (4 on CPU, 64 on CUDA).",
+                                                   rich_help_panel=_P_EXEC),
+    runner: str = typer.Option("threads", help="threads, dask or ray.", rich_help_panel=_P_EXEC),
+    workers: int = typer.Option(1, help="Parallel shard tasks.", rich_help_panel=_P_EXEC),
+    keep_features: bool = typer.Option(False, help="Also store crop features.", rich_help_panel=_P_EXEC),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the CLIP trunk (~30 s once, then "
+                                 "8-20% faster).", rich_help_panel=_P_EXEC),
+    deployment: Optional[str] = typer.Option(None, help="Label to compare runs by (default: the Prefect "
+                                             "deployment, or 'manual').", rich_help_panel=_P_EXEC),
 ) -> None:
-    """Evaluate ABS and the baselines on one dataset (resumes whatever was committed)."""
+    """Evaluate ABS and the baselines on one dataset (resumes whatever was committed).
+
+    Every mistake in the job (layout, paths, models, descriptions for another class list) is
+    reported before any work starts. Progress per shard and per image shows in the terminal and
+    in the Prefect logs; `abs-eval status` shows it from another terminal.
+    """
     from abs_model import WeightsUnavailableError
-    from flows.evaluate import ParameterError, evaluate
-    from tasks.catalog import format_table, run_query
+    from flows.evaluate import ParameterError, preflight, validate_parameters
     from tasks.descriptions import DescriptionError
     from tasks.pipeline import EvaluationError
 
     rnd = lambda p: None if p in (None, "random") else p  # noqa: E731
+    params = dict(
+        dataset=dataset, source=source, layout=layout, root=root, clip_model=clip_model,
+        clip_pretrained=rnd(clip_pretrained), dino_model=dino_model, dino_pretrained=rnd(dino_pretrained),
+        descriptions=descriptions, descriptions_name=descriptions_name, descriptions_format=descriptions_format,
+        descriptions_key=descriptions_key,
+        abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed), prompt=prompt,
+        templates=templates, images_per_shard=images_per_shard, device=device, precision=precision,
+        images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
+        runner=runner, workers=workers, report=True, layout_options=_parse_kv(option),
+        allow_single_class=allow_single_class,
+    )
+    try:  # every job-level check, before Prefect or any model starts
+        preflight(validate_parameters(**params))
+    except ParameterError as exc:
+        _fail(str(exc))
+    _announce_local_api()
+    from flows.evaluate import evaluate
+
     try:
-        out = evaluate(
-            dataset=dataset, source=source, layout=layout, root=root, clip_model=clip_model,
-            clip_pretrained=rnd(clip_pretrained), dino_model=dino_model, dino_pretrained=rnd(dino_pretrained),
-            descriptions=descriptions, descriptions_name=descriptions_name,
-            abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed),
-            images_per_shard=images_per_shard, device=device, precision=precision, runner=runner, workers=workers,
-            keep_features=keep_features, compile=compile, deployment=deployment,
-        )
+        out = evaluate(**params)
     except (ParameterError, EvaluationError, WeightsUnavailableError, DescriptionError) as exc:
         _fail(str(exc))
-    typer.echo(format_table(run_query(root, "accuracy", {"run_id": out["run_id"]})))
+    typer.echo("")
+    _print_accuracy(root, out)
 
 
 # ------------------------------------------------------------------------------ status
@@ -253,27 +321,40 @@ def run(
 def status(
     root: str = RootOpt,
     run_id: Optional[str] = typer.Option(None, "--run", help="One run (default: the 10 latest)."),
+    latest: int = typer.Option(10, help="How many of the latest runs to show."),
 ) -> None:
-    """Shards done / total and errors so far, per run (works while a run is in progress)."""
+    """Per run: running / completed / failed / interrupted, shards done, computed and reused, errors.
+
+    Works while a run is in progress (from another terminal). A run whose process died (killed,
+    machine lost) shows as interrupted: on its own machine at once, elsewhere once its heartbeat
+    is 5 minutes old.
+    """
     from tasks.progress import run_progress
 
-    rows = run_progress(root, run_id)
+    try:
+        rows = run_progress(root, run_id, latest=latest)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
     if not rows:
-        typer.echo(f"no runs under {root}")
+        typer.echo(f"no runs under {root} (runs are recorded in {root}/runs/; pass --root or set ABS_EVAL_ROOT)")
         return
     for r in rows:
-        typer.echo(f"{r['run_id']}  {r['status']:<10} {r['dataset']} x {r['model']}  shards {r['shards_done']}/"
-                   f"{r['shards_total']}  images {r['n_images']}  errors {r['n_error']}")
+        typer.echo(f"{r['run_id']}  {r['status']:<11} {r['dataset']} x {r['model']}  [{r['deployment']}]")
+        typer.echo(f"    shards {r['shards_done']}/{r['shards_total']} (computed {r['shards_computed']}, "
+                   f"reused {r['shards_reused']})  images {r['n_images']}  errors {r['n_error']}")
 
 
 # ------------------------------------------------------------------------------ sql
 @sql_app.command("list")
 def sql_list() -> None:
-    """List the named queries."""
-    from tasks.catalog import list_queries
+    """List the named queries, what each answers, and its parameters (-p NAME=VALUE)."""
+    from tasks.catalog import list_queries, query_parameters
 
     for name, head in list_queries().items():
         typer.echo(f"{name:<20} {head}")
+        params = query_parameters(name)
+        if params:
+            typer.echo(f"{'':<20} parameters: {params}")
 
 
 @sql_app.command("run")
@@ -282,21 +363,82 @@ def sql_run(
     root: str = RootOpt,
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="DuckDB variable KEY=VALUE "
                                               "(e.g. run_a=..., run_b=..., run_id=..., method=abs)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write to a file (.csv, .parquet, .json, .jsonl)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="Output format when --out has no suffix."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write to a file (.csv, .parquet, .json, .jsonl) "
+                                      "or '-' for stdout."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv, parquet, json or jsonl: the format of --out "
+                                      "(needed for '-' and for names without a known suffix)."),
     max_rows: int = typer.Option(50, help="Rows to print."),
 ) -> None:
     """Run a named query or any SQL over the results and print a table (or write a file)."""
-    from tasks.catalog import export, format_table, run_query
+    from tasks.catalog import QueryError, export, format_table, run_query
 
+    if fmt and not out:
+        _fail("--format is the format of --out: add --out FILE (or --out - for stdout)")
+    if out:
+        try:
+            fmt = _output_format(out, fmt)
+        except ValueError as exc:
+            _fail(str(exc))
     try:
         t = run_query(root, query, _parse_kv(param))
-    except KeyError as exc:
+    except (KeyError, ValueError, QueryError) as exc:
         _fail(str(exc.args[0]) if exc.args else str(exc))
-    if out:
+    if t.num_rows == 0:
+        _explain_empty(root, query, _parse_kv(param))
+    if out == "-":
+        sys.stdout.write(_to_text(t, fmt))
+    elif out:
         typer.echo(f"wrote {t.num_rows} rows to {export(t, out, fmt)}")
     else:
         typer.echo(format_table(t, max_rows))
+
+
+def _output_format(out: str, fmt: str | None) -> str:
+    from tasks.catalog import FORMATS
+
+    if fmt:
+        if fmt not in set(FORMATS.values()):
+            raise ValueError(f"unknown --format {fmt!r}: choose csv, parquet, json or jsonl")
+        return fmt
+    if out == "-":
+        return "csv"
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"unknown output extension {suffix or '(none)'!r} in {out!r}: use .csv, .parquet, .json or "
+                         ".jsonl, or give --format")
+    return FORMATS[suffix]
+
+
+def _to_text(t, fmt: str) -> str:
+    import tempfile
+
+    from tasks.catalog import export
+
+    if fmt == "parquet":
+        _fail("parquet is binary: write it to a file with --out FILE.parquet")
+    with tempfile.TemporaryDirectory() as d:
+        path = export(t, str(Path(d) / f"out.{fmt}"), fmt)
+        return Path(path).read_text()
+
+
+def _explain_empty(root: str, query: str, params: dict[str, str]) -> None:
+    """Say why an answer is empty: no runs under this root, or a parameter the query needs."""
+    from tasks.catalog import list_queries, query_parameters
+    from tasks.storage import Storage
+
+    st = Storage(root)
+    n_runs = len(st.glob("runs/run=*/run.json"))
+    if n_runs == 0:
+        typer.secho(f"note: no runs under {st.root_path} (read {st.root_path}/runs/); pass --root or set ABS_EVAL_ROOT",
+                    fg=typer.colors.YELLOW, err=True)
+        return
+    if query.strip() in list_queries():
+        required = [p for p in query_parameters(query.strip(), required_only=True) if p not in params]
+        if required:
+            typer.secho(f"note: query {query.strip()!r} needs {', '.join(f'-p {p}=...' for p in required)}",
+                        fg=typer.colors.YELLOW, err=True)
+            return
+    typer.secho(f"note: empty answer over {n_runs} run(s) under {st.root}", fg=typer.colors.YELLOW, err=True)
 
 
 @sql_app.command("catalog")
@@ -304,11 +446,16 @@ def sql_catalog(
     root: str = RootOpt,
     out: str = typer.Option("results.duckdb", "--out", "-o", help="DuckDB file to write."),
     relative: bool = typer.Option(False, help="Paths relative to the current folder (open the shell from there)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Write a catalog over an s3://, gs:// ... root "
+                                      "(the duckdb shell then needs httpfs and credentials)."),
 ) -> None:
     """Write a DuckDB catalog of the views: `duckdb results.duckdb -c "from accuracy"`."""
     from tasks.catalog import write_catalog
 
-    path = write_catalog(root, out, relative=relative)
+    try:
+        path = write_catalog(root, out, relative=relative, allow_remote=allow_remote)
+    except ValueError as exc:
+        _fail(str(exc))
     typer.echo(f"wrote {path}; try: duckdb {path} -c \"from accuracy\"")
 
 
@@ -322,7 +469,16 @@ def report(
 ) -> None:
     """(Re)write a run's markdown report, plots and gallery next to its run record."""
     from tasks.report import write_report
+    from tasks.runs import read_run
+    from tasks.storage import Storage
 
+    st = Storage(root)
+    try:
+        for rid in (run_id, previous):
+            if rid:
+                read_run(st, rid)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
     m = write_report(root, run_id, previous_run_id=previous, gallery_size=gallery)
     typer.echo("\n".join(m.files))
 

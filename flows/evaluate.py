@@ -14,6 +14,7 @@ the same evaluation after a crash recomputes only what was not committed.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ from tasks.pipeline_tasks import (
     dino_shard_task,
     infer_shard_task,
     prepare_task,
-    run_record_task,
     shard_task,
 )
 
@@ -60,6 +60,7 @@ class EvaluateJob:
     runner: str
     workers: int
     report: bool
+    allow_single_class: bool = False
 
 
 def _exists(url: str) -> bool:
@@ -74,7 +75,8 @@ def validate_parameters(
     dino_model: str, dino_pretrained: str | None, descriptions: str | None, descriptions_name: str | None,
     descriptions_format: str, descriptions_key: str | None, abs_config: dict | None, prompt: str, templates: str,
     images_per_shard: int, device: str, precision: str, images_per_batch: int | None, keep_features: bool,
-    compile: bool, deployment: str, runner: str, workers: int, report: bool, layout_options: dict | None,
+    compile: bool, deployment: str | None, runner: str, workers: int, report: bool, layout_options: dict | None,
+    allow_single_class: bool = False,
 ) -> EvaluateJob:
     """Every check that needs no model and no image: a wrong name or path fails here, with a message."""
     from tasks.datasets import list_layouts
@@ -102,15 +104,17 @@ def validate_parameters(
         problems.append(f"abs_config: {exc}")
         cfg = ABSConfig()
     problems += _check_models(clip_model, clip_pretrained, dino_model, dino_pretrained)
+    if len(problems) == 1:
+        raise ParameterError(problems[0])
     if problems:
-        raise ParameterError("invalid evaluate parameters:\n  - " + "\n  - ".join(problems))
+        raise ParameterError(f"{len(problems)} problems with the job:\n  - " + "\n  - ".join(problems))
     spec = EvalSpec(
         dataset=dataset, clip=ModelSpec(clip_model, clip_pretrained), dino=ModelSpec(dino_model, dino_pretrained),
         descriptions=descriptions_name or dataset, abs=cfg, prompt=prompt, templates=templates, device=device,
         precision=precision, images_per_batch=images_per_batch, keep_features=keep_features, compile=compile,
     )
     return EvaluateJob(spec, root, source, layout, dict(layout_options or {}), descriptions, descriptions_format,
-                       descriptions_key, images_per_shard, deployment, runner, workers, report)
+                       descriptions_key, images_per_shard, deployment, runner, workers, report, allow_single_class)
 
 
 def _check_models(clip_model, clip_pretrained, dino_model, dino_pretrained) -> list[str]:
@@ -126,12 +130,83 @@ def _check_models(clip_model, clip_pretrained, dino_model, dino_pretrained) -> l
     if dino_model not in dino_configs() and not timm.is_model(dino_model.split(".")[0]):
         out.append(f"unknown DINO model {dino_model!r} (timm names such as vit_base_patch16_224.dino)")
     for what, p in (("clip_pretrained", clip_pretrained), ("dino_pretrained", dino_pretrained)):
-        if p and ("/" in p or p.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not os.path.exists(p):
+        if p and _is_path(p) and not os.path.exists(p):
             out.append(f"{what}: checkpoint file not found: {p}")
+    if clip_pretrained and not _is_path(clip_pretrained) and clip_model in open_clip.list_models():
+        tags = open_clip.list_pretrained_tags_by_model(clip_model)
+        if clip_pretrained not in tags:
+            near = difflib.get_close_matches(clip_pretrained, tags, n=3, cutoff=0.3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            out.append(f"unknown pretrained tag {clip_pretrained!r} for {clip_model}: its tags are "
+                       f"{', '.join(tags) or 'none (use a checkpoint path or random)'}{hint}")
+    if dino_pretrained and not _is_path(dino_pretrained) and dino_pretrained != "timm":
+        out.append(f"dino_pretrained {dino_pretrained!r}: use 'timm' (the hub weights of the timm name), "
+                   "a checkpoint path, or random")
     return out
 
 
-@flow(name="evaluate-shards")
+def _is_path(p: str) -> bool:
+    return "/" in p or os.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def preflight(job: EvaluateJob) -> None:
+    """Checks that need the dataset's class list but no image and no model, before any work.
+
+    With a ``source``: list it through its layout (file names and index files only)
+    and check the description file against its classes, so descriptions made for
+    another class list fail before 50,000 images are sharded. Without one: the
+    dataset must already be sharded under the root, and the stored description set
+    must fit it. A dataset whose images all carry one label is refused unless
+    ``allow_single_class`` (every method scores 100% there, which tells nothing).
+    """
+    from tasks.datasets import LayoutError, load_source
+    from tasks.descriptions import DescriptionError, import_descriptions, read_descriptions
+    from tasks.shard import read_dataset_info
+
+    spec = job.spec
+    if job.source is not None:
+        try:
+            src = load_source(job.layout, job.source, **job.layout_options)
+        except (LayoutError, ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+            raise ParameterError(f"{job.layout} layout at {job.source}: {exc}") from None
+        if not src.entries:
+            raise ParameterError(f"{job.layout} layout: no images found in {job.source}")
+        text_classnames = list(src.text_classnames or src.classnames)
+        single = src.n_classes_present == 1
+    else:
+        try:
+            info = read_dataset_info(job.root, spec.dataset)
+        except FileNotFoundError:
+            raise ParameterError(f"dataset {spec.dataset!r} is not sharded under {job.root}: pass --source "
+                                 "(and --layout) to shard it") from None
+        text_classnames = list(info.text_classnames)
+        single = False  # checked (and warned about) when it was sharded
+    try:
+        if job.descriptions_path:
+            import_descriptions(job.descriptions_path, text_classnames, format=job.descriptions_format,
+                                dataset_key=job.descriptions_key, m=spec.abs.n_descriptions)
+        else:
+            stored = read_descriptions(job.root, spec.descriptions)
+            if list(stored.classnames) != text_classnames:
+                raise DescriptionError(
+                    f"stored description set {spec.descriptions!r} has {len(stored.classnames)} classes, the dataset "
+                    f"{len(text_classnames)}: pass the description file for this dataset with --descriptions")
+    except DescriptionError as exc:
+        raise ParameterError(f"descriptions: {exc}") from None
+    if single and not job.allow_single_class:
+        raise ParameterError(
+            f"every image of {spec.dataset!r} has the same label: every method scores 100% on a one-class dataset. "
+            "Point --source at the folder holding all class folders, or pass --allow-single-class.")
+
+
+def _shards_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    return f"shards {(p.get('spec') or {}).get('dataset', '?')} run {p.get('run_id', '?')}"
+
+
+@flow(name="evaluate-shards", flow_run_name=_shards_run_name)
 def evaluate_shards(root: str, spec: dict, config_hash: str, shards: list[int], run_id: str) -> list[dict]:
     """DINO cache then inference for every shard, mapped on this flow's task runner."""
     from tqdm.auto import tqdm
@@ -144,13 +219,27 @@ def evaluate_shards(root: str, spec: dict, config_hash: str, shards: list[int], 
     return out
 
 
+def deployment_label(given: str | None) -> str:
+    """The label runs are compared by: the given one, else the Prefect deployment's name, else ``manual``."""
+    if given:
+        return given
+    from prefect.runtime import deployment
+
+    return deployment.name or "manual"
+
+
 def run_evaluation(job: EvaluateJob) -> dict[str, Any]:
     """The body of ``evaluate`` (a plain function so reevaluate can reuse it)."""
-    from tasks.runs import RunRecord, new_run_id
+    from prefect.runtime import flow_run
+
+    from tasks.infer import committed_parts
+    from tasks.runs import COMPLETED, FAILED, RunRecord, RunTracker, new_run_id
+    from tasks.storage import Storage
 
     log = get_run_logger()
     spec, root = job.spec, job.root
     spec_d = spec.to_dict()
+    deployment = deployment_label(job.deployment)
     if job.source is not None:
         sharded = shard_task(job.layout, job.source, root, spec.dataset, job.images_per_shard, job.layout_options)
         log.info("sharded %s: %d images in %d shards (%d written, %d already committed), %d error rows",
@@ -162,49 +251,64 @@ def run_evaluation(job: EvaluateJob) -> dict[str, Any]:
     prep = prepare_task(root, spec_d)
     if prep["random_weights"]:
         log.warning("RANDOM model weights: accuracy will be at chance level (see README: running with real weights)")
+    storage = Storage(root)
     run_id = new_run_id()
-    record = dict(
+    reused = [s for s in committed_parts(storage, spec.dataset, prep["model"], prep["config_hash"])
+              if s in set(prep["shards"])]
+    record = RunRecord(
         run_id=run_id, dataset=spec.dataset, model=prep["model"], config=prep["config_hash"],
-        deployment=job.deployment, shards_total=len(prep["shards"]),
+        deployment=deployment, shards_total=len(prep["shards"]), shards_reused=len(reused), reused_shards=reused,
         clip_model=spec.clip.name, clip_pretrained=spec.clip.pretrained or "random", clip_weights_digest=prep["clip_digest"],
         dino_model=spec.dino.name, dino_pretrained=spec.dino.pretrained or "random", dino_weights_digest=prep["dino_digest"],
         descriptions_hash=prep["descriptions_hash"], config_json={"spec": spec_d, "numbers": prep["numbers"]},
-        started_at=datetime.now(timezone.utc),
+        flow_run_id=str(flow_run.id) if flow_run.id else None, flow_run_name=flow_run.name,
     )
-    run_record_task(root, record)
-    log.info("run %s: config %s, %d shards", run_id, prep["config_hash"], len(prep["shards"]))
+    tracker = RunTracker(storage, record).start()
+    log.info("run %s: config %s, %d shards (%d already committed, reused)", run_id, prep["config_hash"],
+             len(prep["shards"]), len(reused))
     runner = build_task_runner(job.runner, job.workers)
     try:
         results = evaluate_shards.with_options(task_runner=runner)(root, spec_d, prep["config_hash"], prep["shards"],
                                                                     run_id)
     except BaseException:
-        run_record_task(root, {**record, "status": "failed", "ended_at": datetime.now(timezone.utc)})
+        tracker.finish(FAILED)
         raise
-    record.update(
-        status="completed", ended_at=datetime.now(timezone.utc),
-        n_images=sum(r["n_images"] for r in results), n_ok=sum(r["n_ok"] for r in results),
-        n_error=sum(r["n_error"] for r in results), shards_computed=sum(1 for r in results if r["computed"]),
+    computed = sum(1 for r in results if r["computed"])
+    tracker.finish(
+        COMPLETED, n_images=sum(r["n_images"] for r in results), n_ok=sum(r["n_ok"] for r in results),
+        n_error=sum(r["n_error"] for r in results), shards_computed=computed,
+        shards_reused=len(results) - computed,
     )
-    run_record_task(root, record)
     summary = {"run_id": run_id, "config": prep["config_hash"], "dataset": spec.dataset, "model": prep["model"],
-               "n_images": record["n_images"], "n_error": record["n_error"],
-               "shards_computed": record["shards_computed"], "shards_total": len(prep["shards"])}
+               "deployment": deployment, "n_images": record.n_images, "n_error": record.n_error,
+               "shards_computed": computed, "shards_reused": len(results) - computed,
+               "shards_total": len(prep["shards"]), "flow_run_id": record.flow_run_id}
     if job.report:
-        summary.update(publish_report(root, run_id))
+        summary.update(publish_report(root, run_id, deployment, spec.dataset, prep["model"]))
     return summary
 
 
-def publish_report(root: str, run_id: str) -> dict[str, Any]:
+def artifact_key(kind: str, deployment: str, dataset: str, model: str) -> str:
+    """A stable artifact key per (deployment, dataset, model), so Prefect keeps each one's version history.
+
+    Prefect keys allow lowercase letters, digits and dashes only.
+    """
+    text = f"{kind}-{deployment}-{dataset}-{model}".lower()
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
+
+
+def publish_report(root: str, run_id: str, deployment: str = "manual", dataset: str = "", model: str = "") -> dict[str, Any]:
     """Report files next to the run record, plus the run's Prefect artifacts: a table
-    (accuracy by method, from ``sql/``) and the markdown report."""
+    (accuracy by method, from ``sql/``) and the markdown report with its plots embedded."""
     from tasks.report import write_report
 
     manifest = write_report(root, run_id)
     rows = [{k: _plain(v) for k, v in r.items()} for r in manifest.accuracy]
-    create_table_artifact(table=rows, key=f"accuracy-{_artifact_key(run_id)}",
-                          description=f"Accuracy by method, run {run_id}")
-    create_markdown_artifact(markdown=manifest.markdown, key=f"report-{_artifact_key(run_id)}",
-                             description=f"ABS evaluation report, run {run_id}")
+    create_table_artifact(table=rows, key=artifact_key("accuracy", deployment, dataset, model),
+                          description=f"Accuracy by method, run {run_id} ({dataset} x {model})")
+    markdown = getattr(manifest, "artifact_markdown", None) or manifest.markdown
+    create_markdown_artifact(markdown=markdown, key=artifact_key("report", deployment, dataset, model),
+                             description=f"ABS evaluation report, run {run_id} ({dataset} x {model})")
     return {"accuracy": manifest.accuracy, "report": manifest.report}
 
 
@@ -217,11 +321,23 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-def _artifact_key(run_id: str) -> str:
-    return re.sub(r"[^a-z0-9-]", "-", run_id.lower())
+def _evaluate_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    return f"{p.get('dataset', '?')} x {p.get('clip_model', '?')} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
 
 
-@flow(name="evaluate", log_prints=True)
+def _reevaluate_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    names = [d.get("dataset", "?") for d in (p.get("datasets") or [])]
+    shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+    return f"reevaluate {p.get('deployment') or ''} [{shown}] {datetime.now(timezone.utc):%Y-%m-%d %H:%M}".replace("  ", " ")
+
+
+@flow(name="evaluate", log_prints=True, flow_run_name=_evaluate_run_name)
 def evaluate(
     dataset: str,
     source: str | None = None,
@@ -244,11 +360,12 @@ def evaluate(
     images_per_batch: int | None = None,
     keep_features: bool = False,
     compile: bool = False,
-    deployment: str = "manual",
+    deployment: str | None = None,
     runner: str = "threads",
     workers: int = 1,
     report: bool = True,
     layout_options: dict | None = None,
+    allow_single_class: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ABS and the baselines on one dataset with one CLIP model.
 
@@ -258,15 +375,16 @@ def evaluate(
     set already stored under ``descriptions_name`` (default: the dataset name).
     """
     job = validate_parameters(**{k: v for k, v in locals().items()})
+    preflight(job)
     return run_evaluation(job)
 
 
-@flow(name="reevaluate", log_prints=True)
+@flow(name="reevaluate", log_prints=True, flow_run_name=_reevaluate_run_name)
 def reevaluate(
     datasets: list[dict],
     models: list[dict] | None = None,
     root: str = DEFAULT_ROOT,
-    deployment: str = "manual",
+    deployment: str | None = None,
     defaults: dict | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every dataset x model. ``datasets``: evaluate() parameters per dataset
@@ -282,6 +400,7 @@ def reevaluate(
     for job in jobs:
         name = f"{job.spec.dataset} x {job.spec.model_name}"
         try:
+            preflight(job)
             results.append({"job": name, "status": "completed", **run_evaluation(job)})
         except Exception as exc:  # one broken cell must not cancel the week's other results
             log.error("%s failed: %s", name, exc)

@@ -79,6 +79,26 @@ def view_files() -> list[Path]:
     return sorted(VIEWS_DIR.glob("*.sql"))
 
 
+def query_parameters(name: str, required_only: bool = False) -> str | list[str]:
+    """The ``Parameters:`` header of a named query, as text; with ``required_only``, the
+    names marked ``(required)`` there (the query answers nothing without them)."""
+    text = query_sql(name)
+    lines = text.splitlines()
+    out: list[str] = []
+    for i, ln in enumerate(lines):
+        if ln.startswith("-- Parameters:"):
+            out.append(ln.removeprefix("-- Parameters:").strip())
+            for cont in lines[i + 1:]:
+                if not cont.startswith("--   "):
+                    break
+                out.append(cont.removeprefix("--").strip())
+            break
+    head = " ".join(out)
+    if required_only:
+        return re.findall(r"([A-Za-z_][A-Za-z0-9_]*) \(required", head)
+    return "" if head.lower().startswith("none") else head
+
+
 def list_queries() -> dict[str, str]:
     """Named queries: ``{name: first header line}``, sorted by name (``sql/queries/<name>.sql``)."""
     out: dict[str, str] = {}
@@ -211,7 +231,8 @@ def write_catalog(
         if not allow_remote:
             raise ValueError(
                 f"{st.root} is not a local folder: the duckdb shell would need its httpfs extension and credentials "
-                "to read it. Pass allow_remote=True (sql --allow-remote) if that is set up, or use tasks.catalog.connect()."
+                "to read it. If that is set up, pass --allow-remote (`abs-eval sql catalog --allow-remote`, or "
+                "allow_remote=True in Python); otherwise query it with `abs-eval sql run` or tasks.catalog.connect()."
             )
     if relative and not _is_local(st):
         raise ValueError("relative=True is for a local root opened by a shell started inside it")
@@ -263,6 +284,10 @@ def _to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
     return out if isinstance(out, pa.Table) else out.read_all()
 
 
+class QueryError(ValueError):
+    """A query that DuckDB refused (unknown column or table, syntax): its first line, no traceback."""
+
+
 def run_query(
     root: str | Storage | duckdb.DuckDBPyConnection,
     name_or_sql: str,
@@ -290,8 +315,12 @@ def run_query(
                 con.execute(f"RESET VARIABLE {key}")
             else:
                 con.execute(f"SET VARIABLE {key} = ?", [value])
-        rel = con.sql(sql)
-        return _to_arrow(rel) if rel is not None else pa.table({})
+        try:
+            rel = con.sql(sql)
+            return _to_arrow(rel) if rel is not None else pa.table({})
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QueryError(f"{first} (views: {', '.join(sorted(_view_names(con)))})") from None
     finally:
         if own:
             con.close()
@@ -301,7 +330,7 @@ def run_query(
 
 
 # ---------------------------------------------------------------------- output
-_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 def export(table: pa.Table, path: str, fmt: str | None = None) -> str:
@@ -310,7 +339,7 @@ def export(table: pa.Table, path: str, fmt: str | None = None) -> str:
     ``fmt`` defaults to the file suffix. CSV and JSON are written by DuckDB (lists
     and timestamps come out as DuckDB prints them); Parquet keeps the Arrow types.
     """
-    fmt = (fmt or _FORMATS.get(Path(path).suffix.lower(), "")).lower()
+    fmt = (fmt or FORMATS.get(Path(path).suffix.lower(), "")).lower()
     if fmt not in {"csv", "parquet", "json", "jsonl"}:
         raise ValueError(f"unknown output format for {path!r}: give fmt as csv, parquet, json or jsonl")
     if fmt == "parquet":
@@ -332,14 +361,69 @@ def export(table: pa.Table, path: str, fmt: str | None = None) -> str:
     return path
 
 
-def format_table(table: pa.Table, max_rows: int = 50) -> str:
-    """A boxed text rendering of ``table`` (DuckDB's), at most ``max_rows`` rows, for printing."""
-    con = duckdb.connect()
-    try:
-        rel = con.from_arrow(table)
-        text = str(rel.limit(max_rows) if table.num_rows > max_rows else rel)
-    finally:
-        con.close()
+def _cell(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return "NaN" if v != v else f"{v:.4f}"
+    if isinstance(v, (list, tuple)):
+        text = "[" + ", ".join(_cell(x) for x in v[:6]) + (", ..." if len(v) > 6 else "") + "]"
+        return text
+    if hasattr(v, "strftime"):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
+    return str(v)
+
+
+def format_table(table: pa.Table, max_rows: int = 50, width: int | None = None) -> str:
+    """A plain text table of ``table`` that fits ``width`` columns (default: the terminal's).
+
+    Columns are kept from the left, so queries put what matters first (method,
+    accuracy, interval, n); columns that do not fit are named in a last line instead
+    of being cut in the middle. Floats show 4 decimals; ``--out`` writes them whole.
+    """
+    import shutil
+
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    names = table.column_names
+    rows = table.slice(0, max_rows).to_pylist()
+    cells = [[_cell(r[n]) for n in names] for r in rows]
+    widths = [min(40, max([len(n)] + [len(c[i]) for c in cells])) for i, n in enumerate(names)]
+    kept, used = [], 0
+    for i, w in enumerate(widths):
+        if kept and used + w + 2 > width:
+            break
+        kept.append(i)
+        used += w + 2
+
+    def fmt_row(values: list[str]) -> str:
+        out = []
+        for i in kept:
+            v = values[i] if len(values[i]) <= widths[i] else values[i][: widths[i] - 1] + "~"
+            numeric = table.schema.field(i).type in (pa.float32(), pa.float64()) or pa.types.is_integer(
+                table.schema.field(i).type)
+            out.append(v.rjust(widths[i]) if numeric else v.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    lines = [fmt_row(names), "  ".join("-" * widths[i] for i in kept)]
+    lines += [fmt_row(c) for c in cells]
+    if not rows:
+        lines.append("(no rows)")
     if table.num_rows > max_rows:
-        text += f"({table.num_rows} rows, first {max_rows} shown)\n"
-    return text
+        lines.append(f"({table.num_rows} rows, first {max_rows} shown)")
+    hidden = [names[i] for i in range(len(names)) if i not in kept]
+    if hidden:
+        lines.append(f"(not shown at {width} columns: {', '.join(hidden)}; use --out FILE or a wider terminal)")
+    return "\n".join(lines) + "\n"
+
+
+def format_accuracy(rows: list[dict[str, Any]]) -> str:
+    """The accuracy rows of one run as method, accuracy, 95% interval, n, errors: under 60 columns."""
+    lines = [f"{'method':<8} {'accuracy':>8}  {'95% CI':<17} {'n':>7} {'errors':>7}"]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
+        ci = "" if r.get("ci_low") is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
+        lines.append(f"{r['method']:<8} {acc:>8}  {ci:<17} {r['n']:>7} {r['n_error']:>7}")
+    if not rows:
+        lines.append("(no prediction rows for this run)")
+    return "\n".join(lines) + "\n"

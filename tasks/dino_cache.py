@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -108,8 +108,13 @@ def dino_shard(
     device: str | torch.device | None = None,
     precision: str | None = None,
     batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DinoShardResult:
-    """Compute (or reuse) the attention of every image in one shard."""
+    """Compute (or reuse) the attention of every image in one shard.
+
+    ``progress(done, total)`` is called after each batch with the images handled
+    so far out of the shard's decodable images (see ``tasks.progress.ShardProgress``).
+    """
     key = dino_key(dino, max_image_side)
     rel = dino_part(dino.spec.name, key, dataset, shard)
     marker_key = rel.removesuffix(".parquet")
@@ -124,7 +129,9 @@ def dino_shard(
     error = t.column("error").to_pylist()
     att: list[list[float] | None] = [None] * len(ids)
     ok = [i for i, st in enumerate(status) if st == "ok"]
+    done = 0
     for decoded in iter_decoded(t.column("image"), ok, batch_size):
+        done += len(decoded)
         chunk = []
         for i, im in decoded:
             if isinstance(im, Exception):
@@ -136,6 +143,8 @@ def dino_shard(
         a = dino_attention(dino, [im for _, im in chunk], max_image_side, dev, autocast, batch_size)
         for (i, _), row in zip(chunk, a):
             att[i] = row.tolist()
+        if progress is not None:
+            progress(done, len(ok))
     table = pa.table({
         "image_id": ids, "shard": [shard] * len(ids), "grid": [dino.grid] * len(ids),
         "attention": att, "status": status, "error": error,

@@ -12,6 +12,7 @@ now) become one error row per method, so counts always add up.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 
 from abs_model import ABSClassifier
 from tasks.dino_cache import DECODE_ERROR, iter_decoded, read_dino_shard
-from tasks.schema import PREDICTION_SCHEMA, prediction_part
+from tasks.schema import PREDICTION_SCHEMA, prediction_part, predictions_dir
 from tasks.shard import read_shard
 from tasks.storage import Storage
 
@@ -55,6 +56,17 @@ def _features_committed(storage: Storage, frel: str) -> bool:
     return storage.is_done(frel.removesuffix(".parquet")) and storage.exists(frel)
 
 
+def committed_parts(storage: Storage, dataset: str, model: str, config: str) -> list[int]:
+    """Shard indices whose prediction part is committed (marker and file) under this partition."""
+    out = []
+    pattern = storage.marker_path(posixpath.join(predictions_dir(dataset, model, config), "part-*"))
+    for m in storage.glob(pattern):
+        shard = int(posixpath.basename(m).removeprefix("part-").removesuffix(".json"))
+        if storage.exists(prediction_part(dataset, model, config, shard)):
+            out.append(shard)
+    return sorted(out)
+
+
 def _method_rows(method: str, logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
     lg = logits.double()
     k = min(5, lg.shape[1])
@@ -85,9 +97,12 @@ def infer_shard(
     run_id: str,
     images_per_batch: int = 8,
     keep_features: bool = False,
-    progress=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> InferShardResult:
     """Predict every image of one shard (or return the committed part untouched).
+
+    ``progress(done, total)`` is called after each batch with the images handled
+    so far out of the shard's images that reach the model.
 
     ``keep_features`` on a part committed without its features computes and
     commits the features only; the committed predictions are left as they are.
@@ -124,7 +139,9 @@ def infer_shard(
             continue
         ok_idx.append(i)
 
+    done = 0
     for decoded in iter_decoded(images, ok_idx, images_per_batch):
+        done += len(decoded)
         imgs, good = [], []
         for i, im in decoded:
             if isinstance(im, Exception):
@@ -133,6 +150,8 @@ def infer_shard(
                 imgs.append(im)
                 good.append(i)
         if not good:
+            if progress is not None:
+                progress(done, len(ok_idx))
             continue
         att = torch.tensor([dino[ids[i]][0] for i in good], dtype=torch.float32)
         vals, idx = torch.topk(att, K, dim=1)
@@ -149,7 +168,7 @@ def infer_shard(
             if keep_features:
                 feats[i] = (out.extras["crop_features"][j].tolist(), out.extras["global_features"][j].tolist())
         if progress is not None:
-            progress(len(good))
+            progress(done, len(ok_idx))
 
     if keep_features:
         ft = pa.table({"image_id": [ids[i] for i in sorted(feats)],

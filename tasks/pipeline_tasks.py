@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from abs_model import WeightsUnavailableError
@@ -28,9 +28,8 @@ from tasks.descriptions import (
 from tasks.dino_cache import dino_shard
 from tasks.infer import infer_shard
 from tasks.pipeline import EvaluationError, resolve
-from tasks.runs import RunRecord
+from tasks.progress import ShardProgress
 from tasks.shard import read_dataset_info, shard_dataset
-from tasks.storage import Storage
 
 def _transient(task, task_run, state) -> bool:
     """Retry storage and device hiccups, not problems with the job itself (they would fail again)."""
@@ -101,9 +100,13 @@ def prepare_task(root: str, spec: dict) -> dict[str, Any]:
 @task(name="dino-shard", cache_policy=NO_CACHE, tags=["gpu"], task_run_name="dino-shard-{shard}", **STORAGE_RETRIES)
 def dino_shard_task(root: str, spec: dict, config_hash: str, shard: int) -> dict[str, Any]:
     ctx = resolve(root, spec, expect_config=config_hash)
-    r = dino_shard(ctx.storage, ctx.spec.dataset, shard, ctx.info.fingerprint, ctx.dino,
-                   max_image_side=ctx.spec.abs.max_image_side, device=ctx.classifier.device,
-                   precision=ctx.spec.precision)
+    progress = ShardProgress(f"dino shard {shard}", get_run_logger())
+    try:
+        r = dino_shard(ctx.storage, ctx.spec.dataset, shard, ctx.info.fingerprint, ctx.dino,
+                       max_image_side=ctx.spec.abs.max_image_side, device=ctx.classifier.device,
+                       precision=ctx.spec.precision, progress=progress)
+    finally:
+        progress.close()
     return r.to_dict()
 
 
@@ -111,12 +114,12 @@ def dino_shard_task(root: str, spec: dict, config_hash: str, shard: int) -> dict
 def infer_shard_task(root: str, spec: dict, config_hash: str, shard: int, run_id: str,
                      dino: dict[str, Any]) -> dict[str, Any]:
     ctx = resolve(root, spec, expect_config=config_hash)
-    r = infer_shard(ctx.storage, ctx.classifier, dataset=ctx.spec.dataset, model=ctx.spec.model_name,
-                    config=config_hash, shard=shard, dino_path=dino["path"], classnames=list(ctx.info.classnames),
-                    run_id=run_id, images_per_batch=ctx.images_per_batch, keep_features=ctx.spec.keep_features)
+    progress = ShardProgress(f"infer shard {shard}", get_run_logger())
+    try:
+        r = infer_shard(ctx.storage, ctx.classifier, dataset=ctx.spec.dataset, model=ctx.spec.model_name,
+                        config=config_hash, shard=shard, dino_path=dino["path"], classnames=list(ctx.info.classnames),
+                        run_id=run_id, images_per_batch=ctx.images_per_batch, keep_features=ctx.spec.keep_features,
+                        progress=progress)
+    finally:
+        progress.close()
     return r.to_dict()
-
-
-@task(name="run-record", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def run_record_task(root: str, record: dict[str, Any]) -> None:
-    RunRecord(**record).write(Storage(root))

@@ -10,11 +10,19 @@ report that exists has its pictures)::
 
     report.md                 accuracy table, per-class extremes, confusions, errors,
                               comparison with the previous run of the same deployment
-    methods.png               accuracy per method with 95% Wilson intervals (and the previous run's)
+    methods.png               accuracy per method with 95% Wilson intervals as error bars (and the
+                              previous run's), and the chance level 1/C
     per_class_accuracy.png    per-class accuracy of every method, classes sorted by the first method
     gallery/<kind>-<nn>-<image>.png
                               images ABS got right and the baseline wrong (and the reverse): the
-                              image, the DINO attention as a heat map, ABS's crop boxes
+                              image untouched in one panel; beside it the DINO attention map with
+                              ABS's raw crop boxes and feature-space windows (see draw_gallery_image)
+
+The Prefect artifact cannot follow ``report.md``'s relative image links, so
+:attr:`ReportManifest.artifact_markdown` is the same report with the plots (and the
+gallery images, while they fit under :data:`ARTIFACT_MAX_BYTES`) embedded as
+``data:image/png;base64`` links; gallery images that do not fit are named by their
+storage path. Plots are rendered at :data:`PLOT_DPI` so each stays well under 200 KB.
 
 The gallery needs no recompute: the crop boxes and DINO top-K attention are stored
 on the ``abs`` prediction rows, the image bytes in the shard files; when the DINO
@@ -24,9 +32,14 @@ with the row's top-K cells (the map ABS used), that is drawn instead of the top-
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import io
+import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,13 +49,23 @@ from PIL import Image
 
 from tasks import catalog
 from tasks.schema import run_record_json, slug
-from tasks.shard import shard_rel_path
+from tasks.shard import info_rel_path, read_dataset_info, shard_rel_path
 from tasks.storage import Storage
 
 #: Methods in this order in tables and plots; others follow alphabetically.
 METHOD_ORDER = ("abs", "clip", "clip-e", "cupl")
 #: The DINO grid side assumed for top-K cells when no cached map says otherwise (224 / 16).
 DEFAULT_DINO_GRID = 14
+#: Plot resolution: small PNGs (tens of KB) that still read well in a browser.
+PLOT_DPI = 90
+#: Gallery figure resolution (photos compress worse than line plots).
+GALLERY_DPI = 90
+#: Cap on the Prefect artifact markdown; gallery images beyond it are named by path, not embedded.
+ARTIFACT_MAX_BYTES = 1_500_000
+#: Crops of each kind drawn bold in a gallery image (see draw_gallery_image).
+EMPHASISED_CROPS = 3
+RAW_BOX_COLOR = "#1f4eff"  # raw crop boxes: solid blue
+FEATURE_WINDOW_COLOR = "#111111"  # feature-space windows: dashed black
 
 
 @dataclass
@@ -59,6 +82,9 @@ class ReportManifest:
     accuracy: list[dict[str, Any]] = field(default_factory=list, repr=False)  # rows of the accuracy query
     comparison: list[dict[str, Any]] = field(default_factory=list, repr=False)  # rows of compare_methods
     gallery_items: list[dict[str, Any]] = field(default_factory=list, repr=False)  # image_id, kind, file, heat, note
+    #: The report for the Prefect UI: plots (and gallery images while under ARTIFACT_MAX_BYTES)
+    #: embedded as data:image/png;base64 links, other gallery images named by storage path.
+    artifact_markdown: str = field(default="", repr=False)
 
     @property
     def files(self) -> list[str]:
@@ -67,6 +93,7 @@ class ReportManifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("markdown")
+        d.pop("artifact_markdown")
         return d
 
 
@@ -109,57 +136,92 @@ def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, Any
 
 
 # ---------------------------------------------------------------------- plots
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, dpi: int = PLOT_DPI):
     # The object API with an Agg canvas: no pyplot global state, safe in worker threads.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", bbox_inches="tight", dpi=fig.dpi)
     return buf.getvalue()
 
 
-def plot_methods(accuracy: Sequence[Mapping[str, Any]], comparison: Sequence[Mapping[str, Any]] = (), run_id: str = "", previous_run_id: str | None = None) -> bytes:
-    """Bar chart: accuracy per method with its 95% interval; the previous run's beside it."""
+def _chance_label(n_classes: int) -> str:
+    return f"chance 1/C = 1/{n_classes} = {100 / n_classes:.1f}%"
+
+
+def plot_methods(
+    accuracy: Sequence[Mapping[str, Any]],
+    comparison: Sequence[Mapping[str, Any]] = (),
+    run_id: str = "",
+    previous_run_id: str | None = None,
+    n_classes: int | None = None,
+) -> bytes:
+    """``methods.png``: the PNG of :func:`methods_figure`."""
+    return _png(methods_figure(accuracy, comparison, run_id, previous_run_id, n_classes))
+
+
+def methods_figure(
+    accuracy: Sequence[Mapping[str, Any]],
+    comparison: Sequence[Mapping[str, Any]] = (),
+    run_id: str = "",
+    previous_run_id: str | None = None,
+    n_classes: int | None = None,
+):
+    """Bar chart: accuracy per method, its 95% Wilson interval (``ci_low``/``ci_high``) as
+    error bars, the previous run's beside it, and a dashed line at chance level 1/C
+    (C = ``n_classes``, the classes scored). The legend sits to the right of the axes, so
+    it never covers a bar. Returns the matplotlib Figure."""
     methods = sorted({r["method"] for r in accuracy}, key=_method_key)
     cur = {r["method"]: r for r in accuracy}
     prev = {r["method"]: r for r in comparison if r.get("accuracy_a") is not None}
-    fig = _figure(max(4.0, 1.2 * len(methods) + 2), 3.6)
+    fig = _figure(max(4.0, 1.1 * len(methods) + 1.5), 3.4)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(methods))
     width = 0.38 if prev else 0.6
 
-    def bars(offset: float, vals, lows, highs, label: str, color: str) -> None:
-        v = np.array([np.nan if a is None else a for a in vals], dtype=float)
-        lo = np.array([np.nan if a is None else a for a in lows], dtype=float)
-        hi = np.array([np.nan if a is None else a for a in highs], dtype=float)
-        ax.bar(x + offset, v, width, label=label, color=color, yerr=np.vstack([v - lo, hi - v]), capsize=3)
-        for xi, vi in zip(x + offset, v):
-            if not np.isnan(vi) and vi > 0.08:
-                ax.text(xi, vi / 2, f"{100 * vi:.1f}", ha="center", va="center", fontsize=7, color="white", rotation=90)
+    def arr(vals) -> np.ndarray:
+        return np.array([np.nan if a is None else a for a in vals], dtype=float)
+
+    def bars(offset: float, vals, lows, highs, label: str, color: str, err_label: str | None = None) -> None:
+        v, lo, hi = arr(vals), arr(lows), arr(highs)
+        ax.bar(x + offset, v, width, label=label, color=color, zorder=2)
+        ax.errorbar(x + offset, v, yerr=np.vstack([v - lo, hi - v]), fmt="none", ecolor="black",
+                    elinewidth=1.0, capsize=4, zorder=3, label=err_label)
+        for xi, vi, hi_i in zip(x + offset, v, hi):
+            if not np.isnan(vi):  # the value just above the interval's upper end
+                top_y = vi if np.isnan(hi_i) else max(vi, hi_i)
+                ax.text(xi, top_y + 0.015, f"{100 * vi:.1f}", ha="center", va="bottom", fontsize=6.5, zorder=4)
 
     if prev:
         bars(-width / 2, [prev.get(m, {}).get("accuracy_a") for m in methods], [prev.get(m, {}).get("ci_low_a") for m in methods],
-             [prev.get(m, {}).get("ci_high_a") for m in methods], f"previous ({previous_run_id})", "#b0b0b0")
+             [prev.get(m, {}).get("ci_high_a") for m in methods], f"previous run ({previous_run_id})", "#b0b0b0")
     bars(width / 2 if prev else 0.0, [cur[m]["accuracy"] for m in methods], [cur[m]["ci_low"] for m in methods],
-         [cur[m]["ci_high"] for m in methods], f"this run ({run_id})", "#1f77b4")
+         [cur[m]["ci_high"] for m in methods], f"this run ({run_id})", "#1f77b4", "95% Wilson interval")
+    if n_classes:
+        ax.axhline(1.0 / n_classes, color="#444444", linestyle="--", linewidth=1.2, zorder=1, label=_chance_label(n_classes))
     ax.set_xticks(x)
     ax.set_xticklabels(methods)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (ok rows), 95% Wilson CI")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    ax.set_xlim(-0.6, len(methods) - 0.4)
+    ax.set_ylim(0, 1.08)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("accuracy over ok images (%)")
+    ax.set_title("Accuracy per method", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    ax.set_yticklabels([f"{t:.0f}" for t in np.linspace(0, 100, 6)])
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    return fig
 
 
-def plot_per_class(per_class: Sequence[Mapping[str, Any]]) -> bytes:
-    """Per-class accuracy of each method; classes sorted by the first method's accuracy."""
+def plot_per_class(per_class: Sequence[Mapping[str, Any]], n_classes: int | None = None) -> bytes:
+    """Per-class accuracy of each method; classes sorted by the first method's accuracy.
+    The legend sits right of the axes; a dashed line marks chance 1/C when C is known."""
     methods = sorted({r["method"] for r in per_class}, key=_method_key)
     by = {(r["method"], r["label"]): r for r in per_class}
     labels = sorted({r["label"] for r in per_class})
@@ -167,7 +229,7 @@ def plot_per_class(per_class: Sequence[Mapping[str, Any]]) -> bytes:
     ref = methods[0] if methods else None
     order = sorted(labels, key=lambda c: ((by.get((ref, c)) or {}).get("accuracy") or 0.0, c))
     n = len(order)
-    fig = _figure(min(max(6.0, 0.22 * n * max(1, len(methods) // 2) + 2), 16.0), 4.2)
+    fig = _figure(min(max(6.0, 0.22 * n * max(1, len(methods) // 2) + 2), 16.0), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(n)
     for i, m in enumerate(methods):
@@ -175,9 +237,11 @@ def plot_per_class(per_class: Sequence[Mapping[str, Any]]) -> bytes:
         y = np.array([np.nan if v is None else v for v in y], dtype=float)
         if n <= 30:  # few classes: grouped bars
             w = 0.8 / max(len(methods), 1)
-            ax.bar(x - 0.4 + w * (i + 0.5), y, w, label=m)
+            ax.bar(x - 0.4 + w * (i + 0.5), y, w, label=m, zorder=2)
         else:  # many classes: one line per method over the sorted classes
-            ax.plot(x, y, marker="o" if n <= 60 else None, markersize=3, linewidth=1.2 if m == ref else 0.8, label=m)
+            ax.plot(x, y, marker="o" if n <= 60 else None, markersize=3, linewidth=1.2 if m == ref else 0.8, label=m, zorder=2)
+    if n_classes:
+        ax.axhline(1.0 / n_classes, color="#444444", linestyle="--", linewidth=1.0, zorder=1, label=_chance_label(n_classes))
     if n <= 60:
         ax.set_xticks(x)
         ax.set_xticklabels([str(names.get(c, c)) for c in order], rotation=90, fontsize=7 if n <= 30 else 6)
@@ -186,8 +250,8 @@ def plot_per_class(per_class: Sequence[Mapping[str, Any]]) -> bytes:
         ax.set_xlabel(f"{n} classes, sorted by {ref} accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("per-class accuracy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    ax.grid(alpha=0.3, zorder=0)
     return _png(fig)
 
 
@@ -219,45 +283,213 @@ def full_attention(attention: Sequence[float] | None, grid: int | None) -> np.nd
     return a.reshape(d, d)
 
 
-def draw_gallery_image(img: Image.Image, row: Mapping[str, Any], heat: np.ndarray | None, heat_source: str) -> bytes:
-    """The image with the attention heat map over it (cell (r, c) covers the same fraction of
-    the image as in ABS's sampling) and ABS's raw crop boxes, titled with both predictions."""
+def clip_grid_of(clip_model: str | None) -> tuple[int, int, str]:
+    """(G, S, source): the CLIP token grid side and input size of ``clip_model``.
+
+    Feature windows are stored in CLIP grid cells, and the grid covers the centre
+    square of the image CLIP saw (short side resized to S, centre-cropped), so both
+    are needed to draw a window in image pixels. Read from the open_clip model config
+    (the package's own JSON, or the ones shipped in abs_model/model_configs/clip),
+    without importing open_clip or torch; else parsed from the name (``ViT-B-16``,
+    ``ViT-L-14-336``); else assumed 14 / 224 (source ``"assumed"``).
+    """
+    name = (clip_model or "").strip()
+    if name and re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        dirs = []
+        for pkg, sub in (("open_clip", "model_configs"), ("abs_model", "model_configs/clip")):
+            try:
+                spec = importlib.util.find_spec(pkg)
+            except (ImportError, ValueError):
+                spec = None
+            for loc in (spec.submodule_search_locations or []) if spec else []:
+                dirs.append(Path(loc) / sub)
+        for d in dirs:
+            f = d / f"{name}.json"
+            if f.is_file():
+                try:
+                    v = json.loads(f.read_text())["vision_cfg"]
+                    size, patch = v["image_size"], v["patch_size"]
+                    size = size[0] if isinstance(size, (list, tuple)) else int(size)
+                    patch = patch[0] if isinstance(patch, (list, tuple)) else int(patch)
+                    return size // patch, size, "model config"
+                except (KeyError, TypeError, ValueError, OSError):
+                    pass
+    nums = [int(t) for t in re.split(r"[-/_@]", name) if t.isdigit()]
+    patches = [n for n in nums if n in (8, 14, 16, 32)]
+    if patches:
+        sizes = [n for n in nums if n >= 64]
+        size = sizes[0] if sizes else 224
+        return size // patches[0], size, "model name"
+    return DEFAULT_DINO_GRID, 224, "assumed"
+
+
+def feature_window_pixels(window: Sequence[int], width: int, height: int, grid: int, size: int) -> tuple[float, float, float, float]:
+    """A feature window (r0, r1, c0, c1), half-open CLIP grid cells, as (x0, y0, x1, y1) pixels
+    of the ``width`` x ``height`` image.
+
+    CLIP's global view (``abs_model.preprocess.clip_views`` with the whole-image box) resizes
+    the short side to ``size`` and centre-crops ``size`` x ``size`` (offset rounded as
+    ``resample.resize_crop_geometry``); its G x G token grid tiles that square. So a window
+    lies inside the image's centre square, whatever DINO cell it was drawn from.
+    """
+    r0, r1, c0, c1 = (int(v) for v in window)
+    short, long_ = min(width, height), max(width, height)
+    new_long = math.floor(size * long_ / short)
+    new_h, new_w = (size, new_long) if height <= width else (new_long, size)
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    cell = size / grid
+    fx, fy = width / new_w, height / new_h  # original pixels per resized pixel
+    return ((left + c0 * cell) * fx, (top + r0 * cell) * fy, (left + c1 * cell) * fx, (top + r1 * cell) * fy)
+
+
+def _crop_ranks(centres: Sequence[tuple[float, float]], boxes: Sequence[tuple[float, float, float, float]],
+                cell_xy: Sequence[tuple[float, float]], cell_values: Sequence[float]) -> list[float]:
+    """For each box, the attention of the top-K cell it was (most likely) centred on.
+
+    ABS centres every crop on one of the row's top-K DINO cells; the cell is not stored,
+    so it is recovered as the top-K cell inside the box nearest the box centre (exact
+    for unclipped boxes; a box clipped at the image edge can be off by a cell).
+    ``cell_xy`` are the cells' centres in the boxes' coordinates. ``-inf`` when none fits.
+    """
+    out = []
+    for (cx, cy), (x0, y0, x1, y1) in zip(centres, boxes):
+        best, best_d = -math.inf, math.inf
+        for (px, py), v in zip(cell_xy, cell_values):
+            if x0 <= px <= x1 and y0 <= py <= y1:
+                d = (px - cx) ** 2 + (py - cy) ** 2
+                if d < best_d - 1e-9:
+                    best, best_d = float(v), d
+        out.append(best)
+    return out
+
+
+def emphasised(ranks: Sequence[float], k: int = EMPHASISED_CROPS) -> set[int]:
+    """Indices of the ``k`` crops with the highest centre attention (ties: drawn first wins)."""
+    order = sorted(range(len(ranks)), key=lambda i: (-ranks[i], i))
+    return {i for i in order[:k] if ranks[i] > -math.inf}
+
+
+def gallery_layout(width: int, height: int, panel: float = 3.2, max_height: float = 4.0) -> dict[str, float]:
+    """Inches of the two-panel gallery figure: ``fig_w``, ``fig_h``, ``panel_w``, ``panel_h``
+    (each panel shows the whole image at the same scale: the image, and the attention map
+    with the crops, side by side), and ``top``/``bottom``, the room for the titles above and
+    the legend and caption below."""
+    aspect = height / max(width, 1)
+    ph = min(panel * aspect, max_height)
+    pw = ph / aspect
+    gap, side, top, bottom = 0.15, 0.05, 0.75, 0.6
+    return {"fig_w": 2 * pw + gap + 2 * side, "fig_h": ph + top + bottom, "panel_w": pw, "panel_h": ph,
+            "gap": gap, "side": side, "top": top, "bottom": bottom}
+
+
+def draw_gallery_image(
+    img: Image.Image,
+    row: Mapping[str, Any],
+    heat: np.ndarray | None,
+    heat_source: str,
+    *,
+    clip_grid: tuple[int, int] | None = None,
+    emphasis: int = EMPHASISED_CROPS,
+) -> bytes:
+    """Two panels: the image untouched (left), and (right) the DINO attention over a dimmed
+    grey copy of the image with ABS's crops, titled with both predictions.
+
+    Right panel: attention as a heat map (light yellow = low, dark red = high; cell (r, c)
+    covers the same fraction of the image as in ABS's sampling; with only the row's top-K
+    cells the others stay uncoloured). Raw crop boxes (``raw_boxes``, pixels of the image the
+    classifier saw, scaled to the decoded size) are solid blue; feature-space windows
+    (``feature_windows``, CLIP token-grid cells, mapped to pixels by
+    :func:`feature_window_pixels` with ``clip_grid`` = (G, S)) are dashed black.
+
+    Emphasis: per-crop soft-matching weights are not stored, so the crops that carried the
+    most weight cannot be shown. What is drawn bold instead are the ``emphasis`` crops of
+    each kind centred on the highest-attention DINO cells (ties: the earliest drawn): ABS
+    draws crop centres with probability softmax(attention / tau_sample), so these are the
+    crops the attention favoured most. All the other crops are thin and faint.
+    """
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
     w, h = img.size
-    fig = _figure(4.2, 4.2 * h / max(w, 1) + 0.9)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(np.asarray(img), extent=(0, w, h, 0))
+    lay = gallery_layout(w, h)
+    fw, fh = lay["fig_w"], lay["fig_h"]
+    fig = _figure(fw, fh, dpi=GALLERY_DPI)
+    pos = lambda x_in: (x_in / fw, lay["bottom"] / fh, lay["panel_w"] / fw, lay["panel_h"] / fh)  # noqa: E731
+    left_ax = fig.add_axes(pos(lay["side"]))
+    right_ax = fig.add_axes(pos(lay["side"] + lay["panel_w"] + lay["gap"]))
+    pixels = np.asarray(img)
+    left_ax.imshow(pixels, extent=(0, w, h, 0), interpolation="nearest")
+    left_ax.set_title("image (untouched)", fontsize=7)
+
+    grey = np.asarray(img.convert("L"), dtype=np.float64)
+    right_ax.imshow(grey, cmap="gray", vmin=-255, vmax=255 + 128, extent=(0, w, h, 0), interpolation="nearest")  # dimmed
+    d = heat.shape[0] if heat is not None else DEFAULT_DINO_GRID
     if heat is not None:
         if heat_source == "cache":
             lo, hi = float(heat.min()), float(heat.max())
             norm = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-        else:  # top-K cells only: the others are unknown, leave them transparent
+        else:  # top-K cells only: the others are unknown, leave them uncoloured
             hi = float(heat.max()) or 1.0
             norm = np.ma.masked_where(heat <= 0, heat / hi)
-        ax.imshow(norm, cmap="jet", alpha=0.45, extent=(0, w, h, 0),
-                  interpolation="bilinear" if heat_source == "cache" else "nearest")
-    # Boxes are in the pixels the classifier saw (row width/height); scale if the decoded size differs.
-    sx = w / row["width"] if row.get("width") else 1.0
-    sy = h / row["height"] if row.get("height") else 1.0
-    for box in row.get("raw_boxes") or []:
-        x0, y0, x1, y1 = box
-        ax.add_patch(Rectangle((x0 * sx, y0 * sy), (x1 - x0) * sx, (y1 - y0) * sy, fill=False, edgecolor="white", linewidth=1.2))
-        ax.add_patch(Rectangle((x0 * sx, y0 * sy), (x1 - x0) * sx, (y1 - y0) * sy, fill=False, edgecolor="black", linewidth=0.5, linestyle="--"))
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_axis_off()
+        right_ax.imshow(norm, cmap="YlOrRd", vmin=0, vmax=1, alpha=0.75, extent=(0, w, h, 0),
+                        interpolation="bilinear" if heat_source == "cache" else "nearest")
+    heat_text = {"cache": "DINO attention, full map (cache)", "topk": "DINO attention, top-K cells only"}.get(
+        heat_source if heat is not None else "", "no DINO attention stored")
+    right_ax.set_title(f"{heat_text} + ABS crops", fontsize=7)
+
+    # Stored geometry is in the pixels the classifier saw (row width/height); scale if the decoded size differs.
+    rw, rh = row.get("width") or w, row.get("height") or h
+    sx, sy = w / rw, h / rh
+    idx = list(row.get("dino_topk_indices") or [])
+    vals = list(row.get("dino_topk_values") or [1.0] * len(idx))
+    cells_px = [((i % d + 0.5) * rw / d, (i // d + 0.5) * rh / d) for i in idx]  # in row pixels
+
+    raw = [tuple(float(v) for v in b) for b in (row.get("raw_boxes") or [])]
+    raw_ranks = _crop_ranks([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in raw], raw, cells_px, vals)
+    g, size = clip_grid or (DEFAULT_DINO_GRID, 224)
+    wins = [tuple(int(v) for v in win) for win in (row.get("feature_windows") or [])]
+    # In grid cells: ABS maps DINO cell (r, c) to CLIP cell (floor(r G / D), floor(c G / D)).
+    cells_g = [((i % d) * g // d + 0.5, (i // d) * g // d + 0.5) for i in idx]
+    win_g = [(c0, r0, c1, r1) for r0, r1, c0, c1 in wins]
+    feat_ranks = _crop_ranks([((c0 + c1) / 2, (r0 + r1) / 2) for c0, r0, c1, r1 in win_g], win_g, cells_g, vals)
+    win_px = [feature_window_pixels(win, rw, rh, g, size) for win in wins]
+
+    def draw(boxes, bold: set[int], color: str, style: str) -> None:
+        for i, (x0, y0, x1, y1) in sorted(enumerate(boxes), key=lambda t: t[0] in bold):  # bold on top
+            # (width, alpha): bold, faint, or (nothing to rank them by) all alike
+            lw, alpha = (2.0, 1.0) if i in bold else (0.5, 0.3) if bold else (1.2, 0.9)
+            right_ax.add_patch(Rectangle((x0 * sx, y0 * sy), (x1 - x0) * sx, (y1 - y0) * sy, fill=False, edgecolor=color,
+                                         linestyle=style, linewidth=lw, alpha=alpha, zorder=4 if i in bold else 3))
+
+    bold_raw, bold_feat = emphasised(raw_ranks, emphasis), emphasised(feat_ranks, emphasis)
+    draw(raw, bold_raw, RAW_BOX_COLOR, "-")
+    draw(win_px, bold_feat, FEATURE_WINDOW_COLOR, "--")
+    for ax in (left_ax, right_ax):
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
 
     def verdict(method: str, name: Any, pred: Any) -> str:
         mark = "right" if pred == row["label"] else "wrong"
         return f"{method}: {name if name is not None else pred} ({mark})"
 
-    ax.set_title(
-        f"{row['image_id']}  true: {row['class_name']}\n"
-        f"{verdict(row['method_a'], row['pred_name_a'], row['pred_a'])} | {verdict(row['method_b'], row['pred_name_b'], row['pred_b'])}\n"
-        f"heat: DINO attention ({'full map, cache' if heat_source == 'cache' else 'top-K cells' if heat is not None else 'none'}), boxes: ABS crops",
-        fontsize=7,
+    fig.suptitle(
+        f"{row['image_id']}   true: {row['class_name']}\n"
+        f"{verdict(row['method_a'], row['pred_name_a'], row['pred_a'])}  |  {verdict(row['method_b'], row['pred_name_b'], row['pred_b'])}",
+        fontsize=8, y=1 - 0.05 / fh, va="top",
     )
+    handles = [
+        Line2D([], [], color=RAW_BOX_COLOR, linestyle="-", linewidth=1.5, label=f"raw crop box, image pixels ({len(raw)})"),
+        Line2D([], [], color=FEATURE_WINDOW_COLOR, linestyle="--", linewidth=1.5,
+               label=f"feature window, CLIP {g}x{g} token grid ({len(wins)})"),
+    ]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (lay["bottom"] - 0.03) / fh), ncol=2,
+               fontsize=6.5, frameon=False, handlelength=2.5, borderaxespad=0.0)
+    caption = (f"bold: the {emphasis} crops of each kind centred on the highest-attention DINO cells\n"
+               "(per-crop matching weights are not stored); faint: all the other crops" if bold_raw or bold_feat
+               else "no DINO top-K cells stored: all crops drawn alike")
+    fig.text(0.5, 0.02 / fh, caption, ha="center", va="bottom", fontsize=6)
     return _png(fig)
 
 
@@ -309,6 +541,20 @@ def _cached_maps(con, run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
     return out
 
 
+def _feature_windows(con, run_id: str, method: str, image_ids: Sequence[str]) -> dict[str, Any]:
+    """The stored feature-space windows of ``method``'s rows for these images (the gallery
+    query returns the raw boxes only)."""
+    if not image_ids:
+        return {}
+    rows = catalog.run_query(
+        con,
+        "SELECT image_id, feature_windows FROM run_predictions WHERE run_id = getvariable('run_id') "
+        "AND method = getvariable('method') AND list_contains(getvariable('image_ids'), image_id)",
+        {"run_id": run_id, "method": method, "image_ids": list(image_ids)},
+    ).to_pylist()
+    return {r["image_id"]: r["feature_windows"] for r in rows}
+
+
 def write_gallery(
     st: Storage, con, run: Mapping[str, Any], *, size: int = 4, method_a: str = "abs", method_b: str = "clip"
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -317,6 +563,8 @@ def write_gallery(
     if not rows:
         return [], []
     maps = _cached_maps(con, run, rows)
+    windows = _feature_windows(con, run["run_id"], method_a, [r["image_id"] for r in rows])
+    clip_grid = clip_grid_of(run.get("clip_model"))[:2]
     images: dict[str, bytes] = {}
     for shard in sorted({r["shard"] for r in rows}):
         images.update(_read_images(st, run["dataset"], shard, {r["image_id"] for r in rows if r["shard"] == shard}))
@@ -340,7 +588,8 @@ def write_gallery(
             heat, source = attention_grid(r["dino_topk_indices"], r["dino_topk_values"]), "topk"
         n = counters[r["kind"]] = counters.get(r["kind"], 0) + 1
         rel = f"{run_dir(run['run_id'])}/gallery/{kinds[r['kind']]}-{n:02d}-{slug(r['image_id'])}.png"
-        st.write_bytes(rel, draw_gallery_image(img, r, heat, source))
+        drawn = {**r, "feature_windows": r.get("feature_windows", windows.get(r["image_id"]))}
+        st.write_bytes(rel, draw_gallery_image(img, drawn, heat, source, clip_grid=clip_grid))
         written.append(rel)
         shown.append({**r, "file": rel, "heat": source if heat is not None else "none"})
     return written, shown
@@ -352,6 +601,37 @@ def _run_row(con, run_id: str) -> dict[str, Any]:
     if not rows:
         raise KeyError(f"no run record for run {run_id!r} (runs/run={run_id}/run.parquet)")
     return rows[0]
+
+
+def n_classes_scored(st: Storage, con, run: Mapping[str, Any]) -> tuple[int | None, str]:
+    """(C, where it came from): the number of classes a prediction chooses among.
+
+    From the dataset's committed ``dataset.json`` (``subset_indices`` when the text
+    classes are a superset, else ``classnames``); a ``dataset.json`` without its
+    done-marker is read as is; without one, the distinct true labels of the run's
+    rows (a lower bound when some class has no image).
+    """
+    info: Mapping[str, Any] | None = None
+    try:
+        info = read_dataset_info(st, run["dataset"]).raw
+    except (FileNotFoundError, RuntimeError, OSError, ValueError):
+        try:
+            if st.exists(info_rel_path(run["dataset"])):
+                info = st.read_json(info_rel_path(run["dataset"]))
+        except (OSError, ValueError):
+            info = None
+    if info:
+        subset, names = info.get("subset_indices"), info.get("classnames")
+        if subset:
+            return len(subset), "dataset.json subset_indices"
+        if names:
+            return len(names), "dataset.json classnames"
+    rows = catalog.run_query(
+        con, "SELECT count(DISTINCT label) AS c FROM run_predictions WHERE run_id = getvariable('run_id')",
+        {"run_id": run["run_id"]},
+    ).to_pylist()
+    c = rows[0]["c"] if rows else 0
+    return (int(c), "distinct true labels of the run") if c else (None, "unknown")
 
 
 def write_report(
@@ -367,6 +647,8 @@ def write_report(
     ``previous_run_id``: the run to compare with; by default the latest earlier
     completed run of the same deployment, dataset and model (``runs.previous_run_id``).
     ``gallery_size``: images per gallery kind (ABS right / baseline wrong, and the reverse).
+    The returned manifest's ``markdown`` is ``report.md`` (relative image links);
+    ``artifact_markdown`` embeds the images for the Prefect UI.
     """
     st = root if isinstance(root, Storage) else Storage(root, dict(storage_options or {}))
     con = catalog.connect(st)
@@ -393,102 +675,197 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
         comparison = sorted(catalog.run_query(con, "compare_methods", pair).to_pylist(), key=lambda r: _method_key(r["method"]))
         class_changes = catalog.run_query(con, "compare_classes", {**pair, "top_k": 5}).to_pylist()
         flips = catalog.run_query(con, "compare_flips", pair).to_pylist()
+    n_classes, n_classes_source = n_classes_scored(st, con, run)
 
     base = run_dir(run_id)
     plots = [f"{base}/methods.png", f"{base}/per_class_accuracy.png"]
-    st.write_bytes(plots[0], plot_methods(accuracy, comparison, run_id, prev_id))
-    st.write_bytes(plots[1], plot_per_class(per_class))
+    pngs: dict[str, bytes] = {
+        plots[0]: plot_methods(accuracy, comparison, run_id, prev_id, n_classes),
+        plots[1]: plot_per_class(per_class, n_classes),
+    }
+    for rel in plots:
+        st.write_bytes(rel, pngs[rel])
     gallery, shown = write_gallery(st, con, run, size=gallery_size) if gallery_size > 0 else ([], [])
 
-    md = _markdown(run, prev_id, accuracy, extremes, confusions, errors, comparison, class_changes, flips, shown, base)
+    ctx = _Context(run, prev_id, accuracy, extremes, confusions, errors, comparison, class_changes, flips, shown, base,
+                   st.root, n_classes, n_classes_source)
+    md = _markdown(ctx, lambda rel, alt: f"![{alt}]({_rel(rel, base)})")
+    artifact = _artifact_markdown(st, ctx, pngs, gallery, len(md.encode()))
     report = f"{base}/report.md"
     st.write_bytes(report, md.encode())
     return ReportManifest(
         root=st.root, run_id=run_id, previous_run_id=prev_id, report=report, plots=plots, gallery=gallery,
         markdown=md, accuracy=accuracy, comparison=comparison,
         gallery_items=[{k: r.get(k) for k in ("image_id", "kind", "shard", "file", "heat", "note")} for r in shown],
+        artifact_markdown=artifact,
     )
+
+
+def png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _artifact_markdown(st: Storage, ctx: _Context, pngs: Mapping[str, bytes], gallery: Sequence[str], text_bytes: int) -> str:
+    """The report with its images embedded as data URIs, for the Prefect UI (which cannot
+    resolve report.md's relative links). The plots always; gallery images in report order
+    while the whole stays under ARTIFACT_MAX_BYTES; any other image by its storage path."""
+    budget = [ARTIFACT_MAX_BYTES - text_bytes - 2048 * (len(pngs) + len(gallery))]  # link text grows a little
+
+    def image(rel: str, alt: str) -> str:
+        where = st.url(rel)
+        data = pngs.get(rel)
+        if data is None and rel in gallery:
+            try:
+                with st.fs.open(st.path(rel), "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = None
+        uri = png_data_uri(data) if data is not None else None
+        if uri is not None and len(uri) <= budget[0]:
+            budget[0] -= len(uri)
+            return f"![{alt}]({uri})\n\n_file: `{where}`_"
+        return f"- {alt}: `{where}` (not embedded: the artifact stays under {ARTIFACT_MAX_BYTES // 1000} KB)"
+
+    return _markdown(ctx, image)
 
 
 def _rel(path: str, base: str) -> str:
     return path[len(base) + 1 :] if path.startswith(base + "/") else path
 
 
-def _markdown(run, prev_id, accuracy, extremes, confusions, errors, comparison, class_changes, flips, shown, base) -> str:
-    out = [f"# Evaluation report: run `{run['run_id']}`\n"]
+@dataclass
+class _Context:
+    """Everything the markdown is made of (query rows, the run, where it lives)."""
+
+    run: Mapping[str, Any]
+    prev_id: str | None
+    accuracy: list[dict[str, Any]]
+    extremes: list[dict[str, Any]]
+    confusions: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    comparison: list[dict[str, Any]]
+    class_changes: list[dict[str, Any]]
+    flips: list[dict[str, Any]]
+    shown: list[dict[str, Any]]
+    base: str
+    root: str
+    n_classes: int | None
+    n_classes_source: str
+
+
+def _sql_cmd(query: str, ctx: _Context, **params: Any) -> str:
+    """The command line that reproduces a table of the report."""
+    ps = "".join(f" -p {k}={v}" for k, v in params.items())
+    return f"`abs-eval sql run {query}{ps} --root {ctx.root}`"
+
+
+def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
+    """The report; ``image(path relative to the root, alt text)`` renders each picture."""
+    run, prev_id, base, run_id = ctx.run, ctx.prev_id, ctx.base, ctx.run["run_id"]
+    out = [f"# Evaluation report: run `{run_id}`\n"]
     facts = [
         ("deployment", run.get("deployment")), ("dataset", run.get("dataset")), ("model", run.get("model")),
         ("config", run.get("config")), ("status", run.get("status")), ("started", run.get("started_at")),
         ("ended", run.get("ended_at")), ("CLIP", f"{run.get('clip_model')} / {run.get('clip_pretrained')}"),
         ("DINO", f"{run.get('dino_model')} / {run.get('dino_pretrained')}"), ("descriptions", run.get("descriptions_hash")),
+        ("classes scored (C)", f"{ctx.n_classes} ({ctx.n_classes_source})" if ctx.n_classes else "unknown"),
         ("shards computed by this run", f"{run.get('shards_computed')} of {run.get('shards_total')}"),
     ]
     out.append(md_table([{"k": k, "v": v} for k, v in facts], [("", "k"), ("", "v")]))
-    out.append("All numbers below come from the SQL in `sql/` (`abs-eval sql <query>`), over the run's full prediction set "
-               "(rows reused from an earlier run of the same config included).\n")
+    out.append("All numbers below come from the SQL in `sql/` over the run's full prediction set (rows reused from an "
+               "earlier run of the same config included); each section names the command that prints its table, e.g. "
+               f"{_sql_cmd('accuracy', ctx, run_id=run_id)} (`abs-eval sql list` lists the queries).\n")
 
     out.append("## Accuracy\n")
-    out.append(md_table(accuracy, [
+    out.append(f"Query: {_sql_cmd('accuracy', ctx, run_id=run_id)}. Accuracy is over the images that could be "
+               "classified (ok); \"errors counted wrong\" also counts unreadable images as wrong.\n")
+    out.append(md_table(ctx.accuracy, [
         ("method", "method"), ("n", "n"), ("ok", "n_ok"), ("errors", "n_error"), ("correct", "correct"),
         ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci), ("errors counted wrong", lambda r: _pct(r["accuracy_all"])),
     ]))
-    out.append("\n![accuracy by method](methods.png)\n")
+    chance = (f"; dashed grey line: chance level 1/C = 1/{ctx.n_classes} = {_pct(1 / ctx.n_classes)}"
+              if ctx.n_classes else "")
+    out.append("\n" + image(f"{base}/methods.png", "accuracy by method") + "\n")
+    out.append(f"_Bars: accuracy per method; black whiskers: 95% Wilson interval"
+               f"{'; grey: the previous run' if ctx.comparison else ''}{chance}. Methods whose intervals overlap "
+               "are not clearly different on this many images._\n")
 
     out.append("## Per-class accuracy: extremes\n")
-    for method in sorted({r["method"] for r in extremes}, key=_method_key):
-        rows = [r for r in extremes if r["method"] == method]
+    out.append(f"Query: {_sql_cmd('class_extremes', ctx, run_id=run_id, top_k=5)}. Up to 5 worst and 5 best classes "
+               "per method; a class at 0% is never listed as best.\n")
+    for method in sorted({r["method"] for r in ctx.extremes}, key=_method_key):
+        rows = [r for r in ctx.extremes if r["method"] == method]
         out.append(f"**{method}**\n")
         out.append(md_table(rows, [
             ("", "extreme"), ("#", "position"), ("class", "class_name"), ("ok images", "n_ok"),
             ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci),
         ]))
-    out.append("\n![per-class accuracy](per_class_accuracy.png)\n")
+        if not any(r["extreme"] == "best" for r in rows):
+            out.append("_No best list: no class of this method is above 0% accuracy._\n")
+    out.append("\n" + image(f"{base}/per_class_accuracy.png", "per-class accuracy") + "\n")
+    out.append(f"_Per-class accuracy of every method (query: {_sql_cmd('per_class_accuracy', ctx, run_id=run_id)}), "
+               "classes sorted by the first method's accuracy._\n")
 
     out.append("## Most frequent confusions\n")
     shown_conf: list[dict[str, Any]] = []
-    for method in sorted({r["method"] for r in confusions}, key=_method_key):
-        shown_conf += [r for r in confusions if r["method"] == method][:5]  # the query orders by rank
-    out.append("(up to 5 per method, most frequent first; equal counts share a rank)\n")
+    for method in sorted({r["method"] for r in ctx.confusions}, key=_method_key):
+        shown_conf += [r for r in ctx.confusions if r["method"] == method][:5]  # the query orders by rank
+    out.append(f"Query: {_sql_cmd('confusions', ctx, run_id=run_id, top_k=5)}. Up to 5 per method, most frequent "
+               "first; equal counts share a rank.\n")
     out.append(md_table(shown_conf, [
         ("method", "method"), ("rank", "rank"), ("true class", "class_name"), ("predicted", "pred_name"),
         ("images", "n"), ("share of class", lambda r: _pct(r["share"])),
     ]))
 
     out.append("## Errors (images that could not be classified)\n")
-    out.append(md_table(errors, [("status", "status"), ("images", "n_images"), ("example", "example_error")]))
+    out.append(f"Query: {_sql_cmd('error_counts', ctx, run_id=run_id)}; every failing image: "
+               f"{_sql_cmd('errors', ctx, run_id=run_id)}.\n")
+    out.append(md_table(ctx.errors, [("status", "status"), ("images", "n_images"), ("example", "example_error")]))
 
     out.append("## Comparison with the previous run\n")
     if not prev_id:
         out.append(f"No earlier completed run of deployment `{run.get('deployment')}` on this dataset and model.\n")
     else:
-        out.append(f"Previous run: `{prev_id}` (before) vs `{run['run_id']}` (this run). "
-                   "fixed = wrong before, right now; broken = the reverse.\n")
-        out.append(md_table(comparison, [
+        pair = {"run_a": prev_id, "run_b": run_id}
+        out.append(f"Previous run: `{prev_id}` (before) vs `{run_id}` (this run). "
+                   f"fixed = wrong before, right now; broken = the reverse. Query: {_sql_cmd('compare_methods', ctx, **pair)}.\n")
+        out.append(md_table(ctx.comparison, [
             ("method", "method"), ("before", lambda r: _pct(r["accuracy_a"])), ("now", lambda r: _pct(r["accuracy_b"])),
             ("delta", lambda r: _pp(r["delta"])), ("changed", "n_changed"), ("fixed", "n_fixed"), ("broken", "n_broken"),
         ]))
-        out.append("\nLargest per-class changes (up to 5 per method; unchanged classes left out):\n")
-        out.append(md_table([r for r in class_changes if r["delta"] != 0], [
+        out.append(f"\nLargest per-class changes (up to 5 per method; unchanged classes left out; "
+                   f"{_sql_cmd('compare_classes', ctx, **pair, top_k=5)}):\n")
+        out.append(md_table([r for r in ctx.class_changes if r["delta"] != 0], [
             ("method", "method"), ("class", "class_name"), ("before", lambda r: _pct(r["accuracy_a"])),
             ("now", lambda r: _pct(r["accuracy_b"])), ("delta", lambda r: _pp(r["delta"])),
         ]))
-        out.append(f"\nFlipped images: {len(flips)} (image x method); first 20:\n")
-        out.append(md_table(flips[:20], [
+        out.append(f"\nFlipped images: {len(ctx.flips)} (image x method); first 20 "
+                   f"(all: {_sql_cmd('compare_flips', ctx, **pair)}):\n")
+        out.append(md_table(ctx.flips[:20], [
             ("method", "method"), ("image", "image_id"), ("true", "class_name"), ("before", "pred_name_a"),
             ("now", "pred_name_b"), ("change", "change"),
         ]))
 
     out.append("## Gallery\n")
-    if not shown:
+    if not ctx.shown:
         out.append("No image where `abs` and `clip` disagree on rightness (or one of them is missing).\n")
+    else:
+        out.append(f"Images one method got right and the other wrong, most confident winner first "
+                   f"({_sql_cmd('gallery', ctx, run_id=run_id)}). Left: the image, untouched. Right: DINO's attention "
+                   "(light yellow = low, dark red = high; only the stored top-K cells unless the DINO cache holds the "
+                   "full map) over a dimmed grey copy, with ABS's crops: **solid blue** = raw crop boxes (regions cut "
+                   "from the image), **dashed black** = feature-space windows (regions of CLIP's token grid, which "
+                   "covers the image's centre square). Per-crop matching weights are not stored, so bold marks the "
+                   f"{EMPHASISED_CROPS} crops of each kind centred on the highest-attention DINO cells (the centres ABS "
+                   "sampled most readily), not necessarily the crops that decided the prediction; the rest are faint.\n")
     for kind, title in (("a_only", "ABS right, CLIP wrong"), ("b_only", "CLIP right, ABS wrong")):
-        rows = [r for r in shown if r["kind"] == kind]
+        rows = [r for r in ctx.shown if r["kind"] == kind]
         if not rows:
             continue
         out.append(f"### {title}\n")
         for r in rows:
             if r.get("file"):
-                out.append(f"![{r['image_id']}]({_rel(r['file'], base)})\n")
+                out.append(image(r["file"], r["image_id"]) + "\n")
             else:
                 out.append(f"- `{r['image_id']}`: {r.get('note')}\n")
     return "\n".join(out)

@@ -1,18 +1,28 @@
-"""Run records: what ran, with which versions and weights, and what it produced.
+"""Run records: what ran, with which versions and weights, what it produced, and whether it is alive.
 
 Why both JSON and Parquet: the JSON is for people and the report; the one-row
 Parquet is what SQL joins (``runs`` view). Both are written atomically; the
 record is written when the run starts (status ``running``) and rewritten when it
-ends (``completed`` / ``failed``), so a crashed run is visible as such.
+ends (``completed`` / ``failed``).
+
+Why a heartbeat: a process killed with SIGKILL (or a lost machine) cannot write
+``failed``, so a record would say ``running`` forever. While a run is alive,
+:class:`RunTracker` rewrites its record every :data:`HEARTBEAT_S` seconds and moves
+``expires_at`` :data:`LEASE_S` ahead; a ``running`` record past ``expires_at`` is
+``interrupted`` (the ``runs`` view and :func:`effective_status` both apply this
+rule). On the machine that ran it, a dead ``pid`` says so at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import metadata
 from typing import Any
 
@@ -22,6 +32,13 @@ from tasks.schema import RUN_SCHEMA, run_record_json, run_record_parquet, slug
 from tasks.storage import Storage
 
 _PACKAGES = ("abs-eval", "torch", "torchvision", "open_clip_torch", "timm", "prefect", "duckdb", "pyarrow", "fsspec", "pillow")
+
+#: Seconds between two rewrites of a running run's record.
+HEARTBEAT_S = 60.0
+#: A running record not refreshed for this long belongs to a dead process.
+LEASE_S = 300.0
+
+RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
 
 
 def new_run_id() -> str:
@@ -39,6 +56,10 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -46,14 +67,16 @@ class RunRecord:
     model: str
     config: str
     deployment: str = "manual"
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=_now)
     ended_at: datetime | None = None
-    status: str = "running"
+    status: str = RUNNING
     n_images: int = 0
     n_ok: int = 0
     n_error: int = 0
     shards_total: int = 0
     shards_computed: int = 0
+    shards_reused: int = 0
+    reused_shards: list[int] = field(default_factory=list)
     clip_model: str = ""
     clip_pretrained: str = ""
     clip_weights_digest: str = ""
@@ -63,6 +86,12 @@ class RunRecord:
     descriptions_hash: str = ""
     config_json: dict[str, Any] = field(default_factory=dict)
     versions_json: dict[str, str] = field(default_factory=package_versions)
+    heartbeat_at: datetime | None = None
+    expires_at: datetime | None = None
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def write(self, storage: Storage) -> None:
@@ -74,11 +103,105 @@ class RunRecord:
         row["versions_json"] = json.dumps(self.versions_json, sort_keys=True)
         storage.write_parquet(run_record_parquet(self.run_id), pa.Table.from_pylist([row], schema=RUN_SCHEMA))
 
-    def finish(self, storage: Storage, status: str = "completed") -> None:
-        self.status = status
-        self.ended_at = datetime.now(timezone.utc)
-        self.write(storage)
+
+class RunTracker:
+    """Owns one run's record while the run is alive: start, heartbeat, finish.
+
+    The heartbeat runs on a daemon thread of the flow's process, so a shard that
+    takes hours still keeps its run visibly alive. Every write goes through one
+    lock, and nothing is written after :meth:`finish`, so a late heartbeat can
+    never turn a ``completed`` record back into ``running``.
+    """
+
+    def __init__(self, storage: Storage, record: RunRecord, heartbeat_s: float = HEARTBEAT_S,
+                 lease_s: float = LEASE_S) -> None:
+        self.storage, self.record = storage, record
+        self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        now = _now()
+        self.record.heartbeat_at = now
+        self.record.expires_at = now + timedelta(seconds=self.lease_s) if self.record.status == RUNNING else None
+        self.record.write(self.storage)
+
+    def start(self) -> RunTracker:
+        with self._lock:
+            self.record.status = RUNNING
+            self._write()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.record.run_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._write()
+                except Exception:  # a storage hiccup must not kill the run; the next beat retries
+                    pass
+
+    def finish(self, status: str, **fields: Any) -> RunRecord:
+        """Write the final record (``completed`` / ``failed``) and stop the heartbeat."""
+        self._stop.set()
+        with self._lock:
+            for k, v in fields.items():
+                setattr(self.record, k, v)
+            self.record.status = status
+            self.record.ended_at = _now()
+            self._write()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return self.record
+
+
+def _parse_time(v: Any) -> datetime | None:
+    if v is None or isinstance(v, datetime):
+        return v
+    try:
+        return datetime.fromisoformat(str(v))
+    except ValueError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def effective_status(rec: dict[str, Any], now: datetime | None = None) -> str:
+    """The status a person should see: ``running`` records of dead processes read ``interrupted``.
+
+    Dead means: on this host, its pid no longer exists; anywhere, its lease
+    (``expires_at``) has passed without a heartbeat. Records written before the
+    heartbeat existed have no lease and are judged by their start (one day).
+    """
+    status = rec.get("status") or RUNNING
+    if status != RUNNING:
+        return status
+    if rec.get("host") == socket.gethostname() and rec.get("pid") and not _pid_alive(int(rec["pid"])):
+        return INTERRUPTED
+    expires = _parse_time(rec.get("expires_at"))
+    if expires is None:
+        started = _parse_time(rec.get("started_at"))
+        expires = started + timedelta(days=1) if started else None
+    if expires is not None and (now or _now()) > expires:
+        return INTERRUPTED
+    return RUNNING
 
 
 def read_run(storage: Storage, run_id: str) -> dict[str, Any]:
-    return storage.read_json(run_record_json(run_id))
+    """A run's JSON record; ``KeyError`` naming the root when there is no such run."""
+    rel = run_record_json(run_id)
+    if not storage.exists(rel):
+        raise KeyError(f"no run {run_id!r} under {storage.root} (see `abs-eval status --root {storage.root}`)")
+    return storage.read_json(rel)

@@ -89,12 +89,14 @@ RUN_SCHEMA = pa.schema(
         pa.field("config", pa.string(), nullable=False),  # config hash (prediction partition)
         pa.field("started_at", pa.timestamp("us", tz="UTC")),
         pa.field("ended_at", pa.timestamp("us", tz="UTC")),
-        pa.field("status", pa.string()),  # completed / failed
+        pa.field("status", pa.string()),  # running / completed / failed as written (the runs view adds interrupted)
         pa.field("n_images", pa.int64()),
         pa.field("n_ok", pa.int64()),
         pa.field("n_error", pa.int64()),
         pa.field("shards_total", pa.int32()),
         pa.field("shards_computed", pa.int32()),  # computed by this run (the rest were already committed)
+        pa.field("shards_reused", pa.int32()),  # committed by earlier runs and reused by this one
+        pa.field("reused_shards", pa.list_(pa.int32())),  # which: committed before this run started
         pa.field("clip_model", pa.string()),
         pa.field("clip_pretrained", pa.string()),
         pa.field("clip_weights_digest", pa.string()),
@@ -104,5 +106,14 @@ RUN_SCHEMA = pa.schema(
         pa.field("descriptions_hash", pa.string()),
         pa.field("config_json", pa.string()),  # everything that defines the numbers, as JSON
         pa.field("versions_json", pa.string()),  # package versions, as JSON
+        # liveness: a running run rewrites its record every HEARTBEAT_S seconds, pushing
+        # expires_at forward; a record still "running" after expires_at belongs to a
+        # process that died (SIGKILL, power loss) and reads as "interrupted".
+        pa.field("heartbeat_at", pa.timestamp("us", tz="UTC")),
+        pa.field("expires_at", pa.timestamp("us", tz="UTC")),
+        pa.field("host", pa.string()),  # where the flow process runs
+        pa.field("pid", pa.int64()),
+        pa.field("flow_run_id", pa.string()),  # Prefect flow run that owns this run
+        pa.field("flow_run_name", pa.string()),
     ]
 )

@@ -17,16 +17,23 @@ Storage layout under the root (all writes go through :class:`tasks.storage.Stora
 
 There is deliberately no fingerprint level in the path: a dataset name has one
 current sharding, which later steps find by the plain glob
-``shards/dataset=<ds>/part-*.parquet`` and key their own caches by (shard index,
-dataset fingerprint). When the fingerprint changes (other files, classes,
-``images_per_shard`` or decode limits), :func:`prepare_shards` first removes
-the dataset marker and metadata, then every part whose marker does not carry the
-new fingerprint (marker first, then file), so the folder never mixes committed
-shards of two fingerprints and readers see "incomplete" until it is done.
+``shards/dataset=<ds>/part-*.parquet`` (once the dataset marker exists) and key
+their own caches by (shard index, dataset fingerprint). When the fingerprint
+changes (other files, classes, ``images_per_shard`` or decode limits),
+:func:`prepare_shards` first removes the dataset marker and metadata, then every
+part marker of another fingerprint and every part beyond the new plan, so no
+shard of the old fingerprint stays committed and readers see "incomplete" until
+every part has been rewritten and the dataset finalized.
 
 Rerun rule: a shard is skipped when its marker exists with the current
-fingerprint and its file is there; anything else is (re)written. A crash between
-moving a part into place and writing its marker only costs that one shard.
+fingerprint and its file is there; anything else is (re)written, by an atomic
+move over the old file. A crash between moving a part into place and writing its
+marker only costs that one shard. Because nothing that a run of the same plan
+may be writing is ever deleted, two runs over the same source and root can run
+at once (see :func:`prepare_shards`).
+
+Undecodable file names (bytes that are not UTF-8) are opened by their real name
+and stored escaped (``bad\\xff.jpg``) in ``image_id`` and ``source``.
 
 Determinism: shard ``i`` holds entries ``[i*n, (i+1)*n)`` of the layout's fixed
 order; ``image_id`` is the layout's stable id (the path below its image folder).
@@ -52,8 +59,8 @@ import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from tasks.datasets import DatasetSource, Entry, load_source
-from tasks.datasets.base import display, is_local_fs
+from tasks.datasets import DatasetSource, Entry, LayoutError, SingleClassWarning, escape_undecodable, load_source
+from tasks.datasets.base import display, is_local_fs, warn_user
 from tasks.storage import COMMITS_DIR, Storage
 
 SCHEMA_VERSION = 1
@@ -249,23 +256,30 @@ def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None,
             last = e
         if attempt < retries:
             time.sleep(0.5 * 2**attempt)
-    raise ShardReadError(f"reading {display(fs, path)} failed {retries + 1} times: {type(last).__name__}: {last}") from last
+    raise ShardReadError(
+        escape_undecodable(f"reading {display(fs, path)} failed {retries + 1} times: {type(last).__name__}: {last}")
+    ) from last
 
 
 def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | None, max_file_bytes: int | None) -> dict[str, Any]:
-    """One shard row for ``entry``: read once, hash, decode once."""
+    """One shard row for ``entry``: read once, hash, decode once.
+
+    The file is opened by its real name (``entry.path``, undecodable bytes
+    included); every text column holds valid UTF-8 (:func:`escape_undecodable`),
+    so a file name that is not UTF-8 can never make the shard's Arrow batch fail.
+    """
     data, status, error = _read_entry(source, entry, max_file_bytes)
     row: dict[str, Any] = {
-        "image_id": entry.image_id,
+        "image_id": escape_undecodable(entry.image_id),
         "label": entry.label,
-        "class_name": source.classnames[entry.label],
+        "class_name": escape_undecodable(source.classnames[entry.label]),
         "image": None,
         "sha256": None,
         "width": None,
         "height": None,
-        "source": entry.path,
+        "source": escape_undecodable(entry.path),
         "status": status,
-        "error": error,
+        "error": None if error is None else escape_undecodable(error),
         "format": None,
         "mode": None,
         "n_bytes": entry.size if entry.regular is not False else None,
@@ -281,7 +295,7 @@ def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | No
     row.update(
         image=data,
         status=check.status,
-        error=check.error,
+        error=None if check.error is None else escape_undecodable(check.error),
         width=check.width,
         height=check.height,
         format=check.format,
@@ -359,6 +373,11 @@ class ShardPlan:
     @property
     def n_images(self) -> int:
         return len(self.source.entries)
+
+    @property
+    def n_classes_present(self) -> int:
+        """Distinct labels among the images (``1``: scored trivially at 100%, see :func:`shard_dataset`)."""
+        return self.source.n_classes_present
 
     def entries(self, index: int) -> list[Entry]:
         if not 0 <= index < self.n_shards:
@@ -476,7 +495,10 @@ def plan_shards(
     """Load the source through its layout and fix the shard boundaries and fingerprint.
 
     ``layout`` is a registered layout name (then ``source`` is its URL) or an
-    already loaded :class:`DatasetSource`. Nothing is written.
+    already loaded :class:`DatasetSource`. Nothing is written. A source that does
+    not fit its layout, or holds no image at all, raises
+    :class:`~tasks.datasets.LayoutError` (a ``ValueError``) naming the path.
+    ``plan.n_classes_present`` tells a one-class dataset apart.
     """
     if images_per_shard < 1:
         raise ValueError("images_per_shard must be at least 1")
@@ -487,7 +509,7 @@ def plan_shards(
             raise ValueError("give the source URL of the dataset")
         ds = load_source(layout, source, split=split, storage_options=source_storage_options, **dict(layout_options or {}))
     if not ds.entries:
-        raise ValueError(f"{ds.layout}: no images found in {ds.url}; nothing to shard")
+        raise LayoutError(f"{ds.layout}: no images found in {ds.url}; expected at least one image to shard")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         warnings.warn(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images will decode and be marked ok",
@@ -515,30 +537,74 @@ def plan_shards(
     )
 
 
-def _rm(storage: Storage, rel: str) -> None:
-    if storage.exists(rel):
+def _rm(storage: Storage, rel: str) -> bool:
+    """Remove ``rel``; ``False`` when it is not there (another run may have removed it first)."""
+    try:
+        if not storage.exists(rel):
+            return False
         storage.fs.rm(storage.path(rel))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
+    """The done-marker of ``key``, ``None`` when absent (also when it vanishes while being read)."""
+    try:
+        return storage.read_marker(key)
+    except FileNotFoundError:
+        return None
+
+
+def _read_json(storage: Storage, rel: str) -> dict[str, Any] | None:
+    try:
+        return storage.read_json(rel) if storage.exists(rel) else None
+    except FileNotFoundError:
+        return None
 
 
 def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = False) -> list[str]:
-    """Remove what does not belong to ``plan`` before writing; returns removed paths.
+    """Remove what provably does not belong to ``plan`` before writing; returns removed paths.
 
-    Run once per dataset before shards are written (by any number of workers).
-    Keeps parts whose marker has the plan's fingerprint; removes the dataset
-    marker and metadata when they describe another fingerprint, and every other
-    part (marker first, so a crash here never leaves a marker without its file).
+    Run once per dataset before its shards are written (by any number of workers
+    or whole runs at once). What it removes, and why nothing else:
+
+    * the dataset marker and ``dataset.json`` when they name another fingerprint
+      (marker first), so readers see "incomplete" until this plan is finalized;
+    * the marker of every part whose marker names another fingerprint, so
+      :func:`write_shard` rewrites that part;
+    * the marker and then the file of every part whose index is beyond the plan
+      (``>= plan.n_shards``): no run of this plan ever writes such a part.
+
+    It never removes a part *file* within the plan, nor a marker that names the
+    plan's fingerprint. A part file without a (current) marker is either in
+    flight (another run of the same plan has just moved it into place and is
+    about to write its marker) or stale (a crash, another fingerprint); both are
+    left alone, because :func:`write_shard` rewrites every part that lacks a
+    current marker by an atomic move over the old file. Two runs of the same plan
+    therefore never destroy each other's work: each writes the same bytes for the
+    same part and the same marker (up to its timestamp), the last move wins
+    harmlessly, and whichever finalizes last writes the same ``dataset.json``.
+    The remaining window is a stale marker read by one run just before a second
+    run of the same plan replaced it: the first run then removes the fresh
+    marker, and rewrites that part itself moments later (it writes every part
+    without a marker). Runs of *different* fingerprints on one dataset name at
+    the same time are not supported (they would keep replacing each other's
+    shards); run them one after the other. ``force=True`` removes the dataset
+    marker and metadata and every part marker (so everything is rewritten), but
+    still no part file within the plan.
     """
     st = _storage(storage)
     ds = plan.dataset
     removed: list[str] = []
-    info_marker = st.read_marker(dataset_key(ds))
+    info_marker = _read_marker(st, dataset_key(ds))
     stale_info = force or (info_marker is not None and info_marker.get("fingerprint") != plan.fingerprint)
-    if not stale_info and info_marker is None and st.exists(info_rel_path(ds)):
-        stale_info = st.read_json(info_rel_path(ds)).get("fingerprint") != plan.fingerprint
+    if not stale_info and info_marker is None:
+        info = _read_json(st, info_rel_path(ds))
+        stale_info = info is not None and info.get("fingerprint") != plan.fingerprint
     if stale_info:
         for rel in (st.marker_path(dataset_key(ds)), info_rel_path(ds)):
-            if st.exists(rel):
-                _rm(st, rel)
+            if _rm(st, rel):
                 removed.append(rel)
     indices: set[int] = set()
     for pattern in (f"{dataset_dir(ds)}/part-*.parquet", f"{COMMITS_DIR}/{dataset_dir(ds)}/part-*.json"):
@@ -547,19 +613,15 @@ def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = Fal
             if m:
                 indices.add(int(m.group(1)))
     for i in sorted(indices):
-        marker = st.read_marker(shard_key(ds, i))
-        keep = (
-            not force
-            and i < plan.n_shards
-            and marker is not None
-            and marker.get("fingerprint") == plan.fingerprint
-            and st.exists(shard_rel_path(ds, i))
-        )
-        if keep:
-            continue
-        for rel in (st.marker_path(shard_key(ds, i)), shard_rel_path(ds, i)):
-            if st.exists(rel):
-                _rm(st, rel)
+        marker_rel, part_rel = st.marker_path(shard_key(ds, i)), shard_rel_path(ds, i)
+        if i >= plan.n_shards:
+            targets = [marker_rel, part_rel]  # marker first: never a marker without its file
+        else:
+            marker = _read_marker(st, shard_key(ds, i))
+            foreign = marker is not None and marker.get("fingerprint") != plan.fingerprint
+            targets = [marker_rel] if (foreign or (force and marker is not None)) else []
+        for rel in targets:
+            if _rm(st, rel):
                 removed.append(rel)
     return removed
 
@@ -579,11 +641,17 @@ def write_shard(
     buckets; Pillow releases the GIL while decoding), keeps the plan's order,
     writes the Parquet file atomically and only then its done-marker.
     ``on_image`` is called in order with each row (without waiting for the shard).
+
+    Safe to repeat and to run twice at once: the file goes to a unique temporary
+    name and is moved over whatever is at its final path (an older file without
+    marker included), and the rows are a pure function of the plan, so two writers
+    of the same shard and fingerprint move identical bytes into place and write
+    the same marker; the last move wins harmlessly.
     """
     st = _storage(storage)
     key, rel = shard_key(plan.dataset, index), shard_rel_path(plan.dataset, index)
     if not force:
-        marker = st.read_marker(key)
+        marker = _read_marker(st, key)
         if marker is not None and marker.get("fingerprint") == plan.fingerprint and st.exists(rel):
             return ShardResult.from_dict(marker, skipped=True)
 
@@ -699,6 +767,12 @@ def shard_dataset(
     shard is committed (or skipped); an exception raised there stops the run like
     a crash would, which is how tests interrupt it. ``progress`` shows a bar with
     images and shards.
+
+    Raises :class:`~tasks.datasets.LayoutError` (before anything is written) when
+    the source does not fit its layout or holds no image. Warns with
+    :class:`~tasks.datasets.SingleClassWarning` when every image has the same
+    label. Several runs over the same source and root may run at once (see
+    :func:`prepare_shards`).
     """
     st = _storage(root, storage_options)
     plan = plan_shards(
@@ -712,6 +786,13 @@ def shard_dataset(
         max_image_pixels=max_image_pixels,
         max_file_bytes=max_file_bytes,
     )
+    if plan.n_classes_present == 1:
+        warn_user(
+            f"{plan.dataset}: all {plan.n_images} images of {plan.source.url} have one label "
+            f"({plan.source.classnames[plan.source.entries[0].label]!r}): a dataset with one class present is scored "
+            "trivially at 100% by every method, so its accuracy says nothing (wrong source folder?)",
+            SingleClassWarning,
+        )
     prepare_shards(plan, st, force=force)
     results: list[ShardResult] = []
     n_err = 0

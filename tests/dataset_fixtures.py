@@ -275,3 +275,18 @@ def make_bad_folder(root: str) -> dict[str, str]:
         t.put(f"normal/ok_{k}.jpg", jpeg_bytes(10 + k))
         expect[f"normal/ok_{k}.jpg"] = "ok"
     return expect
+
+
+# ---------------------------------------------------------------------- undecodable names
+def put_bytes_name(folder: str, name: bytes, data: bytes) -> str:
+    """Create ``folder/<name>`` whose file name is raw bytes (Linux allows any but ``/`` and NUL).
+
+    Returns the name as Python lists it (undecodable bytes as lone surrogates).
+    """
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(os.fsencode(folder), name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return os.fsdecode(name)

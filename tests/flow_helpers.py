@@ -25,3 +25,22 @@ def computed_by(root: str) -> dict[str, set[int]]:
     ).fetchall():
         out.setdefault(run_id, set()).add(shard)
     return out
+
+
+#: Scores (logits) computed with another batch shape or in another process agree to
+#: this tolerance; the decisions (pred, top5) and the crop geometry agree exactly.
+SCORE_ATOL = 1e-4
+SCORE_RTOL = 1e-5
+
+
+def assert_same_predictions(got: list[tuple], want: list[tuple]) -> None:
+    """Rows of :func:`predictions`: equal except score_true / margin, which are within rounding."""
+    import math
+
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a[:8] == b[:8] and a[10:] == b[10:], (a[3], a[4])
+        for x, y in zip(a[8:10], b[8:10]):
+            assert (x is None) == (y is None), (a[3], a[4])
+            if x is not None:
+                assert math.isclose(x, y, rel_tol=SCORE_RTOL, abs_tol=SCORE_ATOL), (a[3], a[4], x, y)

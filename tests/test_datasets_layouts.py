@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
 import warnings
 from pathlib import Path
@@ -11,7 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.datasets import DatasetSizeWarning, Layout, LayoutError, get_layout, list_layouts, load_source, register_layout
+from tasks.datasets import (
+    DatasetSizeWarning,
+    Layout,
+    LayoutError,
+    escape_undecodable,
+    get_layout,
+    layout_classes,
+    list_layouts,
+    load_source,
+    register_layout,
+)
 from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids, official_subset_indices
 
 try:
@@ -25,6 +36,7 @@ try:
         make_manifest_images,
         make_pets,
         make_places365,
+        put_bytes_name,
     )
 except ImportError:  # tests/ imported as a package
     from tests.dataset_fixtures import (  # type: ignore[no-redef]
@@ -37,6 +49,7 @@ except ImportError:  # tests/ imported as a package
         make_manifest_images,
         make_pets,
         make_places365,
+        put_bytes_name,
     )
 
 SHARED_DESCRIPTIONS = Path("/work/shared/data/descriptions/imagenet")
@@ -433,3 +446,165 @@ def test_folder_class_names_are_readable_but_ids_keep_the_folder(tmp_path):
     assert src.classnames == ["golden retriever", "tabby cat"]
     assert src.class_ids == ["golden_retriever", "tabby__cat"]
     assert [e.label for e in src.entries] == [0, 1]
+
+
+# ---------------------------------------------------------------------- undecodable file names
+def test_escape_undecodable():
+    assert escape_undecodable("plain/é.jpg") == "plain/é.jpg"
+    assert escape_undecodable(os.fsdecode(b"bad\xff.jpg")) == "bad\\xff.jpg"
+    assert escape_undecodable("lone\ud800") == "lone\\ud800"  # not an escaped byte: still valid UTF-8 out
+    for text in ("bad\udcff", "lone\ud800"):
+        escape_undecodable(text).encode("utf-8")
+
+
+def test_folder_undecodable_file_names_get_escaped_unique_stable_ids(tmp_path):
+    src = tmp_path / "src"
+    Tree(str(src)).put("a/ok.jpg", jpeg_bytes(1))
+    bad = put_bytes_name(str(src / "a"), b"bad\xff.jpg", jpeg_bytes(2))
+    # A real file whose (valid) name is exactly the escaped form: ids must not collide.
+    Tree(str(src)).put("a/bad\\xff.jpg", jpeg_bytes(3))
+    put_bytes_name(str(src), b"cl\xe9ss", b"")  # a file at the top: ignored, listed escaped
+    put_bytes_name(str(src / os.fsdecode(b"b\xe9")), b"x\xfe.png", jpeg_bytes(4))  # undecodable class folder
+
+    ds = load_source("folder", str(src))
+    ids = [e.image_id for e in ds.entries]
+    assert len(ids) == len(set(ids)) == 4
+    for text in [*ids, *ds.classnames, *ds.class_ids, *(i.path for i in ds.ignored)]:
+        text.encode("utf-8")  # all storable
+    by_path = {e.path: e for e in ds.entries}
+    assert by_path["a/bad\\xff.jpg"].image_id == "a/bad\\xff.jpg"  # valid names keep their id
+    escaped = by_path[f"a/{bad}"].image_id
+    assert escaped.startswith("a/bad\\xff.jpg~") and len(escaped) == len("a/bad\\xff.jpg~") + 8
+    assert ds.read_bytes(by_path[f"a/{bad}"]) == jpeg_bytes(2)  # opened by its real bytes
+    assert ds.classnames == ["a", "b\\xe9"] and ds.class_ids == ["a", "b\\xe9"]
+    assert by_path[os.fsdecode(b"b\xe9/x\xfe.png")].image_id == "b\\xe9/x\\xfe.png"
+    assert [i.path for i in ds.ignored] == ["cl\\xe9ss"]
+
+    again = load_source("folder", str(src))  # stable across runs: resume depends on it
+    assert [e.image_id for e in again.entries] == ids and again.fingerprint() == ds.fingerprint()
+
+
+def test_imagenet_folder_with_undecodable_file_name(tmp_path):
+    wnids = imagenet_wnids()
+    make_class_folders(str(tmp_path), [wnids[0], wnids[1]], per_class=1, label_of=wnids.index)
+    name = put_bytes_name(str(tmp_path / wnids[1]), b"ILSVRC\x80.JPEG", jpeg_bytes(9))
+    ds = load_quiet("imagenet", str(tmp_path))
+    entry = next(e for e in ds.entries if e.path.endswith(name))
+    assert entry.image_id == f"{wnids[1]}/ILSVRC\\x80.JPEG" and entry.label == 1
+    assert ds.read_bytes(entry) == jpeg_bytes(9)
+
+
+def test_parquet_manifest_with_binary_paths(tmp_path):
+    name = put_bytes_name(str(tmp_path / "pics"), b"caf\xe9.jpg", jpeg_bytes(5))
+    Tree(str(tmp_path)).put("pics/ok.jpg", jpeg_bytes(6))
+    table = pa.table({"path": pa.array([b"pics/caf\xe9.jpg", b"pics/ok.jpg"], pa.binary()), "label": [0, 1]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    ds = load_source("manifest", str(tmp_path / "m.parquet"))
+    assert [e.image_id for e in ds.entries] == ["pics/caf\\xe9.jpg", "pics/ok.jpg"]
+    assert ds.entries[0].path == f"pics/{name}" and ds.read_bytes(ds.entries[0]) == jpeg_bytes(5)
+
+
+# ---------------------------------------------------------------------- clear errors for unusable sources
+def assert_one_line_layout_error(exc_info, *needles: str) -> None:
+    msg = str(exc_info.value)
+    assert isinstance(exc_info.value, ValueError)  # LayoutError stays catchable as ValueError
+    assert "\n" not in msg and msg.strip() == msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+def test_empty_folder_is_a_layout_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError) as e:
+        load_source("folder", str(tmp_path / "empty"))
+    assert_one_line_layout_error(e, str(tmp_path / "empty"), "one sub-folder of images per class")
+    (tmp_path / "empty" / "a").mkdir()  # class folders without files do not count
+    (tmp_path / "empty" / "a" / ".DS_Store").write_bytes(b"junk")
+    with pytest.raises(LayoutError):
+        load_source("folder", str(tmp_path / "empty"))
+    (tmp_path / "empty" / "loose.jpg").write_bytes(jpeg_bytes(1))
+    with pytest.raises(LayoutError) as e:
+        load_source("folder", str(tmp_path / "empty"))
+    assert_one_line_layout_error(e, "1 file(s) lie directly in it")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("with_rows", [True, False])
+def test_manifest_without_label_column_is_a_layout_error(tmp_path, fmt, with_rows):
+    path = tmp_path / f"m.{fmt}"
+    values = ["a.jpg"] if with_rows else []
+    if fmt == "csv":
+        path.write_text("path,class_name\n" + "".join(f"{v},cat\n" for v in values))
+    else:
+        pq.write_table(pa.table({"path": pa.array(values, pa.string()), "class_name": pa.array(["cat"] * len(values), pa.string())}), path)
+    with pytest.raises(LayoutError) as e:
+        load_source("manifest", str(path))
+    assert_one_line_layout_error(e, str(path), "lacks column(s) ['label']", "columns path, label")
+
+
+def test_empty_manifest_file_is_a_layout_error(tmp_path):
+    (tmp_path / "m.csv").write_text("")
+    with pytest.raises(LayoutError) as e:
+        load_source("manifest", str(tmp_path / "m.csv"))
+    assert_one_line_layout_error(e, str(tmp_path / "m.csv"), "is empty", "columns path, label")
+
+
+def test_layout_error_message_is_printable_and_one_line():
+    err = LayoutError("folder: no images in /data/bad\udcff\nsecond line")
+    assert str(err) == "folder: no images in /data/bad\\xff second line"
+    str(err).encode("utf-8")
+
+
+# ---------------------------------------------------------------------- class list without sharding
+def test_layout_classes_reads_no_image(tmp_path):
+    import threading
+
+    # pets: class names come from the split files; no image has to exist at all.
+    make_pets(str(tmp_path / "pets"))
+    for f in (tmp_path / "pets" / "images").iterdir():
+        f.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        names, text = layout_classes("pets", str(tmp_path / "pets"))
+    assert names == text == ["Abyssinian", "american bulldog", "american pit bull terrier"]
+
+    # folder: every "image" is a FIFO, which blocks whoever opens it for reading.
+    for cls in ("golden_retriever", "tabby"):
+        (tmp_path / "fifo" / cls).mkdir(parents=True)
+        os.mkfifo(tmp_path / "fifo" / cls / "x.jpg")
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(layout_classes("folder", str(tmp_path / "fifo"))), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "layout_classes opened an image"
+    assert out == [(["golden retriever", "tabby"], ["golden retriever", "tabby"])]
+
+
+def test_layout_classes_raises_layout_error(tmp_path):
+    with pytest.raises(LayoutError, match="does-not-exist"):
+        layout_classes("folder", str(tmp_path / "does-not-exist"))
+    with pytest.raises(TypeError, match="unexpected options"):
+        layout_classes("folder", str(tmp_path), {"bogus": 1})
+
+
+# ---------------------------------------------------------------------- one class present
+def test_n_classes_present(tmp_path):
+    t = Tree(str(tmp_path / "one"))
+    t.put("only/a.jpg", jpeg_bytes(1))
+    t.put("only/b.jpg", jpeg_bytes(2))
+    assert load_source("folder", str(tmp_path / "one")).n_classes_present == 1
+    rows = make_manifest_images(str(tmp_path))
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{p},{2 if lbl == 2 else 0}\n" for p, lbl, _ in rows))
+    ds = load_source("manifest", str(tmp_path / "m.csv"))
+    assert len(ds.classnames) == 3 and ds.n_classes_present == 2  # label 1 has no image
+
+
+# ---------------------------------------------------------------------- `abs-eval layouts`
+def test_every_layout_has_an_informative_first_docstring_line():
+    firsts = {}
+    for name in list_layouts():
+        doc = (get_layout(name).__doc__ or "").strip().splitlines()  # what `abs-eval layouts` prints
+        assert doc and doc[0].strip(), f"layout {name!r} has no docstring"
+        firsts[name] = doc[0].strip()
+        assert "point at" in firsts[name], (name, firsts[name])  # says which folder/file to give
+    assert len(set(firsts.values())) == len(firsts) == 12

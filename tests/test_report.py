@@ -8,7 +8,9 @@ drawn from the shard bytes with the stored crop geometry and DINO attention.
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 import uuid
 
 import fsspec
@@ -20,9 +22,11 @@ from tasks import report
 from tasks.storage import Storage
 
 try:
-    from test_sql import CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, write_dino_cache
+    from test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, make_rows, write_dino_cache,
+                          write_part, write_run)
 except ImportError:  # pragma: no cover - when run as a package
-    from tests.test_sql import CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, write_dino_cache  # type: ignore[no-redef]
+    from tests.test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, make_rows,  # type: ignore[no-redef]
+                                write_dino_cache, write_part, write_run)
 
 
 @pytest.fixture(scope="module")
@@ -135,18 +139,218 @@ def test_attention_maps():
     assert report.full_attention([1.0, 2.0, 3.0], None) is None
 
 
-def test_boxes_are_drawn_scaled_to_the_decoded_image():
-    img = Image.new("RGB", (200, 100), (0, 0, 0))
-    row = {"image_id": "x", "label": 0, "class_name": CLASSES[0], "method_a": "abs", "pred_a": 0, "pred_name_a": CLASSES[0],
-           "method_b": "clip", "pred_b": 1, "pred_name_b": CLASSES[1], "width": 100, "height": 50}
-    plain = report.draw_gallery_image(img, {**row, "raw_boxes": []}, None, "topk")
-    boxed = report.draw_gallery_image(img, {**row, "raw_boxes": [[10, 10, 60, 40]]}, None, "topk")
-    a = np.asarray(Image.open(io.BytesIO(plain)).convert("L"), dtype=int)
-    b = np.asarray(Image.open(io.BytesIO(boxed)).convert("L"), dtype=int)
-    assert a.shape == b.shape
-    ys, xs = np.nonzero(np.abs(a - b) > 100)  # the white outline on the black image
-    assert len(xs) > 50
-    # the box spans x 20..120 of 200 (boxes were in 100-px coordinates): about half the image's width
-    img_cols = np.nonzero((a < 10).sum(axis=0) > 10)[0]  # columns of the black image area
-    frac = (xs.max() - xs.min()) / (img_cols.max() - img_cols.min())
-    assert 0.45 < frac < 0.55
+def _two_panel_png(img: Image.Image, row: dict, heat=None, source: str = "topk", **kw) -> np.ndarray:
+    png = report.draw_gallery_image(img, row, heat, source, **kw)
+    out = Image.open(io.BytesIO(png))
+    assert out.format == "PNG"
+    return np.asarray(out.convert("RGB"), dtype=int)
+
+
+GALLERY_ROW = {"image_id": "x", "label": 0, "class_name": CLASSES[0], "method_a": "abs", "pred_a": 0, "pred_name_a": CLASSES[0],
+               "method_b": "clip", "pred_b": 1, "pred_name_b": CLASSES[1], "width": 100, "height": 50}
+
+
+def _colour_box(px: np.ndarray, rgb: tuple[int, int, int], tol: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.nonzero((np.abs(px - np.array(rgb)) <= tol).all(axis=2))
+    return ys, xs
+
+
+def test_gallery_shows_the_image_untouched_beside_the_attention_panel():
+    # A solid, saturated image: with the old 45% overlay no pixel kept this colour.
+    colour = (200, 30, 30)
+    img = Image.new("RGB", (200, 100), colour)
+    heat = report.full_attention(list(np.linspace(0, 1, 196)), 14)
+    px = _two_panel_png(img, {**GALLERY_ROW, "raw_boxes": [[10, 10, 60, 40]], "feature_windows": [[0, 14, 0, 14]]}, heat, "cache",
+                        clip_grid=(14, 224))
+    ys, xs = _colour_box(px, colour)
+    panel_w, panel_h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    assert len(xs) >= 0.95 * panel_w * panel_h  # the whole left panel is the image's own colour
+    assert abs(panel_w / panel_h - 2.0) < 0.1  # at the image's aspect ratio
+    assert xs.max() < px.shape[1] / 2  # ... in the left half only: the right panel is the attention map
+    assert px.shape[1] >= 2 * panel_w  # two panels side by side
+    # the right panel, same size, is coloured by the heat map (not the image's colour, not blank)
+    right = px[ys.min() + 2 : ys.max() - 2, xs.max() + 10 : xs.max() + 10 + panel_w - 4]
+    assert right.std(axis=(0, 1)).max() > 20
+    lay = report.gallery_layout(200, 100)
+    assert lay["fig_w"] >= 2 * lay["panel_w"] and lay["panel_w"] / lay["panel_h"] == pytest.approx(2.0)
+
+
+def test_boxes_are_drawn_on_the_attention_panel_scaled_to_the_decoded_image():
+    colour = (10, 200, 10)
+    img = Image.new("RGB", (200, 100), colour)
+    plain = _two_panel_png(img, {**GALLERY_ROW, "raw_boxes": []})
+    boxed = _two_panel_png(img, {**GALLERY_ROW, "raw_boxes": [[10, 10, 60, 40]]})
+    assert plain.shape == boxed.shape
+    ys_img, xs_img = _colour_box(plain, colour)  # the untouched image: the left panel
+    left_cols = (xs_img.min(), xs_img.max())
+    panel_w = left_cols[1] - left_cols[0]
+    # the image panel is the same with and without boxes: they are drawn on the attention panel
+    assert (plain[ys_img.min() : ys_img.max() + 1, left_cols[0] : left_cols[1] + 1]
+            == boxed[ys_img.min() : ys_img.max() + 1, left_cols[0] : left_cols[1] + 1]).all()
+    bluish = (boxed[..., 2] - boxed[..., 0] > 80) & (boxed[..., 2] - boxed[..., 1] > 80)  # solid blue raw boxes
+    changed = (np.abs(plain - boxed).sum(axis=2) > 100) & bluish
+    changed[ys_img.max() + 5 :] = False  # below the panels: the legend's crop count differs
+    ys, xs = np.nonzero(changed)
+    assert len(xs) > 50 and xs.min() > left_cols[1]
+    # the box spans x 20..120 of 200 (boxes were in 100-px coordinates): about half the panel's width
+    frac = (xs.max() - xs.min()) / panel_w
+    assert 0.45 < frac < 0.56
+
+
+def test_feature_windows_map_to_the_centre_square_clip_saw():
+    # 200 x 100: CLIP resizes the short side to 224 and centre-crops, so its 14 x 14 grid covers x 50..150
+    assert report.feature_window_pixels([0, 14, 0, 14], 200, 100, 14, 224) == pytest.approx((50, 0, 150, 100))
+    assert report.feature_window_pixels([7, 14, 0, 7], 200, 100, 14, 224) == pytest.approx((50, 50, 100, 100))
+    assert report.feature_window_pixels([0, 7, 0, 7], 100, 100, 7, 224) == pytest.approx((0, 0, 100, 100))
+    assert report.clip_grid_of("ViT-B-16") == (14, 224, "model config")
+    assert report.clip_grid_of("ViT-L-14-336")[:2] == (24, 336)
+    assert report.clip_grid_of("abs-tiny-vit-b32")[:2] == (7, 224)
+    assert report.clip_grid_of("hf-hub:someone/vit-16-384") == (24, 384, "model name")
+    assert report.clip_grid_of(None) == (14, 224, "assumed")
+    # a dashed feature window is drawn: the panel differs from the one without it
+    colour = (10, 200, 10)
+    img = Image.new("RGB", (200, 100), colour)
+    a = _two_panel_png(img, {**GALLERY_ROW, "raw_boxes": [], "feature_windows": []}, clip_grid=(14, 224))
+    b = _two_panel_png(img, {**GALLERY_ROW, "raw_boxes": [], "feature_windows": [[2, 9, 2, 9]]}, clip_grid=(14, 224))
+    ys, xs = _colour_box(a, colour)
+    diff = np.abs(a - b).sum(axis=2)
+    diff[ys.max() + 5 :] = 0  # below the panels: the legend's window count differs
+    dy, dx = np.nonzero(diff > 100)
+    assert len(dx) > 30 and dx.min() > xs.max()  # on the attention panel only
+    # grid columns 2..9 of 14 over the centre square x 50..150 of 200: x 64.3..114.3, a quarter of the panel
+    assert 0.22 < (dx.max() - dx.min()) / (xs.max() - xs.min()) < 0.28
+
+
+def test_emphasised_crops_are_those_centred_on_the_highest_attention_cells():
+    # top-K cells (D = 14) 30 (row 2, col 2) > 100 (row 7, col 2) > 150 (row 10, col 10); image 140 x 140: 10 px a cell
+    cells = [(c % 14 * 10 + 5, c // 14 * 10 + 5) for c in (30, 100, 150)]
+    values = [0.9, 0.5, 0.1]
+    boxes = [(85, 85, 125, 125), (5, 55, 45, 95), (5, 5, 45, 45), (0, 0, 40, 70)]  # centred on 150, 100, 30; the last clipped
+    ranks = report._crop_ranks([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes], boxes, cells, values)
+    assert ranks[:3] == pytest.approx([0.1, 0.5, 0.9])
+    assert ranks[3] == pytest.approx(0.9)  # clipped at the corner: only cell 30 lies inside
+    assert report.emphasised(ranks, 2) == {2, 3}  # tie: the earlier drawn first
+    assert report.emphasised(ranks, 1) == {2}
+    assert report.emphasised([-np.inf, 0.3], 2) == {1}  # a box with no top-K cell inside is never bold
+
+
+def test_methods_plot_has_errorbars_chance_line_and_a_legend_off_the_bars():
+    acc = [{"method": m, "accuracy": a, "ci_low": a - 0.1, "ci_high": a + 0.05}
+           for m, a in (("abs", 0.93), ("clip", 0.9), ("clip-e", 0.5), ("cupl", 0.97))]
+    prev = [{"method": m, "accuracy_a": 0.95, "ci_low_a": 0.9, "ci_high_a": 0.98} for m in ("abs", "clip", "clip-e", "cupl")]
+    fig = report.methods_figure(acc, prev, "r2", "r1", n_classes=8)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    bars = [p for p in ax.patches]
+    assert len(bars) == 8
+    assert not any(legend_box.overlaps(b.get_window_extent(renderer)) for b in bars)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "chance 1/C = 1/8 = 12.5%" in texts and "95% Wilson interval" in texts
+    chance = [ln for ln in ax.get_lines() if ln.get_label().startswith("chance 1/C")]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == pytest.approx([1 / 8, 1 / 8])
+    # error bars: one vertical segment per bar (this run right of centre, previous left), ci_low to ci_high
+    segs = {round(float(sg[0][0]), 3): (float(sg[0][1]), float(sg[1][1])) for c in ax.collections for sg in c.get_segments()}
+    want = {}
+    for i, r in enumerate(acc):
+        want[round(i + 0.19, 3)] = (r["ci_low"], r["ci_high"])
+        want[round(i - 0.19, 3)] = (0.9, 0.98)
+    assert set(segs) == set(want)
+    for x, (lo, hi) in want.items():
+        assert segs[x] == pytest.approx((lo, hi))
+    png = report.plot_methods(acc, prev, "r2", "r1", n_classes=8)
+    assert Image.open(io.BytesIO(png)).format == "PNG" and len(png) < 200_000
+
+
+def test_methods_plot_written_with_chance_from_the_dataset(built):
+    fx, m = built
+    assert "| classes scored (C) | 5 (dataset.json classnames) |" in m.markdown
+    assert "chance level 1/C = 1/5 = 20.0%" in m.markdown
+    for rel in m.plots:
+        with fx.storage.fs.open(fx.storage.path(rel), "rb") as f:
+            data = f.read()
+        assert 1_000 < len(data) < 200_000, (rel, len(data))
+
+
+_LINK = re.compile(r"!\[[^\]]*\]\(([^)]*)\)")
+
+
+def test_artifact_markdown_embeds_the_plots(built):
+    fx, m = built
+    st = fx.storage
+    art = m.artifact_markdown
+    assert len(art.encode()) <= report.ARTIFACT_MAX_BYTES
+    targets = _LINK.findall(art)
+    assert targets and all(t.startswith("data:image/png;base64,") for t in targets)  # no relative link left
+    for rel in ("methods.png", "per_class_accuracy.png", "gallery/"):
+        assert f"]({rel}" not in art and f"]({rel}" in m.markdown  # report.md keeps its relative links
+    decoded = [base64.b64decode(t.split(",", 1)[1], validate=True) for t in targets]
+    for data in decoded:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        assert img.format == "PNG" and img.size[0] > 100
+    files = {}
+    for rel in m.plots + m.gallery:
+        with st.fs.open(st.path(rel), "rb") as f:
+            files[rel] = f.read()
+    assert all(files[rel] in decoded for rel in m.plots)  # the plots, byte for byte
+    assert len(decoded) == len(m.plots) + len(m.gallery)  # small gallery: embedded too
+    for rel in m.gallery:
+        assert st.url(rel) in art  # and named by storage path
+    # the text is the same report
+    assert "## Accuracy" in art and "## Gallery" in art and "abs-eval sql run accuracy -p run_id=r2" in art
+    assert "abs-eval sql <" not in m.markdown and "abs-eval sql <" not in art
+    assert "markdown" not in m.to_dict() and "artifact_markdown" not in m.to_dict()
+
+
+def test_artifact_markdown_names_gallery_by_path_beyond_the_cap(tmp_path, monkeypatch):
+    fx = build_results(str(tmp_path / "root"), shards=True)
+    m0 = report.write_report(fx.root, "r2", gallery_size=2)
+    plots = sum(len(base64.b64encode(fx.storage.fs.cat_file(fx.storage.path(p)))) for p in m0.plots)
+    monkeypatch.setattr(report, "ARTIFACT_MAX_BYTES", plots + len(m0.markdown) + 30_000)  # room for the plots only
+    m = report.write_report(fx.root, "r2", gallery_size=2)
+    assert m.gallery and len(m.artifact_markdown.encode()) <= report.ARTIFACT_MAX_BYTES
+    assert len(_LINK.findall(m.artifact_markdown)) == len(m.plots)
+    for rel in m.gallery:
+        assert f"`{fx.storage.url(rel)}` (not embedded" in m.artifact_markdown
+
+
+def _write_run_rows(fx, config: str, run_id: str, right: dict[str, set[int]], day: int) -> None:
+    """Run ``run_id`` (config ``config``) whose ``method`` is right exactly on the labels in ``right[method]``."""
+    for shard in range(3):
+        rows = make_rows(config, shard, run_id)
+        for r in rows:
+            if r["status"] == "ok":
+                ok = r["label"] in right.get(r["method"], set())
+                r["pred"] = r["label"] if ok else (r["label"] + 1) % len(CLASSES)
+                r["pred_name"] = CLASSES[r["pred"]]
+                r["margin"] = 0.5 if ok else -0.5
+        write_part(fx.storage, config, shard, rows)
+    write_run(fx.storage, run_id, config, "other", day)
+
+
+def test_best_classes_never_lists_a_class_at_zero(tmp_path):
+    from tasks import catalog
+
+    fx = build_results(str(tmp_path / "root"))
+    # abs: all wrong; clip: right on cat and dog only (2 classes above 0%); cupl: all right
+    _write_run_rows(fx, "c9", "r9", {"clip": {0, 1}, "cupl": set(range(len(CLASSES)))}, day=20)
+    ext = catalog.run_query(fx.root, "class_extremes", {"run_id": "r9", "top_k": 5}).to_pylist()
+    best = lambda m: [r for r in ext if r["method"] == m and r["extreme"] == "best"]  # noqa: E731
+    worst = lambda m: [r for r in ext if r["method"] == m and r["extreme"] == "worst"]  # noqa: E731
+    assert best("abs") == [] and [r["accuracy"] for r in worst("abs")] == [0.0, 0.0, 0.0]  # worst may show 0% classes
+    assert {r["class_name"] for r in best("clip")} == {"cat", "dog"} and all(r["accuracy"] > 0 for r in best("clip"))
+    assert [r["position"] for r in best("clip")] == [1, 2]
+    assert {r["class_name"] for r in best("clip")}.isdisjoint(r["class_name"] for r in worst("clip"))
+    assert len(best("cupl")) == 2 and all(r["accuracy"] == 1.0 for r in best("cupl"))
+    m = report.write_report(fx.root, "r9", gallery_size=0)
+    section = m.markdown.split("## Per-class accuracy: extremes")[1].split("## Most frequent confusions")[0]
+    abs_part = section.split("**abs**")[1].split("**clip**")[0]
+    assert "| best |" not in abs_part and "| worst | 1 |" in abs_part and "No best list" in abs_part
+    for line in section.splitlines():
+        if line.startswith("| best |"):
+            assert "| 0.0% |" not in line, line
+    # no dataset.json here: C is the number of distinct true labels
+    assert "| classes scored (C) | 5 (distinct true labels of the run) |" in m.markdown
+    assert "abs-eval sql run class_extremes -p run_id=r9 -p top_k=5 --root " in m.markdown

@@ -58,6 +58,40 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
     from tasks.storage import Storage
 
     records = {p.parent.name: json.loads(p.read_text()) for p in (root / "runs").glob("run=*/run.json")}
-    assert records[f"run={crashed_run}"]["status"] == "running"  # the crash is visible as such
+    assert records[f"run={crashed_run}"]["status"] == "running"  # as written: the process could not say more
+    assert records[f"run={crashed_run}"]["pid"] == proc.pid
     assert records[f"run={resumed['run_id']}"]["status"] == "completed"
     assert not list(Storage(str(root)).glob("predictions/**/*.tmp"))
+
+    # status tells the truth per run: the killed one is interrupted (its pid is gone),
+    # the resumed one says what it computed and what it reused
+    from tasks.progress import run_progress
+
+    prog = {r["run_id"]: r for r in run_progress(str(root))}
+    assert prog[crashed_run]["status"] == "interrupted"
+    assert (prog[crashed_run]["shards_done"], prog[crashed_run]["shards_computed"]) == (killed_at, killed_at)
+    assert prog[resumed["run_id"]]["status"] == "completed"
+    assert prog[resumed["run_id"]]["shards_computed"] == n_shards - killed_at
+    assert prog[resumed["run_id"]]["shards_reused"] == killed_at
+    assert records[f"run={resumed['run_id']}"]["reused_shards"] == sorted(crashed_parts)
+    assert records[f"run={resumed['run_id']}"]["flow_run_id"]
+
+    # SQL: the killed run stands only for the parts it committed, not for the partition
+    # that the resumed run completed later; once its lease has passed it reads interrupted
+    from tasks.catalog import run_query
+
+    acc = run_query(str(root), "select run_id, run_status, max(n) as n from accuracy group by all").to_pylist()
+    n_by_run = {r["run_id"]: (r["run_status"], r["n"]) for r in acc}
+    assert n_by_run[resumed["run_id"]] == ("completed", 24)
+    assert n_by_run[crashed_run][1] == 2 * killed_at  # images_per_shard=2
+    rec = dict(records[f"run={crashed_run}"])
+    from datetime import datetime, timedelta, timezone
+
+    from tasks.runs import RunRecord
+
+    rec["expires_at"] = datetime.now(timezone.utc) - timedelta(seconds=1)
+    rec["started_at"] = datetime.fromisoformat(rec["started_at"])
+    rec["heartbeat_at"] = datetime.fromisoformat(rec["heartbeat_at"])
+    RunRecord(**rec).write(Storage(str(root)))
+    status = run_query(str(root), f"select status from runs where run_id = '{crashed_run}'").to_pylist()
+    assert status == [{"status": "interrupted"}]

@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import threading
 import uuid
+import warnings
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
 import pytest
 
-from tasks.datasets import DatasetSizeWarning
+from tasks.datasets import DatasetSizeWarning, LayoutError, SingleClassWarning, layout_classes, load_source
 from tasks.shard import (
     SHARD_SCHEMA,
     check_image,
+    dataset_key,
     info_rel_path,
     iter_shards,
     list_datasets,
     list_shards,
     plan_shards,
+    prepare_shards,
     read_dataset_info,
     read_shard,
     shard_dataset,
+    shard_key,
     shard_rel_path,
     write_shard,
 )
@@ -39,6 +48,7 @@ try:
         make_places365,
         png_bytes,
         png_header_bomb,
+        put_bytes_name,
     )
 except ImportError:  # tests/ imported as a package
     from tests.dataset_fixtures import (  # type: ignore[no-redef]
@@ -53,6 +63,7 @@ except ImportError:  # tests/ imported as a package
         make_places365,
         png_bytes,
         png_header_bomb,
+        put_bytes_name,
     )
 
 
@@ -325,3 +336,253 @@ def test_dataset_json_is_committed_next_to_shards(tmp_path):
     assert raw["fingerprint"] == m.fingerprint and raw["n_total"] == 3 and raw["n_shards"] == 2
     assert [s["path"] for s in raw["shards"]] == [shard_rel_path("d", 0), shard_rel_path("d", 1)]
     assert isinstance(read_shard(root, "d", 0), pa.Table)
+
+
+# ---------------------------------------------------------------------- undecodable file names
+def test_undecodable_file_names_become_rows_not_a_lost_dataset(tmp_path):
+    src, root = tmp_path / "src", str(tmp_path / "out")
+    make_images(str(src), 4, classes=("a", "b"))
+    good = put_bytes_name(str(src / "a"), b"bad\xff.jpg", jpeg_bytes(42))
+    put_bytes_name(str(src / "b"), b"text\xfe.jpg", b"not an image")
+    os.symlink(os.path.join(os.fsencode(str(src)), b"nowhere\xfd.jpg"), os.path.join(os.fsencode(str(src / "b")), b"gone\xfd.jpg"))
+
+    m = shard_dataset("folder", str(src), root, "u", images_per_shard=2, progress=False)
+    assert m.n_total == 7
+    by_id = {r["image_id"]: r for r in all_rows(root, "u")}
+    assert len(by_id) == 7
+    ok = by_id["a/bad\\xff.jpg"]
+    assert ok["status"] == "ok" and ok["image"] == jpeg_bytes(42) and ok["source"] == "a/bad\\xff.jpg"
+    assert (src / "a" / good).read_bytes() == ok["image"]
+    assert by_id["b/text\\xfe.jpg"]["status"] == "not_image"
+    gone = by_id["b/gone\\xfd.jpg"]
+    assert gone["status"] == "unreadable" and "gone\\xfd.jpg" in gone["error"]
+
+    again = shard_dataset("folder", str(src), root, "u", images_per_shard=2, progress=False)
+    assert again.written == [] and again.fingerprint == m.fingerprint  # ids stable: resume works
+
+
+# ---------------------------------------------------------------------- unusable sources fail before writing
+def test_empty_sources_raise_layout_error_before_any_shard(tmp_path):
+    root = tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError, match="no class folders"):
+        plan_shards("folder", str(tmp_path / "empty"), "e")
+    with pytest.raises(LayoutError, match=str(tmp_path / "empty")):
+        shard_dataset("folder", str(tmp_path / "empty"), str(root), "e", progress=False)
+
+    (tmp_path / "m.csv").write_text("path,class_name\na.jpg,cat\n")
+    with pytest.raises(LayoutError, match=r"lacks column\(s\) \['label'\]"):
+        plan_shards("manifest", str(tmp_path / "m.csv"), "m")
+    with pytest.raises(LayoutError, match=r"m\.csv lacks column"):
+        shard_dataset("manifest", str(tmp_path / "m.csv"), str(root), "m", progress=False)
+
+    # A layout that loads but finds no image of the split (every CUB image here is a test image).
+    make_cub(str(tmp_path / "cub"), per_class=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetSizeWarning)
+        src = load_source("cub", str(tmp_path / "cub"), split="train")
+    with pytest.raises(LayoutError, match="no images found") as e:
+        plan_shards(src, dataset_name="c")
+    assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+    assert not root.exists() or not list(root.rglob("*.parquet")) and not list(root.rglob("*.json"))
+
+
+# ---------------------------------------------------------------------- class list before sharding
+@pytest.mark.parametrize("layout", ["folder", "imagenet-a", "pets"])
+def test_layout_classes_equal_dataset_info_after_sharding(tmp_path, layout):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    if layout == "folder":
+        make_class_folders(src, ["tabby__cat", "golden_retriever", "zebra"], per_class=1)
+    elif layout == "imagenet-a":
+        from tasks.datasets.imagenet import imagenet_wnids
+
+        make_class_folders(src, [imagenet_wnids()[6], imagenet_wnids()[11]], per_class=1, label_of=imagenet_wnids().index)
+    else:
+        make_pets(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetSizeWarning)
+        names, text = layout_classes(layout, src)
+        m = shard_dataset(layout, src, root, "d", progress=False)
+    info = read_dataset_info(root, m.dataset)
+    assert (names, text) == (info.classnames, info.text_classnames)
+    if layout == "imagenet-a":
+        assert len(names) == 2 and len(text) == 1000
+    if layout == "folder":
+        assert names == ["golden retriever", "tabby cat", "zebra"]
+
+
+# ---------------------------------------------------------------------- one class present
+def test_one_class_dataset_is_detected_and_warned(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 3, classes=("only",))
+    plan = plan_shards("folder", src, "one")
+    assert plan.n_classes_present == 1 and plan.source.n_classes_present == 1
+    with pytest.warns(SingleClassWarning, match="one class present is scored trivially at 100% by every method") as rec:
+        shard_dataset("folder", src, root, "one", progress=False)
+    assert issubclass(SingleClassWarning, UserWarning)
+    assert rec[0].filename == __file__  # points at the caller's line
+
+    two = str(tmp_path / "two")
+    make_images(two, 4, classes=("x", "y"))
+    assert plan_shards("folder", two, "two").n_classes_present == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SingleClassWarning)
+        shard_dataset("folder", two, root, "two", progress=False)
+
+
+# ---------------------------------------------------------------------- concurrent runs on one root
+def shard_files(root: str, dataset: str) -> dict[str, bytes]:
+    st = Storage(root)
+    return {Path(p).name: st.fs.cat_file(p) for p in st.glob(f"shards/dataset={dataset}/part-*.parquet")}
+
+
+def markers(root: str, dataset: str) -> dict[str, dict]:
+    st = Storage(root)
+    return {Path(p).name: st.read_json(p.removeprefix(st.root_path + "/")) for p in st.glob(f"_commits/shards/dataset={dataset}/part-*.json")}
+
+
+class PausingStorage(Storage):
+    """A real Storage that calls hooks before moving a part and before marking it, to force one interleaving."""
+
+    before_write = None
+    before_mark = None
+
+    def write_parquet(self, rel_path, table, **kwargs):
+        if self.before_write is not None:
+            self.before_write(rel_path)
+        return super().write_parquet(rel_path, table, **kwargs)
+
+    def mark_done(self, key, manifest):
+        if self.before_mark is not None:
+            self.before_mark(key)
+        super().mark_done(key, manifest)
+
+
+def test_second_run_does_not_delete_a_part_moved_into_place_but_not_yet_marked(tmp_path):
+    """Run B starts while run A has moved its last part into place but not marked it yet.
+
+    B must not delete that part: A then commits it and finalizes, and A's dataset
+    must be readable at once; B finishes too, and both equal a single run.
+    """
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 7)
+    single = shard_dataset("folder", src, str(tmp_path / "single"), "d", images_per_shard=3, progress=False)
+    a_paused, b_prepared, a_done = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    st_a = PausingStorage(root)
+
+    def a_before_mark(key):
+        if key == shard_key("d", 2):  # part 2 is in place, its marker not yet written
+            a_paused.set()
+            assert b_prepared.wait(60), "run B never got past prepare_shards"
+
+    st_a.before_mark = a_before_mark
+    st_b = PausingStorage(root)
+
+    def b_before_write(rel):
+        b_prepared.set()  # B's prepare_shards is done; it now rewrites part 2 (no marker yet)
+        assert a_done.wait(60), "run A never finished"
+
+    st_b.before_write = b_before_write
+
+    def run(name, st):
+        try:
+            results[name] = shard_dataset("folder", src, st, "d", images_per_shard=3, progress=False, workers=1)
+        except BaseException as e:  # reported below
+            results[name] = e
+        finally:
+            if name == "a":
+                if not isinstance(results[name], BaseException):
+                    try:  # A's finished dataset, read while B is still running
+                        results["a_rows"] = [r for _, t in iter_shards(root, "d") for r in t.to_pylist()]
+                    except BaseException as e:
+                        results["a_rows"] = e
+                a_done.set()
+
+    ta = threading.Thread(target=run, args=("a", st_a))
+    ta.start()
+    assert a_paused.wait(60)
+    tb = threading.Thread(target=run, args=("b", st_b))
+    tb.start()
+    ta.join(120)
+    tb.join(120)
+    assert not ta.is_alive() and not tb.is_alive()
+    for key in ("a", "b", "a_rows"):
+        assert not isinstance(results[key], BaseException), (key, results[key])
+    assert len(results["a_rows"]) == 7
+    assert results["a"].written == [0, 1, 2]
+    assert results["b"].skipped == [0, 1] and results["b"].written == [2]
+    assert_same_as_single(root, str(tmp_path / "single"), single.fingerprint)
+
+
+def assert_same_as_single(root: str, single_root: str, fingerprint: str) -> None:
+    files, marks = shard_files(root, "d"), markers(root, "d")
+    assert files == shard_files(single_root, "d")  # byte for byte
+    assert sorted(marks) == [f"part-{i:05d}.json" for i in range(len(files))]
+    assert all(mk["fingerprint"] == fingerprint for mk in marks.values())
+    assert read_dataset_info(root, "d").fingerprint == fingerprint
+    assert all_rows(root, "d") == all_rows(single_root, "d")
+    assert not Storage(root).glob("_tmp/*")
+
+
+_WORKER = """
+import sys
+from tasks.shard import shard_dataset
+m = shard_dataset("folder", sys.argv[1], sys.argv[2], "d", images_per_shard=2, progress=False, workers=1)
+print(len(m.written), len(m.skipped))
+"""
+
+
+def test_two_processes_shard_the_same_source_on_one_root(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 24)
+    single = shard_dataset("folder", src, str(tmp_path / "single"), "d", images_per_shard=2, progress=False)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, src, root], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        written, skipped = map(int, out.split())
+        assert written + skipped == 12
+    assert_same_as_single(root, str(tmp_path / "single"), single.fingerprint)
+
+
+def test_prepare_keeps_unmarked_parts_and_write_shard_replaces_them(tmp_path):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 5)
+    plan = plan_shards("folder", src, "d", images_per_shard=2)
+    st = Storage(root)
+    st.write_bytes(shard_rel_path("d", 1), b"an unmarked part: in flight or stale")
+    st.write_bytes(shard_rel_path("d", 7), b"beyond the plan")
+    st.write_json(st.marker_path(shard_key("d", 7)), {"fingerprint": plan.fingerprint})
+    st.write_bytes(shard_rel_path("d", 2), b"another fingerprint's part")
+    st.write_json(st.marker_path(shard_key("d", 2)), {"fingerprint": "other"})
+    st.write_json(info_rel_path("d"), {"fingerprint": "other"})
+    st.write_json(st.marker_path(dataset_key("d")), {"fingerprint": "other"})
+
+    removed = prepare_shards(plan, st)
+    assert sorted(removed) == sorted([
+        st.marker_path(dataset_key("d")), info_rel_path("d"),
+        st.marker_path(shard_key("d", 2)),
+        st.marker_path(shard_key("d", 7)), shard_rel_path("d", 7),
+    ])  # fmt: skip
+    assert st.fs.cat_file(st.path(shard_rel_path("d", 1))) == b"an unmarked part: in flight or stale"
+    assert st.exists(shard_rel_path("d", 2)) and not st.is_done(shard_key("d", 2))  # rewritten below, not deleted
+    assert prepare_shards(plan, st) == []  # idempotent: a second run's prepare removes nothing
+
+    res = write_shard(plan, 1, st)
+    assert not res.skipped and res.n_total == 2
+    assert [r["image_id"] for r in read_shard(root, "d", 1, columns=["image_id"]).to_pylist()] == [e.image_id for e in plan.entries(1)]
+    m = shard_dataset("folder", src, root, "d", images_per_shard=2, progress=False)
+    assert m.skipped == [1] and m.written == [0, 2]
+    assert sorted(shard_files(root, "d")) == [f"part-{i:05d}.parquet" for i in range(3)]
+    assert len(all_rows(root, "d")) == 5
+
+    forced = prepare_shards(plan, st, force=True)  # markers go, part files within the plan stay
+    assert sorted(forced) == sorted([st.marker_path(dataset_key("d")), info_rel_path("d"), *(st.marker_path(shard_key("d", i)) for i in range(3))])
+    assert sorted(shard_files(root, "d")) == [f"part-{i:05d}.parquet" for i in range(3)]

@@ -1,7 +1,8 @@
 -- Accuracy by dataset x model x method x run, with n, n_error and a 95% Wilson interval.
 -- Parameters: run_id (optional DuckDB variable: SET VARIABLE run_id = '...'; unset = all runs).
-SELECT dataset, model, method, run_id, deployment, config, started_at, run_status,
-       n, n_ok, n_error, correct, accuracy, ci_low, ci_high, accuracy_all
+-- Columns: what a reader came for first (method, accuracy and its interval, n), then where it is from.
+SELECT method, accuracy, ci_low, ci_high, n, n_error, run_id, dataset, model, run_status,
+       correct, n_ok, accuracy_all, deployment, config, started_at
 FROM accuracy
 WHERE getvariable('run_id') IS NULL OR run_id = getvariable('run_id')
 ORDER BY dataset, model, started_at, run_id, method;

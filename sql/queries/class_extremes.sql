@@ -2,6 +2,8 @@
 -- Parameters: run_id, method (optional), top_k (optional, default 5).
 -- extreme = 'worst' or 'best'; position 1 = the most extreme class. With fewer than
 -- 2 * top_k classes the two lists split the classes instead of repeating them.
+-- A class at 0% accuracy is never 'best' (it can only be among the worst): when fewer
+-- than top_k classes are above 0%, the best list is shorter, and empty when all are 0%.
 WITH ordered AS (
     SELECT *,
            row_number() OVER (PARTITION BY run_id, method ORDER BY accuracy ASC, n_ok ASC, label DESC) AS worst_pos,
@@ -22,5 +24,6 @@ FROM (
     UNION ALL
     SELECT *, 'best' AS extreme, best_pos AS position FROM ranked
     WHERE best_pos <= least(CAST(coalesce(getvariable('top_k'), 5) AS INTEGER), n_classes // 2)
+      AND accuracy > 0
 )
 ORDER BY run_id, method, extreme DESC, position;

@@ -18,13 +18,24 @@ SELECT *
 FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
                   hive_partitioning = true, hive_types_autocast = false, union_by_name = true);
 
--- One row per run (tasks/schema.py RUN_SCHEMA), plus previous_run_id: the latest
--- earlier completed run of the same deployment, dataset and model (the run that a
--- scheduled re-evaluation is compared with).
+-- One row per run (tasks/schema.py RUN_SCHEMA), with two columns added:
+--   status: as written (running / completed / failed), except that a record still
+--     'running' after its lease (expires_at; a live run pushes it forward with a
+--     heartbeat every minute) belongs to a process that died: 'interrupted'.
+--     Records without a lease count as interrupted one day after they started.
+--   previous_run_id: the latest earlier completed run of the same deployment,
+--     dataset and model (the run that a scheduled re-evaluation is compared with).
 CREATE OR REPLACE VIEW runs AS
-WITH records AS (
+WITH written AS (
     SELECT *
     FROM read_parquet('${root}/runs/*/run.parquet', hive_partitioning = false, union_by_name = true)
+),
+records AS (
+    SELECT * REPLACE (
+        CASE WHEN coalesce(status, 'running') = 'running'
+                  AND coalesce(expires_at, started_at + INTERVAL 1 DAY) < now()
+             THEN 'interrupted' ELSE coalesce(status, 'running') END AS status)
+    FROM written
 )
 SELECT cur.*,
        (SELECT arg_max(prev.run_id, prev.started_at)
@@ -33,7 +44,7 @@ SELECT cur.*,
           AND prev.dataset = cur.dataset
           AND prev.model = cur.model
           AND prev.started_at < cur.started_at
-          AND coalesce(prev.status, 'completed') = 'completed') AS previous_run_id
+          AND prev.status = 'completed') AS previous_run_id
 FROM records AS cur;
 
 -- Cached CLS-to-patch DINO attention (tasks/schema.py DINO_SCHEMA): the full D x D map

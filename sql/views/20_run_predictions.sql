@@ -4,8 +4,11 @@
 --
 -- Why a join and not a filter on predictions.run_id: a resumed run reuses the shards
 -- an earlier (crashed) run of the same config committed, and a rerun of an unchanged
--- config reuses all of them. So a run stands for every row of its (dataset, model,
--- config) partition; computed_by names the run that actually computed each row.
+-- config reuses all of them. So a COMPLETED run stands for every row of its (dataset,
+-- model, config) partition. A run that is still running, failed or was interrupted
+-- stands only for what it had: the rows it computed itself plus the shards that were
+-- already committed when it started (runs.reused_shards), never for rows that a later
+-- run added to the same partition. computed_by names the run that computed each row.
 -- correct is false (never NULL) for error rows; status is the row's, run_status the run's.
 CREATE OR REPLACE VIEW run_predictions AS
 SELECT r.run_id,
@@ -20,4 +23,7 @@ SELECT r.run_id,
        coalesce(p.status = 'ok' AND p.pred = p.label, false) AS correct
 FROM runs AS r
 JOIN predictions AS p
-  ON p.dataset = r.dataset AND p.model = r.model AND p.config = r.config;
+  ON p.dataset = r.dataset AND p.model = r.model AND p.config = r.config
+ AND (r.status = 'completed'
+      OR p.run_id = r.run_id
+      OR list_contains(coalesce(r.reused_shards, []), p.shard));

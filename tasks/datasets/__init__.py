@@ -11,8 +11,8 @@ Importing this package imports every layout module, which registers itself.
 from __future__ import annotations
 
 from . import cub, dtd, folder, food101, imagenet, manifest, pets, places365  # noqa: F401  (registration)
-from .base import DatasetSizeWarning, DatasetSource, Entry, IgnoredFile, Layout, LayoutError
-from .registry import get_layout, layout_aliases, list_layouts, load_source, register_layout
+from .base import DatasetSizeWarning, DatasetSource, Entry, IgnoredFile, Layout, LayoutError, SingleClassWarning, escape_undecodable
+from .registry import get_layout, layout_aliases, layout_classes, list_layouts, load_source, register_layout
 
 __all__ = [
     "DatasetSizeWarning",
@@ -21,8 +21,11 @@ __all__ = [
     "IgnoredFile",
     "Layout",
     "LayoutError",
+    "SingleClassWarning",
+    "escape_undecodable",
     "get_layout",
     "layout_aliases",
+    "layout_classes",
     "list_layouts",
     "load_source",
     "register_layout",

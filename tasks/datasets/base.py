@@ -14,6 +14,7 @@ gives the same entries, image ids and fingerprint wherever it is stored.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,11 +35,88 @@ from fsspec.spec import AbstractFileSystem
 JUNK_FILE_NAMES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r"})
 
 
+def escape_undecodable(text: str) -> str:
+    """``text`` as valid UTF-8: undecodable file-name bytes become ``\\xNN`` escapes.
+
+    On Linux a file name is bytes; Python lists a name that is not valid UTF-8
+    with each bad byte as a lone surrogate (``'bad\\udcff.jpg'`` for
+    ``b'bad\\xff.jpg'``), which opens the file fine but cannot be written to
+    Parquet, JSON-as-UTF-8 or a terminal. This returns the real bytes decoded
+    with ``backslashreplace`` (``'bad\\\\xff.jpg'``, i.e. a literal backslash,
+    ``x``, ``ff``): deterministic, so ids stay the same from run to run. Text that
+    is already valid is returned unchanged (the same object).
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def is_undecodable(text: str) -> bool:
+    """``True`` when ``text`` holds lone surrogates (an undecodable file name)."""
+    return escape_undecodable(text) is not text
+
+
+def _unique_escaped_ids(entries: list[Entry]) -> list[Entry]:
+    """Entries whose ids are valid UTF-8, unique wherever the raw ids were.
+
+    Valid ids are kept as they are (so every existing dataset keeps its ids); an
+    id with undecodable bytes becomes :func:`escape_undecodable` of it, and in the
+    rare case that a real file already has that escaped name (a literal
+    backslash), ``~`` and 8 hex digits of the sha256 of its raw bytes are
+    appended. Both depend only on the names, so ids are stable across runs and
+    resume keeps working. The entry's ``path`` keeps the real name: it is what is
+    opened.
+    """
+    if all(not is_undecodable(e.image_id) for e in entries):
+        return entries
+    taken = {e.image_id for e in entries if not is_undecodable(e.image_id)}
+    out: list[Entry] = []
+    for e in entries:
+        if not is_undecodable(e.image_id):
+            out.append(e)
+            continue
+        new = escape_undecodable(e.image_id)
+        if new in taken:
+            try:
+                raw = e.image_id.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = e.image_id.encode("utf-8", "surrogatepass")
+            base, k = f"{new}~{hashlib.sha256(raw).hexdigest()[:8]}", 1
+            new = base
+            while new in taken:
+                k += 1
+                new = f"{base}-{k}"
+        taken.add(new)
+        out.append(dataclasses.replace(e, image_id=new))
+    return out
+
+
 class LayoutError(ValueError):
     """A source does not have the on-disk layout its layout expects.
 
     The message always names the file or folder and what was expected, so a user
-    can fix a download without reading the code.
+    can fix a download without reading the code. It is one line, and always
+    printable: undecodable bytes of a file name are shown escaped (``bad\\xff.jpg``).
+    A subclass of ``ValueError``, so older ``except ValueError`` still catches it.
+    """
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__(" ".join(escape_undecodable(str(message)).splitlines()), *args)
+
+
+class SingleClassWarning(UserWarning):
+    """A source whose images all carry one label: every method scores it at 100%.
+
+    Zero-shot accuracy over one class present is trivial (the argmax can only be
+    right when nothing else is scored), so such a dataset says nothing about a
+    method. Usually a wrong ``source`` (one class folder instead of its parent).
     """
 
 
@@ -105,8 +183,18 @@ class DatasetSource:
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        # Names listed from disk may hold undecodable bytes (lone surrogates): every
+        # text that is stored (ids, class names) is made valid UTF-8 here, once, for
+        # every layout; ``Entry.path`` keeps the real name, which is what is opened.
+        self.classnames = [escape_undecodable(c) for c in self.classnames]
         if self.text_classnames is None:
             self.text_classnames = list(self.classnames)
+        else:
+            self.text_classnames = [escape_undecodable(c) for c in self.text_classnames]
+        if self.class_ids is not None:
+            self.class_ids = [escape_undecodable(c) for c in self.class_ids]
+        self.entries = _unique_escaped_ids(self.entries)
+        self.ignored = [IgnoredFile(escape_undecodable(i.path), i.reason) if is_undecodable(i.path) else i for i in self.ignored]
         if self.subset_indices is not None:
             if len(self.subset_indices) != len(self.classnames):
                 raise ValueError("subset_indices must have one index per class")
@@ -116,7 +204,7 @@ class DatasetSource:
         n = len(self.classnames)
         bad_labels = sorted({e.label for e in self.entries if not 0 <= e.label < n})
         if bad_labels:
-            raise ValueError(f"{self.layout}: labels {bad_labels[:5]} outside 0..{n - 1}")
+            raise LayoutError(f"{self.layout}: labels {bad_labels[:5]} in {self.url} are outside 0..{n - 1}; expected one of the {n} class labels")
         seen: set[str] = set()
         for e in self.entries:
             if e.image_id in seen:
@@ -138,6 +226,15 @@ class DatasetSource:
     def size_matches(self) -> bool | None:
         """``None`` when there is no official size to compare with."""
         return None if self.expected_size is None else len(self.entries) == self.expected_size
+
+    @property
+    def n_classes_present(self) -> int:
+        """Number of distinct labels among the entries (not the number of classes).
+
+        ``1`` means every image has the same label: zero-shot accuracy is then
+        trivially 100% for every method (see :class:`SingleClassWarning`).
+        """
+        return len({e.label for e in self.entries})
 
     def class_counts(self) -> list[int]:
         counts = [0] * len(self.classnames)

@@ -35,6 +35,8 @@ _SPLIT_FLAG = {"train": {"1"}, "test": {"0"}, "all": {"0", "1"}}
 
 @register_layout("cub", "cub-200-2011", "cub200")
 class CUB(Layout):
+    """CUB-200-2011 birds (test split: 5,794 images, 200 species): point at CUB_200_2011/ (or its parent)."""
+
     title = "CUB_200_2011/ with images/, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt"
     expected_sizes = {"test": 5_794, "train": 5_994, "all": 11_788}
     default_split = "test"

@@ -33,6 +33,8 @@ _SPLITS = tuple(f"{kind}{i}" for kind in ("test", "val", "train") for i in range
 
 @register_layout("dtd")
 class DTD(Layout):
+    """DTD textures (split test1: 1,880 images, 47 classes): point at dtd/ (or its parent) with images/ and labels/."""
+
     title = "dtd/ with images/<class>/ and labels/test1.txt (one '<class>/<file>.jpg' per line)"
     expected_sizes = {s: 1_880 for s in _SPLITS}
     default_split = "test1"

@@ -29,6 +29,12 @@ from .registry import register_layout
 
 @register_layout("folder", "imagefolder", "image-folder")
 class ImageFolder(Layout):
+    """Your own images: point at a folder with one sub-folder per class (<root>/<class>/<image>), like ImageFolder.
+
+    Class names are the folder names made readable (``golden_retriever`` ->
+    "golden retriever"); ``class_ids`` keep the folder names.
+    """
+
     title = "a folder with one sub-folder of images per class"
 
     def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
@@ -36,7 +42,9 @@ class ImageFolder(Layout):
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
         groups, ignored = scan_class_folders(fs, root)
         if not groups:
-            raise LayoutError(f"{self.name}: no class folders with files in {display(fs, root)}; expected {self.title}")
+            n_loose = sum(1 for i in ignored if i.reason == "not inside a class folder")
+            hint = f" ({n_loose} file(s) lie directly in it: move them into class folders)" if n_loose else ""
+            raise LayoutError(f"{self.name}: no class folders with files in {display(fs, root)}{hint}; expected {self.title}")
         folders = sorted(groups)
         label_of = {c: i for i, c in enumerate(folders)}
         entries = [

@@ -31,6 +31,8 @@ from .registry import register_layout
 
 @register_layout("food101", "food-101")
 class Food101(Layout):
+    """Food-101 (test split: 25,250 images, 101 dishes): point at food-101/ (or its parent) with images/ and meta/."""
+
     title = "food-101/ with images/<class>/, meta/classes.txt and meta/test.txt"
     expected_sizes = {"test": 25_250, "train": 75_750}
     default_split = "test"

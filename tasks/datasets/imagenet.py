@@ -197,6 +197,8 @@ class _ImageNetFolders(Layout):
 
 @register_layout("imagenet", "imagenet-val", "imagenet1k")
 class ImageNetVal(_ImageNetFolders):
+    """ImageNet-1k validation (50,000 images, 1000 classes): point at val/ (or its parent) with WordNet-id class folders."""
+
     title = "ImageNet-1k validation set in WordNet-id class folders (as torchvision prepares it)"
     expected_sizes = {"": 50_000}
     subdirs = ("val",)
@@ -204,6 +206,8 @@ class ImageNetVal(_ImageNetFolders):
 
 @register_layout("imagenet-sketch", "imagenet-s", "sketch")
 class ImageNetSketch(_ImageNetFolders):
+    """ImageNet-Sketch (50,889 sketches, 1000 classes): point at sketch/ (or its parent) with WordNet-id class folders."""
+
     title = "ImageNet-Sketch (sketch/ with 1000 WordNet-id class folders)"
     expected_sizes = {"": 50_889}
     subdirs = ("sketch", "imagenet-sketch")
@@ -211,6 +215,8 @@ class ImageNetSketch(_ImageNetFolders):
 
 @register_layout("imagenet-a")
 class ImageNetA(_ImageNetFolders):
+    """ImageNet-A (7,500 natural adversarial images, 200 classes): point at imagenet-a/ (or its parent) with WordNet-id folders."""
+
     title = "ImageNet-A (imagenet-a/ with 200 WordNet-id class folders)"
     expected_sizes = {"": 7_500}
     subdirs = ("imagenet-a",)
@@ -219,6 +225,8 @@ class ImageNetA(_ImageNetFolders):
 
 @register_layout("imagenet-r")
 class ImageNetR(_ImageNetFolders):
+    """ImageNet-R (30,000 renditions, 200 classes): point at imagenet-r/ (or its parent) with WordNet-id class folders."""
+
     title = "ImageNet-R (imagenet-r/ with 200 WordNet-id class folders)"
     expected_sizes = {"": 30_000}
     subdirs = ("imagenet-r",)
@@ -227,7 +235,10 @@ class ImageNetR(_ImageNetFolders):
 
 @register_layout("imagenet-v2", "imagenetv2")
 class ImageNetV2(_ImageNetFolders):
-    """ImageNet-V2 (any of its three variants): folders ``0`` .. ``999`` = the label."""
+    """ImageNet-V2 (10,000 images, any of its 3 variants): point at imagenetv2-*-format-val/ with class folders 0 .. 999.
+
+    The folder name is the label itself (``0`` .. ``999``).
+    """
 
     title = "ImageNet-V2 (imagenetv2-*-format-val/ with class folders 0 .. 999)"
     expected_sizes = {"": 10_000}

@@ -35,6 +35,8 @@ _ROW = "'<image name> <class id> <species> <breed id>' (e.g. 'Abyssinian_100 1 1
 
 @register_layout("pets", "oxford-pets", "oxford-iiit-pet", "oxford-pet")
 class OxfordPets(Layout):
+    """Oxford-IIIT Pets (test split: 3,669 images, 37 breeds): point at oxford-iiit-pet/ with images/ and annotations/."""
+
     title = "oxford-iiit-pet/ with images/ and annotations/test.txt (annotations/trainval.txt for train)"
     expected_sizes = {"test": 3_669, "trainval": 3_680}
     default_split = "test"

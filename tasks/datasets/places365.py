@@ -49,6 +49,11 @@ def category_name(category: str) -> str:
 
 @register_layout("places365", "places")
 class Places365(Layout):
+    """Places365-Standard validation (36,500 images, 365 scenes): point at the folder holding val_large/ or val_256/.
+
+    The two file lists may sit next to the image folder or in filelist_places365-standard/.
+    """
+
     title = (
         "a folder with categories_places365.txt, places365_val.txt (or filelist_places365-standard/ holding them) "
         "and val_large/ or val_256/"

@@ -8,7 +8,7 @@ adding one module, and the command line / flows list what exists with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .base import DatasetSource, Layout
@@ -69,3 +69,29 @@ def layout_aliases() -> dict[str, str]:
 def load_source(layout: str, source: str, **kwargs: Any) -> DatasetSource:
     """``get_layout(layout).load(source, **kwargs)``: the one call most code needs."""
     return get_layout(layout).load(source, **kwargs)
+
+
+def layout_classes(
+    layout: str,
+    source: str,
+    layout_options: Mapping[str, Any] | None = None,
+    *,
+    split: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """``(classnames, text_classnames)`` of a source, without sharding it.
+
+    Exactly what ``read_dataset_info(...).classnames`` and ``.text_classnames``
+    hold after sharding the same source with the same ``split`` and options:
+    ``classnames`` in label order (one per label), ``text_classnames`` the classes
+    the text side scores and descriptions are matched against (equal to
+    ``classnames`` except for ImageNet-A/-R, where it is the 1000 ImageNet names).
+    Lists files and reads the layout's index files only, never image bytes, so a
+    description file can be checked against the classes before sharding. Raises
+    :class:`LayoutError` like :func:`load_source` (and warns the same way about
+    partial downloads). For the rest (``class_ids``, ``subset_indices``,
+    ``n_classes_present``) use :func:`load_source` and read the attributes of the
+    returned :class:`DatasetSource`.
+    """
+    ds = load_source(layout, source, split=split, storage_options=storage_options, **dict(layout_options or {}))
+    return list(ds.classnames), list(ds.text_classnames or ds.classnames)
