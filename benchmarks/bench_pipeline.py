@@ -35,9 +35,9 @@ def main() -> None:
     from tasks.dino_cache import dino_shard
     from tasks.evalspec import EvalSpec
     from tasks.infer import infer_shard
-    from tasks.pipeline import resolve
+    from tasks.context import resolve
     from tasks.shard import read_dataset_info, shard_dataset
-    from tasks.synthetic import demo_descriptions, write_demo_dataset
+    from tasks.demo_data import demo_descriptions, write_demo_dataset
 
     work = tempfile.mkdtemp(prefix="abs-bench-")
     src = os.path.join(work, "src")
@@ -78,14 +78,14 @@ def main() -> None:
     # the Prefect flow (includes starting the temporary local API)
     froot = os.path.join(work, "flow")
     t0 = time.perf_counter()
-    evaluate(dataset="bench", source=src, layout="folder", root=froot, clip_model="abs-tiny-vit-b16",
+    evaluate(dict(dataset="bench", source=src, layout="folder", root=froot, clip_model="abs-tiny-vit-b16",
              clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None,
-             descriptions=desc_file, abs_config=abs_cfg, images_per_shard=args.images_per_shard, report=False)
+             descriptions=desc_file, abs_config=abs_cfg, images_per_shard=args.images_per_shard, report=False))
     t_flow = time.perf_counter() - t0
     t0 = time.perf_counter()
-    evaluate(dataset="bench", source=src, layout="folder", root=froot, clip_model="abs-tiny-vit-b16",
+    evaluate(dict(dataset="bench", source=src, layout="folder", root=froot, clip_model="abs-tiny-vit-b16",
              clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None,
-             descriptions=desc_file, abs_config=abs_cfg, images_per_shard=args.images_per_shard, report=False)
+             descriptions=desc_file, abs_config=abs_cfg, images_per_shard=args.images_per_shard, report=False))
     t_rerun = time.perf_counter() - t0
 
     print()

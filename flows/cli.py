@@ -8,12 +8,13 @@ is running. Analysis commands (``sql``, ``status``) only read the storage root.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from tasks import defaults
 
 app = typer.Typer(
     help="ABS (Attention-Based Selection) zero-shot CLIP evaluation: shard datasets, cache DINO attention "
@@ -28,8 +29,7 @@ sql_app = typer.Typer(help="DuckDB views and queries over the results (sql/).", 
 app.add_typer(describe_app, name="describe")
 app.add_typer(sql_app, name="sql")
 
-DEFAULT_ROOT = os.environ.get("ABS_EVAL_ROOT", "abs-output")
-RootOpt = typer.Option(DEFAULT_ROOT, "--root", "-r", help="Storage root: a folder or any fsspec URL "
+RootOpt = typer.Option(defaults.ROOT, "--root", "-r", help="Storage root: a folder or any fsspec URL "
                        "(memory://, s3://bucket/x, gs://bucket/x). Env: ABS_EVAL_ROOT.")
 
 
@@ -74,7 +74,7 @@ def _abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed) -> dic
 # ------------------------------------------------------------------------------ demo
 @app.command()
 def demo(
-    root: str = typer.Option("abs-output/demo", "--root", "-r", help="Where the demo writes everything."),
+    root: str = typer.Option(defaults.DEMO_ROOT, "--root", "-r", help="Where the demo writes everything."),
     per_class: int = typer.Option(6, help="Generated images per class (12 classes)."),
     n_crops: int = typer.Option(20, help="Crops per branch (the paper uses 60; fewer keeps the demo quick)."),
     images_per_shard: int = typer.Option(16, help="Images per Parquet shard."),
@@ -88,9 +88,10 @@ def demo(
     """
     _announce_local_api()
     from flows.evaluate import evaluate
+    from flows.params import EvaluateParams
     from tasks.catalog import write_catalog
-    from tasks.storage import Storage
-    from tasks.synthetic import demo_descriptions, write_demo_dataset
+    from tasks.demo_data import demo_descriptions, write_demo_dataset
+    from tasks.store import Storage
 
     st = Storage(root)
     src = st.url("demo-source")
@@ -98,14 +99,14 @@ def demo(
     desc_path = st.url("demo-descriptions.json")
     with st.fs.open(st.path("demo-descriptions.json"), "w") as f:
         json.dump(demo_descriptions(classes), f, indent=1)
-    out = evaluate(
+    out = evaluate(EvaluateParams(
         dataset="demo", source=src, layout="folder", root=root,
-        clip_model="abs-tiny-vit-b16", clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None,
-        descriptions=desc_path, abs_config={"n_crops": n_crops, "n_descriptions": 8},
+        clip_model=defaults.TINY_CLIP_MODEL, clip_pretrained=None, dino_model=defaults.TINY_DINO_MODEL,
+        dino_pretrained=None, descriptions=desc_path, abs_config={"n_crops": n_crops, "n_descriptions": 8},
         images_per_shard=images_per_shard, deployment="demo",
-    )
+    ))
     catalog = None
-    if st.protocol in ("file", "local"):
+    if st.is_local:
         catalog = write_catalog(root, str(Path(st.path("results.duckdb"))))
     typer.echo("")
     _print_accuracy(root, out)
@@ -139,7 +140,7 @@ def shard(
     source: str = typer.Argument(..., help="The dataset as downloaded: a folder or fsspec URL."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Name to store it under."),
     root: str = RootOpt,
-    images_per_shard: int = typer.Option(1000, help="Images per Parquet shard."),
+    images_per_shard: int = typer.Option(defaults.IMAGES_PER_SHARD, help="Images per Parquet shard."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Layout option KEY=VALUE (repeatable)."),
 ) -> None:
     """Shard a dataset into Parquet under the root (resumable; bad files become error rows)."""
@@ -174,7 +175,7 @@ def describe_import(
     name: Optional[str] = typer.Option(None, help="Name to store the set under (default: the dataset name)."),
     fmt: str = typer.Option("auto", "--format", help="auto, cupl, nested, attributes or templates."),
     key: Optional[str] = typer.Option(None, help="Dataset key inside a nested file."),
-    m: int = typer.Option(50, help="Keep at most M descriptions per class."),
+    m: int = typer.Option(defaults.N_DESCRIPTIONS, help="Keep at most M descriptions per class."),
 ) -> None:
     """Import descriptions, validate them against the dataset's classes, and store them."""
     from tasks.descriptions import DescriptionError, import_descriptions, write_descriptions
@@ -199,7 +200,7 @@ def describe_generate(
     name: Optional[str] = typer.Option(None, help="Name to store the set under (default: the dataset name)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key "
                                     "(never printed or stored)."),
-    m: int = typer.Option(50, help="Distinct descriptions per class."),
+    m: int = typer.Option(defaults.N_DESCRIPTIONS, help="Distinct descriptions per class."),
     seed: int = typer.Option(0), temperature: float = typer.Option(0.99), workers: int = typer.Option(1),
 ) -> None:
     """Generate CuPL-style descriptions with an LLM (resumable class by class)."""
@@ -237,20 +238,21 @@ def run(
                                             rich_help_panel=_P_DATA),
     descriptions_key: Optional[str] = typer.Option(None, help="Dataset key inside a nested file.",
                                                    rich_help_panel=_P_DATA),
-    images_per_shard: int = typer.Option(1000, help="Images per Parquet shard.", rich_help_panel=_P_DATA),
+    images_per_shard: int = typer.Option(defaults.IMAGES_PER_SHARD, help="Images per Parquet shard.",
+                                        rich_help_panel=_P_DATA),
     allow_single_class: bool = typer.Option(False, help="Evaluate a dataset with one class (100% for any method).",
                                             rich_help_panel=_P_DATA),
-    clip_model: str = typer.Option("ViT-B-16", help="open_clip ViT name (`abs-eval models`).",
+    clip_model: str = typer.Option(defaults.CLIP_MODEL, help="open_clip ViT name (`abs-eval models`).",
                                    rich_help_panel=_P_MODELS),
-    clip_pretrained: Optional[str] = typer.Option("openai", help="open_clip tag, checkpoint path or 'random'.",
+    clip_pretrained: Optional[str] = typer.Option(defaults.CLIP_PRETRAINED, help="open_clip tag, checkpoint path or 'random'.",
                                                   rich_help_panel=_P_MODELS),
-    dino_model: str = typer.Option("vit_base_patch16_224.dino", help="timm DINO ViT name.",
+    dino_model: str = typer.Option(defaults.DINO_MODEL, help="timm DINO ViT name.",
                                    rich_help_panel=_P_MODELS),
-    dino_pretrained: Optional[str] = typer.Option("timm", help="'timm', a checkpoint path or 'random'.",
+    dino_pretrained: Optional[str] = typer.Option(defaults.DINO_PRETRAINED, help="'timm', a checkpoint path or 'random'.",
                                                   rich_help_panel=_P_MODELS),
-    prompt: str = typer.Option("a photo of a {}.", help="Prompt of the plain CLIP baseline.",
+    prompt: str = typer.Option(defaults.PROMPT, help="Prompt of the plain CLIP baseline.",
                                rich_help_panel=_P_MODELS),
-    templates: str = typer.Option("openai-imagenet", help="Template set of clip-e: openai-imagenet or none.",
+    templates: str = typer.Option(defaults.TEMPLATES, help="Template set of clip-e: openai-imagenet or none.",
                                   rich_help_panel=_P_MODELS),
     alpha: Optional[float] = typer.Option(None, help="Smallest crop side, fraction of the side (0.5).",
                                           rich_help_panel=_P_METHOD),
@@ -285,31 +287,30 @@ def run(
     in the Prefect logs; `abs-eval status` shows it from another terminal.
     """
     from abs_model import WeightsUnavailableError
-    from flows.evaluate import ParameterError, preflight, validate_parameters
+    from flows.params import ParameterError, make_params, preflight
+    from tasks.context import EvaluationError
     from tasks.descriptions import DescriptionError
-    from tasks.pipeline import EvaluationError
 
     rnd = lambda p: None if p in (None, "random") else p  # noqa: E731
-    params = dict(
-        dataset=dataset, source=source, layout=layout, root=root, clip_model=clip_model,
-        clip_pretrained=rnd(clip_pretrained), dino_model=dino_model, dino_pretrained=rnd(dino_pretrained),
-        descriptions=descriptions, descriptions_name=descriptions_name, descriptions_format=descriptions_format,
-        descriptions_key=descriptions_key,
-        abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed), prompt=prompt,
-        templates=templates, images_per_shard=images_per_shard, device=device, precision=precision,
-        images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
-        runner=runner, workers=workers, report=True, layout_options=_parse_kv(option),
-        allow_single_class=allow_single_class,
-    )
     try:  # every job-level check, before Prefect or any model starts
-        preflight(validate_parameters(**params))
+        params = make_params(
+            dataset=dataset, source=source, layout=layout, layout_options=_parse_kv(option), root=root,
+            clip_model=clip_model, clip_pretrained=rnd(clip_pretrained), dino_model=dino_model,
+            dino_pretrained=rnd(dino_pretrained), descriptions=descriptions, descriptions_name=descriptions_name,
+            descriptions_format=descriptions_format, descriptions_key=descriptions_key,
+            abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed), prompt=prompt,
+            templates=templates, images_per_shard=images_per_shard, device=device, precision=precision,
+            images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
+            runner=runner, workers=workers, allow_single_class=allow_single_class,
+        )
+        preflight(params)
     except ParameterError as exc:
         _fail(str(exc))
     _announce_local_api()
     from flows.evaluate import evaluate
 
     try:
-        out = evaluate(**params)
+        out = evaluate(params)
     except (ParameterError, EvaluationError, WeightsUnavailableError, DescriptionError) as exc:
         _fail(str(exc))
     typer.echo("")
@@ -329,7 +330,7 @@ def status(
     machine lost) shows as interrupted: on its own machine at once, elsewhere once its heartbeat
     is 5 minutes old.
     """
-    from tasks.progress import run_progress
+    from tasks.runs import run_progress
 
     try:
         rows = run_progress(root, run_id, latest=latest)
@@ -424,7 +425,7 @@ def _to_text(t, fmt: str) -> str:
 def _explain_empty(root: str, query: str, params: dict[str, str]) -> None:
     """Say why an answer is empty: no runs under this root, or a parameter the query needs."""
     from tasks.catalog import list_queries, query_parameters
-    from tasks.storage import Storage
+    from tasks.store import Storage
 
     st = Storage(root)
     n_runs = len(st.glob("runs/run=*/run.json"))
@@ -470,7 +471,7 @@ def report(
     """(Re)write a run's markdown report, plots and gallery next to its run record."""
     from tasks.report import write_report
     from tasks.runs import read_run
-    from tasks.storage import Storage
+    from tasks.store import Storage
 
     st = Storage(root)
     try:

@@ -22,7 +22,7 @@ in the shell; unset variables mean "the default" (see each file's header).
 
 Empty roots: DuckDB refuses a view over a glob that matches no file. When a source
 glob has no match yet, its ``read_parquet(...)`` call is replaced by an empty,
-correctly typed relation built from ``tasks/schema.py``, so every view exists (and
+correctly typed relation built from ``tasks/store/tables.py``, so every view exists (and
 is empty) on a fresh root. A catalog written before any file existed keeps that
 empty view: write it again once there are results.
 
@@ -47,10 +47,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.schema import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA
-from tasks.storage import Storage
+from sql import SQL_DIR  # the SQL files, shipped as package data
+from tasks.store import Storage, as_storage
+from tasks.store.tables import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 VIEWS_DIR = SQL_DIR / "views"
 QUERIES_DIR = SQL_DIR / "queries"
 ROOT_PLACEHOLDER = "${root}"
@@ -70,7 +70,6 @@ CATALOG_STORAGE_VERSION = "v1.4.0"
 
 _SOURCE_CALL = re.compile(r"read_parquet\(\s*'\$\{root\}/(?P<glob>[^']+)'[^()]*\)")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LOCAL = ("file", "local")
 
 
 # ---------------------------------------------------------------------- SQL files
@@ -160,14 +159,6 @@ def render_views(root_sql: str, empty_globs: set[str] | frozenset[str] = frozens
 
 
 # ---------------------------------------------------------------------- connections
-def _storage(root: str | Storage, storage_options: Mapping[str, Any] | None) -> Storage:
-    return root if isinstance(root, Storage) else Storage(root, dict(storage_options or {}))
-
-
-def _is_local(st: Storage) -> bool:
-    return st.protocol in _LOCAL
-
-
 def _empty_globs(st: Storage) -> set[str]:
     used = {m.group("glob") for p in view_files() for m in _SOURCE_CALL.finditer(p.read_text())}
     return {g for g in used if not st.glob(g)}
@@ -179,7 +170,7 @@ def create_views(con: duckdb.DuckDBPyConnection, st: Storage, *, root_sql: str |
 
 
 def _root_sql(st: Storage) -> str:
-    return st.root_path if _is_local(st) else st.url()
+    return st.root_path if st.is_local else st.url()
 
 
 def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
@@ -190,9 +181,9 @@ def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = Non
     files present now: after new results are committed, connect again (or call
     :func:`create_views`) to pick up sources that were empty before.
     """
-    st = _storage(root, storage_options)
+    st = as_storage(root, storage_options)
     con = duckdb.connect()
-    if not _is_local(st):
+    if not st.is_local:
         con.register_filesystem(st.fs)
     create_views(con, st)
     return con
@@ -224,8 +215,8 @@ def write_catalog(
     of its own, so they need ``allow_remote=True``; ``memory://`` roots cannot be
     opened by another process at all and are refused. In Python, use :func:`connect`.
     """
-    st = _storage(root, storage_options)
-    if not _is_local(st):
+    st = as_storage(root, storage_options)
+    if not st.is_local:
         if st.protocol == "memory":
             raise ValueError("a memory:// root lives in this process only: use tasks.catalog.connect() instead of a catalog file")
         if not allow_remote:
@@ -234,14 +225,14 @@ def write_catalog(
                 "to read it. If that is set up, pass --allow-remote (`abs-eval sql catalog --allow-remote`, or "
                 "allow_remote=True in Python); otherwise query it with `abs-eval sql run` or tasks.catalog.connect()."
             )
-    if relative and not _is_local(st):
+    if relative and not st.is_local:
         raise ValueError("relative=True is for a local root opened by a shell started inside it")
     out = Path(out_path).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     con = duckdb.connect()
     try:
-        if not _is_local(st):
+        if not st.is_local:
             con.register_filesystem(st.fs)
         con.execute(f"ATTACH '{_sql_literal(str(tmp))}' AS abs_eval_catalog (STORAGE_VERSION '{_sql_literal(storage_version)}')")
         con.execute("USE abs_eval_catalog")

@@ -5,79 +5,33 @@ draws its crop centres from the same attention. Storing all D*D = 196 values
 (784 bytes an image) serves any K and lets reports draw the full heat map.
 
 Layout: ``cache/dino/model=<dino>/key=<hash>/dataset=<ds>/part-<nnnnn>.parquet``
-(schema ``tasks.schema.DINO_SCHEMA``); ``key`` covers the weights digest and the
+(schema ``tasks.store.tables.DINO_SCHEMA``); ``key`` covers the weights digest and the
 preprocessing. A part is reused only when its marker names the same dataset
 fingerprint. Error rows of the shard pass through as error rows.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import torch
-from PIL import Image
+from prefect import get_run_logger, task
 
 from abs_model import DINOBackbone, dino_attention
 from abs_model.device import resolve_device, resolve_precision
+from tasks.context import resolve
+from tasks.defaults import DINO_BATCH
 from tasks.evalspec import ALGORITHM_VERSION, short_hash
-from tasks.schema import DINO_SCHEMA, dino_part
+from tasks.progress import ShardProgress
+from tasks.retries import GPU_TAG, TASK_OPTIONS
 from tasks.shard import read_shard
-from tasks.storage import Storage
-
-DECODE_ERROR = "decode_error"
-
-
-def decode(data: bytes) -> Image.Image:
-    """Open and fully decode image bytes (the shard step already checked them once)."""
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-
-
-def _decode_or_error(data: bytes) -> Image.Image | Exception:
-    try:
-        return decode(data)
-    except Exception as exc:  # decodable at shard time but not now: the caller records it
-        return exc
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
-        return _POOL
-
-
-def iter_decoded(images: pa.ChunkedArray, indices: list[int], batch: int) -> Iterator[list[tuple[int, Any]]]:
-    """Decoded images of ``indices`` in batches: ``[(index, PIL image or the exception)]``.
-
-    Why threads and prefetch: JPEG decoding releases the GIL, so a pool decodes a
-    batch in parallel while the model works on the previous one; on a GPU that
-    keeps the device fed. Only two batches are ever held decoded, not the shard.
-    """
-    chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
-
-    def submit(chunk: list[int]) -> list[Future]:
-        return [_pool().submit(_decode_or_error, images[i].as_py()) for i in chunk]
-
-    pending = submit(chunks[0]) if chunks else []
-    for k, chunk in enumerate(chunks):
-        done = [f.result() for f in pending]
-        pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
-        yield list(zip(chunk, done))
-
+from tasks.store import Storage
+from tasks.store.images import STATUS_DECODE_ERROR, iter_decoded
+from tasks.store.layout import dino_part, marker_key
+from tasks.store.tables import DINO_SCHEMA
 
 def dino_key(dino: DINOBackbone, max_image_side: int) -> str:
     n = dino.norm
@@ -107,7 +61,7 @@ def dino_shard(
     max_image_side: int,
     device: str | torch.device | None = None,
     precision: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = DINO_BATCH,
     progress: Callable[[int, int], None] | None = None,
 ) -> DinoShardResult:
     """Compute (or reuse) the attention of every image in one shard.
@@ -117,8 +71,8 @@ def dino_shard(
     """
     key = dino_key(dino, max_image_side)
     rel = dino_part(dino.spec.name, key, dataset, shard)
-    marker_key = rel.removesuffix(".parquet")
-    marker = storage.read_marker(marker_key)
+    mkey = marker_key(rel)
+    marker = storage.read_marker(mkey)
     if marker is not None and marker.get("fingerprint") == fingerprint and storage.exists(rel):
         return DinoShardResult(shard, rel, False, marker["n_ok"], marker["n_error"])
     dev = resolve_device(device)
@@ -135,7 +89,7 @@ def dino_shard(
         chunk = []
         for i, im in decoded:
             if isinstance(im, Exception):
-                status[i], error[i] = DECODE_ERROR, f"{type(im).__name__}: {im}"
+                status[i], error[i] = STATUS_DECODE_ERROR, f"{type(im).__name__}: {im}"
             else:
                 chunk.append((i, im))
         if not chunk:
@@ -151,7 +105,7 @@ def dino_shard(
     }, schema=DINO_SCHEMA)
     storage.write_parquet(rel, table)
     n_ok = sum(1 for a in att if a is not None)
-    storage.mark_done(marker_key, {"fingerprint": fingerprint, "n_ok": n_ok, "n_error": len(ids) - n_ok,
+    storage.mark_done(mkey, {"fingerprint": fingerprint, "n_ok": n_ok, "n_error": len(ids) - n_ok,
                                    "dino": dino.spec.name, "weights": dino.weights_digest})
     return DinoShardResult(shard, rel, True, n_ok, len(ids) - n_ok)
 
@@ -160,3 +114,17 @@ def read_dino_shard(storage: Storage, rel: str) -> dict[str, tuple[list[float] |
     """image_id -> (attention or None, status, error)."""
     t = storage.read_parquet(rel).to_pydict()
     return {i: (a, s, e) for i, a, s, e in zip(t["image_id"], t["attention"], t["status"], t["error"])}
+
+
+@task(name="dino-shard", tags=[GPU_TAG], task_run_name="dino-shard-{shard}", **TASK_OPTIONS)
+def dino_shard_task(root: str, spec: dict, config_hash: str, shard: int) -> dict[str, Any]:
+    """:func:`dino_shard` for one shard of the evaluation ``spec``, with progress in the task log."""
+    ctx = resolve(root, spec, expect_config=config_hash)
+    progress = ShardProgress(f"dino shard {shard}", get_run_logger())
+    try:
+        r = dino_shard(ctx.storage, ctx.spec.dataset, shard, ctx.info.fingerprint, ctx.dino,
+                       max_image_side=ctx.spec.abs.max_image_side, device=ctx.classifier.device,
+                       precision=ctx.spec.precision, progress=progress)
+    finally:
+        progress.close()
+    return r.to_dict()

@@ -18,10 +18,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from abs_model import ABSConfig, ModelSpec
-from abs_model.text import DEFAULT_PROMPT
+from tasks.defaults import PROMPT as DEFAULT_PROMPT
+from tasks.defaults import TEMPLATES
 
 #: Bump when the computation changes in a way the other fields do not capture.
 ALGORITHM_VERSION = 1
+
+
+class EvaluationError(RuntimeError):
+    """A problem with the job itself (not one image): fail fast with what to do."""
 
 
 def short_hash(obj: Any, n: int = 16) -> str:
@@ -38,7 +43,7 @@ class EvalSpec:
     descriptions: str  # name of a stored description set (tasks.descriptions.store)
     abs: ABSConfig = field(default_factory=ABSConfig)
     prompt: str = DEFAULT_PROMPT
-    templates: str = "openai-imagenet"  # "openai-imagenet" (80 templates) or "none"
+    templates: str = TEMPLATES  # a name of tasks.defaults.TEMPLATE_SET_NAMES
     # execution settings: never part of the hash
     device: str = "auto"
     precision: str = "auto"

@@ -3,7 +3,7 @@
 Reads the shard (image bytes), its DINO cache part (the crop centres come from
 it, no DINO pass here) and the classifier's text bank; writes
 ``predictions/dataset=<ds>/model=<clip>/config=<hash>/part-<nnnnn>.parquet``
-(schema ``tasks.schema.PREDICTION_SCHEMA``) atomically, then its done-marker. A
+(schema ``tasks.store.tables.PREDICTION_SCHEMA``) atomically, then its done-marker. A
 committed part is never recomputed: the config hash already names everything
 that could change it. Error rows of the shard (and images that fail to decode
 now) become one error row per method, so counts always add up.
@@ -19,18 +19,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from prefect import get_run_logger, task
 
 from abs_model import ABSClassifier
-from tasks.dino_cache import DECODE_ERROR, iter_decoded, read_dino_shard
-from tasks.schema import PREDICTION_SCHEMA, prediction_part, predictions_dir
+from tasks.context import resolve
+from tasks.dino_cache import read_dino_shard
+from tasks.progress import ShardProgress
+from tasks.retries import GPU_TAG, TASK_OPTIONS
 from tasks.shard import read_shard
-from tasks.storage import Storage
-
-FEATURES_SCHEMA = pa.schema([
-    pa.field("image_id", pa.string(), nullable=False),
-    pa.field("crop_features", pa.list_(pa.list_(pa.float32()))),
-    pa.field("global_feature", pa.list_(pa.float32())),
-])
+from tasks.store import Storage
+from tasks.store.images import STATUS_DECODE_ERROR, STATUS_MISSING_DINO, iter_decoded
+from tasks.store.layout import features_part, marker_key, prediction_part, predictions_dir
+from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,8 @@ class InferShardResult:
         return dict(self.__dict__)
 
 
-def features_part(prediction_rel: str) -> str:
-    """``features/...`` twin of a prediction part."""
-    return posixpath.join(posixpath.dirname(prediction_rel).replace("predictions/", "features/", 1),
-                          posixpath.basename(prediction_rel))
-
-
 def _features_committed(storage: Storage, frel: str) -> bool:
-    return storage.is_done(frel.removesuffix(".parquet")) and storage.exists(frel)
+    return storage.is_done(marker_key(frel)) and storage.exists(frel)
 
 
 def committed_parts(storage: Storage, dataset: str, model: str, config: str) -> list[int]:
@@ -67,7 +61,7 @@ def committed_parts(storage: Storage, dataset: str, model: str, config: str) -> 
     return sorted(out)
 
 
-def _method_rows(method: str, logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
+def _method_rows(logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
     lg = logits.double()
     k = min(5, lg.shape[1])
     top = torch.topk(lg, k, dim=1).indices
@@ -108,10 +102,10 @@ def infer_shard(
     commits the features only; the committed predictions are left as they are.
     """
     rel = prediction_part(dataset, model, config, shard)
-    marker_key = rel.removesuffix(".parquet")
-    marker = storage.read_marker(marker_key)
+    mkey = marker_key(rel)
+    marker = storage.read_marker(mkey)
     committed = marker is not None and storage.exists(rel)
-    frel = features_part(rel)
+    frel = features_part(dataset, model, config, shard)
     if committed and not (keep_features and not _features_committed(storage, frel)):
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
@@ -134,7 +128,7 @@ def infer_shard(
             continue
         att = dino.get(ids[i])
         if att is None or att[0] is None:
-            status[i] = att[1] if att else "missing_dino"
+            status[i] = att[1] if att else STATUS_MISSING_DINO
             error[i] = att[2] if att else "no DINO attention cached for this image"
             continue
         ok_idx.append(i)
@@ -145,7 +139,7 @@ def infer_shard(
         imgs, good = [], []
         for i, im in decoded:
             if isinstance(im, Exception):
-                status[i], error[i] = DECODE_ERROR, f"{type(im).__name__}: {im}"
+                status[i], error[i] = STATUS_DECODE_ERROR, f"{type(im).__name__}: {im}"
             else:
                 imgs.append(im)
                 good.append(i)
@@ -161,7 +155,7 @@ def infer_shard(
         width = next(iter(out.logits.values())).shape[1]
         if width != len(classnames):
             raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
-        rows = {m: _method_rows(m, out.logits[m], [labels[i] for i in good]) for m in methods}
+        rows = {m: _method_rows(out.logits[m], [labels[i] for i in good]) for m in methods}
         for j, i in enumerate(good):
             per_image[i] = {m: {k: v[j] for k, v in rows[m].items()} for m in methods}
             per_image[i]["_geo"] = out.geometry[j]
@@ -175,7 +169,7 @@ def infer_shard(
                        "crop_features": [feats[i][0] for i in sorted(feats)],
                        "global_feature": [feats[i][1] for i in sorted(feats)]}, schema=FEATURES_SCHEMA)
         storage.write_parquet(frel, ft)
-        storage.mark_done(frel.removesuffix(".parquet"), {"n_images": len(ids), "n_ok": len(feats), "run_id": run_id})
+        storage.mark_done(marker_key(frel), {"n_images": len(ids), "n_ok": len(feats), "run_id": run_id})
     if committed:  # only the features were missing
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
@@ -207,9 +201,25 @@ def infer_shard(
     table = pa.table(cols, schema=PREDICTION_SCHEMA)
     storage.write_parquet(rel, table)
     n_ok = len(per_image)
-    storage.mark_done(marker_key, {"n_images": len(ids), "n_ok": n_ok, "n_error": len(ids) - n_ok, "run_id": run_id})
+    storage.mark_done(mkey, {"n_images": len(ids), "n_ok": n_ok, "n_error": len(ids) - n_ok, "run_id": run_id})
     return InferShardResult(shard, rel, True, len(ids), n_ok, len(ids) - n_ok)
 
 
 def _finite(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
+
+
+@task(name="infer-shard", tags=[GPU_TAG], task_run_name="infer-shard-{shard}", **TASK_OPTIONS)
+def infer_shard_task(root: str, spec: dict, config_hash: str, shard: int, run_id: str,
+                     dino: dict[str, Any]) -> dict[str, Any]:
+    """:func:`infer_shard` for one shard of the evaluation ``spec``, with progress in the task log."""
+    ctx = resolve(root, spec, expect_config=config_hash)
+    progress = ShardProgress(f"infer shard {shard}", get_run_logger())
+    try:
+        r = infer_shard(ctx.storage, ctx.classifier, dataset=ctx.spec.dataset, model=ctx.spec.model_name,
+                        config=config_hash, shard=shard, dino_path=dino["path"], classnames=list(ctx.info.classnames),
+                        run_id=run_id, images_per_batch=ctx.images_per_batch, keep_features=ctx.spec.keep_features,
+                        progress=progress)
+    finally:
+        progress.close()
+    return r.to_dict()

@@ -1,27 +1,15 @@
-"""How far work has got: inside a shard while it runs, and per run from the storage root.
+"""Progress inside a shard while it runs (per run: ``tasks.runs.run_progress``).
 
 Why inside a shard: with the default 1,000-image shards a CPU takes hours per
 shard, so a per-shard bar alone is silent for hours. :class:`ShardProgress` shows
 images done, images/s and the time left, as a bar in the terminal and as a line
 in the (Prefect) log every ``log_every_s`` seconds.
-
-Why per run from markers: a run in progress has committed some prediction parts;
-the done-markers under its (dataset, model, config) partition carry the run that
-computed each part and its error count, so :func:`run_progress` can say what a run
-computed itself and what it reused from earlier runs, without SQL.
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
-import re
 import time
-from typing import Any
-
-from tasks.runs import effective_status
-from tasks.schema import predictions_dir
-from tasks.storage import COMMITS_DIR, Storage
 
 
 def _duration(seconds: float) -> str:
@@ -75,46 +63,3 @@ class ShardProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def run_progress(root: str | Storage, run_id: str | None = None, latest: int = 10) -> list[dict[str, Any]]:
-    """Per run: effective status (interrupted when its process died), shards done / computed / reused.
-
-    ``computed`` counts the prediction parts whose marker names this run; ``reused``
-    the parts of the same partition committed by other runs (a resumed run reuses
-    what a crashed one committed). ``KeyError`` for an unknown ``run_id``.
-    """
-    st = root if isinstance(root, Storage) else Storage(root)
-    paths = st.glob("runs/run=*/run.json")
-    ids = sorted((re.search(r"run=([^/]+)/run\.json$", p).group(1) for p in paths), reverse=True)
-    if run_id is not None:
-        if run_id not in ids:
-            known = f"; latest: {', '.join(ids[:3])}" if ids else "; it holds no runs"
-            raise KeyError(f"no run {run_id!r} under {st.root}{known}")
-        ids = [run_id]
-    out = []
-    for rid in ids[:latest]:
-        rec = st.read_json(f"runs/run={rid}/run.json")
-        status = effective_status(rec)
-        reused = set(rec.get("reused_shards") or [])
-        mdir = posixpath.join(COMMITS_DIR, predictions_dir(rec["dataset"], rec["model"], rec["config"]))
-        n_images = n_error = computed = done = 0
-        for m in st.glob(posixpath.join(mdir, "part-*.json")):
-            shard = int(re.search(r"part-(\d+)\.json$", m).group(1))
-            d = st.read_json(posixpath.relpath(m, st.root_path))
-            mine = d.get("run_id") == rid
-            # a completed run stands for its whole partition; an unfinished one only for
-            # what it computed plus what was committed before it started
-            if status != "completed" and not mine and shard not in reused:
-                continue
-            done += 1
-            computed += mine
-            n_images += d.get("n_images", 0)
-            n_error += d.get("n_error", 0)
-        out.append({"run_id": rid, "status": status, "dataset": rec["dataset"], "model": rec["model"],
-                    "config": rec["config"], "deployment": rec.get("deployment"),
-                    "shards_total": rec.get("shards_total", 0), "shards_done": done,
-                    "shards_computed": computed, "shards_reused": done - computed,
-                    "n_images": n_images, "n_error": n_error, "started_at": rec.get("started_at"),
-                    "ended_at": rec.get("ended_at"), "flow_run_id": rec.get("flow_run_id")})
-    return out

@@ -48,14 +48,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from tasks import catalog
-from tasks.schema import run_record_json, slug
-from tasks.shard import info_rel_path, read_dataset_info, shard_rel_path
-from tasks.storage import Storage
+from tasks.defaults import DINO_GRID as DEFAULT_DINO_GRID
+from tasks.defaults import METHOD_ORDER
+from tasks.shard import read_dataset_info
+from tasks.store import Storage, as_storage
+from tasks.store.layout import dataset_info, run_dir, shard_part, slug
 
-#: Methods in this order in tables and plots; others follow alphabetically.
-METHOD_ORDER = ("abs", "clip", "clip-e", "cupl")
-#: The DINO grid side assumed for top-K cells when no cached map says otherwise (224 / 16).
-DEFAULT_DINO_GRID = 14
 #: Plot resolution: small PNGs (tens of KB) that still read well in a browser.
 PLOT_DPI = 90
 #: Gallery figure resolution (photos compress worse than line plots).
@@ -97,9 +95,6 @@ class ReportManifest:
         return d
 
 
-def run_dir(run_id: str) -> str:
-    """``runs/run=<id>``: the run record's folder, where the report goes."""
-    return run_record_json(run_id).rsplit("/", 1)[0]
 
 
 # ---------------------------------------------------------------------- formatting
@@ -494,7 +489,7 @@ def draw_gallery_image(
 
 
 def _read_images(st: Storage, dataset: str, shard: int, image_ids: set[str]) -> dict[str, bytes]:
-    rel = shard_rel_path(dataset, shard)
+    rel = shard_part(dataset, shard)
     if not st.exists(rel):
         return {}
     with st.fs.open(st.path(rel), "rb") as f:
@@ -616,8 +611,8 @@ def n_classes_scored(st: Storage, con, run: Mapping[str, Any]) -> tuple[int | No
         info = read_dataset_info(st, run["dataset"]).raw
     except (FileNotFoundError, RuntimeError, OSError, ValueError):
         try:
-            if st.exists(info_rel_path(run["dataset"])):
-                info = st.read_json(info_rel_path(run["dataset"]))
+            if st.exists(dataset_info(run["dataset"])):
+                info = st.read_json(dataset_info(run["dataset"]))
         except (OSError, ValueError):
             info = None
     if info:
@@ -650,7 +645,7 @@ def write_report(
     The returned manifest's ``markdown`` is ``report.md`` (relative image links);
     ``artifact_markdown`` embeds the images for the Prefect UI.
     """
-    st = root if isinstance(root, Storage) else Storage(root, dict(storage_options or {}))
+    st = as_storage(root, storage_options)
     con = catalog.connect(st)
     try:
         return _write_report(st, con, run_id, previous_run_id, gallery_size)

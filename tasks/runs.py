@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 import platform
 import socket
 import threading
@@ -28,8 +30,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.schema import RUN_SCHEMA, run_record_json, run_record_parquet, slug
-from tasks.storage import Storage
+from tasks.store import COMMITS_DIR, Storage, as_storage
+from tasks.store.layout import predictions_dir, run_record_json, run_record_parquet, slug
+from tasks.store.tables import RUN_SCHEMA
 
 _PACKAGES = ("abs-eval", "torch", "torchvision", "open_clip_torch", "timm", "prefect", "duckdb", "pyarrow", "fsspec", "pillow")
 
@@ -205,3 +208,54 @@ def read_run(storage: Storage, run_id: str) -> dict[str, Any]:
     if not storage.exists(rel):
         raise KeyError(f"no run {run_id!r} under {storage.root} (see `abs-eval status --root {storage.root}`)")
     return storage.read_json(rel)
+
+
+def list_run_ids(root: str | Storage) -> list[str]:
+    """Run ids under ``root``, newest first (ids sort by start time)."""
+    st = as_storage(root)
+    return sorted((re.search(r"run=([^/]+)/run\.json$", p).group(1) for p in st.glob(run_record_json("*"))),
+                  reverse=True)
+
+
+def run_progress(root: str | Storage, run_id: str | None = None, latest: int = 10) -> list[dict[str, Any]]:
+    """Per run: effective status (interrupted when its process died), shards done / computed / reused.
+
+    Why from markers (no SQL): a run in progress has committed some prediction parts;
+    the done-markers under its (dataset, model, config) partition carry the run that
+    computed each part and its error count. ``computed`` counts the prediction parts whose marker names this run; ``reused``
+    the parts of the same partition committed by other runs (a resumed run reuses
+    what a crashed one committed). ``KeyError`` for an unknown ``run_id``.
+    """
+    st = as_storage(root)
+    ids = list_run_ids(st)
+    if run_id is not None:
+        if run_id not in ids:
+            known = f"; latest: {', '.join(ids[:3])}" if ids else "; it holds no runs"
+            raise KeyError(f"no run {run_id!r} under {st.root}{known}")
+        ids = [run_id]
+    out = []
+    for rid in ids[:latest]:
+        rec = st.read_json(run_record_json(rid))
+        status = effective_status(rec)
+        reused = set(rec.get("reused_shards") or [])
+        mdir = posixpath.join(COMMITS_DIR, predictions_dir(rec["dataset"], rec["model"], rec["config"]))
+        n_images = n_error = computed = done = 0
+        for m in st.glob(posixpath.join(mdir, "part-*.json")):
+            shard = int(re.search(r"part-(\d+)\.json$", m).group(1))
+            d = st.read_json(posixpath.relpath(m, st.root_path))
+            mine = d.get("run_id") == rid
+            # a completed run stands for its whole partition; an unfinished one only for
+            # what it computed plus what was committed before it started
+            if status != "completed" and not mine and shard not in reused:
+                continue
+            done += 1
+            computed += mine
+            n_images += d.get("n_images", 0)
+            n_error += d.get("n_error", 0)
+        out.append({"run_id": rid, "status": status, "dataset": rec["dataset"], "model": rec["model"],
+                    "config": rec["config"], "deployment": rec.get("deployment"),
+                    "shards_total": rec.get("shards_total", 0), "shards_done": done,
+                    "shards_computed": computed, "shards_reused": done - computed,
+                    "n_images": n_images, "n_error": n_error, "started_at": rec.get("started_at"),
+                    "ended_at": rec.get("ended_at"), "flow_run_id": rec.get("flow_run_id")})
+    return out

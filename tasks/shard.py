@@ -42,7 +42,6 @@ order; ``image_id`` is the layout's stable id (the path below its image folder).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import re
@@ -56,61 +55,33 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ImageFile
+from prefect import task
 from tqdm.auto import tqdm
 
 from tasks.datasets import DatasetSource, Entry, LayoutError, SingleClassWarning, escape_undecodable, load_source
-from tasks.datasets.base import display, is_local_fs, warn_user
-from tasks.storage import COMMITS_DIR, Storage
+from tasks.datasets.base import display, warn_user
+from tasks.defaults import IMAGES_PER_SHARD as DEFAULT_IMAGES_PER_SHARD
+from tasks.defaults import MAX_FILE_BYTES as DEFAULT_MAX_FILE_BYTES
+from tasks.store import COMMITS_DIR, Storage, as_storage, is_local
+from tasks.store.images import (
+    STATUS_MISSING,
+    STATUS_OK,
+    STATUS_TOO_LARGE,
+    STATUS_UNREADABLE,
+    check_image,
+    pixel_limit,
+)
+from tasks.store.layout import SHARDS_DIR, dataset_dir, dataset_info, marker_key, shard_part
+from tasks.retries import TASK_OPTIONS
+from tasks.store.tables import SHARD_SCHEMA
 
 SCHEMA_VERSION = 1
-SHARDS_DIR = "shards"
-DEFAULT_IMAGES_PER_SHARD = 1000
-#: Files larger than this are not stored (an error row says so); raise it for huge TIFFs.
-DEFAULT_MAX_FILE_BYTES = 128 * 2**20
 #: Parquet row groups: small enough that a reader can stream a shard in pieces.
 ROWS_PER_GROUP = 128
 #: Arrow binary arrays hold at most 2 GiB; start a new batch well before that.
 _MAX_BATCH_BYTES = 512 * 2**20
 
-# ---------------------------------------------------------------------- statuses
-STATUS_OK = "ok"
-STATUS_MISSING = "missing"  # listed by the layout, not found
-STATUS_UNREADABLE = "unreadable"  # permission denied, FIFO, broken link, I/O error
-STATUS_EMPTY = "empty"  # zero-byte file
-STATUS_TOO_LARGE = "too_large"  # over max_file_bytes, bytes not stored
-STATUS_NOT_IMAGE = "not_image"  # Pillow does not recognise the bytes
-STATUS_TRUNCATED = "truncated"  # header fine, data ends early
-STATUS_BOMB = "decompression_bomb"  # more pixels than the limit
-STATUS_DECODE_ERROR = "decode_error"  # any other decoder failure
-ERROR_STATUSES = (
-    STATUS_MISSING,
-    STATUS_UNREADABLE,
-    STATUS_EMPTY,
-    STATUS_TOO_LARGE,
-    STATUS_NOT_IMAGE,
-    STATUS_TRUNCATED,
-    STATUS_BOMB,
-    STATUS_DECODE_ERROR,
-)
-
-SHARD_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("label", pa.int32(), nullable=False),
-        pa.field("class_name", pa.string()),
-        pa.field("image", pa.binary()),  # original encoded bytes; null when unreadable
-        pa.field("sha256", pa.string()),  # of the bytes read; null when none were
-        pa.field("width", pa.int32()),  # as stored (before EXIF rotation); null when unknown
-        pa.field("height", pa.int32()),
-        pa.field("source", pa.string(), nullable=False),  # path in the source layout
-        pa.field("status", pa.string(), nullable=False),  # 'ok' or one of ERROR_STATUSES
-        pa.field("error", pa.string()),  # why, for error rows; null for ok rows
-        pa.field("format", pa.string()),  # Pillow format (JPEG, PNG, ...)
-        pa.field("mode", pa.string()),  # Pillow mode (RGB, CMYK, I;16, P, L, ...)
-        pa.field("n_bytes", pa.int64()),  # file size
-    ]
-)
 _SMALL_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "image"]
 _PARQUET_OPTIONS: dict[str, Any] = {
     "row_group_size": ROWS_PER_GROUP,
@@ -124,99 +95,8 @@ _PARQUET_OPTIONS: dict[str, Any] = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-# ---------------------------------------------------------------------- paths
-def dataset_dir(dataset: str) -> str:
-    return f"{SHARDS_DIR}/dataset={dataset}"
-
-
-def shard_rel_path(dataset: str, index: int) -> str:
-    return f"{dataset_dir(dataset)}/part-{index:05d}.parquet"
-
-
-def shard_key(dataset: str, index: int) -> str:
-    return f"{dataset_dir(dataset)}/part-{index:05d}"
-
-
-def info_rel_path(dataset: str) -> str:
-    return f"{dataset_dir(dataset)}/dataset.json"
-
-
-def dataset_key(dataset: str) -> str:
-    return f"{dataset_dir(dataset)}/dataset"
-
-
-def _storage(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> Storage:
-    return root if isinstance(root, Storage) else Storage(root, dict(storage_options or {}))
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------- image check
-@dataclass(frozen=True)
-class ImageCheck:
-    """Outcome of opening and fully decoding one file's bytes."""
-
-    status: str
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    mode: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == STATUS_OK
-
-
-def pixel_limit(max_image_pixels: int | None = None) -> int | None:
-    """The decompression-bomb limit in force: the caller's, else Pillow's current one."""
-    return Image.MAX_IMAGE_PIXELS if max_image_pixels is None else int(max_image_pixels)
-
-
-def check_image(data: bytes, max_image_pixels: int | None = None) -> ImageCheck:
-    """Open and decode ``data`` once with Pillow; never raises for bad bytes.
-
-    ``max_image_pixels`` defaults to Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``,
-    89,478,485 unless changed). Anything above it is an error row: Pillow itself
-    only *warns* between one and two times its limit and raises above, and a
-    pipeline must not decode a bomb just because the warning went to a log. A
-    caller may pass a lower limit; Pillow still refuses images over twice its
-    process-wide limit, and those rows say so too.
-    """
-    if not data:
-        return ImageCheck(STATUS_EMPTY, "zero-byte file")
-    limit = pixel_limit(max_image_pixels)
-    width = height = fmt = mode = None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            fmt, mode = im.format, im.mode
-            if limit is not None and width * height > limit:
-                return ImageCheck(
-                    STATUS_BOMB,
-                    f"{width}x{height} = {width * height} pixels exceeds the limit of {limit} (decompression-bomb protection)",
-                    width,
-                    height,
-                    fmt,
-                    mode,
-                )
-            if width < 1 or height < 1:
-                return ImageCheck(STATUS_DECODE_ERROR, f"zero-size image {width}x{height}", width, height, fmt, mode)
-            im.load()
-    except Image.DecompressionBombError as e:
-        return ImageCheck(STATUS_BOMB, f"DecompressionBombError: {e}", width, height, fmt, mode)
-    except UnidentifiedImageError:
-        return ImageCheck(STATUS_NOT_IMAGE, f"not a recognised image format (starts with {data[:16]!r})")
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # Pillow reports truncation as OSError("image file is truncated ...") or
-        # "Truncated File Read"; other corruptions come as OSError/SyntaxError.
-        kind = STATUS_TRUNCATED if "truncated" in str(e).lower() or isinstance(e, EOFError) else STATUS_DECODE_ERROR
-        return ImageCheck(kind, f"{type(e).__name__}: {e}", width, height, fmt, mode)
-    except Exception as e:  # a decoder bug must not stop the shard either
-        return ImageCheck(STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}", width, height, fmt, mode)
-    return ImageCheck(STATUS_OK, None, width, height, fmt, mode)
 
 
 class ShardReadError(RuntimeError):
@@ -237,7 +117,7 @@ def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None,
         return None, STATUS_UNREADABLE, f"not a regular file (FIFO, socket or broken link): {display(fs, path)}"
     if max_file_bytes is not None and entry.size is not None and entry.size > max_file_bytes:
         return None, STATUS_TOO_LARGE, f"{entry.size} bytes exceeds max_file_bytes={max_file_bytes}"
-    local = is_local_fs(fs)
+    local = is_local(fs)
     last: BaseException | None = None
     for attempt in range(retries + 1):
         try:
@@ -594,16 +474,16 @@ def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = Fal
     marker and metadata and every part marker (so everything is rewritten), but
     still no part file within the plan.
     """
-    st = _storage(storage)
+    st = as_storage(storage)
     ds = plan.dataset
     removed: list[str] = []
-    info_marker = _read_marker(st, dataset_key(ds))
+    info_marker = _read_marker(st, marker_key(dataset_info(ds)))
     stale_info = force or (info_marker is not None and info_marker.get("fingerprint") != plan.fingerprint)
     if not stale_info and info_marker is None:
-        info = _read_json(st, info_rel_path(ds))
+        info = _read_json(st, dataset_info(ds))
         stale_info = info is not None and info.get("fingerprint") != plan.fingerprint
     if stale_info:
-        for rel in (st.marker_path(dataset_key(ds)), info_rel_path(ds)):
+        for rel in (st.marker_path(marker_key(dataset_info(ds))), dataset_info(ds)):
             if _rm(st, rel):
                 removed.append(rel)
     indices: set[int] = set()
@@ -613,11 +493,11 @@ def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = Fal
             if m:
                 indices.add(int(m.group(1)))
     for i in sorted(indices):
-        marker_rel, part_rel = st.marker_path(shard_key(ds, i)), shard_rel_path(ds, i)
+        marker_rel, part_rel = st.marker_path(marker_key(shard_part(ds, i))), shard_part(ds, i)
         if i >= plan.n_shards:
             targets = [marker_rel, part_rel]  # marker first: never a marker without its file
         else:
-            marker = _read_marker(st, shard_key(ds, i))
+            marker = _read_marker(st, marker_key(shard_part(ds, i)))
             foreign = marker is not None and marker.get("fingerprint") != plan.fingerprint
             targets = [marker_rel] if (foreign or (force and marker is not None)) else []
         for rel in targets:
@@ -648,8 +528,8 @@ def write_shard(
     of the same shard and fingerprint move identical bytes into place and write
     the same marker; the last move wins harmlessly.
     """
-    st = _storage(storage)
-    key, rel = shard_key(plan.dataset, index), shard_rel_path(plan.dataset, index)
+    st = as_storage(storage)
+    key, rel = marker_key(shard_part(plan.dataset, index)), shard_part(plan.dataset, index)
     if not force:
         marker = _read_marker(st, key)
         if marker is not None and marker.get("fingerprint") == plan.fingerprint and st.exists(rel):
@@ -699,7 +579,7 @@ def finalize_shards(plan: ShardPlan, storage: str | Storage, results: list[Shard
     Fails when a shard is missing from ``results``: the metadata must only ever
     describe a complete dataset.
     """
-    st = _storage(storage)
+    st = as_storage(storage)
     results = sorted(results, key=lambda r: r.index)
     if [r.index for r in results] != list(range(plan.n_shards)):
         missing = sorted(set(range(plan.n_shards)) - {r.index for r in results})
@@ -713,7 +593,7 @@ def finalize_shards(plan: ShardPlan, storage: str | Storage, results: list[Shard
         source_fingerprint=plan.source_fingerprint,
         images_per_shard=plan.images_per_shard,
         expected_size=plan.source.expected_size,
-        info_path=info_rel_path(plan.dataset),
+        info_path=dataset_info(plan.dataset),
         shards=results,
     )
     info = {
@@ -733,9 +613,9 @@ def finalize_shards(plan: ShardPlan, storage: str | Storage, results: list[Shard
         "shards": [r.to_dict() for r in results],
         "finalized_at": _now(),
     }
-    st.write_json(info_rel_path(plan.dataset), info)
+    st.write_json(dataset_info(plan.dataset), info)
     st.mark_done(
-        dataset_key(plan.dataset),
+        marker_key(dataset_info(plan.dataset)),
         {"dataset": plan.dataset, "fingerprint": plan.fingerprint, "n_shards": plan.n_shards, "n_total": manifest.n_total},
     )
     return manifest
@@ -774,7 +654,7 @@ def shard_dataset(
     label. Several runs over the same source and root may run at once (see
     :func:`prepare_shards`).
     """
-    st = _storage(root, storage_options)
+    st = as_storage(root, storage_options)
     plan = plan_shards(
         layout,
         source,
@@ -816,10 +696,20 @@ def shard_dataset(
     return finalize_shards(plan, st, results)
 
 
+@task(name="shard-dataset", **TASK_OPTIONS)
+def shard_task(layout: str, source: str, root: str, dataset: str, images_per_shard: int,
+               layout_options: dict | None = None, progress: bool = True) -> dict[str, Any]:
+    """:func:`shard_dataset` as a Prefect task; returns the counts (not the rows)."""
+    m = shard_dataset(layout, source, root, dataset, images_per_shard, layout_options=layout_options or {},
+                      progress=progress)
+    return {"dataset": dataset, "fingerprint": m.fingerprint, "n_shards": len(m.shards), "n_total": m.n_total,
+            "n_ok": m.n_ok, "n_error": m.n_error, "written": m.written, "skipped": m.skipped}
+
+
 # ---------------------------------------------------------------------- readers
 def list_datasets(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Names of datasets completely sharded under ``root``."""
-    st = _storage(root, storage_options)
+    st = as_storage(root, storage_options)
     out = []
     for p in st.glob(f"{COMMITS_DIR}/{SHARDS_DIR}/dataset=*/dataset.json"):
         m = re.search(r"dataset=([^/]+)/dataset\.json$", p)
@@ -830,16 +720,16 @@ def list_datasets(root: str | Storage, storage_options: Mapping[str, Any] | None
 
 def read_dataset_info(root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None) -> DatasetInfo:
     """The committed metadata of ``dataset``; fails clearly when it is not completely sharded."""
-    st = _storage(root, storage_options)
-    marker = st.read_marker(dataset_key(dataset))
+    st = as_storage(root, storage_options)
+    marker = st.read_marker(marker_key(dataset_info(dataset)))
     if marker is None:
         raise FileNotFoundError(
-            f"dataset {dataset!r} is not (completely) sharded under {st.root}: no {st.marker_path(dataset_key(dataset))}; "
+            f"dataset {dataset!r} is not (completely) sharded under {st.root}: no {st.marker_path(marker_key(dataset_info(dataset)))}; "
             "run shard_dataset for it first"
         )
-    info = st.read_json(info_rel_path(dataset))
+    info = st.read_json(dataset_info(dataset))
     if info.get("fingerprint") != marker.get("fingerprint"):
-        raise RuntimeError(f"{info_rel_path(dataset)} does not match its done-marker under {st.root}; shard the dataset again")
+        raise RuntimeError(f"{dataset_info(dataset)} does not match its done-marker under {st.root}; shard the dataset again")
     return DatasetInfo.from_dict(info)
 
 
@@ -856,10 +746,10 @@ def read_shard(
     storage_options: Mapping[str, Any] | None = None,
 ) -> pa.Table:
     """One committed shard as a table (pass ``columns`` to skip the image bytes)."""
-    st = _storage(root, storage_options)
-    if not st.is_done(shard_key(dataset, index)):
+    st = as_storage(root, storage_options)
+    if not st.is_done(marker_key(shard_part(dataset, index))):
         raise FileNotFoundError(f"shard {index} of {dataset!r} is not committed under {st.root}")
-    return st.read_parquet(shard_rel_path(dataset, index), columns=columns)
+    return st.read_parquet(shard_part(dataset, index), columns=columns)
 
 
 def iter_shards(
@@ -869,28 +759,19 @@ def iter_shards(
     storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[ShardResult, pa.Table]]:
     """``(shard, table)`` for every committed shard of ``dataset``, in order."""
-    st = _storage(root, storage_options)
+    st = as_storage(root, storage_options)
     for shard in list_shards(st, dataset):
         yield shard, st.read_parquet(shard.path, columns=columns)
 
 
 __all__ = [
-    "DEFAULT_IMAGES_PER_SHARD",
-    "DEFAULT_MAX_FILE_BYTES",
-    "ERROR_STATUSES",
-    "SHARD_SCHEMA",
-    "STATUS_OK",
     "DatasetInfo",
-    "ImageCheck",
     "ShardManifest",
     "ShardPlan",
     "ShardReadError",
     "ShardResult",
     "build_row",
-    "check_image",
-    "dataset_dir",
     "finalize_shards",
-    "info_rel_path",
     "iter_shards",
     "list_datasets",
     "list_shards",
@@ -899,7 +780,6 @@ __all__ = [
     "read_dataset_info",
     "read_shard",
     "shard_dataset",
-    "shard_key",
-    "shard_rel_path",
+    "shard_task",
     "write_shard",
 ]

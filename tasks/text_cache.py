@@ -8,12 +8,11 @@ M, the prompt and the template set.
 
 Layout: ``cache/text/model=<clip>/key=<hash>/text.parquet`` with one row per
 embedding (``kind`` = description / prompt / ensemble, ``class_index``,
-``index``, ``embedding``), plus its done-marker.
+``index``, ``embedding``), plus its done-marker (paths: ``tasks.store.layout.text_cache``).
 """
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,20 +22,15 @@ import torch
 
 from abs_model import CLIPBackbone, TextBank
 from abs_model.text import imagenet_templates
+from tasks.defaults import TEMPLATE_SET_NAMES, TEMPLATES
 from tasks.evalspec import short_hash
-from tasks.schema import slug
-from tasks.storage import Storage
+from tasks.store import Storage
+from tasks.store.layout import marker_key, text_cache
+from tasks.store.tables import TEXT_SCHEMA
 
-TEXT_SCHEMA = pa.schema(
-    [
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("class_index", pa.int32(), nullable=False),
-        pa.field("index", pa.int32(), nullable=False),
-        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
-    ]
-)
-
+#: The texts of each template set named in ``tasks.defaults.TEMPLATE_SET_NAMES``.
 TEMPLATE_SETS = {"openai-imagenet": imagenet_templates, "none": lambda: []}
+assert tuple(TEMPLATE_SETS) == TEMPLATE_SET_NAMES
 
 
 @dataclass(frozen=True)
@@ -59,10 +53,6 @@ def text_key(clip: CLIPBackbone, descriptions_hash: str, classnames: list[str], 
         "clip": clip.spec.name, "weights": clip.weights_digest, "descriptions": descriptions_hash,
         "classes": classnames, "m": m, "prompt": prompt, "templates": templates,
     })
-
-
-def text_path(clip: CLIPBackbone, key: str) -> str:
-    return posixpath.join("cache", "text", f"model={slug(clip.spec.name)}", f"key={key}", "text.parquet")
 
 
 def _rows(kind: str, feats: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, list]:
@@ -90,7 +80,7 @@ def ensure_text_bank(
     *,
     m: int,
     prompt: str,
-    templates: str = "openai-imagenet",
+    templates: str = TEMPLATES,
     subset: list[int] | None = None,
     progress: bool = True,
 ) -> tuple[TextBank, TextCacheEntry]:
@@ -98,8 +88,8 @@ def ensure_text_bank(
     if templates not in TEMPLATE_SETS:
         raise ValueError(f"unknown template set {templates!r}; choose from {sorted(TEMPLATE_SETS)}")
     key = text_key(clip, descriptions_hash, list(classnames), m, prompt, templates)
-    rel = text_path(clip, key)
-    marker = f"text/{slug(clip.spec.name)}/{key}"
+    rel = text_cache(clip.spec.name, key)
+    marker = marker_key(rel)
     computed = False
     if not (storage.is_done(marker) and storage.exists(rel)):
         bank = TextBank.build(clip, classnames, [list(t) for t in texts], m=m, prompt=prompt or None,

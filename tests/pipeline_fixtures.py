@@ -19,20 +19,19 @@ import torch
 from PIL import Image
 
 from abs_model import TINY_CLIP, TINY_DINO, ABSConfig, ModelSpec
+from tasks.defaults import METHOD_ORDER
 from tasks.descriptions import validate_descriptions, write_descriptions
-from tasks.dino_cache import decode, read_dino_shard
+from tasks.dino_cache import read_dino_shard
 from tasks.evalspec import EvalSpec
 from tasks.shard import DatasetInfo, read_dataset_info, read_shard, shard_dataset
-from tasks.storage import Storage
+from tasks.store import Storage
+from tasks.store.images import decode
 
-try:
-    from dataset_fixtures import Tree
-except ImportError:  # tests/ imported as a package
-    from tests.dataset_fixtures import Tree  # type: ignore[no-redef]
+from dataset_fixtures import Tree
 
 #: Small enough for seconds per module, large enough that every code path runs.
 SMALL_ABS = ABSConfig(n_crops=6, top_k=5, n_descriptions=4)
-METHODS = ("abs", "clip", "clip-e", "cupl")
+METHODS = METHOD_ORDER
 
 
 # ---------------------------------------------------------------------- images and datasets

@@ -6,4 +6,4 @@ import sys
 if __name__ == "__main__":
     from flows.evaluate import evaluate
 
-    evaluate(**json.loads(sys.argv[1]))
+    evaluate(json.loads(sys.argv[1]))

@@ -15,20 +15,12 @@ from abs_model import TextBank, dino_attention
 from abs_model.text import imagenet_templates
 from tasks.descriptions import validate_descriptions
 from tasks.dino_cache import dino_key, dino_shard, read_dino_shard
-from tasks.schema import DINO_SCHEMA
-from tasks.storage import Storage
+from tasks.store.layout import marker_key
+from tasks.store.tables import DINO_SCHEMA
+from tasks.store import Storage
 from tasks.text_cache import ensure_text_bank, text_key
 
-try:
-    from pipeline_fixtures import count_forward, make_folder_source, prepare_dataset, shard_images, simple_descriptions
-except ImportError:  # tests/ imported as a package
-    from tests.pipeline_fixtures import (  # type: ignore[no-redef]
-        count_forward,
-        make_folder_source,
-        prepare_dataset,
-        shard_images,
-        simple_descriptions,
-    )
+from pipeline_fixtures import count_forward, make_folder_source, prepare_dataset, shard_images, simple_descriptions
 
 CLASSES = ["red fox", "blue whale", "green tree frog"]
 M = 4
@@ -66,7 +58,7 @@ def test_text_cache_hit_runs_no_text_forward_and_equals_a_fresh_build(tmp_path, 
     with count_forward(text_model) as first:
         bank1, e1 = _bank(storage, tiny_clip, desc_set)
     assert e1.computed and first[0] > 0
-    assert storage.exists(e1.path) and storage.is_done(f"text/{tiny_clip.spec.name}/{e1.key}")
+    assert storage.exists(e1.path) and storage.is_done(marker_key(e1.path))
 
     with count_forward(text_model, tiny_clip.model.token_embedding) as second:
         bank2, e2 = _bank(storage, tiny_clip, desc_set)

@@ -77,7 +77,7 @@ def _one_error_line(res) -> str:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    from conftest import demo_source
+    from common import demo_source
 
     return demo_source(tmp_path_factory, per_class=1)
 

@@ -25,32 +25,18 @@ from tasks.datasets import (
 )
 from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids, official_subset_indices
 
-try:
-    from dataset_fixtures import (
-        Tree,
-        jpeg_bytes,
-        make_class_folders,
-        make_cub,
-        make_dtd,
-        make_food101,
-        make_manifest_images,
-        make_pets,
-        make_places365,
-        put_bytes_name,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.dataset_fixtures import (  # type: ignore[no-redef]
-        Tree,
-        jpeg_bytes,
-        make_class_folders,
-        make_cub,
-        make_dtd,
-        make_food101,
-        make_manifest_images,
-        make_pets,
-        make_places365,
-        put_bytes_name,
-    )
+from dataset_fixtures import (
+    Tree,
+    jpeg_bytes,
+    make_class_folders,
+    make_cub,
+    make_dtd,
+    make_food101,
+    make_manifest_images,
+    make_pets,
+    make_places365,
+    put_bytes_name,
+)
 
 SHARED_DESCRIPTIONS = Path("/work/shared/data/descriptions/imagenet")
 

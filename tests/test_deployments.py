@@ -26,15 +26,46 @@ def test_schedules_and_pools():
         next(CronSim(cron, datetime(2026, 1, 1)))  # parses
 
 
+def _cells(dep) -> list[dict]:
+    """Every evaluation a deployment runs, as EvaluateParams fields."""
+    p = dep["parameters"]
+    if dep["entrypoint"].endswith(":evaluate"):
+        return [p["params"]]
+    return [{"root": p.get("root", "abs-output"), "deployment": p.get("deployment"), **p.get("defaults", {}), **d, **m}
+            for d in p["datasets"] for m in (p.get("models") or [{}])]
+
+
 @pytest.mark.parametrize("dep", deployments(), ids=lambda d: d["name"])
 def test_parameters_match_the_flow(dep):
     module, func = dep["entrypoint"].split(":")
     flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
     flow.validate_parameters(dep["parameters"])  # pydantic check against the flow signature
-    if func == "reevaluate":
-        from flows.evaluate import _with_defaults
 
-        p = dep["parameters"]
-        for d in p["datasets"]:
-            for m in p.get("models") or [{}]:
-                _with_defaults({**p.get("defaults", {}), **d, **m})  # every cell is a valid evaluate() call
+
+@pytest.mark.parametrize("dep", deployments(), ids=lambda d: d["name"])
+def test_every_cell_names_real_layouts_models_and_templates(dep):
+    """What would otherwise surface only when the cron run fires: a wrong layout, template,
+    model or pretrained tag, an unknown field, bad method parameters. Paths are not checked
+    (they exist on the deployment's machine, not here)."""
+    from flows.params import make_params, static_problems
+
+    cells = _cells(dep)
+    assert cells
+    for cell in cells:
+        params = make_params(**cell)  # unknown fields and wrong types fail here
+        assert static_problems(params) == [], (dep["name"], cell.get("dataset"))
+        assert params.deployment in (None, dep["name"])
+
+
+def test_a_wrong_name_in_a_deployment_is_caught():
+    from flows.params import ParameterError, make_params, static_problems
+
+    params = make_params(dataset="imagenet", layout="imagenett", clip_model="ViT-B-16", clip_pretrained="opnai",
+                         templates="none")
+    problems = static_problems(params)
+    assert any("unknown layout 'imagenett'" in p and "imagenet" in p for p in problems)
+    assert any("unknown pretrained tag 'opnai'" in p for p in problems)
+    with pytest.raises(ParameterError, match="templates"):
+        make_params(dataset="x", templates="openai")
+    with pytest.raises(ParameterError, match="unknown parameter 'datasett'"):
+        make_params(datasett="x")

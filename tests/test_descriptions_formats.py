@@ -29,8 +29,10 @@ from tasks.descriptions import (
     validate_descriptions,
     write_descriptions,
 )
-from tasks.descriptions.store import canonical_bytes, from_table, list_descriptions, set_path, to_table
-from tasks.storage import Storage
+from tasks.descriptions.store import from_table, list_descriptions, to_table
+from tasks.descriptions.validate import canonical_bytes
+from tasks.store.layout import description_set
+from tasks.store import Storage
 
 CUPL = {
     "tench": ["A tench is a fish.", "  A tench is green-olive.  ", ""],
@@ -257,7 +259,7 @@ def test_store_roundtrip_layout_and_idempotence(tmp_path, root):
     storage = Storage(str(tmp_path / "root") if root == "local" else f"memory://desc-{os.getpid()}-{id(tmp_path)}")
     ds = _small_set()
     man = write_descriptions(ds, storage, "tiny")
-    assert man.path == f"descriptions/name=tiny/descriptions={ds.content_hash[:16]}.parquet" == set_path("tiny", ds.content_hash)
+    assert man.path == f"descriptions/name=tiny/descriptions={ds.content_hash[:16]}.parquet" == description_set("tiny", ds.content_hash)
     assert storage.exists(man.path) and storage.is_done(f"descriptions/name=tiny/descriptions={ds.content_hash[:16]}")
     assert man.n_texts == 5 and man.n_classes == 3 and man.source == "cupl:f.json"
     t = storage.read_parquet(man.path)

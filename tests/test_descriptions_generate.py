@@ -31,7 +31,7 @@ from tasks.descriptions.generate import (
     progress_dir,
     run_generation,
 )
-from tasks.storage import Storage
+from tasks.store import Storage
 
 KEY_ENV = "ABS_TEST_LLM_KEY"
 SECRET = "sk-test-SECRET-0123456789"
@@ -372,24 +372,3 @@ def test_parse_and_clean_replies():
     assert clean_reply("1. A fish.") == "A fish." and clean_reply("- A fish.") == "A fish."
     with pytest.raises(DescriptionError, match="placeholder"):
         GenerationSettings(base_url="x", model="y", questions=("no placeholder",))
-
-
-def test_prefect_task_generates_for_a_sharded_dataset(server, key, tmp_path):
-    """The pipeline's task reads the class list from the sharded dataset and forwards its options."""
-    from PIL import Image
-
-    from tasks.pipeline_tasks import generate_descriptions_task
-    from tasks.shard import shard_dataset
-
-    src = tmp_path / "src"
-    for c in CLASSES:
-        (src / c).mkdir(parents=True)
-        Image.new("RGB", (8, 8)).save(src / c / "a.jpg")
-    root = str(tmp_path / "root")
-    shard_dataset("folder", str(src), root, "tiny", progress=False)
-    fake, url = server(CLASSES)
-    out = generate_descriptions_task.fn(root, "tiny", "gen", base_url=url, model="fake-llm", api_key_env=KEY_ENV,
-                                        m=5, n=2, seed=7, sleep=Sleeps())
-    back = read_descriptions(root, "gen")
-    assert out["content_hash"] == back.content_hash and back.counts == (5, 5, 5)
-    assert fake.requests == Counter({c: 3 for c in CLASSES})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import TINY_FLOW_PARAMS, demo_source
+from common import TINY_FLOW_PARAMS, demo_source
 from flow_helpers import assert_same_predictions, predictions
 
 
@@ -17,14 +17,14 @@ def first_run(prefect_server, source, tmp_path_factory):
 
     images, desc = source
     root = str(tmp_path_factory.mktemp("root-threads"))
-    out = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                   deployment="test", **TINY_FLOW_PARAMS)
+    out = evaluate(dict(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
+                   deployment="test", **TINY_FLOW_PARAMS))
     return root, out
 
 
 def test_evaluate_writes_predictions_runs_and_report(first_run):
     from tasks.catalog import run_query
-    from tasks.storage import Storage
+    from tasks.store import Storage
 
     root, out = first_run
     rows = predictions(root)
@@ -78,7 +78,7 @@ def test_flow_run_records_prefect_ids_and_readable_names(first_run):
 
     from prefect.client.orchestration import get_client
 
-    from tasks.storage import Storage
+    from tasks.store import Storage
 
     root, out = first_run
     rec = Storage(root).read_json(f"runs/run={out['run_id']}/run.json")
@@ -97,8 +97,8 @@ def test_rerun_reuses_everything(first_run, source):
 
     root, out = first_run
     images, desc = source
-    again = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                     deployment="test", **TINY_FLOW_PARAMS)
+    again = evaluate(dict(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
+                     deployment="test", **TINY_FLOW_PARAMS))
     assert again["config"] == out["config"]
     assert again["shards_computed"] == 0
     assert len(predictions(root)) == 24 * 3
@@ -110,14 +110,14 @@ def test_bad_parameters_fail_before_any_work(prefect_server, tmp_path, source):
     images, desc = source
     root = tmp_path / "never-written"
     with pytest.raises(ParameterError) as err:
-        evaluate(dataset="demo", source=str(tmp_path / "no-such-folder"), root=str(root), descriptions=desc,
-                 **{**TINY_FLOW_PARAMS, "layout": "imagenet-z", "clip_model": "ViT-Q-1"})
+        evaluate(dict(dataset="demo", source=str(tmp_path / "no-such-folder"), root=str(root), descriptions=desc,
+                 **{**TINY_FLOW_PARAMS, "layout": "imagenet-z", "clip_model": "ViT-Q-1"}))
     msg = str(err.value)
     assert "unknown layout 'imagenet-z'" in msg and "source not found" in msg and "unknown CLIP model" in msg
     assert not root.exists()
     with pytest.raises(ParameterError, match="n_crops must be >= 1"):
-        evaluate(dataset="demo", source=images, root=str(root), descriptions=desc,
-                 **{**TINY_FLOW_PARAMS, "abs_config": {"n_crops": 0}})
+        evaluate(dict(dataset="demo", source=images, root=str(root), descriptions=desc,
+                 **{**TINY_FLOW_PARAMS, "abs_config": {"n_crops": 0}}))
     assert not root.exists()
 
 
@@ -130,8 +130,8 @@ def test_cluster_runners_give_the_same_predictions(runner, extra, first_run, sou
     root_threads, out = first_run
     images, desc = source
     root = str(tmp_path / f"root-{runner}")
-    res = evaluate(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                   deployment="test", runner=runner, workers=2, report=False, **TINY_FLOW_PARAMS)
+    res = evaluate(dict(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
+                   deployment="test", runner=runner, workers=2, report=False, **TINY_FLOW_PARAMS))
     assert res["config"] == out["config"] and res["shards_computed"] == 5
     # another process computes the same predictions; floats agree within rounding
     # (worker processes may pick other matmul kernels), everything else exactly

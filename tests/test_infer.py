@@ -20,9 +20,10 @@ from abs_model import ABSClassifier, ABSConfig
 from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids, official_subset_wnids
 from tasks.descriptions import validate_descriptions, write_descriptions
 from tasks.dino_cache import dino_shard
-from tasks.infer import FEATURES_SCHEMA, features_part, infer_shard
-from tasks.pipeline import EvaluationError, build_context
-from tasks.schema import PREDICTION_SCHEMA, prediction_part
+from tasks.infer import infer_shard
+from tasks.context import EvaluationError, build_context
+from tasks.store.layout import features_part, prediction_part
+from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
 from tasks.text_cache import ensure_text_bank
 
 from flow_helpers import SCORE_ATOL, SCORE_RTOL
@@ -45,6 +46,12 @@ from pipeline_fixtures import (
 GEOMETRY = ("width", "height", "dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows")
 NUMBERS = ("pred", "pred_name", "top5", "score_true", "margin")
 IPB = 4
+
+
+def partition_of(prediction_rel: str) -> tuple[str, str, str, int]:
+    """(dataset, model, config, shard) of a prediction part path, as the layout names them."""
+    parts = dict(p.split("=", 1) for p in prediction_rel.split("/") if "=" in p)
+    return parts["dataset"], parts["model"], parts["config"], int(prediction_rel.rsplit("part-", 1)[1][:5])
 
 
 def run_infer(ctx, dino, config: str, *, run_id: str = "run-1", images_per_batch: int = IPB,
@@ -248,7 +255,7 @@ def test_keep_features_writes_crop_and_global_features(mini):
     config = f"{ctx.config_hash}-features"
     res = run_infer(ctx, mini.dino, config, keep_features=True)
     for sh, r in zip(ctx.info.shards, res):
-        table = ctx.storage.read_parquet(features_part(r.path))
+        table = ctx.storage.read_parquet(features_part(*partition_of(r.path)))
         assert table.schema.equals(FEATURES_SCHEMA, check_metadata=False)
         rows = table.to_pylist()
         img = shard_images(ctx.storage, "mini", sh.index)
@@ -269,14 +276,14 @@ def test_keep_features_on_a_committed_part_adds_them_and_keeps_the_predictions(m
     ctx = mini.ctx
     paths = [ctx.storage.path(r.path) for r in mini.results]
     before = [open(p, "rb").read() for p in paths]
-    assert not any(ctx.storage.exists(features_part(r.path)) for r in mini.results)
+    assert not any(ctx.storage.exists(features_part(*partition_of(r.path))) for r in mini.results)
     with count_forward(*clip_image_modules(ctx.clip)) as n:
         res = run_infer(ctx, mini.dino, ctx.config_hash, run_id="run-3", keep_features=True)
     assert n[0] > 0
     assert not any(r.computed for r in res)  # the predictions were committed already
     assert [open(p, "rb").read() for p in paths] == before
     for sh, r in zip(ctx.info.shards, res):
-        assert ctx.storage.read_parquet(features_part(r.path)).num_rows == sh.n_ok
+        assert ctx.storage.read_parquet(features_part(*partition_of(r.path))).num_rows == sh.n_ok
     with count_forward(*clip_image_modules(ctx.clip)) as n:  # now both are committed
         run_infer(ctx, mini.dino, ctx.config_hash, run_id="run-4", keep_features=True)
     assert n[0] == 0

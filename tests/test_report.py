@@ -19,14 +19,10 @@ import pytest
 from PIL import Image
 
 from tasks import report
-from tasks.storage import Storage
+from tasks.store import Storage
 
-try:
-    from test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, make_rows, write_dino_cache,
-                          write_part, write_run)
-except ImportError:  # pragma: no cover - when run as a package
-    from tests.test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, make_rows,  # type: ignore[no-redef]
-                                write_dino_cache, write_part, write_run)
+from test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, make_rows, write_dino_cache,
+                      write_part, write_run)
 
 
 @pytest.fixture(scope="module")

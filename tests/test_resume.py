@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TINY_FLOW_PARAMS, demo_source
+from common import TINY_FLOW_PARAMS, demo_source
 from flow_helpers import computed_by, predictions
 
 
@@ -24,7 +24,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
                   report=False, **TINY_FLOW_PARAMS)
 
     clean_root = tmp_path / "uninterrupted"
-    clean = evaluate(root=str(clean_root), **params)
+    clean = evaluate(dict(root=str(clean_root), **params))
     n_shards = clean["shards_total"]
     assert n_shards == 12
 
@@ -43,7 +43,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
     crashed_run = next(iter(computed_by(str(root))))
     crashed_parts = computed_by(str(root))[crashed_run]
 
-    resumed = evaluate(root=str(root), **params)
+    resumed = evaluate(dict(root=str(root), **params))
     assert resumed["config"] == clean["config"]
     assert resumed["shards_computed"] == n_shards - killed_at  # nothing committed was recomputed
     by_run = computed_by(str(root))
@@ -55,7 +55,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
     keys = [(r[3], r[4]) for r in got]
     assert len(keys) == len(set(keys)) == 24 * 3
 
-    from tasks.storage import Storage
+    from tasks.store import Storage
 
     records = {p.parent.name: json.loads(p.read_text()) for p in (root / "runs").glob("run=*/run.json")}
     assert records[f"run={crashed_run}"]["status"] == "running"  # as written: the process could not say more
@@ -65,7 +65,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
 
     # status tells the truth per run: the killed one is interrupted (its pid is gone),
     # the resumed one says what it computed and what it reused
-    from tasks.progress import run_progress
+    from tasks.runs import run_progress
 
     prog = {r["run_id"]: r for r in run_progress(str(root))}
     assert prog[crashed_run]["status"] == "interrupted"

@@ -17,10 +17,6 @@ import pytest
 
 from tasks.datasets import DatasetSizeWarning, LayoutError, SingleClassWarning, layout_classes, load_source
 from tasks.shard import (
-    SHARD_SCHEMA,
-    check_image,
-    dataset_key,
-    info_rel_path,
     iter_shards,
     list_datasets,
     list_shards,
@@ -29,42 +25,27 @@ from tasks.shard import (
     read_dataset_info,
     read_shard,
     shard_dataset,
-    shard_key,
-    shard_rel_path,
     write_shard,
 )
-from tasks.storage import Storage
+from tasks.store import COMMITS_DIR, Storage
+from tasks.store.images import check_image
+from tasks.store.layout import dataset_dir, dataset_info, marker_key, shard_part
+from tasks.store.tables import SHARD_SCHEMA
 
-try:
-    from dataset_fixtures import (
-        Tree,
-        jpeg_bytes,
-        make_bad_folder,
-        make_class_folders,
-        make_cub,
-        make_dtd,
-        make_food101,
-        make_pets,
-        make_places365,
-        png_bytes,
-        png_header_bomb,
-        put_bytes_name,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.dataset_fixtures import (  # type: ignore[no-redef]
-        Tree,
-        jpeg_bytes,
-        make_bad_folder,
-        make_class_folders,
-        make_cub,
-        make_dtd,
-        make_food101,
-        make_pets,
-        make_places365,
-        png_bytes,
-        png_header_bomb,
-        put_bytes_name,
-    )
+from dataset_fixtures import (
+    Tree,
+    jpeg_bytes,
+    make_bad_folder,
+    make_class_folders,
+    make_cub,
+    make_dtd,
+    make_food101,
+    make_pets,
+    make_places365,
+    png_bytes,
+    png_header_bomb,
+    put_bytes_name,
+)
 
 
 class Crash(RuntimeError):
@@ -164,17 +145,17 @@ def test_interrupted_run_resumes_with_only_missing_shards(tmp_path):
 
     st = Storage(root)
     visible = st.glob("shards/dataset=d/*")
-    assert visible == [st.path(shard_rel_path("d", 0)), st.path(shard_rel_path("d", 1))]
+    assert visible == [st.path(shard_part("d", 0)), st.path(shard_part("d", 1))]
     assert not st.glob("_tmp/*")
     with pytest.raises(FileNotFoundError, match="not \\(completely\\) sharded"):
         list_shards(root, "d")
-    first = {i: (st.fs.cat_file(st.path(shard_rel_path("d", i))), st.read_marker(f"shards/dataset=d/part-{i:05d}")) for i in (0, 1)}
+    first = {i: (st.fs.cat_file(st.path(shard_part("d", i))), st.read_marker(marker_key(shard_part("d", i)))) for i in (0, 1)}
 
     m = shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False)
     assert m.skipped == [0, 1] and m.written == [2, 3]
     for i in (0, 1):  # untouched: same bytes, same marker
-        assert st.fs.cat_file(st.path(shard_rel_path("d", i))) == first[i][0]
-        assert st.read_marker(f"shards/dataset=d/part-{i:05d}") == first[i][1]
+        assert st.fs.cat_file(st.path(shard_part("d", i))) == first[i][0]
+        assert st.read_marker(marker_key(shard_part("d", i))) == first[i][1]
     rows = all_rows(root, "d")
     assert sorted(r["image_id"] for r in rows) == sorted(files) and len(rows) == 11
     assert [s.n_total for s in list_shards(root, "d")] == [3, 3, 3, 2]
@@ -197,7 +178,7 @@ def test_crash_inside_a_shard_leaves_nothing_visible(tmp_path):
     with pytest.raises(Crash):
         write_shard(plan, 0, root, on_image=crash_on_second_image)
     st = Storage(root)
-    assert not st.exists(shard_rel_path("d", 0)) and not st.is_done("shards/dataset=d/part-00000")
+    assert not st.exists(shard_part("d", 0)) and not st.is_done(marker_key(shard_part("d", 0)))
 
 
 def test_missing_marker_rewrites_only_that_shard(tmp_path):
@@ -220,7 +201,7 @@ def test_changed_source_or_shard_size_replaces_stale_shards(tmp_path):
     assert second.fingerprint != first.fingerprint and second.written == [0, 1, 2]
     st = Storage(root)
     assert len(st.glob("shards/dataset=d/part-*.parquet")) == 3
-    assert len(st.glob("_commits/shards/dataset=d/part-*.json")) == 3
+    assert len(st.glob(f"{COMMITS_DIR}/{dataset_dir('d')}/part-*.json")) == 3
     assert len(all_rows(root, "d")) == 9
 
     Tree(src).put("a/new.jpg", jpeg_bytes(99))  # the download grew
@@ -331,10 +312,10 @@ def test_dataset_json_is_committed_next_to_shards(tmp_path):
     make_images(src, 3)
     m = shard_dataset("folder", src, root, "d", images_per_shard=2, progress=False)
     st = Storage(root)
-    raw = st.read_json(info_rel_path("d"))
+    raw = st.read_json(dataset_info("d"))
     assert raw["classnames"] == ["a", "b", "c"] and raw["layout"] == "folder" and raw["source"] == src
     assert raw["fingerprint"] == m.fingerprint and raw["n_total"] == 3 and raw["n_shards"] == 2
-    assert [s["path"] for s in raw["shards"]] == [shard_rel_path("d", 0), shard_rel_path("d", 1)]
+    assert [s["path"] for s in raw["shards"]] == [shard_part("d", 0), shard_part("d", 1)]
     assert isinstance(read_shard(root, "d", 0), pa.Table)
 
 
@@ -438,7 +419,7 @@ def shard_files(root: str, dataset: str) -> dict[str, bytes]:
 
 def markers(root: str, dataset: str) -> dict[str, dict]:
     st = Storage(root)
-    return {Path(p).name: st.read_json(p.removeprefix(st.root_path + "/")) for p in st.glob(f"_commits/shards/dataset={dataset}/part-*.json")}
+    return {Path(p).name: st.read_json(p.removeprefix(st.root_path + "/")) for p in st.glob(f"{COMMITS_DIR}/{dataset_dir(dataset)}/part-*.json")}
 
 
 class PausingStorage(Storage):
@@ -473,7 +454,7 @@ def test_second_run_does_not_delete_a_part_moved_into_place_but_not_yet_marked(t
     st_a = PausingStorage(root)
 
     def a_before_mark(key):
-        if key == shard_key("d", 2):  # part 2 is in place, its marker not yet written
+        if key == marker_key(shard_part("d", 2)):  # part 2 is in place, its marker not yet written
             a_paused.set()
             assert b_prepared.wait(60), "run B never got past prepare_shards"
 
@@ -557,22 +538,22 @@ def test_prepare_keeps_unmarked_parts_and_write_shard_replaces_them(tmp_path):
     make_images(src, 5)
     plan = plan_shards("folder", src, "d", images_per_shard=2)
     st = Storage(root)
-    st.write_bytes(shard_rel_path("d", 1), b"an unmarked part: in flight or stale")
-    st.write_bytes(shard_rel_path("d", 7), b"beyond the plan")
-    st.write_json(st.marker_path(shard_key("d", 7)), {"fingerprint": plan.fingerprint})
-    st.write_bytes(shard_rel_path("d", 2), b"another fingerprint's part")
-    st.write_json(st.marker_path(shard_key("d", 2)), {"fingerprint": "other"})
-    st.write_json(info_rel_path("d"), {"fingerprint": "other"})
-    st.write_json(st.marker_path(dataset_key("d")), {"fingerprint": "other"})
+    st.write_bytes(shard_part("d", 1), b"an unmarked part: in flight or stale")
+    st.write_bytes(shard_part("d", 7), b"beyond the plan")
+    st.write_json(st.marker_path(marker_key(shard_part("d", 7))), {"fingerprint": plan.fingerprint})
+    st.write_bytes(shard_part("d", 2), b"another fingerprint's part")
+    st.write_json(st.marker_path(marker_key(shard_part("d", 2))), {"fingerprint": "other"})
+    st.write_json(dataset_info("d"), {"fingerprint": "other"})
+    st.write_json(st.marker_path(marker_key(dataset_info("d"))), {"fingerprint": "other"})
 
     removed = prepare_shards(plan, st)
     assert sorted(removed) == sorted([
-        st.marker_path(dataset_key("d")), info_rel_path("d"),
-        st.marker_path(shard_key("d", 2)),
-        st.marker_path(shard_key("d", 7)), shard_rel_path("d", 7),
+        st.marker_path(marker_key(dataset_info("d"))), dataset_info("d"),
+        st.marker_path(marker_key(shard_part("d", 2))),
+        st.marker_path(marker_key(shard_part("d", 7))), shard_part("d", 7),
     ])  # fmt: skip
-    assert st.fs.cat_file(st.path(shard_rel_path("d", 1))) == b"an unmarked part: in flight or stale"
-    assert st.exists(shard_rel_path("d", 2)) and not st.is_done(shard_key("d", 2))  # rewritten below, not deleted
+    assert st.fs.cat_file(st.path(shard_part("d", 1))) == b"an unmarked part: in flight or stale"
+    assert st.exists(shard_part("d", 2)) and not st.is_done(marker_key(shard_part("d", 2)))  # rewritten below, not deleted
     assert prepare_shards(plan, st) == []  # idempotent: a second run's prepare removes nothing
 
     res = write_shard(plan, 1, st)
@@ -584,5 +565,5 @@ def test_prepare_keeps_unmarked_parts_and_write_shard_replaces_them(tmp_path):
     assert len(all_rows(root, "d")) == 5
 
     forced = prepare_shards(plan, st, force=True)  # markers go, part files within the plan stay
-    assert sorted(forced) == sorted([st.marker_path(dataset_key("d")), info_rel_path("d"), *(st.marker_path(shard_key("d", i)) for i in range(3))])
+    assert sorted(forced) == sorted([st.marker_path(marker_key(dataset_info("d"))), dataset_info("d"), *(st.marker_path(marker_key(shard_part("d", i))) for i in range(3))])
     assert sorted(shard_files(root, "d")) == [f"part-{i:05d}.parquet" for i in range(3)]

@@ -38,9 +38,9 @@ import pytest
 from PIL import Image
 
 from tasks import catalog
-from tasks.schema import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA, dino_part, prediction_part, run_record_json, run_record_parquet
-from tasks.shard import SHARD_SCHEMA, shard_rel_path
-from tasks.storage import Storage
+from tasks.store.layout import dino_part, prediction_part, run_record_json, run_record_parquet, shard_part
+from tasks.store.tables import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA, SHARD_SCHEMA
+from tasks.store import Storage
 
 DATASET = "toy"
 MODEL = "ViT-B-16_openai"
@@ -224,7 +224,7 @@ def write_shards(st: Storage) -> None:
                     "n_bytes": len(data),
                 }
             )
-        st.write_parquet(shard_rel_path(DATASET, shard), pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
+        st.write_parquet(shard_part(DATASET, shard), pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
     st.write_json(f"shards/dataset={DATASET}/dataset.json", {"dataset": DATASET, "classnames": CLASSES})
 
 

@@ -6,8 +6,8 @@
   at most M per class, a report of what was dropped, short or shared).
 - ``generate``: ask an OpenAI-compatible chat endpoint, resumable per class.
 - ``store``: Parquet under ``<root>/descriptions/name=<name>/`` with a content hash.
-Their Prefect tasks live with the pipeline's other tasks in ``tasks/pipeline_tasks.py``
-(so these plain functions do not pull Prefect in).
+The evaluation's descriptions step (and its Prefect task) is ``tasks/describe.py``,
+so these plain functions do not pull Prefect in.
 """
 
 from .formats import (

@@ -49,10 +49,11 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
-from tasks.storage import Storage
+from tasks.store import Storage, as_storage
+from tasks.store.layout import generation_dir
 
 from .formats import DescriptionError, RawDescriptions, readable
-from .store import as_storage, set_dir, write_descriptions
+from .store import check_name, write_descriptions
 from .validate import DEFAULT_M, DescriptionSet, validate_descriptions
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ class ChatClient:
 
 # ------------------------------------------------------------------ progress files
 def progress_dir(name: str, settings: GenerationSettings) -> str:
-    return posixpath.join(set_dir(name), "_generation", f"settings={settings.fingerprint()[:16]}")
+    return generation_dir(check_name(name), settings.fingerprint())
 
 
 def _class_file(pdir: str, classname: str) -> str:

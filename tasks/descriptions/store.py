@@ -29,7 +29,6 @@ its hash (runs record the hash, not the name).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import re
@@ -39,30 +38,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.storage import Storage
+from tasks.store import COMMITS_DIR, Storage, as_storage
+from tasks.store.layout import SHORT_HASH, description_latest, description_set, description_set_dir, marker_key
+from tasks.store.tables import DESCRIPTIONS_SCHEMA
 
 from .formats import DescriptionError
-from .validate import DescriptionSet
+from .validate import HASH_VERSION, DescriptionSet
 
-DESCRIPTIONS_DIR = "descriptions"
 META_KEY = b"abs.descriptions"
-HASH_VERSION = 1
-SHORT_HASH = 16
-SCHEMA = pa.schema(
-    [
-        ("class_index", pa.int32()),
-        ("class_name", pa.string()),
-        ("index", pa.int32()),
-        ("text", pa.string()),
-        ("source", pa.string()),
-    ]
-)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def as_storage(root: str | Storage) -> Storage:
-    """Accept a ``Storage`` or a root URL (the plain functions take either)."""
-    return root if isinstance(root, Storage) else Storage(root)
 
 
 def check_name(name: str) -> str:
@@ -74,28 +60,17 @@ def check_name(name: str) -> str:
     return name
 
 
-def canonical_bytes(classnames: tuple[str, ...] | list[str], texts: Any) -> bytes:
-    """The bytes the content hash is taken over: compact UTF-8 JSON of [[name, [texts]], ...]."""
-    doc = {"v": HASH_VERSION, "classes": [[str(n), [str(t) for t in ts]] for n, ts in zip(classnames, texts)]}
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def content_hash(ds: DescriptionSet) -> str:
     """sha256 hex of ``canonical_bytes`` (class names in label order and their texts)."""
-    return hashlib.sha256(canonical_bytes(ds.classnames, ds.texts)).hexdigest()
+    return ds.content_hash
 
 
-def set_dir(name: str) -> str:
-    return posixpath.join(DESCRIPTIONS_DIR, f"name={check_name(name)}")
 
 
-def set_path(name: str, digest: str) -> str:
-    """Relative path of the Parquet file of set ``name`` with content hash ``digest``."""
-    return posixpath.join(set_dir(name), f"descriptions={digest[:SHORT_HASH]}.parquet")
 
 
-def marker_key(name: str, digest: str) -> str:
-    return posixpath.join(set_dir(name), f"descriptions={digest[:SHORT_HASH]}")
 
 
 @dataclass(frozen=True)
@@ -149,7 +124,7 @@ def to_table(ds: DescriptionSet) -> pa.Table:
         pa.array(tx, pa.string()),
         pa.array([ds.source] * len(tx), pa.string()),
     ]
-    schema = SCHEMA.with_metadata({META_KEY: json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode()})
+    schema = DESCRIPTIONS_SCHEMA.with_metadata({META_KEY: json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode()})
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -200,8 +175,8 @@ def write_descriptions(ds: DescriptionSet, root: str | Storage, name: str) -> De
     """
     storage = as_storage(root)
     digest = ds.content_hash
-    rel = set_path(name, digest)
-    key = marker_key(name, digest)
+    rel = description_set(check_name(name), digest)
+    key = marker_key(description_set(name, digest))
     existing = storage.read_marker(key)
     if existing is not None and storage.exists(rel):
         manifest = DescriptionManifest(**{k: existing[k] for k in DescriptionManifest.__dataclass_fields__})
@@ -220,7 +195,7 @@ def write_descriptions(ds: DescriptionSet, root: str | Storage, name: str) -> De
             provenance=ds.provenance,
         )
         storage.mark_done(key, {**manifest.to_dict(), "committed_at": time.time()})
-    storage.write_json(posixpath.join(set_dir(name), "latest.json"), {"content_hash": digest, "path": rel})
+    storage.write_json(description_latest(check_name(name)), {"content_hash": digest, "path": rel})
     return manifest
 
 
@@ -228,7 +203,7 @@ def list_descriptions(root: str | Storage, name: str) -> list[str]:
     """Content hashes (full) of the committed sets under ``name``."""
     storage = as_storage(root)
     out = []
-    for p in storage.glob(posixpath.join("_commits", set_dir(name), "descriptions=*.json")):
+    for p in storage.glob(posixpath.join(COMMITS_DIR, description_set_dir(check_name(name)), "descriptions=*.json")):
         rel = posixpath.relpath(p, storage.root_path)
         out.append(storage.read_json(rel)["content_hash"])
     return sorted(out)
@@ -238,7 +213,7 @@ def read_descriptions(root: str | Storage, name: str, content_hash: str | None =
     """Read set ``name`` (the latest written, or the one whose hash starts with ``content_hash``)."""
     storage = as_storage(root)
     if content_hash is None:
-        latest = posixpath.join(set_dir(name), "latest.json")
+        latest = description_latest(check_name(name))
         if not storage.exists(latest):
             raise DescriptionError(
                 f"no descriptions named {name!r} under {storage.root}; import or generate them first"
@@ -247,8 +222,8 @@ def read_descriptions(root: str | Storage, name: str, content_hash: str | None =
     assert content_hash is not None
     if len(content_hash) < SHORT_HASH:
         raise DescriptionError(f"give at least {SHORT_HASH} hex digits of the content hash, got {content_hash!r}")
-    rel = set_path(name, content_hash)
-    if not storage.is_done(marker_key(name, content_hash)) or not storage.exists(rel):
+    rel = description_set(check_name(name), content_hash)
+    if not storage.is_done(marker_key(description_set(name, content_hash))) or not storage.exists(rel):
         raise DescriptionError(f"descriptions {name!r} with hash {content_hash[:SHORT_HASH]} are not committed under {storage.root}")
     ds = from_table(storage.read_parquet(rel))
     if not ds.content_hash.startswith(content_hash):
@@ -258,14 +233,10 @@ def read_descriptions(root: str | Storage, name: str, content_hash: str | None =
 
 __all__ = [
     "DescriptionManifest",
-    "SCHEMA",
-    "as_storage",
-    "canonical_bytes",
     "content_hash",
     "from_table",
     "list_descriptions",
     "read_descriptions",
-    "set_path",
     "to_table",
     "write_descriptions",
 ]

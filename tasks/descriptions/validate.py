@@ -24,12 +24,16 @@ model cannot separate them and their scores tie.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from tasks.defaults import N_DESCRIPTIONS
+
 from .formats import DescriptionError, RawDescriptions
 
-DEFAULT_M = 50
+DEFAULT_M = N_DESCRIPTIONS  # M of the paper (tasks.defaults)
 
 
 class MissingClassesError(DescriptionError):
@@ -46,6 +50,19 @@ class MissingClassesError(DescriptionError):
 def normalize_name(name: str) -> str:
     """Key for lenient matching: casefolded, ``_`` and ``-`` as spaces, spaces collapsed."""
     return " ".join(name.replace("_", " ").replace("-", " ").casefold().split())
+
+
+#: Version of the canonical form below; bump it only if that form changes.
+HASH_VERSION = 1
+
+
+def canonical_bytes(classnames: Sequence[str], texts: Any) -> bytes:
+    """The bytes a description set's content hash is taken over: compact UTF-8 JSON of
+    ``[[name, [texts]], ...]`` in label order. Why only this: the same sentences imported
+    from a file or generated again share one hash (and one embedding cache); any change
+    to a sentence, the order, M or the class list gives a new one."""
+    doc = {"v": HASH_VERSION, "classes": [[str(n), [str(t) for t in ts]] for n, ts in zip(classnames, texts)]}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -96,10 +113,8 @@ class DescriptionSet:
 
     @property
     def content_hash(self) -> str:
-        """sha256 (hex) of the canonical content; see ``store.content_hash``."""
-        from .store import content_hash
-
-        return content_hash(self)
+        """sha256 (hex) of the canonical content (:func:`canonical_bytes`)."""
+        return hashlib.sha256(canonical_bytes(self.classnames, self.texts)).hexdigest()
 
     def report(self) -> dict[str, Any]:
         """A small JSON-able summary (for manifests, run records and the CLI)."""
@@ -318,6 +333,7 @@ def import_descriptions(
 
 
 __all__ = [
+    "canonical_bytes",
     "DEFAULT_M",
     "DescriptionError",
     "DescriptionSet",

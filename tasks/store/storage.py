@@ -14,6 +14,7 @@ import io
 import json
 import posixpath
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,3 +109,28 @@ class Storage:
         if not self.is_done(key):
             return None
         return self.read_json(self.marker_path(key))
+
+    @property
+    def is_local(self) -> bool:
+        """A folder on this machine (not memory://, s3:// ...)."""
+        return self.protocol in LOCAL_PROTOCOLS
+
+
+#: fsspec protocol names of the local filesystem.
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+def as_storage(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> Storage:
+    """A ``Storage`` for ``root`` (a root URL, or a ``Storage`` returned as is).
+
+    Every plain function of the pipeline takes either, so callers pass what they have.
+    """
+    return root if isinstance(root, Storage) else Storage(root, dict(storage_options or {}))
+
+
+def is_local(fs: Any) -> bool:
+    """Whether an fsspec filesystem (or a ``Storage``) is the local one."""
+    if isinstance(fs, Storage):
+        return fs.is_local
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in LOCAL_PROTOCOLS

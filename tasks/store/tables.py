@@ -1,13 +1,59 @@
-"""Arrow schemas and storage paths of the pipeline's tables, in one place.
+"""Every Arrow schema the pipeline writes, in one place (paths: ``tasks.store.layout``).
 
-Why one module: the inference task writes these tables, ``sql/`` reads them, and
-tests build them by hand; a column renamed here is renamed for all three. Paths
-use hive partitions (``key=value`` folders) so DuckDB exposes them as columns.
+Why one module: the task modules write these tables, ``sql/`` reads them, and
+tests build them by hand; a column renamed here is renamed for all three.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+
+# ---------------------------------------------------------------- shards (one row per image)
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("class_name", pa.string()),
+        pa.field("image", pa.binary()),  # original encoded bytes; null when unreadable
+        pa.field("sha256", pa.string()),  # of the bytes read; null when none were
+        pa.field("width", pa.int32()),  # as stored (before EXIF rotation); null when unknown
+        pa.field("height", pa.int32()),
+        pa.field("source", pa.string(), nullable=False),  # path in the source layout
+        pa.field("status", pa.string(), nullable=False),  # 'ok' or one of tasks.store.images.ERROR_STATUSES
+        pa.field("error", pa.string()),  # why, for error rows; null for ok rows
+        pa.field("format", pa.string()),  # Pillow format (JPEG, PNG, ...)
+        pa.field("mode", pa.string()),  # Pillow mode (RGB, CMYK, I;16, P, L, ...)
+        pa.field("n_bytes", pa.int64()),  # file size
+    ]
+)
+
+# ---------------------------------------------------------------- descriptions (one row per label x text)
+DESCRIPTIONS_SCHEMA = pa.schema(
+    [
+        ("class_index", pa.int32()),  # label
+        ("class_name", pa.string()),
+        ("index", pa.int32()),  # position within the class, 0..count-1
+        ("text", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+# ---------------------------------------------------------------- text-embedding cache
+TEXT_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # descriptions, prompt, template
+        pa.field("class_index", pa.int32(), nullable=False),
+        pa.field("index", pa.int32(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+# ---------------------------------------------------------------- crop features (keep_features)
+FEATURES_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("crop_features", pa.list_(pa.list_(pa.float32()))),  # raw crops, then feature crops
+    pa.field("global_feature", pa.list_(pa.float32())),
+])
 
 # ---------------------------------------------------------------- predictions
 PREDICTION_SCHEMA = pa.schema(
@@ -36,19 +82,6 @@ PREDICTION_SCHEMA = pa.schema(
 )
 
 
-def slug(text: str) -> str:
-    """A partition-safe spelling of a model or dataset name (``ViT-B-16/openai`` -> ``ViT-B-16_openai``)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
-def predictions_dir(dataset: str, model: str, config: str) -> str:
-    return f"predictions/dataset={slug(dataset)}/model={slug(model)}/config={config}"
-
-
-def prediction_part(dataset: str, model: str, config: str, shard: int) -> str:
-    return f"{predictions_dir(dataset, model, config)}/part-{shard:05d}.parquet"
-
-
 # ---------------------------------------------------------------- DINO attention cache
 DINO_SCHEMA = pa.schema(
     [
@@ -60,23 +93,6 @@ DINO_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
-
-
-def dino_dir(model: str, key: str, dataset: str) -> str:
-    """``key`` hashes the DINO weights digest and the preprocessing (see tasks.dino_cache)."""
-    return f"cache/dino/model={slug(model)}/key={key}/dataset={slug(dataset)}"
-
-
-def dino_part(model: str, key: str, dataset: str, shard: int) -> str:
-    return f"{dino_dir(model, key, dataset)}/part-{shard:05d}.parquet"
-
-
-def run_record_json(run_id: str) -> str:
-    return f"runs/run={run_id}/run.json"
-
-
-def run_record_parquet(run_id: str) -> str:
-    return f"runs/run={run_id}/run.parquet"
 
 
 # ---------------------------------------------------------------- run records (one row per run)

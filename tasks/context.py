@@ -12,17 +12,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from prefect import task
+
 from abs_model import ABSClassifier, CLIPBackbone, DINOBackbone, TextBank
-from tasks import models
+from tasks import process_cache
+from tasks.defaults import DINO_GRID, IMAGES_PER_BATCH_CPU, IMAGES_PER_BATCH_CUDA
 from tasks.descriptions import DescriptionError, DescriptionSet, read_descriptions
-from tasks.evalspec import EvalSpec, short_hash
+from tasks.evalspec import EvalSpec, EvaluationError, short_hash
+from tasks.retries import GPU_TAG, TASK_OPTIONS
 from tasks.shard import DatasetInfo, read_dataset_info
-from tasks.storage import Storage
+from tasks.store import Storage, as_storage
 from tasks.text_cache import TextCacheEntry, ensure_text_bank
 
-
-class EvaluationError(RuntimeError):
-    """A problem with the job itself (not one image): fail fast with what to do."""
+__all__ = ["EvalContext", "EvaluationError", "build_context", "prepare_task", "resolve"]
 
 
 @dataclass
@@ -43,7 +45,7 @@ class EvalContext:
     def images_per_batch(self) -> int:
         if self.spec.images_per_batch:
             return self.spec.images_per_batch
-        return 64 if self.classifier.device.type == "cuda" else 4
+        return IMAGES_PER_BATCH_CUDA if self.classifier.device.type == "cuda" else IMAGES_PER_BATCH_CPU
 
 
 def _check_descriptions(ds: DescriptionSet, info: DatasetInfo, name: str) -> None:
@@ -59,7 +61,7 @@ def _check_descriptions(ds: DescriptionSet, info: DatasetInfo, name: str) -> Non
 
 
 def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -> EvalContext:
-    storage = root if isinstance(root, Storage) else Storage(root)
+    storage = as_storage(root)
     try:
         info = read_dataset_info(storage, spec.dataset)
     except FileNotFoundError as exc:
@@ -69,10 +71,11 @@ def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -
     except DescriptionError as exc:
         raise EvaluationError(f"{exc} (pass a description file with --descriptions, or `abs-eval describe`)") from exc
     _check_descriptions(ds, info, spec.descriptions)
-    clip = models.get_clip(spec.clip, spec.device)
-    dino = models.get_dino(spec.dino, spec.device)
-    if dino.grid != 14:
-        raise EvaluationError(f"DINO model {spec.dino.name} has a {dino.grid}x{dino.grid} grid; ABS expects 14x14")
+    clip = process_cache.get_clip(spec.clip, spec.device)
+    dino = process_cache.get_dino(spec.dino, spec.device)
+    if dino.grid != DINO_GRID:
+        raise EvaluationError(f"DINO model {spec.dino.name} has a {dino.grid}x{dino.grid} grid; "
+                              f"ABS expects {DINO_GRID}x{DINO_GRID}")
     subset = list(info.subset_indices) if info.subset_indices is not None else None
     bank, entry = ensure_text_bank(
         storage, clip, list(info.text_classnames), ds.texts, ds.content_hash,
@@ -96,12 +99,25 @@ def resolve(root: str, spec: EvalSpec | dict, expect_config: str | None = None, 
     if isinstance(spec, dict):
         spec = EvalSpec.from_dict(spec)
     key = ("eval-context", root, json.dumps(spec.to_dict(), sort_keys=True, default=str))
-    ctx = models.cached(key, lambda: build_context(root, spec, progress))
+    ctx = process_cache.cached(key, lambda: build_context(root, spec, progress))
     if expect_config is not None and ctx.config_hash != expect_config:
         ctx = build_context(root, spec, progress)
-        models.replace(key, ctx)
+        process_cache.replace(key, ctx)
         if ctx.config_hash != expect_config:
             raise EvaluationError(
                 f"inputs changed during the run: config {ctx.config_hash} here, {expect_config} in the flow"
             )
     return ctx
+
+
+@task(name="prepare-evaluation", tags=[GPU_TAG], **TASK_OPTIONS)
+def prepare_task(root: str, spec: dict) -> dict[str, Any]:
+    """Load models, build (or reuse) the text-embedding cache, compute the config hash."""
+    ctx = resolve(root, spec, progress=True)
+    return {
+        "config_hash": ctx.config_hash, "numbers": ctx.numbers, "text": ctx.text_entry.to_dict(),
+        "fingerprint": ctx.info.fingerprint, "shards": [s.index for s in ctx.info.shards],
+        "clip_digest": ctx.clip.weights_digest, "dino_digest": ctx.dino.weights_digest,
+        "descriptions_hash": ctx.descriptions.content_hash, "model": ctx.spec.model_name,
+        "random_weights": ctx.clip.is_random or ctx.dino.is_random,
+    }

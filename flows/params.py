@@ -1,0 +1,233 @@
+"""The parameters of one evaluation: one typed object for the CLI, the flow, the deployments and the checks.
+
+Why one pydantic model: ``abs-eval run`` builds it from its options, the
+``evaluate`` flow takes it (Prefect validates it and renders it as a form in its
+UI), ``prefect.yaml`` deployments and ``reevaluate`` cells are its fields as
+YAML, and :func:`check` turns it into the :class:`tasks.evalspec.EvalSpec` the
+tasks run. A new option is one field here (plus its CLI flag); its default comes
+from ``tasks.defaults``.
+
+Checks come in three depths, all before any image or model is touched:
+:func:`static_problems` (names only: layout, templates, models, pretrained tags,
+method parameters; what the deployment test runs over ``prefect.yaml``),
+:func:`check` (adds the paths), :func:`preflight` (adds the dataset's class list:
+descriptions that do not fit, a one-class dataset).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from abs_model import ABSConfig, ModelSpec
+from flows.runners import RUNNERS
+from tasks import defaults
+from tasks.evalspec import EvalSpec
+from tasks.store.layout import is_valid_name
+
+
+class ParameterError(ValueError):
+    """A parameter of the job is wrong; raised before any work starts, with what to do."""
+
+
+class EvaluateParams(BaseModel):
+    """One dataset x CLIP model x method config. Defaults: ``tasks.defaults`` and the ABS paper."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="Name to store the dataset under (letters, digits, '.', '_', '-').")
+    source: str | None = Field(None, description="The dataset as downloaded (any fsspec URL); None reuses its shards.")
+    layout: str = Field("folder", description="How `source` is laid out (`abs-eval layouts`).")
+    layout_options: dict[str, Any] = Field(default_factory=dict, description="Options of the layout, e.g. split.")
+    root: str = Field(defaults.ROOT, description="Storage root: a folder or any fsspec URL.")
+    clip_model: str = Field(defaults.CLIP_MODEL, description="open_clip ViT name.")
+    clip_pretrained: str | None = Field(defaults.CLIP_PRETRAINED,
+                                        description="open_clip tag, checkpoint path, or None for random weights.")
+    dino_model: str = Field(defaults.DINO_MODEL, description="timm DINO ViT name.")
+    dino_pretrained: str | None = Field(defaults.DINO_PRETRAINED,
+                                        description="'timm', a checkpoint path, or None for random weights.")
+    descriptions: str | None = Field(None, description="Description file to import; None uses the stored set.")
+    descriptions_name: str | None = Field(None, description="Stored description set (default: the dataset name).")
+    descriptions_format: str = Field("auto", description="auto, cupl, nested, attributes or templates.")
+    descriptions_key: str | None = Field(None, description="Dataset key inside a nested description file.")
+    abs_config: dict[str, Any] = Field(default_factory=dict,
+                                       description="Overrides of the ABS parameters (alpha, beta, top_k, n_crops, "
+                                                   "n_descriptions, tau, tau_sample, seed, ...).")
+    prompt: str = Field(defaults.PROMPT, description="Prompt of the plain CLIP baseline.")
+    templates: Literal["openai-imagenet", "none"] = Field(defaults.TEMPLATES, description="Template set of clip-e.")
+    images_per_shard: int = Field(defaults.IMAGES_PER_SHARD, ge=1, description="Images per Parquet shard.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    images_per_batch: int | None = Field(None, ge=1, description="Images per model batch (default by device).")
+    keep_features: bool = Field(False, description="Also store crop features.")
+    compile: bool = Field(False, description="torch.compile the CLIP trunk (long runs).")
+    deployment: str | None = Field(None, description="Label runs are compared by (default: the Prefect deployment, "
+                                                     "else 'manual').")
+    runner: Literal["threads", "dask", "ray"] = Field("threads", description="Where shard tasks run.")
+    workers: int = Field(1, ge=1, description="Parallel shard tasks.")
+    report: bool = Field(True, description="Write the report and publish the artifacts.")
+    allow_single_class: bool = Field(False, description="Evaluate a dataset whose images all have one label.")
+
+
+assert set(EvaluateParams.model_fields["runner"].annotation.__args__) == set(RUNNERS)
+assert set(EvaluateParams.model_fields["templates"].annotation.__args__) == set(defaults.TEMPLATE_SET_NAMES)
+
+
+def make_params(**values: Any) -> EvaluateParams:
+    """``EvaluateParams(**values)`` with pydantic's errors as one :class:`ParameterError` line each."""
+    try:
+        return EvaluateParams(**values)
+    except ValidationError as exc:
+        raise ParameterError(_problems_text([_pydantic_problem(e) for e in exc.errors()])) from None
+
+
+def _pydantic_problem(err: dict[str, Any]) -> str:
+    where = ".".join(str(x) for x in err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        known = ", ".join(EvaluateParams.model_fields)
+        near = difflib.get_close_matches(where, list(EvaluateParams.model_fields), n=1)
+        return f"unknown parameter {where!r}" + (f" (did you mean {near[0]!r}?)" if near else f"; known: {known}")
+    return f"{where}: {err.get('msg')} (got {err.get('input')!r})"
+
+
+def _problems_text(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems with the job:\n  - " + "\n  - ".join(problems)
+
+
+def _exists(url: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def _is_path(p: str) -> bool:
+    return "/" in p or os.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def abs_config(params: EvaluateParams) -> ABSConfig:
+    """The paper's ABS parameters with the job's overrides (``ValueError`` names a bad one)."""
+    return ABSConfig.from_dict({**defaults.ABS.to_dict(), **params.abs_config})
+
+
+def static_problems(params: EvaluateParams) -> list[str]:
+    """Every problem visible from the names alone (no file is read)."""
+    from tasks.datasets import list_layouts
+
+    problems = []
+    if not is_valid_name(params.dataset):
+        problems.append(f"dataset name {params.dataset!r}: use letters, digits, '.', '_' or '-'")
+    if params.layout not in list_layouts():
+        near = difflib.get_close_matches(params.layout, list_layouts(), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        problems.append(f"unknown layout {params.layout!r}{hint}; known layouts: {', '.join(list_layouts())}")
+    try:
+        abs_config(params)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"abs_config: {exc}")
+    problems += _model_problems(params.clip_model, params.clip_pretrained, params.dino_model, params.dino_pretrained)
+    return problems
+
+
+def _model_problems(clip_model: str, clip_pretrained: str | None, dino_model: str,
+                    dino_pretrained: str | None) -> list[str]:
+    import open_clip
+    import timm
+
+    from abs_model.model_configs import dino_configs, register_clip_configs
+
+    out = []
+    register_clip_configs()
+    clip_models = open_clip.list_models()
+    if clip_model not in clip_models:
+        near = difflib.get_close_matches(clip_model, clip_models, n=3)
+        out.append(f"unknown CLIP model {clip_model!r}" + (f" (did you mean {', '.join(near)}?)" if near else
+                                                           " (open_clip names such as ViT-B-16, `abs-eval models`)"))
+    if dino_model not in dino_configs() and not timm.is_model(dino_model.split(".")[0]):
+        out.append(f"unknown DINO model {dino_model!r} (timm names such as vit_base_patch16_224.dino)")
+    if clip_pretrained and not _is_path(clip_pretrained) and clip_model in clip_models:
+        tags = open_clip.list_pretrained_tags_by_model(clip_model)
+        if clip_pretrained not in tags:
+            near = difflib.get_close_matches(clip_pretrained, tags, n=3, cutoff=0.3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            out.append(f"unknown pretrained tag {clip_pretrained!r} for {clip_model}: its tags are "
+                       f"{', '.join(tags) or 'none (use a checkpoint path or random)'}{hint}")
+    if dino_pretrained and not _is_path(dino_pretrained) and dino_pretrained != "timm":
+        out.append(f"dino_pretrained {dino_pretrained!r}: use 'timm' (the hub weights of the timm name), "
+                   "a checkpoint path, or random")
+    return out
+
+
+def check(params: EvaluateParams) -> EvalSpec:
+    """Every check that needs no model and no image; returns the evaluation the tasks run."""
+    problems = static_problems(params)
+    if params.source is not None and not _exists(params.source):
+        problems.append(f"dataset source not found: {params.source}")
+    if params.descriptions and not _exists(params.descriptions):
+        problems.append(f"descriptions file not found: {params.descriptions}")
+    for what, p in (("clip_pretrained", params.clip_pretrained), ("dino_pretrained", params.dino_pretrained)):
+        if p and _is_path(p) and not os.path.exists(p):
+            problems.append(f"{what}: checkpoint file not found: {p}")
+    if problems:
+        raise ParameterError(_problems_text(problems))
+    return EvalSpec(
+        dataset=params.dataset, clip=ModelSpec(params.clip_model, params.clip_pretrained),
+        dino=ModelSpec(params.dino_model, params.dino_pretrained),
+        descriptions=params.descriptions_name or params.dataset, abs=abs_config(params), prompt=params.prompt,
+        templates=params.templates, device=params.device, precision=params.precision,
+        images_per_batch=params.images_per_batch, keep_features=params.keep_features, compile=params.compile,
+    )
+
+
+def preflight(params: EvaluateParams) -> EvalSpec:
+    """:func:`check`, then the checks that need the dataset's class list (no image, no model).
+
+    With a ``source``: list it through its layout (file names and index files only)
+    and check the description file against its classes, so descriptions made for
+    another class list fail before 50,000 images are sharded. Without one: the
+    dataset must already be sharded under the root, and the stored description set
+    must fit it. A dataset whose images all carry one label is refused unless
+    ``allow_single_class`` (every method scores 100% there, which tells nothing).
+    """
+    from tasks.datasets import LayoutError, load_source
+    from tasks.descriptions import DescriptionError, import_descriptions, read_descriptions
+    from tasks.shard import read_dataset_info
+
+    spec = check(params)
+    if params.source is not None:
+        try:
+            src = load_source(params.layout, params.source, **params.layout_options)
+        except (LayoutError, ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+            raise ParameterError(f"{params.layout} layout at {params.source}: {exc}") from None
+        text_classnames = list(src.text_classnames or src.classnames)
+        single = src.n_classes_present == 1
+    else:
+        try:
+            info = read_dataset_info(params.root, spec.dataset)
+        except FileNotFoundError:
+            raise ParameterError(f"dataset {spec.dataset!r} is not sharded under {params.root}: pass --source "
+                                 "(and --layout) to shard it") from None
+        text_classnames = list(info.text_classnames)
+        single = False  # checked (and warned about) when it was sharded
+    try:
+        if params.descriptions:
+            import_descriptions(params.descriptions, text_classnames, format=params.descriptions_format,
+                                dataset_key=params.descriptions_key, m=spec.abs.n_descriptions)
+        else:
+            stored = read_descriptions(params.root, spec.descriptions)
+            if list(stored.classnames) != text_classnames:
+                raise DescriptionError(
+                    f"stored description set {spec.descriptions!r} has {len(stored.classnames)} classes, the dataset "
+                    f"{len(text_classnames)}: pass the description file for this dataset with --descriptions")
+    except DescriptionError as exc:
+        raise ParameterError(f"descriptions: {exc}") from None
+    if single and not params.allow_single_class:
+        raise ParameterError(
+            f"every image of {spec.dataset!r} has the same label: every method scores 100% on a one-class dataset. "
+            "Point --source at the folder holding all class folders, or pass --allow-single-class.")
+    return spec

@@ -1,0 +1,49 @@
+"""Every default of the pipeline, named once.
+
+Why one module: a default written in the CLI, the flow, the deployments and a
+task drifts the day one of them changes. The method's own numbers (alpha, beta,
+K, N, M, temperatures, the prompt, the method list) are the paper's and live
+with the method in ``abs_model``; they are re-exported here so the pipeline reads
+every default from this one place.
+"""
+
+from __future__ import annotations
+
+import os
+
+from abs_model import METHODS, ABSConfig
+from abs_model.text import DEFAULT_PROMPT
+
+#: Storage root when none is given (env ``ABS_EVAL_ROOT``).
+ROOT = os.environ.get("ABS_EVAL_ROOT", "abs-output")
+#: Where ``abs-eval demo`` writes.
+DEMO_ROOT = "abs-output/demo"
+#: Images per Parquet shard: the unit of resume and of distribution.
+IMAGES_PER_SHARD = 1000
+#: Files larger than this are not stored (an error row says so); raise it for huge TIFFs.
+MAX_FILE_BYTES = 128 * 2**20
+#: Images per model batch when not given: CPU, CUDA.
+IMAGES_PER_BATCH_CPU = 4
+IMAGES_PER_BATCH_CUDA = 64
+#: Images per DINO batch in the attention cache.
+DINO_BATCH = 32
+
+#: The method's defaults (ABS paper, ICML 2025).
+ABS = ABSConfig()
+#: M: descriptions per class.
+N_DESCRIPTIONS = ABS.n_descriptions
+#: The plain CLIP baseline's prompt.
+PROMPT = DEFAULT_PROMPT
+#: The template sets of the CLIP-E baseline, by name (tasks.text_cache.TEMPLATE_SETS holds the texts).
+TEMPLATE_SET_NAMES = ("openai-imagenet", "none")
+TEMPLATES = "openai-imagenet"
+#: Methods in the order tables and plots show them.
+METHOD_ORDER = METHODS
+#: ABS expects DINO's 14 x 14 patch grid (ViT-*/16 at 224 px).
+DINO_GRID = 14
+
+#: Models of a real run when none are given.
+CLIP_MODEL, CLIP_PRETRAINED = "ViT-B-16", "openai"
+DINO_MODEL, DINO_PRETRAINED = "vit_base_patch16_224.dino", "timm"
+#: The shipped tiny random-weight models (demo, tests).
+TINY_CLIP_MODEL, TINY_DINO_MODEL = "abs-tiny-vit-b16", "abs-tiny-dino-vit-b16"

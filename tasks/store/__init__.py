@@ -1,0 +1,14 @@
+"""The storage contract: where every table lives, what columns it has, how it is committed.
+
+- ``storage``: :class:`Storage`, one root on any fsspec filesystem with atomic commits,
+  and :func:`as_storage`, the one coercion of a root URL into a ``Storage``.
+- ``layout``: every relative path and done-marker key under a root.
+- ``tables``: every Arrow schema the pipeline writes.
+- ``images``: how image bytes are checked and decoded, and the status codes of bad ones.
+
+Nothing here knows about datasets, models or Prefect; everything else builds on it.
+"""
+
+from tasks.store.storage import COMMITS_DIR, TMP_DIR, Storage, as_storage, is_local
+
+__all__ = ["COMMITS_DIR", "TMP_DIR", "Storage", "as_storage", "is_local"]

@@ -1,0 +1,155 @@
+"""Image bytes: how they are checked when sharded, decoded for the models, and what a bad one is.
+
+Why one module: sharding checks every image once with a full decode and records
+a status for the bad ones; the DINO cache and inference decode the same bytes
+again (in threads, off the critical path) and must agree on what a failure is
+called. Every status an error row can carry is listed in :data:`ERROR_STATUSES`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+
+# ---------------------------------------------------------------- statuses
+STATUS_OK = "ok"
+STATUS_MISSING = "missing"  # listed by the layout, not found
+STATUS_UNREADABLE = "unreadable"  # permission denied, FIFO, broken link, I/O error
+STATUS_EMPTY = "empty"  # zero-byte file
+STATUS_TOO_LARGE = "too_large"  # over max_file_bytes, bytes not stored
+STATUS_NOT_IMAGE = "not_image"  # Pillow does not recognise the bytes
+STATUS_TRUNCATED = "truncated"  # header fine, data ends early
+STATUS_BOMB = "decompression_bomb"  # more pixels than the limit
+STATUS_DECODE_ERROR = "decode_error"  # any other decoder failure (also: decodable at shard time, not later)
+STATUS_MISSING_DINO = "missing_dino"  # ok at shard time, but no DINO attention was cached for it
+ERROR_STATUSES = (
+    STATUS_MISSING,
+    STATUS_UNREADABLE,
+    STATUS_EMPTY,
+    STATUS_TOO_LARGE,
+    STATUS_NOT_IMAGE,
+    STATUS_TRUNCATED,
+    STATUS_BOMB,
+    STATUS_DECODE_ERROR,
+    STATUS_MISSING_DINO,
+)
+
+
+# ---------------------------------------------------------------- checking bytes (sharding)
+@dataclass(frozen=True)
+class ImageCheck:
+    """Outcome of opening and fully decoding one file's bytes."""
+
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    mode: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+
+def pixel_limit(max_image_pixels: int | None = None) -> int | None:
+    """The decompression-bomb limit in force: the caller's, else Pillow's current one."""
+    return Image.MAX_IMAGE_PIXELS if max_image_pixels is None else int(max_image_pixels)
+
+
+def check_image(data: bytes, max_image_pixels: int | None = None) -> ImageCheck:
+    """Open and decode ``data`` once with Pillow; never raises for bad bytes.
+
+    ``max_image_pixels`` defaults to Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``,
+    89,478,485 unless changed). Anything above it is an error row: Pillow itself
+    only *warns* between one and two times its limit and raises above, and a
+    pipeline must not decode a bomb just because the warning went to a log. A
+    caller may pass a lower limit; Pillow still refuses images over twice its
+    process-wide limit, and those rows say so too.
+    """
+    if not data:
+        return ImageCheck(STATUS_EMPTY, "zero-byte file")
+    limit = pixel_limit(max_image_pixels)
+    width = height = fmt = mode = None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            fmt, mode = im.format, im.mode
+            if limit is not None and width * height > limit:
+                return ImageCheck(
+                    STATUS_BOMB,
+                    f"{width}x{height} = {width * height} pixels exceeds the limit of {limit} (decompression-bomb protection)",
+                    width,
+                    height,
+                    fmt,
+                    mode,
+                )
+            if width < 1 or height < 1:
+                return ImageCheck(STATUS_DECODE_ERROR, f"zero-size image {width}x{height}", width, height, fmt, mode)
+            im.load()
+    except Image.DecompressionBombError as e:
+        return ImageCheck(STATUS_BOMB, f"DecompressionBombError: {e}", width, height, fmt, mode)
+    except UnidentifiedImageError:
+        return ImageCheck(STATUS_NOT_IMAGE, f"not a recognised image format (starts with {data[:16]!r})")
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncation as OSError("image file is truncated ...") or
+        # "Truncated File Read"; other corruptions come as OSError/SyntaxError.
+        kind = STATUS_TRUNCATED if "truncated" in str(e).lower() or isinstance(e, EOFError) else STATUS_DECODE_ERROR
+        return ImageCheck(kind, f"{type(e).__name__}: {e}", width, height, fmt, mode)
+    except Exception as e:  # a decoder bug must not stop the shard either
+        return ImageCheck(STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}", width, height, fmt, mode)
+    return ImageCheck(STATUS_OK, None, width, height, fmt, mode)
+
+
+# ---------------------------------------------------------------- decoding (models)
+def decode(data: bytes) -> Image.Image:
+    """Open and fully decode image bytes (the shard step already checked them once)."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def _decode_or_error(data: bytes) -> Image.Image | Exception:
+    try:
+        return decode(data)
+    except Exception as exc:  # decodable at shard time but not now: the caller records it
+        return exc
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
+        return _POOL
+
+
+def iter_decoded(images: pa.ChunkedArray, indices: list[int], batch: int) -> Iterator[list[tuple[int, Any]]]:
+    """Decoded images of ``indices`` in batches: ``[(index, PIL image or the exception)]``.
+
+    Why threads and prefetch: JPEG decoding releases the GIL, so a pool decodes a
+    batch in parallel while the model works on the previous one; on a GPU that
+    keeps the device fed. Only two batches are ever held decoded, not the shard.
+    """
+    chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
+
+    def submit(chunk: list[int]) -> list[Future]:
+        return [_pool().submit(_decode_or_error, images[i].as_py()) for i in chunk]
+
+    pending = submit(chunks[0]) if chunks else []
+    for k, chunk in enumerate(chunks):
+        done = [f.result() for f in pending]
+        pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+        yield list(zip(chunk, done))
