@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,60 @@ class ABSConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _freeze(value: Any) -> Any:
+    """Nested containers made immutable: mappings -> ``FrozenDict``, lists/tuples -> tuples, sets -> frozensets."""
+    if isinstance(value, Mapping):
+        return value if type(value) is FrozenDict else FrozenDict(value)
+    if isinstance(value, (list, tuple)) and not hasattr(type(value), "_fields"):  # NamedTuples stay as they are
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """The inverse of ``_freeze`` for mappings: plain (nested) dicts, e.g. for ``to_dict``."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple) and not hasattr(type(value), "_fields"):
+        return tuple(_thaw(v) for v in value)
+    return value
+
+
+class FrozenDict(dict):
+    """An immutable, hashable ``dict`` with value semantics.
+
+    A ``dict`` subclass, so ``json.dumps``, ``dict(...)``, ``**kwargs`` and
+    ``dataclasses.asdict`` treat it exactly like the plain dict it was built from
+    (same JSON text). Nested dicts / lists / sets are frozen too (to ``FrozenDict``
+    / tuples / frozensets), so the hash cannot go stale. Equal contents compare and
+    hash equal, also against a plain dict with the same items (``==`` only: plain
+    dicts are unhashable).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__((k, _freeze(v)) for k, v in dict(*args, **kwargs).items())
+
+    def _immutable(self, *args: Any, **kwargs: Any):
+        raise TypeError("FrozenDict is immutable (ModelSpec.extra): build a new one, e.g. {**old, key: value}")
+
+    __setitem__ = __delitem__ = __ior__ = _immutable
+    clear = pop = popitem = setdefault = update = _immutable
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self):
+        # pickle / copy would otherwise refill the dict through the blocked __setitem__
+        return (type(self), (dict(self),))
+
+    @classmethod
+    def fromkeys(cls, keys, value=None) -> "FrozenDict":  # type: ignore[override]
+        return cls(dict.fromkeys(keys, value))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Which weights to load for one backbone.
@@ -78,12 +134,37 @@ class ModelSpec:
     (``vit_base_patch16_224.dino``). ``pretrained`` is an open_clip pretrained tag
     (``openai``), the literal ``"timm"`` for timm's own hub weights, a local
     checkpoint path, or ``None`` / ``"random"`` for random initialisation (tests and
-    offline demos; announced loudly).
+    offline demos; announced loudly). ``extra``: further keyword arguments for the
+    model factory (open_clip's ``create_model`` / timm's ``create_model``).
+
+    Hashable with value semantics (usable as a dict key; equal specs hash equal):
+    ``extra`` may be passed as any mapping and is stored as a ``FrozenDict`` -- an
+    immutable dict subclass, so ``dict(spec.extra)``, ``**spec.extra``,
+    ``json.dumps(spec.extra)`` and ``dataclasses.asdict(spec)`` work and read as
+    before (nested lists inside ``extra`` become tuples).
     """
 
     name: str
     pretrained: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=FrozenDict)
+
+    def __post_init__(self) -> None:
+        extra = {} if self.extra is None else self.extra
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"ModelSpec.extra must be a mapping of keyword arguments, got {type(extra).__name__}")
+        object.__setattr__(self, "extra", extra if type(extra) is FrozenDict else FrozenDict(extra))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (``extra`` as a plain dict); ``from_dict`` inverts it."""
+        return {"name": self.name, "pretrained": self.pretrained, "extra": _thaw(self.extra)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelSpec fields: {sorted(unknown)}")
+        return cls(**d)
 
     @property
     def is_random(self) -> bool:

@@ -10,8 +10,14 @@ the standard pipelines:
   ImageNet mean/std -- as the authors' DINO image processor does.
 
 Pixels are float in [0, 1]; like PIL on 8-bit images, each resampling pass is
-clamped and rounded to 8 bits, so views match PIL's up to rare one-level
-differences (tested).
+clamped and rounded to 8 bits, horizontal pass first. The resized pixels equal
+Pillow <= 12's ``Image.resize`` (``reducing_gap=None``) bit for bit -- the
+authors' environment -- for every image and crop shape (tested against an
+independent reimplementation of Pillow's fixed-point resampling). Pillow 13
+picks the pass order by cost and resizes vertically first for some shapes (tall
+images, portrait crops being downscaled); with Pillow 13, ``img.resize`` then
+differs from these views by a few levels (1-4 on natural images) in about one
+value in four. The order here stays horizontal-first whatever Pillow is installed.
 """
 
 from __future__ import annotations
@@ -67,7 +73,11 @@ def limit_size(x: Tensor, max_side: int) -> Tensor:
 
 
 def resize_whole(x: Tensor, nh: int, nw: int, kernel: str) -> Tensor:
-    """The whole ``[3, H, W]`` image resized to ``[3, nh, nw]`` as PIL's ``resize`` does."""
+    """The whole ``[3, H, W]`` image resized to ``[3, nh, nw]`` as Pillow <= 12's ``resize`` does.
+
+    Horizontal pass first (Pillow 13's ``resize`` may run the vertical pass first
+    and differ by a few levels; see the module docstring).
+    """
     _, h, w = x.shape
     zero = torch.zeros(1, dtype=torch.long, device=x.device)
     ry = aa_matrix(zero, zero + h, zero + nh, zero, nh, h, kernel, pil_fixed=True)
@@ -82,7 +92,11 @@ def normalize(x: Tensor, mean, std) -> Tensor:
 
 
 def clip_views(x: Tensor, boxes: Tensor, size: int, mean, std) -> Tensor:
-    """CLIP inputs ``[N, 3, size, size]`` for boxes ``[N, 4]`` (x0, y0, x1, y1) of ``x [3, H, W]``."""
+    """CLIP inputs ``[N, 3, size, size]`` for boxes ``[N, 4]`` (x0, y0, x1, y1) of ``x [3, H, W]``.
+
+    Each view equals open_clip's ``preprocess(img.crop(box))`` under Pillow <= 12
+    (horizontal-first resize); see the module docstring for Pillow 13.
+    """
     _, h, w = x.shape
     boxes = boxes.to(x.device)
     x0, y0, x1, y1 = boxes.unbind(1)
@@ -100,5 +114,6 @@ def full_box(x: Tensor) -> Tensor:
 
 
 def dino_view(x: Tensor, size: int, mean, std) -> Tensor:
-    """DINO input ``[3, size, size]``: the whole image resized without cropping."""
+    """DINO input ``[3, size, size]``: the whole image resized without cropping (bilinear,
+    horizontal pass first as in Pillow <= 12)."""
     return normalize(resize_whole(x, size, size, "bilinear"), mean, std)

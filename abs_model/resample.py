@@ -11,6 +11,13 @@ The weights reproduce the kernels used by the reference pipelines:
 * ``aa_matrix`` -- antialiased resampling as in PIL's ``Image.resize`` and
   ``F.interpolate(..., antialias=True)``: the filter support grows with the
   downscale factor (bicubic uses a = -0.5, bilinear the triangle filter).
+  With ``apply_separable(..., pil_rounding=True)`` the result equals Pillow <= 12's
+  8-bit ``Image.resize`` (``reducing_gap=None``) exactly: horizontal pass first,
+  rounded to 8 bits, then the vertical pass. Pillow 13 chooses the pass order by
+  cost and runs the vertical pass first for some shapes (e.g. downscaling tall
+  images or portrait crops); there ``img.resize`` differs from these pixels by a
+  few levels in roughly one value in four. The order here is fixed to
+  horizontal-first, as in the method authors' environment.
 * ``bicubic_matrix`` -- ``F.interpolate(mode="bicubic", align_corners=False)``
   without antialiasing (a = -0.75, indices clamped at the border); used for the
   feature-space windows, which are only ever upscaled.
@@ -150,11 +157,16 @@ def apply_separable(x: Tensor, ry: Tensor, rx: Tensor, pil_rounding: bool = Fals
     larger spatial axis is contracted first (cheaper) and nothing is rounded.
 
     With ``pil_rounding`` (``x`` holds 8-bit levels scaled to [0, 1], and ``ry`` /
-    ``rx`` come from ``aa_matrix(..., pil_fixed=True)``) the arithmetic is PIL's for
-    8-bit images: weights in 22-bit fixed point (rounded half away from zero), the
-    horizontal pass first, each pass rounded and clamped to 0..255. Done
-    in float64, where those integer products are exact, this gives PIL's pixels
-    exactly, so crops match the authors' PIL pipeline bit for bit.
+    ``rx`` come from ``aa_matrix(..., pil_fixed=True)``) the arithmetic is Pillow's
+    ``ImagingResample`` for 8-bit images: weights in 22-bit fixed point (rounded
+    half away from zero), always the horizontal pass first into an 8-bit
+    intermediate, then the vertical pass, each rounded and clamped to 0..255. Done
+    in float64, where those integer products are exact, this equals Pillow <= 12's
+    ``Image.resize`` (bicubic / bilinear, ``reducing_gap=None``) bit for bit --
+    the authors' pipeline. Pillow >= 13 runs the vertical pass first when that is
+    cheaper (e.g. downscaling tall images or portrait crops), so with Pillow 13
+    ``img.resize`` may differ from these pixels by a few levels for such shapes;
+    the horizontal-first order here does not depend on the installed Pillow.
     """
     if x.dim() == 3:
         x = x.unsqueeze(0)
@@ -181,7 +193,10 @@ def _pil_pass(acc: Tensor) -> Tensor:
 
 
 def _pil_separable(x: Tensor, ry: Tensor, rx: Tensor) -> Tensor:
-    """``x [1, C, H, W]`` -> ``[n, C, h, w]``: one GEMM for all horizontal passes, one bmm after."""
+    """``x [1, C, H, W]`` -> ``[n, C, h, w]``: one GEMM for all horizontal passes, one bmm after.
+
+    Horizontal first, as Pillow <= 12 does for every shape (see ``apply_separable``).
+    """
     if x.shape[0] != 1:
         return torch.cat([_pil_separable(x[k : k + 1], ry, rx) for k in range(x.shape[0])])
     _, c, h, w = x.shape

@@ -27,7 +27,7 @@ def imagenet_templates() -> list[Callable[[str], str]]:
 
 def _mean_normalised(features: Tensor, mask: Tensor) -> Tensor:
     """Masked mean over axis 1 of ``[C, M, D]``, renormalised."""
-    w = mask.to(features.dtype).unsqueeze(-1)
+    w = mask.to(device=features.device, dtype=features.dtype).unsqueeze(-1)
     mean = (features * w).sum(1) / w.sum(1).clamp(min=1)
     return torch.nn.functional.normalize(mean, dim=-1)
 
@@ -37,7 +37,7 @@ class TextBank:
     """Class-side features for one class list and one CLIP model."""
 
     classnames: list[str]
-    descriptions: Tensor  # [C, M, D] L2-normalised; padded rows are ignored
+    descriptions: Tensor  # [C, M, D] L2-normalised, in the encoder's dtype; padded rows are ignored
     mask: Tensor  # [C, M] bool
     prompt: Tensor | None = None  # [C, D] ``clip`` baseline
     ensemble: Tensor | None = None  # [C, D] ``clip-e`` baseline
@@ -81,6 +81,8 @@ class TextBank:
         ``descriptions[c]`` are used as written (no template), first ``m`` kept.
         ``templates``: callables or ``{}``-strings for ``clip-e`` (default: the 80
         OpenAI ImageNet templates); pass ``[]`` to skip ``clip-e``.
+        Every feature keeps the dtype and device ``clip.encode_text`` returns
+        (float64 for a float64 model, float32 otherwise).
         """
         classnames = list(classnames)
         if len(descriptions) != len(classnames):
@@ -90,8 +92,10 @@ class TextBank:
         flat = [d for k in kept for d in k]
         enc = clip.encode_text(flat, batch_size=batch_size, progress=progress)
         dim = enc.shape[1]
-        feats = torch.zeros(len(classnames), width, dim)
-        mask = torch.zeros(len(classnames), width, dtype=torch.bool)
+        # Buffers take the dtype and device of the features they hold: a float64 model
+        # keeps float64 description features (exactness checks), not a float32 copy.
+        feats = torch.zeros(len(classnames), width, dim, dtype=enc.dtype, device=enc.device)
+        mask = torch.zeros(len(classnames), width, dtype=torch.bool, device=enc.device)
         pos = 0
         for ci, k in enumerate(kept):
             feats[ci, : len(k)] = enc[pos : pos + len(k)]
@@ -106,5 +110,5 @@ class TextBank:
             fill = [t if callable(t) else t.format for t in templates]
             texts = [f(c) for c in classnames for f in fill]
             t = clip.encode_text(texts, batch_size=batch_size, progress=progress).view(len(classnames), len(fill), dim)
-            ens = _mean_normalised(t, torch.ones(t.shape[:2], dtype=torch.bool))
+            ens = _mean_normalised(t, torch.ones(t.shape[:2], dtype=torch.bool, device=t.device))
         return cls(classnames, feats, mask, prompt_f, ens, list(subset) if subset is not None else None)

@@ -178,7 +178,11 @@ def describe_import(
     m: int = typer.Option(defaults.N_DESCRIPTIONS, help="Keep at most M descriptions per class."),
 ) -> None:
     """Import descriptions, validate them against the dataset's classes, and store them."""
-    from tasks.descriptions import DescriptionError, import_descriptions, write_descriptions
+    from tasks.descriptions import (
+        DescriptionError,
+        import_descriptions,
+        write_descriptions,
+    )
     from tasks.shard import read_dataset_info
 
     try:

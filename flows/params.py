@@ -195,7 +195,11 @@ def preflight(params: EvaluateParams) -> EvalSpec:
     ``allow_single_class`` (every method scores 100% there, which tells nothing).
     """
     from tasks.datasets import LayoutError, load_source
-    from tasks.descriptions import DescriptionError, import_descriptions, read_descriptions
+    from tasks.descriptions import (
+        DescriptionError,
+        import_descriptions,
+        read_descriptions,
+    )
     from tasks.shard import read_dataset_info
 
     spec = check(params)

@@ -8,7 +8,6 @@ a Ray actor; ``resolve`` turns them into the heavy objects once per process.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +97,7 @@ def resolve(root: str, spec: EvalSpec | dict, expect_config: str | None = None, 
     """
     if isinstance(spec, dict):
         spec = EvalSpec.from_dict(spec)
-    key = ("eval-context", root, json.dumps(spec.to_dict(), sort_keys=True, default=str))
+    key = ("eval-context", root, spec)  # EvalSpec hashes by value (frozen, hashable fields)
     ctx = process_cache.cached(key, lambda: build_context(root, spec, progress))
     if expect_config is not None and ctx.config_hash != expect_config:
         ctx = build_context(root, spec, progress)

@@ -12,7 +12,11 @@ from typing import Any
 from prefect import task
 
 from tasks.defaults import N_DESCRIPTIONS
-from tasks.descriptions import import_descriptions, read_descriptions, write_descriptions
+from tasks.descriptions import (
+    import_descriptions,
+    read_descriptions,
+    write_descriptions,
+)
 from tasks.retries import TASK_OPTIONS
 from tasks.shard import read_dataset_info
 

@@ -33,6 +33,7 @@ from tasks.store.images import STATUS_DECODE_ERROR, iter_decoded
 from tasks.store.layout import dino_part, marker_key
 from tasks.store.tables import DINO_SCHEMA
 
+
 def dino_key(dino: DINOBackbone, max_image_side: int) -> str:
     n = dino.norm
     return short_hash({"weights": dino.weights_digest, "size": n.size, "mean": n.mean, "std": n.std,

@@ -29,7 +29,12 @@ from tasks.retries import GPU_TAG, TASK_OPTIONS
 from tasks.shard import read_shard
 from tasks.store import Storage
 from tasks.store.images import STATUS_DECODE_ERROR, STATUS_MISSING_DINO, iter_decoded
-from tasks.store.layout import features_part, marker_key, prediction_part, predictions_dir
+from tasks.store.layout import (
+    features_part,
+    marker_key,
+    prediction_part,
+    predictions_dir,
+)
 from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
 
 

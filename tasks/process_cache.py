@@ -8,7 +8,6 @@ a lock, so threads of one worker share one copy.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -21,13 +20,9 @@ _LOCK = threading.RLock()  # re-entrant: a cached build may load models itself
 _CACHE: dict[tuple, Any] = {}
 
 
-def _key(kind: str, spec: ModelSpec, device: torch.device) -> tuple:
-    return (kind, spec.name, spec.pretrained, json.dumps(spec.extra, sort_keys=True), str(device))
-
-
 def _get(kind: str, spec: ModelSpec, device: str | torch.device | None, loader) -> Any:
     dev = resolve_device(device)
-    return cached(_key(kind, spec, dev), lambda: loader(spec, dev))
+    return cached((kind, spec, str(dev)), lambda: loader(spec, dev))  # ModelSpec hashes by value
 
 
 def get_clip(spec: ModelSpec, device: str | torch.device | None = None) -> CLIPBackbone:

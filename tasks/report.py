@@ -39,8 +39,8 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import posixpath
 import re
-import platform
 import socket
 import threading
 import uuid
@@ -31,7 +31,12 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.store import COMMITS_DIR, Storage, as_storage
-from tasks.store.layout import predictions_dir, run_record_json, run_record_parquet, slug
+from tasks.store.layout import (
+    predictions_dir,
+    run_record_json,
+    run_record_parquet,
+    slug,
+)
 from tasks.store.tables import RUN_SCHEMA
 
 _PACKAGES = ("abs-eval", "torch", "torchvision", "open_clip_torch", "timm", "prefect", "duckdb", "pyarrow", "fsspec", "pillow")

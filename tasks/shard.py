@@ -7,7 +7,7 @@ decoded becomes a row with ``status`` and ``error`` instead of stopping the
 shard or disappearing; decodable oddities (CMYK, 16-bit, palette, grayscale,
 1x1) stay ``ok`` and are converted to RGB later, at model input.
 
-Storage layout under the root (all writes go through :class:`tasks.storage.Storage`)::
+Storage layout under the root (all writes go through :class:`tasks.store.Storage`; paths: ``tasks.store.layout``)::
 
     shards/dataset=<ds>/part-00000.parquet          rows, schema SHARD_SCHEMA
     shards/dataset=<ds>/dataset.json                classes, text classes, subset indices,
@@ -59,10 +59,19 @@ from PIL import ImageFile
 from prefect import task
 from tqdm.auto import tqdm
 
-from tasks.datasets import DatasetSource, Entry, LayoutError, SingleClassWarning, escape_undecodable, load_source
-from tasks.datasets.base import display, warn_user
+from tasks.datasets import (
+    DatasetSource,
+    Entry,
+    LayoutError,
+    SingleClassWarning,
+    escape_undecodable,
+    load_source,
+)
+from tasks.datasets.base import EntryReadError, update_with_entries
+from tasks.datasets.listing import display, warn_user
 from tasks.defaults import IMAGES_PER_SHARD as DEFAULT_IMAGES_PER_SHARD
 from tasks.defaults import MAX_FILE_BYTES as DEFAULT_MAX_FILE_BYTES
+from tasks.retries import TASK_OPTIONS
 from tasks.store import COMMITS_DIR, Storage, as_storage, is_local
 from tasks.store.images import (
     STATUS_MISSING,
@@ -72,8 +81,14 @@ from tasks.store.images import (
     check_image,
     pixel_limit,
 )
-from tasks.store.layout import SHARDS_DIR, dataset_dir, dataset_info, marker_key, shard_part
-from tasks.retries import TASK_OPTIONS
+from tasks.store.layout import (
+    SHARDS_DIR,
+    dataset_dir,
+    dataset_info,
+    is_valid_name,
+    marker_key,
+    shard_part,
+)
 from tasks.store.tables import SHARD_SCHEMA
 
 SCHEMA_VERSION = 1
@@ -92,7 +107,6 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     "write_statistics": ["image_id", "label", "width", "height", "status"],
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _now() -> str:
@@ -111,7 +125,12 @@ _ROW_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, PermissionErr
 
 
 def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None, retries: int = 2) -> tuple[bytes | None, str | None, str | None]:
-    """``(bytes, None, None)`` or ``(None, status, error)`` for one entry."""
+    """``(bytes, None, None)`` or ``(None, status, error)`` for one entry.
+
+    The bytes come from ``source.read_entry_bytes`` (a whole file for most
+    layouts; a tar member or a Parquet row for others); an
+    :class:`~tasks.datasets.base.EntryReadError` it raises is an error row as is.
+    """
     fs, path = source.resolve(entry)
     if entry.regular is False:
         return None, STATUS_UNREADABLE, f"not a regular file (FIFO, socket or broken link): {display(fs, path)}"
@@ -123,7 +142,9 @@ def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None,
         try:
             if entry.regular is None and local and fs.info(path).get("type") != "file":
                 return None, STATUS_UNREADABLE, f"not a regular file: {display(fs, path)}"
-            return fs.cat_file(path), None, None
+            return source.read_entry_bytes(entry), None, None
+        except EntryReadError as e:
+            return None, e.status, str(e)
         except FileNotFoundError:
             return None, STATUS_MISSING, f"file not found: {display(fs, path)}"
         except _ROW_ERRORS as e:
@@ -267,8 +288,7 @@ class ShardPlan:
 
     def shard_digest(self, index: int) -> str:
         h = hashlib.sha256()
-        for e in self.entries(index):
-            h.update(json.dumps([e.image_id, e.path, e.label, e.size]).encode() + b"\n")
+        update_with_entries(h, self.entries(index))
         return h.hexdigest()
 
 
@@ -355,7 +375,7 @@ class DatasetInfo:
 
 
 def _check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not is_valid_name(name):
         raise ValueError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a path and a hive value)")
     return name
 

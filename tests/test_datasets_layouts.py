@@ -70,7 +70,7 @@ def assert_matches(ds, mini) -> None:
 def test_registry_lists_every_layout():
     assert set(list_layouts()) == {
         "imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r",
-        "cub", "pets", "dtd", "food101", "places365", "folder", "manifest",
+        "cub", "pets", "dtd", "food101", "places365", "folder", "manifest", "webdataset", "hf-parquet",
     }  # fmt: skip
     assert get_layout("oxford-pets").name == "pets"
     assert get_layout("CUB_200_2011".replace("_", "-")).name == "cub"
@@ -366,7 +366,7 @@ def test_symlinked_files_and_class_folders_are_followed(tmp_path):
         ("b/two.jpg", 1, True),
     ]
     assert ds.entries[1].size == len(jpeg_bytes(1))
-    assert ds.read_bytes(ds.entries[2]) == jpeg_bytes(2)
+    assert ds.read_entry_bytes(ds.entries[2]) == jpeg_bytes(2)
 
 
 def test_manifest_duplicate_paths_fail(tmp_path):
@@ -387,7 +387,7 @@ def test_manifest(tmp_path, fmt):
     assert ds.classnames == ["cat", "dog", "bird"]
     assert [(e.path, e.label) for e in ds.entries] == [(p, lbl) for p, lbl, _ in rows]  # manifest order
     assert ds.name == "subset"
-    assert ds.read_bytes(ds.entries[1]) == (tmp_path / rows[1][0]).read_bytes()
+    assert ds.read_entry_bytes(ds.entries[1]) == (tmp_path / rows[1][0]).read_bytes()
 
 
 def test_manifest_errors(tmp_path):
@@ -415,7 +415,7 @@ def test_layouts_work_on_memory_filesystem():
         minis = make_cub(root)
         ds = load_quiet("cub", root)
         assert_matches(ds, minis["test"])
-        assert ds.read_bytes(ds.entries[0]) == jpeg_bytes(1)
+        assert ds.read_entry_bytes(ds.entries[0]) == jpeg_bytes(1)
     finally:
         fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)
 
@@ -461,7 +461,7 @@ def test_folder_undecodable_file_names_get_escaped_unique_stable_ids(tmp_path):
     assert by_path["a/bad\\xff.jpg"].image_id == "a/bad\\xff.jpg"  # valid names keep their id
     escaped = by_path[f"a/{bad}"].image_id
     assert escaped.startswith("a/bad\\xff.jpg~") and len(escaped) == len("a/bad\\xff.jpg~") + 8
-    assert ds.read_bytes(by_path[f"a/{bad}"]) == jpeg_bytes(2)  # opened by its real bytes
+    assert ds.read_entry_bytes(by_path[f"a/{bad}"]) == jpeg_bytes(2)  # opened by its real bytes
     assert ds.classnames == ["a", "b\\xe9"] and ds.class_ids == ["a", "b\\xe9"]
     assert by_path[os.fsdecode(b"b\xe9/x\xfe.png")].image_id == "b\\xe9/x\\xfe.png"
     assert [i.path for i in ds.ignored] == ["cl\\xe9ss"]
@@ -477,7 +477,7 @@ def test_imagenet_folder_with_undecodable_file_name(tmp_path):
     ds = load_quiet("imagenet", str(tmp_path))
     entry = next(e for e in ds.entries if e.path.endswith(name))
     assert entry.image_id == f"{wnids[1]}/ILSVRC\\x80.JPEG" and entry.label == 1
-    assert ds.read_bytes(entry) == jpeg_bytes(9)
+    assert ds.read_entry_bytes(entry) == jpeg_bytes(9)
 
 
 def test_parquet_manifest_with_binary_paths(tmp_path):
@@ -487,7 +487,7 @@ def test_parquet_manifest_with_binary_paths(tmp_path):
     pq.write_table(table, tmp_path / "m.parquet")
     ds = load_source("manifest", str(tmp_path / "m.parquet"))
     assert [e.image_id for e in ds.entries] == ["pics/caf\\xe9.jpg", "pics/ok.jpg"]
-    assert ds.entries[0].path == f"pics/{name}" and ds.read_bytes(ds.entries[0]) == jpeg_bytes(5)
+    assert ds.entries[0].path == f"pics/{name}" and ds.read_entry_bytes(ds.entries[0]) == jpeg_bytes(5)
 
 
 # ---------------------------------------------------------------------- clear errors for unusable sources
@@ -593,4 +593,4 @@ def test_every_layout_has_an_informative_first_docstring_line():
         assert doc and doc[0].strip(), f"layout {name!r} has no docstring"
         firsts[name] = doc[0].strip()
         assert "point at" in firsts[name], (name, firsts[name])  # says which folder/file to give
-    assert len(set(firsts.values())) == len(firsts) == 12
+    assert len(set(firsts.values())) == len(firsts) == 14

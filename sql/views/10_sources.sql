@@ -10,7 +10,7 @@
 -- because a config hash such as 0123 must stay the string '0123'. union_by_name lets
 -- files written before a column was added (schema growth) be read with NULLs.
 
--- One row per image x method, as written by the inference task (tasks/schema.py
+-- One row per image x method, as written by the inference task (tasks/store/tables.py
 -- PREDICTION_SCHEMA) plus the partition columns dataset, model, config. run_id is
 -- the run that COMPUTED the row (see run_predictions for a run's full set).
 CREATE OR REPLACE VIEW predictions AS
@@ -18,7 +18,7 @@ SELECT *
 FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
                   hive_partitioning = true, hive_types_autocast = false, union_by_name = true);
 
--- One row per run (tasks/schema.py RUN_SCHEMA), with two columns added:
+-- One row per run (tasks/store/tables.py RUN_SCHEMA), with two columns added:
 --   status: as written (running / completed / failed), except that a record still
 --     'running' after its lease (expires_at; a live run pushes it forward with a
 --     heartbeat every minute) belongs to a process that died: 'interrupted'.
@@ -47,11 +47,10 @@ SELECT cur.*,
           AND prev.status = 'completed') AS previous_run_id
 FROM records AS cur;
 
--- Cached CLS-to-patch DINO attention (tasks/schema.py DINO_SCHEMA): the full D x D map
--- per image. Files live at cache/dino/model=<m>/<variant>/dataset=<ds>/part-*.parquet,
--- where the second level names the weights or a cache key (its name has varied), so
--- the partition values are taken from the path here instead of by hive name:
--- model, variant (the second level's value), dataset.
+-- Cached CLS-to-patch DINO attention (tasks/store/tables.py DINO_SCHEMA): the full D x D
+-- map per image, at cache/dino/model=<m>/key=<k>/dataset=<ds>/part-*.parquet
+-- (tasks/store/layout.py dino_part). The partition values are taken from the path:
+-- model, variant (the cache key: DINO weights digest and preprocessing), dataset.
 CREATE OR REPLACE VIEW dino_attention AS
 SELECT * EXCLUDE (filename),
        regexp_extract(filename, '/model=([^/]+)/[^/]+/dataset=[^/]+/[^/]+$', 1) AS model,

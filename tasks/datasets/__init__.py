@@ -10,21 +10,37 @@ Importing this package imports every layout module, which registers itself.
 
 from __future__ import annotations
 
-from . import cub, dtd, folder, food101, imagenet, manifest, pets, places365  # noqa: F401  (registration)
-from .base import DatasetSizeWarning, DatasetSource, Entry, IgnoredFile, Layout, LayoutError, SingleClassWarning, escape_undecodable
-from .registry import get_layout, layout_aliases, layout_classes, list_layouts, load_source, register_layout
+from . import cub, dtd, folder, food101, hf_parquet, imagenet, manifest, pets, places365, webdataset  # noqa: F401  (registration)
+from .base import (
+    DatasetSizeWarning,
+    DatasetSource,
+    Entry,
+    EntryReadError,
+    IgnoredFile,
+    Layout,
+    LayoutError,
+    SingleClassWarning,
+    escape_undecodable,
+)
+from .registry import (
+    get_layout,
+    layout_classes,
+    list_layouts,
+    load_source,
+    register_layout,
+)
 
 __all__ = [
     "DatasetSizeWarning",
     "DatasetSource",
     "Entry",
+    "EntryReadError",
     "IgnoredFile",
     "Layout",
     "LayoutError",
     "SingleClassWarning",
     "escape_undecodable",
     "get_layout",
-    "layout_aliases",
     "layout_classes",
     "list_layouts",
     "load_source",

@@ -4,8 +4,11 @@ Why a layout returns plain data (a :class:`DatasetSource` with an ordered list o
 :class:`Entry`) instead of an iterator of images: sharding needs the full, ordered
 list up front to cut fixed-size shards, to fingerprint the source (so a rerun can
 tell whether committed shards still describe it) and to warn about partial
-downloads before anything is written. Reading bytes happens later, per shard,
-possibly on another worker, through :meth:`DatasetSource.read_bytes`.
+downloads before anything is written. Bytes are read later, per shard,
+possibly on another worker, at the path :meth:`DatasetSource.resolve` gives.
+
+This module holds the types; ``listing`` holds the filesystem and index-file
+helpers the layout modules share.
 
 All paths inside a source are POSIX paths relative to its root, whatever the
 filesystem (local disk, ``memory://``, ``s3://``, ``gs://``), so the same source
@@ -98,6 +101,14 @@ def _unique_escaped_ids(entries: list[Entry]) -> list[Entry]:
     return out
 
 
+def update_with_entries(h: Any, entries: list[Entry]) -> None:
+    """Feed the ordered entries (id, path, label, listed size) into hash ``h``: the one
+    definition of "the same images" used by the source fingerprint and each shard's digest."""
+    for e in entries:
+        h.update(json.dumps([e.image_id, e.path, e.label, e.size]).encode())
+        h.update(b"\n")
+
+
 class LayoutError(ValueError):
     """A source does not have the on-disk layout its layout expects.
 
@@ -109,6 +120,20 @@ class LayoutError(ValueError):
 
     def __init__(self, message: str = "", *args: Any) -> None:
         super().__init__(" ".join(escape_undecodable(str(message)).splitlines()), *args)
+
+
+class EntryReadError(Exception):
+    """The bytes of one entry cannot be had, for a reason about that image alone.
+
+    Raised by :meth:`DatasetSource.read_entry_bytes` of layouts whose images are
+    not whole files (a tar member cut short, a Parquet row without bytes); the
+    shard then holds an error row with ``status`` (one of
+    ``tasks.store.images.ERROR_STATUSES``) and this message, and is not retried.
+    """
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SingleClassWarning(UserWarning):
@@ -236,11 +261,6 @@ class DatasetSource:
         """
         return len({e.label for e in self.entries})
 
-    def class_counts(self) -> list[int]:
-        counts = [0] * len(self.classnames)
-        for e in self.entries:
-            counts[e.label] += 1
-        return counts
 
     # ------------------------------------------------------------------ reading
     def resolve(self, entry: Entry) -> tuple[AbstractFileSystem, str]:
@@ -252,14 +272,20 @@ class DatasetSource:
             return self.fs, entry.path
         return self.fs, posixpath.join(self.root_path, entry.path)
 
-    def read_bytes(self, entry: Entry) -> bytes:
-        """The file's original bytes (raises ``OSError`` subclasses when it cannot be read)."""
+    def read_entry_bytes(self, entry: Entry) -> bytes:
+        """The original bytes of one entry, never re-encoded.
+
+        The default reads the whole file at :meth:`resolve`. Layouts whose images
+        are parts of bigger files (tar members, Parquet rows) override this (and
+        ``resolve``, to name the file the bytes come from). Raises what the
+        filesystem raises (``FileNotFoundError``, ``OSError``, client errors: the
+        caller maps them to error rows or retries), or :class:`EntryReadError` for
+        a problem of this one image.
+        """
         fs, path = self.resolve(entry)
         return fs.cat_file(path)
 
-    def display_path(self, entry: Entry) -> str:
-        fs, path = self.resolve(entry)
-        return display(fs, path)
+
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> str:
@@ -281,9 +307,7 @@ class DatasetSource:
             "subset_indices": self.subset_indices,
         }
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
-        for e in self.entries:
-            h.update(json.dumps([e.image_id, e.path, e.label, e.size]).encode())
-            h.update(b"\n")
+        update_with_entries(h, self.entries)
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
@@ -322,8 +346,9 @@ class Layout(ABC):
     default_split: ClassVar[str | None] = None
     #: Allowed splits; ``None`` means "any name the layout's files define".
     splits: ClassVar[tuple[str, ...] | None] = None
-    #: ``True`` when ``source`` is a file (a manifest) rather than a folder.
-    source_is_file: ClassVar[bool] = False
+    #: ``True`` when ``source`` is a file (a manifest) rather than a folder;
+    #: ``None`` when it may be a file, a folder or a glob (``_load`` checks it).
+    source_is_file: ClassVar[bool | None] = False
 
     def load(
         self,
@@ -342,7 +367,9 @@ class Layout(ABC):
             raise LayoutError(f"{self.name}: unknown split {split!r}; expected one of {list(self.splits)}")
         fs, root = fsspec.core.url_to_fs(source, **storage_options)
         root = root.rstrip("/") or "/"
-        if self.source_is_file:
+        if self.source_is_file is None:
+            pass  # a file, a folder or a glob: the layout's _load checks what it got
+        elif self.source_is_file:
             if not fs.isfile(root):
                 raise LayoutError(f"{self.name}: {source} is not a file; expected {self.title}")
         elif not fs.isdir(root):
@@ -369,210 +396,6 @@ class Layout(ABC):
 
 
 # ---------------------------------------------------------------------- fs helpers
-def display(fs: AbstractFileSystem, path: str) -> str:
-    """A path as the user would write it (no ``file://`` for local files)."""
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if proto in ("file", "local"):
-        return path
-    return fs.unstrip_protocol(path)
-
-
-def relpath(path: str, root: str) -> str:
-    """``path`` relative to ``root``; both are filesystem paths of the same fs."""
-    root = root.rstrip("/")
-    if root and path.startswith(root + "/"):
-        return path[len(root) + 1 :]
-    if not root and path.startswith("/"):
-        return path[1:]
-    return posixpath.relpath(path, root or "/")
-
-
-def is_junk(name: str) -> bool:
-    """Hidden files and OS droppings (``.DS_Store``, ``._x.jpg``, ``Thumbs.db``)."""
-    return name.startswith(".") or name in JUNK_FILE_NAMES
-
-
-def list_tree(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
-    """Every file below ``root`` as ``{relative path: info}``, sorted by path.
-
-    One ``find`` call (paginated listing on object stores), so listing costs no
-    per-file request. Directories are not listed.
-    """
-    return dict(sorted(_list_files(fs, root, set()).items()))
-
-
-def _list_files(fs: AbstractFileSystem, root: str, seen: set[str]) -> dict[str, dict[str, Any]]:
-    # Local listings report symbolic links as type "other" without following them
-    # (fsspec lists with scandir). Datasets are often prepared as links (ImageNet
-    # val sorted into class folders by symlinks, class folders linked from another
-    # disk), so links are resolved here: a link to a file is that file, a link to a
-    # folder is listed through, and only a dangling link stays "other".
-    seen.add(os.path.realpath(root) if is_local_fs(fs) else root)
-    out: dict[str, dict[str, Any]] = {}
-    for p, info in fs.find(root, detail=True, withdirs=False).items():
-        if info.get("type") == "directory":
-            continue
-        if info.get("islink") and info.get("type") == "other":
-            try:
-                target = fs.info(p)
-            except (FileNotFoundError, OSError):
-                target = info  # dangling: stays "other", becomes an 'unreadable' row
-            if target.get("type") == "directory":
-                real = os.path.realpath(p)
-                if real in seen or any(real.startswith(s.rstrip("/") + "/") for s in seen):
-                    continue  # a link back into a listed folder would list files twice
-                for sub, sub_info in _list_files(fs, p, seen).items():
-                    out[relpath(p, root) + "/" + sub] = sub_info
-                continue
-            info = {**target, "name": p}
-        out[relpath(p, root)] = info
-    return out
-
-
-def is_local_fs(fs: AbstractFileSystem) -> bool:
-    """``True`` for the local disk (where FIFOs, links and permission bits exist)."""
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return proto in ("file", "local")
-
-
-def info_size(info: Mapping[str, Any] | None) -> int | None:
-    if info is None:
-        return None
-    size = info.get("size")
-    return int(size) if size is not None else None
-
-
-def info_regular(info: Mapping[str, Any] | None) -> bool | None:
-    """``False`` for FIFOs, sockets and dangling links (local ``type == 'other'``)."""
-    if info is None:
-        return None
-    return info.get("type", "file") == "file"
-
-
-def require_file(fs: AbstractFileSystem, path: str, what: str, layout: str) -> str:
-    if not fs.isfile(path):
-        raise LayoutError(f"{layout}: missing {display(fs, path)} — expected {what}")
-    return path
-
-
-def read_text(fs: AbstractFileSystem, path: str, what: str, layout: str) -> str:
-    """Text of an index file; a missing or non-UTF-8 file fails with what was expected."""
-    require_file(fs, path, what, layout)
-    data = fs.cat_file(path)
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise LayoutError(f"{layout}: {display(fs, path)} is not UTF-8 text ({e}); expected {what}") from e
-
-
-def parse_table(
-    fs: AbstractFileSystem,
-    path: str,
-    *,
-    n_fields: int | tuple[int, int],
-    what: str,
-    layout: str,
-    int_fields: tuple[int, ...] = (),
-) -> list[tuple[int, list[str]]]:
-    """Whitespace-separated index file as ``[(line number, fields)]``.
-
-    Blank lines and ``#`` comments are skipped. ``n_fields`` is an exact count or
-    an inclusive ``(min, max)`` range. Fields listed in ``int_fields`` must parse as
-    integers. Any other line fails with the file, the line number and ``what``.
-    """
-    lo, hi = (n_fields, n_fields) if isinstance(n_fields, int) else n_fields
-    rows: list[tuple[int, list[str]]] = []
-    for lineno, line in enumerate(read_text(fs, path, what, layout).splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        fields = stripped.split()
-        ok = lo <= len(fields) <= hi
-        if ok:
-            for i in int_fields:
-                try:
-                    int(fields[i])
-                except (ValueError, IndexError):
-                    ok = False
-        if not ok:
-            raise LayoutError(f"{layout}: {display(fs, path)} line {lineno}: expected {what}, got {line!r}")
-        rows.append((lineno, fields))
-    if not rows:
-        raise LayoutError(f"{layout}: {display(fs, path)} is empty; expected {what}")
-    return rows
-
-
-def find_root(
-    fs: AbstractFileSystem,
-    root: str,
-    marker: str,
-    *,
-    subdirs: tuple[str, ...],
-    what: str,
-    layout: str,
-) -> str:
-    """The folder holding ``marker``: ``root`` itself or one of the usual ``subdirs``.
-
-    Users point at the folder the archive extracted into or at its parent; both work.
-    """
-    for cand in ("", *subdirs):
-        base = posixpath.join(root, cand) if cand else root
-        if fs.isfile(posixpath.join(base, marker)) or fs.isdir(posixpath.join(base, marker)):
-            return base.rstrip("/")
-    where = " or ".join(display(fs, posixpath.join(root, c, marker) if c else posixpath.join(root, marker)) for c in ("", *subdirs))
-    raise LayoutError(f"{layout}: missing {where} — expected {what}")
-
-
-def scan_class_folders(
-    fs: AbstractFileSystem, root: str
-) -> tuple[dict[str, list[tuple[str, dict[str, Any]]]], list[IgnoredFile]]:
-    """Group every file below ``root`` by its top-level folder (the class folder).
-
-    Files of all kinds inside a class folder are kept (a text file named ``.jpg``
-    must become an error row, not vanish); only hidden files and OS droppings, and
-    files lying directly in ``root`` (a README), are set aside in the ignored list.
-    Sub-folders of a class folder belong to that class.
-    """
-    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    ignored: list[IgnoredFile] = []
-    for rel, info in list_tree(fs, root).items():
-        parts = rel.split("/")
-        if len(parts) == 1:
-            ignored.append(IgnoredFile(rel, "not inside a class folder"))
-            continue
-        if any(is_junk(p) for p in parts):
-            ignored.append(IgnoredFile(rel, "hidden or system file"))
-            continue
-        groups.setdefault(parts[0], []).append((rel, info))
-    return groups, ignored
-
-
-def entries_from_listing(
-    specs: list[tuple[str, int, str]], listing: Mapping[str, Mapping[str, Any]]
-) -> list[Entry]:
-    """Entries for ``(path, label, image_id)`` specs, with size/kind from a listing.
-
-    A listed-in-the-index file that is absent from the listing stays an entry (it
-    becomes a ``missing`` error row when sharded): nothing is dropped.
-    """
-    return [
-        Entry(path=p, label=label, image_id=iid, size=info_size(listing.get(p)), regular=info_regular(listing.get(p)))
-        for p, label, iid in specs
-    ]
-
-
-def count_missing(entries: list[Entry], listing: Mapping[str, Any]) -> int:
-    return sum(1 for e in entries if e.path not in listing)
-
-
-def warn_missing(layout: str, fs: AbstractFileSystem, root: str, entries: list[Entry], listing: Mapping[str, Any], index_file: str) -> None:
-    """Warn (once, with a count and an example) about indexed images that are not on disk."""
-    missing = [e for e in entries if e.path not in listing]
-    if missing:
-        warn_user(
-            f"{layout}: {len(missing)} of {len(entries)} images listed in {index_file} are not under "
-            f"{display(fs, root)} (first: {missing[0].path}); they become 'missing' error rows.",
-        )
 
 
 _INTERNAL_PREFIXES = (
@@ -592,8 +415,3 @@ def warn_user(message: str, category: type[Warning] = DatasetSizeWarning) -> Non
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)
-
-
-def readable_name(name: str) -> str:
-    """``american_pit_bull_terrier`` -> ``american pit bull terrier`` (case kept)."""
-    return " ".join(name.replace("_", " ").split())

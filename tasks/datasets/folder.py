@@ -13,17 +13,8 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-from .base import (
-    DatasetSource,
-    Entry,
-    Layout,
-    LayoutError,
-    display,
-    info_regular,
-    info_size,
-    readable_name,
-    scan_class_folders,
-)
+from .base import DatasetSource, Entry, Layout, LayoutError
+from .listing import display, info_regular, info_size, readable_name, scan_class_folders
 from .registry import register_layout
 
 

@@ -14,10 +14,8 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-from .base import (
-    DatasetSource,
-    Layout,
-    LayoutError,
+from .base import DatasetSource, Layout, LayoutError
+from .listing import (
     display,
     entries_from_listing,
     find_root,

@@ -25,17 +25,8 @@ from typing import Any, ClassVar
 
 from fsspec.spec import AbstractFileSystem
 
-from .base import (
-    DatasetSource,
-    Entry,
-    Layout,
-    LayoutError,
-    display,
-    info_regular,
-    info_size,
-    scan_class_folders,
-    warn_user,
-)
+from .base import DatasetSource, Entry, Layout, LayoutError, warn_user
+from .listing import display, info_regular, info_size, scan_class_folders
 from .registry import register_layout
 
 

@@ -18,8 +18,9 @@ from typing import Any
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
-from .base import DatasetSource, Entry, Layout, LayoutError, display, read_text, warn_user
+from .base import DatasetSource, Entry, Layout, LayoutError, warn_user
 from .folder import _safe_name
+from .listing import display, read_text
 from .registry import register_layout
 
 REQUIRED = ("path", "label")

@@ -61,10 +61,6 @@ def list_layouts() -> list[str]:
     return sorted(_PRIMARY)
 
 
-def layout_aliases() -> dict[str, str]:
-    """Every accepted name (aliases included) -> its primary name."""
-    return {k: v.name for k, v in sorted(_LAYOUTS.items())}
-
 
 def load_source(layout: str, source: str, **kwargs: Any) -> DatasetSource:
     """``get_layout(layout).load(source, **kwargs)``: the one call most code needs."""

@@ -20,9 +20,26 @@ from .formats import (
     parse_descriptions,
     register_format,
 )
-from .generate import GenerationError, GenerationSettings, RetryPolicy, generate_descriptions, run_generation
-from .store import DescriptionManifest, content_hash, read_descriptions, write_descriptions
-from .validate import DEFAULT_M, DescriptionSet, MissingClassesError, import_descriptions, validate_descriptions
+from .generate import (
+    GenerationError,
+    GenerationSettings,
+    RetryPolicy,
+    generate_descriptions,
+    run_generation,
+)
+from .store import (
+    DescriptionManifest,
+    content_hash,
+    read_descriptions,
+    write_descriptions,
+)
+from .validate import (
+    DEFAULT_M,
+    DescriptionSet,
+    MissingClassesError,
+    import_descriptions,
+    validate_descriptions,
+)
 
 __all__ = [
     "DEFAULT_M",

@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import fsspec
 
+from tasks.datasets.listing import readable_name
+
 
 class DescriptionError(ValueError):
     """A description file or set that cannot be used as asked; the message says what to do."""
@@ -81,14 +83,10 @@ def register_format(name: str) -> Callable[[Importer], Importer]:
     return deco
 
 
-def readable(name: str) -> str:
-    """Class name as it should read in a sentence: underscores become spaces.
-
-    Why: some class lists are file-system names (Food-101's ``apple_pie``) while
-    every published description file writes ``apple pie``; CLIP should see the
-    latter, exactly as the reference code's ``wordify`` does.
-    """
-    return " ".join(name.replace("_", " ").split())
+#: Class name as it should read in a sentence: underscores become spaces. Why: some class
+#: lists are file-system names (Food-101's ``apple_pie``) while every published description
+#: file writes ``apple pie``; CLIP should see the latter, as the reference code's ``wordify`` does.
+readable = readable_name
 
 
 # ---------------------------------------------------------------- shape checks

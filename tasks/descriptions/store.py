@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,21 +38,27 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.store import COMMITS_DIR, Storage, as_storage
-from tasks.store.layout import SHORT_HASH, description_latest, description_set, description_set_dir, marker_key
+from tasks.store.layout import (
+    SHORT_HASH,
+    description_latest,
+    description_set,
+    description_set_dir,
+    is_valid_name,
+    marker_key,
+)
 from tasks.store.tables import DESCRIPTIONS_SCHEMA
 
 from .formats import DescriptionError
 from .validate import HASH_VERSION, DescriptionSet
 
 META_KEY = b"abs.descriptions"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 
 
 def check_name(name: str) -> str:
     """A description set name is one safe path segment (it becomes ``name=<name>``)."""
-    if not _NAME_RE.match(name or ""):
+    if not is_valid_name(name):
         raise DescriptionError(
             f"description set name {name!r} must start with a letter or digit and use only letters, digits, '.', '_', '-'"
         )
