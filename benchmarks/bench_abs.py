@@ -7,7 +7,12 @@ M=50 descriptions). The per-image path follows the authors' data path: one image
 at a time, PIL crops and torchvision preprocessing in a loop over crops, the raw
 crops of one image encoded as one batch, each feature crop through the last block
 on its own. Also printed: achieved GFLOP/s of the batched path's model forwards
-against a plain fp32 matmul measured in the same run.
+against a plain fp32 matmul measured in the same run, and the machine (CPU model,
+vector extensions, cores, torch build, GPU).
+
+FLOPs are counted by ``benchmarks/flops.py``: torch's FlopCounterMode with the
+attention matmuls (QK^T, AV) made visible to it and checked against the analytic
+4 * T^2 * D per block; what it still leaves out is printed with the figures.
 
     .venv/bin/python benchmarks/bench_abs.py            # CPU, 3 images, best of 2 runs per path
     .venv/bin/python benchmarks/bench_abs.py --device cuda --images 256 --batch-size 1024
@@ -16,17 +21,21 @@ against a plain fp32 matmul measured in the same run.
 from __future__ import annotations
 
 import argparse
-import math
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
 from abs_model import ABSClassifier, ABSConfig, CLIPBackbone, DINOBackbone, ModelSpec, TextBank
 from abs_model.sampling import draw_crops, image_generator
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flops import abs_model_flops, describe  # noqa: E402  (benchmarks/flops.py)
+from machine import machine_info, machine_summary  # noqa: E402  (benchmarks/machine.py)
 
 
 def make_images(n: int, seed: int = 0) -> list[Image.Image]:
@@ -47,19 +56,6 @@ def random_text(clip: CLIPBackbone, classes: int, m: int) -> TextBank:
     proto = F.normalize(torch.randn(classes, d, generator=g), dim=-1)
     return TextBank([f"class {i}" for i in range(classes)], desc, torch.ones(classes, m, dtype=torch.bool),
                     proto, proto.clone())
-
-
-def count_flops(fn) -> int:
-    """FLOPs of ``fn`` (2 per multiply-add). nn.MultiheadAttention's inference fast
-    path is a fused op the counter cannot see, so it is switched off while counting."""
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as fc:
-            fn()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return fc.get_total_flops()
 
 
 def sync(device):
@@ -141,6 +137,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     prec = resolve_precision(device, None if args.precision == "auto" else args.precision)
+    print(machine_summary(machine_info()))
     print(f"device={device} autocast={prec} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"compile={args.compile}")
     print("weights: RANDOM (speed does not depend on weight values; nothing is downloaded)")
@@ -153,19 +150,12 @@ def main() -> None:
     ids = [f"bench/{i}" for i in range(len(images))]
     n_per = args.per_image if args.per_image is not None else len(images)
 
-    # FLOPs of every model forward the batched path runs, counted on single passes.
-    S = clip.norm.size
-    x1 = torch.randn(1, 3, S, S, device=device)
-    with torch.inference_mode():
-        f_full = count_flops(lambda: clip.encode_image(x1))
-        tok = clip.trunk(x1)
-        f_last = count_flops(lambda: clip.head(tok))
-        f_dino = count_flops(lambda: dino.cls_attention(torch.randn(1, 3, dino.norm.size, dino.norm.size, device=device)))
+    # FLOPs of every model forward the batched path runs, counted on single passes
+    # (attention matmuls included, see benchmarks/flops.py).
     n = cfg.n_crops
-    per_image_model = (1 + n) * f_full + n * f_last + f_dino
-    per_image_match = 2 * (2 * n) * args.classes * args.descriptions * clip.embed_dim
-    print(f"model FLOPs per image: {per_image_model / 1e9:.1f} G  (CLIP full {f_full / 1e9:.2f} G x {1 + n}, "
-          f"last block {f_last / 1e9:.2f} G x {n}, DINO {f_dino / 1e9:.2f} G); matching {per_image_match / 1e9:.1f} G")
+    fl = abs_model_flops(clip, dino, n, device, classes=args.classes, descriptions=args.descriptions)
+    per_image_model, per_image_match = fl["per_image"], fl["matching"]
+    print(describe(fl))
 
     dt = torch.float32 if prec is None else prec
     mm = matmul_gflops(device, dt)

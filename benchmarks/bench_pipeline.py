@@ -4,7 +4,8 @@ Uses the tiny random-weight models so that the model time is small and what is
 measured is the pipeline itself: sharding (read + decode check + Parquet), the
 DINO cache, inference I/O (Parquet reads, decoding, row building, atomic
 commits) and Prefect's task orchestration. Prints seconds and images/s per stage
-and the flow's overhead over the plain steps, side by side in one run.
+and the flow's overhead over the plain steps, side by side in one run, below
+the machine it ran on (CPU, vector extensions, cores, torch build, GPU).
 
     .venv/bin/python benchmarks/bench_pipeline.py --per-class 40
 """
@@ -15,8 +16,12 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import machine_info, machine_summary  # noqa: E402  (benchmarks/machine.py)
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -28,6 +33,7 @@ def main() -> None:
     ap.add_argument("--images-per-shard", type=int, default=100)
     ap.add_argument("--crops", type=int, default=6)
     args = ap.parse_args()
+    print(machine_summary(machine_info()))
 
     from abs_model import ABSConfig, ModelSpec
     from flows.evaluate import evaluate

@@ -226,16 +226,20 @@ _P_DATA, _P_MODELS, _P_METHOD, _P_EXEC = "Dataset and descriptions", "Models", "
 
 @app.command()
 def run(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Name to store the dataset under.",
-                                rich_help_panel=_P_DATA),
-    source: Optional[str] = typer.Option(None, help="Dataset as downloaded; omit to reuse its shards.",
-                                         rich_help_panel=_P_DATA),
-    layout: str = typer.Option("folder", help="Layout of --source (`abs-eval layouts`).", rich_help_panel=_P_DATA),
+    dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Name to store the dataset under "
+                                                "(repeat for several).", rich_help_panel=_P_DATA),
+    source: Optional[list[str]] = typer.Option(None, help="Dataset as downloaded (one per --dataset); omit to "
+                                               "reuse shards.", rich_help_panel=_P_DATA),
+    layout: Optional[list[str]] = typer.Option(None, help="Layout of --source (`abs-eval layouts`; one, or one "
+                                               "per --dataset). Default: folder.", rich_help_panel=_P_DATA),
+    matrix: Optional[Path] = typer.Option(None, help="YAML or TOML file: datasets (each with source, layout, "
+                                          "descriptions ...), models, defaults.", rich_help_panel=_P_DATA),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Layout option KEY=VALUE "
                                                "(repeatable), e.g. split=test2.", rich_help_panel=_P_DATA),
     root: str = RootOpt,
-    descriptions: Optional[str] = typer.Option(None, help="Description file to import; omit to use the "
-                                               "stored set.", rich_help_panel=_P_DATA),
+    descriptions: Optional[list[str]] = typer.Option(None, help="Description file to import (one per "
+                                                     "--dataset); omit to use the stored set.",
+                                                     rich_help_panel=_P_DATA),
     descriptions_name: Optional[str] = typer.Option(None, help="Stored set name (default: the dataset name).",
                                                     rich_help_panel=_P_DATA),
     descriptions_format: str = typer.Option("auto", help="auto, cupl, nested, attributes or templates.",
@@ -246,10 +250,12 @@ def run(
                                         rich_help_panel=_P_DATA),
     allow_single_class: bool = typer.Option(False, help="Evaluate a dataset with one class (100% for any method).",
                                             rich_help_panel=_P_DATA),
-    clip_model: str = typer.Option(defaults.CLIP_MODEL, help="open_clip ViT name (`abs-eval models`).",
-                                   rich_help_panel=_P_MODELS),
-    clip_pretrained: Optional[str] = typer.Option(defaults.CLIP_PRETRAINED, help="open_clip tag, checkpoint path or 'random'.",
-                                                  rich_help_panel=_P_MODELS),
+    clip_model: Optional[list[str]] = typer.Option(None, help="open_clip ViT name (`abs-eval models`; repeat "
+                                                   f"for several). Default: {defaults.CLIP_MODEL}.",
+                                                   rich_help_panel=_P_MODELS),
+    clip_pretrained: Optional[list[str]] = typer.Option(None, help="open_clip tag, checkpoint path or 'random' "
+                                                        "(one, or one per --clip-model). Default: "
+                                                        f"{defaults.CLIP_PRETRAINED}.", rich_help_panel=_P_MODELS),
     dino_model: str = typer.Option(defaults.DINO_MODEL, help="timm DINO ViT name.",
                                    rich_help_panel=_P_MODELS),
     dino_pretrained: Optional[str] = typer.Option(defaults.DINO_PRETRAINED, help="'timm', a checkpoint path or 'random'.",
@@ -284,41 +290,191 @@ def run(
     deployment: Optional[str] = typer.Option(None, help="Label to compare runs by (default: the Prefect "
                                              "deployment, or 'manual').", rich_help_panel=_P_EXEC),
 ) -> None:
-    """Evaluate ABS and the baselines on one dataset (resumes whatever was committed).
+    """Evaluate ABS and the baselines on one dataset, or on a matrix of datasets x CLIP models.
 
-    Every mistake in the job (layout, paths, models, descriptions for another class list) is
-    reported before any work starts. Progress per shard and per image shows in the terminal and
-    in the Prefect logs; `abs-eval status` shows it from another terminal.
+    Resumes whatever was committed. Every mistake in the job (layout, paths, models, descriptions
+    for another class list) is reported before any work starts. Several --dataset / --clip-model
+    values, or --matrix FILE, run every cell through the `reevaluate` flow (the one the scheduled
+    deployments use): a failing cell does not stop the others, and a table of every cell ends the run.
+    Progress per shard and per image shows in the terminal and in the Prefect logs.
     """
     from abs_model import WeightsUnavailableError
     from flows.params import ParameterError, make_params, preflight
     from tasks.context import EvaluationError
     from tasks.descriptions import DescriptionError
 
-    rnd = lambda p: None if p in (None, "random") else p  # noqa: E731
-    try:  # every job-level check, before Prefect or any model starts
-        params = make_params(
-            dataset=dataset, source=source, layout=layout, layout_options=_parse_kv(option), root=root,
-            clip_model=clip_model, clip_pretrained=rnd(clip_pretrained), dino_model=dino_model,
-            dino_pretrained=rnd(dino_pretrained), descriptions=descriptions, descriptions_name=descriptions_name,
-            descriptions_format=descriptions_format, descriptions_key=descriptions_key,
-            abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed), prompt=prompt,
-            templates=templates, images_per_shard=images_per_shard, device=device, precision=precision,
-            images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
-            runner=runner, workers=workers, allow_single_class=allow_single_class,
-        )
-        preflight(params)
+    common = dict(
+        root=root, layout_options=_parse_kv(option), dino_model=dino_model, dino_pretrained=_random(dino_pretrained),
+        descriptions_name=descriptions_name, descriptions_format=descriptions_format,
+        descriptions_key=descriptions_key,
+        abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed), prompt=prompt,
+        templates=templates, images_per_shard=images_per_shard, device=device, precision=precision,
+        images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
+        runner=runner, workers=workers, allow_single_class=allow_single_class,
+    )
+    try:  # every job-level check of every cell, before Prefect or any model starts
+        cells = _matrix_cells(common, dataset, source, layout, descriptions, clip_model, clip_pretrained, matrix)
+        params = [make_params(**c) for c in cells]
+        problems = []
+        for p in params:
+            try:
+                preflight(p)
+            except ParameterError as exc:
+                problems.append(f"{p.dataset} x {p.clip_model}: {exc}" if len(params) > 1 else str(exc))
+        if problems:
+            raise ParameterError("\n".join(problems))
     except ParameterError as exc:
         _fail(str(exc))
     _announce_local_api()
+    if len(params) > 1:
+        _run_matrix(params, root)
+        return
     from flows.evaluate import evaluate
 
     try:
-        out = evaluate(params)
+        out = evaluate(params[0])
     except (ParameterError, EvaluationError, WeightsUnavailableError, DescriptionError) as exc:
         _fail(str(exc))
     typer.echo("")
     _print_accuracy(root, out)
+
+
+def _random(p: str | None) -> str | None:
+    return None if p in (None, "random") else p
+
+
+def _per_dataset(values: list[str] | None, n: int, what: str, default=None, of: str = "--dataset") -> list:
+    """One value for every ``of`` (dataset or model), one value for all, or the default."""
+    from flows.params import ParameterError
+
+    values = list(values or [])
+    if not values:
+        return [default] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ParameterError(f"{len(values)} {what} values for {n} {of} values: give one, or one per {of}")
+    return values
+
+
+def _matrix_cells(common: dict, dataset, source, layout, descriptions, clip_model, clip_pretrained,
+                  matrix: Path | None) -> list[dict]:
+    """EvaluateParams fields of every cell: datasets x models, from the options and/or a matrix file."""
+    from flows.params import ParameterError
+
+    models = [{"clip_model": m, "clip_pretrained": _random(p)} for m, p in zip(
+        clip_model or [defaults.CLIP_MODEL],
+        _per_dataset(clip_pretrained, len(clip_model or [defaults.CLIP_MODEL]), "--clip-pretrained",
+                     defaults.CLIP_PRETRAINED, of="--clip-model"))]
+    datasets: list[dict] = []
+    file_defaults: dict = {}
+    if matrix is not None:
+        doc = _read_matrix(matrix)
+        file_defaults = dict(doc.get("defaults") or {})
+        if doc.get("root"):
+            common = {**common, "root": doc["root"]}
+        datasets = [dict(d) for d in doc.get("datasets") or []]
+        if doc.get("models"):
+            models = [dict(m) for m in doc["models"]]
+        if not datasets:
+            raise ParameterError(f"{matrix}: no datasets (a list under 'datasets:' with dataset, source, layout ...)")
+    if dataset:
+        n = len(dataset)
+        for name, src, lay, desc in zip(dataset, _per_dataset(source, n, "--source"),
+                                        _per_dataset(layout, n, "--layout", "folder"),
+                                        _per_dataset(descriptions, n, "--descriptions")):
+            datasets.append({"dataset": name, "source": src, "layout": lay, "descriptions": desc})
+    if not datasets:
+        raise ParameterError("give --dataset NAME (and --source ...), or --matrix FILE")
+    return [{**common, **file_defaults, **d, **mdl} for d in datasets for mdl in models]
+
+
+def _read_matrix(path: Path) -> dict:
+    """A matrix file: YAML (.yaml/.yml) or TOML (.toml), the same shape as a reevaluate deployment."""
+    from flows.params import ParameterError
+
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            doc = tomllib.loads(text)
+        else:
+            import yaml
+
+            doc = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ParameterError(f"matrix file not found: {path}") from None
+    except Exception as exc:  # a YAML or TOML syntax error: say where
+        raise ParameterError(f"{path}: cannot be read as {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: "
+                             f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ParameterError(f"{path}: expected a mapping with 'datasets' (and optionally 'models', 'defaults', 'root')")
+    unknown = set(doc) - {"datasets", "models", "defaults", "root", "deployment"}
+    if unknown:
+        raise ParameterError(f"{path}: unknown keys {sorted(unknown)}; use datasets, models, defaults, root, deployment")
+    if doc.get("deployment"):
+        doc.setdefault("defaults", {})
+        doc["defaults"] = {"deployment": doc["deployment"], **(doc["defaults"] or {})}
+    return doc
+
+
+def _run_matrix(params: list, root: str) -> None:
+    """Every cell through the reevaluate flow; a table of every cell at the end (exit 1 if one failed)."""
+    from flows.evaluate import reevaluate
+    from tasks.catalog import format_table, run_query
+
+    cells = [p.model_dump() for p in params]
+    results = reevaluate(datasets=cells, root=root, raise_on_failure=False)
+    import pyarrow as pa
+
+    rows = []
+    for r in results:
+        acc = {}
+        if r.get("run_id"):
+            acc = {a["method"]: a for a in run_query(r.get("root", root), "accuracy", {"run_id": r["run_id"]}).to_pylist()}
+        rows.append({"cell": r["job"], "status": r["status"],
+                     "abs": (acc.get("abs") or {}).get("accuracy"), "clip": (acc.get("clip") or {}).get("accuracy"),
+                     "acc5_abs": (acc.get("abs") or {}).get("acc5"),
+                     "n": (acc.get("abs") or {}).get("n"), "run_id": r.get("run_id") or "",
+                     "error": (r.get("error") or "")[:60]})
+    typer.echo("")
+    typer.echo(f"{len(results)} cells ({sum(r['status'] == 'completed' for r in results)} completed):")
+    typer.echo(format_table(pa.Table.from_pylist(rows)))
+    if any(r["status"] != "completed" for r in results):
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ models
+@app.command()
+def models(
+    all_tags: bool = typer.Option(False, "--all", help="Also list architectures ABS cannot split (ResNets, "
+                                  "timm towers)."),
+) -> None:
+    """The open_clip architectures with their pretrained tags, and the DINO models ABS can use."""
+    import open_clip
+    import timm
+
+    from abs_model.model_configs import dino_configs, register_clip_configs
+
+    register_clip_configs()
+    tags: dict[str, list[str]] = {}
+    for name, tag in open_clip.list_pretrained():
+        tags.setdefault(name, []).append(tag)
+    typer.echo("CLIP (open_clip; --clip-model NAME --clip-pretrained TAG):")
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        vision = cfg.get("vision_cfg", {})
+        usable = isinstance(vision.get("layers"), int) and not vision.get("timm_model_name")
+        if not usable and not all_tags:
+            continue
+        note = "" if usable else "  (not a plain ViT: ABS cannot split it)"
+        shown = ", ".join(tags.get(name, [])) or "no pretrained tags (checkpoint path or random)"
+        typer.echo(f"  {name}: {shown}{note}")
+    typer.echo("DINO (timm; --dino-model NAME --dino-pretrained timm):")
+    for name in sorted(set(dino_configs()) | set(timm.list_models("vit_*_patch16_224.dino", pretrained=True))):
+        typer.echo(f"  {name}")
+    typer.echo("ABS needs a DINO ViT with a 14x14 patch grid at 224 px (patch 16).")
 
 
 # ------------------------------------------------------------------------------ status
@@ -486,6 +642,28 @@ def report(
         _fail(str(exc.args[0]))
     m = write_report(root, run_id, previous_run_id=previous, gallery_size=gallery)
     typer.echo("\n".join(m.files))
+
+
+# ------------------------------------------------------------------------------ export
+@app.command("export")
+def export_results(
+    root: str = RootOpt,
+    run_ids: Optional[list[str]] = typer.Option(None, "--run", help="A run to export (repeat for more; default: "
+                                                "the latest completed run of each dataset x model)."),
+    out: str = typer.Option("clip_benchmark_results", "--out", "-o", help="Folder for one JSON file per result "
+                            "and results.csv (local or any fsspec URL), or '-' for JSON lines on stdout."),
+) -> None:
+    """Write results in CLIP_benchmark's format: one JSON per dataset x model x method (acc1, acc5,
+    mean_per_class_recall, plus method, run and config), and results.csv with all of them."""
+    from tasks.catalog import ExportError, export_clip_benchmark
+
+    try:
+        done = export_clip_benchmark(root, out, run_ids)
+    except ExportError as exc:
+        _fail(str(exc))
+    if out != "-":
+        typer.echo(f"wrote {len(done.results)} CLIP_benchmark results to {out}:")
+        typer.echo("\n".join(f"  {p}" for p in done.files))
 
 
 def main() -> None:  # pragma: no cover

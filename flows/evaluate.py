@@ -122,6 +122,7 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
                "shards_total": len(prep["shards"]), "flow_run_id": record.flow_run_id}
     if params.report:
         summary.update(publish_report(root, run_id, deployment, spec.dataset, prep["model"]))
+    summary["regressions"] = announce_regressions(root, run_id, deployment)
     return summary
 
 
@@ -147,6 +148,60 @@ def publish_report(root: str, run_id: str, deployment: str = "manual", dataset: 
     create_markdown_artifact(markdown=markdown, key=artifact_key("report", deployment, dataset, model),
                              description=f"ABS evaluation report, run {run_id} ({dataset} x {model})")
     return {"accuracy": manifest.accuracy, "report": manifest.report}
+
+
+#: The Prefect event a significant accuracy drop emits (one per regressed method); automations match on it.
+REGRESSION_EVENT = "abs-eval.accuracy.regressed"
+
+
+def announce_regressions(root: str, run_id: str, deployment: str | None = None,
+                         previous_run_id: str | None = None) -> list[dict[str, Any]]:
+    """Emit one ``abs-eval.accuracy.regressed`` Prefect event per method whose accuracy dropped
+    significantly since the previous run of the same deployment, dataset and model.
+
+    "Significantly": the ``regressions`` query (``sql/views/44_regressions.sql``): exact McNemar
+    test on the images both runs classified, p < 0.05, and accuracy down. The event's resource is
+    ``abs-eval.run.<run_id>`` (labelled with dataset, model, method and deployment, so an automation
+    can match on them); its payload holds the numbers. Returns the payloads emitted (empty without
+    a previous run or a significant drop). Called by the flow after the report is published.
+    """
+    import logging
+
+    from prefect.events import emit_event
+    from prefect.exceptions import MissingContextError
+
+    from tasks.catalog import run_query
+
+    try:
+        log = get_run_logger()
+    except MissingContextError:  # called outside a flow run (a script): the event is still emitted
+        log = logging.getLogger(__name__)
+    rows = run_query(root, "regressions", {"run_a": previous_run_id, "run_b": run_id, "scope": "method"}).to_pylist()
+    emitted: list[dict[str, Any]] = []
+    for r in rows:
+        if not r["regressed"] or not r["run_a"]:
+            continue
+        payload = {
+            "dataset": r["dataset"], "model": r["model"], "method": r["method"], "deployment": deployment,
+            "run_a": r["run_a"], "run_b": r["run_b"], "accuracy_a": r["accuracy_a"], "accuracy_b": r["accuracy_b"],
+            "change": r["change"], "p_value": r["p_value"],
+            "n_broken": r["n_broken"],  # right in run_a, wrong in run_b
+            "n_fixed": r["n_fixed"],  # wrong in run_a, right in run_b
+            "n_paired": r["n_paired"],
+        }
+        resource = {
+            "prefect.resource.id": f"abs-eval.run.{run_id}",
+            "prefect.resource.name": f"{r['dataset']} x {r['model']} run {run_id}",
+            "abs-eval.dataset": str(r["dataset"]), "abs-eval.model": str(r["model"]),
+            "abs-eval.method": str(r["method"]), "abs-eval.deployment": str(deployment or ""),
+        }
+        emit_event(event=REGRESSION_EVENT, resource=resource, payload=payload)
+        log.warning(
+            "accuracy of %s dropped significantly since run %s: %.4f -> %.4f (%d right -> wrong, %d wrong -> right, "
+            "McNemar p = %.3g); event %s emitted", r["method"], r["run_a"], r["accuracy_a"], r["accuracy_b"],
+            r["n_broken"], r["n_fixed"], r["p_value"], REGRESSION_EVENT)
+        emitted.append(payload)
+    return emitted
 
 
 def _plain(v: Any) -> Any:
@@ -198,10 +253,15 @@ def reevaluate(
     root: str = DEFAULT_ROOT,
     deployment: str | None = None,
     defaults: dict[str, Any] | None = None,
+    raise_on_failure: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate every dataset x model. ``datasets``: EvaluateParams fields per dataset
     (``dataset``, ``source``, ``layout``, ``descriptions`` ...); ``models``: fields per
-    model (``clip_model``, ``clip_pretrained`` ...); ``defaults`` apply to all."""
+    model (``clip_model``, ``clip_pretrained`` ...); ``defaults`` apply to all.
+
+    Returns one summary per cell (``status`` completed or failed, with the run id or the
+    error). A failed cell fails the flow run at the end (so a scheduled run shows it),
+    unless ``raise_on_failure`` is false (the CLI prints its own table instead)."""
     log = get_run_logger()
     cells = [make_params(**{"root": root, "deployment": deployment, **(defaults or {}), **d, **m})
              for d in datasets for m in (models or [{}])]  # every cell's fields checked before any work
@@ -214,6 +274,6 @@ def reevaluate(
             log.error("%s failed: %s", name, exc)
             failed.append(name)
             results.append({"job": name, "status": "failed", "error": str(exc)})
-    if failed:
+    if failed and raise_on_failure:
         raise RuntimeError(f"{len(failed)} of {len(cells)} evaluations failed: {failed}")
     return results

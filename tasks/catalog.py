@@ -29,16 +29,24 @@ empty view: write it again once there are results.
 Remote roots: DuckDB's own httpfs extension downloads at first use (impossible on
 offline machines), so :func:`connect` registers the root's fsspec filesystem with
 DuckDB instead; the views then read ``memory://``/``s3://`` URLs through fsspec.
+
+Results that travel: :func:`export_clip_benchmark` writes each run x method in
+CLIP_benchmark's result format (JSON per result plus ``results.csv``), with every
+number from ``sql/queries/clip_benchmark.sql``.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +57,7 @@ import pyarrow.parquet as pq
 
 from sql import SQL_DIR  # the SQL files, shipped as package data
 from tasks.store import Storage, as_storage
+from tasks.store.layout import slug
 from tasks.store.tables import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA
 
 VIEWS_DIR = SQL_DIR / "views"
@@ -418,3 +427,171 @@ def format_accuracy(rows: list[dict[str, Any]]) -> str:
     if not rows:
         lines.append("(no prediction rows for this run)")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- CLIP_benchmark export
+#: The CLIP_benchmark task every exported result belongs to, and the CSV written beside the JSON files.
+CLIP_BENCHMARK_TASK = "zeroshot_classification"
+CLIP_BENCHMARK_CSV = "results.csv"
+#: Columns of ``results.csv`` (CLIP_benchmark's keys first, its metrics flattened, then ours).
+CLIP_BENCHMARK_CSV_COLUMNS = (
+    "dataset", "model", "pretrained", "task", "language", "acc1", "acc5", "mean_per_class_recall",
+    "method", "run_id", "n", "n_ok", "n_error", "acc1_ci_low", "acc1_ci_high", "deployment", "config",
+    "model_slug", "started_at", "file",
+)
+
+
+class ExportError(ValueError):
+    """An export that cannot be made (unknown run, nothing to export, unwritable output): one line."""
+
+
+@dataclass
+class ClipBenchmarkExport:
+    """What :func:`export_clip_benchmark` wrote: the result objects and the files (none for ``out='-'``)."""
+
+    results: list[dict[str, Any]]
+    files: list[str]
+
+
+def clip_benchmark_results(
+    root: str | Storage,
+    run_ids: Sequence[str] | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """CLIP_benchmark result objects, one per (dataset, model, method) of each chosen run.
+
+    The shape of CLIP_benchmark's ``eval`` output (``dataset``, ``model``, ``pretrained``,
+    ``task``, ``metrics`` with ``acc1``, ``acc5``, ``mean_per_class_recall``, ``language``)
+    plus ``method``, ``run_id``, counts, the acc1 interval and the run's config, so a
+    result can be compared with published CLIP_benchmark tables and traced back to its run.
+    Every number comes from ``sql/queries/clip_benchmark.sql``.
+
+    ``run_ids``: the runs to export (each must exist and be completed); default: the latest
+    completed run of each (dataset, model). Raises :class:`ExportError` with one line.
+    """
+    st = as_storage(root, storage_options)
+    con = connect(st)
+    try:
+        status = {r["run_id"]: r["status"] for r in run_query(con, "SELECT run_id, status FROM runs").to_pylist()}
+        if not status:
+            raise ExportError(f"no runs under {st.root} (runs are recorded in {st.root}/runs/); pass --root "
+                              "or set ABS_EVAL_ROOT")
+        wanted = list(dict.fromkeys(run_ids or []))
+        unknown = [r for r in wanted if r not in status]
+        if unknown:
+            raise ExportError(f"unknown run id {', '.join(repr(r) for r in unknown)} under {st.root} "
+                              f"(`abs-eval status --root {st.root}` lists the runs)")
+        unfinished = [f"{r} ({status[r]})" for r in wanted if status[r] != "completed"]
+        if unfinished:
+            raise ExportError(f"run {', '.join(unfinished)} is not completed: its numbers cover only the shards it "
+                              "had, not the dataset; export a completed run")
+        rows = run_query(con, "clip_benchmark", {"run_ids": wanted or None}).to_pylist()
+    finally:
+        con.close()
+    if not rows:
+        raise ExportError(f"no completed run with predictions under {st.root}")
+    return [_clip_benchmark_object(r) for r in rows]
+
+
+def _clip_benchmark_object(r: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        params = json.loads(r["config_json"]) if r.get("config_json") else {}
+    except ValueError:
+        params = {}
+    started = r.get("started_at")
+    return {
+        "dataset": r["dataset"],
+        "model": r["model"],
+        "pretrained": r["pretrained"],
+        "task": r["task"],
+        "metrics": {"acc1": r["acc1"], "acc5": r["acc5"], "mean_per_class_recall": r["mean_per_class_recall"]},
+        "language": r["language"],
+        "method": r["method"],
+        "run_id": r["run_id"],
+        "n": r["n"],
+        "n_ok": r["n_ok"],
+        "n_error": r["n_error"],
+        "acc1_ci95": [r["acc1_ci_low"], r["acc1_ci_high"]],
+        "deployment": r["deployment"],
+        "model_slug": r["model_slug"],
+        "started_at": started.isoformat() if hasattr(started, "isoformat") else started,
+        "config": {"hash": r["config"], "clip_weights_digest": r.get("clip_weights_digest"),
+                   "dino_model": r.get("dino_model"), "dino_pretrained": r.get("dino_pretrained"),
+                   "descriptions_hash": r.get("descriptions_hash"),
+                   **({"params": params} if params else {})},
+    }
+
+
+def clip_benchmark_filename(result: Mapping[str, Any], with_run_id: bool = False) -> str:
+    """``<dataset>_<pretrained>_<model>_<language>_<task>_<method>.json``: CLIP_benchmark's default
+    ``--output`` template with the method appended (a checkpoint path counts by its file name, as
+    there); ``with_run_id`` appends ``_<run_id>`` (two exported runs of one dataset x model)."""
+    pretrained = str(result["pretrained"]).rstrip("/").rsplit("/", 1)[-1]
+    parts = [result["dataset"], pretrained, result["model"], result["language"], result["task"], result["method"]]
+    if with_run_id:
+        parts.append(result["run_id"])
+    return "_".join(slug(str(p)) for p in parts) + ".json"
+
+
+def export_clip_benchmark(
+    root: str | Storage,
+    out: str,
+    run_ids: Sequence[str] | None = None,
+    *,
+    stream: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ClipBenchmarkExport:
+    """Write the runs' results in CLIP_benchmark's format (see :func:`clip_benchmark_results`).
+
+    ``out``: a folder (local or any fsspec URL) that gets one JSON file per result, named by
+    :func:`clip_benchmark_filename`, plus ``results.csv`` with one row per result; or ``"-"``:
+    the JSON objects as JSON lines on ``stream`` (default: stdout). Raises :class:`ExportError`
+    (one line) for an unknown or unfinished run, a root without runs, an unwritable ``out``.
+    """
+    import csv
+    import sys
+
+    results = clip_benchmark_results(root, run_ids, storage_options=storage_options)
+    if out == "-":
+        stream = stream or sys.stdout
+        for res in results:
+            stream.write(json.dumps(res) + "\n")
+        stream.flush()
+        return ClipBenchmarkExport(results, [])
+    names = Counter(clip_benchmark_filename(r) for r in results)
+    files = [clip_benchmark_filename(r, with_run_id=names[clip_benchmark_filename(r)] > 1) for r in results]
+    try:
+        fs, base = fsspec.core.url_to_fs(out)
+        if fs.exists(base) and not fs.isdir(base):
+            raise ExportError(f"cannot write to {out}: it is a file, not a folder")
+        fs.makedirs(base, exist_ok=True)
+        written = []
+        for res, name in zip(results, files):
+            path = f"{base.rstrip('/')}/{name}"
+            with fs.open(path, "w") as f:
+                json.dump(res, f, indent=2)
+                f.write("\n")
+            written.append(fs.unstrip_protocol(path) if not _is_local(fs) else path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=CLIP_BENCHMARK_CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for res, name in zip(results, files):
+            writer.writerow({**{k: res.get(k) for k in CLIP_BENCHMARK_CSV_COLUMNS}, **res["metrics"],
+                             "acc1_ci_low": res["acc1_ci95"][0], "acc1_ci_high": res["acc1_ci95"][1],
+                             "config": res["config"]["hash"], "file": name})
+        csv_path = f"{base.rstrip('/')}/{CLIP_BENCHMARK_CSV}"
+        with fs.open(csv_path, "w") as f:
+            f.write(text.getvalue())
+        written.append(fs.unstrip_protocol(csv_path) if not _is_local(fs) else csv_path)
+    except ExportError:
+        raise
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"cannot write to {out}: {reason}") from None
+    return ClipBenchmarkExport(results, written)
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")

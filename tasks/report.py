@@ -8,8 +8,10 @@ it aggregates nothing itself.
 Written under ``runs/run=<id>/`` (each file atomically, ``report.md`` last, so a
 report that exists has its pictures)::
 
-    report.md                 accuracy table, per-class extremes, confusions, errors,
-                              comparison with the previous run of the same deployment
+    report.md                 accuracy table (top-1 with its interval, top-5, mean per-class recall),
+                              per-class extremes, confusions, errors, comparison with the previous
+                              run of the same deployment (exact McNemar test per method and class;
+                              a significant drop is flagged at the top of the report)
     methods.png               accuracy per method with 95% Wilson intervals as error bars (and the
                               previous run's), and the chance level 1/C
     per_class_accuracy.png    per-class accuracy of every method, classes sorted by the first method
@@ -79,6 +81,9 @@ class ReportManifest:
     markdown: str = field(repr=False)
     accuracy: list[dict[str, Any]] = field(default_factory=list, repr=False)  # rows of the accuracy query
     comparison: list[dict[str, Any]] = field(default_factory=list, repr=False)  # rows of compare_methods
+    #: Rows of the regressions query for (previous run, this run): per method (scope 'method') and per
+    #: class; ``regressed`` marks a significant drop (McNemar p < 0.05 and accuracy down).
+    regressions: list[dict[str, Any]] = field(default_factory=list, repr=False)
     gallery_items: list[dict[str, Any]] = field(default_factory=list, repr=False)  # image_id, kind, file, heat, note
     #: The report for the Prefect UI: plots (and gallery images while under ARTIFACT_MAX_BYTES)
     #: embedded as data:image/png;base64 links, other gallery images named by storage path.
@@ -108,6 +113,28 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 def _pp(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:+.1f} pp"
+
+
+def _p(x: float | None) -> str:
+    """A p-value: 3 decimals, scientific notation below 0.001."""
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
+
+
+#: The flag a significant drop gets in the report (the comparison table and the banner on top).
+DROP_FLAG = "⚠ significant drop"
+
+
+def _verdict(test: Mapping[str, Any] | None) -> str:
+    """What the McNemar test says about a method's change (rows of the regressions query)."""
+    if not test:
+        return "–"
+    if test["regressed"]:
+        return f"**{DROP_FLAG}**"
+    if test["significant"] and (test.get("change") or 0) > 0:
+        return "significant gain"
+    return "within chance"
 
 
 def _ci(row: Mapping[str, Any], lo: str = "ci_low", hi: str = "ci_high") -> str:
@@ -665,11 +692,13 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
     comparison: list[dict[str, Any]] = []
     class_changes: list[dict[str, Any]] = []
     flips: list[dict[str, Any]] = []
+    regressions: list[dict[str, Any]] = []
     if prev_id:
         pair = {"run_a": prev_id, "run_b": run_id}
         comparison = sorted(catalog.run_query(con, "compare_methods", pair).to_pylist(), key=lambda r: _method_key(r["method"]))
         class_changes = catalog.run_query(con, "compare_classes", {**pair, "top_k": 5}).to_pylist()
         flips = catalog.run_query(con, "compare_flips", pair).to_pylist()
+        regressions = catalog.run_query(con, "regressions", pair).to_pylist()
     n_classes, n_classes_source = n_classes_scored(st, con, run)
 
     base = run_dir(run_id)
@@ -683,14 +712,14 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
     gallery, shown = write_gallery(st, con, run, size=gallery_size) if gallery_size > 0 else ([], [])
 
     ctx = _Context(run, prev_id, accuracy, extremes, confusions, errors, comparison, class_changes, flips, shown, base,
-                   st.root, n_classes, n_classes_source)
+                   st.root, n_classes, n_classes_source, regressions)
     md = _markdown(ctx, lambda rel, alt: f"![{alt}]({_rel(rel, base)})")
     artifact = _artifact_markdown(st, ctx, pngs, gallery, len(md.encode()))
     report = f"{base}/report.md"
     st.write_bytes(report, md.encode())
     return ReportManifest(
         root=st.root, run_id=run_id, previous_run_id=prev_id, report=report, plots=plots, gallery=gallery,
-        markdown=md, accuracy=accuracy, comparison=comparison,
+        markdown=md, accuracy=accuracy, comparison=comparison, regressions=regressions,
         gallery_items=[{k: r.get(k) for k in ("image_id", "kind", "shard", "file", "heat", "note")} for r in shown],
         artifact_markdown=artifact,
     )
@@ -746,6 +775,16 @@ class _Context:
     root: str
     n_classes: int | None
     n_classes_source: str
+    regressions: list[dict[str, Any]] = field(default_factory=list)
+
+    def method_tests(self) -> dict[str, dict[str, Any]]:
+        """The regressions rows of scope 'method', by method."""
+        return {r["method"]: r for r in self.regressions if r["scope"] == "method"}
+
+    def regressed(self, scope: str = "method") -> list[dict[str, Any]]:
+        """Rows of ``scope`` whose accuracy dropped significantly (method order, then most significant)."""
+        rows = [r for r in self.regressions if r["scope"] == scope and r["regressed"]]
+        return sorted(rows, key=lambda r: (_method_key(r["method"]), r["p_value"], r["label"] if r["label"] is not None else -1))
 
 
 def _sql_cmd(query: str, ctx: _Context, **params: Any) -> str:
@@ -767,6 +806,14 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
         ("shards computed by this run", f"{run.get('shards_computed')} of {run.get('shards_total')}"),
     ]
     out.append(md_table([{"k": k, "v": v} for k, v in facts], [("", "k"), ("", "v")]))
+    dropped = ctx.regressed("method")
+    if dropped:
+        out.append(f"> **{DROP_FLAG} since the previous run `{prev_id}`** (exact McNemar test, p < 0.05, accuracy down):\n>")
+        for r in dropped:
+            out.append(f"> - **{r['method']}**: {_pct(r['accuracy_a'])} → {_pct(r['accuracy_b'])} ({_pp(r['change'])}); "
+                       f"{r['n_broken']} images right → wrong, {r['n_fixed']} wrong → right, p = {_p(r['p_value'])}")
+        out.append("> \n> Details: section *Comparison with the previous run*; "
+                   f"{_sql_cmd('regressions', ctx, run_a=prev_id, run_b=run_id)}.\n")
     out.append("All numbers below come from the SQL in `sql/` over the run's full prediction set (rows reused from an "
                "earlier run of the same config included); each section names the command that prints its table, e.g. "
                f"{_sql_cmd('accuracy', ctx, run_id=run_id)} (`abs-eval sql list` lists the queries).\n")
@@ -776,8 +823,13 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
                "classified (ok); \"errors counted wrong\" also counts unreadable images as wrong.\n")
     out.append(md_table(ctx.accuracy, [
         ("method", "method"), ("n", "n"), ("ok", "n_ok"), ("errors", "n_error"), ("correct", "correct"),
-        ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci), ("errors counted wrong", lambda r: _pct(r["accuracy_all"])),
+        ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci), ("top-5", lambda r: _pct(r.get("acc5"))),
+        ("mean per-class recall", lambda r: _pct(r.get("mean_per_class_recall"))),
+        ("errors counted wrong", lambda r: _pct(r["accuracy_all"])),
     ]))
+    out.append("_top-5: the true class among the 5 highest-scoring classes (ok images); mean per-class recall: the "
+               "average over classes of each class's accuracy, so every class weighs the same (CLIP_benchmark's "
+               "`acc5` and `mean_per_class_recall`; `abs-eval export` writes them in its format)._\n")
     chance = (f"; dashed grey line: chance level 1/C = 1/{ctx.n_classes} = {_pct(1 / ctx.n_classes)}"
               if ctx.n_classes else "")
     out.append("\n" + image(f"{base}/methods.png", "accuracy by method") + "\n")
@@ -822,12 +874,27 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
         out.append(f"No earlier completed run of deployment `{run.get('deployment')}` on this dataset and model.\n")
     else:
         pair = {"run_a": prev_id, "run_b": run_id}
+        tests = ctx.method_tests()
         out.append(f"Previous run: `{prev_id}` (before) vs `{run_id}` (this run). "
-                   f"fixed = wrong before, right now; broken = the reverse. Query: {_sql_cmd('compare_methods', ctx, **pair)}.\n")
+                   f"fixed = wrong before, right now; broken = the reverse. Query: {_sql_cmd('compare_methods', ctx, **pair)}. "
+                   "McNemar p: exact two-sided McNemar test of broken vs fixed over the images both runs classified "
+                   "(the chance of a split at least this uneven if the method had not changed); "
+                   f"{DROP_FLAG} = p < 0.05 and accuracy down ({_sql_cmd('regressions', ctx, **pair)}).\n")
         out.append(md_table(ctx.comparison, [
             ("method", "method"), ("before", lambda r: _pct(r["accuracy_a"])), ("now", lambda r: _pct(r["accuracy_b"])),
             ("delta", lambda r: _pp(r["delta"])), ("changed", "n_changed"), ("fixed", "n_fixed"), ("broken", "n_broken"),
+            ("McNemar p", lambda r: _p((tests.get(r["method"]) or {}).get("p_value"))),
+            ("verdict", lambda r: _verdict(tests.get(r["method"]))),
         ]))
+        class_drops = ctx.regressed("class")
+        if class_drops:
+            out.append(f"\nClasses with a significant drop (p < 0.05, accuracy down; "
+                       f"{_sql_cmd('regressions', ctx, **pair, scope='class')}):\n")
+            out.append(md_table(class_drops, [
+                ("method", "method"), ("class", "class_name"), ("before", lambda r: _pct(r["accuracy_a"])),
+                ("now", lambda r: _pct(r["accuracy_b"])), ("delta", lambda r: _pp(r["change"])), ("broken", "n_broken"),
+                ("fixed", "n_fixed"), ("McNemar p", lambda r: _p(r["p_value"])),
+            ]))
         out.append(f"\nLargest per-class changes (up to 5 per method; unchanged classes left out; "
                    f"{_sql_cmd('compare_classes', ctx, **pair, top_k=5)}):\n")
         out.append(md_table([r for r in ctx.class_changes if r["delta"] != 0], [

@@ -220,3 +220,65 @@ def test_status_and_report_of_an_unknown_run(results):
 def test_catalog_of_a_memory_root_is_refused_in_one_line():
     line = _one_error_line(_invoke("sql", "catalog", "--root", "memory://cli-test", "--out", "/tmp/x.duckdb"))
     assert "memory://" in line
+
+
+# ---------------------------------------------------------------------- matrix and models
+def test_models_lists_vits_with_tags_and_dino_models():
+    res = _invoke("models")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.strip().startswith("ViT-B-16:"))
+    assert "openai" in line and "laion2b_s34b_b88k" in line
+    assert "abs-tiny-vit-b16" in res.output and "vit_base_patch16_224.dino" in res.output
+    assert not any(ln.strip().startswith("RN50:") for ln in res.output.splitlines())  # ResNets cannot be split
+    assert any(ln.strip().startswith("RN50:") for ln in _invoke("models", "--all").output.splitlines())
+
+
+def test_unknown_model_names_the_nearest(tmp_path, source):
+    images, desc = source
+    line = _one_error_line(_invoke("run", "-d", "x", "--source", images, "--descriptions", desc,
+                                   "--root", str(tmp_path / "r"), "--clip-model", "ViT-B-61"))
+    assert "unknown CLIP model 'ViT-B-61'" in line and "ViT-B-16" in line
+
+
+def test_matrix_file_runs_every_cell_and_a_failing_cell_does_not_stop_the_others(prefect_server, tmp_path, source):
+    """Two datasets x one model through the reevaluate flow; the second cell's DINO checkpoint is
+    broken (found by the loader, not before), so it fails at run time while the first completes."""
+    images, desc = source
+    broken = tmp_path / "broken-dino.pt"
+    broken.write_bytes(b"not a checkpoint")
+    root = tmp_path / "root"
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(json.dumps({  # JSON is YAML
+        "defaults": {"templates": "none", "dino_model": "abs-tiny-dino-vit-b16", "dino_pretrained": None,
+                     "abs_config": {"n_crops": 4, "top_k": 4, "n_descriptions": 4}, "images_per_shard": 12},
+        "models": [{"clip_model": "abs-tiny-vit-b16", "clip_pretrained": None}],
+        "datasets": [
+            {"dataset": "good", "source": images, "layout": "folder", "descriptions": desc},
+            {"dataset": "bad", "source": images, "layout": "folder", "descriptions": desc,
+             "dino_pretrained": str(broken)},
+        ],
+    }))
+    # a real process, as a user runs it (Prefect's log handlers outlive a CliRunner's streams)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "COLUMNS": "120"}
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--matrix", str(matrix), "--root", str(root)],
+                         env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 1, res.stdout + res.stderr[-3000:]  # one cell failed
+    assert "2 cells (1 completed)" in res.stdout
+    table = res.stdout[res.stdout.index("2 cells"):]
+    good = next(ln for ln in table.splitlines() if ln.startswith("good x"))
+    bad = next(ln for ln in table.splitlines() if ln.startswith("bad x"))
+    assert "completed" in good and "failed" in bad
+    from tasks.runs import run_progress
+
+    runs = run_progress(str(root))
+    assert [(r["dataset"], r["status"]) for r in runs] == [("good", "completed")]
+
+
+def test_several_datasets_from_options_need_matching_counts(tmp_path, source):
+    images, desc = source
+    line = _one_error_line(_invoke("run", "-d", "a", "-d", "b", "--source", images, "--source", images,
+                                   "--source", images, "--root", str(tmp_path / "r"), *TINY_RUN))
+    assert "3 --source values for 2 --dataset values" in line
+    bad = tmp_path / "m.toml"
+    bad.write_text("datasets = [ { dataset = 'x' ")
+    assert "cannot be read as TOML" in _one_error_line(_invoke("run", "--matrix", str(bad)))

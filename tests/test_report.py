@@ -21,8 +21,8 @@ from PIL import Image
 from tasks import report
 from tasks.store import Storage
 
-from test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, make_rows, write_dino_cache,
-                      write_part, write_run)
+from test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, expected_acc5,
+                      expected_mean_per_class_recall, make_rows, write_dino_cache, write_part, write_run)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,50 @@ def test_report_numbers_are_the_sql_numbers(built):
         assert f"{100 * r['delta']:+.1f} pp" in m.markdown
     assert "## Per-class accuracy: extremes" in m.markdown and "![per-class accuracy](per_class_accuracy.png)" in m.markdown
     assert "| truncated | 1 |" in m.markdown and "| not_image | 1 |" in m.markdown
+
+
+def test_report_shows_top5_and_mean_per_class_recall(built):
+    fx, m = built
+    header = next(ln for ln in m.markdown.splitlines() if ln.startswith("| method | n |"))
+    assert "| top-5 |" in header and "| mean per-class recall |" in header
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    for r in m.accuracy:
+        rows = [x for x in fx.run_rows("r2") if x["method"] == r["method"]]
+        acc5, mpcr = expected_acc5(rows), expected_mean_per_class_recall(rows)
+        assert r["acc5"] == pytest.approx(acc5) and r["mean_per_class_recall"] == pytest.approx(mpcr)
+        line = next(ln for ln in m.markdown.splitlines() if ln.startswith(f"| {r['method']} | {r['n']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[cols.index("top-5")] == f"{100 * acc5:.1f}%"
+        assert cells[cols.index("mean per-class recall")] == f"{100 * mpcr:.1f}%"
+    # the fixture's r1 -> r2 changes are within chance: nothing flagged, every method tested
+    assert f"**{report.DROP_FLAG}" not in m.markdown  # (the explanation names the flag, unbolded)
+    assert {r["method"] for r in m.regressions if r["scope"] == "method"} == set(METHODS)
+    assert all(not r["regressed"] for r in m.regressions)
+
+
+def test_report_flags_a_significant_drop(tmp_path):
+    """rA -> rB (test_regressions): abs went 30 images right -> wrong and 2 wrong -> right
+    (McNemar p = 2.5e-07): flagged on top and in the comparison; cupl (3 vs 3) is not."""
+    from test_regressions import build_regression_results, exact_mcnemar
+
+    root = str(tmp_path / "reg")
+    build_regression_results(root)
+    m = report.write_report(root, "rB", gallery_size=0)
+    assert m.previous_run_id == "rA"
+    md = m.markdown
+    top = md.split("## Accuracy", 1)[0]
+    assert f"> **{report.DROP_FLAG}" in top and "**abs**" in top and "**cupl**" not in top
+    assert "30 images right → wrong, 2 wrong → right" in top and f"p = {exact_mcnemar(30, 2):.1e}" in top
+    comparison = md.split("## Comparison with the previous run", 1)[1].split("## Gallery", 1)[0]
+    abs_line = next(ln for ln in comparison.splitlines() if ln.startswith("| abs |"))
+    assert f"**{report.DROP_FLAG}**" in abs_line and f"| {exact_mcnemar(30, 2):.1e} |" in abs_line
+    cupl_line = next(ln for ln in comparison.splitlines() if ln.startswith("| cupl |"))
+    assert "within chance" in cupl_line and "| 1.000 |" in cupl_line
+    assert "Classes with a significant drop" in comparison
+    assert [r["method"] for r in m.regressions if r["scope"] == "method" and r["regressed"]] == ["abs"]
+    # the next run changed nothing: no flag
+    m2 = report.write_report(root, "rC", gallery_size=0)
+    assert m2.previous_run_id == "rB" and f"**{report.DROP_FLAG}" not in m2.markdown and "within chance" in m2.markdown
 
 
 def test_gallery_picks_disagreements_and_uses_stored_geometry(built):

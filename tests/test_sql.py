@@ -287,6 +287,21 @@ def expected_accuracy(rows: list[dict], key=lambda r: r["method"]) -> dict:
     return out
 
 
+def expected_acc5(rows: list[dict]) -> float | None:
+    """Top-5 accuracy over ok rows: the label is in the row's top5 list (a missing list is a miss)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    return sum(r["label"] in (r["top5"] or []) for r in ok) / len(ok) if ok else None
+
+
+def expected_mean_per_class_recall(rows: list[dict]) -> float | None:
+    """Mean over the classes with ok rows of each class's top-1 recall over its ok rows."""
+    by_class = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok":
+            by_class[r["label"]].append(r["pred"] == r["label"])
+    return sum(sum(v) / len(v) for v in by_class.values()) / len(by_class) if by_class else None
+
+
 def rows_of(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
@@ -321,8 +336,70 @@ def test_accuracy_equals_independent_computation(fx, con):
             assert (row["ci_low"], row["ci_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
             assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
             assert (row["dataset"], row["model"], row["config"]) == (DATASET, MODEL, fx.runs[run_id]["config"])
+            method_rows = [r for r in rows if r["method"] == method]
+            assert row["acc5"] == pytest.approx(expected_acc5(method_rows), abs=1e-12)
+            assert row["mean_per_class_recall"] == pytest.approx(expected_mean_per_class_recall(method_rows), abs=1e-12)
     # the two configs really differ, so the comparison below is not vacuous
     assert got[("r1", "abs")]["correct"] != got[("r2", "abs")]["correct"] or got[("r1", "clip")]["correct"] != got[("r2", "clip")]["correct"]
+
+
+TOPK_CLASSES = [f"c{i}" for i in range(9)]
+
+
+def build_topk_results(root: str) -> tuple[Storage, list[dict]]:
+    """One completed run over 9 classes with uneven class sizes, where top5 often misses the
+    label (so acc5 < 1), some ok rows have no top5 list (NULL-safe), error rows carry neither,
+    and class sizes differ (so mean per-class recall differs from accuracy)."""
+    st = Storage(root)
+    rows = []
+    sizes = [1, 2, 3, 4, 6, 8, 10, 12, 14]  # images per class
+    rng = random.Random(11)
+    n = 0
+    for label, size in enumerate(sizes):
+        for _ in range(size):
+            image_id = f"img_{n:03d}"
+            n += 1
+            for method, p_right in (("abs", 0.7 - 0.05 * label), ("clip", 0.3 + 0.05 * label)):
+                pred = label if rng.random() < p_right else rng.choice([c for c in range(len(TOPK_CLASSES)) if c != label])
+                others = [c for c in range(len(TOPK_CLASSES)) if c != pred]
+                rng.shuffle(others)
+                top5 = [pred] + others[:4]
+                row = {
+                    "image_id": image_id, "shard": 0, "label": label, "class_name": TOPK_CLASSES[label],
+                    "method": method, "pred": pred, "pred_name": TOPK_CLASSES[pred], "top5": top5,
+                    "score_true": 0.5, "margin": 0.1, "status": "ok", "error": None, "run_id": "rk",
+                }
+                if n % 13 == 0:  # an ok row without its top5 list: counts as a top-5 miss, not as NULL
+                    row["top5"] = None
+                if n % 17 == 0:  # an unreadable image: in n and n_error, in neither accuracy
+                    row.update(pred=None, pred_name=None, top5=None, status="truncated", error="image file is truncated")
+                rows.append(row)
+    st.write_parquet(prediction_part(DATASET, MODEL, "ck", 0), pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
+    rec = write_run(st, "rk", "ck", "weekly", 12)
+    assert rec["status"] == "completed"
+    return st, rows
+
+
+def test_top5_accuracy_and_mean_per_class_recall(tmp_path):
+    """acc5 and mean_per_class_recall (CLIP_benchmark's metrics) against Python, on data where
+    neither can coincide with top-1 accuracy by construction."""
+    st, rows = build_topk_results(str(tmp_path / "topk"))
+    got = {r["method"]: r for r in catalog.run_query(st.root, "accuracy", {"run_id": "rk"}).to_pylist()}
+    assert set(got) == {"abs", "clip"}
+    for method, row in got.items():
+        mine = [r for r in rows if r["method"] == method]
+        ok = [r for r in mine if r["status"] == "ok"]
+        assert any(r["top5"] is None for r in ok) and any(r["status"] != "ok" for r in mine)
+        acc5, mpcr = expected_acc5(mine), expected_mean_per_class_recall(mine)
+        assert 0 < acc5 < 1 and row["acc5"] == pytest.approx(acc5, abs=1e-12)
+        assert row["correct5"] == sum(r["label"] in (r["top5"] or []) for r in ok)
+        assert row["mean_per_class_recall"] == pytest.approx(mpcr, abs=1e-12)
+        assert abs(mpcr - row["accuracy"]) > 1e-3 and row["acc5"] > row["accuracy"]
+        # top-1 accuracy keeps its meaning
+        assert row["accuracy"] == pytest.approx(sum(r["pred"] == r["label"] for r in ok) / len(ok), abs=1e-12)
+    # the named query keeps its first seven columns and adds the two metrics after them
+    cols = catalog.run_query(st.root, "accuracy").column_names
+    assert cols[:9] == ["method", "accuracy", "ci_low", "ci_high", "n", "n_error", "run_id", "acc5", "mean_per_class_recall"]
 
 
 def test_run_predictions_include_rows_reused_from_a_crashed_run(con):
@@ -455,7 +532,8 @@ def test_comparison_finds_exactly_the_flipped_images(fx, con):
 
 def test_every_named_query_runs_and_references_views_only(fx, con):
     queries = catalog.list_queries()
-    assert {"accuracy", "per_class_accuracy", "confusions", "errors", "compare_methods", "compare_classes", "compare_flips"} <= set(queries)
+    assert {"accuracy", "per_class_accuracy", "confusions", "errors", "compare_methods", "compare_classes", "compare_flips",
+            "regressions", "clip_benchmark"} <= set(queries)
     for name, doc in queries.items():
         text = catalog.query_sql(name)
         assert "${root}" not in text and "read_parquet" not in text and doc, name

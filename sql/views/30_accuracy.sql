@@ -1,10 +1,17 @@
 -- Accuracy by run x method (each run is one dataset x model x config).
--- Answers: how often each method was right, over how many images, and how sure we are.
+-- Answers: how often each method was right, over how many images, and how sure we are;
+-- and the two other numbers zero-shot papers and CLIP_benchmark report: top-5 accuracy and
+-- mean per-class recall (balanced accuracy).
 -- Parameters: none (filter with WHERE; sql/queries/accuracy.sql takes run_id).
 --
 -- n counts every image (ok + error rows); accuracy is over ok rows only, with its 95%
 -- Wilson interval; accuracy_all counts error rows as wrong (the number to quote when
 -- bad inputs should not be silently excluded).
+-- acc5 = correct5 / n_ok: the true label is in the row's top5 list, over ok rows like
+-- accuracy (a NULL top5 or label counts as a miss, never as NULL).
+-- mean_per_class_recall: the mean over the classes present in the run (a class with at
+-- least one ok row) of that class's top-1 recall over its ok rows; unlike accuracy,
+-- every class weighs the same whatever its number of images. NULL without ok rows.
 CREATE OR REPLACE VIEW accuracy AS
 WITH counts AS (
     SELECT run_id,
@@ -18,8 +25,21 @@ WITH counts AS (
            count(*) AS n,
            count(*) FILTER (WHERE status = 'ok') AS n_ok,
            count(*) FILTER (WHERE status <> 'ok') AS n_error,
-           count(*) FILTER (WHERE correct) AS n_correct
+           count(*) FILTER (WHERE correct) AS n_correct,
+           count(*) FILTER (WHERE status = 'ok' AND coalesce(list_contains(top5, label), false)) AS n_correct5
     FROM run_predictions
+    GROUP BY run_id, dataset, model, config, method
+),
+class_recall AS (
+    SELECT run_id, dataset, model, config, method, label,
+           count(*) FILTER (WHERE correct) / count(*) AS recall
+    FROM run_predictions
+    WHERE status = 'ok'
+    GROUP BY run_id, dataset, model, config, method, label
+),
+balanced AS (
+    SELECT run_id, dataset, model, config, method, avg(recall) AS mean_per_class_recall
+    FROM class_recall
     GROUP BY run_id, dataset, model, config, method
 )
 SELECT run_id, deployment, dataset, model, config, method, started_at, run_status,
@@ -28,5 +48,9 @@ SELECT run_id, deployment, dataset, model, config, method, started_at, run_statu
        n_correct / nullif(n_ok, 0) AS accuracy,
        wilson_low(n_correct, n_ok) AS ci_low,
        wilson_high(n_correct, n_ok) AS ci_high,
-       n_correct / nullif(n, 0) AS accuracy_all
-FROM counts;
+       n_correct / nullif(n, 0) AS accuracy_all,
+       n_correct5 AS correct5,
+       n_correct5 / nullif(n_ok, 0) AS acc5,
+       balanced.mean_per_class_recall
+FROM counts
+LEFT JOIN balanced USING (run_id, dataset, model, config, method);

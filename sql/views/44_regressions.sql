@@ -1,0 +1,82 @@
+-- Did run_b really get worse than run_a? The exact McNemar test on the images both runs
+-- classified, per method and per (method, class) (see run_pair for how the runs are chosen;
+-- by default a run and the previous completed run of its deployment, dataset and model).
+-- Answers: per method (scope 'method', label NULL) and per method x true class (scope
+-- 'class'): accuracy in each run, the change, the flips both ways, and whether the change
+-- is more than chance.
+-- Parameters: run_a, run_b (DuckDB variables, via run_pair); alpha (optional, default 0.05:
+--   the significance level of `significant` and `regressed`).
+--
+-- accuracy_a / accuracy_b: correct / n_ok of each run's own rows (the numbers of the
+-- accuracy and per_class_accuracy views); change = accuracy_b - accuracy_a.
+-- The test pairs the (image, method) rows present in both runs (n_paired), with
+-- `correct` as in run_predictions (an error row counts as wrong, as in compare_flips):
+--   n_broken (b) = right in run_a and wrong in run_b  (compare_flips change = 'broken')
+--   n_fixed  (c) = wrong in run_a and right in run_b  (change = 'fixed')
+--   p_value = mcnemar_p(b, c): exact two-sided, min(1, 2 * P(Bin(b + c, 1/2) <= min(b, c)));
+--             1 when nothing flipped (b + c = 0).
+-- significant = p_value < alpha; regressed = significant AND change < 0 (accuracy dropped by
+-- more than chance explains): what the report flags and the flow announces as a Prefect event.
+CREATE OR REPLACE VIEW regressions AS
+WITH pair AS (FROM run_pair),
+a AS (SELECT rp.* FROM run_predictions AS rp, pair WHERE rp.run_id = pair.run_a),
+b AS (SELECT rp.* FROM run_predictions AS rp, pair WHERE rp.run_id = pair.run_b),
+joined AS (
+    SELECT coalesce(a.method, b.method) AS method,
+           coalesce(b.label, a.label) AS label,
+           coalesce(b.class_name, a.class_name) AS class_name,
+           coalesce(b.dataset, a.dataset) AS dataset,
+           coalesce(b.model, a.model) AS model,
+           a.image_id IS NOT NULL AND b.image_id IS NOT NULL AS paired,
+           coalesce(a.status = 'ok', false) AS ok_a,
+           coalesce(b.status = 'ok', false) AS ok_b,
+           coalesce(a.correct, false) AS right_a,
+           coalesce(b.correct, false) AS right_b
+    FROM a FULL OUTER JOIN b ON a.image_id = b.image_id AND a.method = b.method
+),
+counts AS (
+    SELECT method,
+           label,
+           grouping(label) = 1 AS all_classes,
+           any_value(class_name) AS class_name,
+           any_value(dataset) AS dataset,
+           any_value(model) AS model,
+           count(*) FILTER (WHERE ok_a) AS n_ok_a,
+           count(*) FILTER (WHERE ok_b) AS n_ok_b,
+           count(*) FILTER (WHERE right_a) AS correct_a,
+           count(*) FILTER (WHERE right_b) AS correct_b,
+           count(*) FILTER (WHERE paired) AS n_paired,
+           count(*) FILTER (WHERE paired AND right_a AND NOT right_b) AS n_broken,
+           count(*) FILTER (WHERE paired AND NOT right_a AND right_b) AS n_fixed
+    FROM joined
+    GROUP BY GROUPING SETS ((method), (method, label))
+),
+tested AS (
+    SELECT *,
+           correct_a / nullif(n_ok_a, 0) AS accuracy_a,
+           correct_b / nullif(n_ok_b, 0) AS accuracy_b,
+           mcnemar_p(n_broken, n_fixed) AS p_value
+    FROM counts
+)
+SELECT (SELECT run_a FROM pair) AS run_a,
+       (SELECT run_b FROM pair) AS run_b,
+       dataset,
+       model,
+       method,
+       CASE WHEN all_classes THEN 'method' ELSE 'class' END AS scope,
+       label,
+       CASE WHEN all_classes THEN NULL ELSE class_name END AS class_name,
+       n_ok_a,
+       n_ok_b,
+       correct_a,
+       correct_b,
+       accuracy_a,
+       accuracy_b,
+       accuracy_b - accuracy_a AS change,
+       n_paired,
+       n_broken,
+       n_fixed,
+       p_value,
+       coalesce(p_value < coalesce(CAST(getvariable('alpha') AS DOUBLE), 0.05), false) AS significant,
+       coalesce(p_value < coalesce(CAST(getvariable('alpha') AS DOUBLE), 0.05) AND accuracy_b < accuracy_a, false) AS regressed
+FROM tested;

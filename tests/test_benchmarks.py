@@ -1,0 +1,152 @@
+"""The benchmark scripts: the GPU check's CPU dry run end to end, the machine summary,
+the FLOP counter (attention matmuls included) and the GPU-idle arithmetic.
+
+The GPU check is run exactly as on a lent GPU machine, through benchmarks/gpu_check.sh,
+with the CPU dry-run options; the existing .venv means its setup step is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"abs_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_gpu_check_cpu_dry_run(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    assert (REPO / ".venv" / "bin" / "python").exists(), "the dry run uses the project's .venv"
+    res = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--tiny", "--images", "16",
+                          "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "running scripts/setup.sh" not in res.stderr  # .venv exists: no install step
+
+    r = json.loads((out / "gpu_check.json").read_text())
+    assert r["status"] == "completed"
+    assert {"machine", "settings", "targets", "flops", "matmul", "model_only", "achieved", "precision",
+            "end_to_end", "timings"} <= set(r)
+    assert r["settings"]["device"] == "cpu" and r["settings"]["clip"] == "abs-tiny-vit-b16"
+    assert r["machine"]["torch"]["version"] == torch.__version__
+
+    e, mo, pr, fl = r["end_to_end"], r["model_only"], r["precision"], r["flops"]
+    assert e["rc"] == 0 and not e["timed_out"] and e["images_done"] == 16
+    for x in (e["images_per_s"], e["stage_images_per_s"], e["wall_s"], mo["images_per_s"], mo["wall_s"],
+              r["achieved"]["model_tflops"], r["matmul"]["tflops"], fl["per_image"], fl["attention"]):
+        assert _positive(x), x
+    assert e["target_images_per_s"] == 170 and r["achieved"]["target_share"] == 0.45
+    assert fl["attention_counted"] and fl["per_image"] > fl["attention"]
+    assert 0.0 <= pr["agreement"] <= 1.0 and pr["max_logit_diff"] >= 0.0 and pr["images"] > 0
+    assert set(pr["agreement_by_method"]) >= {"abs", "cupl"}
+    assert 0.0 <= mo["outside_model_calls_s"] <= mo["wall_s"]
+    assert mo["peak_mem_bytes"] is None and mo["gpu_idle_s"] is None  # no GPU here
+
+    summary = (out / "summary.txt").read_text()
+    for needle in ("images/s", "TFLOP/s", "bf16 vs fp32", "CPU:", "torch:", ">= 170"):
+        assert needle in summary, needle
+    assert summary in res.stdout
+
+
+def test_machine_summary_names_cpu_and_torch():
+    machine = _load("machine")
+    info = machine.machine_info()
+    text = machine.machine_summary(info)
+    assert info["cpu"]["model"] and info["cpu"]["model"] in text
+    assert torch.__version__ in text
+    assert info["cpu"]["logical_cpus"] >= 1 and isinstance(info["cpu"]["vector_extensions"], list)
+    if Path("/proc/cpuinfo").exists():
+        flags = Path("/proc/cpuinfo").read_text()
+        if " avx2" in flags:
+            assert "avx2" in info["cpu"]["vector_extensions"]
+    assert json.loads(json.dumps(info)) == info  # stored in the benchmarks' JSON as is
+
+
+def test_flop_count_includes_attention():
+    from abs_model import TINY_CLIP, CLIPBackbone, DINOBackbone, ModelSpec
+
+    flops = _load("flops")
+    clip = CLIPBackbone.load(TINY_CLIP)
+    dino = DINOBackbone.load(ModelSpec("abs-tiny-dino-vit-b16"))
+    f = flops.abs_model_flops(clip, dino, n_crops=3, device="cpu", classes=5, descriptions=4)
+    assert f["attention_counted"], (f["attention"], f["attention_analytic"])
+    assert f["per_image"] == 4 * f["clip_full"] + 3 * f["clip_last_block"] + f["dino"]
+    # without the math SDPA backend the CPU counter misses QK^T and AV: the fix matters
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 3, 224, 224)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            clip.encode_image(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    assert fc.get_total_flops() < f["clip_full"]
+    assert f["matching"] == 2 * 6 * 5 * 4 * clip.embed_dim
+    assert "elementwise" in f["not_counted"]
+
+
+def test_gpu_busy_union_of_kernel_intervals(tmp_path):
+    gc = _load("gpu_check")
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "kernel", "ts": 0, "dur": 10},
+        {"ph": "X", "cat": "kernel", "ts": 5, "dur": 10},        # overlaps: union 0..15
+        {"ph": "X", "cat": "gpu_memcpy", "ts": 20, "dur": 5},    # 20..25
+        {"ph": "X", "cat": "cpu_op", "ts": 0, "dur": 1000},      # host work: not GPU time
+    ]}
+    p = tmp_path / "trace.json"
+    p.write_text(json.dumps(trace))
+    busy, kernels = gc.gpu_busy_seconds(str(p))
+    assert busy == pytest.approx(20e-6) and kernels == 2
+
+
+def test_summary_renders_gpu_figures():
+    """The GPU-only lines (peak memory, profiler idle time, nvidia-smi, projection) on a made-up H200 result."""
+    gc = _load("gpu_check")
+    machine = {"hostname": "h", "os": "Linux", "python": "3.11",
+               "cpu": {"model": "Xeon", "arch": "x86_64", "vector_extensions": ["avx512f", "amx_bf16"],
+                       "physical_cores": 16, "logical_cpus": 16, "usable_cpus": 16, "torch_threads": 16},
+               "torch": {"version": "2.x", "cuda": "13.0", "cudnn": 1, "cpu_capability": "AVX512", "mkldnn": True},
+               "gpu": {"name": "NVIDIA H200", "count": 1, "memory_gib": 139.8, "compute_capability": "9.0",
+                       "multiprocessors": 132}}
+    res = {
+        "machine": machine,
+        "settings": {"clip": "ViT-B-16", "dino": "vit_base_patch16_224.dino", "n_crops": 60, "top_k": 20, "m": 50,
+                     "images": 2000, "classes": 1000, "device": "cuda", "precision": "bfloat16"},
+        "end_to_end": {"images_per_s": 80.0, "meets_target": False, "wall_s": 25.0, "images_done": 2000,
+                       "images": 2000, "timed_out": False, "rc": 0, "stage_images_per_s": 200.0,
+                       "projected_goal_s": 265.0, "projected_meets_goal": True,
+                       "nvidia_smi_stage": {"samples": 40, "util_mean_pct": 91.0, "mem_used_peak_mib": 30000.0}},
+        "model_only": {"images": 512, "images_per_s": 250.0, "images_per_batch": 64, "precision": "bfloat16",
+                       "peak_mem_gib": 21.5, "outside_model_calls_s": 0.3, "wall_s": 2.0,
+                       "outside_model_calls_frac": 0.15, "gpu_idle_s": 0.4, "profiled_wall_s": 0.8,
+                       "gpu_idle_frac": 0.5, "profiled_images": 192},
+        "flops": {"per_image": 2.35e12, "attention": 9.57e10, "attention_counted": True, "not_counted": "x"},
+        "matmul": {"dtype": "bfloat16", "n": 8192, "tflops": 750.0},
+        "achieved": {"model_tflops": 587.5, "share_of_matmul": 0.78, "meets_target": True},
+        "precision": {"images": 64, "agreement": 0.98, "max_logit_diff": 0.5,
+                      "agreement_by_method": {"abs": 0.98, "clip": 1.0}},
+    }
+    text = gc.summary(res)
+    for needle in ("NVIDIA H200", "21.50 GiB", "GPU idle waiting for host", "91% util", "265 s", "MISSED", "ok",
+                   "78.0%", "agree 0.980"):
+        assert needle in text, needle
+    assert "CPU DRY RUN" not in text
