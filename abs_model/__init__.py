@@ -8,13 +8,27 @@ Pure torch + open_clip + timm; usable on its own::
     out.pred("abs"), out.logits["clip"], out.geometry[0].raw_boxes
 """
 
-from .backbones import CLIPBackbone, DINOBackbone, SplitError
-from .classifier import METHODS, ABSClassifier, CropGeometry, Prediction, dino_attention
-from .config import ABSConfig, ModelSpec
-from .matching import cosine_logits, soft_match
-from .sampling import image_generator
-from .text import DEFAULT_PROMPT, TextBank
-from .weights import WeightsUnavailableError
+from importlib import import_module
+
+# Light names load at once; the torch-heavy ones on first use (PEP 562), so a command
+# that only needs the configs (``abs-eval status``, ``sql``) does not import torch.
+from .config import DEFAULT_PROMPT, METHODS, ABSConfig, ModelSpec
+
+_LAZY = {
+    "CLIPBackbone": ".backbones", "DINOBackbone": ".backbones", "SplitError": ".backbones",
+    "ABSClassifier": ".classifier", "CropGeometry": ".classifier", "Prediction": ".classifier",
+    "dino_attention": ".classifier", "cosine_logits": ".matching", "soft_match": ".matching",
+    "image_generator": ".sampling", "TextBank": ".text", "WeightsUnavailableError": ".weights",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 TINY_CLIP = "abs-tiny-vit-b16"
 TINY_CLIP_B32 = "abs-tiny-vit-b32"

@@ -14,6 +14,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+#: The methods a classifier scores, in the order tables and plots show them: ABS and the
+#: baselines (CLIP with one prompt, CLIP-E with the template ensemble, CuPL descriptions).
+METHODS = ("abs", "clip", "clip-e", "cupl")
+#: The prompt of the plain CLIP baseline.
+DEFAULT_PROMPT = "a photo of a {}."
+
+
 @dataclass(frozen=True)
 class ABSConfig:
     """Method parameters (defaults from the ABS paper, ICML 2025; see ABS_SPEC.md)."""

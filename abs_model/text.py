@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-DEFAULT_PROMPT = "a photo of a {}."
+from .config import DEFAULT_PROMPT
+
 
 
 def imagenet_templates() -> list[Callable[[str], str]]:

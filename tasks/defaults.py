@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 
-from abs_model import METHODS, ABSConfig
-from abs_model.text import DEFAULT_PROMPT
+from abs_model import DEFAULT_PROMPT, METHODS, ABSConfig
 
 #: Storage root when none is given (env ``ABS_EVAL_ROOT``).
 ROOT = os.environ.get("ABS_EVAL_ROOT", "abs-output")
