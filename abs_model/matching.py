@@ -20,6 +20,7 @@ def soft_match(
     text_mask: Tensor | None,
     tau: float,
     chunk: int = 8,
+    check_mask: bool = True,
 ) -> Tensor:
     """Soft-matching logits.
 
@@ -29,6 +30,8 @@ def soft_match(
         text_mask: ``[C, M]`` bool, True where a description exists; None = all valid.
         tau: matching temperature.
         chunk: images per matmul (bounds memory at ``chunk * n * C * M`` floats).
+        check_mask: reject a mask with no valid pair (reads the mask back from the
+            device; a caller that checked its mask once passes False).
 
     Returns:
         ``[B, C]`` logits, in the dtype of ``crop_features``.
@@ -45,17 +48,18 @@ def soft_match(
         if tuple(text_mask.shape) != (c, m):
             raise ValueError(f"text_mask must be [{c}, {m}], got {tuple(text_mask.shape)}")
         valid = text_mask.reshape(1, 1, c * m).to(torch.bool).to(crop_features.device)
-        if not bool(valid.any()):
+        if check_mask and not bool(valid.any()):
             raise ValueError("text_mask masks every description")
+    invalid = None if valid is None else ~valid
     out = []
     for s0 in range(0, b, chunk):
         s = crop_features[s0 : s0 + chunk] @ flat_text.T / tau  # [b', n, C*M]
-        if valid is not None:
-            s = s.masked_fill(~valid, float("-inf"))
+        if invalid is not None:
+            s = s.masked_fill(invalid, float("-inf"))
         p = torch.softmax(s, dim=-1)
         contrib = p * s
-        if valid is not None:
-            contrib = contrib.masked_fill(~valid, 0.0)
+        if invalid is not None:
+            contrib = contrib.masked_fill(invalid, 0.0)
         out.append(contrib.reshape(-1, n, c, m).sum(dim=(1, 3)))
     return torch.cat(out) if out else crop_features.new_zeros(0, c)
 

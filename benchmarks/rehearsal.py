@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -248,7 +249,8 @@ print(json.dumps(asyncio.run(main())))
     runs.sort(key=lambda r: r["start"])
     stages: dict[str, dict] = {}
     for r in runs:
-        kind = r["name"].rsplit("-", 1)[0] if r["name"].rsplit("-", 1)[-1].isdigit() else r["name"]
+        # "dino-shard-12" (our run names) and "shard-dataset-18a" (Prefect's suffix) -> the task kind
+        kind = re.sub(r"-(\d+|[0-9a-f]{3})$", "", r["name"])
         s = stages.setdefault(kind, {"tasks": 0, "busy_s": 0.0, "first_start": r["start"], "last_end": r["end"]})
         s["tasks"] += 1
         s["busy_s"] += r["end"] - r["start"]
@@ -364,6 +366,8 @@ def main() -> None:
     ap.add_argument("--skip-kill", action="store_true")
     ap.add_argument("--skip-sql", action="store_true")
     ap.add_argument("--workers", type=int, default=2, help="processes generating the JPEGs")
+    ap.add_argument("--crops", type=int, default=60, help="N crops per branch (the paper's 60; fewer only to "
+                                                          "try the script quickly, and the output says so)")
     ap.add_argument("--out", help="write the figures as JSON")
     args = ap.parse_args()
 
@@ -384,7 +388,10 @@ def main() -> None:
     desc = write_descriptions(src, src.parent / "cupl.json")
     n = len(list(src.glob("*/*.JPEG")))
     run_args = ["run", "--dataset", "imagenet", "--layout", "imagenet", "--source", str(src),
-                "--descriptions", str(desc), *TINY, "--deployment", "rehearsal"]
+                "--descriptions", str(desc), *TINY, "--deployment", "rehearsal", "--n-crops", str(args.crops)]
+    figures["n_crops"] = args.crops
+    if args.crops != 60:
+        print(f"[note] N={args.crops}, not the paper's 60: a trial of the script, not the rehearsal's figures")
 
     # -- uninterrupted
     root1 = work / "root-uninterrupted"

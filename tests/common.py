@@ -32,3 +32,21 @@ TINY_FLOW_PARAMS = dict(
     layout="folder", clip_model="abs-tiny-vit-b16", clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16",
     dino_pretrained=None, abs_config={"n_crops": 6, "top_k": 5, "n_descriptions": 4}, templates="none",
 )
+
+
+def invoke_cli(*args: str):
+    """``abs-eval ARGS`` in process (typer's CliRunner); returns its result."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def one_error_line(res) -> str:
+    """A command-line mistake: exit code 2, one ``error:`` line, no traceback; returns the line."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, res.output
+    return errors[0]

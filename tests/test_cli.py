@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import invoke_cli as _invoke
+from common import one_error_line as _one_error_line
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -63,16 +65,6 @@ def test_a_configured_server_is_not_announced(tmp_path):
 
 
 # ---------------------------------------------------------------------- helpers
-def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def _one_error_line(res) -> str:
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output, res.output
-    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, res.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

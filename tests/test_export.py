@@ -17,12 +17,17 @@ import uuid
 
 import fsspec
 import pytest
-from typer.testing import CliRunner
+from common import invoke_cli as _invoke
+from common import one_error_line as _one_error_line
+from test_sql import (
+    DATASET,
+    build_results,
+    build_topk_results,
+    expected_acc5,
+    expected_mean_per_class_recall,
+)
 
-from flows.cli import app
 from tasks import catalog
-
-from test_sql import DATASET, build_results, build_topk_results, expected_acc5, expected_mean_per_class_recall
 
 CLIP_BENCHMARK_KEYS = ["dataset", "model", "pretrained", "task", "metrics", "language"]
 
@@ -35,16 +40,6 @@ def root(tmp_path_factory):
     return path, fx, topk_rows
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def _one_error_line(res) -> str:
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output, res.output
-    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, res.output
-    return errors[0]
 
 
 def _expected(rows: list[dict], method: str) -> dict:
