@@ -2,36 +2,50 @@
 
 One ``predict`` call runs, for a batch of images:
   1. DINO on the whole images (unless the caller brings cached top-K attention);
-  2. per image, its own seeded draws of crop centres and sizes (``sampling``);
+  2. per image, its own seeded draws of crop centres and sizes (``sampling``), the
+     box and window geometry then computed for the whole batch at once;
   3. the CLIP trunk on [global views + raw crops] of all images in large batches,
-     then the last block + head on every row;
+     then the last block + head on every row; the views' resampling weights are
+     built for the whole batch (``preprocess.clip_views_batch``), one pair of
+     matrix products per image;
   4. the feature-space crops: windows of each image's global token grid resized
-     back to the full grid (two batched matmuls per image), original CLS in front,
-     then the last block + head, again in large batches;
+     back to the full grid (two batched matmuls for all images), original CLS in
+     front, then the last block + head, again in large batches;
   5. soft matching for ``abs`` and the cheap baselines from the same features:
      ``clip`` (one prompt), ``clip-e`` (80-template ensemble), ``cupl`` (mean of the
      description features).
+No Python loop runs per crop, and nothing waits on the device before the logits
+are read back at the end (the tap counts and box geometry are computed on the CPU).
 It returns the logits of every method and the crop geometry it used.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .backbones import CLIPBackbone, DINOBackbone
-from .config import ABSConfig, ModelSpec
+from .config import METHODS, ABSConfig, ModelSpec
 from .device import autocast_context, resolve_device, resolve_precision
 from .matching import cosine_logits, soft_match
-from .preprocess import clip_views, dino_view, full_box, limit_size, to_tensor_image
-from .resample import apply_separable, bicubic_matrix
-from .sampling import draw_crops, feature_windows, image_generator, raw_boxes
+from .preprocess import (
+    clip_views_batch,
+    dino_view,
+    image_tensor,
+    limit_size,
+    to_float_image,
+    to_tensor_image,
+)
+from .resample import apply_separable_batch, bicubic_matrix, to_device
+from .sampling import draw_crops_batch, feature_windows, raw_boxes
 from .text import TextBank
 
-METHODS = ("abs", "clip", "clip-e", "cupl")
 
 
 @dataclass
@@ -120,6 +134,10 @@ class ABSClassifier:
             "desc": text.descriptions[:, : self.config.n_descriptions].to(self.device, fdt),
             "mask": text.mask[:, : self.config.n_descriptions].to(self.device),
         }
+        head = text.mask[:, : self.config.n_descriptions]
+        if not bool(head.any()):
+            raise ValueError("the text bank's mask has no description among the first M")
+        self._mask_all = bool(head.all())
         self._baselines = {"cupl": text.cupl.to(self.device, fdt)}
         if text.prompt is not None:
             self._baselines["clip"] = text.prompt.to(self.device, fdt)
@@ -137,7 +155,7 @@ class ABSClassifier:
         config: ABSConfig | None = None,
         device: str | torch.device | None = None,
         **text_kwargs: Any,
-    ) -> "ABSClassifier":
+    ) -> ABSClassifier:
         """Load both backbones and encode the class text in one call."""
         config = config or ABSConfig()
         dev = resolve_device(device)
@@ -173,6 +191,75 @@ class ABSClassifier:
         vals, idx = torch.topk(att, k or self.config.top_k, dim=1)
         return idx.cpu(), vals.cpu()
 
+    def _cpu_buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor | None:
+        """A reusable buffer of ``shape`` on a CPU device (one per thread), else ``None``.
+
+        Why: the model inputs of a batch are large (B x 61 x 3 x 224 x 224 floats);
+        on a CPU, allocating and freeing them every call costs page faults and an
+        unmap per batch. On CUDA the caching allocator already reuses the memory.
+        """
+        if self.device.type != "cpu":
+            return None
+        tls = self.__dict__.get("_tls")
+        if tls is None:
+            tls = self.__dict__.setdefault("_tls", threading.local())
+        n = math.prod(shape)
+        buf = getattr(tls, name, None)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = torch.empty(n, dtype=dtype)
+            setattr(tls, name, buf)
+        return buf[:n].view(shape)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_tls", None)  # per-thread scratch buffers are not part of the classifier
+        return state
+
+    def prepare_image(self, image: Any) -> Tensor:
+        """A decoded image as ``predict`` takes it fastest (thread-safe; for decode threads).
+
+        CPU device: the float32 ``[3, H, W]`` tensor ``predict`` would build itself.
+        Otherwise: the uint8 ``[3, H, W]`` tensor, contiguous and, on CUDA, in pinned
+        memory, so the copy to the device is small and asynchronous and the float
+        conversion runs on the device. ``predict`` gives the same results for the
+        prepared tensor as for the image itself.
+        """
+        if self.device.type == "cpu":
+            return to_tensor_image(image)
+        x = image_tensor(image).contiguous()
+        if self.device.type == "cuda" and x.dtype == torch.uint8:
+            try:
+                x = x.pin_memory()
+            except RuntimeError:
+                pass
+        return x
+
+    def _geometry(
+        self, image_ids: Sequence[str | int], widths: list[int], heights: list[int], top_idx: Tensor, top_val: Tensor
+    ) -> tuple[list[CropGeometry], dict[str, Tensor]]:
+        """Every image's crops, drawn with its own generator, geometry computed for the batch.
+
+        Returns the per-image ``CropGeometry`` (views into the batch tensors) and the
+        batch tensors themselves (``raw_boxes`` / ``feature_windows``: ``[B, N, 4]``).
+        """
+        cfg = self.config
+        D, G = self.dino.grid, self.clip.grid
+        dr = draw_crops_batch(top_idx, top_val, widths, heights, G, cfg, image_ids)
+        w_t = torch.tensor(widths, dtype=torch.float64).view(-1, 1)
+        h_t = torch.tensor(heights, dtype=torch.float64).view(-1, 1)
+        boxes = raw_boxes(dr.raw_cells, dr.raw_widths, dr.raw_heights, w_t, h_t, D)
+        wins = feature_windows(dr.feature_cells, dr.feature_sides, G, D)
+        geoms = [
+            CropGeometry(
+                image_id=image_ids[b], width=widths[b], height=heights[b], dino_grid=D, clip_grid=G,
+                dino_topk_indices=top_idx[b], dino_topk_values=top_val[b],
+                raw_cells=dr.raw_cells[b], raw_boxes=boxes[b],
+                feature_cells=dr.feature_cells[b], feature_windows=wins[b],
+            )
+            for b in range(len(widths))
+        ]
+        return geoms, {"raw_boxes": boxes, "feature_windows": wins}
+
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
     def predict(
@@ -194,8 +281,9 @@ class ABSClassifier:
             raise ValueError(f"{len(images)} images but {len(image_ids)} ids")
         if not images:
             raise ValueError("predict() needs at least one image")
-        originals = [to_tensor_image(im) for im in images]
-        work = [limit_size(x.to(self.device), cfg.max_image_side) for x in originals]
+        # 8-bit images travel to the device as uint8 and become float there (same values).
+        originals = [to_float_image(image_tensor(im).to(self.device, non_blocking=True)) for im in images]
+        work = [limit_size(x, cfg.max_image_side) for x in originals]
         if dino_topk is None:
             dino_topk = self.dino_topk(work)
         top_idx, top_val = dino_topk
@@ -203,32 +291,28 @@ class ABSClassifier:
             raise ValueError(f"cached DINO top-K holds {top_idx.shape[1]} cells, config needs K={cfg.top_k}")
         top_idx, top_val = top_idx[:, : cfg.top_k].cpu(), top_val[:, : cfg.top_k].cpu()
 
-        D, G = self.dino.grid, self.clip.grid
-        geoms: list[CropGeometry] = []
-        for b, x in enumerate(originals):
-            h, w = int(x.shape[1]), int(x.shape[2])
-            g = image_generator(cfg.seed, image_ids[b])
-            dr = draw_crops(top_idx[b], top_val[b], w, h, G, cfg, g)
-            geoms.append(
-                CropGeometry(
-                    image_id=image_ids[b], width=w, height=h, dino_grid=D, clip_grid=G,
-                    dino_topk_indices=top_idx[b], dino_topk_values=top_val[b],
-                    raw_cells=dr.raw_cells, raw_boxes=raw_boxes(dr.raw_cells, dr.raw_widths, dr.raw_heights, w, h, D),
-                    feature_cells=dr.feature_cells, feature_windows=feature_windows(dr.feature_cells, dr.feature_sides, G, D),
-                )
-            )
+        G = self.clip.grid
+        B = len(originals)
+        heights = [int(x.shape[1]) for x in originals]
+        widths = [int(x.shape[2]) for x in originals]
+        geoms, batch_geo = self._geometry(image_ids, widths, heights, top_idx, top_val)
+        # the windows go to the device now, before the trunk is queued (a copy later would
+        # make the host wait for it)
+        win = to_device(batch_geo["feature_windows"].reshape(-1, 4), self.device) if cfg.feature_crops else None
 
         # 3. global views first, then every raw crop of every image: one big batch.
         cn = self.clip.norm
         n_raw = cfg.n_crops if cfg.raw_crops else 0
-        views = [clip_views(x, full_box(x), cn.size, cn.mean, cn.std) for x in work]
+        full = torch.tensor([[0, 0, int(x.shape[2]), int(x.shape[1])] for x in work], dtype=torch.long)
+        groups = [(b, full[b : b + 1], b) for b in range(B)]  # the whole image (``full_box``), on the CPU
         if n_raw:
-            for x, geo in zip(work, geoms):
-                views.append(clip_views(x, _to_working(geo.raw_boxes, geo, x), cn.size, cn.mean, cn.std))
+            boxes = _to_working_batch(batch_geo["raw_boxes"], widths, heights, work)
+            groups += [(b, boxes[b], B + b * n_raw) for b in range(B)]
         fdt = self.clip.feature_dtype
         wdtype = next(self.clip.parameters()).dtype
-        views_t = torch.cat(views).to(wdtype)
-        B = len(work)
+        n_views = B * (1 + n_raw)
+        buf = self._cpu_buffer("views", (n_views, 3, cn.size, cn.size), work[0].dtype)
+        views_t = clip_views_batch(work, groups, cn.size, cn.mean, cn.std, n_views, out=buf).to(wdtype)
         global_tokens: list[Tensor] = []  # the first B rows' trunk tokens, kept for step 4
 
         def trunk_head(v: Tensor) -> Tensor:
@@ -246,26 +330,28 @@ class ABSClassifier:
         if n_raw:
             parts.append(emb[B:].view(B, n_raw, -1))
 
-        # 4. feature-space crops from each image's global token grid.
+        # 4. feature-space crops from each image's global token grid, all images at once:
+        # windows resized back to G x G by two batched matmuls, original CLS in front.
         if cfg.feature_crops:
-            toks = torch.cat(global_tokens)
-            crop_tokens = []
-            for b, geo in enumerate(geoms):
-                win = geo.feature_windows.to(self.device)
-                grid = toks[b, 1:].T.reshape(-1, G, G)  # [width, G, G]
-                ry = bicubic_matrix(win[:, 0], win[:, 1] - win[:, 0], G, G)
-                rx = bicubic_matrix(win[:, 2], win[:, 3] - win[:, 2], G, G)
-                res = apply_separable(grid, ry, rx).flatten(2).transpose(1, 2)  # [N, G*G, width]
-                cls_tok = toks[b, :1].unsqueeze(0).expand(res.shape[0], -1, -1)
-                crop_tokens.append(torch.cat([cls_tok, res], dim=1))
-            ct = torch.cat(crop_tokens)
+            toks = torch.cat(global_tokens)  # [B, 1 + G*G, width]
+            n = cfg.n_crops
+            ry = bicubic_matrix(win[:, 0], win[:, 1] - win[:, 0], G, G).view(B, n, G, G)
+            rx = bicubic_matrix(win[:, 2], win[:, 3] - win[:, 2], G, G).view(B, n, G, G)
+            grid = toks[:, 1:].transpose(1, 2).reshape(B, -1, G, G)  # [B, width, G, G]
+            res = apply_separable_batch(grid, ry, rx)  # [B, N, width, G, G]
+            # [B*N, 1 + G*G, width]: the image's CLS token, then the resized window's tokens
+            ct = toks.new_empty(B, n, 1 + G * G, toks.shape[-1])
+            ct[:, :, 0] = toks[:, None, 0]
+            ct[:, :, 1:] = res.flatten(3).transpose(2, 3)
+            ct = ct.view(B * n, 1 + G * G, -1)
             with self._autocast():
                 femb = self._rows(lambda t: self._head(t.to(wdtype)).to(fdt), ct)
             parts.append(torch.nn.functional.normalize(femb, dim=-1).view(B, cfg.n_crops, -1))
         crops = torch.cat(parts, dim=1)
 
         # 5. matching and baselines.
-        logits = {"abs": soft_match(crops, self._text_dev["desc"], self._text_dev["mask"], cfg.tau)}
+        mask = None if self._mask_all else self._text_dev["mask"]  # all valid: no masking work, no device sync
+        logits = {"abs": soft_match(crops, self._text_dev["desc"], mask, cfg.tau, check_mask=False)}
         for name, class_features in self._baselines.items():
             logits[name] = cosine_logits(g_feat, class_features)
         if self._subset is not None:
@@ -301,15 +387,26 @@ def dino_attention(
     return torch.cat(out).cpu()
 
 
-def _to_working(boxes: Tensor, geo: CropGeometry, x: Tensor) -> Tensor:
-    """Map original-pixel boxes onto the (possibly downscaled) working image."""
-    h, w = int(x.shape[1]), int(x.shape[2])
-    if (h, w) == (geo.height, geo.width):
+def _to_working_batch(boxes: Tensor, widths: list[int], heights: list[int], work: Sequence[Tensor]) -> Tensor:
+    """Boxes ``[B, N, 4]`` in original pixels -> pixels of the working images ``work``.
+
+    Only images that ``limit_size`` downscaled change: each coordinate is scaled by
+    (working / original) size in float64, rounded, and the box kept at least one
+    pixel wide inside the working image.
+    """
+    changed = [b for b, x in enumerate(work) if (int(x.shape[1]), int(x.shape[2])) != (heights[b], widths[b])]
+    if not changed:
         return boxes
-    sx, sy = w / geo.width, h / geo.height
-    b = boxes.double()
-    x0 = torch.clamp(torch.round(b[:, 0] * sx), max=w - 1)
-    y0 = torch.clamp(torch.round(b[:, 1] * sy), max=h - 1)
-    x1 = torch.maximum(torch.round(b[:, 2] * sx), x0 + 1)
-    y1 = torch.maximum(torch.round(b[:, 3] * sy), y0 + 1)
-    return torch.stack([x0, y0, x1, y1], 1).long()
+    out = boxes.clone()
+    idx = torch.tensor(changed)
+    wh = torch.tensor([[int(work[b].shape[2]), int(work[b].shape[1])] for b in changed], dtype=torch.float64)
+    sx = torch.tensor([int(work[b].shape[2]) / widths[b] for b in changed], dtype=torch.float64).view(-1, 1)
+    sy = torch.tensor([int(work[b].shape[1]) / heights[b] for b in changed], dtype=torch.float64).view(-1, 1)
+    w, h = wh[:, :1], wh[:, 1:]
+    bb = boxes[idx].double()
+    x0 = torch.minimum(torch.round(bb[..., 0] * sx), w - 1)
+    y0 = torch.minimum(torch.round(bb[..., 1] * sy), h - 1)
+    x1 = torch.maximum(torch.round(bb[..., 2] * sx), x0 + 1)
+    y1 = torch.maximum(torch.round(bb[..., 3] * sy), y0 + 1)
+    out[idx] = torch.stack([x0, y0, x1, y1], -1).long()
+    return out

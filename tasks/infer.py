@@ -11,8 +11,11 @@ now) become one error row per method, so counts always add up.
 
 from __future__ import annotations
 
+import os
 import posixpath
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +26,11 @@ from prefect import get_run_logger, task
 
 from abs_model import ABSClassifier
 from tasks.context import resolve
-from tasks.dino_cache import read_dino_shard
 from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
 from tasks.shard import read_shard
 from tasks.store import Storage
-from tasks.store.images import STATUS_DECODE_ERROR, STATUS_MISSING_DINO, iter_decoded
+from tasks.store.images import STATUS_DECODE_ERROR, STATUS_MISSING_DINO, decode
 from tasks.store.layout import (
     features_part,
     marker_key,
@@ -66,21 +68,182 @@ def committed_parts(storage: Storage, dataset: str, model: str, config: str) -> 
     return sorted(out)
 
 
-def _method_rows(logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
+def _method_rows(logits: torch.Tensor, labels: list[int]) -> dict[str, np.ndarray]:
+    """``pred`` / ``top5`` / ``score_true`` / ``margin`` for a batch, as arrays.
+
+    ``logits``: ``[B, C]`` for one method, or ``[methods, B, C]`` for all of them at
+    once (every number is computed row by row, so the two give the same values).
+    """
     lg = logits.double()
-    k = min(5, lg.shape[1])
-    top = torch.topk(lg, k, dim=1).indices
-    lab = torch.tensor(labels, dtype=torch.long)
-    in_range = (lab >= 0) & (lab < lg.shape[1])
-    safe = lab.clamp(0, lg.shape[1] - 1)
-    true = lg.gather(1, safe[:, None])[:, 0]
-    other = lg.scatter(1, safe[:, None], float("-inf")).max(dim=1).values
+    k = min(5, lg.shape[-1])
+    top = torch.topk(lg, k, dim=-1).indices
+    lab = torch.tensor(labels, dtype=torch.long).expand(lg.shape[:-1])
+    in_range = (lab >= 0) & (lab < lg.shape[-1])
+    safe = lab.clamp(0, lg.shape[-1] - 1)
+    true = lg.gather(-1, safe[..., None])[..., 0]
+    other = lg.scatter(-1, safe[..., None], float("-inf")).max(dim=-1).values
+    nan = torch.full_like(true, float("nan"))
     return {
-        "pred": top[:, 0].tolist(),
-        "top5": top.tolist(),
-        "score_true": torch.where(in_range, true, torch.full_like(true, float("nan"))).tolist(),
-        "margin": torch.where(in_range, true - other, torch.full_like(true, float("nan"))).tolist(),
+        "pred": top[..., 0].numpy(),
+        "top5": top.numpy(),
+        "score_true": torch.where(in_range, true, nan).numpy(),
+        "margin": torch.where(in_range, true - other, nan).numpy(),
     }
+
+
+def _drop(*lists: list) -> None:
+    """Empty ``lists`` (run in a worker thread: the large decoded images are freed there)."""
+    for x in lists:
+        x.clear()
+
+
+class _ShardOutputs:
+    """Per-image results of a shard in preallocated arrays (row = position in the shard).
+
+    Why arrays: the shard's table is built column by column from them with a few
+    vectorised Arrow calls, instead of a Python loop over image x method with a
+    ``.tolist()`` per geometry tensor.
+    """
+
+    def __init__(self, n: int, n_methods: int):
+        self.n, self.nm = n, n_methods
+        self.ok = np.zeros(n, dtype=bool)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, rows: np.ndarray, name: str, values: np.ndarray) -> None:
+        a = self.arrays.get(name)
+        if a is None:
+            a = self.arrays[name] = np.zeros((self.n, *values.shape[1:]), dtype=values.dtype)
+        a[rows] = values
+
+
+def _list_array(values: np.ndarray, valid: np.ndarray, typ: pa.ListType) -> pa.Array:
+    """A list column from ``values [n_valid, L, ...]`` (the valid rows, in order) and a row mask."""
+    lengths = np.where(valid, values.shape[1], 0)
+    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = values.reshape(-1, *values.shape[2:])
+    if isinstance(typ.value_type, pa.ListType):
+        inner = _list_array(flat, np.ones(flat.shape[0], dtype=bool), typ.value_type)
+    else:
+        inner = pa.array(flat.astype(typ.value_type.to_pandas_dtype(), copy=False), type=typ.value_type)
+    mask = None if valid.all() else pa.array(~valid)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=typ, mask=mask)
+
+
+def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shard: int, labels: list,
+                      cnames: list, status: list, error: list, classnames: list[str], run_id: str) -> pa.Table:
+    """The shard's prediction rows (image x method, in that order) from ``out``."""
+    n, nm = out.n, len(methods)
+    ok = out.ok
+    ok_rows = np.repeat(ok, nm)  # [n * nm]
+    is_abs = np.tile(np.array([m == "abs" for m in methods]), n)
+    geo_rows = ok_rows & is_abs
+    a = out.arrays
+    f = {fld.name: fld.type for fld in PREDICTION_SCHEMA}
+    cols: dict[str, Any] = {
+        "image_id": [x for x in ids for _ in range(nm)],
+        "shard": pa.array(np.full(n * nm, shard, dtype=np.int32)),
+        "label": [x for x in labels for _ in range(nm)],
+        "class_name": [x for x in cnames for _ in range(nm)],
+        "method": methods * n,
+    }
+    if ok.any():
+        pred = a["pred"].reshape(-1)  # [n * nm], image-major
+        score = a["score_true"].reshape(-1)
+        margin = a["margin"].reshape(-1)
+        top5 = a["top5"].reshape(n * nm, -1)
+        names = np.asarray(classnames, dtype=object)
+        cols["pred"] = pa.array(pred.astype(np.int32), mask=~ok_rows)
+        cols["pred_name"] = pa.array(np.where(ok_rows, names[np.where(ok_rows, pred, 0)], None), f["pred_name"])
+        cols["top5"] = _list_array(top5[ok_rows], ok_rows, f["top5"])
+        # float32 as Arrow converts Python floats (round to nearest); non-finite -> null
+        cols["score_true"] = pa.array(score.astype(np.float32), mask=~(ok_rows & np.isfinite(score)))
+        cols["margin"] = pa.array(margin.astype(np.float32), mask=~(ok_rows & np.isfinite(margin)))
+        img_of_geo = np.repeat(np.arange(n), nm)[geo_rows]  # the image of each geometry row
+        cols["width"] = pa.array(np.repeat(a["width"], nm).astype(np.int32), mask=~geo_rows)
+        cols["height"] = pa.array(np.repeat(a["height"], nm).astype(np.int32), mask=~geo_rows)
+        for name in ("dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows"):
+            cols[name] = _list_array(a[name][img_of_geo], geo_rows, f[name])
+    else:
+        for name in ("pred", "pred_name", "top5", "score_true", "margin", "width", "height", "dino_topk_indices",
+                     "dino_topk_values", "raw_boxes", "feature_windows"):
+            cols[name] = pa.nulls(n * nm, f[name])
+    cols["status"] = [("ok" if o else st) for o, st in zip(ok, status) for _ in range(nm)]
+    cols["error"] = [(None if o else e) for o, e in zip(ok, error) for _ in range(nm)]
+    cols["run_id"] = [run_id] * (n * nm)
+    return pa.table({k: cols[k] for k in f}, schema=PREDICTION_SCHEMA)
+
+
+def _read_attention(storage: Storage, rel: str) -> tuple[dict[str, tuple[int | None, str, str | None]], np.ndarray | None]:
+    """The DINO cache part: ``image_id -> (row in the matrix or None, status, error)`` and the
+    attention of every cached row as one float32 matrix (same values as ``read_dino_shard``)."""
+    t = storage.read_parquet(rel)
+    ids = t.column("image_id").to_pylist()
+    status = t.column("status").to_pylist()
+    error = t.column("error").to_pylist()
+    att = t.column("attention").combine_chunks()
+    valid = ~np.asarray(att.is_null().to_numpy(zero_copy_only=False), dtype=bool) if len(att) else np.zeros(0, bool)
+    offsets = np.asarray(att.offsets.to_numpy()) if len(att) else np.zeros(1, np.int64)
+    lengths = np.diff(offsets)
+    index = {i: ((r if valid[r] else None), s, e) for r, (i, s, e) in enumerate(zip(ids, status, error))}
+    if not valid.any():
+        return index, None
+    L = int(lengths[valid][0])
+    if not (lengths[valid] == L).all():
+        raise ValueError(f"{rel}: DINO attention rows of different lengths")
+    values = att.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    starts = np.where(valid, offsets[:-1], 0)
+    matrix = np.zeros((len(att), L), dtype=np.float32)
+    matrix[valid] = values[starts[valid][:, None] + np.arange(L)]
+    return index, matrix
+
+
+def _decode_prepare(data: bytes, prepare: Callable[[Any], Any]) -> Any:
+    """Decode one image and turn it into the model's input (runs in a worker thread).
+
+    A decoding failure is returned as the exception (the shard records it, as
+    ``iter_decoded`` does); a failure to prepare a decoded image raises in the caller.
+    """
+    try:
+        img = decode(data)
+    except Exception as exc:  # noqa: BLE001 -- decodable at shard time but not now: the caller records it
+        return exc
+    return prepare(img)
+
+
+def _decoded_batches(images: pa.ChunkedArray, indices: list[int], batch: int,
+                     prepare: Callable[[Any], Any]) -> Iterator[list[tuple[int, Any]]]:
+    """``iter_decoded`` with each image also passed through ``prepare`` in the same worker task.
+
+    Why: turning a decoded image into the tensor the model takes (mode conversion, a
+    copy, for a CPU device also the float conversion, for CUDA pinned memory) is
+    per-image work too; done in the decode threads while the previous batch is in
+    ``predict``, it stays off the critical path. Only two batches are held at a time.
+    """
+    chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
+    pool = _pool()
+
+    def submit(chunk: list[int]) -> list:
+        return [pool.submit(_decode_prepare, images[i].as_py(), prepare) for i in chunk]
+
+    pending = submit(chunks[0]) if chunks else []
+    for k, chunk in enumerate(chunks):
+        done = [f.result() for f in pending]
+        pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+        yield list(zip(chunk, done))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="infer-decode")
+        return _POOL
 
 
 def infer_shard(
@@ -120,13 +283,13 @@ def infer_shard(
     cnames = t.column("class_name").to_pylist()
     status = t.column("status").to_pylist()
     error = t.column("error").to_pylist()
-    dino = read_dino_shard(storage, dino_path)
+    dino, att_matrix = _read_attention(storage, dino_path)
     images = t.column("image")
     methods = classifier.methods
     K = classifier.config.top_k
 
-    per_image: dict[int, dict[str, Any]] = {}
-    feats: dict[int, tuple[list, list]] = {}
+    out = _ShardOutputs(len(ids), len(methods))
+    att_row = np.zeros(len(ids), dtype=np.int64)
     ok_idx: list[int] = []
     for i, st in enumerate(status):
         if st != "ok":
@@ -136,10 +299,12 @@ def infer_shard(
             status[i] = att[1] if att else STATUS_MISSING_DINO
             error[i] = att[2] if att else "no DINO attention cached for this image"
             continue
+        att_row[i] = att[0]
         ok_idx.append(i)
 
     done = 0
-    for decoded in iter_decoded(images, ok_idx, images_per_batch):
+    prepare = getattr(classifier, "prepare_image", None) or (lambda im: im)
+    for decoded in _decoded_batches(images, ok_idx, images_per_batch, prepare):
         done += len(decoded)
         imgs, good = [], []
         for i, im in decoded:
@@ -152,66 +317,56 @@ def infer_shard(
             if progress is not None:
                 progress(done, len(ok_idx))
             continue
-        att = torch.tensor([dino[ids[i]][0] for i in good], dtype=torch.float32)
+        rows = np.asarray(good)
+        att = torch.from_numpy(att_matrix[att_row[rows]])
         vals, idx = torch.topk(att, K, dim=1)
-        out = classifier.predict(imgs, [ids[i] for i in good], dino_topk=(idx, vals), return_features=keep_features)
-        if sorted(out.logits) != sorted(methods):
-            raise RuntimeError(f"classifier returned methods {sorted(out.logits)}, expected {methods}")
-        width = next(iter(out.logits.values())).shape[1]
+        res = classifier.predict(imgs, [ids[i] for i in good], dino_topk=(idx, vals), return_features=keep_features)
+        if sorted(res.logits) != sorted(methods):
+            raise RuntimeError(f"classifier returned methods {sorted(res.logits)}, expected {methods}")
+        width = next(iter(res.logits.values())).shape[1]
         if width != len(classnames):
             raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
-        rows = {m: _method_rows(out.logits[m], [labels[i] for i in good]) for m in methods}
-        for j, i in enumerate(good):
-            per_image[i] = {m: {k: v[j] for k, v in rows[m].items()} for m in methods}
-            per_image[i]["_geo"] = out.geometry[j]
-            if keep_features:
-                feats[i] = (out.extras["crop_features"][j].tolist(), out.extras["global_features"][j].tolist())
+        _pool().submit(_drop, decoded, imgs)  # freeing the images is not the main thread's job
+        del decoded, imgs
+        nums = _method_rows(torch.stack([res.logits[m] for m in methods]), [labels[i] for i in good])
+        for key, v in nums.items():
+            out.put(rows, key, np.moveaxis(v, 0, 1))  # [B, methods, ...]
+        geo = res.geometry
+        out.put(rows, "width", np.array([g.width for g in geo], dtype=np.int64))
+        out.put(rows, "height", np.array([g.height for g in geo], dtype=np.int64))
+        for key in ("dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows"):
+            out.put(rows, key, torch.stack([getattr(g, key) for g in geo]).numpy())
+        if keep_features:
+            out.put(rows, "crop_features", res.extras["crop_features"].numpy())
+            out.put(rows, "global_features", res.extras["global_features"].numpy())
+        out.ok[rows] = True
         if progress is not None:
             progress(done, len(ok_idx))
 
+    ok_rows = np.flatnonzero(out.ok)
     if keep_features:
-        ft = pa.table({"image_id": [ids[i] for i in sorted(feats)],
-                       "crop_features": [feats[i][0] for i in sorted(feats)],
-                       "global_feature": [feats[i][1] for i in sorted(feats)]}, schema=FEATURES_SCHEMA)
+        ff = {fld.name: fld.type for fld in FEATURES_SCHEMA}
+        crops = out.arrays.get("crop_features")
+        glob = out.arrays.get("global_features")
+        sel = np.ones(len(ok_rows), dtype=bool)
+        ft = pa.table({
+            "image_id": [ids[i] for i in ok_rows],
+            "crop_features": _list_array(crops[ok_rows], sel, ff["crop_features"]) if len(ok_rows)
+            else pa.array([], ff["crop_features"]),
+            "global_feature": _list_array(glob[ok_rows], sel, ff["global_feature"]) if len(ok_rows)
+            else pa.array([], ff["global_feature"]),
+        }, schema=FEATURES_SCHEMA)
         storage.write_parquet(frel, ft)
-        storage.mark_done(marker_key(frel), {"n_images": len(ids), "n_ok": len(feats), "run_id": run_id})
+        storage.mark_done(marker_key(frel), {"n_images": len(ids), "n_ok": len(ok_rows), "run_id": run_id})
     if committed:  # only the features were missing
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
-    cols: dict[str, list] = {f.name: [] for f in PREDICTION_SCHEMA}
-    for i in range(len(ids)):
-        res = per_image.get(i)
-        for m in methods:
-            r = res[m] if res else None
-            g = res["_geo"] if (res and m == "abs") else None
-            cols["image_id"].append(ids[i])
-            cols["shard"].append(shard)
-            cols["label"].append(labels[i])
-            cols["class_name"].append(cnames[i])
-            cols["method"].append(m)
-            cols["pred"].append(r["pred"] if r else None)
-            cols["pred_name"].append(classnames[r["pred"]] if r else None)
-            cols["top5"].append(r["top5"] if r else None)
-            cols["score_true"].append(_finite(r["score_true"]) if r else None)
-            cols["margin"].append(_finite(r["margin"]) if r else None)
-            cols["status"].append("ok" if r else status[i])
-            cols["error"].append(None if r else error[i])
-            cols["run_id"].append(run_id)
-            cols["width"].append(g.width if g else None)
-            cols["height"].append(g.height if g else None)
-            cols["dino_topk_indices"].append(g.dino_topk_indices.tolist() if g else None)
-            cols["dino_topk_values"].append(g.dino_topk_values.tolist() if g else None)
-            cols["raw_boxes"].append(g.raw_boxes.tolist() if g else None)
-            cols["feature_windows"].append(g.feature_windows.tolist() if g else None)
-    table = pa.table(cols, schema=PREDICTION_SCHEMA)
+    table = _prediction_table(out, methods, ids=ids, shard=shard, labels=labels, cnames=cnames, status=status,
+                              error=error, classnames=classnames, run_id=run_id)
     storage.write_parquet(rel, table)
-    n_ok = len(per_image)
+    n_ok = len(ok_rows)
     storage.mark_done(mkey, {"n_images": len(ids), "n_ok": n_ok, "n_error": len(ids) - n_ok, "run_id": run_id})
     return InferShardResult(shard, rel, True, len(ids), n_ok, len(ids) - n_ok)
-
-
-def _finite(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
 
 
 @task(name="infer-shard", tags=[GPU_TAG], task_run_name="infer-shard-{shard}", **TASK_OPTIONS)
