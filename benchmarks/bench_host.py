@@ -95,7 +95,7 @@ INFER_CATEGORIES = {
     "read": ("read_shard", "read_dino_shard", "_read_attention"),
     # waiting for the decode threads (and, where the code has it, for the image
     # preparation threads that follow them): the outer generator only
-    "decode_wait": ("_decoded_batches", "iter_decoded"),
+    "decode_wait": ("iter_decoded",),
 }
 
 
@@ -423,7 +423,7 @@ def bench_infer(clf, blobs: list[bytes], batch: int, reps: int, keep_features: b
                     st.fs.rm(st.path(p))
         timer = Timer(clf.device)
         extra = [(infer, name, cat) for cat, names in INFER_CATEGORIES.items() for name in names
-                 if hasattr(infer, name) and not (name == "iter_decoded" and hasattr(infer, "_decoded_batches"))]
+                 if hasattr(infer, name)]
         extra += [(st, "write_parquet", "write"), (st, "mark_done", "commit")]
         with contextlib.ExitStack() as stack:
             if stub:

@@ -585,10 +585,11 @@ def _to_text(t, fmt: str) -> str:
 def _explain_empty(root: str, query: str, params: dict[str, str]) -> None:
     """Say why an answer is empty: no runs under this root, or a parameter the query needs."""
     from tasks.catalog import list_queries, query_parameters
+    from tasks.runs import list_run_ids
     from tasks.store import Storage
 
     st = Storage(root)
-    n_runs = len(st.glob("runs/run=*/run.json"))
+    n_runs = len(list_run_ids(st))
     if n_runs == 0:
         typer.secho(f"note: no runs under {st.root_path} (read {st.root_path}/runs/); pass --root or set ABS_EVAL_ROOT",
                     fg=typer.colors.YELLOW, err=True)

@@ -144,7 +144,7 @@ def publish_report(root: str, run_id: str, deployment: str = "manual", dataset: 
     rows = [{k: _plain(v) for k, v in r.items()} for r in manifest.accuracy]
     create_table_artifact(table=rows, key=artifact_key("accuracy", deployment, dataset, model),
                           description=f"Accuracy by method, run {run_id} ({dataset} x {model})")
-    markdown = getattr(manifest, "artifact_markdown", None) or manifest.markdown
+    markdown = manifest.artifact_markdown
     create_markdown_artifact(markdown=markdown, key=artifact_key("report", deployment, dataset, model),
                              description=f"ABS evaluation report, run {run_id} ({dataset} x {model})")
     return {"accuracy": manifest.accuracy, "report": manifest.report}

@@ -11,11 +11,7 @@ now) become one error row per method, so counts always add up.
 
 from __future__ import annotations
 
-import os
-import posixpath
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +26,17 @@ from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
 from tasks.shard import read_shard
 from tasks.store import Storage
-from tasks.store.images import STATUS_DECODE_ERROR, STATUS_MISSING_DINO, decode
+from tasks.store.images import (
+    STATUS_DECODE_ERROR,
+    STATUS_MISSING_DINO,
+    decode_pool,
+    iter_decoded,
+)
 from tasks.store.layout import (
     features_part,
     marker_key,
+    part_index,
+    part_markers,
     prediction_part,
     predictions_dir,
 )
@@ -60,9 +63,8 @@ def _features_committed(storage: Storage, frel: str) -> bool:
 def committed_parts(storage: Storage, dataset: str, model: str, config: str) -> list[int]:
     """Shard indices whose prediction part is committed (marker and file) under this partition."""
     out = []
-    pattern = storage.marker_path(posixpath.join(predictions_dir(dataset, model, config), "part-*"))
-    for m in storage.glob(pattern):
-        shard = int(posixpath.basename(m).removeprefix("part-").removesuffix(".json"))
+    for m in storage.glob(part_markers(predictions_dir(dataset, model, config))):
+        shard = part_index(m)
         if storage.exists(prediction_part(dataset, model, config, shard)):
             out.append(shard)
     return sorted(out)
@@ -199,53 +201,6 @@ def _read_attention(storage: Storage, rel: str) -> tuple[dict[str, tuple[int | N
     return index, matrix
 
 
-def _decode_prepare(data: bytes, prepare: Callable[[Any], Any]) -> Any:
-    """Decode one image and turn it into the model's input (runs in a worker thread).
-
-    A decoding failure is returned as the exception (the shard records it, as
-    ``iter_decoded`` does); a failure to prepare a decoded image raises in the caller.
-    """
-    try:
-        img = decode(data)
-    except Exception as exc:  # noqa: BLE001 -- decodable at shard time but not now: the caller records it
-        return exc
-    return prepare(img)
-
-
-def _decoded_batches(images: pa.ChunkedArray, indices: list[int], batch: int,
-                     prepare: Callable[[Any], Any]) -> Iterator[list[tuple[int, Any]]]:
-    """``iter_decoded`` with each image also passed through ``prepare`` in the same worker task.
-
-    Why: turning a decoded image into the tensor the model takes (mode conversion, a
-    copy, for a CPU device also the float conversion, for CUDA pinned memory) is
-    per-image work too; done in the decode threads while the previous batch is in
-    ``predict``, it stays off the critical path. Only two batches are held at a time.
-    """
-    chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
-    pool = _pool()
-
-    def submit(chunk: list[int]) -> list:
-        return [pool.submit(_decode_prepare, images[i].as_py(), prepare) for i in chunk]
-
-    pending = submit(chunks[0]) if chunks else []
-    for k, chunk in enumerate(chunks):
-        done = [f.result() for f in pending]
-        pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
-        yield list(zip(chunk, done))
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="infer-decode")
-        return _POOL
-
-
 def infer_shard(
     storage: Storage,
     classifier: ABSClassifier,
@@ -304,7 +259,7 @@ def infer_shard(
 
     done = 0
     prepare = getattr(classifier, "prepare_image", None) or (lambda im: im)
-    for decoded in _decoded_batches(images, ok_idx, images_per_batch, prepare):
+    for decoded in iter_decoded(images, ok_idx, images_per_batch, prepare):
         done += len(decoded)
         imgs, good = [], []
         for i, im in decoded:
@@ -326,7 +281,7 @@ def infer_shard(
         width = next(iter(res.logits.values())).shape[1]
         if width != len(classnames):
             raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
-        _pool().submit(_drop, decoded, imgs)  # freeing the images is not the main thread's job
+        decode_pool().submit(_drop, decoded, imgs)  # freeing the images is not the main thread's job
         del decoded, imgs
         nums = _method_rows(torch.stack([res.logits[m] for m in methods]), [labels[i] for i in good])
         for key, v in nums.items():

@@ -30,8 +30,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.store import COMMITS_DIR, Storage, as_storage
+from tasks.store import Storage, as_storage
 from tasks.store.layout import (
+    part_index,
+    part_markers,
     predictions_dir,
     run_record_json,
     run_record_parquet,
@@ -243,10 +245,9 @@ def run_progress(root: str | Storage, run_id: str | None = None, latest: int = 1
         rec = st.read_json(run_record_json(rid))
         status = effective_status(rec)
         reused = set(rec.get("reused_shards") or [])
-        mdir = posixpath.join(COMMITS_DIR, predictions_dir(rec["dataset"], rec["model"], rec["config"]))
         n_images = n_error = computed = done = 0
-        for m in st.glob(posixpath.join(mdir, "part-*.json")):
-            shard = int(re.search(r"part-(\d+)\.json$", m).group(1))
+        for m in st.glob(part_markers(predictions_dir(rec["dataset"], rec["model"], rec["config"]))):
+            shard = part_index(m)
             d = st.read_json(posixpath.relpath(m, st.root_path))
             mine = d.get("run_id") == rid
             # a completed run stands for its whole partition; an unfinished one only for

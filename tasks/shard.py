@@ -87,6 +87,8 @@ from tasks.store.layout import (
     dataset_info,
     is_valid_name,
     marker_key,
+    part_index,
+    part_markers,
     shard_part,
 )
 from tasks.store.tables import SHARD_SCHEMA
@@ -507,11 +509,11 @@ def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = Fal
             if _rm(st, rel):
                 removed.append(rel)
     indices: set[int] = set()
-    for pattern in (f"{dataset_dir(ds)}/part-*.parquet", f"{COMMITS_DIR}/{dataset_dir(ds)}/part-*.json"):
+    for pattern in (f"{dataset_dir(ds)}/part-*.parquet", part_markers(dataset_dir(ds))):
         for p in st.glob(pattern):
-            m = re.search(r"part-(\d+)\.(?:parquet|json)$", p)
-            if m:
-                indices.add(int(m.group(1)))
+            index = part_index(p)
+            if index is not None:
+                indices.add(index)
     for i in sorted(indices):
         marker_rel, part_rel = st.marker_path(marker_key(shard_part(ds, i))), shard_part(ds, i)
         if i >= plan.n_shards:

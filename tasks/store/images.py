@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -117,18 +117,26 @@ def decode(data: bytes) -> Image.Image:
     return img
 
 
-def _decode_or_error(data: bytes) -> Image.Image | Exception:
+def _decode_or_error(data: bytes, prepare: Callable[[Image.Image], Any] | None = None) -> Any:
+    """Decode (and ``prepare``) one image in a worker thread.
+
+    A decoding failure is returned as the exception (decodable at shard time but not
+    now: the caller records it as an error row); a failure of ``prepare`` on a decoded
+    image is a bug, not bad input, and raises in the caller.
+    """
     try:
-        return decode(data)
-    except Exception as exc:  # decodable at shard time but not now: the caller records it
+        img = decode(data)
+    except Exception as exc:  # noqa: BLE001
         return exc
+    return img if prepare is None else prepare(img)
 
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _pool() -> ThreadPoolExecutor:
+def decode_pool() -> ThreadPoolExecutor:
+    """The process's decode threads (shared by the DINO cache and inference)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
@@ -136,17 +144,21 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def iter_decoded(images: pa.ChunkedArray, indices: list[int], batch: int) -> Iterator[list[tuple[int, Any]]]:
-    """Decoded images of ``indices`` in batches: ``[(index, PIL image or the exception)]``.
+def iter_decoded(images: pa.ChunkedArray, indices: list[int], batch: int,
+                 prepare: Callable[[Image.Image], Any] | None = None) -> Iterator[list[tuple[int, Any]]]:
+    """Decoded images of ``indices`` in batches: ``[(index, image or the exception)]``.
 
     Why threads and prefetch: JPEG decoding releases the GIL, so a pool decodes a
     batch in parallel while the model works on the previous one; on a GPU that
     keeps the device fed. Only two batches are ever held decoded, not the shard.
+    ``prepare`` (e.g. ``ABSClassifier.prepare_image``: mode conversion, the tensor
+    the model takes, pinned memory on CUDA) runs on each decoded image in the same
+    worker task, so that per-image work stays off the critical path too.
     """
     chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
 
     def submit(chunk: list[int]) -> list[Future]:
-        return [_pool().submit(_decode_or_error, images[i].as_py()) for i in chunk]
+        return [decode_pool().submit(_decode_or_error, images[i].as_py(), prepare) for i in chunk]
 
     pending = submit(chunks[0]) if chunks else []
     for k, chunk in enumerate(chunks):

@@ -71,6 +71,20 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
+_PART_INDEX = re.compile(r"part-(\d+)\.(?:parquet|json)$")
+
+
+def part_index(path: str) -> int | None:
+    """The shard index in a part file or its marker (``.../part-00012.parquet`` or ``.json``), else None."""
+    m = _PART_INDEX.search(path)
+    return int(m.group(1)) if m else None
+
+
+def part_markers(data_dir: str) -> str:
+    """Glob of the done-markers of every part under ``data_dir`` (e.g. a :func:`predictions_dir`)."""
+    return posixpath.join(COMMITS_DIR, data_dir, "part-*.json")
+
+
 # ---------------------------------------------------------------- shards
 def dataset_dir(dataset: str) -> str:
     return f"{SHARDS_DIR}/dataset={dataset}"
