@@ -18,9 +18,10 @@ What it does, in order (every step prints its figures; ``--out`` writes them as 
 4. Kills a second run with SIGKILL once 60% of the prediction parts are committed,
    reruns it, and prints what was recomputed, the total against the uninterrupted
    run, and whether the predictions are identical.
-5. SQL at scale: every named query of ``sql/`` and ``abs-eval status`` on the run's
-   rows, then on 10 million rows made by replaying the run's parts (hard links) under
-   other config keys and run ids, from the ``results.duckdb`` catalog.
+5. SQL at scale (``benchmarks/bench_sql.py``): every named query of ``sql/`` and
+   ``abs-eval status`` on the run's rows, then on 10 million rows made by replaying the
+   run's rows as 50,000-image runs (part files and markers in the real layout, run
+   records of their own), from the ``results.duckdb`` catalog.
 
     .venv/bin/python benchmarks/rehearsal.py --images 5000 --out rehearsal-5k.json
     .venv/bin/python benchmarks/rehearsal.py --images 50000 --out rehearsal-50k.json
@@ -292,69 +293,6 @@ def breakdown(src_root: Path, n: int) -> dict:
     return fn(str(src_root), n_images=n)
 
 
-def sql_timings(root: Path, out_catalog: Path, reps: int = 2) -> dict:
-    """Seconds per named query (best of ``reps``) from the catalog, and for `abs-eval status`."""
-    import duckdb
-
-    from tasks.catalog import list_queries, query_sql, write_catalog
-
-    write_catalog(str(root), str(out_catalog))
-    con = duckdb.connect(str(out_catalog), read_only=True)
-    runs = [r[0] for r in con.sql("select run_id from runs order by started_at").fetchall()]
-    params = {"run_id": runs[0], "run_a": runs[0], "run_b": runs[-1], "method": "abs"}
-    out = {}
-    for name in list_queries():
-        best = None
-        for _ in range(reps):
-            for k, v in params.items():
-                con.execute(f"SET VARIABLE {k} = ?", [v])
-            t = time.perf_counter()
-            con.sql(query_sql(name)).fetchall()
-            d = time.perf_counter() - t
-            best = d if best is None else min(best, d)
-        out[name] = best
-    con.close()
-    exe = REPO / ".venv" / "bin" / "abs-eval"
-    t = time.perf_counter()
-    subprocess.run([str(exe), "status", "--root", str(root)], capture_output=True, check=True)
-    out["abs-eval status (whole command)"] = time.perf_counter() - t
-    from tasks.runs import run_progress
-
-    t = time.perf_counter()
-    run_progress(str(root))
-    out["status (run_progress in process)"] = time.perf_counter() - t
-    return out
-
-
-def replay(root: Path, copies: int) -> int:
-    """Hard-link the run's prediction parts (and markers) under ``copies`` other config keys,
-    each with a run record of its own: the same layout as real runs, no extra disk."""
-    from datetime import datetime, timedelta
-
-    from tasks.runs import RunRecord
-    from tasks.store import Storage
-
-    rec = latest_run(root)
-    part_dir = next((root / "predictions").glob("dataset=*/model=*/config=*"))
-    marker_dir = root / "_commits" / part_dir.relative_to(root)
-    st = Storage(str(root))
-    for k in range(copies):
-        cfg = f"{rec['config'][:12]}r{k:03d}"
-        for src_dir in (part_dir, marker_dir):
-            dst = src_dir.parent / f"config={cfg}"
-            dst.mkdir(parents=True, exist_ok=True)
-            for f in src_dir.iterdir():
-                if not (dst / f.name).exists():
-                    os.link(f, dst / f.name)
-        r = dict(rec)
-        r.update(run_id=f"{rec['run_id']}-r{k:03d}", config=cfg, deployment="replay")
-        for key in ("started_at", "ended_at", "heartbeat_at", "expires_at"):
-            if r.get(key):
-                r[key] = datetime.fromisoformat(r[key]) + timedelta(minutes=k + 1)
-        RunRecord(**{f: v for f, v in r.items() if f in RunRecord.__dataclass_fields__}).write(st)
-    return (copies + 1) * int(rec.get("n_images", 0)) * 4
-
-
 # ---------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,20 +380,22 @@ def main() -> None:
               f"{rec3.get('shards_computed')} ({r3['wall_s']:.0f} s); total {total / r1['wall_s']:.2f}x uninterrupted; "
               f"predictions identical: {same['identical']} ({same['rows_b']} rows)")
 
-    # -- SQL at scale
+    # -- SQL at scale (benchmarks/bench_sql.py: the run's rows, then replayed to --sql-rows)
     if not args.skip_sql:
-        t1 = sql_timings(root1, work / "results.duckdb")
-        rows_run = int(rec1.get("n_images", n)) * 4
-        copies = max(0, args.sql_rows // max(1, rows_run) - 1)
-        t = time.perf_counter()
-        total_rows = replay(root1, copies)
-        replay_s = time.perf_counter() - t
-        t2 = sql_timings(root1, work / "results.duckdb")
-        figures["sql"] = {"rows_run": rows_run, "seconds_run": t1, "rows_scaled": total_rows,
-                          "runs_scaled": copies + 1, "replay_s": replay_s, "seconds_scaled": t2}
-        print(f"[sql] seconds per query: {rows_run:,} rows | {total_rows:,} rows in {copies + 1} runs")
+        from bench_sql import build, time_queries
+
+        t1 = time_queries(root1, work / "results.duckdb", reps=2)
+        images_per_run = max(n, 50_000)
+        rows_per_run = images_per_run * 4
+        runs = max(1, args.sql_rows // rows_per_run)
+        shape = build(root1, work / "root-sql", images_per_run, runs, 1000)
+        t2 = time_queries(work / "root-sql", work / "results-sql.duckdb", reps=2)
+        figures["sql"] = {"rows_run": int(rec1.get("n_images", n)) * 4, "seconds_run": t1, **shape, "seconds_scaled": t2}
+        print(f"[sql] seconds per query: this run's {figures['sql']['rows_run']:,} rows | "
+              f"{shape['rows']:,} rows in {shape['runs']} runs of {images_per_run:,} images")
         for q in t1:
-            print(f"  {q:<36} {t1[q]:7.3f} | {t2[q]:7.3f}")
+            print(f"  {q:<40} {t1[q]:7.3f} | {t2.get(q, float('nan')):7.3f}")
+        shutil.rmtree(work / "root-sql", ignore_errors=True)
 
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2, default=str))

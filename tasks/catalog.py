@@ -147,17 +147,26 @@ def empty_relation_sql(glob: str) -> str:
     return f"(SELECT {select} WHERE false)"
 
 
-def render_views(root_sql: str, empty_globs: set[str] | frozenset[str] = frozenset()) -> str:
+def render_views(
+    root_sql: str,
+    empty_globs: set[str] | frozenset[str] = frozenset(),
+    by_name_globs: set[str] | frozenset[str] = frozenset(),
+) -> str:
     """All view files as one SQL script, ``${root}`` replaced by ``root_sql``.
 
     ``empty_globs``: source globs with no file yet; their ``read_parquet`` calls become
     typed empty relations (DuckDB cannot create a view over a glob with no match).
+    ``by_name_globs``: source globs whose files do not all have the same columns (written
+    by different versions); their calls get ``union_by_name = true`` (see
+    :func:`mixed_schema_globs`).
     """
     root_sql = _sql_literal(root_sql.rstrip("/") or "/")
 
     def source(m: re.Match[str]) -> str:
         if m.group("glob") in empty_globs:
             return empty_relation_sql(m.group("glob"))
+        if m.group("glob") in by_name_globs and "union_by_name" not in m.group(0):
+            return m.group(0)[:-1].rstrip() + ", union_by_name = true)"
         return m.group(0)
 
     parts = []
@@ -173,13 +182,73 @@ def _empty_globs(st: Storage) -> set[str]:
     return {g for g in used if not st.glob(g)}
 
 
-def create_views(con: duckdb.DuckDBPyConnection, st: Storage, *, root_sql: str | None = None) -> None:
+def _by_position_globs() -> set[str]:
+    """Source globs read without ``union_by_name`` in ``sql/views`` (the big ones)."""
+    return {m.group("glob") for p in view_files() for m in _SOURCE_CALL.finditer(p.read_text())
+            if "union_by_name" not in m.group(0)}
+
+
+def mixed_schema_globs(con: duckdb.DuckDBPyConnection, st: Storage, globs: set[str] | None = None) -> set[str]:
+    """The source globs (of those read by position) whose files do not all have the same columns.
+
+    Why this check exists: ``predictions`` is read without ``union_by_name`` because that
+    option makes DuckDB open the footer of every part file at every query (0.75 s over
+    the 2,500 files of 50 ImageNet runs, more than all else a per-run query does). Every
+    part is written with ``tables.PREDICTION_SCHEMA``, so files agree, until a new
+    version adds a column: then files written before and after differ, DuckDB stops with
+    "schema mismatch in glob", and the views must read those files by column name.
+    Costs one footer read per file (what ``union_by_name`` costs at every query), so it
+    runs when a catalog is written and after such an error, not at every query.
+    """
+    out = set()
+    for glob in sorted(_by_position_globs() if globs is None else globs):
+        if not st.glob(glob):
+            continue
+        url = f"{_sql_literal(_root_sql(st).rstrip('/'))}/{glob}"
+        n = con.execute(
+            "SELECT count(DISTINCT cols) FROM (SELECT file_name, string_agg(name || ':' || coalesce(type, ''), ',' "
+            f"ORDER BY name, coalesce(type, '')) AS cols FROM parquet_schema('{url}') GROUP BY file_name)").fetchall()[0][0]
+        if n > 1:
+            out.add(glob)
+    return out
+
+
+def create_views(
+    con: duckdb.DuckDBPyConnection,
+    st: Storage,
+    *,
+    root_sql: str | None = None,
+    by_name_globs: set[str] | frozenset[str] = frozenset(),
+) -> None:
     """Create (or replace) every view of ``sql/views`` on ``con`` for the root of ``st``."""
-    con.execute(render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st)))
+    con.execute(render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st), by_name_globs))
+    _ROOTS[id(con)] = st
 
 
 def _root_sql(st: Storage) -> str:
     return st.root_path if st.is_local else st.url()
+
+
+#: The storage root of each connection made by :func:`connect` (by ``id``), so that a query
+#: that meets files of different versions can recreate the views reading them by name.
+_ROOTS: dict[int, Storage] = {}
+
+
+def _schema_mismatch(exc: BaseException) -> bool:
+    return "schema mismatch" in str(exc)
+
+
+def read_by_name(con: duckdb.DuckDBPyConnection) -> bool:
+    """After a "schema mismatch" error: recreate the views of ``con`` (from :func:`connect`) so that
+    the sources whose files differ are read by column name. False when nothing changed."""
+    st = _ROOTS.get(id(con))
+    if st is None:
+        return False
+    mixed = mixed_schema_globs(con, st)
+    if not mixed:
+        return False
+    create_views(con, st, by_name_globs=mixed)
+    return True
 
 
 def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
@@ -248,7 +317,7 @@ def write_catalog(
         if relative:
             # Views are bound when created: resolve the relative globs against the root.
             con.execute(f"SET file_search_path = '{_sql_literal(st.root_path)}'")
-        create_views(con, st, root_sql="." if relative else None)
+        create_views(con, st, root_sql="." if relative else None, by_name_globs=mixed_schema_globs(con, st))
         con.execute("USE memory")
         con.execute("DETACH abs_eval_catalog")
     except BaseException:
@@ -316,13 +385,20 @@ def run_query(
             else:
                 con.execute(f"SET VARIABLE {key} = ?", [value])
         try:
-            rel = con.sql(sql)
-            return _to_arrow(rel) if rel is not None else pa.table({})
+            try:
+                rel = con.sql(sql)
+                return _to_arrow(rel) if rel is not None else pa.table({})
+            except duckdb.Error as exc:
+                if not (_schema_mismatch(exc) and read_by_name(con)):
+                    raise
+                rel = con.sql(sql)
+                return _to_arrow(rel) if rel is not None else pa.table({})
         except duckdb.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise QueryError(f"{first} (views: {', '.join(sorted(_view_names(con)))})") from None
     finally:
         if own:
+            _ROOTS.pop(id(con), None)
             con.close()
         else:
             for key in params:

@@ -150,3 +150,31 @@ def test_summary_renders_gpu_figures():
                    "78.0%", "agree 0.980"):
         assert needle in text, needle
     assert "CPU DRY RUN" not in text
+
+
+def test_bench_sql_replays_a_run_into_the_real_layout(tmp_path):
+    """bench_sql.py's data is real layout: runs of N images in shards with markers and run
+    records, answered by every named query and `abs-eval status` (timed, not judged here)."""
+    from test_sql import METHODS, build_results
+
+    from tasks import catalog
+    from tasks.runs import run_progress
+
+    bench = _load("bench_sql")
+    build_results(str(tmp_path / "template"))
+    shape = bench.build(tmp_path / "template", tmp_path / "root", images_per_run=40, runs=3, shard_size=16)
+    assert shape["rows"] == 3 * 40 * len(METHODS) and shape["parts"] == 3 * 3
+    con = catalog.connect(str(tmp_path / "root"))
+    try:
+        per_run = con.execute("SELECT run_id, count(*), count(DISTINCT image_id), count(DISTINCT shard) "
+                              "FROM run_predictions GROUP BY run_id ORDER BY run_id").fetchall()
+        assert [r[1:] for r in per_run] == [(40 * len(METHODS), 40, 3)] * 3
+        pair = con.execute("SELECT run_a, run_b FROM run_pair").fetchall()[0]
+        assert pair == (per_run[1][0], per_run[2][0])  # a history: the last run and its previous one
+    finally:
+        con.close()
+    progress = run_progress(str(tmp_path / "root"))
+    assert [(p["status"], p["shards_done"], p["n_images"]) for p in progress] == [("completed", 3, 40)] * 3
+    seconds = bench.time_queries(tmp_path / "root", tmp_path / "results.duckdb", reps=1)
+    assert set(catalog.list_queries()) <= set(seconds) and "abs-eval status (whole command)" in seconds
+    assert all(_positive(s) for s in seconds.values())

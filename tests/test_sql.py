@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
 import shutil
 import subprocess
@@ -38,9 +37,15 @@ import pytest
 from PIL import Image
 
 from tasks import catalog
-from tasks.store.layout import dino_part, prediction_part, run_record_json, run_record_parquet, shard_part
-from tasks.store.tables import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA, SHARD_SCHEMA
 from tasks.store import Storage
+from tasks.store.layout import (
+    dino_part,
+    prediction_part,
+    run_record_json,
+    run_record_parquet,
+    shard_part,
+)
+from tasks.store.tables import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA, SHARD_SCHEMA
 
 DATASET = "toy"
 MODEL = "ViT-B-16_openai"
@@ -687,6 +692,53 @@ def test_config_hash_stays_a_string(tmp_path):
     write_part(st, "0123", 0, make_rows("0123", 0, "rx"))
     write_run(st, "rx", "0123", "d", 2)
     assert catalog.run_query(st.root, "SELECT DISTINCT config FROM run_predictions").to_pylist() == [{"config": "0123"}]
+
+
+def test_parts_written_before_a_column_was_added_are_read_by_name(tmp_path):
+    """Schema growth: a part written by an older version lacks a column. The views read
+    predictions by position (fast) until that happens; then the query is answered by
+    reading by name, the old rows get NULL, and a catalog written now reads by name too."""
+    st = Storage(str(tmp_path / "r"))
+    old_rows = make_rows("c1", 1, "r1")
+    old_schema = PREDICTION_SCHEMA.remove(PREDICTION_SCHEMA.get_field_index("margin"))
+    # the old file sorts after the new one, so DuckDB meets the mismatch mid-scan
+    st.write_parquet(prediction_part(DATASET, MODEL, "c1", 1), pa.Table.from_pylist(old_rows, schema=old_schema))
+    write_part(st, "c1", 0, make_rows("c1", 0, "r1"))
+    write_run(st, "r1", "c1", "weekly", 1)
+    con = catalog.connect(st.root)
+    try:
+        view_sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'").fetchall()[0][0]
+        assert "union_by_name" not in view_sql  # fast path first
+        got = catalog.run_query(con, "SELECT shard, count(*) AS n, count(margin) AS with_margin FROM predictions "
+                                     "GROUP BY shard ORDER BY shard").to_pylist()
+        view_sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'").fetchall()[0][0]
+        assert "union_by_name" in view_sql
+    finally:
+        con.close()
+    n_ok = sum(r["margin"] is not None for r in make_rows("c1", 0, "r1"))
+    assert got == [{"shard": 0, "n": PER_SHARD * len(METHODS), "with_margin": n_ok},
+                   {"shard": 1, "n": PER_SHARD * len(METHODS), "with_margin": 0}]
+    assert catalog.mixed_schema_globs(duckdb.connect(), st) == {"predictions/*/*/*/part-*.parquet"}
+    out = catalog.write_catalog(st.root, tmp_path / "results.duckdb")
+    with duckdb.connect(out, read_only=True) as cat:
+        assert cat.execute("SELECT count(*) FROM run_predictions WHERE margin IS NULL AND shard = 1").fetchall()[0][0] \
+            == PER_SHARD * len(METHODS)
+    # one schema again (the old part rewritten): back to reading by position
+    write_part(st, "c1", 1, old_rows)
+    assert catalog.mixed_schema_globs(duckdb.connect(), st) == set()
+
+
+def test_run_predictions_of_reads_only_the_listed_runs(fx, con):
+    """The table macros under the views: the listed runs' rows, exactly what the views hold for them."""
+    for ids in (["r1"], ["r2", "r2-crashed"], []):
+        got = con.execute("SELECT run_id, count(*) FROM run_predictions_of(?) GROUP BY run_id ORDER BY run_id",
+                          [ids]).fetchall()
+        assert got == [(r, len(fx.run_rows(r))) for r in sorted(ids)]
+        acc = con.execute("SELECT * FROM accuracy_of(?) ORDER BY run_id, method", [ids]).fetchall()
+        assert acc == con.execute("SELECT * FROM accuracy WHERE list_contains(?, run_id) ORDER BY run_id, method",
+                                  [ids]).fetchall()
+    assert con.execute("SELECT count(*) FROM run_predictions_of(NULL)").fetchall() == \
+        con.execute("SELECT count(*) FROM run_predictions").fetchall()
 
 
 def test_catalog_file_opens_without_paths(fx, tmp_path):

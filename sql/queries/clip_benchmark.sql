@@ -39,7 +39,6 @@ SELECT acc.dataset,
        r.dino_pretrained,
        r.descriptions_hash,
        r.config_json
-FROM accuracy AS acc
+FROM accuracy_of((SELECT coalesce(list(run_id), CAST([] AS VARCHAR[])) FROM chosen)) AS acc
 JOIN runs AS r USING (run_id)
-WHERE acc.run_id IN (SELECT run_id FROM chosen)
 ORDER BY acc.dataset, model, pretrained, acc.method, acc.started_at, acc.run_id;

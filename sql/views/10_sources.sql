@@ -7,8 +7,16 @@
 -- Why these globs: committed part files live exactly three partition levels deep
 -- and are named part-*.parquet; writers stage files under <root>/_tmp/ and move
 -- them into place, so a half-written file never matches. hive_types_autocast is off
--- because a config hash such as 0123 must stay the string '0123'. union_by_name lets
--- files written before a column was added (schema growth) be read with NULLs.
+-- because a config hash such as 0123 must stay the string '0123'.
+--
+-- Why predictions is read by position (no union_by_name): that option makes DuckDB open
+-- the footer of every part file at every query, 0.75 s over 2,500 files (50 ImageNet
+-- runs), which alone is most of what a per-run query costs. Every part is written with
+-- one schema (tasks/store/tables.py PREDICTION_SCHEMA); when a newer version adds a
+-- column, tasks/catalog.py finds the files that differ (mixed_schema_globs) and renders
+-- this call with union_by_name = true (older files then read the new column as NULL):
+-- when it writes a catalog, and in Python after DuckDB's "schema mismatch" error.
+-- The small run records and the DINO cache (read by the report only) keep union_by_name.
 
 -- One row per image x method, as written by the inference task (tasks/store/tables.py
 -- PREDICTION_SCHEMA) plus the partition columns dataset, model, config. run_id is
@@ -16,7 +24,7 @@
 CREATE OR REPLACE VIEW predictions AS
 SELECT *
 FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
-                  hive_partitioning = true, hive_types_autocast = false, union_by_name = true);
+                  hive_partitioning = true, hive_types_autocast = false);
 
 -- One row per run (tasks/store/tables.py RUN_SCHEMA), with two columns added:
 --   status: as written (running / completed / failed), except that a record still

@@ -2,7 +2,8 @@
 -- Answers: how often each method was right, over how many images, and how sure we are;
 -- and the two other numbers zero-shot papers and CLIP_benchmark report: top-5 accuracy and
 -- mean per-class recall (balanced accuracy).
--- Parameters: none (filter with WHERE; sql/queries/accuracy.sql takes run_id).
+-- Parameters: none for the view (filter with WHERE; sql/queries/accuracy.sql takes run_id);
+--   accuracy_of(run_ids) computes only the listed runs (NULL = every run; see run_predictions_of).
 --
 -- n counts every image (ok + error rows); accuracy is over ok rows only, with its 95%
 -- Wilson interval; accuracy_all counts error rows as wrong (the number to quote when
@@ -12,8 +13,9 @@
 -- mean_per_class_recall: the mean over the classes present in the run (a class with at
 -- least one ok row) of that class's top-1 recall over its ok rows; unlike accuracy,
 -- every class weighs the same whatever its number of images. NULL without ok rows.
-CREATE OR REPLACE VIEW accuracy AS
-WITH counts AS (
+-- One pass over the rows: counts per class first (what the recall needs), summed per method.
+CREATE OR REPLACE MACRO accuracy_of(run_ids) AS TABLE
+WITH per_class AS (
     SELECT run_id,
            any_value(deployment) AS deployment,
            any_value(run_status) AS run_status,
@@ -21,25 +23,32 @@ WITH counts AS (
            model,
            config,
            method,
+           label,
            any_value(run_started_at) AS started_at,
            count(*) AS n,
            count(*) FILTER (WHERE status = 'ok') AS n_ok,
            count(*) FILTER (WHERE status <> 'ok') AS n_error,
            count(*) FILTER (WHERE correct) AS n_correct,
            count(*) FILTER (WHERE status = 'ok' AND coalesce(list_contains(top5, label), false)) AS n_correct5
-    FROM run_predictions
-    GROUP BY run_id, dataset, model, config, method
-),
-class_recall AS (
-    SELECT run_id, dataset, model, config, method, label,
-           count(*) FILTER (WHERE correct) / count(*) AS recall
-    FROM run_predictions
-    WHERE status = 'ok'
+    FROM run_predictions_of(run_ids)
     GROUP BY run_id, dataset, model, config, method, label
 ),
-balanced AS (
-    SELECT run_id, dataset, model, config, method, avg(recall) AS mean_per_class_recall
-    FROM class_recall
+counts AS (
+    SELECT run_id,
+           any_value(deployment) AS deployment,
+           any_value(run_status) AS run_status,
+           dataset,
+           model,
+           config,
+           method,
+           any_value(started_at) AS started_at,
+           sum(n)::BIGINT AS n,
+           sum(n_ok)::BIGINT AS n_ok,
+           sum(n_error)::BIGINT AS n_error,
+           sum(n_correct)::BIGINT AS n_correct,
+           sum(n_correct5)::BIGINT AS n_correct5,
+           avg(n_correct / n_ok) FILTER (WHERE n_ok > 0) AS mean_per_class_recall
+    FROM per_class
     GROUP BY run_id, dataset, model, config, method
 )
 SELECT run_id, deployment, dataset, model, config, method, started_at, run_status,
@@ -51,6 +60,7 @@ SELECT run_id, deployment, dataset, model, config, method, started_at, run_statu
        n_correct / nullif(n, 0) AS accuracy_all,
        n_correct5 AS correct5,
        n_correct5 / nullif(n_ok, 0) AS acc5,
-       balanced.mean_per_class_recall
-FROM counts
-LEFT JOIN balanced USING (run_id, dataset, model, config, method);
+       mean_per_class_recall
+FROM counts;
+
+CREATE OR REPLACE VIEW accuracy AS FROM accuracy_of(NULL);

@@ -1,8 +1,9 @@
 -- Accuracy by run x method x true class.
 -- Answers: which classes a method gets right or wrong, with counts and a 95% Wilson interval.
--- Parameters: none (sql/queries/per_class_accuracy.sql and class_extremes.sql filter it).
+-- Parameters: none for the view (sql/queries/per_class_accuracy.sql and class_extremes.sql
+--   filter it); per_class_accuracy_of(run_ids) computes only the listed runs (NULL = all).
 -- Error rows count in n and n_error, not in accuracy (same rule as the accuracy view).
-CREATE OR REPLACE VIEW per_class_accuracy AS
+CREATE OR REPLACE MACRO per_class_accuracy_of(run_ids) AS TABLE
 WITH counts AS (
     SELECT run_id,
            dataset,
@@ -15,7 +16,7 @@ WITH counts AS (
            count(*) FILTER (WHERE status = 'ok') AS n_ok,
            count(*) FILTER (WHERE status <> 'ok') AS n_error,
            count(*) FILTER (WHERE correct) AS n_correct
-    FROM run_predictions
+    FROM run_predictions_of(run_ids)
     GROUP BY run_id, dataset, model, config, method, label
 )
 SELECT run_id, dataset, model, config, method, label, class_name,
@@ -25,3 +26,5 @@ SELECT run_id, dataset, model, config, method, label, class_name,
        wilson_low(n_correct, n_ok) AS ci_low,
        wilson_high(n_correct, n_ok) AS ci_high
 FROM counts;
+
+CREATE OR REPLACE VIEW per_class_accuracy AS FROM per_class_accuracy_of(NULL);

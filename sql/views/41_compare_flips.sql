@@ -7,8 +7,9 @@
 -- Parameters: run_a, run_b (DuckDB variables, via run_pair).
 CREATE OR REPLACE VIEW compare_flips AS
 WITH pair AS (FROM run_pair),
-a AS (SELECT rp.* FROM run_predictions AS rp, pair WHERE rp.run_id = pair.run_a),
-b AS (SELECT rp.* FROM run_predictions AS rp, pair WHERE rp.run_id = pair.run_b)
+both_runs AS (FROM run_predictions_of((SELECT [run_a, run_b] FROM pair))),
+a AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_a FROM pair)),
+b AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_b FROM pair))
 SELECT (SELECT run_a FROM pair) AS run_a,
        (SELECT run_b FROM pair) AS run_b,
        coalesce(a.image_id, b.image_id) AS image_id,

@@ -6,8 +6,9 @@
 -- in correct images on the images both runs share.
 CREATE OR REPLACE VIEW compare_methods AS
 WITH pair AS (FROM run_pair),
-a AS (SELECT acc.* FROM accuracy AS acc, pair WHERE acc.run_id = pair.run_a),
-b AS (SELECT acc.* FROM accuracy AS acc, pair WHERE acc.run_id = pair.run_b),
+both_runs AS (FROM accuracy_of((SELECT [run_a, run_b] FROM pair))),
+a AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_a FROM pair)),
+b AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_b FROM pair)),
 f AS (
     SELECT method,
            count(*) AS n_changed,

@@ -3,8 +3,9 @@
 -- Parameters: run_a, run_b (DuckDB variables, via run_pair).
 CREATE OR REPLACE VIEW compare_classes AS
 WITH pair AS (FROM run_pair),
-a AS (SELECT pc.* FROM per_class_accuracy AS pc, pair WHERE pc.run_id = pair.run_a),
-b AS (SELECT pc.* FROM per_class_accuracy AS pc, pair WHERE pc.run_id = pair.run_b)
+both_runs AS (FROM per_class_accuracy_of((SELECT [run_a, run_b] FROM pair))),
+a AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_a FROM pair)),
+b AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_b FROM pair))
 SELECT (SELECT run_a FROM pair) AS run_a,
        (SELECT run_b FROM pair) AS run_b,
        method,

@@ -19,8 +19,9 @@
 -- more than chance explains): what the report flags and the flow announces as a Prefect event.
 CREATE OR REPLACE VIEW regressions AS
 WITH pair AS (FROM run_pair),
-a AS (SELECT rp.* FROM run_predictions AS rp, pair WHERE rp.run_id = pair.run_a),
-b AS (SELECT rp.* FROM run_predictions AS rp, pair WHERE rp.run_id = pair.run_b),
+both_runs AS (FROM run_predictions_of((SELECT [run_a, run_b] FROM pair))),
+a AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_a FROM pair)),
+b AS (SELECT * FROM both_runs WHERE run_id = (SELECT run_b FROM pair)),
 joined AS (
     SELECT coalesce(a.method, b.method) AS method,
            coalesce(b.label, a.label) AS label,
