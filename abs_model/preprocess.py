@@ -1,8 +1,9 @@
 """Model inputs from decoded images: CLIP views of crops, the DINO view.
 
-Why not torchvision transforms: they run per crop. Here all crops of one image
-are produced by two batched matmuls (see ``resample``) with the same arithmetic as
-the standard pipelines:
+Why not torchvision transforms: they run per crop. Here the crops of a batch are
+produced by a few pairs of batched matmuls (see ``resample``), each crop's over its
+own window of the image only (so the cost follows the crop, not the image), with
+the same arithmetic as the standard pipelines:
 
 * CLIP view of a box: crop, shorter side to S (antialiased bicubic), centre crop S,
   CLIP mean/std -- open_clip's default ``preprocess`` applied to ``img.crop(box)``.
@@ -23,6 +24,7 @@ value in four. The order here stays horizontal-first whatever Pillow is installe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,9 +35,13 @@ from .resample import (
     _pil_levels,
     aa_matrices,
     aa_matrix,
+    aa_spans,
     aa_taps,
+    aa_window_matrices,
     apply_separable,
+    pil_window_levels,
     resize_crop_geometry,
+    to_device,
 )
 
 
@@ -149,11 +155,70 @@ def clip_views_batch(
 
     Why: the crop geometry and the resampling weights of every box of the batch
     are computed together (one pass per distinct tap count, no loop over boxes),
-    and each image's boxes are resampled by one pair of matrix products; the
-    views are written straight into the output, normalised once at the end.
-    Nothing here waits on the device. ``out`` (optional): a buffer of that shape
-    and the images' dtype to write into.
+    and the crops are resampled by a pair of batched matrix products per call of
+    ``resample.pil_window_levels`` (a handful per batch: crops of similar window
+    sizes together, any image). Each crop's products cover only its window --
+    the rows and columns its taps reach, in ``_PARTS`` bands of outputs per
+    axis -- so the arithmetic grows with the crop (and the filter support),
+    not with the image: exact, as the dense products outside the window are
+    integer zeros (see ``pil_window_levels``). The views are written straight
+    into the output, normalised once at the end. Nothing here waits on the
+    device. ``out`` (optional): a buffer of that shape and the images' dtype to
+    write into.
     """
+    crops = _batch_crops(xs, groups, size, n_out, out)
+    out = crops.out
+    if crops.n == 0:
+        return out
+    dev = out.device
+    x0, y0, bh, bw, new_h, new_w, top, left = crops.geometry
+    c = int(xs[crops.used[0]].shape[0])
+    hh, ww = crops.hw.unbind(1)
+    # windows: per crop and band of outputs, the samples its taps reach (``aa_spans``)
+    px, py = (max(d for d in range(1, k + 1) if size % d == 0) for k in _PARTS)
+    ylo, yhi = aa_spans(y0, bh, new_h, top, size, hh, "bicubic", py)
+    xlo, xhi = aa_spans(x0, bw, new_w, left, size, ww, "bicubic", px)
+    r0 = ylo.amin(1)  # first row of the horizontal pass
+    ly = yhi.amax(1) - r0  # its rows
+    wx, wy = (xhi - xlo).amax(1), (yhi - ylo).amax(1)  # the widest band per axis
+    calls, pad = _window_calls(ly, wx, wy, px * c, dev)  # crops per call; (ly, wx, wy) padded per call
+    perm = torch.cat(calls)
+    kx = aa_window_matrices(x0[perm], bw[perm], new_w[perm], left[perm], size, [(len(q), p[1]) for q, p in zip(calls, pad)],
+                            ww[perm], xlo[perm], "bicubic", True, crops.tx[perm], dev)
+    ky = aa_window_matrices(y0[perm], bh[perm], new_h[perm], top[perm], size, [(len(q), p[2]) for q, p in zip(calls, pad)],
+                            hh[perm], ylo[perm], "bicubic", True, crops.ty[perm], dev)
+    src, base = _level_source(xs, crops.used, max(p[1] for p in pad))
+    held = [src]  # released with the weights
+    del src
+    # per crop, in call order: flat index of (channel 0, row r0, column 0), last image row - r0,
+    # image width, image plane, output row, band starts (columns; rows relative to r0)
+    geo = to_device(torch.cat([torch.stack([base[crops.img] + r0 * ww, hh - 1 - r0, ww, hh * ww, crops.dest], 1),
+                               xlo, ylo - r0.view(-1, 1)], 1)[perm], dev)
+    for g, call_pad in zip(geo.split([len(q) for q in calls]), pad):
+        _resample_views(out, held[0], g, kx.pop(0), ky.pop(0), px, c, call_pad)
+    _release(kx, ky, held)
+    m, s = _norm_constants(mean, std, out.dtype, dev)
+    return _normalize_views(out, m, s)
+
+
+class _Crops(NamedTuple):
+    out: Tensor
+    n: int
+    order: list[int]  # groups, each image's together
+    sizes: list[int]  # crops per group (in ``order``)
+    used: list[int]  # images with crops
+    geometry: tuple[Tensor, ...]  # x0, y0, bh, bw, new_h, new_w, top, left per crop
+    ty: Tensor  # tap counts per crop (its group's, i.e. its ``clip_views`` call's), vertical
+    tx: Tensor  # and horizontal
+    img: Tensor  # image of each crop
+    hw: Tensor  # [n, 2] that image's height and width
+    dest: Tensor  # output row of each crop
+
+
+def _batch_crops(xs: Sequence[Tensor], groups: Sequence[tuple[int, Tensor, int]], size: int, n_out: int | None,
+                 out: Tensor | None) -> _Crops:
+    """The crops of ``clip_views_batch`` (CPU int64 tensors, groups of one image together) and
+    the output buffer: what the windowed path and the dense reference share."""
     dev = xs[0].device
     dtype = xs[0].dtype
     order = sorted(range(len(groups)), key=lambda k: groups[k][0])  # each image's rows together
@@ -166,8 +231,6 @@ def clip_views_batch(
         out = torch.empty(n_out, 3, size, size, dtype=dtype, device=dev)
     elif tuple(out.shape) != (n_out, 3, size, size) or out.dtype != dtype or out.device != dev:
         raise ValueError(f"out must be [{n_out}, 3, {size}, {size}] {dtype} on {dev}, got {tuple(out.shape)} {out.dtype}")
-    if boxes.shape[0] == 0:
-        return out
     x0, y0, x1, y1 = boxes.unbind(1)
     bh, bw = y1 - y0, x1 - x0
     new_h, new_w, top, left = resize_crop_geometry(bh, bw, size)
@@ -177,48 +240,166 @@ def clip_views_batch(
         per = torch.zeros(len(order), dtype=torch.long).scatter_reduce_(0, gid, t, "amax", include_self=False)
         return per[gid]
 
+    used = sorted({g[0] for g in groups if len(g[1])})
+    img = torch.tensor([groups[k][0] for k in order], dtype=torch.long)[gid]
+    hw = torch.tensor([[int(xs[b].shape[1]), int(xs[b].shape[2])] if b in used else [1, 1] for b in range(len(xs))],
+                      dtype=torch.long)[img]
+    dest = torch.cat([groups[k][2] + torch.arange(sizes[q]) for q, k in enumerate(order)])
+    return _Crops(out, int(boxes.shape[0]), order, sizes, used, (x0, y0, bh, bw, new_h, new_w, top, left),
+                  call_taps(bh, new_h), call_taps(bw, new_w), img, hw, dest)
+
+
+def clip_views_batch_dense(
+    xs: Sequence[Tensor],
+    groups: Sequence[tuple[int, Tensor, int]],
+    size: int,
+    mean,
+    std,
+    n_out: int | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``clip_views_batch`` with dense operands, the previous implementation: the same views
+    bit for bit, kept as the reference the windowed path is tested and measured against
+    (``benchmarks/bench_host.py --dense-views``).
+
+    Each crop's weights span the whole image (``aa_matrices``, zero outside its taps),
+    and each image's crops take two products over all its rows and columns
+    (``resample._pil_levels``): ~6x the arithmetic of the windowed path on ImageNet
+    crops, growing with the image rather than the crop.
+    """
+    crops = _batch_crops(xs, groups, size, n_out, out)
+    out = crops.out
+    if crops.n == 0:
+        return out
+    x0, y0, bh, bw, new_h, new_w, top, left = crops.geometry
     # one block of rows per image (its groups are adjacent in ``order``)
-    img_rows: list[tuple[int, int, int]] = []  # (image, first group in order, end group)
-    k = 0
-    while k < len(order):
-        e = k
-        while e < len(order) and groups[order[e]][0] == groups[order[k]][0]:
-            e += 1
-        img_rows.append((groups[order[k]][0], k, e))
-        k = e
-    counts = [sum(sizes[k:e]) for _, k, e in img_rows]
-    ry = aa_matrices(y0, bh, new_h, top, size, [(c, int(xs[b].shape[1])) for c, (b, _, _) in zip(counts, img_rows)],
-                     "bicubic", True, call_taps(bh, new_h), dev)
-    rx = aa_matrices(x0, bw, new_w, left, size, [(c, int(xs[b].shape[2])) for c, (b, _, _) in zip(counts, img_rows)],
-                     "bicubic", True, call_taps(bw, new_w), dev)
-    for j, (b, k, e) in enumerate(img_rows):
-        _resample_views(out, xs[b], ry[j], rx[j], [(groups[order[q]][2], sizes[q]) for q in range(k, e)])
+    img_rows: list[tuple[int, int]] = []  # (image, crops)
+    for k, n in zip(crops.order, crops.sizes):
+        b = groups[k][0]
+        if img_rows and img_rows[-1][0] == b:
+            img_rows[-1] = (b, img_rows[-1][1] + n)
+        else:
+            img_rows.append((b, n))
+    ry = aa_matrices(y0, bh, new_h, top, size, [(n, int(xs[b].shape[1])) for b, n in img_rows], "bicubic", True,
+                     crops.ty, out.device)
+    rx = aa_matrices(x0, bw, new_w, left, size, [(n, int(xs[b].shape[2])) for b, n in img_rows], "bicubic", True,
+                     crops.tx, out.device)
+    q = 0
+    for j, (b, n) in enumerate(img_rows):
+        ranges = []
+        while sum(r for _, r in ranges) < n:
+            ranges.append((groups[crops.order[q]][2], crops.sizes[q]))
+            q += 1
+        _dense_views(out, xs[b], ry[j], rx[j], ranges)
     _release(ry, rx)
-    m, s = _norm_constants(mean, std, dtype, dev)
+    m, s = _norm_constants(mean, std, out.dtype, out.device)
     return _normalize_views(out, m, s)
 
 
-def _resample_views(out: Tensor, x: Tensor, ry: Tensor, rx: Tensor, dest: Sequence[tuple[int, int]]) -> None:
-    """All views of one image: the two resampling products, then the stores into ``out``
-    (the large temporaries are released here, with the arithmetic they belong to)."""
+def _dense_views(out: Tensor, x: Tensor, ry: Tensor, rx: Tensor, dest: Sequence[tuple[int, int]]) -> None:
+    """All views of one image with dense operands (``clip_views_batch_dense``), stored group by
+    group (``dest``: first output row, crops) as ``levels / 255`` (one rounding to ``out``'s dtype)."""
     levels = _pil_levels(x.unsqueeze(0), ry, rx)
-    _store_views(out, levels, dest)
+    _store_rows(out, levels, dest)
     del levels
 
 
-def _release(*buffers: list) -> None:
-    """Drop the dense resampling operands now (one large buffer each), not at some later line."""
-    for b in buffers:
-        b.clear()
-
-
-def _store_views(out: Tensor, levels: Tensor, dest: Sequence[tuple[int, int]]) -> None:
-    """``levels / 255`` of consecutive groups into their output rows (one rounding to ``out``'s dtype,
-    as ``_pil_separable(...).to(dtype)``)."""
+def _store_rows(out: Tensor, levels: Tensor, dest: Sequence[tuple[int, int]]) -> None:
     r = 0
     for first, n in dest:
         torch.mul(levels[r : r + n], 1.0 / 255.0, out=out[first : first + n])
         r += n
+
+
+# Bands of outputs per axis of a crop, (horizontal, vertical) (``resample.aa_spans`` parts; the
+# largest divisor of the view size up to these): each output multiplies ~(crop / parts +
+# filter support) samples instead of the whole crop's. ImageNet crops at 224, N=60: 0.29
+# GMAC per image with 16 bands, 3.7 with one window per crop, 11 dense; on a 2-core CPU 8 to
+# 28 bands per axis are within ~5% (the gathers and 8-bit rounding passes dominate by
+# then), 4 is ~25% and 1 ~2.4x slower.
+_PARTS = (16, 16)
+# Window samples per ``pil_window_levels`` call: ~8 MB of float64 patches on a CPU (about five
+# ImageNet crops with 16 bands; calls of 4x that were ~15% slower there, 8x ~50%: the
+# temporaries leave the cache); on a GPU, large calls (few kernel launches).
+_CPU_CALL_SAMPLES = 1 << 20
+_DEVICE_CALL_SAMPLES = 1 << 26
+
+
+def _window_calls(ly: Tensor, wx: Tensor, wy: Tensor, bands: int, device: torch.device):
+    """Crops (index tensors) per ``pil_window_levels`` call and each call's padded ``(ly, wx, wy)``.
+
+    Sorted by window size, so a call pads its crops to sizes close to their own; a call
+    holds at most ``_*_CALL_SAMPLES`` patch samples (at least one crop). A Python loop
+    over calls, not over crops; everything here is on the CPU (no device sync)."""
+    budget = _CPU_CALL_SAMPLES if device.type == "cpu" else _DEVICE_CALL_SAMPLES
+    samples = ly * wx * bands
+    order = torch.argsort(samples, descending=True, stable=True)
+    largest = samples[order].tolist()  # the first crop of a call sets its size, about
+    bounds, a, n = [], 0, len(largest)
+    while a < n:
+        m = max(1, min(n - a, budget // max(1, largest[a])))
+        bounds.append((a, a + m))
+        a += m
+    call = torch.repeat_interleave(torch.arange(len(bounds)), torch.tensor([e - b for b, e in bounds]))
+    pad = torch.zeros(len(bounds), 3, dtype=torch.long).scatter_reduce_(
+        0, call.view(-1, 1).expand(-1, 3), torch.stack([ly, wx, wy], 1)[order], "amax", include_self=False)
+    return [order[b:e] for b, e in bounds], [tuple(p) for p in pad.tolist()]
+
+
+def _level_source(xs: Sequence[Tensor], used: Sequence[int], tail: int) -> tuple[Tensor, Tensor]:
+    """The images' 8-bit levels (float64), flattened one after the other, plus ``tail`` zeros;
+    and where each image starts (CPU int64, indexed by image)."""
+    parts, base, a = [], torch.zeros(max(used) + 1, dtype=torch.long), 0
+    for b in used:
+        parts.append(torch.round(xs[b].to(torch.float64) * 255.0).reshape(-1))
+        base[b] = a
+        a += parts[-1].numel()
+    parts.append(torch.zeros(tail, dtype=torch.float64, device=xs[used[0]].device))
+    return torch.cat(parts), base
+
+
+def _window_starts(g: Tensor, px: int, ly: int, c: int) -> Tensor:
+    """``[m, px, c, ly]`` flat indices of the window rows of the call's crops (``g``: their
+    ``geo`` rows); rows past a crop's own repeat the image's last row (zero weights)."""
+    m = g.shape[0]
+    y = torch.minimum(torch.arange(ly, device=g.device).view(1, ly), g[:, 1:2])  # [m, ly]
+    chan = torch.arange(c, device=g.device).view(1, 1, c, 1) * g[:, 3].view(m, 1, 1, 1)
+    return (g[:, 0].view(m, 1, 1, 1) + g[:, 5 : 5 + px].view(m, px, 1, 1)
+            + (y * g[:, 2:3]).view(m, 1, 1, ly) + chan)
+
+
+def _window_rows(rel: Tensor, ly: int, wy: int) -> Tensor:
+    """``[m, py, wy]`` rows of the horizontal pass each vertical band reads (``rel``: band
+    starts relative to the crop's first row ``r0``); rows past the call's ``ly`` repeat its
+    last (zero weights)."""
+    return torch.clamp(rel.unsqueeze(-1) + torch.arange(wy, device=rel.device), max=ly - 1)
+
+
+def _resample_views(out: Tensor, src: Tensor, g: Tensor, kx: Tensor, ky: Tensor, px: int, c: int,
+                    pad: tuple[int, int, int]) -> None:
+    """The views of one call's crops (``g``: their ``geo`` rows; ``pad``: the call's ``(ly, wx,
+    wy)``): the window indices, the two windowed resampling products, then the stores into
+    ``out`` (the temporaries are released here, with the arithmetic they belong to)."""
+    ly, _, wy = pad
+    starts = _window_starts(g, px, ly, c)
+    rows = _window_rows(g[:, 5 + px :], ly, wy)
+    levels = pil_window_levels(src, starts, kx, ky, rows)
+    del starts, rows
+    _store_views(out, levels, g[:, 4])
+    del levels
+
+
+def _release(*buffers: list) -> None:
+    """Drop the resampling operands now (weights: one buffer each; the levels), not at some later line."""
+    for b in buffers:
+        b.clear()
+
+
+def _store_views(out: Tensor, levels: Tensor, dest: Tensor) -> None:
+    """``levels / 255`` into the output rows ``dest`` (one rounding to ``out``'s dtype, as
+    ``_pil_separable(...).to(dtype)``: the float64 product, then the cast)."""
+    views = torch.empty(levels.shape, dtype=out.dtype, device=out.device)
+    out.index_copy_(0, dest, torch.mul(levels, 1.0 / 255.0, out=views))
 
 
 def _normalize_views(out: Tensor, m: Tensor, s: Tensor) -> Tensor:

@@ -25,6 +25,18 @@ The weights reproduce the kernels used by the reference pipelines:
 Every matrix maps a segment ``[start, start + length)`` of a signal of
 ``full_size`` samples; columns outside the segment are zero, which is exactly a
 crop followed by a resize.
+
+Windows (the crop views): a dense ``[n, out, full_size]`` matrix makes the products
+of every crop run over the whole image, although a crop's outputs only reach the
+samples under their taps. ``aa_spans`` gives those samples per band of outputs,
+``aa_window_matrices`` the weights on them only, and ``pil_window_levels`` runs
+Pillow's two 8-bit passes of many crops over their windows (gathered patches, two
+batched GEMMs). That is exact, not an approximation: in ``pil_rounding`` mode the
+operands are integers (8-bit levels, 22-bit fixed-point weights) in float64, whose
+products and partial sums stay far below 2**53, so a dot product has the same value
+in any summation order and without its zero terms; a window drops only products
+with weight 0 and pads only with weight-0 entries. The cost then follows the crop
+(and the filter support), not the image.
 """
 
 from __future__ import annotations
@@ -37,11 +49,14 @@ from torch import Tensor
 __all__ = [
     "aa_matrices",
     "aa_matrix",
+    "aa_spans",
     "aa_taps",
     "aa_weights",
+    "aa_window_matrices",
     "apply_separable",
     "apply_separable_batch",
     "bicubic_matrix",
+    "pil_window_levels",
     "resize_crop_geometry",
     "to_device",
 ]
@@ -121,14 +136,8 @@ def aa_weights(
     length = length.to(dtype).view(-1, 1, 1)
     resized = resized.to(dtype).view(-1, 1, 1)
     offset = offset.to(dtype).view(-1, 1, 1)
-    i = torch.arange(out_size, dtype=dtype, device=dev).view(1, -1, 1) + offset  # index in the resized signal
-    scale = length / resized
-    support = _SUPPORT[kernel] * torch.clamp(scale, min=1.0)
+    scale, support, center, xmin, xmax = _aa_bounds(length, resized, offset, out_size, kernel)
     invscale = torch.where(scale >= 1.0, 1.0 / scale, torch.ones_like(scale))
-    center = scale * (i + 0.5)
-    # Same integer bounds as PIL / ATen (truncation; negatives are clamped to 0 anyway).
-    xmin = torch.clamp(torch.trunc(center - support + 0.5), min=0)
-    xmax = torch.minimum(torch.trunc(center + support + 0.5), length)
     j = xmin + torch.arange(taps, dtype=dtype, device=dev).view(1, 1, -1)  # position inside the segment
     valid = j < xmax
     w = _aa_filter((j - center).add_(0.5).mul_(invscale), kernel).masked_fill_(~valid, 0.0)
@@ -138,6 +147,27 @@ def aa_weights(
         w = _pil_fixed(w)
     col = j.add_(start).masked_fill_(~valid, 0.0).long()
     return w, col
+
+
+def _aa_bounds(length: Tensor, resized: Tensor, offset: Tensor, out_size: int, kernel: str, outputs: Tensor | None = None):
+    """``(scale, support, center, xmin, xmax)`` of outputs ``offset .. offset + out_size - 1``
+    (float64 ``[n, 1, 1]`` arguments, ``[n, out_size, 1]`` centres and bounds), or of the
+    outputs ``offset + outputs`` only: output ``i`` reads the segment samples ``[xmin,
+    min(xmax, xmin + taps))``. One function for the weights (``aa_weights``) and their
+    windows (``aa_spans``), so the two cannot disagree. ``xmin`` and ``xmax`` never
+    decrease with ``i``: every step (a product with ``scale > 0``, sums with constants,
+    truncation, clamps) is monotone in IEEE arithmetic."""
+    dtype = torch.float64
+    if outputs is None:
+        outputs = torch.arange(out_size, dtype=dtype, device=length.device)
+    i = outputs.to(dtype).view(1, -1, 1) + offset  # index in the resized signal
+    scale = length / resized
+    support = _SUPPORT[kernel] * torch.clamp(scale, min=1.0)
+    center = scale * (i + 0.5)
+    # Same integer bounds as PIL / ATen (truncation; negatives are clamped to 0 anyway).
+    xmin = torch.clamp(torch.trunc(center - support + 0.5), min=0)
+    xmax = torch.minimum(torch.trunc(center + support + 0.5), length)
+    return scale, support, center, xmin, xmax
 
 
 def aa_matrices(
@@ -164,6 +194,86 @@ def aa_matrices(
     one pass per distinct tap count (a handful per batch) and scattered into one
     buffer, with no loop over crops or images. The crop arguments and ``taps`` are
     CPU tensors, so no device round trip decides the tap counts.
+
+    Dense: each row spans the whole signal. ``aa_window_matrices`` holds only each
+    crop's window (what the crop resampling uses).
+    """
+    rows_list = [int(b[0]) for b in blocks]
+    full = torch.repeat_interleave(torch.tensor([int(b[1]) for b in blocks], dtype=torch.long),
+                                   torch.tensor(rows_list, dtype=torch.long))
+    if sum(rows_list) != int(start.shape[0]):
+        raise ValueError(f"blocks hold {sum(rows_list)} rows, got {int(start.shape[0])} crops")
+    lo = torch.zeros(int(start.shape[0]), 1, dtype=torch.long)
+    return aa_window_matrices(start, length, resized, offset, out_size, blocks, full, lo, kernel, pil_fixed, taps,
+                              device)
+
+
+def aa_spans(
+    start: Tensor,
+    length: Tensor,
+    resized: Tensor,
+    offset: Tensor,
+    out_size: int,
+    full_size: Tensor | int,
+    kernel: str = "bicubic",
+    parts: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """The windows of the crops' weights: ``(lo, hi)``, int64 ``[n, parts]`` on the CPU.
+
+    Outputs ``[p * out_size / parts, (p + 1) * out_size / parts)`` of crop ``n`` (``parts``
+    must divide ``out_size``) have nonzero weights only at samples ``lo[n, p] <= s <
+    hi[n, p]`` of the full signal (``full_size`` samples, an int or one per crop): the
+    union of their taps' ranges ``start + [xmin, xmax)``, after the clamp to ``full_size
+    - 1`` that ``aa_matrix`` applies. The bounds come from the same float64 operations
+    as the weights (``_aa_bounds``), so every tap ``aa_matrix`` sets lies inside; a
+    window holds at most the crop's own samples plus the filter support, whatever
+    the image size. Crop arguments on the CPU (no device round trip).
+    """
+    if out_size % parts:
+        raise ValueError(f"parts ({parts}) must divide out_size ({out_size})")
+    dtype = torch.float64
+    start = start.to("cpu", torch.int64).view(-1, 1)
+    full = torch.as_tensor(full_size, dtype=torch.int64).view(-1, 1)
+    args = [t.to("cpu", dtype).view(-1, 1, 1) for t in (length, resized, offset)]
+    # the bounds grow with the output (``_aa_bounds``): a part's window runs from its first
+    # output's ``xmin`` to its last output's ``xmax``
+    band = out_size // parts
+    ends = torch.stack([torch.arange(parts) * band, torch.arange(parts) * band + band - 1], 1).view(-1)
+    *_, xmin, xmax = _aa_bounds(*args, out_size, kernel, ends)
+    n = int(start.shape[0])
+    first = xmin.view(n, parts, 2)[:, :, 0].long()
+    last = xmax.view(n, parts, 2)[:, :, 1].long()
+    lo = torch.minimum(start + first, full - 1)
+    hi = torch.maximum(torch.minimum(start + last, full), lo + 1)
+    return lo, hi
+
+
+def aa_window_matrices(
+    start: Tensor,
+    length: Tensor,
+    resized: Tensor,
+    offset: Tensor,
+    out_size: int,
+    blocks: Sequence[tuple[int, int]],
+    full_size: Tensor,
+    lo: Tensor,
+    kernel: str,
+    pil_fixed: bool,
+    taps: Tensor,
+    device: torch.device | str | None = None,
+) -> list[Tensor]:
+    """``aa_matrices`` restricted to windows: per block ``(rows, width)`` a contiguous
+    ``[rows, out_size, width]`` float64 matrix on ``device``.
+
+    Row ``r`` is crop ``r``'s ``aa_matrix`` row of a signal with ``full_size[r]``
+    samples (CPU int64, one per crop) shifted left by its window start: entry ``[r, i,
+    p]`` is the weight of sample ``lo[r, part(i)] + p``, where ``lo`` (CPU int64 ``[n,
+    parts]``, from ``aa_spans``) starts the window of output ``i``'s part (``part(i) =
+    i * parts // out_size``). Samples outside the window carry no weight by
+    construction of ``aa_spans`` (``width`` must cover ``hi - lo``), so the products of
+    a window row with the samples ``lo .. lo + width - 1`` are those of the dense row,
+    less exact zeros. The weights are the same numbers as ``aa_matrices``' (same taps,
+    same normalisation order), evaluated once per distinct tap count.
     """
     dev = torch.device(device) if device is not None else start.device
     n = int(start.shape[0])
@@ -175,27 +285,37 @@ def aa_matrices(
     parts: list[tuple[Tensor, Tensor]] = []
     if n:
         rows_per = torch.tensor(rows_list, dtype=torch.long)
-        full = torch.tensor([int(b[1]) for b in blocks], dtype=torch.long)
+        width = torch.tensor([int(b[1]) for b in blocks], dtype=torch.long)
         block_base = torch.tensor([sum(elems[:k]) for k in range(len(elems))], dtype=torch.long)
         blk = torch.repeat_interleave(torch.arange(len(blocks)), rows_per)
         first = torch.cumsum(rows_per, 0) - rows_per
-        row_full = full[blk]
-        row_base = block_base[blk] + (torch.arange(n) - first[blk]) * out_size * row_full
+        row_width = width[blk]
+        row_base = block_base[blk] + (torch.arange(n) - first[blk]) * out_size * row_width
+        lo = lo.to("cpu", torch.int64).view(n, -1)
+        n_parts = int(lo.shape[1])
+        part_of = torch.arange(out_size) * n_parts // out_size  # output -> part of its window
         taps = taps.to("cpu", torch.int64)
         order = torch.argsort(taps, stable=True)
         values, counts = torch.unique_consecutive(taps[order], return_counts=True)
-        args = to_device(torch.stack([start.long().cpu(), length.long().cpu(), resized.long().cpu(),
-                                      offset.long().cpu(), row_base, row_full])[:, order], dev)
+        args = to_device(torch.cat([torch.stack([start.long().cpu(), length.long().cpu(), resized.long().cpu(),
+                                                 offset.long().cpu(), row_base, row_width,
+                                                 full_size.to("cpu", torch.int64).view(-1)]),
+                                    lo.T])[:, order], dev)
         i = torch.arange(out_size, device=dev).view(1, -1, 1)
+        part_of = to_device(part_of, dev)
         # On a CPU, rows in cache-sized chunks (the temporaries stay in cache; 2x faster
         # there); on a GPU, each tap count in one go (fewest kernel launches).
         step = _CPU_ROWS if dev.type == "cpu" else n
         a = 0
         for t, c in zip(values.tolist(), counts.tolist()):
             for a0 in range(a, a + c, step):
-                st, ln, rs, of, base, fs = args[:, a0 : min(a + c, a0 + step)].unsqueeze(-1).unsqueeze(-1)
+                chunk = args[:, a0 : min(a + c, a0 + step)]
+                st, ln, rs, of, base, wd, fs = chunk[:7].unsqueeze(-1).unsqueeze(-1)
+                lo_i = chunk[7:].T[:, part_of].unsqueeze(-1)  # [rows, out_size, 1]: window start of each output
                 w, col = aa_weights(st.view(-1), ln.view(-1), rs.view(-1), of.view(-1), out_size, kernel, pil_fixed, t)
-                parts.append((torch.minimum(col, fs - 1).add_(base + i * fs), w))
+                # unused taps (weight 0, col 0) land on the row's first sample; used ones inside the window
+                pos = torch.minimum(col, fs - 1).sub_(lo_i).clamp_(min=0).add_(base + i * wd)
+                parts.append((pos, w))
             a += c
     flat = _dense_scatter(total, dev, parts)
     out, a = [], 0
@@ -359,3 +479,61 @@ def _pil_levels(x: Tensor, ry: Tensor, rx: Tensor) -> Tensor:
     tmp = tmp.view(c, h, n, ow).permute(2, 1, 0, 3).reshape(n, h, c * ow)
     out = _pil_pass(torch.bmm(ry.to(torch.float64), tmp))  # [n, oh, C*ow]
     return out.view(n, oh, c, ow).permute(0, 2, 1, 3)
+
+
+def pil_window_levels(src: Tensor, starts: Tensor, kx: Tensor, ky: Tensor, rows: Tensor | None) -> Tensor:
+    """Pillow's two 8-bit passes (``_pil_levels``) of ``m`` crops, each over its own window only.
+
+    * ``src``: flat float64 8-bit levels (every image, channel-major, one after the
+      other), followed by at least ``kx.shape[-1]`` more samples (any finite values);
+    * ``starts`` ``[m, px, c, ly]`` (int64, on ``src``'s device): flat index in ``src``
+      of the first sample of each window row, per crop, horizontal part (``px``
+      divides ``ow``), channel, row of the crop's vertical window;
+    * ``kx`` ``[m, ow, wx]``: the horizontal weights of ``aa_window_matrices`` with
+      ``px`` parts (output ``i`` of part ``p`` weighs the ``wx`` samples from that
+      part's window start), ``ky`` ``[m, oh, wy]`` the vertical ones over the ``ly``
+      rows of the horizontal pass: with ``rows is None`` all of them (``wy == ly``),
+      else, with ``py`` parts, the rows ``rows [m, py, wy]`` (indices ``0 .. ly - 1``)
+      for the outputs of part ``p``.
+
+    Returns 8-bit levels ``[m, c, oh, ow]`` (float64, contiguous). Why equal to the dense
+    ``_pil_levels``: the operands are integers (levels, 22-bit fixed-point weights)
+    whose products and sums stay far below 2**53, so every dot product is exact in
+    any order, and a window drops only products with weight 0 (samples outside
+    ``aa_spans``' window) and adds only products with padded weight 0 (window
+    samples past the crop's own, which may belong to the next row or image but are
+    finite). The weights enter scaled by 2**-22 and the accumulators start at 1/2
+    (exact: multiples of 2**-22 below 2**9), so each pass's rounding is
+    ``floor(acc + 1/2)`` clamped to 0..255, as ``_pil_pass``. Two gathers and two
+    batched GEMMs per call, whatever ``m``.
+    """
+    m, px, c, ly = starts.shape
+    _, ow, wx = kx.shape
+    oh, wy = ky.shape[1], ky.shape[2]
+    dev = src.device
+    unit = 1.0 / (1 << _PIL_PRECISION_BITS)
+    half = torch.full((), 0.5, dtype=torch.float64, device=dev)
+    # every window row is a contiguous run of ``wx`` samples: rows of an overlapping view
+    win = src.as_strided((src.numel() - wx + 1, wx), (1, 1))
+    patches = win.index_select(0, starts.reshape(-1)).view(m * px, c * ly, wx)
+    kxt = torch.mul(kx, unit).view(m * px, ow // px, wx).transpose(1, 2)
+    tmp = _pil_round(torch.baddbmm(half, patches, kxt))  # [m*px, c*ly, ow/px]: rows (crop, part, channel, y)
+    del patches
+    py = 1 if rows is None else rows.shape[1]
+    if px == 1 and rows is None:
+        band = tmp.view(m * c, ly, ow)
+    else:  # rows (crop, channel, vertical part, y in the band), columns (horizontal part, x): one gather
+        if rows is None:
+            rows = torch.arange(ly, device=dev).expand(m, 1, ly)
+        crop_part = torch.arange(m, device=dev).view(m, 1, 1, 1, 1) * px + torch.arange(px, device=dev)
+        idx = (crop_part * c + torch.arange(c, device=dev).view(1, c, 1, 1, 1)) * ly + rows.view(m, 1, py, wy, 1)
+        band = tmp.view(-1, ow // px).index_select(0, idx.reshape(-1)).view(m * c * py, wy, ow)
+    del tmp
+    kyc = torch.mul(ky, unit).view(m, 1, py, oh // py, wy).expand(m, c, py, oh // py, wy).reshape(m * c * py, oh // py, wy)
+    out = _pil_round(torch.baddbmm(half, kyc, band))  # [m*c*py, oh/py, ow]
+    return out.view(m, c, oh, ow)
+
+
+def _pil_round(acc: Tensor) -> Tensor:
+    """``_pil_pass`` of accumulators already scaled by 2**-22 and offset by 1/2."""
+    return acc.floor_().clamp_(0.0, 255.0)

@@ -10,11 +10,18 @@ on its own. Also printed: achieved GFLOP/s of the batched path's model forwards
 against a plain fp32 matmul measured in the same run, and the machine (CPU model,
 vector extensions, cores, torch build, GPU).
 
+Before the models, the CLIP views alone (no model): each image's global view and
+its N raw crops through the per-image path's PIL loop, through the batched
+windowed resampling (``clip_views_batch``) and through its dense reference
+(``clip_views_batch_dense``, the resampling before windows), alternating, best of
+``--repeats``; ``--preprocess-only`` stops there (no models are built).
+
 FLOPs are counted by ``benchmarks/flops.py``: torch's FlopCounterMode with the
 attention matmuls (QK^T, AV) made visible to it and checked against the analytic
 4 * T^2 * D per block; what it still leaves out is printed with the figures.
 
     .venv/bin/python benchmarks/bench_abs.py            # CPU, 3 images, best of 2 runs per path
+    .venv/bin/python benchmarks/bench_abs.py --preprocess-only --images 4 --repeats 3
     .venv/bin/python benchmarks/bench_abs.py --device cuda --images 256 --batch-size 1024
 """
 
@@ -25,13 +32,21 @@ import os
 import sys
 import time
 
+import PIL
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from abs_model import ABSClassifier, ABSConfig, CLIPBackbone, DINOBackbone, ModelSpec, TextBank
-from abs_model.sampling import draw_crops, image_generator
+from abs_model import (
+    ABSClassifier,
+    ABSConfig,
+    CLIPBackbone,
+    DINOBackbone,
+    ModelSpec,
+    TextBank,
+)
+from abs_model.sampling import draw_crops, image_generator, raw_boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import abs_model_flops, describe  # noqa: E402  (benchmarks/flops.py)
@@ -116,6 +131,80 @@ def per_image_path(clf: ABSClassifier, images, ids):
     return preds
 
 
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def preprocess_paths(images, ids, cfg: ABSConfig, repeats: int, mean=CLIP_MEAN, std=CLIP_STD, size: int = 224,
+                     grid: int = 14, dino_grid: int = 14) -> dict:
+    """Seconds per image of the CLIP views alone (each image's global view and N raw crops, no
+    model): the per-image path's PIL loop (``pil.crop`` and torchvision's Resize / CenterCrop /
+    ToTensor / Normalize per crop, one thread), the batched windowed views and the dense
+    reference, alternating, best of ``repeats`` each. The same boxes for all three, from
+    random DINO top-K values (``draw_crops``, ``raw_boxes``)."""
+    from abs_model.preprocess import (
+        clip_views_batch,
+        clip_views_batch_dense,
+        image_tensor,
+        to_float_image,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    boxes = []
+    for pil, iid in zip(images, ids):
+        W, H = pil.size
+        vals, idx = torch.topk(torch.rand(dino_grid**2, generator=g), cfg.top_k)
+        dr = draw_crops(idx, vals, W, H, grid, cfg, image_generator(cfg.seed, iid))
+        boxes.append(raw_boxes(dr.raw_cells, dr.raw_widths, dr.raw_heights, W, H, dino_grid))
+    pre = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
+                     T.Normalize(mean, std)])
+
+    def pil_loop():
+        return torch.cat([torch.stack([pre(pil)] + [pre(pil.crop(tuple(b))) for b in bx.tolist()])
+                          for pil, bx in zip(images, boxes)])
+
+    B, n = len(images), cfg.n_crops
+
+    def batched(fn):
+        buf = torch.empty(B * (1 + n), 3, size, size)  # reused, as ``predict`` reuses its view buffer
+
+        def run():
+            xs = [to_float_image(image_tensor(pil)) for pil in images]
+            groups = [(b, torch.tensor([[0, 0, pil.size[0], pil.size[1]]]), b) for b, pil in enumerate(images)]
+            groups += [(b, boxes[b], B + b * n) for b in range(B)]
+            return fn(xs, groups, size, mean, std, B * (1 + n), out=buf)
+        return run
+
+    paths = {"PIL loop (per-image path)": pil_loop, "batched, windowed": batched(clip_views_batch),
+             "batched, dense (before)": batched(clip_views_batch_dense)}
+    best, outs = dict.fromkeys(paths, float("inf")), {}
+    for r in range(repeats):
+        for name in list(paths) if r % 2 == 0 else list(paths)[::-1]:
+            t = time.perf_counter()
+            outs[name] = paths[name]()
+            best[name] = min(best[name], time.perf_counter() - t)
+    pil_name, win_name, dense_name = paths
+    for name in (win_name, dense_name):  # rows per image (global view, then its crops), as the PIL loop has them
+        v = outs[name]
+        outs[name] = torch.cat([torch.cat([v[b : b + 1], v[B + b * n : B + (b + 1) * n]]) for b in range(B)])
+    levels = [(outs[k] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)) * 255
+              for k in (pil_name, win_name)]
+    return {"s_per_image": {k: v / len(images) for k, v in best.items()},
+            "windowed_equals_dense": torch.equal(outs[win_name], outs[dense_name]),
+            "pil_vs_windowed_max_levels": float((levels[0] - levels[1]).abs().max()),
+            "pil_vs_windowed_share_differing": float(((levels[0] - levels[1]).abs() > 0.5).float().mean())}
+
+
+def print_preprocess(res: dict, n_images: int, n_crops: int) -> None:
+    print(f"CLIP views only (global + {n_crops} crops per image, {n_images} images, {torch.get_num_threads()} torch "
+          f"thread(s); PIL: one thread):")
+    ref = res["s_per_image"]["PIL loop (per-image path)"]
+    for name, v in res["s_per_image"].items():
+        print(f"  {name:<28s}{v:8.3f} s/image  ({v / ref:.2f}x the PIL loop)")
+    print(f"  windowed == dense bit for bit: {res['windowed_equals_dense']}; PIL loop vs windowed: max "
+          f"{res['pil_vs_windowed_max_levels']:.1f} levels, {100 * res['pil_vs_windowed_share_differing']:.1f}% of "
+          f"values differ (Pillow {PIL.__version__}; >= 13 resizes some shapes vertically first)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=3)
@@ -131,6 +220,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the CLIP trunk and head (batched path)")
     ap.add_argument("--clip", default="ViT-B-16")
     ap.add_argument("--dino", default="vit_base_patch16_224.dino")
+    ap.add_argument("--preprocess-only", action="store_true",
+                    help="only the CLIP views: PIL loop vs batched windowed vs dense (no models)")
     args = ap.parse_args()
 
     from abs_model.device import resolve_device, resolve_precision
@@ -138,6 +229,12 @@ def main() -> None:
     device = resolve_device(args.device)
     prec = resolve_precision(device, None if args.precision == "auto" else args.precision)
     print(machine_summary(machine_info()))
+    if args.preprocess_only:
+        images = make_images(args.images)
+        cfg = ABSConfig(n_crops=args.crops, n_descriptions=args.descriptions)
+        res = preprocess_paths(images, [f"bench/{i}" for i in range(len(images))], cfg, args.repeats)
+        print_preprocess(res, len(images), cfg.n_crops)
+        return
     print(f"device={device} autocast={prec} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"compile={args.compile}")
     print("weights: RANDOM (speed does not depend on weight values; nothing is downloaded)")
@@ -149,6 +246,8 @@ def main() -> None:
     images = make_images(args.images)
     ids = [f"bench/{i}" for i in range(len(images))]
     n_per = args.per_image if args.per_image is not None else len(images)
+    print_preprocess(preprocess_paths(images, ids, cfg, args.repeats, clip.norm.mean, clip.norm.std, clip.norm.size,
+                                      clip.grid, dino.grid), len(images), cfg.n_crops)
 
     # FLOPs of every model forward the batched path runs, counted on single passes
     # (attention matmuls included, see benchmarks/flops.py).

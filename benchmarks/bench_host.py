@@ -11,13 +11,15 @@ JPEGs (500x375, 375x500, 500x333) at the paper's N=60, K=20, M=50 with a
 1000-class x 50-description text bank, and splits the wall time per image into
 
 * arithmetic -- ``model`` (CLIP trunk / head forwards), ``resample`` (the crop
-  resampling matmuls with Pillow's 8-bit rounding passes), ``dense`` (zero-filling
-  the dense resampling operands, scattering the taps in, freeing them), ``pixels``
-  (writing the views into the model-input buffer and normalising them) and
-  ``matching`` (soft matching over 50k text pairs per crop, cosine logits);
+  resampling matmuls with Pillow's 8-bit rounding passes, over each crop's window:
+  gathers, two batched GEMMs per call), ``dense`` (zero-filling the resampling
+  operands -- the window weights; the dense reference's whole-image matrices --
+  scattering the taps in, freeing them), ``pixels`` (writing the views into the
+  model-input buffer and normalising them) and ``matching`` (soft matching over
+  50k text pairs per crop, cosine logits);
 * host overhead -- everything else in ``predict``: image -> tensor, crop sampling
-  and geometry, the resampling weights (taps), view assembly, the rest (feature-crop
-  tensors, outputs, glue);
+  and geometry, the resampling weights (taps) and windows, view assembly, the rest
+  (feature-crop tensors, outputs, glue);
 * ``infer_shard`` outside ``predict``: waiting for the decode threads (reported,
   not counted as host time: decoding runs in parallel threads), shard and DINO
   cache reads, row building, Parquet writing, commit markers. Once on a small shard
@@ -38,6 +40,13 @@ Before/after: run it on the old code and the new with the same arguments::
     .venv/bin/python benchmarks/bench_host.py --out /tmp/host_before.json      # (old code)
     .venv/bin/python benchmarks/bench_host.py --out /tmp/host_after.json --compare /tmp/host_before.json
     .venv/bin/python benchmarks/bench_host.py --device cuda --batch 64 --images 256 --shard-images 256
+
+``--dense-baseline`` instead compares, in this one process (alternating passes, best
+of ``--reps`` each), ``predict`` with the windowed crop resampling against the same
+``predict`` with the dense reference (``preprocess.clip_views_batch_dense``: each
+crop's weights and products over the whole image) as the "before" column::
+
+    .venv/bin/python benchmarks/bench_host.py --dense-baseline --big-shard 0
 """
 
 from __future__ import annotations
@@ -74,16 +83,19 @@ SIZES = [(500, 375), (375, 500), (500, 333)]
 
 # (category, function names) wrapped wherever the pipeline modules call them.
 CATEGORIES = {
-    "resample": ("apply_separable", "apply_separable_batch", "_pil_separable", "_pil_levels", "_resample_views"),
+    "resample": ("apply_separable", "apply_separable_batch", "_pil_separable", "_pil_levels", "_resample_views",
+                 "pil_window_levels", "_level_source", "_window_starts", "_window_rows", "_dense_views"),
     # per-crop pixel passes after the resampling matmuls: storing the views into the
     # model-input buffer and normalising them (O(crops x 224^2) elementwise work)
-    "pixels": ("_store_views", "_normalize_views"),
-    # zero-filling the dense resampling operands and scattering the taps into them
-    # (O(crops x 224 x image side) memory work; the old aa_matrix did it inside)
+    "pixels": ("_store_views", "_store_rows", "_normalize_views"),
+    # zero-filling the resampling operands and scattering the taps into them: the window
+    # weights (O(crops x 224 x window)); the dense reference's O(crops x 224 x image side)
+    # matrices (the old aa_matrix did it inside)
     "dense": ("_dense_scatter", "_release"),
-    "matrices": ("aa_matrix", "bicubic_matrix", "aa_weights", "aa_matrices", "aa_taps", "resize_crop_geometry"),
+    "matrices": ("aa_matrix", "bicubic_matrix", "aa_weights", "aa_matrices", "aa_taps", "resize_crop_geometry",
+                 "aa_spans", "aa_window_matrices", "_window_calls"),
     "input": ("to_tensor_image", "image_tensor", "to_float_image", "limit_size"),
-    "views": ("clip_views", "clip_views_batch", "normalize"),
+    "views": ("clip_views", "clip_views_batch", "clip_views_batch_dense", "normalize"),
     "geometry": ("image_generator", "draw_crops", "raw_boxes", "feature_windows", "_to_working",
                  "draw_crops_batch", "_to_working_batch"),
     "matching": ("soft_match", "cosine_logits"),
@@ -279,40 +291,57 @@ def prepare(clf, images: list) -> tuple[list, float]:
     return out, 1e3 * (time.perf_counter() - t0) / max(1, len(images))
 
 
-def bench_predict(clf, images, ids, batch: int, reps: int) -> dict:
-    """Best of ``reps`` passes over ``images`` in batches; ms per image per category."""
+def bench_predict(clf, images, ids, batch: int, reps: int, modes: dict | None = None) -> dict:
+    """Best of ``reps`` passes over ``images`` in batches; ms per image per category.
+
+    ``modes``: name -> context manager factory under which ``predict`` runs (e.g. the
+    dense reference views); the modes' passes alternate, one result per mode."""
+    from abs_model import preprocess, resample
+
+    modes = modes or {"": contextlib.nullcontext}
     dev = clf.device
     topks = [clf.dino_topk(images[s : s + batch]) for s in range(0, len(images), batch)]
     images, prep_ms = prepare(clf, images)
-    clf.predict(images[:batch], ids[:batch], dino_topk=topks[0])  # warm-up
-    best = None
-    for _ in range(reps):
+    for ctx in modes.values():
+        with ctx():
+            clf.predict(images[:batch], ids[:batch], dino_topk=topks[0])  # warm-up
+    best: dict = {}
+    for rep in range(reps):
+        for name in list(modes) if rep % 2 == 0 else list(modes)[::-1]:
+            timer = Timer(dev)
+            with modes[name](), patched(timer, clf):
+                timer.sync()
+                t0 = time.perf_counter()
+                for k, s in enumerate(range(0, len(images), batch)):
+                    clf.predict(images[s : s + batch], ids[s : s + batch], dino_topk=topks[k])
+                timer.sync()
+                total = time.perf_counter() - t0
+            # the host part alone (no wrappers' cost and no arithmetic) is the thing compared,
+            # so keep the pass with the smallest remainder
+            res = _split(total, timer, len(images))
+            if name not in best or res["host"] < best[name]["host"]:
+                best[name] = res
+    for name, ctx in modes.items():
+        best[name]["prepare_in_threads"] = prep_ms
+        # one more pass, untimed, counting the tensor ops outside the model forwards (with the
+        # resampling weights and windows grouped as on a GPU: one pass per tap count, large
+        # resampling calls, not CPU-cache-sized chunks)
         timer = Timer(dev)
-        with patched(timer, clf):
-            timer.sync()
-            t0 = time.perf_counter()
+        with ctx(), patched(timer, clf), OpCounter(timer) as counter, _attr(resample, "_CPU_ROWS", 1 << 40), \
+                _attr(preprocess, "_CPU_CALL_SAMPLES", getattr(preprocess, "_DEVICE_CALL_SAMPLES", 0)):
             for k, s in enumerate(range(0, len(images), batch)):
                 clf.predict(images[s : s + batch], ids[s : s + batch], dino_topk=topks[k])
-            timer.sync()
-            total = time.perf_counter() - t0
-        # the host part alone (no wrappers' cost and no arithmetic) is the thing compared,
-        # so keep the pass with the smallest remainder
-        res = _split(total, timer, len(images))
-        if best is None or res["host"] < best["host"]:
-            best = res
-    best["prepare_in_threads"] = prep_ms
-    # one more pass, untimed, counting the tensor ops outside the model forwards (with the
-    # resampling weights built as on a GPU: one pass per tap count, not in CPU-cache chunks)
-    from abs_model import resample
+        best[name]["ops"] = sum(counter.ops.values()) / len(images)
+        best[name]["syncs"] = counter.syncs / len(images)
+        best[name]["top_ops"] = {k: v / len(images) for k, v in counter.ops.most_common(12)}
+    return best if len(modes) > 1 else best[next(iter(modes))]
 
-    timer = Timer(dev)
-    with patched(timer, clf), OpCounter(timer) as counter, _attr(resample, "_CPU_ROWS", 1 << 40):
-        for k, s in enumerate(range(0, len(images), batch)):
-            clf.predict(images[s : s + batch], ids[s : s + batch], dino_topk=topks[k])
-    best["ops"] = sum(counter.ops.values()) / len(images)
-    best["syncs"] = counter.syncs / len(images)
-    best["top_ops"] = {k: v / len(images) for k, v in counter.ops.most_common(12)}
-    return best
+
+def dense_views():
+    """``predict`` with the dense reference views (the crop resampling before windows)."""
+    from abs_model import classifier, preprocess
+
+    return _attr(classifier, "clip_views_batch", preprocess.clip_views_batch_dense)
 
 
 def _split(total: float, timer: Timer, n: int) -> dict:
@@ -468,13 +497,13 @@ PREDICT_ROWS = [
     ("total", "total"),
     ("model", "  model forwards (CLIP trunk/head)"),
     ("resample", "  resampling matmuls (+ 8-bit rounding)"),
-    ("dense", "  dense resampling operands (zero, scatter, free)"),
+    ("dense", "  resampling operands (zero, scatter, free)"),
     ("pixels", "  crop pixels: store + normalise"),
     ("matching", "  soft matching + cosine logits"),
     ("host", "  host overhead"),
     ("input", "    image -> tensor on the device"),
     ("geometry", "    crop sampling + geometry"),
-    ("matrices", "    resampling weights (taps)"),
+    ("matrices", "    resampling weights (taps) + windows"),
     ("views", "    view assembly (clip_views glue)"),
     ("other", "    rest (feature crops, outputs, glue)"),
 ]
@@ -491,12 +520,12 @@ INFER_ROWS = [
 ]
 
 
-def report(res: dict, before: dict | None) -> str:
+def report(res: dict, before: dict | None, labels: tuple[str, str] = ("before", "after")) -> str:
     def num(d, key):
         return d.get(key, float("nan")) if d else float("nan")
 
     lines = []
-    hdr = f"{'ms per image':52s}" + (f"{'before':>10s}{'after':>10s}" if before else f"{'':>10s}")
+    hdr = f"{'ms per image':52s}" + (f"{labels[0]:>10s}{labels[1]:>10s}" if before else f"{'':>10s}")
     sections = [("predict", PREDICT_ROWS, "predict"),
                 ("infer", INFER_ROWS, f"infer_shard, {res['args']['shard_images']} images, real predict"),
                 ("infer_big", INFER_ROWS, f"infer_shard, {res['args']['big_shard']} images, predict stubbed")]
@@ -543,7 +572,12 @@ def main() -> None:
                     help="torch intra-op threads (default 1: the host path is one thread; 0: torch's default)")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--compare", help="JSON of an earlier run to print side by side")
+    ap.add_argument("--dense-baseline", action="store_true",
+                    help="also time predict with the dense reference crop resampling, alternating with the "
+                         "windowed one in this process, and print it as the 'before' column")
     args = ap.parse_args()
+    if args.dense_baseline and args.compare:
+        ap.error("--dense-baseline prints its own before column; drop --compare")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -570,7 +604,12 @@ def main() -> None:
     ids = [f"img{i:06d}" for i in range(args.images)]
 
     res = {"args": vars(args), "machine": info}
-    res["predict"] = bench_predict(clf, images, ids, args.batch, args.reps)
+    if args.dense_baseline:
+        both = bench_predict(clf, images, ids, args.batch, args.reps,
+                             {"dense": dense_views, "windowed": contextlib.nullcontext})
+        res["predict"], res["predict_dense"] = both["windowed"], both["dense"]
+    else:
+        res["predict"] = bench_predict(clf, images, ids, args.batch, args.reps)
     res["infer"] = bench_infer(clf, blobs[: args.shard_images], args.batch, args.reps, args.keep_features)
     if args.big_shard:
         res["infer_big"] = bench_infer(clf, blobs[: args.big_shard], args.batch, args.reps, args.keep_features,
@@ -578,11 +617,15 @@ def main() -> None:
     basis = "infer_big" if args.big_shard else "infer"
     res["summary"] = {"host_per_image": res["predict"]["host"] + res[basis]["host_outside_predict"],
                       "infer_basis": f"infer_shard figures from the {res['args']['big_shard' if args.big_shard else 'shard_images']}-image shard"}
-    before = None
+    before, labels = None, ("before", "after")
     if args.compare:
         with open(args.compare) as f:
             before = json.load(f)
-    print(report(res, before))
+    if args.dense_baseline:  # the same run's infer figures: only predict differs
+        before = {"args": res["args"], "predict": res["predict_dense"]}
+        before["summary"] = {"host_per_image": res["predict_dense"]["host"] + res[basis]["host_outside_predict"]}
+        labels = ("dense", "windowed")
+    print(report(res, before, labels))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1, default=str)
