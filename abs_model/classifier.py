@@ -36,7 +36,7 @@ from .device import autocast_context, resolve_device, resolve_precision
 from .matching import cosine_logits, soft_match
 from .preprocess import (
     clip_views_batch,
-    dino_view,
+    dino_views,
     image_tensor,
     limit_size,
     to_float_image,
@@ -45,7 +45,6 @@ from .preprocess import (
 from .resample import apply_separable_batch, bicubic_matrix, to_device
 from .sampling import draw_crops_batch, feature_windows, raw_boxes
 from .text import TextBank
-
 
 
 @dataclass
@@ -379,7 +378,8 @@ def dino_attention(
     device = torch.device(device)
     xs = [limit_size(to_tensor_image(im).to(device), max_image_side) for im in images]
     n = dino.norm
-    views = torch.stack([dino_view(x, n.size, n.mean, n.std) for x in xs]).to(next(dino.parameters()).dtype)
+    # one banded resampling call for all images (``preprocess.resize_whole_batch``)
+    views = dino_views(xs, n.size, n.mean, n.std).to(next(dino.parameters()).dtype)
     out = []
     with autocast_context(device, autocast_dtype):
         for s in range(0, views.shape[0], batch_size):

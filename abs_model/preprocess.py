@@ -10,6 +10,9 @@ the same arithmetic as the standard pipelines:
 * DINO view: the whole image resized to S x S (antialiased bilinear, no crop),
   ImageNet mean/std -- as the authors' DINO image processor does.
 
+Whole-image resizes (``limit_size``, the DINO view) use the same windows: a whole
+image is a crop whose box is the image (``resize_whole_batch``).
+
 Pixels are float in [0, 1]; like PIL on 8-bit images, each resampling pass is
 clamped and rounded to 8 bits, horizontal pass first. The resized pixels equal
 Pillow <= 12's ``Image.resize`` (``reducing_gap=None``) bit for bit -- the
@@ -107,13 +110,87 @@ def resize_whole(x: Tensor, nh: int, nw: int, kernel: str) -> Tensor:
     """The whole ``[3, H, W]`` image resized to ``[3, nh, nw]`` as Pillow <= 12's ``resize`` does.
 
     Horizontal pass first (Pillow 13's ``resize`` may run the vertical pass first
-    and differ by a few levels; see the module docstring).
+    and differ by a few levels; see the module docstring). Banded: see
+    :func:`resize_whole_batch`; equals :func:`resize_whole_dense` bit for bit.
     """
+    return resize_whole_batch([x], nh, nw, kernel)[0]
+
+
+def resize_whole_dense(x: Tensor, nh: int, nw: int, kernel: str) -> Tensor:
+    """``resize_whole`` with dense operands, the previous implementation: ``[nh, H]`` and
+    ``[nw, W]`` weights and two products over the whole image per output. Kept as the
+    reference the banded path is tested and measured against (``benchmarks/bench_whole.py``)."""
     _, h, w = x.shape
     zero = torch.zeros(1, dtype=torch.long, device=x.device)
     ry = aa_matrix(zero, zero + h, zero + nh, zero, nh, h, kernel, pil_fixed=True)
     rx = aa_matrix(zero, zero + w, zero + nw, zero, nw, w, kernel, pil_fixed=True)
     return apply_separable(x, ry, rx, pil_rounding=True)[0]
+
+
+# Outputs per band of a whole-image resize (``resize_whole_batch``): each band reads about
+# ``band * scale + filter support`` samples per axis instead of the whole side.
+_WHOLE_BAND = 16
+
+
+def resize_whole_batch(xs: Sequence[Tensor], nh: int, nw: int, kernel: str, out: Tensor | None = None) -> Tensor:
+    """``resize_whole(xs[b], nh, nw, kernel)`` of every image, stacked: ``[B, 3, nh, nw]`` in the
+    images' dtype (``out``: optional buffer of that shape to write into).
+
+    A whole image is a crop whose box is the image: the same windowed machinery as the
+    CLIP views (``aa_spans``, ``aa_window_matrices``, ``pil_window_levels``), with bands of
+    ``_WHOLE_BAND`` outputs per axis (the output sides padded up to whole bands; padded
+    outputs have no taps, weight 0, and are dropped), so each output band multiplies
+    only the samples its taps reach. Images of any sizes share calls (windows padded
+    with weight-0 samples, calls of similar sizes as ``_window_calls`` groups them). Each
+    image keeps its own tap count (that of its dense ``aa_matrix`` call), so the weights
+    are the dense ones; the products are exact integers in float64, so the result
+    equals :func:`resize_whole_dense` bit for bit.
+    """
+    b = len(xs)
+    if b == 0:
+        raise ValueError("resize_whole_batch needs at least one image")
+    dev, dtype = xs[0].device, xs[0].dtype
+    if out is None:
+        out = torch.empty(b, 3, nh, nw, dtype=dtype, device=dev)
+    c = int(xs[0].shape[0])
+    hw = torch.tensor([[int(x.shape[1]), int(x.shape[2])] for x in xs], dtype=torch.long)
+    hh, ww = hw.unbind(1)
+    zero = torch.zeros(b, dtype=torch.long)
+    bands = []
+    for n in (nh, nw):  # (band, parts, padded side)
+        band = min(n, _WHOLE_BAND)
+        parts = -(-n // band)
+        bands.append((parts, parts * band))
+    (py, oh), (px, ow) = bands
+    rh, rw = torch.full_like(hh, nh), torch.full_like(ww, nw)
+    ylo, yhi = aa_spans(zero, hh, rh, zero, oh, hh, kernel, py)
+    xlo, xhi = aa_spans(zero, ww, rw, zero, ow, ww, kernel, px)
+    r0 = ylo.amin(1)
+    ly = yhi.amax(1) - r0
+    wx, wy = (xhi - xlo).amax(1), (yhi - ylo).amax(1)
+    calls, pad = _window_calls(ly, wx, wy, px * c, dev)
+    perm = torch.cat(calls)
+    sizes = [len(q) for q in calls]
+    kx = aa_window_matrices(zero[perm], ww[perm], rw[perm], zero[perm], ow, [(n, p[1]) for n, p in zip(sizes, pad)],
+                            ww[perm], xlo[perm], kernel, True, aa_taps(ww, rw, kernel)[perm], dev)
+    ky = aa_window_matrices(zero[perm], hh[perm], rh[perm], zero[perm], oh, [(n, p[2]) for n, p in zip(sizes, pad)],
+                            hh[perm], ylo[perm], kernel, True, aa_taps(hh, rh, kernel)[perm], dev)
+    # per image: the ``geo`` rows of ``_window_starts`` / ``_window_rows``, with the flat index of
+    # (channel 0, row r0) in its call's levels; each call converts only its own images to levels
+    # (a few MB on a CPU: they stay in cache, no batch-sized float64 copy)
+    geo = torch.cat([torch.stack([r0 * ww, hh - 1 - r0, ww, hh * ww, torch.arange(b)], 1), xlo, ylo - r0.view(-1, 1)], 1)
+    for q, (cly, cwx, cwy) in zip(calls, pad):
+        src, base = _level_source(xs, q.tolist(), cwx)
+        g = geo[q]
+        g[:, 0] += base[q]
+        g = to_device(g, dev)
+        starts = _window_starts(g, px, cly, c)
+        rows = _window_rows(g[:, 5 + px :], cly, cwy)
+        levels = pil_window_levels(src, starts, kx.pop(0), ky.pop(0), rows)
+        del starts, rows, src
+        _store_views(out, levels[:, :, :nh, :nw], g[:, 4])
+        del levels
+    return out
 
 
 def normalize(x: Tensor, mean, std) -> Tensor:
@@ -349,13 +426,16 @@ def _window_calls(ly: Tensor, wx: Tensor, wy: Tensor, bands: int, device: torch.
 def _level_source(xs: Sequence[Tensor], used: Sequence[int], tail: int) -> tuple[Tensor, Tensor]:
     """The images' 8-bit levels (float64), flattened one after the other, plus ``tail`` zeros;
     and where each image starts (CPU int64, indexed by image)."""
-    parts, base, a = [], torch.zeros(max(used) + 1, dtype=torch.long), 0
-    for b in used:
-        parts.append(torch.round(xs[b].to(torch.float64) * 255.0).reshape(-1))
+    base = torch.zeros(max(used) + 1, dtype=torch.long)
+    sizes = [xs[b].numel() for b in used]
+    src = torch.empty(sum(sizes) + tail, dtype=torch.float64, device=xs[used[0]].device)
+    a = 0
+    for b, n in zip(used, sizes):  # in place: round(x.to(float64) * 255), the same operations, no concatenation
+        src[a : a + n].view(xs[b].shape).copy_(xs[b]).mul_(255.0).round_()
         base[b] = a
-        a += parts[-1].numel()
-    parts.append(torch.zeros(tail, dtype=torch.float64, device=xs[used[0]].device))
-    return torch.cat(parts), base
+        a += n
+    src[a:].zero_()
+    return src, base
 
 
 def _window_starts(g: Tensor, px: int, ly: int, c: int) -> Tensor:
@@ -433,3 +513,11 @@ def dino_view(x: Tensor, size: int, mean, std) -> Tensor:
     """DINO input ``[3, size, size]``: the whole image resized without cropping (bilinear,
     horizontal pass first as in Pillow <= 12)."""
     return normalize(resize_whole(x, size, size, "bilinear"), mean, std)
+
+
+def dino_views(xs: Sequence[Tensor], size: int, mean, std) -> Tensor:
+    """``dino_view`` of every image, stacked ``[B, 3, size, size]``, in one banded call
+    (``resize_whole_batch``); the same values bit for bit."""
+    out = resize_whole_batch(xs, size, size, "bilinear")
+    m, s = _norm_constants(mean, std, out.dtype, out.device)
+    return _normalize_views(out, m, s)

@@ -7,7 +7,9 @@ if and only if the windows hold every tap. These tests pin that: the windows
 against an independent reimplementation of Pillow's tap ranges (neither one sample
 too few nor too many), the window weights against the dense ones, the views
 against the dense per-call path for crops of every kind, and a shrunk window
-against the reference (it must break).
+against the reference (it must break). The same for whole-image resizes
+(``resize_whole`` / ``resize_whole_batch``: ``limit_size`` and the DINO view) against
+the dense ``resize_whole_dense``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ import torch
 from common import make_image
 from test_resample import _pil_coeffs
 
-from abs_model import preprocess, resample
+from abs_model import dino_attention, preprocess, resample
 from abs_model.preprocess import (
     clip_views,
     clip_views_batch,
     clip_views_batch_dense,
+    dino_view,
+    dino_views,
+    limit_size,
+    normalize,
+    resize_whole,
+    resize_whole_batch,
+    resize_whole_dense,
     to_tensor_image,
 )
 from abs_model.resample import (
@@ -219,3 +228,79 @@ def test_a_window_one_sample_short_breaks_the_views(monkeypatch, shrink):
     monkeypatch.setattr(preprocess, "aa_spans", shrunk)
     got = clip_views_batch(xs, groups, 224, MEAN, STD, n)
     assert (got != ref).flatten(1).any(1).float().mean() > 0.5  # most views change
+
+
+# --- whole-image resizes (``limit_size``, the DINO view): banded, equal to the dense reference ---
+
+WHOLE_SHAPES = [(375, 500), (500, 375), (224, 224), (1, 1), (1, 37), (37, 1), (2, 300), (300, 2), (97, 131)]
+WHOLE_OUTS = [(224, 224), (298, 224), (17, 33), (1, 1), (1, 9), (9, 1), (600, 450)]
+
+
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("hw", WHOLE_SHAPES)
+def test_banded_whole_resize_equals_dense(hw, kernel):
+    """Down- and upscales, equal sizes, 1xN / Nx1 images and outputs, portrait and landscape;
+    output sides that are not a whole number of bands (padded, then dropped)."""
+    x = to_tensor_image(make_image(*hw, hw[0] * 7 + hw[1]))
+    for nh, nw in WHOLE_OUTS + [hw]:
+        got = resize_whole(x, nh, nw, kernel)
+        assert got.shape == (3, nh, nw) and got.dtype == x.dtype
+        assert torch.equal(got, resize_whole_dense(x, nh, nw, kernel)), (hw, nh, nw, kernel)
+
+
+@pytest.mark.parametrize("band,call_samples", [(16, 1 << 20), (1, 1), (3, 1 << 40), (7, 1 << 16), (1000, 1 << 20)])
+def test_whole_resize_batch_does_not_depend_on_bands_or_calls(monkeypatch, band, call_samples):
+    """Images of different sizes in one call (windows padded with weight-0 samples) or one per
+    call, bands of any width: each image equals its own dense resize."""
+    monkeypatch.setattr(preprocess, "_WHOLE_BAND", band)
+    monkeypatch.setattr(preprocess, "_CPU_CALL_SAMPLES", call_samples)
+    xs = [to_tensor_image(make_image(h, w, h + w)) for h, w in [(120, 160), (160, 120), (23, 301), (1, 50), (64, 64)]]
+    for kernel in ("bilinear", "bicubic"):
+        got = resize_whole_batch(xs, 45, 37, kernel)
+        assert got.shape == (len(xs), 3, 45, 37)
+        for x, g in zip(xs, got):
+            assert torch.equal(g, resize_whole_dense(x, 45, 37, kernel))
+
+
+def test_dino_views_and_limit_size_equal_the_dense_path():
+    xs = [to_tensor_image(make_image(h, w, h)) for h, w in [(375, 500), (500, 375), (50, 20)]]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = torch.stack([normalize(resize_whole_dense(x, 224, 224, "bilinear"), mean, std) for x in xs])
+    assert torch.equal(dino_views(xs, 224, mean, std), ref)
+    assert torch.equal(torch.stack([dino_view(x, 224, mean, std) for x in xs]), ref)
+    assert torch.equal(limit_size(xs[0], 298), resize_whole_dense(xs[0], 224, 298, "bicubic"))
+
+
+def test_dino_attention_equals_the_dense_resize_path(tiny_dino):
+    ims = [make_image(h, w, h) for h, w in [(120, 90), (70, 150), (40, 40)]]
+    n = tiny_dino.norm
+    xs = [limit_size(to_tensor_image(im), 100) for im in ims]
+    views = torch.stack([normalize(resize_whole_dense(x, n.size, n.size, "bilinear"), n.mean, n.std) for x in xs])
+    with torch.inference_mode():
+        ref = tiny_dino.cls_attention(views).float()
+    assert torch.equal(dino_attention(tiny_dino, ims, 100), ref)
+
+
+@pytest.mark.parametrize("shrink", ["lo", "hi"])
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic"])
+def test_a_whole_image_window_one_sample_short_breaks_the_resize(monkeypatch, shrink, kernel):
+    """Teeth: one sample fewer at either end of every band's window (one image per call, so no
+    padding hides it) changes the resize; extra samples at both ends change nothing."""
+    x = to_tensor_image(make_image(375, 500, 5))
+    ref = resize_whole_dense(x, 224, 224, kernel)
+    monkeypatch.setattr(preprocess, "_CPU_CALL_SAMPLES", 1)
+    spans = preprocess.aa_spans
+
+    def widened(*args, **kw):
+        lo, hi = spans(*args, **kw)
+        return (lo - 3).clamp(min=0), hi + 5
+
+    monkeypatch.setattr(preprocess, "aa_spans", widened)
+    assert torch.equal(resize_whole(x, 224, 224, kernel), ref)
+
+    def shrunk(*args, **kw):
+        lo, hi = spans(*args, **kw)
+        return (torch.minimum(lo + 1, hi - 1), hi) if shrink == "lo" else (lo, torch.maximum(hi - 1, lo + 1))
+
+    monkeypatch.setattr(preprocess, "aa_spans", shrunk)
+    assert not torch.equal(resize_whole(x, 224, 224, kernel), ref)
