@@ -49,6 +49,7 @@ from abs_model import (
 from abs_model.sampling import draw_crops, image_generator, raw_boxes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_whole import side_by_side  # noqa: E402  (benchmarks/bench_whole.py)
 from flops import abs_model_flops, describe  # noqa: E402  (benchmarks/flops.py)
 from machine import machine_info, machine_summary  # noqa: E402  (benchmarks/machine.py)
 
@@ -176,12 +177,7 @@ def preprocess_paths(images, ids, cfg: ABSConfig, repeats: int, mean=CLIP_MEAN, 
 
     paths = {"PIL loop (per-image path)": pil_loop, "batched, windowed": batched(clip_views_batch),
              "batched, dense (before)": batched(clip_views_batch_dense)}
-    best, outs = dict.fromkeys(paths, float("inf")), {}
-    for r in range(repeats):
-        for name in list(paths) if r % 2 == 0 else list(paths)[::-1]:
-            t = time.perf_counter()
-            outs[name] = paths[name]()
-            best[name] = min(best[name], time.perf_counter() - t)
+    best, outs = side_by_side(paths, repeats)
     pil_name, win_name, dense_name = paths
     for name in (win_name, dense_name):  # rows per image (global view, then its crops), as the PIL loop has them
         v = outs[name]
