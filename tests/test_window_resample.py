@@ -203,6 +203,21 @@ def test_pil_window_levels_equal_dense_pil_levels(parts):
         assert wy == ly and torch.equal(pil_window_levels(src, starts, kx, ky, None), dense)
 
 
+_AA_SPANS = preprocess.aa_spans  # the real one, whatever a test patches in
+
+
+def _patch_spans(monkeypatch, how: str) -> None:
+    """Make ``preprocess.aa_spans`` return other windows: ``widen`` (3 samples more before, 5
+    after: nothing may change), ``lo`` / ``hi`` (one sample fewer at that end of every band)."""
+    def patched(*args, **kw):
+        lo, hi = _AA_SPANS(*args, **kw)
+        if how == "widen":
+            return (lo - 3).clamp(min=0), hi + 5
+        return (torch.minimum(lo + 1, hi - 1), hi) if how == "lo" else (lo, torch.maximum(hi - 1, lo + 1))
+
+    monkeypatch.setattr(preprocess, "aa_spans", patched)
+
+
 @pytest.mark.parametrize("shrink", ["lo", "hi"])
 def test_a_window_one_sample_short_breaks_the_views(monkeypatch, shrink):
     """Teeth: the equality above depends on the windows. One sample fewer at either end
@@ -212,20 +227,9 @@ def test_a_window_one_sample_short_breaks_the_views(monkeypatch, shrink):
     groups, n = _groups(xs, 4)
     ref = _reference(xs, groups, 224, n)
     monkeypatch.setattr(preprocess, "_CPU_CALL_SAMPLES", 1)
-    spans = preprocess.aa_spans
-
-    def widened(*args, **kw):
-        lo, hi = spans(*args, **kw)
-        return (lo - 3).clamp(min=0), hi + 5
-
-    monkeypatch.setattr(preprocess, "aa_spans", widened)
+    _patch_spans(monkeypatch, "widen")
     assert torch.equal(clip_views_batch(xs, groups, 224, MEAN, STD, n), ref)
-
-    def shrunk(*args, **kw):
-        lo, hi = spans(*args, **kw)
-        return (torch.minimum(lo + 1, hi - 1), hi) if shrink == "lo" else (lo, torch.maximum(hi - 1, lo + 1))
-
-    monkeypatch.setattr(preprocess, "aa_spans", shrunk)
+    _patch_spans(monkeypatch, shrink)
     got = clip_views_batch(xs, groups, 224, MEAN, STD, n)
     assert (got != ref).flatten(1).any(1).float().mean() > 0.5  # most views change
 
@@ -289,18 +293,7 @@ def test_a_whole_image_window_one_sample_short_breaks_the_resize(monkeypatch, sh
     x = to_tensor_image(make_image(375, 500, 5))
     ref = resize_whole_dense(x, 224, 224, kernel)
     monkeypatch.setattr(preprocess, "_CPU_CALL_SAMPLES", 1)
-    spans = preprocess.aa_spans
-
-    def widened(*args, **kw):
-        lo, hi = spans(*args, **kw)
-        return (lo - 3).clamp(min=0), hi + 5
-
-    monkeypatch.setattr(preprocess, "aa_spans", widened)
+    _patch_spans(monkeypatch, "widen")
     assert torch.equal(resize_whole(x, 224, 224, kernel), ref)
-
-    def shrunk(*args, **kw):
-        lo, hi = spans(*args, **kw)
-        return (torch.minimum(lo + 1, hi - 1), hi) if shrink == "lo" else (lo, torch.maximum(hi - 1, lo + 1))
-
-    monkeypatch.setattr(preprocess, "aa_spans", shrunk)
+    _patch_spans(monkeypatch, shrink)
     assert not torch.equal(resize_whole(x, 224, 224, kernel), ref)
