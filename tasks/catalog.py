@@ -44,6 +44,7 @@ import re
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -222,16 +223,17 @@ def create_views(
 ) -> None:
     """Create (or replace) every view of ``sql/views`` on ``con`` for the root of ``st``."""
     con.execute(render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st), by_name_globs))
-    _ROOTS[id(con)] = st
+    _ROOTS[con] = st
 
 
 def _root_sql(st: Storage) -> str:
     return st.root_path if st.is_local else st.url()
 
 
-#: The storage root of each connection made by :func:`connect` (by ``id``), so that a query
-#: that meets files of different versions can recreate the views reading them by name.
-_ROOTS: dict[int, Storage] = {}
+#: The storage root whose views each connection holds (weak keys: an entry goes with its
+#: connection), so that a query that meets files of different versions can recreate the
+#: views reading them by name.
+_ROOTS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Storage] = weakref.WeakKeyDictionary()
 
 
 def _schema_mismatch(exc: BaseException) -> bool:
@@ -241,7 +243,7 @@ def _schema_mismatch(exc: BaseException) -> bool:
 def read_by_name(con: duckdb.DuckDBPyConnection) -> bool:
     """After a "schema mismatch" error: recreate the views of ``con`` (from :func:`connect`) so that
     the sources whose files differ are read by column name. False when nothing changed."""
-    st = _ROOTS.get(id(con))
+    st = _ROOTS.get(con)
     if st is None:
         return False
     mixed = mixed_schema_globs(con, st)
@@ -398,7 +400,6 @@ def run_query(
             raise QueryError(f"{first} (views: {', '.join(sorted(_view_names(con)))})") from None
     finally:
         if own:
-            _ROOTS.pop(id(con), None)
             con.close()
         else:
             for key in params:
