@@ -88,7 +88,7 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
 
     from tasks.runs import RunRecord
     from tasks.store import Storage
-    from tasks.store.layout import marker_key, part_name, predictions_dir
+    from tasks.store.layout import marker_key, prediction_part, predictions_dir
 
     rec = template_run(template)
     src_dir = template / predictions_dir(rec["dataset"], rec["model"], rec["config"])
@@ -102,8 +102,6 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
     configs = [f"{rec['config'][:10]}x{k:05d}" for k in range(runs)]
     n_shards = -(-images_per_run // shard_size)
     t0 = time.perf_counter()
-    first_dir = dest / predictions_dir(rec["dataset"], rec["model"], configs[0])
-    first_dir.mkdir(parents=True, exist_ok=True)
     for s in range(n_shards):
         n = min(shard_size, images_per_run - s * shard_size)
         # the template's images cycled to n, each copy renamed "<image_id>@<shard>.<copy>"
@@ -115,8 +113,8 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
         block = block.set_column(block.column_names.index("shard"), "shard",
                                  pa.array([s] * block.num_rows, block.schema.field("shard").type))
         block = block.set_column(block.column_names.index("run_id"), "run_id", pa.array([first_run] * block.num_rows))
-        rel = f"{predictions_dir(rec['dataset'], rec['model'], configs[0])}/{part_name(s)}"
-        pq.write_table(block, dest / rel)
+        rel = prediction_part(rec["dataset"], rec["model"], configs[0], s)
+        st.write_parquet(rel, block)
         n_err = int(pc.sum(pc.not_equal(block.column("status"), "ok")).as_py() or 0) // n_methods
         st.mark_done(marker_key(rel), {"run_id": first_run, "n_images": n, "n_error": n_err})
     write_s = time.perf_counter() - t0
