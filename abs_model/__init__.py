@@ -18,7 +18,7 @@ _LAZY = {
     "CLIPBackbone": ".backbones", "DINOBackbone": ".backbones", "SplitError": ".backbones",
     "ABSClassifier": ".classifier", "CropGeometry": ".classifier", "Prediction": ".classifier",
     "dino_attention": ".classifier", "cosine_logits": ".matching", "soft_match": ".matching",
-    "image_generator": ".sampling", "TextBank": ".text", "WeightsUnavailableError": ".weights",
+    "image_generator": ".sampling", "TextBank": ".text", "WeightsUnavailableError": ".errors",
 }
 
 
@@ -33,9 +33,13 @@ def __getattr__(name: str):
 TINY_CLIP = "abs-tiny-vit-b16"
 TINY_CLIP_B32 = "abs-tiny-vit-b32"
 TINY_DINO = "abs-tiny-dino-vit-b16"
+#: Smaller still, for rehearsals of whole-dataset runs on a CPU: a 64 px CLIP ViT (patch 8,
+#: an 8 x 8 token grid) and a 56 px DINO ViT (patch 4, ABS's 14 x 14 grid). Random weights.
+MICRO_CLIP = "abs-micro-vit"
+MICRO_DINO = "abs-micro-dino"
 
 __all__ = [
     "ABSClassifier", "ABSConfig", "CLIPBackbone", "CropGeometry", "DEFAULT_PROMPT", "DINOBackbone",
     "METHODS", "ModelSpec", "Prediction", "SplitError", "TextBank", "cosine_logits", "image_generator",
-    "soft_match", "dino_attention", "WeightsUnavailableError", "TINY_CLIP", "TINY_CLIP_B32", "TINY_DINO",
+    "soft_match", "dino_attention", "WeightsUnavailableError", "TINY_CLIP", "TINY_CLIP_B32", "TINY_DINO", "MICRO_CLIP", "MICRO_DINO",
 ]

@@ -98,6 +98,7 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
         clip_model=spec.clip.name, clip_pretrained=spec.clip.pretrained or "random", clip_weights_digest=prep["clip_digest"],
         dino_model=spec.dino.name, dino_pretrained=spec.dino.pretrained or "random", dino_weights_digest=prep["dino_digest"],
         descriptions_hash=prep["descriptions_hash"], config_json={"spec": spec_d, "numbers": prep["numbers"]},
+        model_geometry=prep["geometry"],
         flow_run_id=str(flow_run.id) if flow_run.id else None, flow_run_name=flow_run.name,
     )
     tracker = RunTracker(storage, record).start()

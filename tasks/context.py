@@ -23,7 +23,7 @@ from tasks.shard import DatasetInfo, read_dataset_info
 from tasks.store import Storage, as_storage
 from tasks.text_cache import TextCacheEntry, ensure_text_bank
 
-__all__ = ["EvalContext", "EvaluationError", "build_context", "prepare_task", "resolve"]
+__all__ = ["EvalContext", "EvaluationError", "build_context", "model_geometry", "prepare_task", "resolve"]
 
 
 @dataclass
@@ -119,4 +119,21 @@ def prepare_task(root: str, spec: dict) -> dict[str, Any]:
         "clip_digest": ctx.clip.weights_digest, "dino_digest": ctx.dino.weights_digest,
         "descriptions_hash": ctx.descriptions.content_hash, "model": ctx.spec.model_name,
         "random_weights": ctx.clip.is_random or ctx.dino.is_random,
+        "geometry": model_geometry(ctx.clip, ctx.dino),
+    }
+
+
+def model_geometry(clip: CLIPBackbone, dino: DINOBackbone) -> dict[str, int]:
+    """Grid sides, patch and input sizes as the loaded models have them.
+
+    Why record them: crop geometry is stored in grid cells (feature windows in CLIP
+    cells, DINO top-K in DINO cells), and only the model knows its grid; reading it
+    back from a model's name is wrong for any model that is not a stock /14 or /16
+    ViT at 224 px (the shipped micro models, a 336 px model, a local checkpoint).
+    """
+    return {
+        "clip_grid": int(clip.grid), "clip_image_size": int(clip.norm.size),
+        "clip_patch": int(clip.norm.size) // int(clip.grid),
+        "dino_grid": int(dino.grid), "dino_image_size": int(dino.norm.size),
+        "dino_patch": int(dino.norm.size) // int(dino.grid),
     }

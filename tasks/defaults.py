@@ -46,3 +46,5 @@ CLIP_MODEL, CLIP_PRETRAINED = "ViT-B-16", "openai"
 DINO_MODEL, DINO_PRETRAINED = "vit_base_patch16_224.dino", "timm"
 #: The shipped tiny random-weight models (demo, tests).
 TINY_CLIP_MODEL, TINY_DINO_MODEL = "abs-tiny-vit-b16", "abs-tiny-dino-vit-b16"
+#: The shipped micro random-weight models (rehearsals of whole-dataset runs on a CPU).
+MICRO_CLIP_MODEL, MICRO_DINO_MODEL = "abs-micro-vit", "abs-micro-dino"

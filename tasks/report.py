@@ -305,6 +305,29 @@ def full_attention(attention: Sequence[float] | None, grid: int | None) -> np.nd
     return a.reshape(d, d)
 
 
+def run_grids(run: Mapping[str, Any]) -> tuple[tuple[int, int], int | None]:
+    """((G, S), D) of a run: the CLIP token grid side and input size, and the DINO grid side.
+
+    From the run record's ``model_geometry`` (what the loaded models had; written since
+    the micro models, whose grids no name tells); for older records, the CLIP pair from
+    :func:`clip_grid_of` and D from the attention itself.
+    """
+    geo = run.get("model_geometry") or {}
+    if geo.get("clip_grid") and geo.get("clip_image_size"):
+        return (int(geo["clip_grid"]), int(geo["clip_image_size"])), int(geo.get("dino_grid") or 0) or None
+    return clip_grid_of(run.get("clip_model"))[:2], None
+
+
+def _recorded_geometry(st: Storage, run_id: str) -> dict[str, int]:
+    """``model_geometry`` of the run's JSON record (the SQL ``runs`` row does not carry it)."""
+    from tasks.runs import read_run
+
+    try:
+        return dict(read_run(st, run_id).get("model_geometry") or {})
+    except (KeyError, OSError, ValueError):
+        return {}
+
+
 def clip_grid_of(clip_model: str | None) -> tuple[int, int, str]:
     """(G, S, source): the CLIP token grid side and input size of ``clip_model``.
 
@@ -586,7 +609,7 @@ def write_gallery(
         return [], []
     maps = _cached_maps(con, run, rows)
     windows = _feature_windows(con, run["run_id"], method_a, [r["image_id"] for r in rows])
-    clip_grid = clip_grid_of(run.get("clip_model"))[:2]
+    clip_grid, dino_grid = run_grids({**run, "model_geometry": _recorded_geometry(st, run["run_id"])})
     images: dict[str, bytes] = {}
     for shard in sorted({r["shard"] for r in rows}):
         images.update(_read_images(st, run["dataset"], shard, {r["image_id"] for r in rows if r["shard"] == shard}))
@@ -607,7 +630,7 @@ def write_gallery(
         if r["image_id"] in maps:
             heat, source = maps[r["image_id"]], "cache"
         else:
-            heat, source = attention_grid(r["dino_topk_indices"], r["dino_topk_values"]), "topk"
+            heat, source = attention_grid(r["dino_topk_indices"], r["dino_topk_values"], dino_grid), "topk"
         n = counters[r["kind"]] = counters.get(r["kind"], 0) + 1
         rel = f"{run_dir(run['run_id'])}/gallery/{kinds[r['kind']]}-{n:02d}-{slug(r['image_id'])}.png"
         drawn = {**r, "feature_windows": r.get("feature_windows", windows.get(r["image_id"]))}

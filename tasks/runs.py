@@ -95,6 +95,9 @@ class RunRecord:
     dino_weights_digest: str = ""
     descriptions_hash: str = ""
     config_json: dict[str, Any] = field(default_factory=dict)
+    #: grids and input sizes of the loaded models (``tasks.context.model_geometry``): what
+    #: the stored grid-cell geometry means; JSON only (the report reads it)
+    model_geometry: dict[str, int] = field(default_factory=dict)
     versions_json: dict[str, str] = field(default_factory=package_versions)
     heartbeat_at: datetime | None = None
     expires_at: datetime | None = None

@@ -35,6 +35,9 @@ def test_evaluate_writes_predictions_runs_and_report(first_run):
     rec = st.read_json(f"runs/run={out['run_id']}/run.json")
     assert rec["status"] == "completed" and rec["n_ok"] == 24 and rec["config"] == out["config"]
     assert rec["versions_json"]["torch"] and rec["clip_weights_digest"]
+    # the loaded models' grids, which the report reads instead of guessing from names
+    assert rec["model_geometry"] == {"clip_grid": 14, "clip_image_size": 224, "clip_patch": 16,
+                                     "dino_grid": 14, "dino_image_size": 224, "dino_patch": 16}
     acc = {r["method"]: r for r in run_query(root, "accuracy", {"run_id": out["run_id"]}).to_pylist()}
     assert set(acc) == {"abs", "clip", "cupl"}  # templates="none": no clip-e
     for m, r in acc.items():

@@ -5,7 +5,11 @@
 ``abs-tiny-vit-b16`` is created exactly like ``ViT-B-16``. ``dino/*.json`` name a
 timm architecture plus keyword overrides. The tiny ones keep the real patch grids
 (14x14 for /16, 7x7 for /32 at 224 px) with a few narrow layers, so tests and the
-offline demo exercise the real code paths in seconds on a CPU.
+offline demo exercise the real code paths in seconds on a CPU. The micro ones
+(``abs-micro-vit``: 64 px, patch 8, an 8 x 8 grid; ``abs-micro-dino``: 56 px, patch
+4, ABS's 14 x 14 grid) are smaller still, for rehearsing a 50,000-image run on a
+CPU: their grids are not those of any stock model, so every consumer reads grid,
+patch and input size from the loaded model (``tasks.context.model_geometry``).
 """
 
 from __future__ import annotations
