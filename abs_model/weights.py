@@ -17,6 +17,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .errors import WeightsUnavailableError  # defined without torch; re-exported here
+
 log = logging.getLogger("abs_model")
 
 RANDOM_INIT_SEED = 0
@@ -42,10 +44,6 @@ def state_digest(module: nn.Module) -> str:
             t = t.view(torch.int16)
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded (offline, unknown tag, bad checkpoint)."""
 
 
 @contextlib.contextmanager

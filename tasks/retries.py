@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from prefect.cache_policies import NO_CACHE
 
-from abs_model import WeightsUnavailableError
+from abs_model.errors import WeightsUnavailableError  # no torch: abs_model.weights re-exports it
 from tasks.datasets import LayoutError
 from tasks.descriptions import DescriptionError
 from tasks.evalspec import EvaluationError

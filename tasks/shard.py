@@ -37,26 +37,38 @@ and stored escaped (``bad\\xff.jpg``) in ``image_id`` and ``source``.
 
 Determinism: shard ``i`` holds entries ``[i*n, (i+1)*n)`` of the layout's fixed
 order; ``image_id`` is the layout's stable id (the path below its image folder).
+
+Where the work runs: reading, hashing and decoding (the bulk: a full JPEG decode
+is ~2 ms) run in worker processes (``workers``, default the CPUs) for whole files
+on a local disk, read with plain ``open()``; this process plans, builds the Arrow
+table and writes the files, in the plan's order, so the bytes are the same as
+when everything runs here (``workers=0``: reader threads, also the path for
+buckets, ``memory://``, tar members and Parquet rows). Workers import only
+:mod:`tasks.store.images` (no torch, no Prefect, no pyarrow); this module imports
+Prefect only when ``shard_task`` is first used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
+import os
 import re
 import time
 import warnings
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 from PIL import ImageFile
-from prefect import task
 from tqdm.auto import tqdm
 
 from tasks.datasets import (
@@ -71,15 +83,18 @@ from tasks.datasets.base import EntryReadError, update_with_entries
 from tasks.datasets.listing import display, warn_user
 from tasks.defaults import IMAGES_PER_SHARD as DEFAULT_IMAGES_PER_SHARD
 from tasks.defaults import MAX_FILE_BYTES as DEFAULT_MAX_FILE_BYTES
-from tasks.retries import TASK_OPTIONS
 from tasks.store import COMMITS_DIR, Storage, as_storage, is_local
 from tasks.store.images import (
     STATUS_MISSING,
     STATUS_OK,
     STATUS_TOO_LARGE,
     STATUS_UNREADABLE,
-    check_image,
+    check_bytes,
+    check_files,
+    init_check_worker,
+    pil_settings,
     pixel_limit,
+    read_local_file,
 )
 from tasks.store.layout import (
     SHARDS_DIR,
@@ -109,6 +124,30 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     "write_statistics": ["image_id", "label", "width", "height", "status"],
 }
 
+#: Environment variable that sets the default number of shard worker processes
+#: (``0`` or ``1``: read and check in this process, on threads).
+WORKERS_ENV = "ABS_EVAL_SHARD_WORKERS"
+#: Fewer images than this to write are read and checked in this process: starting
+#: worker processes (about half a second) costs more than it saves on small sets.
+MIN_IMAGES_FOR_PROCESSES = 256
+#: Images per task sent to a worker process (bytes come back per task: ~2 MB for photos).
+IMAGES_PER_TASK = 16
+#: Tasks kept in flight per worker process, across shard boundaries, so the workers
+#: keep decoding while this process writes a finished shard.
+TASKS_IN_FLIGHT_PER_WORKER = 8
+#: Reader threads of the in-process path (I/O bound on buckets; Pillow and hashlib release the GIL).
+READ_THREADS = 4
+
+
+def default_workers() -> int:
+    """Shard worker processes when not given: ``$ABS_EVAL_SHARD_WORKERS``, else the CPUs this process may use."""
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    if env:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _now() -> str:
@@ -139,6 +178,10 @@ def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None,
     if max_file_bytes is not None and entry.size is not None and entry.size > max_file_bytes:
         return None, STATUS_TOO_LARGE, f"{entry.size} bytes exceeds max_file_bytes={max_file_bytes}"
     local = is_local(fs)
+    if local and _reads_whole_files(source):
+        got = read_local_file(fs._strip_protocol(path), entry.regular is None)  # plain open(), not fsspec's opener
+        if got is not None:
+            return got
     last: BaseException | None = None
     for attempt in range(retries + 1):
         try:
@@ -164,14 +207,19 @@ def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None,
     ) from last
 
 
-def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | None, max_file_bytes: int | None) -> dict[str, Any]:
-    """One shard row for ``entry``: read once, hash, decode once.
+def _reads_whole_files(source: DatasetSource) -> bool:
+    """Whether ``source`` reads an entry as the whole file at :meth:`~DatasetSource.resolve` (most layouts).
 
-    The file is opened by its real name (``entry.path``, undecodable bytes
-    included); every text column holds valid UTF-8 (:func:`escape_undecodable`),
-    so a file name that is not UTF-8 can never make the shard's Arrow batch fail.
+    Such files on a local disk are read with plain ``open()`` (here or in a worker
+    process); layouts that read parts of files (tar members, Parquet rows) keep
+    their own reader.
     """
-    data, status, error = _read_entry(source, entry, max_file_bytes)
+    return type(source).read_entry_bytes is DatasetSource.read_entry_bytes
+
+
+def _row(source: DatasetSource, entry: Entry, status: str | None, error: str | None,
+         checked: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The shard row of ``entry``: its read outcome, then the columns :func:`check_bytes` gave for its bytes."""
     row: dict[str, Any] = {
         "image_id": escape_undecodable(entry.image_id),
         "label": entry.label,
@@ -187,24 +235,30 @@ def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | No
         "mode": None,
         "n_bytes": entry.size if entry.regular is not False else None,
     }
-    if data is None:
-        return row
-    row["n_bytes"] = len(data)
-    row["sha256"] = hashlib.sha256(data).hexdigest()
-    if max_file_bytes is not None and len(data) > max_file_bytes:
-        row.update(status=STATUS_TOO_LARGE, error=f"{len(data)} bytes exceeds max_file_bytes={max_file_bytes}")
-        return row
-    check = check_image(data, max_image_pixels)
-    row.update(
-        image=data,
-        status=check.status,
-        error=None if check.error is None else escape_undecodable(check.error),
-        width=check.width,
-        height=check.height,
-        format=check.format,
-        mode=check.mode,
-    )
+    if checked is not None:
+        row.update(checked)
+        if row["error"] is not None:
+            row["error"] = escape_undecodable(row["error"])
     return row
+
+
+def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | None, max_file_bytes: int | None) -> dict[str, Any]:
+    """One shard row for ``entry``: read once, hash, decode once (in this process).
+
+    The file is opened by its real name (``entry.path``, undecodable bytes
+    included); every text column holds valid UTF-8 (:func:`escape_undecodable`),
+    so a file name that is not UTF-8 can never make the shard's Arrow batch fail.
+    Worker processes produce the same rows (:class:`_ProcessRows`).
+    """
+    data, status, error = _read_entry(source, entry, max_file_bytes)
+    return _row(source, entry, status, error, None if data is None else check_bytes(data, max_file_bytes, max_image_pixels))
+
+
+def _record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    """``pa.RecordBatch.from_pylist(rows, schema=SHARD_SCHEMA)``, built column by column (a few times faster)."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array([r[f.name] for r in rows], type=f.type) for f in SHARD_SCHEMA], schema=SHARD_SCHEMA
+    )
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -215,12 +269,12 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     for row in rows:
         n = len(row["image"] or b"")
         if batch and (len(batch) >= ROWS_PER_GROUP or size + n > _MAX_BATCH_BYTES):
-            batches.append(pa.RecordBatch.from_pylist(batch, schema=SHARD_SCHEMA))
+            batches.append(_record_batch(batch))
             batch, size = [], 0
         batch.append(row)
         size += n
     if batch:
-        batches.append(pa.RecordBatch.from_pylist(batch, schema=SHARD_SCHEMA))
+        batches.append(_record_batch(batch))
     return pa.Table.from_batches(batches, schema=SHARD_SCHEMA)
 
 
@@ -528,20 +582,199 @@ def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = Fal
     return removed
 
 
+def _committed(storage: Storage, plan: ShardPlan, index: int) -> dict[str, Any] | None:
+    """The marker of shard ``index`` when it is committed for ``plan`` (marker of its fingerprint and file there)."""
+    marker = _read_marker(storage, marker_key(shard_part(plan.dataset, index)))
+    if marker is not None and marker.get("fingerprint") == plan.fingerprint and storage.exists(shard_part(plan.dataset, index)):
+        return marker
+    return None
+
+
+def _process_count(plan: ShardPlan, workers: int | None, n_images: int) -> int:
+    """Worker processes for ``n_images`` of ``plan``; ``0`` means read and check in this process.
+
+    Processes only pay off for whole files on a local disk (each worker reads its
+    files itself, so only results cross a pipe) and for more than
+    :data:`MIN_IMAGES_FOR_PROCESSES` images. Other sources (buckets, ``memory://``,
+    tar members, Parquet rows) are read on threads here, as I/O bound work.
+    """
+    n = default_workers() if workers is None else int(workers)
+    if n <= 1 or n_images < MIN_IMAGES_FOR_PROCESSES:
+        return 0
+    if not (_reads_whole_files(plan.source) and is_local(plan.source.fs)):
+        return 0
+    return min(n, math.ceil(n_images / IMAGES_PER_TASK))
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` where there is one (workers start from a small server process that has
+    imported only :mod:`tasks.store.images`, never this process's torch or Prefect), else ``spawn``."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["tasks.store.images"])  # takes effect when the server first starts
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class _ProcessRows:
+    """Rows of a plan's shards, read and checked in worker processes, in the plan's order.
+
+    Work is sent in tasks of :data:`IMAGES_PER_TASK` local paths (never a
+    ``DatasetSource``: workers import only :mod:`tasks.store.images`) and results
+    are taken in submission order, so rows come out exactly as the in-process path
+    builds them (same :func:`_row`, same :func:`check_bytes`). ``schedule`` is the
+    shards about to be written, in order: tasks are kept in flight across shard
+    boundaries so the workers go on decoding while a finished shard is written.
+    An entry the workers do not read (a non-regular file, one over
+    ``max_file_bytes`` by its listed size, a path on another filesystem, a read
+    that failed for a reason other than ``OSError``) is built here with
+    :func:`build_row`. If a worker process dies, the rest is done in this process
+    (with a warning).
+    """
+
+    def __init__(self, plan: ShardPlan, processes: int, schedule: Iterable[int]) -> None:
+        self.plan = plan
+        self.settings = pil_settings()
+        self.pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
+            max_workers=processes, mp_context=_mp_context(), initializer=init_check_worker
+        )
+        self.window = processes * TASKS_IN_FLIGHT_PER_WORKER
+        self.pending: deque[tuple[int, int]] = deque(self._tasks(schedule))  # (shard, first entry)
+        self.queue: deque[tuple[int, int, list[Entry], list[str | None], Future | None]] = deque()
+
+    # ------------------------------------------------------------------ scheduling
+    def _tasks(self, indices: Iterable[int]) -> Iterator[tuple[int, int]]:
+        for i in indices:
+            n = len(self.plan.entries(i))
+            for start in range(0, n, IMAGES_PER_TASK):
+                yield i, start
+
+    def _path(self, entry: Entry) -> str | None:
+        """The local path a worker reads for ``entry``; ``None``: built here (no read, or not a local file)."""
+        if entry.regular is False:
+            return None
+        if self.plan.max_file_bytes is not None and entry.size is not None and entry.size > self.plan.max_file_bytes:
+            return None
+        fs, path = self.plan.source.resolve(entry)
+        return fs._strip_protocol(path) if is_local(fs) else None
+
+    def _submit(self, index: int, start: int) -> None:
+        entries = self.plan.entries(index)[start : start + IMAGES_PER_TASK]
+        paths = [self._path(e) for e in entries]
+        files = [(p, e.regular is None) for p, e in zip(paths, entries) if p is not None]
+        future = None
+        if files and self.pool is not None:
+            try:
+                future = self.pool.submit(check_files, files, self.plan.max_file_bytes, self.plan.max_image_pixels,
+                                          self.settings)
+            except BrokenProcessPool:
+                self._broken()
+        self.queue.append((index, start, entries, paths, future))
+
+    def _fill(self) -> None:
+        while len(self.queue) < self.window and self.pending:
+            self._submit(*self.pending.popleft())
+
+    def _drop_queue(self) -> list[tuple[int, int]]:
+        dropped = []
+        while self.queue:
+            i, start, _, _, future = self.queue.popleft()
+            if future is not None:
+                future.cancel()
+            dropped.append((i, start))
+        return dropped
+
+    def _broken(self) -> None:
+        if self.pool is not None:
+            warn_user(f"{self.plan.dataset}: a shard worker process died; reading and checking the rest in this process",
+                      RuntimeWarning)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    # ------------------------------------------------------------------ rows
+    def rows(self, index: int) -> Iterator[dict[str, Any]]:
+        """The rows of shard ``index`` in order (the shards scheduled before it are dropped)."""
+        ahead = {i for i, *_ in self.queue} | {i for i, _ in self.pending}
+        if index in ahead:  # shards scheduled before it were committed by another run meanwhile
+            while self.queue and self.queue[0][0] != index:
+                _, _, _, _, future = self.queue.popleft()
+                if future is not None:
+                    future.cancel()
+            if not self.queue:
+                while self.pending and self.pending[0][0] != index:
+                    self.pending.popleft()
+        else:  # not scheduled (a caller's own order): this shard first, then the rest as planned
+            self.pending = deque([*self._tasks([index]), *self._drop_queue(), *self.pending])
+        source, plan = self.plan.source, self.plan
+        while True:
+            self._fill()
+            if not self.queue or self.queue[0][0] != index:
+                return
+            _, _, entries, paths, future = self.queue.popleft()
+            results: list[Any] = []
+            try:
+                results = future.result() if future is not None else []
+            except (BrokenProcessPool, CancelledError):
+                self._broken()
+                future = None
+            if future is None:  # nothing sent to a worker: every row is built here
+                paths = [None] * len(entries)
+            got = iter(results)
+            for entry, path in zip(entries, paths):
+                result = next(got) if path is not None else None
+                if result is None:
+                    yield build_row(source, entry, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes)
+                elif isinstance(result, tuple):
+                    yield _row(source, entry, result[0], result[1])
+                else:
+                    yield _row(source, entry, None, None, result)
+
+    def close(self) -> None:
+        self._drop_queue()
+        self.pending.clear()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> _ProcessRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _thread_rows(plan: ShardPlan, entries: list[Entry], threads: int) -> Iterator[dict[str, Any]]:
+    """Rows of ``entries`` built in this process on ``threads`` reader threads, in order."""
+
+    def one(entry: Entry) -> dict[str, Any]:
+        return build_row(plan.source, entry, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes)
+
+    if threads <= 1:
+        yield from map(one, entries)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        yield from pool.map(one, entries)
+
+
 def write_shard(
     plan: ShardPlan,
     index: int,
     storage: str | Storage,
     *,
     force: bool = False,
-    workers: int = 4,
+    workers: int | None = None,
+    threads: int = READ_THREADS,
     on_image: Callable[[dict[str, Any]], None] | None = None,
+    _rows: _ProcessRows | None = None,
 ) -> ShardResult:
     """Write shard ``index`` of ``plan`` (or skip it when already committed); returns its counts.
 
-    Reads and checks the shard's images on ``workers`` threads (I/O bound on
-    buckets; Pillow releases the GIL while decoding), keeps the plan's order,
-    writes the Parquet file atomically and only then its done-marker.
+    Reads and checks the shard's images (read, sha256, full decode) in ``workers``
+    processes (default :func:`default_workers`: the CPUs), or in this process on
+    ``threads`` threads when ``workers`` is 0 or 1, the shard is small
+    (:data:`MIN_IMAGES_FOR_PROCESSES`) or the images are not whole local files;
+    either way the rows, and so the file's bytes, are the same and in the plan's
+    order. Writes the Parquet file atomically and only then its done-marker.
     ``on_image`` is called in order with each row (without waiting for the shard).
 
     Safe to repeat and to run twice at once: the file goes to a unique temporary
@@ -553,23 +786,28 @@ def write_shard(
     st = as_storage(storage)
     key, rel = marker_key(shard_part(plan.dataset, index)), shard_part(plan.dataset, index)
     if not force:
-        marker = _read_marker(st, key)
-        if marker is not None and marker.get("fingerprint") == plan.fingerprint and st.exists(rel):
+        marker = _committed(st, plan, index)
+        if marker is not None:
             return ShardResult.from_dict(marker, skipped=True)
 
     entries = plan.entries(index)
-
-    def one(entry: Entry) -> dict[str, Any]:
-        return build_row(plan.source, entry, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes)
-
-    rows: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for row in pool.map(one, entries):
+    with contextlib.ExitStack() as stack:
+        processes = 0 if _rows is not None else _process_count(plan, workers, len(entries))
+        if processes:
+            _rows = stack.enter_context(_ProcessRows(plan, processes, [index]))
+        produced = _rows.rows(index) if _rows is not None else _thread_rows(plan, entries, threads)
+        stack.callback(getattr(produced, "close", lambda: None))
+        rows: list[dict[str, Any]] = []
+        for row in produced:
             rows.append(row)
             if on_image is not None:
                 on_image(row)
+    if len(rows) != len(entries):
+        raise RuntimeError(f"shard {index} of {plan.dataset}: {len(rows)} rows for {len(entries)} images")
     counts = Counter(r["status"] for r in rows)
+    n_bytes = sum(len(r["image"] or b"") for r in rows)
     table = rows_to_table(rows)
+    rows.clear()  # the table holds its own copy of the bytes: free these before writing
     table = table.replace_schema_metadata(
         {
             "abs.dataset": plan.dataset,
@@ -582,14 +820,14 @@ def write_shard(
     result = ShardResult(
         index=index,
         path=rel,
-        n_total=len(rows),
+        n_total=len(entries),
         n_ok=counts.get(STATUS_OK, 0),
-        n_error=len(rows) - counts.get(STATUS_OK, 0),
+        n_error=len(entries) - counts.get(STATUS_OK, 0),
         status_counts=dict(sorted(counts.items())),
         first_image_id=entries[0].image_id,
         last_image_id=entries[-1].image_id,
         digest=plan.shard_digest(index),
-        n_bytes=sum(len(r["image"] or b"") for r in rows),
+        n_bytes=n_bytes,
     )
     st.mark_done(key, {**result.to_dict(), "dataset": plan.dataset, "fingerprint": plan.fingerprint, "committed_at": _now()})
     return result
@@ -656,7 +894,8 @@ def shard_dataset(
     storage_options: Mapping[str, Any] | None = None,
     max_image_pixels: int | None = None,
     max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
-    workers: int = 4,
+    workers: int | None = None,
+    threads: int = READ_THREADS,
     force: bool = False,
     progress: bool = True,
     on_shard_done: Callable[[ShardResult], None] | None = None,
@@ -668,7 +907,13 @@ def shard_dataset(
     fingerprint; ``force=True`` rewrites all. ``on_shard_done`` runs after each
     shard is committed (or skipped); an exception raised there stops the run like
     a crash would, which is how tests interrupt it. ``progress`` shows a bar with
-    images and shards.
+    images and shards. ``workers`` processes (default: the CPUs, or
+    ``$ABS_EVAL_SHARD_WORKERS``) read and check the images; ``0`` or ``1`` does it in
+    this process on ``threads`` threads (see :func:`write_shard`; the output is the same).
+    Worker processes start from a forkserver and, as with any Python process pool,
+    run the ``__main__`` script again on start: a script that calls this at its top
+    level needs the usual ``if __name__ == "__main__":`` guard (without it the workers
+    fail to start and the images are checked in this process, with a warning).
 
     Raises :class:`~tasks.datasets.LayoutError` (before anything is written) when
     the source does not fit its layout or holds no image. Warns with
@@ -696,16 +941,23 @@ def shard_dataset(
             SingleClassWarning,
         )
     prepare_shards(plan, st, force=force)
+    todo = [i for i in range(plan.n_shards) if force or _committed(st, plan, i) is None]
+    processes = _process_count(plan, workers, sum(len(plan.entries(i)) for i in todo))
     results: list[ShardResult] = []
     n_err = 0
-    with tqdm(total=plan.n_images, unit="img", desc=f"shard {plan.dataset}", disable=not progress, dynamic_ncols=True) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(
+            tqdm(total=plan.n_images, unit="img", desc=f"shard {plan.dataset}", disable=not progress, dynamic_ncols=True)
+        )
+        rows = stack.enter_context(_ProcessRows(plan, processes, todo)) if processes else None
         bar.set_postfix_str(f"shards 0/{plan.n_shards}")
 
         def on_image(row: dict[str, Any]) -> None:
             bar.update(1)
 
         for i in range(plan.n_shards):
-            res = write_shard(plan, i, st, force=force, workers=workers, on_image=on_image)
+            res = write_shard(plan, i, st, force=force, workers=0 if rows is None else workers, threads=threads,
+                              on_image=on_image, _rows=rows)
             if res.skipped:
                 bar.update(res.n_total)
             n_err += res.n_error
@@ -718,14 +970,32 @@ def shard_dataset(
     return finalize_shards(plan, st, results)
 
 
-@task(name="shard-dataset", **TASK_OPTIONS)
-def shard_task(layout: str, source: str, root: str, dataset: str, images_per_shard: int,
-               layout_options: dict | None = None, progress: bool = True) -> dict[str, Any]:
+def _shard_task(layout: str, source: str, root: str, dataset: str, images_per_shard: int,
+                layout_options: dict | None = None, progress: bool = True) -> dict[str, Any]:
     """:func:`shard_dataset` as a Prefect task; returns the counts (not the rows)."""
     m = shard_dataset(layout, source, root, dataset, images_per_shard, layout_options=layout_options or {},
                       progress=progress)
     return {"dataset": dataset, "fingerprint": m.fingerprint, "n_shards": len(m.shards), "n_total": m.n_total,
             "n_ok": m.n_ok, "n_error": m.n_error, "written": m.written, "skipped": m.skipped}
+
+
+def __getattr__(name: str) -> Any:
+    """``shard_task``, the Prefect task, built on first use (PEP 562).
+
+    Why lazily: importing Prefect takes seconds, and ``abs-eval shard``, the plain
+    functions and readers of shards (and every shard worker) need none of it.
+    ``from tasks.shard import shard_task`` works as for any module attribute.
+    """
+    if name == "shard_task":
+        from prefect import task
+
+        from tasks.retries import TASK_OPTIONS
+
+        _shard_task.__name__ = _shard_task.__qualname__ = "shard_task"
+        value = task(name="shard-dataset", **TASK_OPTIONS)(_shard_task)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------- readers

@@ -567,3 +567,153 @@ def test_prepare_keeps_unmarked_parts_and_write_shard_replaces_them(tmp_path):
     forced = prepare_shards(plan, st, force=True)  # markers go, part files within the plan stay
     assert sorted(forced) == sorted([st.marker_path(marker_key(dataset_info("d"))), dataset_info("d"), *(st.marker_path(marker_key(shard_part("d", i))) for i in range(3))])
     assert sorted(shard_files(root, "d")) == [f"part-{i:05d}.parquet" for i in range(3)]
+
+
+# ---------------------------------------------------------------------- worker processes
+@pytest.fixture
+def processes_for_small_sets(monkeypatch):
+    """Worker processes even for a handful of images, in tasks of 3 with few in flight (to cross shard edges)."""
+    import tasks.shard as shard_mod
+
+    monkeypatch.setattr(shard_mod, "MIN_IMAGES_FOR_PROCESSES", 1)
+    monkeypatch.setattr(shard_mod, "IMAGES_PER_TASK", 3)
+    monkeypatch.setattr(shard_mod, "TASKS_IN_FLIGHT_PER_WORKER", 2)
+    pools = []
+    real_init = shard_mod._ProcessRows.__init__
+
+    def counting_init(self, plan, processes, schedule):
+        pools.append(processes)
+        real_init(self, plan, processes, schedule)
+
+    monkeypatch.setattr(shard_mod._ProcessRows, "__init__", counting_init)
+    return pools
+
+
+def _without_times(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("committed_at", "finalized_at")}
+
+
+def _assert_same_output(a: str, b: str, dataset: str) -> None:
+    assert shard_files(a, dataset) == shard_files(b, dataset)  # byte for byte
+    ma, mb = markers(a, dataset), markers(b, dataset)
+    assert {k: _without_times(v) for k, v in ma.items()} == {k: _without_times(v) for k, v in mb.items()}
+    info_a, info_b = Storage(a).read_json(dataset_info(dataset)), Storage(b).read_json(dataset_info(dataset))
+    assert _without_times({**info_a, "source": None}) == _without_times({**info_b, "source": None})
+
+
+def test_worker_processes_write_the_same_bytes_as_in_process(tmp_path, processes_for_small_sets):
+    src = tmp_path / "src"
+    expected = make_bad_folder(str(src))
+    make_images(str(src / "more"), 7, classes=("x", "y"))
+    put_bytes_name(str(src / "normal"), b"bad\xff.jpg", jpeg_bytes(42))
+    one, procs = str(tmp_path / "in-process"), str(tmp_path / "processes")
+    a = shard_dataset("folder", str(src), one, "d", images_per_shard=4, progress=False, workers=0)
+    assert processes_for_small_sets == []
+    b = shard_dataset("folder", str(src), procs, "d", images_per_shard=4, progress=False, workers=2)
+    assert processes_for_small_sets == [2]
+    assert a.fingerprint == b.fingerprint and a.status_counts == b.status_counts and len(a.shards) == 6
+    _assert_same_output(one, procs, "d")
+    by_id = {r["image_id"]: r for r in all_rows(procs, "d")}
+    for image_id, status in expected.items():  # error rows recorded by the workers too
+        assert by_id[image_id]["status"] == status, image_id
+    assert "truncated" in by_id["mixed/truncated.jpg"]["error"]
+    assert by_id["normal/bad\\xff.jpg"]["status"] == "ok"
+
+
+def test_worker_processes_check_unlisted_files_like_this_process(tmp_path, processes_for_small_sets):
+    """A manifest lists no sizes or kinds: the workers stat each file first (a FIFO must not block)."""
+    src = tmp_path / "src"
+    expected = make_bad_folder(str(src))
+    rows = [f"{p},{0 if p.startswith('mixed/') else 1}" for p in sorted(expected)] + ["mixed/gone.jpg,0", "normal,1"]
+    (src / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    one, procs = str(tmp_path / "in-process"), str(tmp_path / "processes")
+    shard_dataset("manifest", str(src / "m.csv"), one, "m", images_per_shard=5, progress=False, workers=1)
+    shard_dataset("manifest", str(src / "m.csv"), procs, "m", images_per_shard=5, progress=False, workers=2)
+    assert processes_for_small_sets == [2]
+    _assert_same_output(one, procs, "m")
+    by_id = {r["source"]: r for r in all_rows(procs, "m")}
+    assert by_id["mixed/fifo.jpg"]["status"] == "unreadable" and "not a regular file" in by_id["mixed/fifo.jpg"]["error"]
+    assert by_id["mixed/gone.jpg"]["status"] == "missing"
+    assert by_id["normal"]["status"] == "unreadable"  # a folder
+    assert by_id["mixed/truncated.jpg"]["status"] == "truncated"
+
+
+def test_worker_processes_resume_and_skip_like_this_process(tmp_path, processes_for_small_sets):
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 11)
+    single = str(tmp_path / "single")
+    shard_dataset("folder", src, single, "d", images_per_shard=3, progress=False, workers=0)
+    committed = []
+
+    def crash_after_two(result):
+        committed.append(result.index)
+        if len(committed) == 2:
+            raise Crash("injected after two shards")
+
+    with pytest.raises(Crash):
+        shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False, workers=2, on_shard_done=crash_after_two)
+    st = Storage(root)
+    st.fs.rm(st.path(st.marker_path(marker_key(shard_part("d", 0)))))  # shard 0 to redo, 1 committed
+    m = shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False, workers=2)
+    assert m.written == [0, 2, 3] and m.skipped == [1]
+    _assert_same_output(single, root, "d")
+
+
+def test_process_rows_in_any_order_equal_build_row(tmp_path, processes_for_small_sets):
+    """Rows asked for out of schedule (a shard committed meanwhile by another run, or one never scheduled)."""
+    from tasks.shard import _ProcessRows, build_row
+
+    src = str(tmp_path / "src")
+    make_images(src, 10)
+    plan = plan_shards("folder", src, "d", images_per_shard=3)
+
+    def expected(i):
+        return [build_row(plan.source, e, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes) for e in plan.entries(i)]
+
+    with _ProcessRows(plan, 2, [0, 1, 2]) as rows:
+        assert list(rows.rows(1)) == expected(1)  # shard 0 skipped
+        assert list(rows.rows(3)) == expected(3)  # never scheduled: first, then the rest as planned
+        assert list(rows.rows(2)) == expected(2)
+        assert list(rows.rows(0)) == expected(0)
+
+
+_IMPORTS = """
+import sys
+import tasks.store.images
+heavy = sorted(m for m in ("torch", "prefect", "pyarrow", "timm", "open_clip", "tasks.shard", "tasks.datasets") if m in sys.modules)
+import tasks.shard
+print(heavy, sorted(m for m in ("torch", "prefect", "timm", "open_clip") if m in sys.modules))
+"""
+
+
+def test_shard_workers_import_neither_torch_nor_prefect(tmp_path, processes_for_small_sets):
+    repo = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", _IMPORTS], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "[]"]  # the worker module, then tasks.shard itself
+
+    from tasks.shard import _ProcessRows
+
+    src = str(tmp_path / "src")
+    make_images(src, 2)
+    plan = plan_shards("folder", src, "d", images_per_shard=2)
+    with _ProcessRows(plan, 1, []) as rows:  # what a real worker process has imported
+        modules = rows.pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=120)
+    assert "tasks.store.images" in modules or "PIL.Image" in modules
+    assert not {"torch", "prefect", "pyarrow", "tasks.shard", "tasks.datasets", "timm", "open_clip"} & set(modules)
+
+
+def test_worker_count_default_env_and_small_sets(tmp_path, monkeypatch):
+    import tasks.shard as shard_mod
+
+    src = str(tmp_path / "src")
+    make_images(src, 4)
+    plan = plan_shards("folder", src, "d", images_per_shard=2)
+    monkeypatch.setenv("ABS_EVAL_SHARD_WORKERS", "0")
+    assert shard_mod.default_workers() == 0 and shard_mod._process_count(plan, None, 10_000) == 0
+    monkeypatch.setenv("ABS_EVAL_SHARD_WORKERS", "3")
+    assert shard_mod._process_count(plan, None, 10_000) == 3
+    assert shard_mod._process_count(plan, None, shard_mod.MIN_IMAGES_FOR_PROCESSES - 1) == 0  # small: in-process
+    assert shard_mod._process_count(plan, 1, 10_000) == 0
+    monkeypatch.delenv("ABS_EVAL_SHARD_WORKERS")
+    assert shard_mod.default_workers() >= 1

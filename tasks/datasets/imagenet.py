@@ -18,7 +18,10 @@ not silently fixed.
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib.util
+import os
 import pkgutil
 import posixpath
 from typing import Any, ClassVar
@@ -30,23 +33,62 @@ from .listing import display, info_regular, info_size, scan_class_folders
 from .registry import register_layout
 
 
+def _package_file(package: str, *parts: str) -> bytes | None:
+    """A file shipped inside an installed package, read without importing the package.
+
+    Why: ``timm`` and ``open_clip`` import torch (seconds and a gigabyte) when
+    imported, and sharding an ImageNet folder needs only two of their data files.
+    ``None`` when the package or the file is not there (callers then import).
+    """
+    try:
+        spec = importlib.util.find_spec(package)  # a top-level package: found, not executed
+    except (ImportError, ValueError):
+        return None
+    for base in (spec.submodule_search_locations or []) if spec is not None else []:
+        try:
+            with open(os.path.join(base, *parts), "rb") as f:
+                return f.read()
+        except OSError:
+            continue
+    return None
+
+
 @functools.cache
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 ImageNet-1k WordNet ids in label order (timm's shipped synset list)."""
-    from timm.data import ImageNetInfo
+    data = _package_file("timm", "data", "_info", "imagenet_synsets.txt")  # what ImageNetInfo("imagenet-1k") reads
+    if data is not None:
+        wnids = tuple(data.decode("utf-8").splitlines())
+    else:
+        from timm.data import ImageNetInfo
 
-    wnids = tuple(ImageNetInfo("imagenet-1k").label_names())
+        wnids = tuple(ImageNetInfo("imagenet-1k").label_names())
     if len(wnids) != 1000 or len(set(wnids)) != 1000:
         raise RuntimeError(f"timm's ImageNet-1k synset list has {len(wnids)} entries, expected 1000 unique ids")
     return wnids
 
 
+def _literal_assignment(source: bytes, name: str) -> Any:
+    """The literal value assigned to ``name`` at the top level of a module's source (``None`` if not one)."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                return None
+    return None
+
+
 @functools.cache
 def imagenet_classnames() -> tuple[str, ...]:
     """The 1000 readable ImageNet class names in label order (open_clip's list)."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    data = _package_file("open_clip", "zero_shot_metadata.py")
+    names = _literal_assignment(data, "IMAGENET_CLASSNAMES") if data is not None else None
+    if not isinstance(names, (tuple, list)):
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    names = tuple(IMAGENET_CLASSNAMES)
+        names = IMAGENET_CLASSNAMES
+    names = tuple(names)
     if len(names) != 1000:
         raise RuntimeError(f"open_clip's IMAGENET_CLASSNAMES has {len(names)} entries, expected 1000")
     return names
@@ -59,10 +101,12 @@ def official_subset_wnids(subset: str) -> tuple[str, ...] | None:
     ``None`` when the installed timm does not ship the list (it is only used to
     warn about a folder set that differs from the official one).
     """
-    try:
-        data = pkgutil.get_data("timm.data", f"_info/{subset}_synsets.txt")
-    except (FileNotFoundError, OSError):
-        return None
+    data = _package_file("timm", "data", "_info", f"{subset}_synsets.txt")
+    if data is None:
+        try:
+            data = pkgutil.get_data("timm.data", f"_info/{subset}_synsets.txt")
+        except (FileNotFoundError, OSError, ImportError):
+            return None
     if data is None:
         return None
     return tuple(line.strip() for line in data.decode().splitlines() if line.strip())

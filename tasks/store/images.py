@@ -8,16 +8,21 @@ called. Every status an error row can carry is listed in :data:`ERROR_STATUSES`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+if TYPE_CHECKING:  # only for annotations: the shard worker processes import this module without pyarrow
+    import pyarrow as pa
 
 # ---------------------------------------------------------------- statuses
 STATUS_OK = "ok"
@@ -107,6 +112,87 @@ def check_image(data: bytes, max_image_pixels: int | None = None) -> ImageCheck:
     except Exception as e:  # a decoder bug must not stop the shard either
         return ImageCheck(STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}", width, height, fmt, mode)
     return ImageCheck(STATUS_OK, None, width, height, fmt, mode)
+
+
+# ---------------------------------------------------------------- reading and checking files (shard workers)
+def read_local_file(path: str, check_regular: bool) -> tuple[bytes | None, str | None, str | None] | None:
+    """The bytes of a local file with plain ``os`` calls: ``(bytes, None, None)`` or ``(None, status, error)``.
+
+    The same outcomes and messages as reading through fsspec's local filesystem
+    (which opens the file with the same ``open``): a missing file is ``missing``,
+    any other ``OSError`` (permission, a folder, an I/O error) is ``unreadable``.
+    ``check_regular`` first checks that the path (links followed) is a regular file,
+    for entries whose listing did not say (a FIFO would block forever). ``None``
+    for anything else (not an ``OSError``): the caller then reads it through
+    fsspec, which retries and reports it as before.
+    """
+    try:
+        if check_regular and not stat.S_ISREG(os.stat(path).st_mode):
+            return None, STATUS_UNREADABLE, f"not a regular file: {path}"
+        with open(path, "rb", buffering=0) as f:
+            return f.readall(), None, None
+    except FileNotFoundError:
+        return None, STATUS_MISSING, f"file not found: {path}"
+    except OSError as e:
+        return None, STATUS_UNREADABLE, f"{type(e).__name__}: {e}"
+    except Exception:  # noqa: BLE001  (e.g. a NUL byte in the name: let the fsspec path report it)
+        return None
+
+
+def check_bytes(data: bytes, max_file_bytes: int | None, max_image_pixels: int | None) -> dict[str, Any]:
+    """The shard-row columns that come from one file's bytes: size, sha256, then the decode check.
+
+    Bytes over ``max_file_bytes`` are hashed but not stored (``image`` stays unset).
+    ``error`` is Pillow's message as is (the caller makes it valid UTF-8).
+    """
+    out: dict[str, Any] = {"n_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if max_file_bytes is not None and len(data) > max_file_bytes:
+        out.update(status=STATUS_TOO_LARGE, error=f"{len(data)} bytes exceeds max_file_bytes={max_file_bytes}")
+        return out
+    check = check_image(data, max_image_pixels)
+    out.update(image=data, status=check.status, error=check.error, width=check.width, height=check.height,
+               format=check.format, mode=check.mode)
+    return out
+
+
+def pil_settings() -> tuple[int | None, bool]:
+    """This process's Pillow settings that change a check's outcome (passed on to shard workers)."""
+    return Image.MAX_IMAGE_PIXELS, bool(ImageFile.LOAD_TRUNCATED_IMAGES)
+
+
+def init_check_worker() -> None:
+    """Initializer of a shard worker process: Ctrl-C is the parent's to handle (it stops the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def check_files(
+    files: list[tuple[str, bool]],
+    max_file_bytes: int | None,
+    max_image_pixels: int | None,
+    settings: tuple[int | None, bool] | None = None,
+) -> list[dict[str, Any] | tuple[str, str] | None]:
+    """Read and check local files in a shard worker process, one result per ``(path, check_regular)``.
+
+    A result is the columns of :func:`check_bytes` (the bytes included, as ``image``),
+    ``(status, error)`` when the file could not be read, or ``None`` when the caller
+    must read it itself (see :func:`read_local_file`). ``settings`` are the parent's
+    :func:`pil_settings`, so a worker checks exactly as the parent would.
+
+    Why here: worker processes import this module (``tasks.store.images``) and
+    nothing of the pipeline above it: neither torch nor Prefect nor pyarrow.
+    """
+    if settings is not None:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = settings
+    out: list[dict[str, Any] | tuple[str, str] | None] = []
+    for path, check_regular in files:
+        got = read_local_file(path, check_regular)
+        if got is None:
+            out.append(None)
+        elif got[0] is None:
+            out.append((got[1], got[2]))
+        else:
+            out.append(check_bytes(got[0], max_file_bytes, max_image_pixels))
+    return out
 
 
 # ---------------------------------------------------------------- decoding (models)

@@ -10,17 +10,21 @@ the move and the marker only costs recomputing that one unit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import posixpath
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# fsspec and pyarrow are imported where they are used: importing ``tasks.store`` (as the
+# shard worker processes do, for ``tasks.store.images``) then costs neither.
 
 TMP_DIR = "_tmp"
 COMMITS_DIR = "_commits"
@@ -34,6 +38,8 @@ class Storage:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        import fsspec
+
         self.fs, path = fsspec.core.url_to_fs(self.root, **self.storage_options)
         self.root_path = path.rstrip("/") or "/"
         self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
@@ -74,7 +80,27 @@ class Storage:
         return final
 
     def write_parquet(self, rel_path: str, table: pa.Table, **kwargs: Any) -> str:
-        """Write ``table`` to ``rel_path`` atomically; returns the final path."""
+        """Write ``table`` to ``rel_path`` atomically; returns the final path.
+
+        On a local disk the writer streams straight into the temporary file (no
+        copy of the whole file in memory); elsewhere the file is built in memory
+        and uploaded once. The bytes are the same either way.
+        """
+        import pyarrow.parquet as pq
+
+        if self.is_local:
+            tmp = self._tmp_path(posixpath.splitext(rel_path)[1] or ".bin")
+            final = self.path(rel_path)
+            self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
+            self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+            try:
+                pq.write_table(table, tmp, **kwargs)
+                self.fs.mv(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+            return final
         buf = io.BytesIO()
         pq.write_table(table, buf, **kwargs)
         return self._commit_bytes(rel_path, buf.getvalue())
@@ -91,6 +117,8 @@ class Storage:
             return json.loads(f.read())
 
     def read_parquet(self, rel_path: str, columns: list[str] | None = None) -> pa.Table:
+        import pyarrow.parquet as pq
+
         with self.fs.open(self.path(rel_path), "rb") as f:
             return pq.read_table(f, columns=columns)
 
