@@ -15,6 +15,23 @@ import os
 RUNNERS = ("threads", "dask", "ray")
 
 
+def current_api_url() -> str | None:
+    """The API URL the running flow talks to (its temporary local server's too), else None.
+
+    Why: a local Dask worker process without ``PREFECT_API_URL`` starts a temporary Prefect
+    API server of its own (about 230 MB and a core's worth of start-up each), and its task
+    runs land in that server's database instead of the flow's.
+    """
+    try:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        url = getattr(getattr(ctx, "client", None), "api_url", None) if ctx else None
+    except Exception:  # no Prefect context: nothing to pass on
+        return None
+    return str(url) if url else None
+
+
 def build_task_runner(runner: str = "threads", workers: int = 1, address: str | None = None):
     if runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
@@ -28,8 +45,12 @@ def build_task_runner(runner: str = "threads", workers: int = 1, address: str | 
         address = address or os.environ.get("ABS_DASK_ADDRESS")
         if address:
             return DaskTaskRunner(address=address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": max(1, workers), "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+        cluster = {"n_workers": max(1, workers), "threads_per_worker": 1, "processes": True,
+                   "dashboard_address": None}
+        api = current_api_url()
+        if api:  # the workers report to the flow's API instead of each starting a temporary one
+            cluster["env"] = {"PREFECT_API_URL": api}
+        return DaskTaskRunner(cluster_kwargs=cluster)
     if runner == "ray":
         try:
             from prefect_ray import RayTaskRunner

@@ -124,6 +124,16 @@ def test_bad_parameters_fail_before_any_work(prefect_server, tmp_path, source):
     assert not root.exists()
 
 
+def _infer_task_runs() -> int:
+    """Completed ``infer-shard`` task runs the test server knows of."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="infer-shard")))
+    return sum(1 for r in runs if r.state_name == "Completed")
+
+
 @pytest.mark.parametrize("runner,extra", [("dask", "prefect_dask"), ("ray", "prefect_ray")])
 def test_cluster_runners_give_the_same_predictions(runner, extra, first_run, source, tmp_path):
     """Dask (dev extra, runs in CI) and Ray (runs where the ray extra is installed)."""
@@ -133,9 +143,13 @@ def test_cluster_runners_give_the_same_predictions(runner, extra, first_run, sou
     root_threads, out = first_run
     images, desc = source
     root = str(tmp_path / f"root-{runner}")
+    before = _infer_task_runs()
     res = evaluate(dict(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
                    deployment="test", runner=runner, workers=2, report=False, **TINY_FLOW_PARAMS))
     assert res["config"] == out["config"] and res["shards_computed"] == 5
+    if runner == "dask":
+        # the local workers report to the flow's own API (no temporary server per worker)
+        assert _infer_task_runs() - before == 5
     # another process computes the same predictions; floats agree within rounding
     # (worker processes may pick other matmul kernels), everything else exactly
     assert_same_predictions(predictions(root), predictions(root_threads))
