@@ -44,6 +44,7 @@ from .resample import (
     apply_separable,
     pil_window_levels,
     resize_crop_geometry,
+    split_levels_dtype,
     to_device,
 )
 
@@ -252,7 +253,7 @@ def clip_views_batch(
     c = int(xs[crops.used[0]].shape[0])
     hh, ww = crops.hw.unbind(1)
     # windows: per crop and band of outputs, the samples its taps reach (``aa_spans``)
-    px, py = (max(d for d in range(1, k + 1) if size % d == 0) for k in _PARTS)
+    px, py = (max(d for d in range(1, min(k, max(1, size // _MIN_BAND)) + 1) if size % d == 0) for k in _PARTS)
     ylo, yhi = aa_spans(y0, bh, new_h, top, size, hh, "bicubic", py)
     xlo, xhi = aa_spans(x0, bw, new_w, left, size, ww, "bicubic", px)
     r0 = ylo.amin(1)  # first row of the horizontal pass
@@ -395,6 +396,11 @@ def _store_rows(out: Tensor, levels: Tensor, dest: Sequence[tuple[int, int]]) ->
 # 28 bands per axis are within ~5% (the gathers and 8-bit rounding passes dominate by
 # then), 4 is ~25% and 1 ~2.4x slower.
 _PARTS = (16, 16)
+# Outputs per band at least (fewer parts for small views): a band of b outputs multiplies
+# ~(b + 3) * scale samples per output against the ~4 * scale its taps need, but GEMMs with a
+# handful of output columns run at a fraction of the rate (64 px views, 500x375 images:
+# 4 bands per axis ~1.3x faster than 16 in float32).
+_MIN_BAND = 14
 # Window samples per ``pil_window_levels`` call: ~8 MB of float64 patches on a CPU (about five
 # ImageNet crops with 16 bands; calls of 4x that were ~15% slower there, 8x ~50%: the
 # temporaries leave the cache); on a GPU, large calls (few kernel launches).
@@ -424,14 +430,23 @@ def _window_calls(ly: Tensor, wx: Tensor, wy: Tensor, bands: int, device: torch.
 
 
 def _level_source(xs: Sequence[Tensor], used: Sequence[int], tail: int) -> tuple[Tensor, Tensor]:
-    """The images' 8-bit levels (float64), flattened one after the other, plus ``tail`` zeros;
-    and where each image starts (CPU int64, indexed by image)."""
+    """The images' 8-bit levels (``resample.split_levels_dtype``: float32 on a CPU, float64 on
+    CUDA), flattened one after the other, plus ``tail`` zeros; and where each image starts
+    (CPU int64, indexed by image)."""
     base = torch.zeros(max(used) + 1, dtype=torch.long)
     sizes = [xs[b].numel() for b in used]
-    src = torch.empty(sum(sizes) + tail, dtype=torch.float64, device=xs[used[0]].device)
+    dev = xs[used[0]].device
+    dtype = split_levels_dtype(dev)
+    src = torch.empty(sum(sizes) + tail, dtype=dtype, device=dev)
     a = 0
-    for b, n in zip(used, sizes):  # in place: round(x.to(float64) * 255), the same operations, no concatenation
-        src[a : a + n].view(xs[b].shape).copy_(xs[b]).mul_(255.0).round_()
+    for b, n in zip(used, sizes):
+        # round(x.to(float64) * 255): the same operations (float64 even for float32 levels, which
+        # hold these integers exactly), no concatenation
+        dst = src[a : a + n].view(xs[b].shape)
+        if dtype == torch.float64:
+            dst.copy_(xs[b]).mul_(255.0).round_()
+        else:
+            dst.copy_(xs[b].to(torch.float64, copy=True).mul_(255.0).round_())
         base[b] = a
         a += n
     src[a:].zero_()

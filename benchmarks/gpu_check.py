@@ -582,6 +582,26 @@ def parse_args(argv=None):
     return a
 
 
+def chunk_sizes(device, images: int, crops: int, m: int) -> dict:
+    """The block sizes the host-side work picks for ``device`` (so the first GPU run shows them):
+    soft matching (images per block, classes per block, bytes of one block temporary),
+    crops per resampling call (window samples budget), bands per crop axis at 224 px, and
+    the dtype of the resampling levels (float32 split on CPUs, float64 on CUDA)."""
+    import torch
+
+    from abs_model import preprocess, resample
+    from abs_model.matching import matching_chunks
+
+    per, cc = matching_chunks(device, images, crops, m)
+    dev = torch.device(device)
+    parts = [max(d for d in range(1, min(k, max(1, 224 // preprocess._MIN_BAND)) + 1) if 224 % d == 0)
+             for k in preprocess._PARTS]
+    return {"matching_images_per_block": per, "matching_classes_per_block": cc,
+            "matching_block_bytes": per * crops * cc * m * 4,
+            "resample_call_samples": preprocess._CPU_CALL_SAMPLES if dev.type == "cpu" else preprocess._DEVICE_CALL_SAMPLES,
+            "resample_bands_224": parts, "resample_levels_dtype": str(resample.split_levels_dtype(dev)).removeprefix("torch.")}
+
+
 def main(argv=None) -> int:
     t_start = time.time()
     args = parse_args(argv)
@@ -631,6 +651,8 @@ def main(argv=None) -> int:
                     "goal": f"{GOAL_IMAGES} images in {GOAL_SECONDS} s"},
         "timings": {}, "status": "running",
     }
+    res["chunks"] = chunk_sizes(device, args.images_per_batch, 2 * args.n_crops, args.m)
+    print("chunk sizes: " + ", ".join(f"{k} {v}" for k, v in res["chunks"].items()), flush=True)
     json_path = out_dir / "gpu_check.json"
 
     def save() -> None:
