@@ -43,9 +43,15 @@ def _setup() -> None:
 
 
 def _announce_local_api() -> None:
-    """Say at once that a local Prefect API is starting (the first start can take a minute)."""
+    """Say at once that a local Prefect API is starting (the first start can take a minute).
+
+    Also starts the guardian that ends every process this one starts (Prefect's temporary API
+    server, Dask's local workers) once this one is gone, even after a SIGKILL (flows/lifetime.py).
+    """
+    from flows.lifetime import start_guardian
     from flows.prefect_env import configure_prefect
 
+    start_guardian()
     configure_prefect(announce=True)
 
 
@@ -474,7 +480,8 @@ def models(
     typer.echo("DINO (timm; --dino-model NAME --dino-pretrained timm):")
     for name in sorted(set(dino_configs()) | set(timm.list_models("vit_*_patch16_224.dino", pretrained=True))):
         typer.echo(f"  {name}")
-    typer.echo("ABS needs a DINO ViT with a 14x14 patch grid at 224 px (patch 16).")
+    typer.echo("ABS needs a DINO ViT with a 14x14 patch grid (patch 16 at 224 px; the shipped abs-micro-dino: "
+               "patch 4 at 56 px). Shipped random-weight configs: abs-tiny-* (tests, demo), abs-micro-* (rehearsals).")
 
 
 # ------------------------------------------------------------------------------ status
