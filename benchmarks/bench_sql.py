@@ -9,23 +9,36 @@ replays it into the real storage layout:
 
 1. ``--images-per-run`` images per run: the template run's prediction rows are
    tiled into shards of ``--shard-size`` images (the default shard size of a run),
-   each shard a part file with its done-marker, image ids made unique per shard;
+   each shard a part file, its rollup (``tasks.catalog.write_rollup``, as inference
+   commits it: the part's counts and the partition's summed counts) and its
+   done-marker, image ids made unique per shard;
 2. ``--runs`` runs: that partition hard-linked under other config keys, each with
    a run record of its own (completed, one minute apart, one deployment), so the
    runs are a real history: ``previous_run_id`` chains them and the default
    ``run_a`` / ``run_b`` pair of the compare queries is the last two runs.
 
 Then it writes the ``results.duckdb`` catalog, times every named query from it
-(best of ``--reps``, the parameters a user would pass: one run, a run pair,
-method ``abs``), and times ``abs-eval status`` as a whole command. Nothing is timed
-while anything else is written.
+(best of ``--reps``, with the parameters a user would pass: one run, a run pair,
+method ``abs``; and without parameters: every run), the views ``accuracy``,
+``per_class_accuracy`` and ``confusions`` on their own, and ``abs-eval status`` as a
+whole command. Then the same with the rollups moved aside (every part counted from
+its rows: a root written before rollups existed), side by side, and checks that
+both give the same numbers. Nothing is timed while anything else is written.
 
     .venv/bin/python benchmarks/bench_sql.py                      # 50 runs x 200,000 rows = 10M
     .venv/bin/python benchmarks/bench_sql.py --runs 1             # one ImageNet-val run
     .venv/bin/python benchmarks/bench_sql.py --template abs-output --out sql.json
 
 The template is the latest completed run under ``--template`` (a storage root); by
-default a fresh ``abs-eval demo`` root is made for it (about a minute).
+default a real ``abs-eval run`` over the 1,000 ImageNet classes (one small generated
+JPEG per class and two unreadable files, tiny random-weight models; about 3-4 minutes
+on 2 cores, kept under ``--work``), because what the aggregates cost grows with the
+classes; ``--demo-template`` takes a fresh 12-class ``abs-eval demo`` root instead.
+Each replayed part holds every class once (1,000 images of 1,000 classes): the worst
+case for per-part counts (a dataset whose parts are shuffled), not ImageNet's sorted
+folders (20 classes per part).
+
+    .venv/bin/python benchmarks/bench_sql.py --work /tmp/bench-sql   # keep the template for the next time
 """
 
 from __future__ import annotations
@@ -56,13 +69,63 @@ def _abs_eval() -> str:
     return str(exe) if exe.exists() else "abs-eval"
 
 
+def _env(work: Path) -> dict[str, str]:
+    return dict(os.environ, PREFECT_HOME=str(work / "prefect"), DO_NOT_TRACK="1",
+                PREFECT_SERVER_ANALYTICS_ENABLED="false")
+
+
 def demo_template(work: Path) -> Path:
-    """A root with one completed demo run, made by the real CLI."""
+    """A root with one completed demo run (12 classes), made by the real CLI."""
     root = work / "template"
-    env = dict(os.environ, PREFECT_HOME=str(work / "prefect"), DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    subprocess.run([_abs_eval(), "demo", "--root", str(root)], env=env, check=True,
+    subprocess.run([_abs_eval(), "demo", "--root", str(root)], env=_env(work), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return root
+
+
+def _small_photo(path: Path, seed: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = (96, 72) if seed % 3 else (72, 96)
+    base = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    a = np.asarray(base, dtype=np.int16) + rng.integers(-24, 24, (h, w, 3))
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=85)
+
+
+def imagenet_template(work: Path, per_class: int = 1) -> Path:
+    """A root with one completed run over the 1,000 ImageNet classes, made by the real CLI.
+
+    Why 1,000 classes: what the aggregate views cost grows with the classes (per-class
+    groups, confusion pairs), so a 12-class template understates it. ``per_class`` small
+    generated JPEGs per class in the ``imagenet`` layout (``val/<wnid>/*.JPEG``), CuPL-style
+    descriptions (M=4), the shipped tiny random-weight models at N=6 crops: the real
+    ``abs-eval run`` end to end (a few minutes on 2 cores; cached under ``--work``).
+    """
+    from tasks.datasets import layout_classes
+    from tasks.datasets.imagenet import imagenet_wnids
+
+    root = work / f"template-imagenet-{per_class}"
+    if (root / "template.done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    src = work / f"imagenet-src-{per_class}" / "val"
+    for label, wnid in enumerate(imagenet_wnids()):
+        (src / wnid).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            _small_photo(src / wnid / f"ILSVRC2012_val_{label:04d}{i:04d}.JPEG", label * 1009 + i)
+    for label in (7, 503):  # two files that are not images: error rows, as real data has
+        (src / imagenet_wnids()[label] / f"ILSVRC2012_val_{label:04d}9999.JPEG").write_bytes(b"not a JPEG\n")
+    desc = src.parent / "cupl.json"
+    _, names = layout_classes("imagenet", str(src))
+    desc.write_text(json.dumps({n: [f"a photo of a {n}, view {j}." for j in range(4)] for n in names}))
+    subprocess.run([_abs_eval(), "run", "--root", str(root), "--dataset", "imagenet", "--layout", "imagenet",
+                    "--source", str(src), "--descriptions", str(desc), "--clip-model", "abs-tiny-vit-b16",
+                    "--clip-pretrained", "random", "--dino-model", "abs-tiny-dino-vit-b16", "--dino-pretrained",
+                    "random", "--n-crops", "6", "--top-k", "5", "--m", "4",
+                    "--deployment", "bench-sql-template"], env=_env(work), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (root / "template.done").write_text("ok\n")
     return root
 
 
@@ -86,9 +149,10 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from tasks.catalog import write_rollup
     from tasks.runs import RunRecord
     from tasks.store import Storage
-    from tasks.store.layout import marker_key, prediction_part, predictions_dir
+    from tasks.store.layout import marker_key, prediction_part, predictions_dir, rollup_of
 
     rec = template_run(template)
     src_dir = template / predictions_dir(rec["dataset"], rec["model"], rec["config"])
@@ -115,19 +179,21 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
         block = block.set_column(block.column_names.index("run_id"), "run_id", pa.array([first_run] * block.num_rows))
         rel = prediction_part(rec["dataset"], rec["model"], configs[0], s)
         st.write_parquet(rel, block)
+        write_rollup(st, rel, block)  # as tasks/infer.py: the part, its rollup, then the part's marker
         n_err = int(pc.sum(pc.not_equal(block.column("status"), "ok")).as_py() or 0) // n_methods
         st.mark_done(marker_key(rel), {"run_id": first_run, "n_images": n, "n_error": n_err})
     write_s = time.perf_counter() - t0
-    # the other runs: the same files, hard-linked under other config keys
+    # the other runs: the same files (parts, rollups, markers), hard-linked under other config keys
     start = datetime.fromisoformat(str(rec["started_at"]))
     for k, cfg in enumerate(configs):
         if k:
             for sub in ("", "_commits/"):
-                a = dest / f"{sub}{predictions_dir(rec['dataset'], rec['model'], configs[0])}"
-                b = dest / f"{sub}{predictions_dir(rec['dataset'], rec['model'], cfg)}"
-                b.mkdir(parents=True, exist_ok=True)
-                for f in a.iterdir():
-                    os.link(f, b / f.name)
+                for of in (lambda d: d, rollup_of):
+                    a = dest / f"{sub}{of(predictions_dir(rec['dataset'], rec['model'], configs[0]))}"
+                    b = dest / f"{sub}{of(predictions_dir(rec['dataset'], rec['model'], cfg))}"
+                    b.mkdir(parents=True, exist_ok=True)
+                    for f in a.iterdir():
+                        os.link(f, b / f.name)
         r = {f: v for f, v in rec.items() if f in RunRecord.__dataclass_fields__}
         at = start + timedelta(minutes=k)
         r.update(run_id=f"{rec['run_id']}-x{k:03d}", config=cfg, deployment="bench-sql", status="completed",
@@ -136,12 +202,22 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
                  shards_reused=0 if k == 0 else n_shards, reused_shards=[])
         RunRecord(**r).write(st)
     total = runs * images_per_run * n_methods
-    return {"template_run": rec["run_id"], "methods": n_methods, "rows_per_run": images_per_run * n_methods,
-            "rows": total, "runs": runs, "parts": runs * n_shards, "write_s": write_s}
+    part_dir = dest / predictions_dir(rec["dataset"], rec["model"], configs[0])
+    roll_dir = dest / rollup_of(predictions_dir(rec["dataset"], rec["model"], configs[0]))
+    groups = sum(pq.ParquetFile(p).metadata.num_rows for p in roll_dir.glob("part-*.parquet"))
+    return {"template_run": rec["run_id"], "classes": len(set(rows.column("label").to_pylist()) - {None}),
+            "methods": n_methods, "rows_per_run": images_per_run * n_methods, "rows": total, "runs": runs,
+            "parts": runs * n_shards, "write_s": write_s,
+            "part_bytes": sum(p.stat().st_size for p in part_dir.glob("part-*.parquet")) // n_shards,
+            "rollup_bytes": sum(p.stat().st_size for p in roll_dir.glob("part-*.parquet")) // n_shards,
+            "rollup_rows": groups // n_shards,
+            "partition_rollup_bytes": sum(p.stat().st_size for p in roll_dir.glob("all-*.parquet")),
+            "partition_rollup_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in roll_dir.glob("all-*.parquet"))}
 
 
-def time_queries(root: Path, catalog: Path, reps: int) -> dict[str, float]:
-    """Seconds per named query (best of ``reps``) from the catalog, and for ``abs-eval status``."""
+def time_queries(root: Path, catalog: Path, reps: int) -> tuple[dict[str, float], dict[str, list]]:
+    """Seconds per named query (best of ``reps``) from the catalog, and for ``abs-eval status``;
+    and each query's result rows (to check that two ways of computing them agree)."""
     import duckdb
 
     from tasks.catalog import list_queries, query_parameters, query_sql, write_catalog
@@ -151,6 +227,7 @@ def time_queries(root: Path, catalog: Path, reps: int) -> dict[str, float]:
     runs = [r[0] for r in con.sql("select run_id from runs order by started_at").fetchall()]
     params = {"run_id": runs[-1], "run_a": runs[max(0, len(runs) - 2)], "run_b": runs[-1], "method": "abs"}
     out: dict[str, float] = {}
+    results: dict[str, list] = {}
 
     def best_of(name: str, values: dict) -> float:
         best = None
@@ -160,9 +237,10 @@ def time_queries(root: Path, catalog: Path, reps: int) -> dict[str, float]:
             for k, v in values.items():
                 con.execute(f"SET VARIABLE {k} = ?", [v])
             t = time.perf_counter()
-            con.sql(query_sql(name)).fetchall()
+            rows = con.sql(query_sql(name)).fetchall()
             d = time.perf_counter() - t
             best = d if best is None else min(best, d)
+        results[f"{name}{'' if values else ' (no parameters)'}"] = rows
         return best
 
     for name in list_queries():
@@ -171,6 +249,16 @@ def time_queries(root: Path, catalog: Path, reps: int) -> dict[str, float]:
     for name in list_queries():
         if not query_parameters(name, required_only=True):
             out[f"{name} (no parameters)"] = best_of(name, {})
+    # the views people query directly (every run: the aggregates over all rows)
+    for view in VIEWS:
+        best = None
+        for _ in range(reps):
+            t = time.perf_counter()
+            rows = con.sql(f"FROM {view}").fetchall()
+            d = time.perf_counter() - t
+            best = d if best is None else min(best, d)
+        out[f"FROM {view}"] = best
+        results[f"FROM {view}"] = rows
     con.close()
     best = None
     for _ in range(reps):
@@ -179,12 +267,27 @@ def time_queries(root: Path, catalog: Path, reps: int) -> dict[str, float]:
         d = time.perf_counter() - t
         best = d if best is None else min(best, d)
     out["abs-eval status (whole command)"] = best
-    return out
+    return out, results
+
+
+#: Views timed on their own (``FROM <view>``), beside the named queries.
+VIEWS = ("accuracy", "per_class_accuracy", "confusions")
+
+
+def _same(a: list, b: list) -> bool:
+    """Equal result rows, in any order, floats to 12 significant digits (DuckDB sums in parallel)."""
+    def norm(rows: list) -> list:
+        return sorted((tuple(float(f"{v:.12g}") if isinstance(v, float) else v for v in r) for r in rows), key=repr)
+    return norm(a) == norm(b)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--template", help="a storage root holding a completed run (default: a fresh demo root)")
+    ap.add_argument("--template", help="a storage root holding a completed run (default: a real run over the "
+                    "1,000 ImageNet classes, made once under --work)")
+    ap.add_argument("--demo-template", action="store_true", help="template: a fresh `abs-eval demo` root (12 classes)")
+    ap.add_argument("--no-raw", action="store_true", help="time with rollups only (not also counting every part "
+                    "from its rows)")
     ap.add_argument("--images-per-run", type=int, default=50_000, help="images per run (ImageNet val: 50,000)")
     ap.add_argument("--runs", type=int, default=50, help="runs (50 x 200,000 rows = 10 million)")
     ap.add_argument("--shard-size", type=int, default=1000, help="images per part file (the run default)")
@@ -198,21 +301,51 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sql-")) if not args.work else None
     work = Path(args.work) if args.work else tmp
     try:
-        template = Path(args.template) if args.template else demo_template(work)
+        if args.template:
+            template = Path(args.template)
+        elif args.demo_template:
+            template = demo_template(work)
+        else:
+            print("[sql] template: one real run over the 1,000 ImageNet classes (a few minutes the first time)")
+            template = imagenet_template(work)
         dest = work / "root"
         shutil.rmtree(dest, ignore_errors=True)
         shape = build(template, dest, args.images_per_run, args.runs, args.shard_size)
         print(f"[sql] {shape['rows']:,} prediction rows: {shape['runs']} runs x {shape['rows_per_run']:,} rows "
-              f"({shape['methods']} methods), {shape['parts']} part files (written in {shape['write_s']:.1f} s)")
-        seconds = time_queries(dest, work / "results.duckdb", args.reps)
+              f"({shape['methods']} methods, {shape['classes']} classes), {shape['parts']} part files "
+              f"(written in {shape['write_s']:.1f} s)")
+        print(f"[sql] per part: {shape['part_bytes']:,} bytes of rows, rollup {shape['rollup_bytes']:,} bytes "
+              f"({shape['rollup_rows']:,} count rows); per run: summed counts {shape['partition_rollup_bytes']:,} "
+              f"bytes ({shape['partition_rollup_rows']:,} rows)")
+        seconds, results = time_queries(dest, work / "results.duckdb", args.reps)
+        raw: dict[str, float] = {}
+        same: dict[str, bool] = {}
+        if not args.no_raw:
+            # the same queries with every part counted from its rows: the rollups moved aside (what a
+            # root written before rollups existed costs; and the numbers must not change)
+            off = dest / "rollups.off"
+            os.rename(dest / "rollups", off)
+            try:
+                raw, raw_results = time_queries(dest, work / "results-raw.duckdb", args.reps)
+            finally:
+                os.rename(off, dest / "rollups")
+            same = {k: _same(results[k], raw_results[k]) for k in results}
         width = max(map(len, seconds))
+        print(f"  {'query':<{width}}  {'raw rows':>9}  {'rollups':>9}")
         for name, s in seconds.items():
-            print(f"  {name:<{width}}  {s:7.3f} s  {'ok' if s < TARGET_S else 'OVER the 2 s target'}")
+            r = f"{raw[name]:7.3f} s" if name in raw else ""
+            check = "" if name not in same else ("  same numbers" if same[name] else "  NUMBERS DIFFER")
+            print(f"  {name:<{width}}  {r:>9}  {s:7.3f} s  {'ok' if s < TARGET_S else 'OVER the 2 s target'}{check}")
         worst = max(seconds.values())
         print(f"[sql] slowest {worst:.3f} s; target < {TARGET_S:.0f} s each: {'met' if worst < TARGET_S else 'NOT met'}")
+        if same and not all(same.values()):
+            print(f"[sql] results differ between rollups and rows: {', '.join(k for k, v in same.items() if not v)}")
         if args.out:
-            Path(args.out).write_text(json.dumps({"machine": info, **shape, "seconds": seconds}, indent=2))
+            Path(args.out).write_text(json.dumps({"machine": info, **shape, "seconds": seconds, "raw_seconds": raw,
+                                                  "same_numbers": same}, indent=2))
             print(f"[out] {args.out}")
+        if same and not all(same.values()):
+            raise SystemExit(1)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

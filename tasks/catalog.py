@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -58,8 +59,8 @@ import pyarrow.parquet as pq
 
 from sql import SQL_DIR  # the SQL files, shipped as package data
 from tasks.store import Storage, as_storage
-from tasks.store.layout import slug
-from tasks.store.tables import DINO_SCHEMA, PREDICTION_SCHEMA, RUN_SCHEMA
+from tasks.store.layout import PREDICTIONS_DIR, marker_key, partition_rollup, rollup_of, slug
+from tasks.store.tables import DINO_SCHEMA, PARTITION_ROLLUP_SCHEMA, PREDICTION_SCHEMA, ROLLUP_SCHEMA, RUN_SCHEMA
 
 VIEWS_DIR = SQL_DIR / "views"
 QUERIES_DIR = SQL_DIR / "queries"
@@ -70,6 +71,8 @@ ROOT_PLACEHOLDER = "${root}"
 #: the empty relation that stands in for a glob with no file yet.
 SOURCES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     "predictions/*/*/*/part-*.parquet": (PREDICTION_SCHEMA, ("dataset", "model", "config")),
+    "rollups/*/*/*/part-*.parquet": (ROLLUP_SCHEMA, ("dataset", "model", "config")),
+    "rollups/*/*/*/all-*.parquet": (PARTITION_ROLLUP_SCHEMA, ("dataset", "model", "config")),
     "runs/*/run.parquet": (RUN_SCHEMA, ()),
     "cache/dino/*/*/*/part-*.parquet": (DINO_SCHEMA, ("filename",)),
 }
@@ -79,6 +82,7 @@ SOURCES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
 CATALOG_STORAGE_VERSION = "v1.4.0"
 
 _SOURCE_CALL = re.compile(r"read_parquet\(\s*'\$\{root\}/(?P<glob>[^']+)'[^()]*\)")
+_FILENAME_OPTION = re.compile(r"\bfilename\s*=\s*true\b", re.IGNORECASE)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -138,12 +142,14 @@ def _duckdb_types(schema: pa.Schema) -> list[tuple[str, str]]:
         con.close()
 
 
-def empty_relation_sql(glob: str) -> str:
-    """``(SELECT CAST(NULL AS <type>) AS <col>, ... WHERE false)`` with the columns of ``glob``'s files."""
+def empty_relation_sql(glob: str, filename: bool = False) -> str:
+    """``(SELECT CAST(NULL AS <type>) AS <col>, ... WHERE false)`` with the columns of ``glob``'s files
+    (plus ``filename`` when the call reads it: ``filename = true``)."""
     if glob not in SOURCES:
         raise ValueError(f"no schema known for source glob {glob!r}: add it to tasks.catalog.SOURCES")
     schema, hive = SOURCES[glob]
-    cols = _duckdb_types(schema) + [(h, "VARCHAR") for h in hive if h not in schema.names]
+    extra = tuple(hive) + (("filename",) if filename and "filename" not in hive else ())
+    cols = _duckdb_types(schema) + [(h, "VARCHAR") for h in extra if h not in schema.names]
     select = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in cols)
     return f"(SELECT {select} WHERE false)"
 
@@ -165,7 +171,7 @@ def render_views(
 
     def source(m: re.Match[str]) -> str:
         if m.group("glob") in empty_globs:
-            return empty_relation_sql(m.group("glob"))
+            return empty_relation_sql(m.group("glob"), filename=_FILENAME_OPTION.search(m.group(0)) is not None)
         if m.group("glob") in by_name_globs and "union_by_name" not in m.group(0):
             return m.group(0)[:-1].rstrip() + ", union_by_name = true)"
         return m.group(0)
@@ -330,6 +336,192 @@ def write_catalog(
     con.close()
     os.replace(tmp, out)
     return str(out)
+
+
+# ---------------------------------------------------------------------- rollups
+#: The counts of one prediction part, grouped as ``tables.ROLLUP_SCHEMA``: what the aggregate views
+#: (accuracy, per_class_accuracy, confusions and everything built on them) read instead of the part's
+#: rows. The same expressions as the raw-row fallback in ``sql/views/10_sources.sql`` (a part without
+#: a rollup is counted from its rows there), so both give the same numbers (tests/test_rollups.py).
+ROLLUP_SQL = """
+SELECT run_id,
+       shard,
+       method,
+       label,
+       any_value(class_name) AS class_name,
+       pred,
+       any_value(pred_name) AS pred_name,
+       count(*) AS n,
+       count(*) FILTER (WHERE status = 'ok') AS n_ok,
+       count(*) FILTER (WHERE status = 'ok' AND pred = label) AS n_correct,
+       count(*) FILTER (WHERE status = 'ok' AND coalesce(list_contains(top5, label), false)) AS n_correct5
+FROM part_rows
+GROUP BY run_id, shard, method, label, pred
+ORDER BY method, label, pred, run_id, shard
+"""
+
+
+#: The summed counts of a partition's parts (``layout.partition_rollup``): the part rollups' rows summed
+#: per (method, label, pred), without the computing run and shard.
+PARTITION_ROLLUP_SQL = """
+SELECT method,
+       label,
+       any_value(class_name) AS class_name,
+       pred,
+       any_value(pred_name) AS pred_name,
+       sum(n)::BIGINT AS n,
+       sum(n_ok)::BIGINT AS n_ok,
+       sum(n_correct)::BIGINT AS n_correct,
+       sum(n_correct5)::BIGINT AS n_correct5
+FROM parts
+GROUP BY method, label, pred
+ORDER BY method, label, pred
+"""
+
+
+def rollup_table(rows: pa.Table) -> pa.Table:
+    """The rollup of a prediction part's rows (``tables.PREDICTION_SCHEMA``), as ``tables.ROLLUP_SCHEMA``."""
+    con = duckdb.connect()
+    try:
+        con.register("part_rows", rows.select(["run_id", "shard", "method", "label", "class_name", "pred",
+                                               "pred_name", "status", "top5"]))
+        out = _to_arrow(con.sql(ROLLUP_SQL))
+    finally:
+        con.close()
+    return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in ROLLUP_SCHEMA], schema=ROLLUP_SCHEMA)
+
+
+def write_rollup(storage: Storage, prediction_rel: str, rows: pa.Table) -> str:
+    """Commit the rollup of the prediction part ``prediction_rel`` (its ``rows``) beside it; returns its path.
+
+    Same protocol as every data file: written under ``_tmp/``, moved into place, then its done-marker.
+    Call it after the part is in place and before the part's own marker (tasks/infer.py), so that a
+    committed part always has its rollup; a part without one (an older root, a crash in between) is
+    counted from its rows by the views. Then the partition's summed counts are brought up to date
+    (:func:`compact_partition`).
+    """
+    rel = rollup_of(prediction_rel)
+    table = rollup_table(rows)
+    if storage.exists(rel):  # counts rewritten: the partition's sums held the old ones
+        drop_rollup(storage, prediction_rel)
+    storage.write_parquet(rel, table)
+    storage.mark_done(marker_key(rel), {"rows": rows.num_rows, "groups": table.num_rows})
+    compact_partition(storage, posixpath.dirname(prediction_rel))
+    return rel
+
+
+def _partition_rollups(storage: Storage, prediction_dir: str) -> list[str]:
+    """The ``all-*.parquet`` files of a partition (relative paths), most parts first."""
+    found = storage.glob(f"{rollup_of(prediction_dir)}/all-*.parquet")
+    return sorted((posixpath.relpath(p, storage.root_path) for p in found), reverse=True)
+
+
+def _remove(storage: Storage, rel: str) -> bool:
+    found = False
+    for path in (storage.path(rel), storage.path(storage.marker_path(marker_key(rel)))):
+        try:
+            if storage.fs.exists(path):
+                storage.fs.rm(path)
+                found = True
+        except FileNotFoundError:  # removed by another writer meanwhile
+            pass
+    return found
+
+
+def drop_rollup(storage: Storage, prediction_rel: str) -> bool:
+    """Remove the rollup of ``prediction_rel`` and its partition's summed counts (before the part is
+    written again), when the part or its rollup is there; True when there was a rollup.
+
+    Why: a part is rewritten only when it has no done-marker (a crash before it); its old counts
+    must go first, so that no later crash leaves counts that disagree with the part."""
+    if not (storage.exists(rollup_of(prediction_rel)) or storage.exists(prediction_rel)):
+        return False  # a new part: no counts of it anywhere (the partition's sums stay, and grow)
+    for rel in _partition_rollups(storage, posixpath.dirname(prediction_rel)):
+        _remove(storage, rel)
+    return _remove(storage, rollup_of(prediction_rel))
+
+
+def _sum_rollups(tables: list[pa.Table]) -> pa.Table:
+    con = duckdb.connect()
+    try:
+        con.register("parts", pa.concat_tables([t.select(PARTITION_ROLLUP_SCHEMA.names).cast(PARTITION_ROLLUP_SCHEMA)
+                                                for t in tables]))
+        out = _to_arrow(con.sql(PARTITION_ROLLUP_SQL))
+    finally:
+        con.close()
+    return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in PARTITION_ROLLUP_SCHEMA],
+                                schema=PARTITION_ROLLUP_SCHEMA)
+
+
+def compact_partition(storage: Storage, prediction_dir: str) -> str | None:
+    """Write the summed counts of every part of a partition (``layout.partition_rollup``); returns its path,
+    or None when some part has no rollup yet (then the views read the parts' rollups one by one).
+
+    Why: with 1,000 classes a part of 1,000 images has up to 4,000 count groups (one per image and
+    method when every class is in every part), so per-part counts alone are as many rows as the
+    part; summed over the partition they are one row per (method, label, pred). A completed run
+    stands for its whole partition, so the aggregate views read this one file for it. Incremental:
+    the largest earlier file plus the parts it does not cover (its marker lists them). Smaller
+    files of the partition are removed; one a concurrent writer left behind is ignored by the views
+    (its name no longer matches the parts there).
+    """
+    names = sorted(posixpath.basename(p) for p in storage.glob(f"{prediction_dir}/part-*.parquet"))
+    rdir = rollup_of(prediction_dir)
+    have = {posixpath.basename(p) for p in storage.glob(f"{rdir}/part-*.parquet")}
+    if not names or not set(names) <= have:
+        return None
+    target = partition_rollup(prediction_dir, names)
+    earlier = _partition_rollups(storage, prediction_dir)
+    if target in earlier:
+        return target
+    tables, covered = [], set()
+    for rel in earlier:
+        try:
+            done = set((storage.read_marker(marker_key(rel)) or {}).get("parts") or [])
+            if done and done <= set(names):
+                tables, covered = [storage.read_parquet(rel)], done
+                break
+        except FileNotFoundError:
+            continue
+    try:
+        for name in names:
+            if name not in covered:
+                tables.append(storage.read_parquet(f"{rdir}/{name}").drop_columns(["run_id", "shard"]))
+    except FileNotFoundError:  # a rollup dropped meanwhile (its part is being rewritten)
+        return None
+    storage.write_parquet(target, _sum_rollups(tables))
+    storage.mark_done(marker_key(target), {"parts": names})
+    for rel in earlier:
+        if int(posixpath.basename(rel).split("-")[1]) <= len(names):
+            _remove(storage, rel)
+    return target
+
+
+def build_rollups(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Write the missing rollup of every committed prediction part (done-marker and file), and the summed
+    counts of every partition whose parts all have one; returns the paths of the part rollups written.
+
+    For roots written before rollups existed: the views count such parts from their rows (correct,
+    slower), so this only makes them fast. Parts without a done-marker (a crashed run's, recomputed
+    on resume) are left alone.
+    """
+    st = as_storage(root, storage_options)
+    have = {posixpath.relpath(p, st.root_path) for p in st.glob("rollups/*/*/*/part-*.parquet")}
+    written = []
+    partitions = set()
+    for path in st.glob(f"{PREDICTIONS_DIR}/*/*/*/part-*.parquet"):
+        rel = posixpath.relpath(path, st.root_path)
+        partitions.add(posixpath.dirname(rel))
+        if rollup_of(rel) in have or not st.is_done(marker_key(rel)):
+            continue
+        rel_roll = rollup_of(rel)
+        table = rollup_table(st.read_parquet(rel))
+        st.write_parquet(rel_roll, table)
+        st.mark_done(marker_key(rel_roll), {"rows": int(sum(table.column("n").to_pylist())), "groups": table.num_rows})
+        written.append(rel_roll)
+    for pdir in sorted(partitions):
+        compact_partition(st, pdir)
+    return written
 
 
 # ---------------------------------------------------------------------- queries

@@ -3,7 +3,8 @@
 Reads the shard (image bytes), its DINO cache part (the crop centres come from
 it, no DINO pass here) and the classifier's text bank; writes
 ``predictions/dataset=<ds>/model=<clip>/config=<hash>/part-<nnnnn>.parquet``
-(schema ``tasks.store.tables.PREDICTION_SCHEMA``) atomically, then its done-marker. A
+(schema ``tasks.store.tables.PREDICTION_SCHEMA``) atomically, then its rollup (the part's counts,
+``rollups/...``, what the aggregate SQL views read), then its done-marker. A
 committed part is never recomputed: the config hash already names everything
 that could change it. Error rows of the shard (and images that fail to decode
 now) become one error row per method, so counts always add up.
@@ -21,6 +22,7 @@ import torch
 from prefect import get_run_logger, task
 
 from abs_model import ABSClassifier
+from tasks.catalog import drop_rollup, write_rollup
 from tasks.context import resolve
 from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
@@ -318,7 +320,11 @@ def infer_shard(
 
     table = _prediction_table(out, methods, ids=ids, shard=shard, labels=labels, cnames=cnames, status=status,
                               error=error, classnames=classnames, run_id=run_id)
+    # the part, then its rollup (the counts the aggregate views read), then the part's marker; a
+    # rollup left by a crashed attempt at this part goes first (see tasks.catalog.drop_rollup)
+    drop_rollup(storage, rel)
     storage.write_parquet(rel, table)
+    write_rollup(storage, rel, table)
     n_ok = len(ok_rows)
     storage.mark_done(mkey, {"n_images": len(ids), "n_ok": n_ok, "n_error": len(ids) - n_ok, "run_id": run_id})
     return InferShardResult(shard, rel, True, len(ids), n_ok, len(ids) - n_ok)

@@ -13,6 +13,9 @@ pred NULL), and these runs (deployment ``weekly`` unless said):
     r2          config c2, completed: reused shard 0, computed shards 1-2; some
                 predictions differ from r1 (the flips)
     r3          config c1, deployment ``manual``: reused everything of r1
+
+c1's parts have their rollups (tasks.catalog.write_rollup, as inference writes them), c2's
+do not (parts written before rollups existed): the aggregate views read both kinds.
 """
 
 from __future__ import annotations
@@ -254,6 +257,10 @@ def build_results(root: str, *, shards: bool = False, dino: bool = False) -> Fix
     for shard in range(N_SHARDS):
         rows = make_rows("c1", shard, "r1")
         write_part(st, "c1", shard, rows)
+        # c1's parts have rollups (as the pipeline writes them), c2's not (an older root): the
+        # aggregate views count the first from their rollups and the others from their rows
+        catalog.write_rollup(st, prediction_part(DATASET, MODEL, "c1", shard),
+                             pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
         fx.rows["c1"] += rows
     fx.rows["c2"] = []
     for shard in range(N_SHARDS):

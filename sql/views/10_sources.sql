@@ -66,3 +66,74 @@ SELECT * EXCLUDE (filename),
        regexp_extract(filename, '/dataset=([^/]+)/[^/]+$', 1) AS dataset
 FROM read_parquet('${root}/cache/dino/*/*/*/part-*.parquet',
                   hive_partitioning = false, filename = true, union_by_name = true);
+
+-- Counts per prediction part: what the aggregate views (accuracy, per_class_accuracy, confusions
+-- and the comparisons built on them) read instead of the prediction rows (through run_rollups_of).
+-- Why: an aggregate over every run reads every row (10 million rows of 50 ImageNet runs: 5-9 s
+-- with 1,000 classes). The writer commits, after each part and before the part's done-marker,
+--   rollups/<partition>/part-<n>.parquet   the part's counts per (run_id, shard, method, label, pred):
+--                                          n rows, n_ok, n_correct (pred = label), n_correct5 (label in top5)
+--   rollups/<partition>/all-<k>-<md5>.parquet   the same summed over all k parts of the partition
+-- (tasks.catalog.write_rollup / compact_partition; tables.ROLLUP_SCHEMA, PARTITION_ROLLUP_SCHEMA).
+-- The rows stay the source of truth, and which files exist is listed (glob) at every query:
+--   - a part without a rollup file (written before rollups existed, or a crash between the two
+--     moves) is counted from its rows, with the same expressions (tasks.catalog.ROLLUP_SQL), so the
+--     numbers never depend on which parts have rollups (tasks.catalog.build_rollups writes them);
+--   - a rollup file whose part file is not there is ignored;
+--   - an all-* file counts only while its name matches the partition's parts: <md5> is the md5 of
+--     the part file names, sorted and joined by ','.
+
+-- One row per prediction part file: its partition ('dataset=../model=../config=..'), name, and its
+-- rollup file (NULL when it has none).
+CREATE OR REPLACE VIEW prediction_part_files AS
+WITH parts AS (
+    SELECT file,
+           regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/part-[^/]*$', 1) AS partition,
+           regexp_extract(file, '/(part-[^/]*)$', 1) AS name
+    FROM glob('${root}/predictions/*/*/*/part-*.parquet')
+),
+rollups AS (
+    SELECT file AS rollup_file,
+           regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/part-[^/]*$', 1) AS partition,
+           regexp_extract(file, '/(part-[^/]*)$', 1) AS name
+    FROM glob('${root}/rollups/*/*/*/part-*.parquet')
+)
+SELECT parts.file, parts.partition, parts.name, rollups.rollup_file
+FROM parts LEFT JOIN rollups USING (partition, name);
+
+-- One row per partition whose summed counts (all-<k>-<md5>.parquet) cover exactly its parts now.
+CREATE OR REPLACE VIEW partition_rollup_files AS
+WITH listing AS (
+    SELECT partition, md5(string_agg(name, ',' ORDER BY name)) AS digest
+    FROM prediction_part_files
+    GROUP BY partition
+),
+summed AS (
+    SELECT file,
+           regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/all-[^/]*$', 1) AS partition,
+           regexp_extract(file, '/all-[0-9]+-([0-9a-f]+)[.]parquet$', 1) AS digest
+    FROM glob('${root}/rollups/*/*/*/all-*.parquet')
+)
+SELECT summed.file, summed.partition FROM summed JOIN listing USING (partition, digest);
+
+-- Every part's counts: from its rollup file, or from its rows when it has none (one row per
+-- (dataset, model, config, run_id, shard, method, label, pred) of the part).
+CREATE OR REPLACE VIEW prediction_rollups AS
+SELECT dataset, model, config, run_id, shard, method, label, class_name, pred, pred_name,
+       n, n_ok, n_correct, n_correct5
+FROM read_parquet('${root}/rollups/*/*/*/part-*.parquet',
+                  hive_partitioning = true, hive_types_autocast = false, filename = true)
+WHERE filename IN (SELECT rollup_file FROM prediction_part_files)
+UNION ALL
+SELECT dataset, model, config, run_id, shard, method, label,
+       any_value(class_name) AS class_name,
+       pred,
+       any_value(pred_name) AS pred_name,
+       count(*) AS n,
+       count(*) FILTER (WHERE status = 'ok') AS n_ok,
+       count(*) FILTER (WHERE status = 'ok' AND pred = label) AS n_correct,
+       count(*) FILTER (WHERE status = 'ok' AND coalesce(list_contains(top5, label), false)) AS n_correct5
+FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
+                  hive_partitioning = true, hive_types_autocast = false, filename = true)
+WHERE filename IN (SELECT file FROM prediction_part_files WHERE rollup_file IS NULL)
+GROUP BY dataset, model, config, run_id, shard, method, label, pred;

@@ -13,7 +13,9 @@
 -- mean_per_class_recall: the mean over the classes present in the run (a class with at
 -- least one ok row) of that class's top-1 recall over its ok rows; unlike accuracy,
 -- every class weighs the same whatever its number of images. NULL without ok rows.
--- One pass over the rows: counts per class first (what the recall needs), summed per method.
+-- From the parts' counts (run_rollups_of over prediction_rollups: the same numbers as over the
+-- rows of run_predictions_of, without reading them): counts per class first (what the recall
+-- needs), summed per method.
 CREATE OR REPLACE MACRO accuracy_of(run_ids) AS TABLE
 WITH per_class AS (
     SELECT run_id,
@@ -25,12 +27,12 @@ WITH per_class AS (
            method,
            label,
            any_value(run_started_at) AS started_at,
-           count(*) AS n,
-           count(*) FILTER (WHERE status = 'ok') AS n_ok,
-           count(*) FILTER (WHERE status <> 'ok') AS n_error,
-           count(*) FILTER (WHERE correct) AS n_correct,
-           count(*) FILTER (WHERE status = 'ok' AND coalesce(list_contains(top5, label), false)) AS n_correct5
-    FROM run_predictions_of(run_ids)
+           sum(n)::BIGINT AS n,
+           sum(n_ok)::BIGINT AS n_ok,
+           sum(n - n_ok)::BIGINT AS n_error,
+           sum(n_correct)::BIGINT AS n_correct,
+           sum(n_correct5)::BIGINT AS n_correct5
+    FROM run_rollups_of(run_ids)
     GROUP BY run_id, dataset, model, config, method, label
 ),
 counts AS (

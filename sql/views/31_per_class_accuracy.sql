@@ -3,6 +3,7 @@
 -- Parameters: none for the view (sql/queries/per_class_accuracy.sql and class_extremes.sql
 --   filter it); per_class_accuracy_of(run_ids) computes only the listed runs (NULL = all).
 -- Error rows count in n and n_error, not in accuracy (same rule as the accuracy view).
+-- Read from the parts' counts (run_rollups_of; the same numbers as over run_predictions_of's rows).
 CREATE OR REPLACE MACRO per_class_accuracy_of(run_ids) AS TABLE
 WITH counts AS (
     SELECT run_id,
@@ -12,11 +13,11 @@ WITH counts AS (
            method,
            label,
            any_value(class_name) AS class_name,
-           count(*) AS n,
-           count(*) FILTER (WHERE status = 'ok') AS n_ok,
-           count(*) FILTER (WHERE status <> 'ok') AS n_error,
-           count(*) FILTER (WHERE correct) AS n_correct
-    FROM run_predictions_of(run_ids)
+           sum(n)::BIGINT AS n,
+           sum(n_ok)::BIGINT AS n_ok,
+           sum(n - n_ok)::BIGINT AS n_error,
+           sum(n_correct)::BIGINT AS n_correct
+    FROM run_rollups_of(run_ids)
     GROUP BY run_id, dataset, model, config, method, label
 )
 SELECT run_id, dataset, model, config, method, label, class_name,

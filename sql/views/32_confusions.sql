@@ -2,24 +2,24 @@
 -- Answers: what each class is mistaken for, most frequent first (rank 1 = most frequent
 -- confusion of that run x method; share = fraction of the true class's ok images).
 -- Parameters: none (sql/queries/confusions.sql keeps the top_k per run x method).
+-- Read from the parts' counts (run_rollups_of; the same numbers as over run_predictions' rows), in
+-- one pass: the counts per (true, predicted) class of ok rows, and each true class's total beside them.
 CREATE OR REPLACE VIEW confusions AS
-WITH class_totals AS (
-    SELECT run_id, method, label, count(*) AS n_class
-    FROM run_predictions
-    WHERE status = 'ok'
-    GROUP BY run_id, method, label
-),
-pairs AS (
+WITH counts AS (
     SELECT run_id, dataset, model, config, method,
            label, any_value(class_name) AS class_name,
            pred, any_value(pred_name) AS pred_name,
-           count(*) AS n
-    FROM run_predictions
-    WHERE status = 'ok' AND pred <> label
+           sum(n_ok)::BIGINT AS n
+    FROM run_rollups_of(NULL)
+    WHERE n_ok > 0
     GROUP BY run_id, dataset, model, config, method, label, pred
+),
+pairs AS (
+    SELECT *, sum(n) OVER (PARTITION BY run_id, method, label) AS n_class
+    FROM counts
 )
-SELECT pairs.*,
-       pairs.n / class_totals.n_class AS share,
-       rank() OVER (PARTITION BY pairs.run_id, pairs.method ORDER BY pairs.n DESC) AS rank
+SELECT run_id, dataset, model, config, method, label, class_name, pred, pred_name, n,
+       n / n_class AS share,
+       rank() OVER (PARTITION BY run_id, method ORDER BY n DESC) AS rank
 FROM pairs
-JOIN class_totals USING (run_id, method, label);
+WHERE pred <> label;

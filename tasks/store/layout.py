@@ -19,6 +19,8 @@ gives the key that :meth:`tasks.store.Storage.mark_done` takes.
     cache/text/model=<clip>/key=<key>/text.parquet           text embeddings (tables.TEXT_SCHEMA)
     cache/dino/model=<dino>/key=<key>/dataset=<ds>/part-<n>.parquet   attention (tables.DINO_SCHEMA)
     predictions/dataset=<ds>/model=<clip>/config=<hash>/part-<n>.parquet   (tables.PREDICTION_SCHEMA)
+    rollups/dataset=<ds>/model=<clip>/config=<hash>/part-<n>.parquet       counts of that part (tables.ROLLUP_SCHEMA)
+    rollups/dataset=<ds>/model=<clip>/config=<hash>/all-<k>-<md5>.parquet  counts of all its k parts, summed
     features/dataset=<ds>/model=<clip>/config=<hash>/part-<n>.parquet      (tables.FEATURES_SCHEMA)
     runs/run=<id>/run.json, run.parquet (tables.RUN_SCHEMA), report.md, *.png, gallery/
     _commits/...                                             done-markers, written last
@@ -38,13 +40,14 @@ TEXT_CACHE_DIR = "cache/text"
 DINO_CACHE_DIR = "cache/dino"
 PREDICTIONS_DIR = "predictions"
 FEATURES_DIR = "features"
+ROLLUPS_DIR = "rollups"
 RUNS_DIR = "runs"
 #: Hex digits of a content hash used in file names.
 SHORT_HASH = 16
 
 __all__ = [
     "COMMITS_DIR", "TMP_DIR", "SHARDS_DIR", "DESCRIPTIONS_DIR", "TEXT_CACHE_DIR", "DINO_CACHE_DIR",
-    "PREDICTIONS_DIR", "FEATURES_DIR", "RUNS_DIR", "SHORT_HASH",
+    "PREDICTIONS_DIR", "FEATURES_DIR", "ROLLUPS_DIR", "RUNS_DIR", "SHORT_HASH",
 ]
 
 
@@ -144,6 +147,29 @@ def prediction_part(dataset: str, model: str, config: str, shard: int) -> str:
 def features_part(dataset: str, model: str, config: str, shard: int) -> str:
     """Crop features of a prediction part (``keep_features``)."""
     return f"{FEATURES_DIR}/dataset={slug(dataset)}/model={slug(model)}/config={config}/{part_name(shard)}"
+
+
+def rollup_part(dataset: str, model: str, config: str, shard: int) -> str:
+    """Counts of a prediction part (what the aggregate views read instead of its rows), same partition and name."""
+    return f"{ROLLUPS_DIR}/dataset={slug(dataset)}/model={slug(model)}/config={config}/{part_name(shard)}"
+
+
+def rollup_of(prediction_rel: str) -> str:
+    """The rollup path of a prediction part path (``predictions/...`` -> ``rollups/...``)."""
+    if not prediction_rel.startswith(PREDICTIONS_DIR + "/"):
+        raise ValueError(f"not a prediction part path: {prediction_rel!r}")
+    return ROLLUPS_DIR + prediction_rel[len(PREDICTIONS_DIR):]
+
+
+def partition_rollup(prediction_dir: str, part_names: list[str]) -> str:
+    """The summed counts of the parts ``part_names`` of a :func:`predictions_dir`: ``all-<k>-<md5>.parquet``,
+    md5 of the part file names sorted and joined by ``,`` (what ``sql/views/10_sources.sql`` recomputes
+    from the file listing: the file stands for the partition only while exactly those parts are there)."""
+    import hashlib
+
+    names = sorted(part_names)
+    digest = hashlib.md5(",".join(names).encode()).hexdigest()
+    return f"{rollup_of(prediction_dir)}/all-{len(names):05d}-{digest}.parquet"
 
 
 # ---------------------------------------------------------------- runs

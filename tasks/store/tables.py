@@ -133,3 +133,30 @@ RUN_SCHEMA = pa.schema(
         pa.field("flow_run_name", pa.string()),
     ]
 )
+
+
+# ---------------------------------------------------------------- prediction rollups (one row per count group of a part)
+# Counts of one prediction part (tasks.store.layout.rollup_part, beside prediction_part), what the
+# aggregate views (accuracy, per_class_accuracy, confusions) read instead of the part's rows: one
+# row per (run_id, shard, method, label, pred) of the part, pred NULL for rows without one (error
+# rows). Sums of these counts over the parts of a run equal the counts over its raw rows
+# (tasks.rollups.rollup_table builds them; sql/views/10_sources.sql reads them).
+ROLLUP_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),  # the run that computed the part's rows
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("label", pa.int32()),
+        pa.field("class_name", pa.string()),  # any of the group's class names (one per label)
+        pa.field("pred", pa.int32()),
+        pa.field("pred_name", pa.string()),
+        pa.field("n", pa.int64(), nullable=False),  # rows
+        pa.field("n_ok", pa.int64(), nullable=False),  # rows with status 'ok'
+        pa.field("n_correct", pa.int64(), nullable=False),  # ok rows with pred = label
+        pa.field("n_correct5", pa.int64(), nullable=False),  # ok rows whose top5 holds the label
+    ]
+)
+
+# The summed counts of every part of a partition (tasks.store.layout.partition_rollup): the rows of
+# ROLLUP_SCHEMA summed per (method, label, pred), without the computing run and shard.
+PARTITION_ROLLUP_SCHEMA = pa.schema([f for f in ROLLUP_SCHEMA if f.name not in ("run_id", "shard")])
