@@ -9,6 +9,7 @@ new process must rebuild exactly the same model, or resume would mix two models.
 from __future__ import annotations
 
 import contextlib
+import os
 import hashlib
 import logging
 import sys
@@ -51,9 +52,13 @@ def explain_download(kind: str, name: str, tag: str) -> Iterator[None]:
     """Turn a failed weights download into one message that says what to do."""
     try:
         yield
-    except (FileNotFoundError, WeightsUnavailableError):
+    except WeightsUnavailableError:
         raise
     except Exception as exc:  # network, hub or format errors from open_clip / timm / huggingface_hub
+        if isinstance(exc, FileNotFoundError) and os.path.exists(tag):
+            raise  # a local checkpoint that exists but is incomplete: the file error says which
+        # (huggingface_hub's LocalEntryNotFoundError, what an offline timm download raises, is a
+        # FileNotFoundError too: it must become the one-line message, not a traceback)
         raise WeightsUnavailableError(
             f"could not load {kind} weights {tag!r} for {name}: {type(exc).__name__}: {exc}. "
             "If this machine is offline, download them elsewhere and pass the local checkpoint path "

@@ -531,7 +531,7 @@ def sql_run(
     root: str = RootOpt,
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="DuckDB variable KEY=VALUE "
                                               "(e.g. run_a=..., run_b=..., run_id=..., method=abs)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write to a file (.csv, .parquet, .json, .jsonl) "
+    out: Optional[str] = typer.Option(None, "--out", help="Write to a file (.csv, .parquet, .json, .jsonl) "
                                       "or '-' for stdout."),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv, parquet, json or jsonl: the format of --out "
                                       "(needed for '-' and for names without a known suffix)."),
@@ -613,7 +613,7 @@ def _explain_empty(root: str, query: str, params: dict[str, str]) -> None:
 @sql_app.command("catalog")
 def sql_catalog(
     root: str = RootOpt,
-    out: str = typer.Option("results.duckdb", "--out", "-o", help="DuckDB file to write."),
+    out: str = typer.Option("results.duckdb", "--out", help="DuckDB file to write."),
     relative: bool = typer.Option(False, help="Paths relative to the current folder (open the shell from there)."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Write a catalog over an s3://, gs:// ... root "
                                       "(the duckdb shell then needs httpfs and credentials)."),
@@ -658,7 +658,7 @@ def export_results(
     root: str = RootOpt,
     run_ids: Optional[list[str]] = typer.Option(None, "--run", help="A run to export (repeat for more; default: "
                                                 "the latest completed run of each dataset x model)."),
-    out: str = typer.Option("clip_benchmark_results", "--out", "-o", help="Folder for one JSON file per result "
+    out: str = typer.Option("clip_benchmark_results", "--out", help="Folder for one JSON file per result "
                             "and results.csv (local or any fsspec URL), or '-' for JSON lines on stdout."),
 ) -> None:
     """Write results in CLIP_benchmark's format: one JSON per dataset x model x method (acc1, acc5,

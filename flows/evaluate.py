@@ -229,7 +229,8 @@ def _reevaluate_run_name() -> str:
     p = flow_run.parameters
     names = [d.get("dataset", "?") for d in (p.get("datasets") or [])]
     shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-    return f"reevaluate {p.get('deployment') or ''} [{shown}] {datetime.now(timezone.utc):%Y-%m-%d %H:%M}".replace("  ", " ")
+    # parentheses, not square brackets: Rich (``prefect flow-run ls``) reads "[shapesA]" as markup and drops it
+    return f"reevaluate {p.get('deployment') or ''} ({shown}) {datetime.now(timezone.utc):%Y-%m-%d %H:%M}".replace("  ", " ")
 
 
 @flow(name="evaluate", log_prints=True, flow_run_name=_evaluate_run_name)

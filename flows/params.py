@@ -20,7 +20,7 @@ import difflib
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from abs_model import ABSConfig, ModelSpec
 from flows.runners import RUNNERS
@@ -58,6 +58,7 @@ class EvaluateParams(BaseModel):
                                                    "n_descriptions, tau, tau_sample, seed, ...).")
     prompt: str = Field(defaults.PROMPT, description="Prompt of the plain CLIP baseline.")
     templates: Literal["openai-imagenet", "none"] = Field(defaults.TEMPLATES, description="Template set of clip-e.")
+
     images_per_shard: int = Field(defaults.IMAGES_PER_SHARD, ge=1, description="Images per Parquet shard.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
@@ -70,6 +71,15 @@ class EvaluateParams(BaseModel):
     workers: int = Field(1, ge=1, description="Parallel shard tasks.")
     report: bool = Field(True, description="Write the report and publish the artifacts.")
     allow_single_class: bool = Field(False, description="Evaluate a dataset whose images all have one label.")
+
+    @field_validator("clip_pretrained", "dino_pretrained", mode="before")
+    @classmethod
+    def _random_is_none(cls, v: Any) -> Any:
+        """``random`` (any case) or an empty value means random weights, as on the command line: a
+        matrix file or a deployment may say ``random`` where Python says ``None``."""
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "random", "none", "null")):
+            return None
+        return v
 
 
 assert set(EvaluateParams.model_fields["runner"].annotation.__args__) == set(RUNNERS)

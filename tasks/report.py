@@ -256,22 +256,22 @@ def plot_per_class(per_class: Sequence[Mapping[str, Any]], n_classes: int | None
     x = np.arange(n)
     for i, m in enumerate(methods):
         y = [(by.get((m, c)) or {}).get("accuracy") for c in order]
-        y = np.array([np.nan if v is None else v for v in y], dtype=float)
+        y = 100.0 * np.array([np.nan if v is None else v for v in y], dtype=float)  # in %, as the other plots
         if n <= 30:  # few classes: grouped bars
             w = 0.8 / max(len(methods), 1)
             ax.bar(x - 0.4 + w * (i + 0.5), y, w, label=m, zorder=2)
         else:  # many classes: one line per method over the sorted classes
             ax.plot(x, y, marker="o" if n <= 60 else None, markersize=3, linewidth=1.2 if m == ref else 0.8, label=m, zorder=2)
     if n_classes:
-        ax.axhline(1.0 / n_classes, color="#444444", linestyle="--", linewidth=1.0, zorder=1, label=_chance_label(n_classes))
+        ax.axhline(100.0 / n_classes, color="#444444", linestyle="--", linewidth=1.0, zorder=1, label=_chance_label(n_classes))
     if n <= 60:
         ax.set_xticks(x)
         ax.set_xticklabels([str(names.get(c, c)) for c in order], rotation=90, fontsize=7 if n <= 30 else 6)
         ax.set_xlabel(f"classes, sorted by {ref} accuracy")
     else:
         ax.set_xlabel(f"{n} classes, sorted by {ref} accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("per-class accuracy")
+    ax.set_ylim(-2, 102)
+    ax.set_ylabel("per-class accuracy (%)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     ax.grid(alpha=0.3, zorder=0)
     return _png(fig)

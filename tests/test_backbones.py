@@ -102,3 +102,23 @@ def test_unavailable_pretrained_weights_say_what_to_do():
 
     with pytest.raises(WeightsUnavailableError, match="local checkpoint path"):
         CLIPBackbone.load(ModelSpec("abs-tiny-vit-b16", "no-such-tag"))
+
+
+def test_offline_hub_errors_that_are_file_errors_become_the_one_line_message(tmp_path):
+    """An offline timm/hub download raises huggingface_hub's LocalEntryNotFoundError, a
+    FileNotFoundError: it must become WeightsUnavailableError (one line in the CLI), while a
+    local checkpoint that exists keeps its own file error."""
+    from abs_model import WeightsUnavailableError
+    from abs_model.weights import explain_download
+
+    class LocalEntryNotFound(FileNotFoundError):  # the shape of huggingface_hub's error
+        pass
+
+    with pytest.raises(WeightsUnavailableError, match="could not load DINO weights 'timm'.*local checkpoint path"):
+        with explain_download("DINO", "vit_base_patch16_224.dino", "timm"):
+            raise LocalEntryNotFound("Cannot find the requested files in the disk cache")
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="shard 2"):
+        with explain_download("DINO", "vit_base_patch16_224.dino", str(ckpt)):
+            raise FileNotFoundError("shard 2 of the checkpoint is missing")

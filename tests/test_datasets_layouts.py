@@ -594,3 +594,25 @@ def test_every_layout_has_an_informative_first_docstring_line():
         firsts[name] = doc[0].strip()
         assert "point at" in firsts[name], (name, firsts[name])  # says which folder/file to give
     assert len(set(firsts.values())) == len(firsts) == 14
+
+
+def test_an_empty_class_folder_is_refused_unless_the_user_leaves_it_out(tmp_path):
+    """An empty class folder would silently shrink the class list (and move chance level):
+    refused with its name, like torchvision's ImageFolder; left out only when asked, with a warning."""
+    root = tmp_path / "five"
+    t = Tree(str(root))
+    for i, c in enumerate(["ant", "bee", "cat", "dog"]):
+        t.put(f"{c}/a.jpg", jpeg_bytes(i))
+    (root / "eel").mkdir()
+    (root / "fox").mkdir()
+    (root / "fox" / ".DS_Store").write_bytes(b"junk")  # only junk: empty too
+    (root / ".git").mkdir()  # hidden folders are not classes
+    with pytest.raises(LayoutError) as e:
+        load_source("folder", str(root))
+    msg = str(e.value)
+    assert "2 class folder(s)" in msg and "eel, fox" in msg and "allow_empty_classes=true" in msg and "\n" not in msg
+    with pytest.warns(DatasetSizeWarning, match="left out of the class list.*eel, fox"):
+        ds = load_source("folder", str(root), allow_empty_classes="true")
+    assert ds.classnames == ["ant", "bee", "cat", "dog"]
+    with pytest.raises(TypeError, match="true or false"):
+        load_source("folder", str(root), allow_empty_classes="maybe")

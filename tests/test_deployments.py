@@ -69,3 +69,14 @@ def test_a_wrong_name_in_a_deployment_is_caught():
         make_params(dataset="x", templates="openai")
     with pytest.raises(ParameterError, match="unknown parameter 'datasett'"):
         make_params(datasett="x")
+
+
+@pytest.mark.parametrize("spelled", ["random", "Random", "", None])
+def test_random_weights_are_spelled_the_same_everywhere(spelled):
+    """A matrix file or a deployment may say ``random`` for random weights, as the CLI does."""
+    from flows.params import make_params, static_problems
+
+    p = make_params(dataset="d", clip_model="abs-micro-vit", clip_pretrained=spelled,
+                    dino_model="abs-micro-dino", dino_pretrained=spelled)
+    assert p.clip_pretrained is None and p.dino_pretrained is None
+    assert not [x for x in static_problems(p) if "pretrained" in x]
