@@ -137,6 +137,27 @@ def _print_accuracy(root: str, out: dict) -> None:
     typer.echo(f"Run {out['run_id']}: {out['dataset']} x {out['model']}, {out.get('n_images', 0)} images, "
                f"shards computed {out.get('shards_computed', 0)}, reused {reused} (accuracy from sql/ via DuckDB):")
     typer.echo(format_accuracy(rows))
+    for line in regression_lines(out.get("regressions") or []):
+        typer.echo(line)
+
+
+def regression_lines(regressions: list[dict]) -> list[str]:
+    """One line per significant drop the flow announced (``flows.evaluate.announce_regressions``):
+    the method, the accuracy change, the p-value and the run it is compared with."""
+    out = []
+    for r in regressions:
+        a, b = r.get("accuracy_a"), r.get("accuracy_b")
+        change = f"{100 * a:.1f}% -> {100 * b:.1f}% ({100 * (b - a):+.1f} pp)" if a is not None and b is not None else ""
+        out.append(f"REGRESSION {r.get('method')}: {change}, McNemar p={r.get('p_value'):.2g}, "
+                   f"{r.get('n_broken')} right -> wrong, {r.get('n_fixed')} wrong -> right, since run {r.get('run_a')}")
+    return out
+
+
+def _regression_cell(r: dict) -> str:
+    """The matrix table's regression column: regressed methods and their change, or empty."""
+    regs = r.get("regressions") or []
+    return ", ".join(f"{g.get('method')} {100 * ((g.get('accuracy_b') or 0) - (g.get('accuracy_a') or 0)):+.1f}pp"
+                     for g in regs)
 
 
 # ------------------------------------------------------------------------------ shard
@@ -442,11 +463,14 @@ def _run_matrix(params: list, root: str) -> None:
         rows.append({"cell": r["job"], "status": r["status"],
                      "abs": (acc.get("abs") or {}).get("accuracy"), "clip": (acc.get("clip") or {}).get("accuracy"),
                      "acc5_abs": (acc.get("abs") or {}).get("acc5"),
-                     "n": (acc.get("abs") or {}).get("n"), "run_id": r.get("run_id") or "",
-                     "error": (r.get("error") or "")[:60]})
+                     "n": (acc.get("abs") or {}).get("n"), "regressed": _regression_cell(r),
+                     "run_id": r.get("run_id") or "", "error": (r.get("error") or "")[:60]})
     typer.echo("")
     typer.echo(f"{len(results)} cells ({sum(r['status'] == 'completed' for r in results)} completed):")
     typer.echo(format_table(pa.Table.from_pylist(rows)))
+    for r in results:
+        for line in regression_lines(r.get("regressions") or []):
+            typer.echo(f"{r['job']}: {line}")
     if any(r["status"] != "completed" for r in results):
         raise typer.Exit(1)
 

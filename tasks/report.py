@@ -318,6 +318,16 @@ def run_grids(run: Mapping[str, Any]) -> tuple[tuple[int, int], int | None]:
     return clip_grid_of(run.get("clip_model"))[:2], None
 
 
+def _setting_differences(st: Storage, run_a: str, run_b: str) -> list[dict[str, Any]]:
+    """What differs between two runs' settings (``tasks.runs.setting_differences``), from their JSON records."""
+    from tasks.runs import read_run, setting_differences
+
+    try:
+        return setting_differences(read_run(st, run_a), read_run(st, run_b))
+    except (KeyError, OSError, ValueError):
+        return []
+
+
 def _recorded_geometry(st: Storage, run_id: str) -> dict[str, int]:
     """``model_geometry`` of the run's JSON record (the SQL ``runs`` row does not carry it)."""
     from tasks.runs import read_run
@@ -734,8 +744,9 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
         st.write_bytes(rel, pngs[rel])
     gallery, shown = write_gallery(st, con, run, size=gallery_size) if gallery_size > 0 else ([], [])
 
+    settings = _setting_differences(st, prev_id, run_id) if prev_id else []
     ctx = _Context(run, prev_id, accuracy, extremes, confusions, errors, comparison, class_changes, flips, shown, base,
-                   st.root, n_classes, n_classes_source, regressions)
+                   st.root, n_classes, n_classes_source, regressions, settings)
     md = _markdown(ctx, lambda rel, alt: f"![{alt}]({_rel(rel, base)})")
     artifact = _artifact_markdown(st, ctx, pngs, gallery, len(md.encode()))
     report = f"{base}/report.md"
@@ -799,6 +810,8 @@ class _Context:
     n_classes: int | None
     n_classes_source: str
     regressions: list[dict[str, Any]] = field(default_factory=list)
+    #: ``tasks.runs.setting_differences`` of (previous run, this run): what changed, by name
+    settings: list[dict[str, Any]] = field(default_factory=list)
 
     def method_tests(self) -> dict[str, dict[str, Any]]:
         """The regressions rows of scope 'method', by method."""
@@ -808,6 +821,19 @@ class _Context:
         """Rows of ``scope`` whose accuracy dropped significantly (method order, then most significant)."""
         rows = [r for r in self.regressions if r["scope"] == scope and r["regressed"]]
         return sorted(rows, key=lambda r: (_method_key(r["method"]), r["p_value"], r["label"] if r["label"] is not None else -1))
+
+
+def _both(r: Mapping[str, Any]) -> bool:
+    """Both runs scored this method (a comparison row of a method one run lacks is no comparison)."""
+    return r.get("accuracy_a") is not None and r.get("accuracy_b") is not None
+
+
+def _absent(r: Mapping[str, Any]) -> str:
+    return "absent from the previous run" if r.get("accuracy_a") is None else "absent from this run"
+
+
+def _setting(v: Any) -> str:
+    return "(none)" if v is None else f"`{v}`"
 
 
 def _sql_cmd(query: str, ctx: _Context, **params: Any) -> str:
@@ -903,11 +929,19 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
                    "McNemar p: exact two-sided McNemar test of broken vs fixed over the images both runs classified "
                    "(the chance of a split at least this uneven if the method had not changed); "
                    f"{DROP_FLAG} = p < 0.05 and accuracy down ({_sql_cmd('regressions', ctx, **pair)}).\n")
+        if ctx.settings:
+            out.append("**The settings differ** between the two runs, so a change may come from them rather than "
+                       "from a regression of the method:\n")
+            out.append(md_table(ctx.settings, [("setting", "setting"), ("before", lambda r: _setting(r["before"])),
+                                               ("this run", lambda r: _setting(r["after"]))]))
+            out.append("")
+        else:
+            out.append("Same settings in both runs (method parameters, models and weights, descriptions, dataset).\n")
         out.append(md_table(ctx.comparison, [
             ("method", "method"), ("before", lambda r: _pct(r["accuracy_a"])), ("now", lambda r: _pct(r["accuracy_b"])),
             ("delta", lambda r: _pp(r["delta"])), ("changed", "n_changed"), ("fixed", "n_fixed"), ("broken", "n_broken"),
-            ("McNemar p", lambda r: _p((tests.get(r["method"]) or {}).get("p_value"))),
-            ("verdict", lambda r: _verdict(tests.get(r["method"]))),
+            ("McNemar p", lambda r: _p((tests.get(r["method"]) or {}).get("p_value")) if _both(r) else "-"),
+            ("verdict", lambda r: _verdict(tests.get(r["method"])) if _both(r) else _absent(r)),
         ]))
         class_drops = ctx.regressed("class")
         if class_drops:

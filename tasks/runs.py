@@ -220,6 +220,56 @@ def read_run(storage: Storage, run_id: str) -> dict[str, Any]:
     return storage.read_json(rel)
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+#: Fields of ``config_json["numbers"]`` (what the config hash covers) shown by name when they differ;
+#: the long ones (class lists, subsets) are summarised.
+_SUMMARISED = {"classes", "subset"}
+
+
+def _numbers(record: dict[str, Any]) -> dict[str, Any]:
+    """``config_json["numbers"]`` of a run record (the JSON may hold ``config_json`` as text)."""
+    cfg = record.get("config_json") or {}
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except ValueError:
+            return {}
+    numbers = cfg.get("numbers") if isinstance(cfg, dict) else None
+    return numbers if isinstance(numbers, dict) else {}
+
+
+def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings that differ between two run records (their JSON), by name: every field the
+    config hash covers (ABS parameters, model names and weight digests, prompt, templates,
+    description content, dataset fingerprint and class list), ``[{"setting", "before", "after"}]``.
+
+    Why: two runs whose config hashes differ are compared as if they were the same method; a
+    reader must see *what* changed (N=2 against N=60 is not a regression of the method).
+    """
+    na, nb = (_flat(_numbers(r)) for r in (a, b))
+    out = []
+    for key in sorted(set(na) | set(nb)):
+        va, vb = na.get(key), nb.get(key)
+        if va == vb:
+            continue
+        top = key.split(".")[0]
+        if top in _SUMMARISED:
+            va = None if va is None else f"{len(va)} entries" if isinstance(va, list) else va
+            vb = None if vb is None else f"{len(vb)} entries" if isinstance(vb, list) else vb
+            if va == vb:
+                va, vb = "one list", "another list of the same length"
+        out.append({"setting": key, "before": va, "after": vb})
+    return out
+
+
 def list_run_ids(root: str | Storage) -> list[str]:
     """Run ids under ``root``, newest first (ids sort by start time)."""
     st = as_storage(root)

@@ -158,7 +158,8 @@ def test_default_pair_and_nothing_changed(reg):
     assert {r["run_a"] for r in catalog.run_query(root, "regressions", {"run_b": "rB"}).to_pylist()} == {"rA"}
     # a run without a previous run: nothing to pair, nothing regressed
     first = catalog.run_query(root, "regressions", {"run_b": "rA"}).to_pylist()
-    assert all(r["run_a"] is None and r["n_paired"] == 0 and r["p_value"] == 1.0 and not r["regressed"] for r in first)
+    assert all(r["run_a"] is None and r["n_paired"] == 0 and r["p_value"] is None and not r["regressed"]
+               and r["present"] == "absent from run_a" for r in first)
 
 
 # ---------------------------------------------------------------------- the Prefect event
@@ -205,6 +206,13 @@ def test_flow_emits_one_event_per_regressed_method(reg, prefect_server):
     assert (p["n_broken"], p["n_fixed"]) == (30, 2)
     assert p["p_value"] == pytest.approx(exact_mcnemar(30, 2), rel=1e-9)
     assert p["change"] == pytest.approx(p["accuracy_b"] - p["accuracy_a"]) and p["change"] < 0
+    # what `abs-eval run` prints after its accuracy table (and the matrix summary per cell)
+    from flows.cli import regression_lines
+
+    (line,) = regression_lines(emitted)
+    pp = 100 * (p["accuracy_b"] - p["accuracy_a"])
+    assert line.startswith("REGRESSION abs: ") and f"({pp:+.1f} pp)" in line and "since run rA" in line
+    assert "30 right -> wrong, 2 wrong -> right" in line and f"p={p['p_value']:.2g}" in line
     assert announce("rC") == []  # nothing changed since rB: no event
     EventsWorker.drain_all()
 
@@ -247,3 +255,40 @@ def test_the_documented_automation_is_accepted_by_prefect(prefect_server):
 
     created = asyncio.run(create_and_read())
     assert created.name == data["name"] and created.trigger.expect == {REGRESSION_EVENT}
+
+
+def test_a_method_one_run_lacks_is_absent_not_compared(tmp_path):
+    """rD scores abs and clip only: against rC its cupl is reported absent (no flips, no p-value,
+    no regression), not as 80 changed images."""
+    root = str(tmp_path)
+    build_regression_results(root)
+    st = Storage(root)
+    rows = [r for r in regression_rows("rB", "rD") if r["method"] != "cupl"]
+    for shard in range(N_IMAGES // PER_SHARD):
+        part = [r for r in rows if r["shard"] == shard]
+        st.write_parquet(prediction_part(DATASET, MODEL, "cfg-rD", shard), pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA))
+    write_run(st, "rD", "cfg-rD", "nightly", 4)
+    pair = {"run_a": "rC", "run_b": "rD"}
+    cm = {r["method"]: r for r in catalog.run_query(root, "compare_methods", pair).to_pylist()}
+    assert cm["cupl"]["present"] == "absent from run_b" and cm["cupl"]["n_changed"] is None
+    assert cm["abs"]["present"] == "both" and cm["abs"]["n_changed"] == 0
+    reg_rows = catalog.run_query(root, "regressions", {**pair, "scope": "method"}).to_pylist()
+    by = {r["method"]: r for r in reg_rows}
+    assert by["cupl"]["present"] == "absent from run_b" and by["cupl"]["p_value"] is None
+    assert not by["cupl"]["regressed"] and by["abs"]["present"] == "both" and by["abs"]["p_value"] == 1.0
+
+
+def test_setting_differences_name_what_changed():
+    """The report says which settings differ between the compared runs, not only that a hash did."""
+    from tasks.runs import setting_differences
+
+    a = {"config_json": {"numbers": {"abs": {"n_crops": 60, "tau": 0.03}, "clip": {"name": "ViT-B-16", "digest": "aa"},
+                                     "subset": [1, 2, 3]}}}
+    b = {"config_json": '{"numbers": {"abs": {"n_crops": 2, "tau": 0.03}, "clip": {"name": "ViT-B-16", "digest": "bb"},'
+                        ' "subset": [1, 2, 4]}}'}
+    assert setting_differences(a, b) == [
+        {"setting": "abs.n_crops", "before": 60, "after": 2},
+        {"setting": "clip.digest", "before": "aa", "after": "bb"},
+        {"setting": "subset", "before": "one list", "after": "another list of the same length"},
+    ]
+    assert setting_differences(a, a) == []

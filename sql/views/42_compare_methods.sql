@@ -3,7 +3,8 @@
 -- Answers: "did this week's run get better or worse than last week's, per method?"
 -- Parameters: run_a, run_b (DuckDB variables, via run_pair).
 -- delta = accuracy_b - accuracy_a (over ok rows). n_fixed - n_broken is the net change
--- in correct images on the images both runs share.
+-- in correct images on the images both runs share. present: 'both', or 'absent from run_a' /
+-- 'absent from run_b' for a method one run did not score (no flips counted: nothing to compare).
 CREATE OR REPLACE VIEW compare_methods AS
 WITH pair AS (FROM run_pair),
 both_runs AS (FROM accuracy_of((SELECT [run_a, run_b] FROM pair))),
@@ -31,8 +32,10 @@ SELECT (SELECT run_a FROM pair) AS run_a,
        a.ci_high AS ci_high_a,
        b.ci_low AS ci_low_b,
        b.ci_high AS ci_high_b,
-       coalesce(f.n_changed, 0) AS n_changed,
-       coalesce(f.n_fixed, 0) AS n_fixed,
-       coalesce(f.n_broken, 0) AS n_broken
+       CASE WHEN a.method IS NOT NULL AND b.method IS NOT NULL THEN coalesce(f.n_changed, 0) END AS n_changed,
+       CASE WHEN a.method IS NOT NULL AND b.method IS NOT NULL THEN coalesce(f.n_fixed, 0) END AS n_fixed,
+       CASE WHEN a.method IS NOT NULL AND b.method IS NOT NULL THEN coalesce(f.n_broken, 0) END AS n_broken,
+       CASE WHEN a.method IS NULL THEN 'absent from run_a' WHEN b.method IS NULL THEN 'absent from run_b'
+            ELSE 'both' END AS present
 FROM a FULL OUTER JOIN b USING (method)
 LEFT JOIN f USING (method);

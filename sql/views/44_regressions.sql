@@ -17,6 +17,8 @@
 --             1 when nothing flipped (b + c = 0).
 -- significant = p_value < alpha; regressed = significant AND change < 0 (accuracy dropped by
 -- more than chance explains): what the report flags and the flow announces as a Prefect event.
+-- present: 'both', or 'absent from run_a' / 'absent from run_b' for a method (or class) one run
+-- did not score: then p_value is NULL and nothing is compared.
 CREATE OR REPLACE VIEW regressions AS
 WITH pair AS (FROM run_pair),
 both_runs AS (FROM run_predictions_of((SELECT [run_a, run_b] FROM pair))),
@@ -29,6 +31,8 @@ joined AS (
            coalesce(b.dataset, a.dataset) AS dataset,
            coalesce(b.model, a.model) AS model,
            a.image_id IS NOT NULL AND b.image_id IS NOT NULL AS paired,
+           a.image_id IS NOT NULL AS in_a,
+           b.image_id IS NOT NULL AS in_b,
            coalesce(a.status = 'ok', false) AS ok_a,
            coalesce(b.status = 'ok', false) AS ok_b,
            coalesce(a.correct, false) AS right_a,
@@ -47,6 +51,8 @@ counts AS (
            count(*) FILTER (WHERE right_a) AS correct_a,
            count(*) FILTER (WHERE right_b) AS correct_b,
            count(*) FILTER (WHERE paired) AS n_paired,
+           count(*) FILTER (WHERE in_a) AS n_rows_a,
+           count(*) FILTER (WHERE in_b) AS n_rows_b,
            count(*) FILTER (WHERE paired AND right_a AND NOT right_b) AS n_broken,
            count(*) FILTER (WHERE paired AND NOT right_a AND right_b) AS n_fixed
     FROM joined
@@ -56,7 +62,7 @@ tested AS (
     SELECT *,
            correct_a / nullif(n_ok_a, 0) AS accuracy_a,
            correct_b / nullif(n_ok_b, 0) AS accuracy_b,
-           mcnemar_p(n_broken, n_fixed) AS p_value
+           CASE WHEN n_rows_a > 0 AND n_rows_b > 0 THEN mcnemar_p(n_broken, n_fixed) END AS p_value
     FROM counts
 )
 SELECT (SELECT run_a FROM pair) AS run_a,
@@ -79,5 +85,7 @@ SELECT (SELECT run_a FROM pair) AS run_a,
        n_fixed,
        p_value,
        coalesce(p_value < coalesce(CAST(getvariable('alpha') AS DOUBLE), 0.05), false) AS significant,
-       coalesce(p_value < coalesce(CAST(getvariable('alpha') AS DOUBLE), 0.05) AND accuracy_b < accuracy_a, false) AS regressed
+       coalesce(p_value < coalesce(CAST(getvariable('alpha') AS DOUBLE), 0.05) AND accuracy_b < accuracy_a, false) AS regressed,
+       CASE WHEN n_rows_a = 0 THEN 'absent from run_a' WHEN n_rows_b = 0 THEN 'absent from run_b' ELSE 'both' END
+           AS present
 FROM tested;
