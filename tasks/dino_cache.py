@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 
 from abs_model import DINOBackbone, dino_attention
 from abs_model.device import resolve_device, resolve_precision
+from tasks import process_cache
 from tasks.context import resolve
 from tasks.defaults import DINO_BATCH
 from tasks.evalspec import ALGORITHM_VERSION, short_hash
@@ -128,4 +129,5 @@ def dino_shard_task(root: str, spec: dict, config_hash: str, shard: int) -> dict
                        precision=ctx.spec.precision, progress=progress)
     finally:
         progress.close()
+        process_cache.trim_heap()
     return r.to_dict()

@@ -23,6 +23,7 @@ from prefect import get_run_logger, task
 
 from abs_model import ABSClassifier
 from tasks.catalog import drop_rollup, write_rollup
+from tasks import process_cache
 from tasks.context import resolve
 from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
@@ -343,4 +344,5 @@ def infer_shard_task(root: str, spec: dict, config_hash: str, shard: int, run_id
                         progress=progress)
     finally:
         progress.close()
+        process_cache.trim_heap()
     return r.to_dict()

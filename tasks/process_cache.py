@@ -50,3 +50,24 @@ def clear() -> None:
     """Drop every cached model (tests; freeing GPU memory between jobs)."""
     with _LOCK:
         _CACHE.clear()
+
+
+def trim_heap() -> None:
+    """Give the heap's free memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Called once per shard by the DINO and inference tasks: a long-lived worker then holds what
+    one shard needs, not the high-water mark of fragments, without paying for a trim threshold
+    on every allocation (``flows.runners.keep_glibc_malloc_defaults``).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
