@@ -581,7 +581,7 @@ def main() -> None:
         images_per_run = max(n, 50_000)
         runs_n = max(1, args.sql_rows // (images_per_run * 4))
         shape = build(root, work / "root-sql", images_per_run, runs_n, 1000)
-        t2 = time_queries(work / "root-sql", work / "results-sql.duckdb", reps=2)
+        t2, _ = time_queries(work / "root-sql", work / "results-sql.duckdb", reps=2)
         figures["sql"] = {**shape, "seconds": t2}
         print(f"[sql] {shape['rows']:,} rows in {shape['runs']} runs of {images_per_run:,} images, seconds per query:")
         for q, v in t2.items():

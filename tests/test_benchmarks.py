@@ -175,6 +175,6 @@ def test_bench_sql_replays_a_run_into_the_real_layout(tmp_path):
         con.close()
     progress = run_progress(str(tmp_path / "root"))
     assert [(p["status"], p["shards_done"], p["n_images"]) for p in progress] == [("completed", 3, 40)] * 3
-    seconds = bench.time_queries(tmp_path / "root", tmp_path / "results.duckdb", reps=1)
+    seconds, results = bench.time_queries(tmp_path / "root", tmp_path / "results.duckdb", reps=1)
     assert set(catalog.list_queries()) <= set(seconds) and "abs-eval status (whole command)" in seconds
     assert all(_positive(s) for s in seconds.values())
