@@ -46,7 +46,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -56,6 +55,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 from machine import machine_info, machine_summary  # noqa: E402  (benchmarks/machine.py)
+from procwatch import ProcessWatch  # noqa: E402  (benchmarks/procwatch.py)
 from rehearsal import generate  # noqa: E402  (the ImageNet-size JPEG generator)
 
 MODES = {"threads": "0", "processes": None, "baseline": None}  # ABS_EVAL_SHARD_WORKERS (None: the default)
@@ -76,57 +76,6 @@ t = time.perf_counter()
 import tasks.shard
 print(json.dumps({"import_s": time.perf_counter() - t, "torch": "torch" in sys.modules, "prefect": "prefect" in sys.modules}))
 """
-
-
-class PeakRSS:
-    """Samples the peak RSS (VmHWM) of a process and of all its descendants every ``every`` s."""
-
-    def __init__(self, pid: int, every: float = 0.05) -> None:
-        self.pid, self.every = pid, every
-        self.peaks: dict[int, tuple[str, int]] = {}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _tree(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                    children.setdefault(ppid, []).append(int(d))
-                except (OSError, ValueError, IndexError):
-                    pass
-        out, todo = [], [self.pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo += children.get(p, [])
-        return out
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for p in self._tree():
-                try:
-                    with open(f"/proc/{p}/status") as f:
-                        hwm = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
-                    with open(f"/proc/{p}/cmdline", "rb") as f:
-                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                except (OSError, StopIteration, ValueError):
-                    continue
-                words = [Path(x).name if "/" in x else x for x in cmd.split()]
-                name = " ".join(words[:3])[:60]
-                if "forkserver" in cmd:  # the server and the workers it forks have the same command line
-                    name = "forkserver / shard worker"
-                if hwm * 1024 > self.peaks.get(p, ("", 0))[1]:
-                    self.peaks[p] = (name, hwm * 1024)
-            self._stop.wait(self.every)
-
-    def stop(self) -> dict[str, int]:
-        self._stop.set()
-        self._t.join()
-        return {f"{name} (pid {p})": b for p, (name, b) in sorted(self.peaks.items())}
 
 
 def _become_subreaper() -> bool:
