@@ -318,24 +318,27 @@ def run_grids(run: Mapping[str, Any]) -> tuple[tuple[int, int], int | None]:
     return clip_grid_of(run.get("clip_model"))[:2], None
 
 
-def _setting_differences(st: Storage, run_a: str, run_b: str) -> list[dict[str, Any]]:
-    """What differs between two runs' settings (``tasks.runs.setting_differences``), from their JSON records."""
-    from tasks.runs import read_run, setting_differences
-
-    try:
-        return setting_differences(read_run(st, run_a), read_run(st, run_b))
-    except (KeyError, OSError, ValueError):
-        return []
-
-
-def _recorded_geometry(st: Storage, run_id: str) -> dict[str, int]:
-    """``model_geometry`` of the run's JSON record (the SQL ``runs`` row does not carry it)."""
+def _run_record(st: Storage, run_id: str) -> dict[str, Any]:
+    """A run's JSON record (what the SQL ``runs`` row does not carry), or ``{}`` if it cannot be read."""
     from tasks.runs import read_run
 
     try:
-        return dict(read_run(st, run_id).get("model_geometry") or {})
+        return dict(read_run(st, run_id))
     except (KeyError, OSError, ValueError):
         return {}
+
+
+def _setting_differences(st: Storage, run_a: str, run_b: str) -> list[dict[str, Any]]:
+    """What differs between two runs' settings (``tasks.runs.setting_differences``), from their JSON records."""
+    from tasks.runs import setting_differences
+
+    a, b = _run_record(st, run_a), _run_record(st, run_b)
+    return setting_differences(a, b) if a and b else []
+
+
+def _recorded_geometry(st: Storage, run_id: str) -> dict[str, int]:
+    """``model_geometry`` of the run's JSON record."""
+    return dict(_run_record(st, run_id).get("model_geometry") or {})
 
 
 def clip_grid_of(clip_model: str | None) -> tuple[int, int, str]:
