@@ -34,12 +34,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from . import resample_cpu
 from .resample import (
     _pil_levels,
     aa_matrices,
     aa_matrix,
     aa_spans,
     aa_taps,
+    aa_weights,
     aa_window_matrices,
     apply_separable,
     pil_window_levels,
@@ -157,6 +159,12 @@ def resize_whole_batch(xs: Sequence[Tensor], nh: int, nw: int, kernel: str, out:
     hw = torch.tensor([[int(x.shape[1]), int(x.shape[2])] for x in xs], dtype=torch.long)
     hh, ww = hw.unbind(1)
     zero = torch.zeros(b, dtype=torch.long)
+    if nh == nw and _use_cpu_kernels(out):  # each image with its own tap count, as below
+        rh, rw = torch.full_like(hh, nh), torch.full_like(ww, nw)
+        idx = torch.arange(b)
+        _cpu_resample(xs, list(range(b)), idx, idx, (zero, ww, rw, zero, aa_taps(ww, rw, kernel)),
+                      (zero, hh, rh, zero, aa_taps(hh, rh, kernel)), nh, kernel, out)
+        return out
     bands = []
     for n in (nh, nw):  # (band, parts, padded side)
         band = min(n, _WHOLE_BAND)
@@ -249,6 +257,10 @@ def clip_views_batch(
     if crops.n == 0:
         return out
     dev = out.device
+    if _use_cpu_kernels(out):
+        _cpu_views(xs, crops, size)
+        m, s = _norm_constants(mean, std, out.dtype, dev)
+        return _normalize_views(out, m, s)
     x0, y0, bh, bw, new_h, new_w, top, left = crops.geometry
     c = int(xs[crops.used[0]].shape[0])
     hh, ww = crops.hw.unbind(1)
@@ -277,6 +289,60 @@ def clip_views_batch(
     _release(kx, ky, held)
     m, s = _norm_constants(mean, std, out.dtype, dev)
     return _normalize_views(out, m, s)
+
+
+def _use_cpu_kernels(out: Tensor) -> bool:
+    """The compiled integer loops (``resample_cpu``) for views on a CPU, when numba is there
+    and not switched off (``ABS_CPU_KERNELS=0``: the matrix products, e.g. to compare)."""
+    import os
+
+    return (out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and out.is_contiguous()
+            and os.environ.get("ABS_CPU_KERNELS", "1") != "0" and resample_cpu.available())
+
+
+def _axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: Tensor,
+               kernel: str = "bicubic"):
+    """Per crop, the fixed-point taps of one axis (``resample.aa_weights``) as ``resample_cpu``
+    takes them, evaluated once per distinct tap count (a crop's weights depend on its own
+    geometry and its call's tap count, which fixes the normalisation's summation order; see
+    ``resample.aa_matrices``), in chunks of rows whose temporaries stay in cache."""
+    n = int(start.shape[0])
+    first = np.empty((n, size), dtype=np.int32)
+    count = np.empty((n, size), dtype=np.int32)
+    weights = np.zeros((n, size, int(taps.max())), dtype=np.int32)
+    for t in torch.unique(taps).tolist():
+        rows = torch.nonzero(taps == t).view(-1)
+        for a in range(0, len(rows), _CPU_TAP_ROWS):
+            r = rows[a : a + _CPU_TAP_ROWS]
+            wt, ct = aa_weights(start[r], length[r], resized[r], offset[r], size, kernel, True, t)
+            f, k, w32 = resample_cpu.taps_of(wt, ct)
+            ri = r.numpy()
+            first[ri], count[ri] = f, k
+            weights[ri, :, :t] = w32
+    return first, count, weights
+
+
+# Crops per weight evaluation on a CPU (``_axis_taps``): ~64 x 64 outputs x ~20 taps of float64
+# temporaries, within a core's L2 cache.
+_CPU_TAP_ROWS = 64
+
+
+def _cpu_views(xs: Sequence[Tensor], crops: "_Crops", size: int) -> None:
+    """The views ``/ 255`` of ``crops`` into ``crops.out`` by the compiled integer loops:
+    the same 8-bit levels as the matrix products (both are Pillow's arithmetic, exactly)."""
+    x0, y0, bh, bw, new_h, new_w, top, left = crops.geometry
+    _cpu_resample(xs, crops.used, crops.img, crops.dest, (x0, bw, new_w, left, crops.tx),
+                  (y0, bh, new_h, top, crops.ty), size, "bicubic", crops.out)
+
+
+def _cpu_resample(xs: Sequence[Tensor], used: Sequence[int], img: Tensor, dest: Tensor, x_axis: tuple,
+                  y_axis: tuple, size: int, kernel: str, out: Tensor) -> None:
+    """``size x size`` resamplings of boxes of ``xs`` by ``resample_cpu`` into rows ``dest`` of
+    ``out``; per axis ``(start, length, resized, offset, taps)`` per box (CPU int64)."""
+    hx = _axis_taps(*x_axis[:4], size, x_axis[4], kernel)
+    vy = _axis_taps(*y_axis[:4], size, y_axis[4], kernel)
+    src, base, hh, ww = resample_cpu.transposed_levels(xs, used)
+    resample_cpu.crop_levels(src, base, hh, ww, img, hx, vy, out, dest)
 
 
 class _Crops(NamedTuple):
