@@ -30,8 +30,8 @@ from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
 from tasks.shard import read_shard
 from tasks.store import Storage
-from tasks.store.images import STATUS_DECODE_ERROR, iter_decoded
-from tasks.store.layout import dino_part, marker_key
+from tasks.store.images import STATUS_DECODE_ERROR, RowGroupImages, iter_decoded
+from tasks.store.layout import dino_part, marker_key, shard_part
 from tasks.store.tables import DINO_SCHEMA
 
 
@@ -79,14 +79,15 @@ def dino_shard(
         return DinoShardResult(shard, rel, False, marker["n_ok"], marker["n_error"])
     dev = resolve_device(device)
     autocast = resolve_precision(dev, precision)
-    t = read_shard(storage, dataset, shard, columns=["image_id", "image", "status", "error"])
+    t = read_shard(storage, dataset, shard, columns=["image_id", "status", "error"])
     ids = t.column("image_id").to_pylist()
     status = t.column("status").to_pylist()
     error = t.column("error").to_pylist()
     att: list[list[float] | None] = [None] * len(ids)
     ok = [i for i, st in enumerate(status) if st == "ok"]
     done = 0
-    for decoded in iter_decoded(t.column("image"), ok, batch_size):
+    images = RowGroupImages(storage, shard_part(dataset, shard))  # read a row group at a time
+    for decoded in iter_decoded(images, ok, batch_size):
         done += len(decoded)
         chunk = []
         for i, im in decoded:
@@ -101,6 +102,7 @@ def dino_shard(
             att[i] = row.tolist()
         if progress is not None:
             progress(done, len(ok))
+    images.close()
     table = pa.table({
         "image_id": ids, "shard": [shard] * len(ids), "grid": [dino.grid] * len(ids),
         "attention": att, "status": status, "error": error,
@@ -123,6 +125,7 @@ def dino_shard_task(root: str, spec: dict, config_hash: str, shard: int) -> dict
     """:func:`dino_shard` for one shard of the evaluation ``spec``, with progress in the task log."""
     ctx = resolve(root, spec, expect_config=config_hash)
     progress = ShardProgress(f"dino shard {shard}", get_run_logger())
+    process_cache.limit_heap_arenas()
     try:
         r = dino_shard(ctx.storage, ctx.spec.dataset, shard, ctx.info.fingerprint, ctx.dino,
                        max_image_side=ctx.spec.abs.max_image_side, device=ctx.classifier.device,

@@ -33,6 +33,7 @@ from tasks.store.images import (
     STATUS_DECODE_ERROR,
     STATUS_MISSING_DINO,
     decode_pool,
+    RowGroupImages,
     iter_decoded,
 )
 from tasks.store.layout import (
@@ -42,6 +43,7 @@ from tasks.store.layout import (
     part_markers,
     prediction_part,
     predictions_dir,
+    shard_part,
 )
 from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
 
@@ -235,14 +237,14 @@ def infer_shard(
     if committed and not (keep_features and not _features_committed(storage, frel)):
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
-    t = read_shard(storage, dataset, shard, columns=["image_id", "label", "class_name", "image", "status", "error"])
+    t = read_shard(storage, dataset, shard, columns=["image_id", "label", "class_name", "status", "error"])
     ids = t.column("image_id").to_pylist()
     labels = t.column("label").to_pylist()
     cnames = t.column("class_name").to_pylist()
     status = t.column("status").to_pylist()
     error = t.column("error").to_pylist()
     dino, att_matrix = _read_attention(storage, dino_path)
-    images = t.column("image")
+    images = RowGroupImages(storage, shard_part(dataset, shard))  # read a row group at a time
     methods = classifier.methods
     K = classifier.config.top_k
 
@@ -300,6 +302,7 @@ def infer_shard(
         out.ok[rows] = True
         if progress is not None:
             progress(done, len(ok_idx))
+    images.close()
 
     ok_rows = np.flatnonzero(out.ok)
     if keep_features:
@@ -337,6 +340,7 @@ def infer_shard_task(root: str, spec: dict, config_hash: str, shard: int, run_id
     """:func:`infer_shard` for one shard of the evaluation ``spec``, with progress in the task log."""
     ctx = resolve(root, spec, expect_config=config_hash)
     progress = ShardProgress(f"infer shard {shard}", get_run_logger())
+    process_cache.limit_heap_arenas()
     try:
         r = infer_shard(ctx.storage, ctx.classifier, dataset=ctx.spec.dataset, model=ctx.spec.model_name,
                         config=config_hash, shard=shard, dino_path=dino["path"], classnames=list(ctx.info.classnames),

@@ -717,3 +717,26 @@ def test_worker_count_default_env_and_small_sets(tmp_path, monkeypatch):
     assert shard_mod._process_count(plan, 1, 10_000) == 0
     monkeypatch.delenv("ABS_EVAL_SHARD_WORKERS")
     assert shard_mod.default_workers() >= 1
+
+
+def test_row_group_images_equal_the_shard_column_and_hold_one_group(tmp_path, monkeypatch):
+    """``RowGroupImages`` (what the DINO cache and inference read images through) gives every
+    row's bytes, in any order, reading one Parquet row group at a time."""
+    import tasks.shard as shard_mod
+    from tasks.store.images import RowGroupImages
+
+    monkeypatch.setattr(shard_mod, "ROWS_PER_GROUP", 4)
+    monkeypatch.setitem(shard_mod._PARQUET_OPTIONS, "row_group_size", 4)
+    src, root = str(tmp_path / "src"), str(tmp_path / "out")
+    make_images(src, 11)
+    shard_dataset("folder", src, root, "d", images_per_shard=11, progress=False)
+    st = Storage(root)
+    want = read_shard(st, "d", 0, columns=["image"]).column("image").to_pylist()
+    with RowGroupImages(st, shard_part("d", 0)) as images:
+        assert len(images) == len(want) == 11
+        assert [images[i] for i in range(11)] == want
+        assert images._pf.metadata.num_row_groups == 3
+        assert images[10] == want[10] and images[0] == want[0]  # backwards too
+        assert len(images._values) == 4  # one group held, not the shard
+    with pytest.raises(IndexError):
+        RowGroupImages(st, shard_part("d", 0))[11]
