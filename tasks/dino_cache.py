@@ -28,10 +28,11 @@ from tasks.defaults import DINO_BATCH
 from tasks.evalspec import ALGORITHM_VERSION, short_hash
 from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
-from tasks.shard import read_shard
-from tasks.store import Storage
+from tasks.store.datasets import read_shard
+from tasks.store import Storage, commits
 from tasks.store.images import STATUS_DECODE_ERROR, RowGroupImages, iter_decoded
-from tasks.store.layout import dino_part, marker_key, shard_part
+from tasks.store.layout import dino_part, shard_part
+from tasks.store.markers import DinoPartMarker
 from tasks.store.tables import DINO_SCHEMA
 
 
@@ -73,9 +74,8 @@ def dino_shard(
     """
     key = dino_key(dino, max_image_side)
     rel = dino_part(dino.spec.name, key, dataset, shard)
-    mkey = marker_key(rel)
-    marker = storage.read_marker(mkey)
-    if marker is not None and marker.get("fingerprint") == fingerprint and storage.exists(rel):
+    marker = commits.committed(storage, rel, fingerprint=fingerprint)
+    if marker is not None:
         return DinoShardResult(shard, rel, False, marker["n_ok"], marker["n_error"])
     dev = resolve_device(device)
     autocast = resolve_precision(dev, precision)
@@ -107,10 +107,9 @@ def dino_shard(
         "image_id": ids, "shard": [shard] * len(ids), "grid": [dino.grid] * len(ids),
         "attention": att, "status": status, "error": error,
     }, schema=DINO_SCHEMA)
-    storage.write_parquet(rel, table)
     n_ok = sum(1 for a in att if a is not None)
-    storage.mark_done(mkey, {"fingerprint": fingerprint, "n_ok": n_ok, "n_error": len(ids) - n_ok,
-                                   "dino": dino.spec.name, "weights": dino.weights_digest})
+    commits.commit_parquet(storage, rel, table, DinoPartMarker(fingerprint=fingerprint, n_ok=n_ok, n_error=len(ids) - n_ok,
+                                                               dino=dino.spec.name, weights=dino.weights_digest))
     return DinoShardResult(shard, rel, True, n_ok, len(ids) - n_ok)
 
 

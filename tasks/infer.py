@@ -27,8 +27,8 @@ from tasks import process_cache
 from tasks.context import resolve
 from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
-from tasks.shard import read_shard
-from tasks.store import Storage
+from tasks.store.datasets import read_shard
+from tasks.store import Storage, commits
 from tasks.store.images import (
     STATUS_DECODE_ERROR,
     STATUS_MISSING_DINO,
@@ -38,13 +38,13 @@ from tasks.store.images import (
 )
 from tasks.store.layout import (
     features_part,
-    marker_key,
     part_index,
     part_markers,
     prediction_part,
     predictions_dir,
     shard_part,
 )
+from tasks.store.markers import FeaturesPartMarker, PredictionPartMarker
 from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
 
 
@@ -62,7 +62,7 @@ class InferShardResult:
 
 
 def _features_committed(storage: Storage, frel: str) -> bool:
-    return storage.is_done(marker_key(frel)) and storage.exists(frel)
+    return commits.committed(storage, frel) is not None
 
 
 def committed_parts(storage: Storage, dataset: str, model: str, config: str) -> list[int]:
@@ -230,9 +230,8 @@ def infer_shard(
     commits the features only; the committed predictions are left as they are.
     """
     rel = prediction_part(dataset, model, config, shard)
-    mkey = marker_key(rel)
-    marker = storage.read_marker(mkey)
-    committed = marker is not None and storage.exists(rel)
+    marker = commits.committed(storage, rel)
+    committed = marker is not None
     frel = features_part(dataset, model, config, shard)
     if committed and not (keep_features and not _features_committed(storage, frel)):
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
@@ -317,8 +316,7 @@ def infer_shard(
             "global_feature": _list_array(glob[ok_rows], sel, ff["global_feature"]) if len(ok_rows)
             else pa.array([], ff["global_feature"]),
         }, schema=FEATURES_SCHEMA)
-        storage.write_parquet(frel, ft)
-        storage.mark_done(marker_key(frel), {"n_images": len(ids), "n_ok": len(ok_rows), "run_id": run_id})
+        commits.commit_parquet(storage, frel, ft, FeaturesPartMarker(n_images=len(ids), n_ok=len(ok_rows), run_id=run_id))
     if committed:  # only the features were missing
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
@@ -330,7 +328,7 @@ def infer_shard(
     storage.write_parquet(rel, table)
     write_rollup(storage, rel, table)
     n_ok = len(ok_rows)
-    storage.mark_done(mkey, {"n_images": len(ids), "n_ok": n_ok, "n_error": len(ids) - n_ok, "run_id": run_id})
+    commits.mark(storage, rel, PredictionPartMarker(n_images=len(ids), n_ok=n_ok, n_error=len(ids) - n_ok, run_id=run_id))
     return InferShardResult(shard, rel, True, len(ids), n_ok, len(ids) - n_ok)
 
 

@@ -56,14 +56,13 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -83,7 +82,7 @@ from tasks.datasets.base import EntryReadError, update_with_entries
 from tasks.datasets.listing import display, warn_user
 from tasks.defaults import IMAGES_PER_SHARD as DEFAULT_IMAGES_PER_SHARD
 from tasks.defaults import MAX_FILE_BYTES as DEFAULT_MAX_FILE_BYTES
-from tasks.store import COMMITS_DIR, Storage, as_storage, is_local
+from tasks.store import Storage, as_storage, commits, is_local
 from tasks.store.images import (
     STATUS_MISSING,
     STATUS_OK,
@@ -97,15 +96,23 @@ from tasks.store.images import (
     read_local_file,
 )
 from tasks.store.layout import (
-    SHARDS_DIR,
     dataset_dir,
     dataset_info,
     is_valid_name,
-    marker_key,
     part_index,
     part_markers,
     shard_part,
 )
+from tasks.store.datasets import (  # the read side lives in the store; re-exported for older callers
+    DatasetInfo,
+    ShardResult,
+    iter_shards,
+    list_datasets,
+    list_shards,
+    read_dataset_info,
+    read_shard,
+)
+from tasks.store.markers import DatasetMarker, ShardPartMarker
 from tasks.store.tables import SHARD_SCHEMA
 
 SCHEMA_VERSION = 1
@@ -280,33 +287,6 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 # ---------------------------------------------------------------------- plan / results
 @dataclass
-class ShardResult:
-    """What one committed shard holds (also the content of its done-marker)."""
-
-    index: int
-    path: str  # relative to the storage root
-    n_total: int
-    n_ok: int
-    n_error: int
-    status_counts: dict[str, int]
-    first_image_id: str
-    last_image_id: str
-    digest: str  # sha256 of the shard's entry list (ids, paths, labels, sizes)
-    n_bytes: int = 0
-    skipped: bool = False  # True when this run found it already committed
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("skipped")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, skipped: bool = False) -> ShardResult:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and k != "skipped"}, skipped=skipped)
-
-
-@dataclass
 class ShardPlan:
     """Everything needed to write any shard of a dataset, on any worker.
 
@@ -396,40 +376,6 @@ class ShardManifest:
         return d
 
 
-@dataclass
-class DatasetInfo:
-    """The committed ``dataset.json``: what later steps need without re-reading the source."""
-
-    dataset: str
-    layout: str
-    source: str
-    split: str | None
-    fingerprint: str
-    source_fingerprint: str
-    classnames: list[str]
-    text_classnames: list[str]
-    subset_indices: list[int] | None
-    class_ids: list[str] | None
-    expected_size: int | None
-    images_per_shard: int
-    n_shards: int
-    n_total: int
-    n_ok: int
-    n_error: int
-    status_counts: dict[str, int]
-    shards: list[ShardResult]
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DatasetInfo:
-        names = {f.name for f in fields(cls)} - {"shards", "raw"}
-        return cls(
-            **{k: d.get(k) for k in names},
-            shards=[ShardResult.from_dict(s) for s in d.get("shards", [])],
-            raw=dict(d),
-        )
-
-
 def _check_name(name: str) -> str:
     if not is_valid_name(name):
         raise ValueError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a path and a hive value)")
@@ -493,32 +439,6 @@ def plan_shards(
     )
 
 
-def _rm(storage: Storage, rel: str) -> bool:
-    """Remove ``rel``; ``False`` when it is not there (another run may have removed it first)."""
-    try:
-        if not storage.exists(rel):
-            return False
-        storage.fs.rm(storage.path(rel))
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
-    """The done-marker of ``key``, ``None`` when absent (also when it vanishes while being read)."""
-    try:
-        return storage.read_marker(key)
-    except FileNotFoundError:
-        return None
-
-
-def _read_json(storage: Storage, rel: str) -> dict[str, Any] | None:
-    try:
-        return storage.read_json(rel) if storage.exists(rel) else None
-    except FileNotFoundError:
-        return None
-
-
 def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = False) -> list[str]:
     """Remove what provably does not belong to ``plan`` before writing; returns removed paths.
 
@@ -553,15 +473,13 @@ def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = Fal
     st = as_storage(storage)
     ds = plan.dataset
     removed: list[str] = []
-    info_marker = _read_marker(st, marker_key(dataset_info(ds)))
+    info_marker = commits.marker_of(st, dataset_info(ds))
     stale_info = force or (info_marker is not None and info_marker.get("fingerprint") != plan.fingerprint)
     if not stale_info and info_marker is None:
-        info = _read_json(st, dataset_info(ds))
+        info = commits.read_json_or_none(st, dataset_info(ds))
         stale_info = info is not None and info.get("fingerprint") != plan.fingerprint
     if stale_info:
-        for rel in (st.marker_path(marker_key(dataset_info(ds))), dataset_info(ds)):
-            if _rm(st, rel):
-                removed.append(rel)
+        removed += commits.uncommit(st, dataset_info(ds))
     indices: set[int] = set()
     for pattern in (f"{dataset_dir(ds)}/part-*.parquet", part_markers(dataset_dir(ds))):
         for p in st.glob(pattern):
@@ -569,25 +487,20 @@ def prepare_shards(plan: ShardPlan, storage: str | Storage, *, force: bool = Fal
             if index is not None:
                 indices.add(index)
     for i in sorted(indices):
-        marker_rel, part_rel = st.marker_path(marker_key(shard_part(ds, i))), shard_part(ds, i)
+        part_rel = shard_part(ds, i)
         if i >= plan.n_shards:
-            targets = [marker_rel, part_rel]  # marker first: never a marker without its file
+            removed += commits.uncommit(st, part_rel)  # marker first: never a marker without its file
         else:
-            marker = _read_marker(st, marker_key(shard_part(ds, i)))
+            marker = commits.marker_of(st, part_rel)
             foreign = marker is not None and marker.get("fingerprint") != plan.fingerprint
-            targets = [marker_rel] if (foreign or (force and marker is not None)) else []
-        for rel in targets:
-            if _rm(st, rel):
-                removed.append(rel)
+            if foreign or (force and marker is not None):
+                removed += commits.uncommit(st, part_rel, data=False)
     return removed
 
 
 def _committed(storage: Storage, plan: ShardPlan, index: int) -> dict[str, Any] | None:
     """The marker of shard ``index`` when it is committed for ``plan`` (marker of its fingerprint and file there)."""
-    marker = _read_marker(storage, marker_key(shard_part(plan.dataset, index)))
-    if marker is not None and marker.get("fingerprint") == plan.fingerprint and storage.exists(shard_part(plan.dataset, index)):
-        return marker
-    return None
+    return commits.committed(storage, shard_part(plan.dataset, index), fingerprint=plan.fingerprint)
 
 
 def _process_count(plan: ShardPlan, workers: int | None, n_images: int) -> int:
@@ -784,7 +697,7 @@ def write_shard(
     the same marker; the last move wins harmlessly.
     """
     st = as_storage(storage)
-    key, rel = marker_key(shard_part(plan.dataset, index)), shard_part(plan.dataset, index)
+    rel = shard_part(plan.dataset, index)
     if not force:
         marker = _committed(st, plan, index)
         if marker is not None:
@@ -816,7 +729,6 @@ def write_shard(
             "abs.schema_version": str(SCHEMA_VERSION),
         }
     )
-    st.write_parquet(rel, table, **_PARQUET_OPTIONS)
     result = ShardResult(
         index=index,
         path=rel,
@@ -829,7 +741,9 @@ def write_shard(
         digest=plan.shard_digest(index),
         n_bytes=n_bytes,
     )
-    st.mark_done(key, {**result.to_dict(), "dataset": plan.dataset, "fingerprint": plan.fingerprint, "committed_at": _now()})
+    commits.commit_parquet(st, rel, table, ShardPartMarker(**result.to_dict(), dataset=plan.dataset,
+                                                           fingerprint=plan.fingerprint, committed_at=_now()),
+                           **_PARQUET_OPTIONS)
     return result
 
 
@@ -873,11 +787,9 @@ def finalize_shards(plan: ShardPlan, storage: str | Storage, results: list[Shard
         "shards": [r.to_dict() for r in results],
         "finalized_at": _now(),
     }
-    st.write_json(dataset_info(plan.dataset), info)
-    st.mark_done(
-        marker_key(dataset_info(plan.dataset)),
-        {"dataset": plan.dataset, "fingerprint": plan.fingerprint, "n_shards": plan.n_shards, "n_total": manifest.n_total},
-    )
+    commits.commit_json(st, dataset_info(plan.dataset), info,
+                        DatasetMarker(dataset=plan.dataset, fingerprint=plan.fingerprint, n_shards=plan.n_shards,
+                                      n_total=manifest.n_total))
     return manifest
 
 
@@ -996,65 +908,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ---------------------------------------------------------------------- readers
-def list_datasets(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Names of datasets completely sharded under ``root``."""
-    st = as_storage(root, storage_options)
-    out = []
-    for p in st.glob(f"{COMMITS_DIR}/{SHARDS_DIR}/dataset=*/dataset.json"):
-        m = re.search(r"dataset=([^/]+)/dataset\.json$", p)
-        if m:
-            out.append(m.group(1))
-    return sorted(out)
-
-
-def read_dataset_info(root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None) -> DatasetInfo:
-    """The committed metadata of ``dataset``; fails clearly when it is not completely sharded."""
-    st = as_storage(root, storage_options)
-    marker = st.read_marker(marker_key(dataset_info(dataset)))
-    if marker is None:
-        raise FileNotFoundError(
-            f"dataset {dataset!r} is not (completely) sharded under {st.root}: no {st.marker_path(marker_key(dataset_info(dataset)))}; "
-            "run shard_dataset for it first"
-        )
-    info = st.read_json(dataset_info(dataset))
-    if info.get("fingerprint") != marker.get("fingerprint"):
-        raise RuntimeError(f"{dataset_info(dataset)} does not match its done-marker under {st.root}; shard the dataset again")
-    return DatasetInfo.from_dict(info)
-
-
-def list_shards(root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None) -> list[ShardResult]:
-    """Committed shards of a completely sharded dataset, in order (paths relative to the root)."""
-    return read_dataset_info(root, dataset, storage_options).shards
-
-
-def read_shard(
-    root: str | Storage,
-    dataset: str,
-    index: int,
-    columns: list[str] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> pa.Table:
-    """One committed shard as a table (pass ``columns`` to skip the image bytes)."""
-    st = as_storage(root, storage_options)
-    if not st.is_done(marker_key(shard_part(dataset, index))):
-        raise FileNotFoundError(f"shard {index} of {dataset!r} is not committed under {st.root}")
-    return st.read_parquet(shard_part(dataset, index), columns=columns)
-
-
-def iter_shards(
-    root: str | Storage,
-    dataset: str,
-    columns: list[str] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> Iterator[tuple[ShardResult, pa.Table]]:
-    """``(shard, table)`` for every committed shard of ``dataset``, in order."""
-    st = as_storage(root, storage_options)
-    for shard in list_shards(st, dataset):
-        yield shard, st.read_parquet(shard.path, columns=columns)
-
 
 __all__ = [
     "DatasetInfo",

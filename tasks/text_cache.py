@@ -25,7 +25,9 @@ from abs_model.text import imagenet_templates
 from tasks.defaults import TEMPLATE_SET_NAMES, TEMPLATES
 from tasks.evalspec import short_hash
 from tasks.store import Storage
-from tasks.store.layout import marker_key, text_cache
+from tasks.store import commits
+from tasks.store.layout import text_cache
+from tasks.store.markers import TextCacheMarker
 from tasks.store.tables import TEXT_SCHEMA
 
 #: The texts of each template set named in ``tasks.defaults.TEMPLATE_SET_NAMES``.
@@ -89,9 +91,8 @@ def ensure_text_bank(
         raise ValueError(f"unknown template set {templates!r}; choose from {sorted(TEMPLATE_SETS)}")
     key = text_key(clip, descriptions_hash, list(classnames), m, prompt, templates)
     rel = text_cache(clip.spec.name, key)
-    marker = marker_key(rel)
     computed = False
-    if not (storage.is_done(marker) and storage.exists(rel)):
+    if commits.committed(storage, rel) is None:
         bank = TextBank.build(clip, classnames, [list(t) for t in texts], m=m, prompt=prompt or None,
                               templates=TEMPLATE_SETS[templates](), progress=progress)
         cols: dict[str, list] = {"kind": [], "class_index": [], "index": [], "embedding": []}
@@ -103,10 +104,9 @@ def ensure_text_bank(
         for p in parts:
             for k in cols:
                 cols[k].extend(p[k])
-        storage.write_parquet(rel, pa.table(cols, schema=TEXT_SCHEMA))
-        storage.mark_done(marker, {"path": rel, "clip": clip.spec.name, "weights": clip.weights_digest,
-                                   "descriptions_hash": descriptions_hash, "m": m, "prompt": prompt,
-                                   "templates": templates, "n_classes": len(classnames)})
+        commits.commit_parquet(storage, rel, pa.table(cols, schema=TEXT_SCHEMA), TextCacheMarker(
+            path=rel, clip=clip.spec.name, weights=clip.weights_digest, descriptions_hash=descriptions_hash, m=m,
+            prompt=prompt, templates=templates, n_classes=len(classnames)))
         computed = True
     bank = load_text_bank(storage, rel, list(classnames), m, subset)
     n = int(bank.mask.sum()) + (len(classnames) if bank.prompt is not None else 0) + (

@@ -37,15 +37,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.store import COMMITS_DIR, Storage, as_storage
+from tasks.store import COMMITS_DIR, Storage, as_storage, commits
 from tasks.store.layout import (
     SHORT_HASH,
     description_latest,
     description_set,
     description_set_dir,
     is_valid_name,
-    marker_key,
 )
+from tasks.store.markers import DescriptionSetMarker
 from tasks.store.tables import DESCRIPTIONS_SCHEMA
 
 from .formats import DescriptionError
@@ -181,12 +181,10 @@ def write_descriptions(ds: DescriptionSet, root: str | Storage, name: str) -> De
     storage = as_storage(root)
     digest = ds.content_hash
     rel = description_set(check_name(name), digest)
-    key = marker_key(description_set(name, digest))
-    existing = storage.read_marker(key)
-    if existing is not None and storage.exists(rel):
+    existing = commits.committed(storage, rel)
+    if existing is not None:
         manifest = DescriptionManifest(**{k: existing[k] for k in DescriptionManifest.__dataclass_fields__})
     else:
-        storage.write_parquet(rel, to_table(ds))
         manifest = DescriptionManifest(
             name=name,
             path=rel,
@@ -199,7 +197,8 @@ def write_descriptions(ds: DescriptionSet, root: str | Storage, name: str) -> De
             report=ds.report(),
             provenance=ds.provenance,
         )
-        storage.mark_done(key, {**manifest.to_dict(), "committed_at": time.time()})
+        commits.commit_parquet(storage, rel, to_table(ds),
+                               DescriptionSetMarker(**manifest.to_dict(), committed_at=time.time()))
     storage.write_json(description_latest(check_name(name)), {"content_hash": digest, "path": rel})
     return manifest
 
@@ -228,7 +227,7 @@ def read_descriptions(root: str | Storage, name: str, content_hash: str | None =
     if len(content_hash) < SHORT_HASH:
         raise DescriptionError(f"give at least {SHORT_HASH} hex digits of the content hash, got {content_hash!r}")
     rel = description_set(check_name(name), content_hash)
-    if not storage.is_done(marker_key(description_set(name, content_hash))) or not storage.exists(rel):
+    if commits.committed(storage, rel) is None:
         raise DescriptionError(f"descriptions {name!r} with hash {content_hash[:SHORT_HASH]} are not committed under {storage.root}")
     ds = from_table(storage.read_parquet(rel))
     if not ds.content_hash.startswith(content_hash):

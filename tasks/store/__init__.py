@@ -5,6 +5,10 @@
 - ``layout``: every relative path and done-marker key under a root.
 - ``tables``: every Arrow schema the pipeline writes.
 - ``images``: how image bytes are checked and decoded, and the status codes of bad ones.
+- ``commits``: the commit protocol (data file, then done-marker; the skip test; removal),
+  the one API every step saves and skips its units with; ``markers``: what each marker holds.
+- ``datasets``: the read side of committed datasets (``read_dataset_info``, ``read_shard``,
+  ``list_shards``...), importable without torch, Prefect or DuckDB.
 
 Nothing here knows about datasets, models or Prefect; everything else builds on it.
 """
