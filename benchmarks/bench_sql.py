@@ -10,8 +10,9 @@ replays it into the real storage layout:
 1. ``--images-per-run`` images per run: the template run's prediction rows are
    tiled into shards of ``--shard-size`` images (the default shard size of a run),
    each shard a part file, its rollup (``tasks.catalog.write_rollup``, as inference
-   commits it: the part's counts and the partition's summed counts) and its
-   done-marker, image ids made unique per shard;
+   commits it: the part's error rows and counts, and the partition's summed counts,
+   error rows and rows per run, shard and method) and its done-marker, image ids made
+   unique per shard;
 2. ``--runs`` runs: that partition hard-linked under other config keys, each with
    a run record of its own (completed, one minute apart, one deployment), so the
    runs are a real history: ``previous_run_id`` chains them and the default
@@ -205,14 +206,21 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
     part_dir = dest / predictions_dir(rec["dataset"], rec["model"], configs[0])
     roll_dir = dest / rollup_of(predictions_dir(rec["dataset"], rec["model"], configs[0]))
     groups = sum(pq.ParquetFile(p).metadata.num_rows for p in roll_dir.glob("part-*.parquet"))
+
+    def current(kind: str) -> list[Path]:
+        return sorted(roll_dir.glob(f"{kind}-*.parquet"))[-1:]
+
     return {"template_run": rec["run_id"], "classes": len(set(rows.column("label").to_pylist()) - {None}),
             "methods": n_methods, "rows_per_run": images_per_run * n_methods, "rows": total, "runs": runs,
             "parts": runs * n_shards, "write_s": write_s,
             "part_bytes": sum(p.stat().st_size for p in part_dir.glob("part-*.parquet")) // n_shards,
             "rollup_bytes": sum(p.stat().st_size for p in roll_dir.glob("part-*.parquet")) // n_shards,
             "rollup_rows": groups // n_shards,
-            "partition_rollup_bytes": sum(p.stat().st_size for p in roll_dir.glob("all-*.parquet")),
-            "partition_rollup_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in roll_dir.glob("all-*.parquet"))}
+            # the partition's current files (the one with the most parts; the previous one stays beside it)
+            "partition_rollup_bytes": sum(p.stat().st_size for p in current("all")),
+            "partition_rollup_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("all")),
+            "partition_error_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("errors-all")),
+            "partition_shard_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("shards-all"))}
 
 
 def time_queries(root: Path, catalog: Path, reps: int) -> tuple[dict[str, float], dict[str, list]]:
@@ -316,7 +324,8 @@ def main() -> None:
               f"(written in {shape['write_s']:.1f} s)")
         print(f"[sql] per part: {shape['part_bytes']:,} bytes of rows, rollup {shape['rollup_bytes']:,} bytes "
               f"({shape['rollup_rows']:,} count rows); per run: summed counts {shape['partition_rollup_bytes']:,} "
-              f"bytes ({shape['partition_rollup_rows']:,} rows)")
+              f"bytes ({shape['partition_rollup_rows']:,} rows), error rows {shape['partition_error_rows']:,}, "
+              f"rows per shard and method {shape['partition_shard_rows']:,}")
         seconds, results = time_queries(dest, work / "results.duckdb", args.reps)
         raw: dict[str, float] = {}
         same: dict[str, bool] = {}

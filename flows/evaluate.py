@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import EvaluateParams, ParameterError, make_params, preflight
 from flows.runners import build_task_runner
+from tasks import defaults
 from tasks.context import prepare_task
 from tasks.defaults import ROOT as DEFAULT_ROOT
 from tasks.describe import descriptions_task
@@ -61,7 +62,7 @@ def deployment_label(given: str | None) -> str:
         return given
     from prefect.runtime import deployment
 
-    return deployment.name or "manual"
+    return deployment.name or defaults.DEPLOYMENT
 
 
 def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
@@ -69,13 +70,14 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
     from prefect.runtime import flow_run
 
     from tasks.infer import committed_parts
-    from tasks.runs import COMPLETED, FAILED, RunRecord, RunTracker, new_run_id
+    from tasks.runs import COMPLETED, FAILED, RunRecord, RunTracker, claim_run_id
     from tasks.store import Storage
 
     log = get_run_logger()
     root = params.root
     spec_d = spec.to_dict()
     deployment = deployment_label(params.deployment)
+    run_id = claim_run_id(root, spec.dataset, spec.model_name)  # the record `abs-eval run` wrote at once, else new
     if params.source is not None:
         sharded = shard_task(params.layout, params.source, root, spec.dataset, params.images_per_shard,
                              params.layout_options)
@@ -89,7 +91,6 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
     if prep["random_weights"]:
         log.warning("RANDOM model weights: accuracy will be at chance level (see README: running with real weights)")
     storage = Storage(root)
-    run_id = new_run_id()
     reused = [s for s in committed_parts(storage, spec.dataset, prep["model"], prep["config_hash"])
               if s in set(prep["shards"])]
     record = RunRecord(
@@ -136,7 +137,7 @@ def artifact_key(kind: str, deployment: str, dataset: str, model: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
 
 
-def publish_report(root: str, run_id: str, deployment: str = "manual", dataset: str = "", model: str = "") -> dict[str, Any]:
+def publish_report(root: str, run_id: str, deployment: str = defaults.DEPLOYMENT, dataset: str = "", model: str = "") -> dict[str, Any]:
     """Report files next to the run record, plus the run's Prefect artifacts: a table
     (accuracy by method, from ``sql/``) and the markdown report with its plots embedded."""
     from tasks.report import write_report

@@ -43,11 +43,13 @@ import os
 import posixpath
 import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,15 @@ import pyarrow.parquet as pq
 from sql import SQL_DIR  # the SQL files, shipped as package data
 from tasks.store import Storage, as_storage
 from tasks.store.layout import PREDICTIONS_DIR, marker_key, partition_rollup, rollup_of, slug
-from tasks.store.tables import DINO_SCHEMA, PARTITION_ROLLUP_SCHEMA, PREDICTION_SCHEMA, ROLLUP_SCHEMA, RUN_SCHEMA
+from tasks.store.tables import (
+    DINO_SCHEMA,
+    ERRORS_SCHEMA,
+    PART_COUNTS_SCHEMA,
+    PARTITION_ROLLUP_SCHEMA,
+    PREDICTION_SCHEMA,
+    ROLLUP_SCHEMA,
+    RUN_SCHEMA,
+)
 
 VIEWS_DIR = SQL_DIR / "views"
 QUERIES_DIR = SQL_DIR / "queries"
@@ -73,6 +83,9 @@ SOURCES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     "predictions/*/*/*/part-*.parquet": (PREDICTION_SCHEMA, ("dataset", "model", "config")),
     "rollups/*/*/*/part-*.parquet": (ROLLUP_SCHEMA, ("dataset", "model", "config")),
     "rollups/*/*/*/all-*.parquet": (PARTITION_ROLLUP_SCHEMA, ("dataset", "model", "config")),
+    "rollups/*/*/*/errors-part-*.parquet": (ERRORS_SCHEMA, ("dataset", "model", "config")),
+    "rollups/*/*/*/errors-all-*.parquet": (ERRORS_SCHEMA, ("dataset", "model", "config")),
+    "rollups/*/*/*/shards-all-*.parquet": (PART_COUNTS_SCHEMA, ("dataset", "model", "config")),
     "runs/*/run.parquet": (RUN_SCHEMA, ()),
     "cache/dino/*/*/*/part-*.parquet": (DINO_SCHEMA, ("filename",)),
 }
@@ -90,6 +103,26 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def view_files() -> list[Path]:
     """The view files, in the order they must run (later views use earlier ones)."""
     return sorted(VIEWS_DIR.glob("*.sql"))
+
+
+_STATEMENT_START = re.compile(r"(?m)^(?=CREATE OR REPLACE (?:VIEW|MACRO) )")
+_STATEMENT_NAME = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO) (\w+)")
+
+
+def view_texts(only: Collection[str] | None = None) -> list[tuple[Path, str]]:
+    """Each view file and its text, in order; with ``only``, just the ``CREATE OR REPLACE VIEW/MACRO``
+    statements of those names (a reader that needs a few views does not pay for binding all of them:
+    DuckDB binds each view when it is created, about 2 s for all over the 2,500 parts of 50 runs)."""
+    out = []
+    for path in view_files():
+        text = path.read_text()
+        if only is not None:
+            text = "".join(st for st in _STATEMENT_START.split(text)
+                           if (m := _STATEMENT_NAME.match(st)) and m.group(1) in only)
+            if not text:
+                continue
+        out.append((path, text))
+    return out
 
 
 def query_parameters(name: str, required_only: bool = False) -> str | list[str]:
@@ -158,8 +191,10 @@ def render_views(
     root_sql: str,
     empty_globs: set[str] | frozenset[str] = frozenset(),
     by_name_globs: set[str] | frozenset[str] = frozenset(),
+    only: Collection[str] | None = None,
 ) -> str:
-    """All view files as one SQL script, ``${root}`` replaced by ``root_sql``.
+    """All view files (or the views named in ``only``, see :func:`view_texts`) as one SQL script, ``${root}``
+    replaced by ``root_sql``.
 
     ``empty_globs``: source globs with no file yet; their ``read_parquet`` calls become
     typed empty relations (DuckDB cannot create a view over a glob with no match).
@@ -177,16 +212,26 @@ def render_views(
         return m.group(0)
 
     parts = []
-    for path in view_files():
-        text = _SOURCE_CALL.sub(source, path.read_text())
+    for path, text in view_texts(only):
+        text = _SOURCE_CALL.sub(source, text)
         parts.append(f"-- {path.relative_to(SQL_DIR)}\n" + text.replace(ROOT_PLACEHOLDER, root_sql))
     return "\n\n".join(parts)
 
 
 # ---------------------------------------------------------------------- connections
-def _empty_globs(st: Storage) -> set[str]:
-    used = {m.group("glob") for p in view_files() for m in _SOURCE_CALL.finditer(p.read_text())}
-    return {g for g in used if not st.glob(g)}
+def _has_match(st: Storage, pattern: str) -> bool:
+    """Whether any file under the root matches ``pattern``; on a local disk it stops at the first one
+    (fsspec lists every match: half a second for the 2,500 parts of 50 ImageNet runs)."""
+    if st.is_local:
+        import glob
+
+        return next(glob.iglob(st.path(pattern)), None) is not None
+    return bool(st.glob(pattern))
+
+
+def _empty_globs(st: Storage, only: Collection[str] | None = None) -> set[str]:
+    used = {m.group("glob") for _, text in view_texts(only) for m in _SOURCE_CALL.finditer(text)}
+    return {g for g in used if not _has_match(st, g)}
 
 
 def _by_position_globs() -> set[str]:
@@ -226,10 +271,13 @@ def create_views(
     *,
     root_sql: str | None = None,
     by_name_globs: set[str] | frozenset[str] = frozenset(),
+    only: Collection[str] | None = None,
 ) -> None:
-    """Create (or replace) every view of ``sql/views`` on ``con`` for the root of ``st``."""
-    con.execute(render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st), by_name_globs))
-    _ROOTS[con] = st
+    """Create (or replace) every view of ``sql/views`` (or those named in ``only``) on ``con`` for the root
+    of ``st``."""
+    con.execute(render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st, only),
+                             by_name_globs, only))
+    _ROOTS[con] = (st, only)
 
 
 def _root_sql(st: Storage) -> str:
@@ -239,40 +287,89 @@ def _root_sql(st: Storage) -> str:
 #: The storage root whose views each connection holds (weak keys: an entry goes with its
 #: connection), so that a query that meets files of different versions can recreate the
 #: views reading them by name.
-_ROOTS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Storage] = weakref.WeakKeyDictionary()
+_ROOTS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, tuple[Storage, Collection[str] | None]] = weakref.WeakKeyDictionary()
 
 
 def _schema_mismatch(exc: BaseException) -> bool:
     return "schema mismatch" in str(exc)
 
 
+#: Times a query (or a connection's views) is tried again when a file it listed was gone when it read it.
+READ_RETRIES = 3
+
+
+def _vanished(exc: BaseException) -> bool:
+    """A read that met a file a writer removed or replaced after the query listed it: a partition's
+    summed files are superseded as parts commit, and dropped when a part is rewritten. Listing again
+    (running the query again) sees the files there now."""
+    return any(m in str(exc) for m in ("Cannot open file", "No files found that match the pattern", "No such file",
+                                       "TProtocolException"))
+
+
 def read_by_name(con: duckdb.DuckDBPyConnection) -> bool:
     """After a "schema mismatch" error: recreate the views of ``con`` (from :func:`connect`) so that
     the sources whose files differ are read by column name. False when nothing changed."""
-    st = _ROOTS.get(con)
-    if st is None:
+    known = _ROOTS.get(con)
+    if known is None:
         return False
+    st, only = known
     mixed = mixed_schema_globs(con, st)
     if not mixed:
         return False
-    create_views(con, st, by_name_globs=mixed)
+    create_views(con, st, by_name_globs=mixed, only=only)
     return True
 
 
-def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = None, *,
+            reap: bool = True, only: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with all views over ``root`` (any fsspec URL).
 
     For a non-local root the root's fsspec filesystem is registered with DuckDB, so
     no DuckDB extension (httpfs) has to be downloaded. The views are built from the
     files present now: after new results are committed, connect again (or call
     :func:`create_views`) to pick up sources that were empty before.
+
+    ``reap``: first write ``interrupted`` into the record of every run that says it is alive but
+    whose process on this machine is gone (:func:`reap_dead_runs`): SQL cannot see processes, so
+    this is how every query agrees with ``abs-eval status`` right after a run is killed.
+
+    ``only``: create just the views and macros of these names (each with what it reads), for a reader
+    that needs no more (``abs-eval status``: :data:`tasks.runs.RUNS_VIEWS`); see :func:`view_texts`.
     """
     st = as_storage(root, storage_options)
     con = duckdb.connect()
     if not st.is_local:
         con.register_filesystem(st.fs)
-    create_views(con, st)
+    for attempt in range(READ_RETRIES + 1):
+        try:
+            create_views(con, st, only=only)
+            break
+        except duckdb.Error as exc:  # a file seen when the sources were checked was gone when a view was bound
+            if not (_vanished(exc) and attempt < READ_RETRIES):
+                con.close()
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    if reap:
+        reap_dead_runs(con, st)
     return con
+
+
+def reap_dead_runs(con: duckdb.DuckDBPyConnection, st: Storage) -> list[str]:
+    """:func:`tasks.runs.reap_dead_runs` for the runs that the ``run_records`` view says are alive
+    (``queued``, ``starting``, ``running``, lease not passed) on this host; returns the ids written.
+    Best effort: a root that cannot be read or written changes nothing (the lease rule stays)."""
+    import socket
+
+    from tasks.runs import LIVE
+    from tasks.runs import reap_dead_runs as reap
+
+    try:
+        ids = [r[0] for r in con.execute(
+            f"SELECT run_id FROM run_records WHERE status IN ({', '.join('?' for _ in LIVE)}) AND host = ?",
+            [*LIVE, socket.gethostname()]).fetchall()]
+        return reap(st, ids) if ids else []
+    except (duckdb.Error, OSError, ValueError):
+        return []
 
 
 def write_catalog(
@@ -391,29 +488,54 @@ def rollup_table(rows: pa.Table) -> pa.Table:
     return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in ROLLUP_SCHEMA], schema=ROLLUP_SCHEMA)
 
 
+def error_rows_table(rows: pa.Table) -> pa.Table:
+    """The error rows (status <> 'ok') of a prediction part's rows, as :data:`ERRORS_SCHEMA`, by image and method."""
+    import pyarrow.compute as pc
+
+    bad = rows.filter(pc.not_equal(rows.column("status"), "ok")).select(ERRORS_SCHEMA.names)
+    if bad.num_rows:
+        bad = bad.sort_by([("image_id", "ascending"), ("method", "ascending")])
+    return pa.Table.from_arrays([bad.column(f.name).cast(f.type) for f in ERRORS_SCHEMA], schema=ERRORS_SCHEMA)
+
+
+def errors_of_part(prediction_rel: str) -> str:
+    """Where the error rows of the prediction part ``prediction_rel`` go: ``rollups/<partition>/errors-part-<n>.parquet``."""
+    d, name = posixpath.split(rollup_of(prediction_rel))
+    return f"{d}/errors-{name}"
+
+
 def write_rollup(storage: Storage, prediction_rel: str, rows: pa.Table) -> str:
     """Commit the rollup of the prediction part ``prediction_rel`` (its ``rows``) beside it; returns its path.
 
     Same protocol as every data file: written under ``_tmp/``, moved into place, then its done-marker.
     Call it after the part is in place and before the part's own marker (tasks/infer.py), so that a
     committed part always has its rollup; a part without one (an older root, a crash in between) is
-    counted from its rows by the views. Then the partition's summed counts are brought up to date
-    (:func:`compact_partition`).
+    counted from its rows by the views. First the part's error rows (:func:`errors_of_part`, what the
+    ``errors`` view reads), then its counts. Then the partition's summed counts and error rows are
+    brought up to date (:func:`compact_partition`).
     """
     rel = rollup_of(prediction_rel)
+    erel = errors_of_part(prediction_rel)
     table = rollup_table(rows)
-    if storage.exists(rel):  # counts rewritten: the partition's sums held the old ones
+    if storage.exists(rel) or storage.exists(erel):  # counts rewritten: the partition's sums held the old ones
         drop_rollup(storage, prediction_rel)
+    storage.write_parquet(erel, error_rows_table(rows))
     storage.write_parquet(rel, table)
     storage.mark_done(marker_key(rel), {"rows": rows.num_rows, "groups": table.num_rows})
     compact_partition(storage, posixpath.dirname(prediction_rel))
     return rel
 
 
-def _partition_rollups(storage: Storage, prediction_dir: str) -> list[str]:
-    """The ``all-*.parquet`` files of a partition (relative paths), most parts first."""
-    found = storage.glob(f"{rollup_of(prediction_dir)}/all-*.parquet")
+def _partition_rollups(storage: Storage, prediction_dir: str, kind: str = "all") -> list[str]:
+    """The partition-wide files of ``kind`` of a partition (relative paths), most parts first: ``all-*.parquet``
+    (summed counts), ``shards-all-*.parquet`` (rows per run, shard, method), ``errors-all-*.parquet`` (error rows)."""
+    found = storage.glob(f"{rollup_of(prediction_dir)}/{kind}-*.parquet")
     return sorted((posixpath.relpath(p, storage.root_path) for p in found), reverse=True)
+
+
+def _parts_in_name(rel: str) -> int:
+    """k of ``[errors-]all-<k>-<md5>.parquet``."""
+    return int(posixpath.basename(rel).rsplit("-", 2)[-2])
 
 
 def _remove(storage: Storage, rel: str) -> bool:
@@ -429,15 +551,20 @@ def _remove(storage: Storage, rel: str) -> bool:
 
 
 def drop_rollup(storage: Storage, prediction_rel: str) -> bool:
-    """Remove the rollup of ``prediction_rel`` and its partition's summed counts (before the part is
-    written again), when the part or its rollup is there; True when there was a rollup.
+    """Remove the rollup and error rows of ``prediction_rel`` and its partition's summed counts and error
+    rows (before the part is written again), when the part or its rollup is there; True when there was a
+    rollup.
 
     Why: a part is rewritten only when it has no done-marker (a crash before it); its old counts
     must go first, so that no later crash leaves counts that disagree with the part."""
-    if not (storage.exists(rollup_of(prediction_rel)) or storage.exists(prediction_rel)):
+    erel = errors_of_part(prediction_rel)
+    if not (storage.exists(rollup_of(prediction_rel)) or storage.exists(prediction_rel) or storage.exists(erel)):
         return False  # a new part: no counts of it anywhere (the partition's sums stay, and grow)
-    for rel in _partition_rollups(storage, posixpath.dirname(prediction_rel)):
-        _remove(storage, rel)
+    pdir = posixpath.dirname(prediction_rel)
+    for kind in _PARTITION_KINDS:
+        for rel in _partition_rollups(storage, pdir, kind):
+            _remove(storage, rel)
+    _remove(storage, erel)
     return _remove(storage, rollup_of(prediction_rel))
 
 
@@ -453,25 +580,75 @@ def _sum_rollups(tables: list[pa.Table]) -> pa.Table:
                                 schema=PARTITION_ROLLUP_SCHEMA)
 
 
+def _part_counts(tables: list[pa.Table]) -> pa.Table:
+    """Rows per (computing run, shard, method) of part rollups (or of :data:`PART_COUNTS_SCHEMA` tables)."""
+    con = duckdb.connect()
+    try:
+        con.register("parts", pa.concat_tables([t.select(PART_COUNTS_SCHEMA.names).cast(PART_COUNTS_SCHEMA)
+                                                for t in tables]))
+        out = _to_arrow(con.sql("SELECT run_id, shard, method, sum(n)::BIGINT AS n, sum(n_ok)::BIGINT AS n_ok "
+                                "FROM parts GROUP BY run_id, shard, method ORDER BY shard, method, run_id"))
+    finally:
+        con.close()
+    return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in PART_COUNTS_SCHEMA], schema=PART_COUNTS_SCHEMA)
+
+
+def _error_rows(tables: list[pa.Table]) -> pa.Table:
+    rows = pa.concat_tables([t.select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA) for t in tables])
+    if rows.num_rows:
+        rows = rows.sort_by([("shard", "ascending"), ("image_id", "ascending"), ("method", "ascending")])
+    return rows
+
+
+#: The partition-wide files :func:`compact_partition` keeps up to date: kind -> (the per-part files they
+#: are made of, by name prefix in the partition's rollups folder; how one is read; how they are combined).
+_PARTITION_KINDS = {
+    "all": ("", lambda t: t.drop_columns(["run_id", "shard"]), _sum_rollups),
+    "shards-all": ("", lambda t: t, _part_counts),
+    "errors-all": ("errors-", lambda t: t, _error_rows),
+}
+
+
 def compact_partition(storage: Storage, prediction_dir: str) -> str | None:
-    """Write the summed counts of every part of a partition (``layout.partition_rollup``); returns its path,
-    or None when some part has no rollup yet (then the views read the parts' rollups one by one).
+    """Write the partition-wide files of a partition for the parts there now: its summed counts
+    (``all-<k>-<md5>.parquet``, ``layout.partition_rollup``), its rows per (computing run, shard, method)
+    (``shards-all-...``, what the ``runs`` view counts shards and images from) and its error rows
+    (``errors-all-...``, what the ``errors`` view reads). Returns the summed counts' path, or None when
+    some part has no rollup yet (then the views read the parts' rollups one by one).
 
     Why: with 1,000 classes a part of 1,000 images has up to 4,000 count groups (one per image and
     method when every class is in every part), so per-part counts alone are as many rows as the
     part; summed over the partition they are one row per (method, label, pred). A completed run
     stands for its whole partition, so the aggregate views read this one file for it. Incremental:
     the largest earlier file plus the parts it does not cover (its marker lists them). Smaller
-    files of the partition are removed; one a concurrent writer left behind is ignored by the views
-    (its name no longer matches the parts there).
+    files of the partition are removed (why not kept a while for readers: the views' globs would read
+    them too, a third slower over 50 runs; a reader that listed one retries, :data:`READ_RETRIES`);
+    one a concurrent writer left behind is ignored by the views (its name no longer matches the parts
+    there).
     """
     names = sorted(posixpath.basename(p) for p in storage.glob(f"{prediction_dir}/part-*.parquet"))
+    out = None
+    for kind in _PARTITION_KINDS:
+        done = _compact(storage, prediction_dir, names, kind)
+        if kind == "all":
+            out = done
+    return out
+
+
+def _partition_file(prediction_dir: str, names: list[str], kind: str) -> str:
+    d, name = posixpath.split(partition_rollup(prediction_dir, names))
+    return f"{d}/{kind}{name[len('all'):]}"
+
+
+def _compact(storage: Storage, prediction_dir: str, names: list[str], kind: str) -> str | None:
+    """One partition-wide file of ``kind`` (see :data:`_PARTITION_KINDS`) for the parts ``names``."""
+    prefix, load, combine = _PARTITION_KINDS[kind]
     rdir = rollup_of(prediction_dir)
-    have = {posixpath.basename(p) for p in storage.glob(f"{rdir}/part-*.parquet")}
+    have = {posixpath.basename(p)[len(prefix):] for p in storage.glob(f"{rdir}/{prefix}part-*.parquet")}
     if not names or not set(names) <= have:
         return None
-    target = partition_rollup(prediction_dir, names)
-    earlier = _partition_rollups(storage, prediction_dir)
+    target = _partition_file(prediction_dir, names, kind)
+    earlier = _partition_rollups(storage, prediction_dir, kind)
     if target in earlier:
         return target
     tables, covered = [], set()
@@ -486,20 +663,23 @@ def compact_partition(storage: Storage, prediction_dir: str) -> str | None:
     try:
         for name in names:
             if name not in covered:
-                tables.append(storage.read_parquet(f"{rdir}/{name}").drop_columns(["run_id", "shard"]))
-    except FileNotFoundError:  # a rollup dropped meanwhile (its part is being rewritten)
+                tables.append(load(storage.read_parquet(f"{rdir}/{prefix}{name}")))
+    except FileNotFoundError:  # dropped meanwhile (its part is being rewritten)
         return None
-    storage.write_parquet(target, _sum_rollups(tables))
-    storage.mark_done(marker_key(target), {"parts": names})
+    table = combine(tables)
+    storage.write_parquet(target, table)
+    storage.mark_done(marker_key(target), {"parts": names, "rows": table.num_rows})
+    # superseded (a reader that listed one a moment ago lists again: tasks.catalog.run_query retries)
     for rel in earlier:
-        if int(posixpath.basename(rel).split("-")[1]) <= len(names):
+        if _parts_in_name(rel) <= len(names):
             _remove(storage, rel)
     return target
 
 
 def build_rollups(root: str | Storage, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Write the missing rollup of every committed prediction part (done-marker and file), and the summed
-    counts of every partition whose parts all have one; returns the paths of the part rollups written.
+    """Write the missing rollup (and error rows file) of every committed prediction part (done-marker and
+    file), and the summed counts and error rows of every partition whose parts all have them; returns the
+    paths of the part rollups and error rows files written.
 
     For roots written before rollups existed: the views count such parts from their rows (correct,
     slower), so this only makes them fast. Parts without a done-marker (a crashed run's, recomputed
@@ -507,18 +687,25 @@ def build_rollups(root: str | Storage, storage_options: Mapping[str, Any] | None
     """
     st = as_storage(root, storage_options)
     have = {posixpath.relpath(p, st.root_path) for p in st.glob("rollups/*/*/*/part-*.parquet")}
+    have |= {posixpath.relpath(p, st.root_path) for p in st.glob("rollups/*/*/*/errors-part-*.parquet")}
     written = []
     partitions = set()
     for path in st.glob(f"{PREDICTIONS_DIR}/*/*/*/part-*.parquet"):
         rel = posixpath.relpath(path, st.root_path)
         partitions.add(posixpath.dirname(rel))
-        if rollup_of(rel) in have or not st.is_done(marker_key(rel)):
+        rel_roll, rel_err = rollup_of(rel), errors_of_part(rel)
+        if (rel_roll in have and rel_err in have) or not st.is_done(marker_key(rel)):
             continue
-        rel_roll = rollup_of(rel)
-        table = rollup_table(st.read_parquet(rel))
-        st.write_parquet(rel_roll, table)
-        st.mark_done(marker_key(rel_roll), {"rows": int(sum(table.column("n").to_pylist())), "groups": table.num_rows})
-        written.append(rel_roll)
+        rows = st.read_parquet(rel)
+        if rel_err not in have:
+            st.write_parquet(rel_err, error_rows_table(rows))
+            written.append(rel_err)
+        if rel_roll not in have:
+            table = rollup_table(rows)
+            st.write_parquet(rel_roll, table)
+            st.mark_done(marker_key(rel_roll), {"rows": int(sum(table.column("n").to_pylist())),
+                                                 "groups": table.num_rows})
+            written.append(rel_roll)
     for pdir in sorted(partitions):
         compact_partition(st, pdir)
     return written
@@ -579,14 +766,16 @@ def run_query(
             else:
                 con.execute(f"SET VARIABLE {key} = ?", [value])
         try:
-            try:
-                rel = con.sql(sql)
-                return _to_arrow(rel) if rel is not None else pa.table({})
-            except duckdb.Error as exc:
-                if not (_schema_mismatch(exc) and read_by_name(con)):
-                    raise
-                rel = con.sql(sql)
-                return _to_arrow(rel) if rel is not None else pa.table({})
+            for attempt in range(READ_RETRIES + 1):
+                try:
+                    rel = con.sql(sql)
+                    return _to_arrow(rel) if rel is not None else pa.table({})
+                except duckdb.Error as exc:
+                    if _schema_mismatch(exc) and read_by_name(con):
+                        continue
+                    if not (_vanished(exc) and attempt < READ_RETRIES):
+                        raise
+                    time.sleep(0.05 * (attempt + 1))  # a writer replaced a file we listed: list again
         except duckdb.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise QueryError(f"{first} (views: {', '.join(sorted(_view_names(con)))})") from None
@@ -742,7 +931,7 @@ def clip_benchmark_results(
     st = as_storage(root, storage_options)
     con = connect(st)
     try:
-        status = {r["run_id"]: r["status"] for r in run_query(con, "SELECT run_id, status FROM runs").to_pylist()}
+        status = {r["run_id"]: r["status"] for r in run_query(con, "SELECT run_id, status FROM run_records").to_pylist()}
         if not status:
             raise ExportError(f"no runs under {st.root} (runs are recorded in {st.root}/runs/); pass --root "
                               "or set ABS_EVAL_ROOT")
@@ -864,3 +1053,52 @@ def export_clip_benchmark(
 def _is_local(fs: Any) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+# ---------------------------------------------------------------------- run progress (abs-eval status)
+#: What :func:`run_progress` reads: the ``runs_of`` macro (``sql/views/21_runs.sql``) and the views it reads;
+#: only these are created (binding every view costs more than the query, ~2 s over 50 ImageNet runs).
+RUNS_VIEWS = ("run_records", "runs_of")
+#: Columns of :func:`run_progress`, from the ``runs`` view.
+PROGRESS_COLUMNS = ("run_id", "status", "dataset", "model", "config", "deployment", "shards_total", "shards_done",
+                    "shards_computed", "shards_reused", "n_images", "n_ok", "n_error", "started_at", "ended_at",
+                    "flow_run_id")
+
+
+def run_progress(root: str | Storage, run_id: str | None = None, latest: int = 10) -> list[dict[str, Any]]:
+    """Per run, newest first: status, shards done / computed / reused, images and errors (``abs-eval status``).
+
+    Why from SQL: this is the ``runs`` view (``sql/views/21_runs.sql``) for the ``latest`` newest runs,
+    so ``status`` says what every query, the export and the report say, at every moment: the same
+    status (a dead process on this host is written down first, :func:`tasks.runs.reap_dead_runs`) and the same
+    shards and images, counted from the committed parts the run stands for (its own plus those
+    committed before it started; a completed run: its whole partition). ``KeyError`` for an
+    unknown ``run_id``.
+    """
+    from tasks import runs as runs_mod
+
+    st = as_storage(root)
+    con = connect(st, only=RUNS_VIEWS, reap=False)  # reaped below, only when a row needs it
+    cols = ", ".join(PROGRESS_COLUMNS + ("host",))
+
+    def query() -> list[dict[str, Any]]:
+        # a list of run ids, not a subquery: DuckDB then reads only those runs' files (twice as fast)
+        return run_query(con, f"SELECT {cols} FROM runs_of(getvariable('ids')) ORDER BY run_id DESC",
+                         {"ids": ids}).to_pylist() if ids else []
+
+    try:
+        ids = [run_id] if run_id is not None else runs_mod.list_run_ids(st)[:max(0, int(latest))]  # ids sort by start
+        rows = query()
+        here = [r["run_id"] for r in rows if r["status"] in runs_mod.LIVE and r["host"] == socket.gethostname()]
+        if here and runs_mod.reap_dead_runs(st, here):  # a live-looking run on this host whose process is gone
+            rows = query()
+        if run_id is not None and not rows:
+            known = [r["run_id"] for r in run_query(
+                con, "SELECT run_id FROM run_records ORDER BY run_id DESC LIMIT 3").to_pylist()]
+            hint = f"; latest: {', '.join(known)}" if known else "; it holds no runs"
+            raise KeyError(f"no run {run_id!r} under {st.root}{hint}")
+    finally:
+        con.close()
+    for r in rows:
+        del r["host"]
+    return rows

@@ -18,7 +18,10 @@ report that exists has its pictures)::
     gallery/<kind>-<nn>-<image>.png
                               images ABS got right and the baseline wrong (and the reverse): the
                               image untouched in one panel; beside it the DINO attention map with
-                              ABS's raw crop boxes and feature-space windows (see draw_gallery_image)
+                              ABS's raw crop boxes and feature-space windows (see draw_gallery_image),
+                              the crops that decided ABS's prediction bold and numbered; under each
+                              image in report.md: both predictions, margins, deciding crops and
+                              descriptions (see explain_image)
 
 The Prefect artifact cannot follow ``report.md``'s relative image links, so
 :attr:`ReportManifest.artifact_markdown` is the same report with the plots (and the
@@ -26,10 +29,15 @@ gallery images, while they fit under :data:`ARTIFACT_MAX_BYTES`) embedded as
 ``data:image/png;base64`` links; gallery images that do not fit are named by their
 storage path. Plots are rendered at :data:`PLOT_DPI` so each stays well under 200 KB.
 
-The gallery needs no recompute: the crop boxes and DINO top-K attention are stored
-on the ``abs`` prediction rows, the image bytes in the shard files; when the DINO
+The gallery's pictures need no recompute: the crop boxes and DINO top-K attention are
+stored on the ``abs`` prediction rows, the image bytes in the shard files; when the DINO
 cache (``cache/dino/...``) holds the full attention map of an image that agrees
 with the row's top-K cells (the map ABS used), that is drawn instead of the top-K cells.
+Each gallery image also names its predicted and true classes and both methods' stored
+margins; and which crops and descriptions decided ABS's prediction. Per-crop matching
+scores are not stored, so those are recomputed for the gallery images only (a handful),
+with the run's own models, text bank and stored DINO top-K (:func:`explain_gallery`);
+when the models cannot be loaded, the report says so in one line and shows what is stored.
 """
 
 from __future__ import annotations
@@ -49,11 +57,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tasks import catalog
+from tasks import catalog, defaults
 from tasks.defaults import DINO_GRID as DEFAULT_DINO_GRID
 from tasks.defaults import METHOD_ORDER
-from tasks.shard import read_dataset_info
 from tasks.store import Storage, as_storage
+from tasks.store.datasets import read_dataset_info
 from tasks.store.layout import dataset_info, run_dir, shard_part, slug
 
 #: Plot resolution: small PNGs (tens of KB) that still read well in a browser.
@@ -64,6 +72,11 @@ GALLERY_DPI = 90
 ARTIFACT_MAX_BYTES = 1_500_000
 #: Crops of each kind drawn bold in a gallery image (see draw_gallery_image).
 EMPHASISED_CROPS = 3
+#: Crops named, and drawn bold and numbered, per gallery image when the run's models load: those adding
+#: most to ABS's logit of its predicted class (see explain_gallery).
+DECIDING_CROPS = 3
+#: Descriptions of the predicted class named per gallery image (the ones adding most to that logit).
+DECIDING_DESCRIPTIONS = 3
 RAW_BOX_COLOR = "#1f4eff"  # raw crop boxes: solid blue
 FEATURE_WINDOW_COLOR = "#111111"  # feature-space windows: dashed black
 
@@ -84,7 +97,9 @@ class ReportManifest:
     #: Rows of the regressions query for (previous run, this run): per method (scope 'method') and per
     #: class; ``regressed`` marks a significant drop (McNemar p < 0.05 and accuracy down).
     regressions: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    gallery_items: list[dict[str, Any]] = field(default_factory=list, repr=False)  # image_id, kind, file, heat, note
+    #: image_id, kind, file, heat, note, margin_a, margin_b (stored), and deciding (explain_image's explanation:
+    #: the crops and descriptions that decided ABS's prediction) or deciding_note (why it is not shown)
+    gallery_items: list[dict[str, Any]] = field(default_factory=list, repr=False)
     #: The report for the Prefect UI: plots (and gallery images while under ARTIFACT_MAX_BYTES)
     #: embedded as data:image/png;base64 links, other gallery images named by storage path.
     artifact_markdown: str = field(default="", repr=False)
@@ -242,8 +257,14 @@ def methods_figure(
 
 
 def plot_per_class(per_class: Sequence[Mapping[str, Any]], n_classes: int | None = None) -> bytes:
-    """Per-class accuracy of each method; classes sorted by the first method's accuracy.
-    The legend sits right of the axes; a dashed line marks chance 1/C when C is known."""
+    """``per_class_accuracy.png``: the PNG of :func:`per_class_figure`."""
+    return _png(per_class_figure(per_class, n_classes))
+
+
+def per_class_figure(per_class: Sequence[Mapping[str, Any]], n_classes: int | None = None):
+    """Per-class accuracy of each method, in % (as methods.png); classes sorted by the first
+    method's accuracy. The legend sits right of the axes; a dashed line marks chance 1/C when
+    C is known. Returns the matplotlib Figure."""
     methods = sorted({r["method"] for r in per_class}, key=_method_key)
     by = {(r["method"], r["label"]): r for r in per_class}
     labels = sorted({r["label"] for r in per_class})
@@ -274,7 +295,7 @@ def plot_per_class(per_class: Sequence[Mapping[str, Any]], n_classes: int | None
     ax.set_ylabel("per-class accuracy (%)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     ax.grid(alpha=0.3, zorder=0)
-    return _png(fig)
+    return fig
 
 
 # ---------------------------------------------------------------------- gallery
@@ -448,6 +469,7 @@ def draw_gallery_image(
     *,
     clip_grid: tuple[int, int] | None = None,
     emphasis: int = EMPHASISED_CROPS,
+    deciding: Mapping[str, Any] | None = None,
 ) -> bytes:
     """Two panels: the image untouched (left), and (right) the DINO attention over a dimmed
     grey copy of the image with ABS's crops, titled with both predictions.
@@ -459,11 +481,15 @@ def draw_gallery_image(
     (``feature_windows``, CLIP token-grid cells, mapped to pixels by
     :func:`feature_window_pixels` with ``clip_grid`` = (G, S)) are dashed black.
 
-    Emphasis: per-crop soft-matching weights are not stored, so the crops that carried the
-    most weight cannot be shown. What is drawn bold instead are the ``emphasis`` crops of
-    each kind centred on the highest-attention DINO cells (ties: the earliest drawn): ABS
-    draws crop centres with probability softmax(attention / tau_sample), so these are the
-    crops the attention favoured most. All the other crops are thin and faint.
+    Emphasis: with ``deciding`` (an explanation of :func:`explain_gallery`: its ``crops``, in
+    rank order, each ``kind`` 'raw' or 'feature' and ``index``), the crops that added most to
+    ABS's logit of its predicted class are drawn bold and numbered by rank. Without it
+    (per-crop soft-matching scores are not stored, and the models were not loaded), what is
+    drawn bold are the ``emphasis`` crops of each kind centred on the highest-attention DINO
+    cells (ties: the earliest drawn): ABS draws crop centres with probability
+    softmax(attention / tau_sample), so these are the crops the attention favoured most.
+    All the other crops are thin and faint. The title names both methods' predictions and
+    their stored margins (``margin_a`` / ``margin_b``) when the row has them.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
@@ -519,22 +545,35 @@ def draw_gallery_image(
             right_ax.add_patch(Rectangle((x0 * sx, y0 * sy), (x1 - x0) * sx, (y1 - y0) * sy, fill=False, edgecolor=color,
                                          linestyle=style, linewidth=lw, alpha=alpha, zorder=4 if i in bold else 3))
 
-    bold_raw, bold_feat = emphasised(raw_ranks, emphasis), emphasised(feat_ranks, emphasis)
+    ranked = [(c["kind"], int(c["index"])) for c in (deciding or {}).get("crops") or []]
+    if ranked:
+        bold_raw = {i for k, i in ranked if k == "raw" and i < len(raw)}
+        bold_feat = {i for k, i in ranked if k == "feature" and i < len(win_px)}
+    else:
+        bold_raw, bold_feat = emphasised(raw_ranks, emphasis), emphasised(feat_ranks, emphasis)
     draw(raw, bold_raw, RAW_BOX_COLOR, "-")
     draw(win_px, bold_feat, FEATURE_WINDOW_COLOR, "--")
+    for rank, (kind, i) in enumerate(ranked, 1):  # the deciding crops' ranks, at their top-left corners
+        boxes, color = (raw, RAW_BOX_COLOR) if kind == "raw" else (win_px, FEATURE_WINDOW_COLOR)
+        if i < len(boxes):
+            right_ax.text(boxes[i][0] * sx + 1, boxes[i][1] * sy + 1, str(rank), color="white", fontsize=6.5,
+                          fontweight="bold", ha="left", va="top", zorder=5, clip_on=True,
+                          bbox={"boxstyle": "square,pad=0.15", "facecolor": color, "edgecolor": "none", "alpha": 0.9})
     for ax in (left_ax, right_ax):
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_xticks([])
         ax.set_yticks([])
 
-    def verdict(method: str, name: Any, pred: Any) -> str:
+    def verdict(method: str, name: Any, pred: Any, margin: Any) -> str:
         mark = "right" if pred == row["label"] else "wrong"
-        return f"{method}: {name if name is not None else pred} ({mark})"
+        m = "" if margin is None else f", margin {margin:+.2f}"
+        return f"{method}: {name if name is not None else pred} ({mark}{m})"
 
     fig.suptitle(
         f"{row['image_id']}   true: {row['class_name']}\n"
-        f"{verdict(row['method_a'], row['pred_name_a'], row['pred_a'])}  |  {verdict(row['method_b'], row['pred_name_b'], row['pred_b'])}",
+        f"{verdict(row['method_a'], row['pred_name_a'], row['pred_a'], row.get('margin_a'))}  |  "
+        f"{verdict(row['method_b'], row['pred_name_b'], row['pred_b'], row.get('margin_b'))}",
         fontsize=8, y=1 - 0.05 / fh, va="top",
     )
     handles = [
@@ -544,9 +583,14 @@ def draw_gallery_image(
     ]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (lay["bottom"] - 0.03) / fh), ncol=2,
                fontsize=6.5, frameon=False, handlelength=2.5, borderaxespad=0.0)
-    caption = (f"bold: the {emphasis} crops of each kind centred on the highest-attention DINO cells\n"
-               "(per-crop matching weights are not stored); faint: all the other crops" if bold_raw or bold_feat
-               else "no DINO top-K cells stored: all crops drawn alike")
+    if ranked:
+        caption = (f"bold, numbered {'1' if len(ranked) == 1 else f'1-{len(ranked)}'}: the crops adding most to ABS's logit of "
+                   f"{deciding.get('class_name')}\n(recomputed with the run's models); faint: all the other crops")
+    elif bold_raw or bold_feat:
+        caption = (f"bold: the {emphasis} crops of each kind centred on the highest-attention DINO cells\n"
+                   "(per-crop matching weights are not stored); faint: all the other crops")
+    else:
+        caption = "no DINO top-K cells stored: all crops drawn alike"
     fig.text(0.5, 0.02 / fh, caption, ha="center", va="bottom", fontsize=6)
     return _png(fig)
 
@@ -613,23 +657,200 @@ def _feature_windows(con, run_id: str, method: str, image_ids: Sequence[str]) ->
     return {r["image_id"]: r["feature_windows"] for r in rows}
 
 
+# ---------------------------------------------------------------------- what decided ABS's prediction
+def soft_match_terms(crop_features, text_features, text_mask, tau: float):
+    """``[n, C, M]`` float64: the terms of ABS's soft matching of one image's ``n`` crops.
+
+    Term (n, c, m) = P[n, c, m] * s[n, c, m], with s = v_n . t_cm / tau and P[n] the softmax
+    of s[n] over every (class, description) pair together (``abs_model.matching.soft_match``;
+    masked pairs are out of the softmax and zero here). Summed over crops and descriptions it
+    is class c's ABS logit, so summed over descriptions it is what each crop adds to a class's
+    logit, and summed over crops what each description adds.
+    """
+    import torch
+
+    v = crop_features.detach().to("cpu", torch.float64)
+    t = text_features.detach().to("cpu", torch.float64)
+    n, d = v.shape
+    c, m, _ = t.shape
+    s = (v @ t.reshape(c * m, d).T) / tau  # [n, C*M]
+    valid = None if text_mask is None else text_mask.detach().to("cpu", torch.bool).reshape(1, c * m)
+    w = torch.softmax(s if valid is None else s.masked_fill(~valid, float("-inf")), dim=1).mul_(s)  # P * s
+    if valid is not None:
+        w.masked_fill_(~valid, 0.0)
+    return w.view(n, c, m)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text if len(text) <= limit else text[: limit - 1] + '…'}"
+
+
+def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, str | None]:
+    """The run's evaluation context (its models, text bank and descriptions, as
+    :func:`tasks.context.resolve` builds them for the flow, and reuses in the flow's process),
+    or ``(None, why not)``: no evaluation spec in the run record, models that cannot be loaded
+    (no weights here, no such device), or inputs that changed since the run (another config hash)."""
+    rec = _run_record(st, run["run_id"])
+    cfg = rec.get("config_json") or run.get("config_json") or {}
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except ValueError:
+            cfg = {}
+    spec = cfg.get("spec") if isinstance(cfg, Mapping) else None
+    if not spec:
+        return None, "the run record holds no evaluation spec (`config_json.spec`), so the run's models are unknown"
+    try:
+        from tasks.context import resolve
+
+        ctx = resolve(st.root, spec)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the models loading, the report goes on without them
+        return None, f"the run's models could not be loaded ({_one_line(exc)})"
+    if run.get("config") and ctx.config_hash != run["config"]:
+        return None, (f"the run's inputs changed since it ran (config {ctx.config_hash} now, {run['config']} in the "
+                      "run: weights, descriptions or dataset differ), so its crops cannot be rescored faithfully")
+    return ctx, None
+
+
+def _crop_text(kind: str, box: Sequence[int]) -> str:
+    if kind == "raw":
+        x0, y0, x1, y1 = (int(v) for v in box)
+        return f"raw crop box x {x0}-{x1}, y {y0}-{y1} px"
+    r0, r1, c0, c1 = (int(v) for v in box)
+    return f"feature window rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1} of CLIP's token grid"
+
+
+def explain_image(ctx, row: Mapping[str, Any], data: bytes, *, n_crops: int = DECIDING_CROPS,
+                  n_descriptions: int = DECIDING_DESCRIPTIONS) -> tuple[dict[str, Any] | None, str | None]:
+    """Which crops and descriptions decided ABS's prediction for one gallery row: ``(explanation, None)``,
+    or ``(None, why not)``.
+
+    Recomputes the image's crop features with the run's classifier from the stored DINO top-K
+    (the crops are drawn from a generator seeded by the image id, so they are the stored ones;
+    checked, as is the predicted class), then splits ABS's logit of the predicted class into
+    :func:`soft_match_terms`. The explanation: ``pred``/``class_name`` (the predicted class),
+    ``logit`` (its ABS logit), ``runner_up``/``runner_up_logit`` (the best other class),
+    ``score_true`` (the true class's logit, as recomputed), ``crops`` (the ``n_crops`` crops
+    adding most to ``logit``, in rank order: ``kind`` 'raw' or 'feature', ``index`` among the
+    stored boxes or windows, ``box``, ``score`` = what the crop adds), ``descriptions``
+    (the ``n_descriptions`` descriptions of the predicted class adding most to ``logit``,
+    summed over all crops: ``text``, ``index``, ``score``) and ``crop_scores`` (what every
+    crop adds, raw crops first, then feature windows; they sum to ``logit``).
+    """
+    import torch
+
+    from tasks.store.images import decode
+
+    clf = ctx.classifier
+    cfg = clf.config
+    idx = torch.tensor([list(row.get("dino_topk_indices") or [])], dtype=torch.long)
+    vals = torch.tensor([list(row.get("dino_topk_values") or [])], dtype=torch.float32)
+    if idx.shape[1] < cfg.top_k:
+        return None, f"the row stores {idx.shape[1]} DINO top-K cells, the run's config needs {cfg.top_k}"
+    try:
+        img = clf.prepare_image(decode(data))
+        res = clf.predict([img], [row["image_id"]], dino_topk=(idx, vals), return_features=True)
+    except Exception as exc:  # noqa: BLE001 - one image that cannot be rescored does not stop the report
+        return None, f"rescoring failed ({_one_line(exc)})"
+    geo = res.geometry[0]
+    raw, wins = geo.raw_boxes.tolist(), geo.feature_windows.tolist()
+    if (row.get("raw_boxes") is not None and [list(b) for b in row["raw_boxes"]] != raw) or (
+            row.get("feature_windows") is not None and [list(w) for w in row["feature_windows"]] != wins):
+        return None, "the recomputed crops differ from the stored ones (not the run's models or config?)"
+    n_raw = cfg.n_crops if cfg.raw_crops else 0
+    m = cfg.n_descriptions
+    bank = ctx.text
+    terms = soft_match_terms(res.extras["crop_features"][0], bank.descriptions[:, :m], bank.mask[:, :m], cfg.tau)
+    subset = list(bank.subset) if bank.subset is not None else None
+    cols = res.logits["abs"][0].double()  # the classifier's own logits, in the dataset's label space
+    pred = int(cols.argmax())
+    if row.get("pred_a") is not None and pred != int(row["pred_a"]):
+        return None, f"rescoring predicts label {pred}, the stored row {row['pred_a']} (not the run's models or config?)"
+    names = list(ctx.info.classnames)
+    other = cols.clone()
+    other[pred] = float("-inf")
+    runner = int(other.argmax()) if len(cols) > 1 else None
+    tc = subset[pred] if subset is not None else pred  # the predicted class's row of the text bank
+    per_crop = terms[:, tc, :].sum(dim=1)
+    per_desc = terms[:, tc, :].sum(dim=0)
+    crops = []
+    for i in sorted(range(len(per_crop)), key=lambda j: (-float(per_crop[j]), j))[:n_crops]:
+        kind, k = ("raw", i) if i < n_raw else ("feature", i - n_raw)
+        box = (raw if kind == "raw" else wins)[k]
+        crops.append({"rank": len(crops) + 1, "kind": kind, "index": k, "box": [int(v) for v in box],
+                      "score": float(per_crop[i])})
+    texts = [d for d in ctx.descriptions.texts[tc] if d and d.strip()][:m]  # the bank's rows (TextBank.build)
+    valid = bank.mask[tc, :m].tolist()
+    order = sorted((j for j in range(len(per_desc)) if valid[j] and j < len(texts)), key=lambda j: (-float(per_desc[j]), j))
+    descriptions = [{"index": j, "text": texts[j], "score": float(per_desc[j])} for j in order[:n_descriptions]]
+    label = row.get("label")
+    true_score = float(cols[int(label)]) if label is not None and 0 <= int(label) < len(cols) else None
+    return {
+        "pred": pred, "class_name": names[pred] if pred < len(names) else str(pred), "logit": float(cols[pred]),
+        "runner_up": None if runner is None else (names[runner] if runner < len(names) else str(runner)),
+        "runner_up_logit": None if runner is None else float(cols[runner]), "score_true": true_score,
+        "n_crops": int(terms.shape[0]), "crops": crops, "descriptions": descriptions,
+        "crop_scores": [float(x) for x in per_crop],  # every crop's, raw crops first (they sum to ``logit``)
+    }, None
+
+
+def explain_gallery(
+    st: Storage, run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], images: Mapping[str, bytes]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str], str | None]:
+    """:func:`explain_image` for every gallery row whose ``method_a`` is ``abs`` and whose image bytes
+    were found: ``(explanations by image id, why not by image id, why none at all or None)``.
+    Loads the run's models once (:func:`load_run_context`); only these few images are rescored."""
+    todo = [r for r in rows if r.get("method_a") == "abs" and r["image_id"] in images]
+    if not todo:
+        return {}, {}, None
+    ctx, why = load_run_context(st, run)
+    if ctx is None:
+        return {}, {}, why
+    done: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+    for r in todo:
+        e, note = explain_image(ctx, r, images[r["image_id"]])
+        if e is not None:
+            done[r["image_id"]] = e
+        else:
+            notes[r["image_id"]] = note or "not rescored"
+    return done, notes, None
+
+
 def write_gallery(
-    st: Storage, con, run: Mapping[str, Any], *, size: int = 4, method_a: str = "abs", method_b: str = "clip"
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """Draw the gallery of one run; returns (written paths, the query rows with a 'file' key)."""
+    st: Storage, con, run: Mapping[str, Any], *, size: int = 4, method_a: str = "abs", method_b: str = "clip",
+    explain: bool = True,
+) -> tuple[list[str], list[dict[str, Any]], str | None]:
+    """Draw the gallery of one run; returns (written paths, the query rows with a 'file' key, and
+    why no image's deciding crops and descriptions are shown, or None).
+
+    ``explain``: rescore the gallery images with the run's models to name the crops and
+    descriptions that decided ABS's prediction (:func:`explain_gallery`); each row then has
+    ``deciding`` (the explanation) or ``deciding_note`` (why not for this image).
+    """
     rows = catalog.run_query(con, "gallery", {"run_id": run["run_id"], "method_a": method_a, "method_b": method_b, "top_k": size}).to_pylist()
     if not rows:
-        return [], []
+        return [], [], None
     maps = _cached_maps(con, run, rows)
-    windows = _feature_windows(con, run["run_id"], method_a, [r["image_id"] for r in rows])
+    windows = ({} if "feature_windows" in rows[0]
+               else _feature_windows(con, run["run_id"], method_a, [r["image_id"] for r in rows]))
     clip_grid, dino_grid = run_grids({**run, "model_geometry": _recorded_geometry(st, run["run_id"])})
     images: dict[str, bytes] = {}
     for shard in sorted({r["shard"] for r in rows}):
         images.update(_read_images(st, run["dataset"], shard, {r["image_id"] for r in rows if r["shard"] == shard}))
+    if explain:
+        deciding, deciding_notes, explain_note = explain_gallery(st, run, rows, images)
+    else:
+        deciding, deciding_notes, explain_note = {}, {}, "not asked for (`explain=False`)"
+    if method_a != "abs" and explain_note is None and not deciding:
+        explain_note = f"shown for `abs` rows only (method_a is `{method_a}`)"
     written, shown = [], []
     kinds = {"a_only": f"{method_a}-right-{method_b}-wrong", "b_only": f"{method_b}-right-{method_a}-wrong"}
     counters: dict[str, int] = {}
     for r in rows:
+        why = deciding_notes.get(r["image_id"])
+        r = {**r, "deciding": deciding.get(r["image_id"]), **({"deciding_note": why} if why else {})}
         data = images.get(r["image_id"])
         if data is None:
             shown.append({**r, "file": None, "note": "image bytes not found in the shard file"})
@@ -647,10 +868,10 @@ def write_gallery(
         n = counters[r["kind"]] = counters.get(r["kind"], 0) + 1
         rel = f"{run_dir(run['run_id'])}/gallery/{kinds[r['kind']]}-{n:02d}-{slug(r['image_id'])}.png"
         drawn = {**r, "feature_windows": r.get("feature_windows", windows.get(r["image_id"]))}
-        st.write_bytes(rel, draw_gallery_image(img, drawn, heat, source, clip_grid=clip_grid))
+        st.write_bytes(rel, draw_gallery_image(img, drawn, heat, source, clip_grid=clip_grid, deciding=r["deciding"]))
         written.append(rel)
         shown.append({**r, "file": rel, "heat": source if heat is not None else "none"})
-    return written, shown
+    return written, shown, explain_note
 
 
 # ---------------------------------------------------------------------- the report
@@ -697,26 +918,31 @@ def write_report(
     run_id: str,
     *,
     previous_run_id: str | None = None,
-    gallery_size: int = 4,
+    gallery_size: int = defaults.GALLERY_SIZE,
     storage_options: Mapping[str, Any] | None = None,
+    explain: bool = True,
 ) -> ReportManifest:
     """Write the markdown report, plots and gallery of ``run_id`` under ``runs/run=<id>/``.
 
     ``previous_run_id``: the run to compare with; by default the latest earlier
     completed run of the same deployment, dataset and model (``runs.previous_run_id``).
     ``gallery_size``: images per gallery kind (ABS right / baseline wrong, and the reverse).
+    ``explain``: rescore the gallery images (only those) with the run's models to show which
+    crops and descriptions decided ABS's prediction (:func:`explain_gallery`); when the models
+    cannot be loaded the report says so in one line and shows what is stored.
     The returned manifest's ``markdown`` is ``report.md`` (relative image links);
     ``artifact_markdown`` embeds the images for the Prefect UI.
     """
     st = as_storage(root, storage_options)
     con = catalog.connect(st)
     try:
-        return _write_report(st, con, run_id, previous_run_id, gallery_size)
+        return _write_report(st, con, run_id, previous_run_id, gallery_size, explain)
     finally:
         con.close()
 
 
-def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, gallery_size: int) -> ReportManifest:
+def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, gallery_size: int,
+                  explain: bool = True) -> ReportManifest:
     run = _run_row(con, run_id)
     prev_id = previous_run_id or run.get("previous_run_id")
     q = lambda name, **params: catalog.run_query(con, name, {"run_id": run_id, **params}).to_pylist()  # noqa: E731
@@ -745,11 +971,12 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
     }
     for rel in plots:
         st.write_bytes(rel, pngs[rel])
-    gallery, shown = write_gallery(st, con, run, size=gallery_size) if gallery_size > 0 else ([], [])
+    gallery, shown, explain_note = (write_gallery(st, con, run, size=gallery_size, explain=explain)
+                                    if gallery_size > 0 else ([], [], None))
 
     settings = _setting_differences(st, prev_id, run_id) if prev_id else []
     ctx = _Context(run, prev_id, accuracy, extremes, confusions, errors, comparison, class_changes, flips, shown, base,
-                   st.root, n_classes, n_classes_source, regressions, settings)
+                   st.root, n_classes, n_classes_source, regressions, settings, explain_note)
     md = _markdown(ctx, lambda rel, alt: f"![{alt}]({_rel(rel, base)})")
     artifact = _artifact_markdown(st, ctx, pngs, gallery, len(md.encode()))
     report = f"{base}/report.md"
@@ -757,7 +984,8 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
     return ReportManifest(
         root=st.root, run_id=run_id, previous_run_id=prev_id, report=report, plots=plots, gallery=gallery,
         markdown=md, accuracy=accuracy, comparison=comparison, regressions=regressions,
-        gallery_items=[{k: r.get(k) for k in ("image_id", "kind", "shard", "file", "heat", "note")} for r in shown],
+        gallery_items=[{k: r.get(k) for k in ("image_id", "kind", "shard", "file", "heat", "note", "margin_a", "margin_b",
+                                              "deciding", "deciding_note")} for r in shown],
         artifact_markdown=artifact,
     )
 
@@ -815,6 +1043,8 @@ class _Context:
     regressions: list[dict[str, Any]] = field(default_factory=list)
     #: ``tasks.runs.setting_differences`` of (previous run, this run): what changed, by name
     settings: list[dict[str, Any]] = field(default_factory=list)
+    #: why no gallery image shows its deciding crops and descriptions (models not loaded ...), or None
+    explain_note: str | None = None
 
     def method_tests(self) -> dict[str, dict[str, Any]]:
         """The regressions rows of scope 'method', by method."""
@@ -977,9 +1207,24 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
                    "(light yellow = low, dark red = high; only the stored top-K cells unless the DINO cache holds the "
                    "full map) over a dimmed grey copy, with ABS's crops: **solid blue** = raw crop boxes (regions cut "
                    "from the image), **dashed black** = feature-space windows (regions of CLIP's token grid, which "
-                   "covers the image's centre square). Per-crop matching weights are not stored, so bold marks the "
-                   f"{EMPHASISED_CROPS} crops of each kind centred on the highest-attention DINO cells (the centres ABS "
-                   "sampled most readily), not necessarily the crops that decided the prediction; the rest are faint.\n")
+                   "covers the image's centre square).\n")
+        out.append("Under each image: the true and predicted classes and each method's stored **margin** (its score "
+                   "of the true class minus its best other class's score: > 0 means right; `abs` scores are "
+                   "soft-matching logits, `clip` scores 100 x cosine similarity).\n")
+        if any(r.get("deciding") for r in ctx.shown):
+            out.append(f"**Deciding crops** (bold and numbered in the picture): the {DECIDING_CROPS} crops that add most "
+                       "to ABS's logit of the class it predicted. ABS's logit of a class is a sum over its crops: each "
+                       "crop's similarity to each of the class's descriptions (cosine / tau), weighted by the softmax of "
+                       "that crop's similarities over every (class, description) pair. **Deciding descriptions**: the "
+                       f"{DECIDING_DESCRIPTIONS} descriptions of the predicted class that add most to that logit, summed "
+                       "over all crops. Per-crop scores are not stored: the gallery images (only these) were rescored "
+                       "with the run's models from the stored DINO top-K cells; the crops and the prediction were "
+                       "checked against the stored row.\n")
+        if ctx.explain_note:
+            out.append(f"_Deciding crops and descriptions not shown: {ctx.explain_note}. Shown instead: the stored "
+                       f"margins and crops; bold marks the {EMPHASISED_CROPS} crops of each kind centred on the "
+                       "highest-attention DINO cells (the centres ABS sampled most readily), not necessarily the crops "
+                       "that decided the prediction._\n")
     for kind, title in (("a_only", "ABS right, CLIP wrong"), ("b_only", "CLIP right, ABS wrong")):
         rows = [r for r in ctx.shown if r["kind"] == kind]
         if not rows:
@@ -990,4 +1235,36 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
                 out.append(image(r["file"], r["image_id"]) + "\n")
             else:
                 out.append(f"- `{r['image_id']}`: {r.get('note')}\n")
+            out.append(_gallery_caption(r) + "\n")
     return "\n".join(out)
+
+
+def _margin(v: Any) -> str:
+    return "margin –" if v is None else f"margin {v:+.3f}"
+
+
+def _gallery_caption(r: Mapping[str, Any]) -> str:
+    """The text under one gallery image: classes and margins, then what decided ABS's prediction
+    (or what is stored about its crops, and why no more is shown)."""
+
+    def verdict(method: str, name: Any, pred: Any, margin: Any) -> str:
+        mark = "right" if pred is not None and pred == r.get("label") else "wrong"
+        return f"`{method}` predicted **{name if name is not None else pred}** ({mark}, {_margin(margin)})"
+
+    lines = [f"**`{r['image_id']}`**: true class **{r.get('class_name')}**; "
+             f"{verdict(r['method_a'], r.get('pred_name_a'), r.get('pred_a'), r.get('margin_a'))}; "
+             f"{verdict(r['method_b'], r.get('pred_name_b'), r.get('pred_b'), r.get('margin_b'))}."]
+    e = r.get("deciding")
+    if e:
+        runner = (f", runner-up **{e['runner_up']}** {e['runner_up_logit']:.3f}" if e.get("runner_up") is not None else "")
+        crops = "; ".join(f"{c['rank']}. {_crop_text(c['kind'], c['box'])} ({c['score']:+.3f})" for c in e["crops"])
+        descs = "; ".join(f"\"{_cell(d['text'])}\" ({d['score']:+.3f})" for d in e["descriptions"])
+        lines.append(f"- Deciding crops of `abs` for **{e['class_name']}** (what each adds to its logit "
+                     f"{e['logit']:.3f}{runner}; {e['n_crops']} crops in all): {crops}")
+        lines.append(f"- Best-matching descriptions of **{e['class_name']}**: {descs}")
+    else:
+        n_raw, n_win, n_cells = (len(r.get(k) or []) for k in ("raw_boxes", "feature_windows", "dino_topk_indices"))
+        stored = (f"- Stored `{r['method_a']}` crops: {n_raw} raw crop boxes, {n_win} feature windows, "
+                  f"from {n_cells} DINO top-K cells")
+        lines.append(stored + (f"; deciding crops not shown: {r['deciding_note']}" if r.get("deciding_note") else ""))
+    return "\n".join(lines)

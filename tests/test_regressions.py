@@ -14,6 +14,7 @@ Every expected p-value is computed in Python with exact integers (math.comb, Fra
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from fractions import Fraction
@@ -21,13 +22,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from test_sql import DATASET, MODEL, write_run
 
 from tasks import catalog
 from tasks.store import Storage
 from tasks.store.layout import prediction_part
 from tasks.store.tables import PREDICTION_SCHEMA
-
-from test_sql import DATASET, MODEL, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["ant", "bee", "cow", "doe"]
@@ -292,3 +292,28 @@ def test_setting_differences_name_what_changed():
         {"setting": "subset", "before": "one list", "after": "another list of the same length"},
     ]
     assert setting_differences(a, a) == []
+
+
+def test_regressions_name_the_settings_that_differ(tmp_path):
+    """Two runs at different settings (N=60 then N=2, another class list): every regressions row
+    names the differing configuration keys, a list setting once; the same settings: none."""
+    from tasks.store.layout import run_record_parquet
+    from tasks.store.tables import RUN_SCHEMA
+
+    st = Storage(str(tmp_path / "root"))
+    configs = {"rX": {"abs": {"n_crops": 60, "tau": 0.03}, "classnames": ["a", "b"], "prompt": "p"},
+               "rY": {"abs": {"n_crops": 2, "tau": 0.03}, "classnames": ["a", "c"], "prompt": "p"},
+               "rZ": {"abs": {"n_crops": 2, "tau": 0.03}, "classnames": ["a", "c"], "prompt": "p"}}
+    for day, run in enumerate(configs, start=1):
+        rows = regression_rows("rA" if run == "rX" else "rB", run)
+        for shard in range(N_IMAGES // PER_SHARD):
+            part = [r for r in rows if r["shard"] == shard]
+            st.write_parquet(prediction_part(DATASET, MODEL, f"cfg-{run}", shard),
+                             pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA))
+        rec = write_run(st, run, f"cfg-{run}", "nightly", day)
+        rec["config_json"] = json.dumps(configs[run])
+        st.write_parquet(run_record_parquet(run), pa.Table.from_pylist([rec], schema=RUN_SCHEMA))
+    got = catalog.run_query(str(tmp_path / "root"), "regressions", {"run_a": "rX", "run_b": "rY"}).to_pylist()
+    assert got and all(r["settings_differ"] == ["abs.n_crops", "classnames"] for r in got)
+    same = catalog.run_query(str(tmp_path / "root"), "regressions", {"run_a": "rY", "run_b": "rZ"}).to_pylist()
+    assert same and all(r["settings_differ"] == [] for r in same)

@@ -17,12 +17,22 @@ import fsspec
 import numpy as np
 import pytest
 from PIL import Image
+from test_sql import (
+    CLASSES,
+    METHODS,
+    PER_SHARD,
+    build_results,
+    expected_acc5,
+    expected_accuracy,
+    expected_mean_per_class_recall,
+    make_rows,
+    write_dino_cache,
+    write_part,
+    write_run,
+)
 
 from tasks import report
 from tasks.store import Storage
-
-from test_sql import (CLASSES, METHODS, PER_SHARD, build_results, expected_accuracy, expected_acc5,
-                      expected_mean_per_class_recall, make_rows, write_dino_cache, write_part, write_run)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +150,14 @@ def test_gallery_picks_disagreements_and_uses_stored_geometry(built):
         assert i["heat"] == ("cache" if int(i["image_id"][4:]) < PER_SHARD else "topk"), i
     for f in m.gallery:
         assert f"]({f.split('runs/run=r2/')[1]})" in m.markdown
+    # hand-built rows: no evaluation spec in the run record, so no models to rescore with; one line says so,
+    # and every image still shows both methods' stored margins and its stored crops
+    assert m.markdown.count("_Deciding crops and descriptions not shown: the run record holds no evaluation spec") == 1
+    assert all(i["deciding"] is None for i in items)
+    for i in items:
+        caption = m.markdown.split(f"**`{i['image_id']}`**", 1)[1].split("\n\n", 1)[0]
+        assert f"margin {i['margin_a']:+.3f})" in caption and f"margin {i['margin_b']:+.3f})" in caption
+        assert "- Stored `abs` crops: " in caption and " raw crop boxes, " in caption
 
 
 def test_previous_run_override_and_no_previous(tmp_path):
@@ -394,3 +412,177 @@ def test_best_classes_never_lists_a_class_at_zero(tmp_path):
     # no dataset.json here: C is the number of distinct true labels
     assert "| classes scored (C) | 5 (distinct true labels of the run) |" in m.markdown
     assert "abs-eval sql run class_extremes -p run_id=r9 -p top_k=5 --root " in m.markdown
+
+
+def test_per_class_plot_is_in_percent_like_the_methods_plot():
+    rows = [{"method": m, "label": c, "class_name": CLASSES[c], "accuracy": a}
+            for m, accs in (("abs", (0.2, 0.5, 1.0)), ("clip", (0.0, 0.25, 0.75))) for c, a in enumerate(accs)]
+    fig = report.per_class_figure(rows, n_classes=4)
+    ax = fig.axes[0]
+    assert "%" in ax.get_ylabel() and ax.get_ylim() == pytest.approx((-2, 102))
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted([20.0, 50.0, 100.0, 0.0, 25.0, 75.0])  # 0-100, not 0-1
+    chance = [ln for ln in ax.get_lines() if ln.get_label().startswith("chance 1/C")]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == pytest.approx([25.0, 25.0])
+
+
+def test_soft_match_terms_sum_to_the_abs_logits():
+    import torch
+
+    from abs_model import soft_match
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(7, 16, generator=g), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(5, 4, 16, generator=g), dim=-1)
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    mask[1, 2:] = False
+    mask[4, 1:] = False
+    for mk in (None, mask):
+        terms = report.soft_match_terms(v, t, mk, 0.03)
+        assert terms.shape == (7, 5, 4) and terms.dtype == torch.float64
+        want = soft_match(v[None], t, mk, 0.03)[0].double()
+        assert torch.allclose(terms.sum(dim=(0, 2)), want, rtol=1e-5, atol=1e-4)
+    assert (terms[:, ~mask] == 0).all()  # padded descriptions add nothing
+
+
+def test_deciding_crops_are_drawn_bold_and_the_others_faint():
+    colour = (10, 200, 10)
+    img = Image.new("RGB", (200, 100), colour)
+    # boxes in the row's 100 x 50 pixels (the decoded image is twice that)
+    row = {**GALLERY_ROW, "raw_boxes": [[5, 5, 30, 20], [60, 25, 95, 45]], "margin_a": 1.5, "margin_b": -0.25}
+    deciding = {"class_name": CLASSES[0], "crops": [{"rank": 1, "kind": "raw", "index": 1, "box": [60, 25, 95, 45]}]}
+    plain, marked = _two_panel_png(img, row), _two_panel_png(img, row, deciding=deciding)
+
+    def blue_in_panel(px: np.ndarray) -> np.ndarray:
+        """Strongly blue pixels of the attention panel (right of the untouched image, the same size)."""
+        ys, xs = _colour_box(px, colour)  # the left panel
+        w = xs.max() - xs.min()
+        p = px[ys.min() : ys.max() + 1, xs.max() + 5 : xs.max() + 5 + w]
+        return (p[..., 2] - p[..., 0] > 80) & (p[..., 2] - p[..., 1] > 80)
+
+    # box 0 covers x 5-30% of the panel, box 1 x 60-95%: without deciding crops both are drawn alike;
+    # with box 1 deciding, box 0 is faint (no strongly blue pixel left) and box 1 bold
+    b_plain, b_marked = blue_in_panel(plain), blue_in_panel(marked)
+    w = b_plain.shape[1]
+    left_part, right_part = (slice(0, int(0.45 * w)), slice(int(0.55 * w), None))
+    assert b_plain[:, left_part].sum() > 20 and b_plain[:, right_part].sum() > 20
+    assert b_marked[:, left_part].sum() == 0 and b_marked[:, right_part].sum() > b_plain[:, right_part].sum()
+
+
+# ---------------------------------------------------------------------- a real small run: what decided ABS's predictions
+REAL_CLASSES = ["cat", "dog", "fox", "owl"]
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """A real run on the tiny random-weight models, as the flow writes it (shards, DINO cache,
+    predictions, and a run record holding its evaluation spec), without Prefect; and its report."""
+    import types
+    from datetime import datetime, timezone
+
+    from pipeline_fixtures import make_folder_source, make_spec, prepare_dataset
+
+    from tasks.context import build_context, model_geometry
+    from tasks.dino_cache import dino_shard
+    from tasks.infer import infer_shard
+    from tasks.runs import COMPLETED, RunRecord
+
+    base = tmp_path_factory.mktemp("real-run")
+    root, src = str(base / "root"), str(base / "src")
+    make_folder_source(src, REAL_CLASSES, 6)
+    prepare_dataset(root, "folder", src, "mini", images_per_shard=12, descriptions="mini-desc")
+    spec = make_spec("mini", "mini-desc")
+    ctx = build_context(root, spec)
+    info = ctx.info
+    res = []
+    for sh in info.shards:
+        d = dino_shard(ctx.storage, info.dataset, sh.index, info.fingerprint, ctx.dino, max_image_side=spec.abs.max_image_side)
+        res.append(infer_shard(ctx.storage, ctx.classifier, dataset=info.dataset, model=spec.model_name,
+                               config=ctx.config_hash, shard=sh.index, dino_path=d.path,
+                               classnames=list(info.classnames), run_id="real1"))
+    RunRecord(
+        run_id="real1", dataset="mini", model=spec.model_name, config=ctx.config_hash, status=COMPLETED,
+        ended_at=datetime.now(timezone.utc), n_images=sum(r.n_images for r in res), n_ok=sum(r.n_ok for r in res),
+        n_error=sum(r.n_error for r in res), shards_total=len(res), shards_computed=len(res),
+        clip_model=spec.clip.name, clip_pretrained="random", clip_weights_digest=ctx.clip.weights_digest,
+        dino_model=spec.dino.name, dino_pretrained="random", dino_weights_digest=ctx.dino.weights_digest,
+        descriptions_hash=ctx.descriptions.content_hash, config_json={"spec": spec.to_dict(), "numbers": ctx.numbers},
+        model_geometry=model_geometry(ctx.clip, ctx.dino),
+    ).write(ctx.storage)
+    m = report.write_report(root, "real1", gallery_size=2)
+    return types.SimpleNamespace(root=root, run_id="real1", spec=spec, info=info, manifest=m)
+
+
+def _caption(md: str, image_id: str) -> str:
+    """The text under one gallery image (up to the next blank line)."""
+    return md.split(f"**`{image_id}`**", 1)[1].split("\n\n", 1)[0]
+
+
+def test_gallery_names_margins_and_the_crops_and_descriptions_that_decided(real_run):
+    from pipeline_fixtures import SMALL_ABS, simple_descriptions
+
+    from tasks import catalog
+
+    m, md = real_run.manifest, real_run.manifest.markdown
+    rows = {r["image_id"]: r for r in catalog.run_query(real_run.root, "gallery", {"run_id": "real1", "top_k": 2}).to_pylist()}
+    assert m.gallery_items and {i["image_id"] for i in m.gallery_items} == set(rows)
+    assert "Deciding crops and descriptions not shown" not in md and "**Deciding crops** (bold and numbered" in md
+    own = simple_descriptions(REAL_CLASSES, 5)  # what prepare_dataset stored; ABS used the first M of each class
+    for item in m.gallery_items:
+        r, e = rows[item["image_id"]], item["deciding"]
+        assert e is not None and item["deciding_note"] is None and item["file"] in m.gallery
+        text = _caption(md, r["image_id"])
+        # the classes and both methods' stored margins
+        for meth, pred, name, margin in (("abs", r["pred_a"], r["pred_name_a"], r["margin_a"]),
+                                         ("clip", r["pred_b"], r["pred_name_b"], r["margin_b"])):
+            mark = "right" if pred == r["label"] else "wrong"
+            assert f"`{meth}` predicted **{name}** ({mark}, margin {margin:+.3f})" in text, text
+        assert f"true class **{r['class_name']}**" in text
+        # the rescoring is the run's own: the same prediction, true-class logit and margin as stored
+        assert e["pred"] == r["pred_a"] and e["class_name"] == r["pred_name_a"]
+        assert e["score_true"] == pytest.approx(r["score_true_a"], rel=1e-4, abs=1e-4)
+        best_other = e["runner_up_logit"] if r["pred_a"] == r["label"] else e["logit"]
+        assert e["score_true"] - best_other == pytest.approx(r["margin_a"], rel=1e-4, abs=1e-3)
+        # the deciding crops: the top 3 by what they add to the predicted class's logit, the stored boxes
+        assert [c["rank"] for c in e["crops"]] == [1, 2, 3] and e["n_crops"] == 2 * SMALL_ABS.n_crops
+        # (what every crop adds sums to the logit: the split is exact; the 3 named are the largest)
+        assert len(e["crop_scores"]) == e["n_crops"] and sum(e["crop_scores"]) == pytest.approx(e["logit"], rel=1e-4)
+        assert [c["score"] for c in e["crops"]] == sorted(e["crop_scores"], reverse=True)[:3]
+        assert [e["crop_scores"][c["index"] + (SMALL_ABS.n_crops if c["kind"] == "feature" else 0)]
+                for c in e["crops"]] == [c["score"] for c in e["crops"]]
+        for c in e["crops"]:
+            stored = r["raw_boxes"] if c["kind"] == "raw" else r["feature_windows"]
+            assert c["box"] == list(stored[c["index"]])
+            assert f"{c['rank']}. {report._crop_text(c['kind'], c['box'])} ({c['score']:+.3f})" in text
+        assert f"Deciding crops of `abs` for **{e['class_name']}** (what each adds to its logit {e['logit']:.3f}" in text
+        # the deciding descriptions: 3 of the predicted class's own, named in the markdown
+        assert len(e["descriptions"]) == 3
+        for d in e["descriptions"]:
+            assert d["text"] == own[e["class_name"]][d["index"]] and d["index"] < SMALL_ABS.n_descriptions
+            assert f'"{d["text"]}" ({d["score"]:+.3f})' in text
+        assert f"Best-matching descriptions of **{e['class_name']}**: " in text
+    # the artifact (Prefect UI) shows the same captions
+    for item in m.gallery_items:
+        assert _caption(m.artifact_markdown, item["image_id"]) == _caption(md, item["image_id"])
+
+
+def test_gallery_without_the_models_says_so_in_one_line_and_shows_what_is_stored(real_run, monkeypatch):
+    import tasks.context
+    from abs_model import WeightsUnavailableError
+
+    def no_models(*_a, **_k):
+        raise WeightsUnavailableError("CLIP weights ViT-B-16/openai are not cached here and cannot be downloaded")
+
+    monkeypatch.setattr(tasks.context, "resolve", no_models)
+    m = report.write_report(real_run.root, "real1", gallery_size=1)
+    notes = [ln for ln in m.markdown.splitlines() if "not shown" in ln]
+    assert len(notes) == 1 and notes[0].startswith(
+        "_Deciding crops and descriptions not shown: the run's models could not be loaded (WeightsUnavailableError: CLIP weights")
+    assert "Deciding crops of" not in m.markdown and "Best-matching descriptions" not in m.markdown
+    assert m.gallery and len(m.gallery) == len(m.gallery_items)  # the pictures are still drawn
+    for item in m.gallery_items:
+        assert item["deciding"] is None
+        text = _caption(m.markdown, item["image_id"])
+        assert f"margin {item['margin_a']:+.3f})" in text and f"margin {item['margin_b']:+.3f})" in text
+        n, k = real_run.spec.abs.n_crops, real_run.spec.abs.top_k
+        assert f"- Stored `abs` crops: {n} raw crop boxes, {n} feature windows, from {k} DINO top-K cells" in text

@@ -58,14 +58,14 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
     from tasks.store import Storage
 
     records = {p.parent.name: json.loads(p.read_text()) for p in (root / "runs").glob("run=*/run.json")}
-    assert records[f"run={crashed_run}"]["status"] == "running"  # as written: the process could not say more
+    assert records[f"run={crashed_run}"]["status"] == "interrupted"  # written down by the first reader that saw it dead
     assert records[f"run={crashed_run}"]["pid"] == proc.pid
     assert records[f"run={resumed['run_id']}"]["status"] == "completed"
     assert not list(Storage(str(root)).glob("predictions/**/*.tmp"))
 
     # status tells the truth per run: the killed one is interrupted (its pid is gone),
     # the resumed one says what it computed and what it reused
-    from tasks.runs import run_progress
+    from tasks.catalog import run_progress
 
     prog = {r["run_id"]: r for r in run_progress(str(root))}
     assert prog[crashed_run]["status"] == "interrupted"

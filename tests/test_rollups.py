@@ -30,19 +30,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from pipeline_fixtures import SMALL_ABS, Tree, make_folder_source, make_spec, photo_bytes, prepare_dataset
 
+from abs_model import ABSConfig
 from tasks import catalog, infer
+from tasks.context import build_context
 from tasks.datasets.imagenet import imagenet_wnids, official_subset_wnids
 from tasks.dino_cache import dino_shard
-from tasks.context import build_context
 from tasks.infer import infer_shard
 from tasks.runs import RunRecord
 from tasks.store import Storage
 from tasks.store.layout import marker_key, partition_rollup, prediction_part, rollup_of, rollup_part
 from tasks.store.tables import ROLLUP_SCHEMA
-
-from abs_model import ABSConfig
-from pipeline_fixtures import SMALL_ABS, Tree, make_folder_source, make_spec, photo_bytes, prepare_dataset
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)
 
@@ -73,6 +72,32 @@ SELECT run_id, dataset, model, config, method, label, any_value(class_name) AS c
 FROM run_predictions WHERE status = 'ok' AND pred <> label
 GROUP BY run_id, dataset, model, config, method, label, pred
 """
+#: The errors view over the rows (before error rows files): the reference.
+RAW_ERRORS = """
+SELECT run_id, deployment, dataset, model, config, shard, image_id, method, label, class_name, status, error, computed_by
+FROM run_predictions WHERE status <> 'ok'
+"""
+#: What the runs view counts per run, over the rows the run stands for (before shards-all files).
+RAW_RUN_COUNTS = """
+SELECT r.run_id, r.status,
+       coalesce(c.shards_done, 0) AS shards_done,
+       coalesce(c.shards_computed, 0) AS shards_computed,
+       coalesce(c.shards_done, 0) - coalesce(c.shards_computed, 0) AS shards_reused,
+       coalesce(c.n_images, 0) AS n_images, coalesce(c.n_ok, 0) AS n_ok, coalesce(c.n_error, 0) AS n_error
+FROM run_records AS r
+LEFT JOIN (
+    SELECT run_id, count(DISTINCT shard) AS shards_done,
+           count(DISTINCT shard) FILTER (WHERE computed_by = run_id) AS shards_computed,
+           count(DISTINCT image_id) AS n_images,
+           count(DISTINCT image_id) FILTER (WHERE status = 'ok') AS n_ok,
+           count(DISTINCT image_id) FILTER (WHERE status <> 'ok') AS n_error
+    FROM run_predictions GROUP BY run_id
+) AS c USING (run_id)
+"""
+VIEW_ERRORS = ("SELECT run_id, deployment, dataset, model, config, shard, image_id, method, label, class_name, "
+               "status, error, computed_by FROM errors")
+VIEW_RUN_COUNTS = ("SELECT run_id, status, shards_done, shards_computed, shards_reused, n_images, n_ok, n_error "
+                   "FROM runs")
 VIEW_ACCURACY = ("SELECT run_id, dataset, model, config, method, n, n_ok, n_error, correct, correct5, "
                  "mean_per_class_recall FROM accuracy")
 VIEW_PER_CLASS = ("SELECT run_id, dataset, model, config, method, label, class_name, n, n_ok, n_error, correct "
@@ -146,11 +171,13 @@ def real(tmp_path_factory):
 
 
 def three_ways(con) -> dict[str, tuple[list, list]]:
-    """Each aggregate view against its raw-row definition, on one connection."""
+    """Each aggregate view (and errors, and the runs view's counts) against its raw-row definition, on one connection."""
     return {name: (norm(con.execute(view).fetchall()), norm(con.execute(raw).fetchall()))
             for name, view, raw in (("accuracy", VIEW_ACCURACY, RAW_ACCURACY),
                                     ("per_class_accuracy", VIEW_PER_CLASS, RAW_PER_CLASS),
-                                    ("confusions", VIEW_CONFUSIONS, RAW_CONFUSIONS))}
+                                    ("confusions", VIEW_CONFUSIONS, RAW_CONFUSIONS),
+                                    ("errors", VIEW_ERRORS, RAW_ERRORS),
+                                    ("runs", VIEW_RUN_COUNTS, RAW_RUN_COUNTS))}
 
 
 def every_result(root: str) -> dict[str, list]:
@@ -166,7 +193,7 @@ def every_result(root: str) -> dict[str, list]:
                     continue
                 out[f"{name} {sorted(params.items())}"] = norm(catalog.run_query(con, name, params))
         for view in ("accuracy", "per_class_accuracy", "confusions", "compare_methods", "compare_classes",
-                     "regressions"):
+                     "regressions", "errors", "runs"):
             out[view] = norm(catalog.run_query(con, view))
         return out
     finally:
@@ -255,15 +282,30 @@ def test_mixed_root_and_build_rollups(real, tmp_path):
     assert len(st.glob("rollups/*/*/*/part-*.parquet")) == 6 - 3
     assert len(st.glob("rollups/dataset=mini/*/*/all-*.parquet")) == 0
     assert every_result(root) == want
+    assert not st.glob("rollups/dataset=mini/*/*/errors-part-0000[123].parquet")
     built = catalog.build_rollups(root)
-    assert sorted(built) == [rollup_part("mini", real.model, real.config, s) for s in (1, 3)]  # not the unmarked one
-    assert len(st.glob("rollups/dataset=mini/*/*/all-*.parquet")) == 0  # part 2 is still counted from its rows
+
+    def both(shard: int) -> list[str]:  # a part's rollup and its error rows file
+        part = prediction_part("mini", real.model, real.config, shard)
+        return [rollup_of(part), catalog.errors_of_part(part)]
+
+    assert sorted(built) == sorted(both(1) + both(3))  # not the unmarked one
+    for kind in ("all", "shards-all", "errors-all"):  # part 2 is still counted from its rows
+        assert len(st.glob(f"rollups/dataset=mini/*/*/{kind}-*.parquet")) == 0, kind
     assert catalog.build_rollups(root) == []
     assert every_result(root) == want
     # part 2 committed again (its marker): build_rollups completes the partition
     st.mark_done(marker_key(prediction_part("mini", real.model, real.config, 2)), {"run_id": "r-full"})
-    assert catalog.build_rollups(root) == [rollup_part("mini", real.model, real.config, 2)]
-    assert len(st.glob("rollups/dataset=mini/*/*/all-*.parquet")) == 1
+    assert sorted(catalog.build_rollups(root)) == sorted(both(2))
+    for kind in ("all", "shards-all", "errors-all"):
+        assert len(st.glob(f"rollups/dataset=mini/*/*/{kind}-*.parquet")) == 1, kind
+    assert every_result(root) == want
+    # a root written after rollups but before error rows files: build_rollups adds only those
+    for shard in range(4):
+        st.fs.rm(st.path(catalog.errors_of_part(prediction_part("mini", real.model, real.config, shard))))
+    assert every_result(root) == want
+    assert sorted(catalog.build_rollups(root)) == sorted(
+        catalog.errors_of_part(prediction_part("mini", real.model, real.config, s)) for s in range(4))
     assert every_result(root) == want
 
 
@@ -274,8 +316,8 @@ def test_the_views_read_the_rollups_and_ignore_one_without_its_part(real, tmp_pa
     shutil.copytree(real.root, root)
     st = Storage(root)
     pdir = os.path.dirname(prediction_part("mini", real.model, real.config, 0))
-    (summed,) = [os.path.relpath(p, st.root_path) for p in st.glob(f"{rollup_of(pdir)}/all-*.parquet")]
-    assert summed == partition_rollup(pdir, [f"part-{s:05d}.parquet" for s in range(4)])
+    summed = partition_rollup(pdir, [f"part-{s:05d}.parquet" for s in range(4)])
+    assert st.exists(summed)
     q = "SELECT run_id, sum(n) AS n FROM accuracy WHERE dataset = 'mini' GROUP BY run_id ORDER BY run_id"
 
     def totals() -> dict:
@@ -312,6 +354,69 @@ def test_the_views_read_the_rollups_and_ignore_one_without_its_part(real, tmp_pa
     finally:
         con.close()
     assert totals()["r-full"] == want["r-full"] - removed and st.exists(rollup_of(part3))
+
+
+def test_errors_and_run_counts_read_the_partition_files(real, tmp_path):
+    """The errors view reads a partition's error rows file (errors-all-*), the runs view its rows per run,
+    shard and method (shards-all-*), each only while it covers the parts there; else each part's file
+    (errors-part-*, the part rollup), else the part's rows: a doctored file changes exactly what reads it."""
+    root = str(tmp_path / "copy")
+    shutil.copytree(real.root, root)
+    st = Storage(root)
+    pdir = os.path.dirname(prediction_part("mini", real.model, real.config, 0))
+    names = [f"part-{s:05d}.parquet" for s in range(4)]
+    errors_all, shards_all = (os.path.join(os.path.dirname(partition_rollup(pdir, names)),
+                                           kind + os.path.basename(partition_rollup(pdir, names))[len("all"):])
+                              for kind in ("errors-all", "shards-all"))
+    assert st.exists(errors_all) and st.exists(shards_all)
+    assert st.read_parquet(errors_all).num_rows == 2 * 3  # two bad files x three methods
+    counts_q = ("SELECT run_id, status, shards_done, shards_computed, shards_reused, n_images, n_error FROM runs "
+                "WHERE dataset = 'mini' ORDER BY run_id")
+    want_counts = [tuple(r.values()) for r in catalog.run_query(root, counts_q).to_pylist()]
+    assert want_counts == [("r-crashed", "interrupted", 2, 2, 0, 8, 1), ("r-full", "completed", 4, 2, 2, 14, 2),
+                           ("r-live", "running", 1, 0, 1, 4, 1), ("r-rerun", "completed", 4, 0, 4, 14, 2)]
+    errors_q = "SELECT run_id, image_id, method, error FROM errors WHERE dataset = 'mini' ORDER BY ALL"
+    want_errors = catalog.run_query(root, errors_q).to_pylist()
+    assert {r["run_id"] for r in want_errors} == {"r-crashed", "r-full", "r-live", "r-rerun"}
+
+    def doctor(rel: str, column: str, fn) -> None:
+        t = st.read_parquet(rel)
+        st.write_parquet(rel, t.set_column(t.schema.get_field_index(column), column, fn(t.column(column))))
+
+    doctor(errors_all, "error", lambda c: pc.binary_join_element_wise(c, "!", ""))
+    assert catalog.run_query(root, errors_q).to_pylist() == [{**r, "error": r["error"] + "!"} for r in want_errors]
+    doctor(shards_all, "n", lambda c: pc.multiply(c, 2))
+    doctor(shards_all, "n_ok", lambda c: pc.multiply(c, 2))
+    got = [tuple(r.values()) for r in catalog.run_query(root, counts_q).to_pylist()]
+    assert got == [(*r[:5], 2 * r[5], 2 * r[6]) for r in want_counts]
+    # the partition files removed: each part's files are read, with the same numbers as the rows
+    st.fs.rm(st.path(errors_all))
+    st.fs.rm(st.path(shards_all))
+    assert catalog.run_query(root, errors_q).to_pylist() == want_errors
+    assert [tuple(r.values()) for r in catalog.run_query(root, counts_q).to_pylist()] == want_counts
+    part0 = prediction_part("mini", real.model, real.config, 0)
+    doctor(catalog.errors_of_part(part0), "error", lambda c: pc.binary_join_element_wise(c, "?", ""))
+    got = catalog.run_query(root, errors_q).to_pylist()
+    assert got != want_errors and {r["error"][-1] for r in got if r["error"].endswith("?")} == {"?"}
+    st.fs.rm(st.path(catalog.errors_of_part(part0)))  # a part without its file: read from its rows
+    assert catalog.run_query(root, errors_q).to_pylist() == want_errors
+    catalog.compact_partition(st, pdir)  # not all parts have an error rows file: no errors-all written
+    assert not st.exists(errors_all) and st.exists(partition_rollup(pdir, names))
+    assert catalog.run_query(root, errors_q).to_pylist() == want_errors
+    assert [tuple(r.values()) for r in catalog.run_query(root, counts_q).to_pylist()] == want_counts
+    # a part removed (to be recomputed): the partition files no longer count, the rest is counted as the rows say
+    part3 = prediction_part("mini", real.model, real.config, 3)
+    st.fs.rm(st.path(part3))
+    con = catalog.connect(root)
+    try:
+        for name, (view, raw) in three_ways(con).items():
+            assert view == raw, name
+        assert con.execute("SELECT count(*) FROM partition_shard_files WHERE partition LIKE 'dataset=mini/%'"
+                           ).fetchall() == [(0,)]
+        full = con.execute("SELECT shards_done, shards_computed FROM runs WHERE run_id = 'r-full'").fetchall()
+    finally:
+        con.close()
+    assert full == [(3, 1)]
 
 
 def test_a_crash_between_the_part_and_its_rollup(real, tmp_path, monkeypatch):

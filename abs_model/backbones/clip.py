@@ -62,7 +62,7 @@ class CLIPBackbone(WeightsInfo, nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, spec: ModelSpec | str, device: str | torch.device = "cpu") -> "CLIPBackbone":
+    def load(cls, spec: ModelSpec | str, device: str | torch.device = "cpu") -> CLIPBackbone:
         """Create from an open_clip name plus pretrained tag / local checkpoint / random.
 
         ``ModelSpec("ViT-B-16", "openai")`` downloads through open_clip's usual cache;
@@ -89,6 +89,28 @@ class CLIPBackbone(WeightsInfo, nn.Module):
             announce_random("CLIP", spec.name)
         tokenizer = open_clip.get_tokenizer(spec.name)
         return cls(model, tokenizer, spec).to(device)
+
+    @classmethod
+    def architecture(cls, spec: ModelSpec | str) -> CLIPBackbone:
+        """The backbone without weights: parameters on the ``meta`` device (no memory, nothing
+        downloaded or read), so the split checks of ``__init__`` (a plain ViT with CLS pooling and
+        a square grid) run in a fraction of a second, before a run (``flows/preflight.py``). It has
+        no tokenizer and cannot compute."""
+        import logging
+
+        import open_clip
+
+        if isinstance(spec, str):
+            spec = ModelSpec(spec)
+        register_clip_configs()
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # open_clip's "No pretrained weights loaded" is the point here
+        try:
+            with torch.device("meta"):
+                model = open_clip.create_model(spec.name, pretrained=None, device="meta", **spec.extra)
+        finally:
+            logging.disable(previous)
+        return cls(model, None, spec)
 
     @staticmethod
     def _check_splittable(visual: nn.Module, name: str) -> None:

@@ -49,7 +49,7 @@ class DINOBackbone(WeightsInfo, nn.Module):
         )
 
     @classmethod
-    def load(cls, spec: ModelSpec | str, device: str | torch.device = "cpu") -> "DINOBackbone":
+    def load(cls, spec: ModelSpec | str, device: str | torch.device = "cpu") -> DINOBackbone:
         """Create from a timm name (``vit_base_patch16_224.dino``) or a shipped config name.
 
         ``pretrained``: ``"timm"`` downloads timm's weights for the tag, a file path
@@ -59,13 +59,7 @@ class DINOBackbone(WeightsInfo, nn.Module):
 
         if isinstance(spec, str):
             spec = ModelSpec(spec)
-        shipped = dino_configs()
-        kwargs = dict(spec.extra)
-        if spec.name in shipped:
-            timm_name = shipped[spec.name]["timm_model"]
-            kwargs = {**shipped[spec.name]["kwargs"], **kwargs}
-        else:
-            timm_name = spec.name
+        timm_name, kwargs = cls.timm_args(spec)
         if spec.is_random:
             with seeded_init():
                 model = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
@@ -81,6 +75,30 @@ class DINOBackbone(WeightsInfo, nn.Module):
                     timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": spec.pretrained}, **kwargs
                 )
         return cls(model, spec).to(device)
+
+    @staticmethod
+    def timm_args(spec: ModelSpec) -> tuple[str, dict]:
+        """The timm architecture name and ``create_model`` keyword arguments of ``spec``
+        (a shipped config name resolves to its timm architecture plus overrides)."""
+        shipped = dino_configs()
+        kwargs = dict(spec.extra)
+        if spec.name in shipped:
+            return shipped[spec.name]["timm_model"], {**shipped[spec.name]["kwargs"], **kwargs}
+        return spec.name, kwargs
+
+    @classmethod
+    def architecture(cls, spec: ModelSpec | str) -> DINOBackbone:
+        """The backbone without weights: parameters on the ``meta`` device (no memory, nothing
+        downloaded or read), so its grid, input size and the checks of ``__init__`` are known in a
+        fraction of a second. For checks before a run (``flows/preflight.py``); it cannot compute."""
+        import timm
+
+        if isinstance(spec, str):
+            spec = ModelSpec(spec)
+        timm_name, kwargs = cls.timm_args(spec)
+        with torch.device("meta"):
+            model = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
+        return cls(model, spec)
 
     def cls_attention(self, images: Tensor) -> Tensor:
         """Normalised images ``[B, 3, S, S]`` -> CLS-to-patch attention ``[B, G*G]`` (head mean)."""

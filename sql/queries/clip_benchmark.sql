@@ -6,12 +6,12 @@
 -- abs-eval export writes one CLIP_benchmark JSON file per row (tasks.catalog.export_clip_benchmark).
 WITH chosen AS (
     SELECT run_id
-    FROM runs
+    FROM run_records
     WHERE getvariable('run_ids') IS NULL AND getvariable('run_id') IS NULL AND status = 'completed'
     QUALIFY row_number() OVER (PARTITION BY dataset, model ORDER BY started_at DESC, run_id DESC) = 1
     UNION
     SELECT run_id
-    FROM runs
+    FROM run_records
     WHERE list_contains(CAST(getvariable('run_ids') AS VARCHAR[]), run_id) OR run_id = getvariable('run_id')
 )
 SELECT acc.dataset,
@@ -40,5 +40,5 @@ SELECT acc.dataset,
        r.descriptions_hash,
        r.config_json
 FROM accuracy_of((SELECT coalesce(list(run_id), CAST([] AS VARCHAR[])) FROM chosen)) AS acc
-JOIN runs AS r USING (run_id)
+JOIN run_records AS r USING (run_id)
 ORDER BY acc.dataset, model, pretrained, acc.method, acc.started_at, acc.run_id;

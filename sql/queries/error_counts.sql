@@ -3,7 +3,6 @@
 SELECT run_id, dataset, model, status,
        count(DISTINCT image_id) AS n_images,
        min(error) AS example_error
-FROM errors
-WHERE getvariable('run_id') IS NULL OR run_id = getvariable('run_id')
+FROM errors_of(CASE WHEN getvariable('run_id') IS NULL THEN NULL ELSE [CAST(getvariable('run_id') AS VARCHAR)] END)
 GROUP BY run_id, dataset, model, status
 ORDER BY run_id, n_images DESC, status;

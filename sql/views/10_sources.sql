@@ -26,21 +26,27 @@ SELECT *
 FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
                   hive_partitioning = true, hive_types_autocast = false);
 
--- One row per run (tasks/store/tables.py RUN_SCHEMA), with two columns added:
---   status: as written (running / completed / failed), except that a record still
---     'running' after its lease (expires_at; a live run pushes it forward with a
---     heartbeat every minute) belongs to a process that died: 'interrupted'.
---     Records without a lease count as interrupted one day after they started.
+-- One row per run record (tasks/store/tables.py RUN_SCHEMA) as written, with two columns changed/added:
+--   status: as written (queued / starting / running / completed / failed / interrupted), except
+--     that a record that says its process is alive (queued, starting, running) after its lease
+--     (expires_at; a live run pushes it forward with a heartbeat every minute) belongs to a
+--     process that died: 'interrupted'. Records without a lease count as interrupted one day
+--     after they started. The same rule as tasks.runs.effective_status; a process that died on
+--     the machine a reader runs on is written into the record as 'interrupted' at once by that
+--     reader (tasks.runs.reap_dead_runs: every Python reader does it before it queries).
 --   previous_run_id: the latest earlier completed run of the same deployment,
 --     dataset and model (the run that a scheduled re-evaluation is compared with).
-CREATE OR REPLACE VIEW runs AS
+-- The counts written in the record (n_images ... shards_reused) are what the run wrote when it
+-- ended (0 while it runs); the runs view (21_runs.sql) counts them from the committed parts.
+-- The views that pick runs (run_predictions_of, run_rollups_of, run_pair ...) read this one.
+CREATE OR REPLACE VIEW run_records AS
 WITH written AS (
     SELECT *
     FROM read_parquet('${root}/runs/*/run.parquet', hive_partitioning = false, union_by_name = true)
 ),
 records AS (
     SELECT * REPLACE (
-        CASE WHEN coalesce(status, 'running') = 'running'
+        CASE WHEN coalesce(status, 'running') IN ('queued', 'starting', 'running')
                   AND coalesce(expires_at, started_at + INTERVAL 1 DAY) < now()
              THEN 'interrupted' ELSE coalesce(status, 'running') END AS status)
     FROM written
@@ -101,6 +107,13 @@ rollups AS (
 SELECT parts.file, parts.partition, parts.name, rollups.rollup_file
 FROM parts LEFT JOIN rollups USING (partition, name);
 
+-- One row per partition: its part files now (n_parts) and the md5 of their names (sorted, joined by
+-- ','), which a partition-wide file must carry in its name to count.
+CREATE OR REPLACE VIEW partition_parts AS
+SELECT partition, count(*) AS n_parts, md5(string_agg(name, ',' ORDER BY name)) AS digest
+FROM prediction_part_files
+GROUP BY partition;
+
 -- One row per partition whose summed counts (all-<k>-<md5>.parquet) cover exactly its parts now.
 CREATE OR REPLACE VIEW partition_rollup_files AS
 WITH listing AS (
@@ -115,6 +128,34 @@ summed AS (
     FROM glob('${root}/rollups/*/*/*/all-*.parquet')
 )
 SELECT summed.file, summed.partition FROM summed JOIN listing USING (partition, digest);
+
+-- Rows per (computing run, shard, method) of all of a partition's parts, shards-all-<k>-<md5>.parquet
+-- (tasks.catalog.PART_COUNTS_SCHEMA: run_id, shard, method, n, n_ok; the part rollups' counts summed
+-- that way): what the runs view (21_runs.sql) counts a run's shards, images and errors from, one
+-- small file per partition. One row per partition whose file covers exactly its parts now.
+CREATE OR REPLACE VIEW partition_shard_files AS
+WITH summed AS (
+    SELECT file,
+           regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/shards-all-[^/]*$', 1) AS partition,
+           regexp_extract(file, '/shards-all-[0-9]+-([0-9a-f]+)[.]parquet$', 1) AS digest
+    FROM glob('${root}/rollups/*/*/*/shards-all-*.parquet')
+)
+SELECT summed.file, summed.partition FROM summed JOIN partition_parts USING (partition, digest);
+
+-- Error rows: beside each part's counts the writer commits the part's error rows (status <> 'ok',
+-- a few per part), rollups/<partition>/errors-part-<n>.parquet, and all of a partition's in one
+-- file, errors-all-<k>-<md5>.parquet (the same rule as all-*: it counts only while <md5> matches
+-- the part files there); tasks.catalog.ERRORS_SCHEMA. The errors view (33_errors.sql) reads them
+-- instead of every row's status; a part without one is read from its rows.
+-- One row per partition whose error rows file (errors-all-<k>-<md5>.parquet) covers exactly its parts now.
+CREATE OR REPLACE VIEW partition_error_files AS
+WITH summed AS (
+    SELECT file,
+           regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/errors-all-[^/]*$', 1) AS partition,
+           regexp_extract(file, '/errors-all-[0-9]+-([0-9a-f]+)[.]parquet$', 1) AS digest
+    FROM glob('${root}/rollups/*/*/*/errors-all-*.parquet')
+)
+SELECT summed.file, summed.partition FROM summed JOIN partition_parts USING (partition, digest);
 
 -- Every part's counts: from its rollup file, or from its rows when it has none (one row per
 -- (dataset, model, config, run_id, shard, method, label, pred) of the part).

@@ -30,7 +30,7 @@ SELECT r.run_id,
        p.run_id AS computed_by,
        p.* EXCLUDE (run_id, dataset, model, config),
        coalesce(p.status = 'ok' AND p.pred = p.label, false) AS correct
-FROM (SELECT * FROM runs WHERE run_ids IS NULL OR list_contains(run_ids, run_id)) AS r
+FROM (SELECT * FROM run_records WHERE run_ids IS NULL OR list_contains(run_ids, run_id)) AS r
 JOIN predictions AS p
   ON p.dataset = r.dataset AND p.model = r.model AND p.config = r.config
  AND (r.status = 'completed'
@@ -56,7 +56,7 @@ WITH chosen AS (
            'dataset=' || dataset || '/model=' || model || '/config=' || config AS partition,
            'dataset=' || dataset || '/model=' || model || '/config=' || config
                IN (SELECT partition FROM partition_rollup_files) AS summed
-    FROM runs
+    FROM run_records
     WHERE run_ids IS NULL OR list_contains(run_ids, run_id)
 ),
 whole_files AS (

@@ -13,14 +13,14 @@ WITH vars AS (
            CAST(getvariable('run_b') AS VARCHAR) AS b
 ),
 done AS (
-    SELECT * FROM runs WHERE coalesce(status, 'completed') = 'completed'
+    SELECT * FROM run_records WHERE coalesce(status, 'completed') = 'completed'
 ),
 pick_b AS (
     SELECT vars.a,
            coalesce(
                vars.b,
                (SELECT arg_max(later.run_id, later.started_at)
-                FROM done AS later JOIN runs AS ra ON ra.run_id = vars.a
+                FROM done AS later JOIN run_records AS ra ON ra.run_id = vars.a
                 WHERE later.deployment IS NOT DISTINCT FROM ra.deployment
                   AND later.dataset = ra.dataset
                   AND later.model = ra.model
@@ -31,6 +31,6 @@ pick_b AS (
            ) AS b
     FROM vars
 )
-SELECT coalesce(pick_b.a, (SELECT r.previous_run_id FROM runs AS r WHERE r.run_id = pick_b.b)) AS run_a,
+SELECT coalesce(pick_b.a, (SELECT r.previous_run_id FROM run_records AS r WHERE r.run_id = pick_b.b)) AS run_a,
        pick_b.b AS run_b
 FROM pick_b;

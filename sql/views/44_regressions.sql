@@ -19,6 +19,10 @@
 -- more than chance explains): what the report flags and the flow announces as a Prefect event.
 -- present: 'both', or 'absent from run_a' / 'absent from run_b' for a method (or class) one run
 -- did not score: then p_value is NULL and nothing is compared.
+-- settings_differ: the settings in which the two runs' records differ (keys of config_json:
+-- ABS parameters, models and weight digests, prompt, templates, descriptions, dataset), the
+-- same on every row; empty when the runs share their configuration. A change between runs
+-- with other settings is a change of the setting, not necessarily a regression of the method.
 CREATE OR REPLACE VIEW regressions AS
 WITH pair AS (FROM run_pair),
 both_runs AS (FROM run_predictions_of((SELECT [run_a, run_b] FROM pair))),
@@ -58,6 +62,22 @@ counts AS (
     FROM joined
     GROUP BY GROUPING SETS ((method), (method, label))
 ),
+configs AS (
+    SELECT (SELECT config_json FROM run_records WHERE run_id = (SELECT run_a FROM pair)) AS config_a,
+           (SELECT config_json FROM run_records WHERE run_id = (SELECT run_b FROM pair)) AS config_b
+),
+leaves_a AS (SELECT fullkey, value FROM configs, json_tree(coalesce(configs.config_a, '{}')::JSON)
+             WHERE type NOT IN ('OBJECT', 'ARRAY')),
+leaves_b AS (SELECT fullkey, value FROM configs, json_tree(coalesce(configs.config_b, '{}')::JSON)
+             WHERE type NOT IN ('OBJECT', 'ARRAY')),
+settings AS (
+    -- a list setting (class names, templates) is named once, not per element
+    SELECT coalesce(list_sort(list(DISTINCT regexp_replace(regexp_replace(coalesce(la.fullkey, lb.fullkey),
+                                                                          '\[[0-9]+\].*$', ''), '^\$\.', ''))),
+                    []) AS settings_differ
+    FROM leaves_a AS la FULL OUTER JOIN leaves_b AS lb ON la.fullkey = lb.fullkey
+    WHERE la.value IS DISTINCT FROM lb.value
+),
 tested AS (
     SELECT *,
            correct_a / nullif(n_ok_a, 0) AS accuracy_a,
@@ -87,5 +107,6 @@ SELECT (SELECT run_a FROM pair) AS run_a,
        coalesce(p_value < coalesce(CAST(getvariable('alpha') AS DOUBLE), 0.05), false) AS significant,
        coalesce(p_value < coalesce(CAST(getvariable('alpha') AS DOUBLE), 0.05) AND accuracy_b < accuracy_a, false) AS regressed,
        CASE WHEN n_rows_a = 0 THEN 'absent from run_a' WHEN n_rows_b = 0 THEN 'absent from run_b' ELSE 'both' END
-           AS present
+           AS present,
+       (SELECT settings_differ FROM settings) AS settings_differ
 FROM tested;

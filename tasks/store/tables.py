@@ -160,3 +160,13 @@ ROLLUP_SCHEMA = pa.schema(
 # The summed counts of every part of a partition (tasks.store.layout.partition_rollup): the rows of
 # ROLLUP_SCHEMA summed per (method, label, pred), without the computing run and shard.
 PARTITION_ROLLUP_SCHEMA = pa.schema([f for f in ROLLUP_SCHEMA if f.name not in ("run_id", "shard")])
+
+#: Rows per (computing run, shard, method) of a partition's parts (``rollups/<partition>/shards-all-<k>-<md5>.parquet``):
+#: what the ``runs`` view counts a run's shards, images and errors from.
+PART_COUNTS_SCHEMA = pa.schema([ROLLUP_SCHEMA.field(n) for n in ("run_id", "shard", "method", "n", "n_ok")])
+
+#: The error rows of a prediction part (status <> 'ok'), committed beside its rollup
+#: (``rollups/<partition>/errors-part-<n>.parquet``) and for a whole partition
+#: (``errors-all-<k>-<md5>.parquet``): what the ``errors`` view reads instead of every row's status.
+ERRORS_SCHEMA = pa.schema([PREDICTION_SCHEMA.field(n) for n in
+                           ("run_id", "shard", "image_id", "method", "label", "class_name", "status", "error")])
