@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-
 #: The methods a classifier scores, in the order tables and plots show them: ABS and the
 #: baselines (CLIP with one prompt, CLIP-E with the template ensemble, CuPL descriptions).
 METHODS = ("abs", "clip", "clip-e", "cupl")
@@ -66,7 +65,7 @@ class ABSConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ABSConfig":
+    def from_dict(cls, d: dict) -> ABSConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -129,7 +128,7 @@ class FrozenDict(dict):
         return (type(self), (dict(self),))
 
     @classmethod
-    def fromkeys(cls, keys, value=None) -> "FrozenDict":  # type: ignore[override]
+    def fromkeys(cls, keys, value=None) -> FrozenDict:  # type: ignore[override]
         return cls(dict.fromkeys(keys, value))
 
 
@@ -166,7 +165,7 @@ class ModelSpec:
         return {"name": self.name, "pretrained": self.pretrained, "extra": _thaw(self.extra)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

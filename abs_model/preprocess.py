@@ -327,7 +327,7 @@ def _axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, s
 _CPU_TAP_ROWS = 64
 
 
-def _cpu_views(xs: Sequence[Tensor], crops: "_Crops", size: int) -> None:
+def _cpu_views(xs: Sequence[Tensor], crops: _Crops, size: int) -> None:
     """The views ``/ 255`` of ``crops`` into ``crops.out`` by the compiled integer loops:
     the same 8-bit levels as the matrix products (both are Pillow's arithmetic, exactly)."""
     x0, y0, bh, bw, new_h, new_w, top, left = crops.geometry

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
 __all__ = ["available", "crop_levels"]
 
 _BITS = 22

@@ -9,14 +9,13 @@ fewer than M descriptions), plus the single-prompt (``clip``) and template-ensem
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .config import DEFAULT_PROMPT
-
 
 
 def imagenet_templates() -> list[Callable[[str], str]]:
@@ -76,7 +75,7 @@ class TextBank:
         subset: Sequence[int] | None = None,
         progress: bool = False,
         batch_size: int = 256,
-    ) -> "TextBank":
+    ) -> TextBank:
         """Encode everything with ``clip`` (a ``CLIPBackbone``).
 
         ``descriptions[c]`` are used as written (no template), first ``m`` kept.

@@ -9,11 +9,11 @@ new process must rebuild exactly the same model, or resume would mix two models.
 from __future__ import annotations
 
 import contextlib
-import os
 import hashlib
 import logging
+import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -34,8 +34,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import abs_model.classifier as classifier_mod  # noqa: E402
-from abs_model import MICRO_CLIP, MICRO_DINO, ABSClassifier, ABSConfig, CLIPBackbone, DINOBackbone, TextBank  # noqa: E402
-from abs_model import resample_cpu  # noqa: E402
+from abs_model import (  # noqa: E402
+    MICRO_CLIP,
+    MICRO_DINO,
+    ABSClassifier,
+    ABSConfig,
+    CLIPBackbone,
+    DINOBackbone,
+    TextBank,
+    resample_cpu,  # noqa: E402
+)
 from abs_model.preprocess import image_tensor, to_float_image  # noqa: E402
 
 _SIZES = ((500, 375), (375, 500), (500, 333))

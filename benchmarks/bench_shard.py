@@ -119,7 +119,7 @@ def _run(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> di
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=f, cwd=str(cwd), text=True)
-        rss = PeakRSS(proc.pid, every=0.05)
+        rss = ProcessWatch(proc.pid, every=0.05)
         out, _ = proc.communicate()
     wall = time.perf_counter() - t0
     _reap()

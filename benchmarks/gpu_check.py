@@ -259,9 +259,9 @@ def model_stage(args, device, classes: list[str], files: list[str], res: dict, s
     """FLOPs, matmul, model-only throughput, idle time, peak memory, bf16 vs fp32."""
     import torch
     import torch.nn.functional as F
+    from flops import abs_model_flops, describe
 
     from abs_model import ABSClassifier, ABSConfig, CLIPBackbone, DINOBackbone, ModelSpec, TextBank
-    from flops import abs_model_flops, describe
     from tasks.store.images import decode
 
     t = time.perf_counter()

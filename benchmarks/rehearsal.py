@@ -318,8 +318,8 @@ def verify(root: str, run_id: str, shards: list[int], batch: int = 16) -> dict:
 
     from tasks.context import resolve
     from tasks.runs import read_run
-    from tasks.shard import read_shard
     from tasks.store import Storage
+    from tasks.store.datasets import read_shard
     from tasks.store.images import decode
     from tasks.store.layout import prediction_part
 

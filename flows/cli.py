@@ -7,6 +7,7 @@ is running. Analysis commands (``sql``, ``status``) only read the storage root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -61,6 +62,21 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _job_mistakes():
+    """Around the checks of ``flows/preflight.py``: a mistake is one ``error:`` line, exit code 2.
+
+    The checks named inside import no torch, open_clip or Prefect, so a path typo is
+    reported in about a second; commands import their heavy modules after this block.
+    """
+    from flows.preflight import PreflightError
+
+    try:
+        yield
+    except PreflightError as exc:
+        _fail(str(exc))
+
+
 def _parse_kv(items: list[str] | None) -> dict[str, str]:
     out = {}
     for it in items or []:
@@ -92,6 +108,10 @@ def demo(
     report and a DuckDB catalog, and prints the accuracy table. Random weights give chance accuracy;
     the point is that every stage runs.
     """
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_writable_dir(root, "--root")
     _announce_local_api()
     from flows.evaluate import evaluate
     from flows.params import EvaluateParams
@@ -171,6 +191,11 @@ def shard(
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Layout option KEY=VALUE (repeatable)."),
 ) -> None:
     """Shard a dataset into Parquet under the root (resumable; bad files become error rows)."""
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_exists(source, "dataset source")
+        pf.check_writable_dir(root, "--root")
     from tasks.shard import shard_dataset
 
     try:
@@ -205,12 +230,17 @@ def describe_import(
     m: int = typer.Option(defaults.N_DESCRIPTIONS, help="Keep at most M descriptions per class."),
 ) -> None:
     """Import descriptions, validate them against the dataset's classes, and store them."""
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_exists(path, "description file")
+        pf.check_writable_dir(root, "--root")
     from tasks.descriptions import (
         DescriptionError,
         import_descriptions,
         write_descriptions,
     )
-    from tasks.shard import read_dataset_info
+    from tasks.store.datasets import read_dataset_info
 
     try:
         info = read_dataset_info(root, dataset)
@@ -232,11 +262,16 @@ def describe_generate(
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key "
                                     "(never printed or stored)."),
     m: int = typer.Option(defaults.N_DESCRIPTIONS, help="Distinct descriptions per class."),
-    seed: int = typer.Option(0), temperature: float = typer.Option(0.99), workers: int = typer.Option(1),
+    seed: int = typer.Option(0), temperature: float = typer.Option(defaults.LLM_TEMPERATURE),
+    workers: int = typer.Option(1),
 ) -> None:
     """Generate CuPL-style descriptions with an LLM (resumable class by class)."""
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_writable_dir(root, "--root")
     from tasks.descriptions import DescriptionError, generate_descriptions
-    from tasks.shard import read_dataset_info
+    from tasks.store.datasets import read_dataset_info
 
     try:
         info = read_dataset_info(root, dataset)
@@ -249,6 +284,18 @@ def describe_generate(
 
 # ------------------------------------------------------------------------------ run
 _P_DATA, _P_MODELS, _P_METHOD, _P_EXEC = "Dataset and descriptions", "Models", "ABS method (paper defaults)", "Execution"
+
+
+def _field_option(name: str, panel: str, *decls: str, help_suffix: str = ""):
+    """A ``run`` option whose default and help are those of ``EvaluateParams``' field ``name``.
+
+    Why: the CLI, the flows, matrix files and deployments take the same parameters; written
+    twice, a default or its help drifts (``tests/test_cli.py`` checks the two agree).
+    """
+    from flows.params import EvaluateParams
+
+    field = EvaluateParams.model_fields[name]
+    return typer.Option(field.default, *decls, help=(field.description or "") + help_suffix, rich_help_panel=panel)
 
 
 @app.command()
@@ -267,55 +314,42 @@ def run(
     descriptions: Optional[list[str]] = typer.Option(None, help="Description file to import (one per "
                                                      "--dataset); omit to use the stored set.",
                                                      rich_help_panel=_P_DATA),
-    descriptions_name: Optional[str] = typer.Option(None, help="Stored set name (default: the dataset name).",
-                                                    rich_help_panel=_P_DATA),
-    descriptions_format: str = typer.Option("auto", help="auto, cupl, nested, attributes or templates.",
-                                            rich_help_panel=_P_DATA),
-    descriptions_key: Optional[str] = typer.Option(None, help="Dataset key inside a nested file.",
-                                                   rich_help_panel=_P_DATA),
-    images_per_shard: int = typer.Option(defaults.IMAGES_PER_SHARD, help="Images per Parquet shard.",
-                                        rich_help_panel=_P_DATA),
-    allow_single_class: bool = typer.Option(False, help="Evaluate a dataset with one class (100% for any method).",
-                                            rich_help_panel=_P_DATA),
+    descriptions_name: Optional[str] = _field_option("descriptions_name", _P_DATA),
+    descriptions_format: str = _field_option("descriptions_format", _P_DATA),
+    descriptions_key: Optional[str] = _field_option("descriptions_key", _P_DATA),
+    images_per_shard: int = _field_option("images_per_shard", _P_DATA),
+    allow_single_class: bool = _field_option("allow_single_class", _P_DATA, help_suffix=" (every method scores 100%)"),
     clip_model: Optional[list[str]] = typer.Option(None, help="open_clip ViT name (`abs-eval models`; repeat "
                                                    f"for several). Default: {defaults.CLIP_MODEL}.",
                                                    rich_help_panel=_P_MODELS),
     clip_pretrained: Optional[list[str]] = typer.Option(None, help="open_clip tag, checkpoint path or 'random' "
                                                         "(one, or one per --clip-model). Default: "
                                                         f"{defaults.CLIP_PRETRAINED}.", rich_help_panel=_P_MODELS),
-    dino_model: str = typer.Option(defaults.DINO_MODEL, help="timm DINO ViT name.",
-                                   rich_help_panel=_P_MODELS),
-    dino_pretrained: Optional[str] = typer.Option(defaults.DINO_PRETRAINED, help="'timm', a checkpoint path or 'random'.",
-                                                  rich_help_panel=_P_MODELS),
-    prompt: str = typer.Option(defaults.PROMPT, help="Prompt of the plain CLIP baseline.",
-                               rich_help_panel=_P_MODELS),
-    templates: str = typer.Option(defaults.TEMPLATES, help="Template set of clip-e: openai-imagenet or none.",
-                                  rich_help_panel=_P_MODELS),
-    alpha: Optional[float] = typer.Option(None, help="Smallest crop side, fraction of the side (0.5).",
+    dino_model: str = _field_option("dino_model", _P_MODELS),
+    dino_pretrained: Optional[str] = _field_option("dino_pretrained", _P_MODELS),
+    prompt: str = _field_option("prompt", _P_MODELS),
+    templates: str = _field_option("templates", _P_MODELS),
+    alpha: Optional[float] = typer.Option(None, help=f"Smallest crop side, fraction of the side ({defaults.ABS.alpha}).",
                                           rich_help_panel=_P_METHOD),
-    beta: Optional[float] = typer.Option(None, help="Largest crop side, fraction of the side (0.9).",
+    beta: Optional[float] = typer.Option(None, help=f"Largest crop side, fraction of the side ({defaults.ABS.beta}).",
                                          rich_help_panel=_P_METHOD),
-    top_k: Optional[int] = typer.Option(None, help="K: crop centres from the K most attended patches (20).",
+    top_k: Optional[int] = typer.Option(None, help=f"K: crop centres from the K most attended patches ({defaults.ABS.top_k}).",
                                         rich_help_panel=_P_METHOD),
-    n_crops: Optional[int] = typer.Option(None, help="N: crops per branch (60).", rich_help_panel=_P_METHOD),
-    m: Optional[int] = typer.Option(None, help="M: descriptions per class (50).", rich_help_panel=_P_METHOD),
-    tau: Optional[float] = typer.Option(None, help="Soft-matching temperature (0.03).", rich_help_panel=_P_METHOD),
-    tau_sample: Optional[float] = typer.Option(None, help="Temperature over the top-K attention (0.03).",
+    n_crops: Optional[int] = typer.Option(None, help=f"N: crops per branch ({defaults.ABS.n_crops}).", rich_help_panel=_P_METHOD),
+    m: Optional[int] = typer.Option(None, help=f"M: descriptions per class ({defaults.ABS.n_descriptions}).", rich_help_panel=_P_METHOD),
+    tau: Optional[float] = typer.Option(None, help=f"Soft-matching temperature ({defaults.ABS.tau}).", rich_help_panel=_P_METHOD),
+    tau_sample: Optional[float] = typer.Option(None, help=f"Temperature over the top-K attention ({defaults.ABS.tau_sample}).",
                                                rich_help_panel=_P_METHOD),
-    seed: Optional[int] = typer.Option(None, help="Crop seed; each image draws from (seed, image id) (0).",
+    seed: Optional[int] = typer.Option(None, help=f"Crop seed; each image draws from (seed, image id) ({defaults.ABS.seed}).",
                                        rich_help_panel=_P_METHOD),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ...", rich_help_panel=_P_EXEC),
-    precision: str = typer.Option("auto", help="auto (bf16 on cuda, fp32 on cpu), fp32, bf16, fp16.",
-                                  rich_help_panel=_P_EXEC),
-    images_per_batch: Optional[int] = typer.Option(None, help="Images per model batch (4 on CPU, 64 on CUDA).",
-                                                   rich_help_panel=_P_EXEC),
-    runner: str = typer.Option("threads", help="threads, dask or ray.", rich_help_panel=_P_EXEC),
-    workers: int = typer.Option(1, help="Parallel shard tasks.", rich_help_panel=_P_EXEC),
-    keep_features: bool = typer.Option(False, help="Also store crop features.", rich_help_panel=_P_EXEC),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the CLIP trunk (~30 s once, then "
-                                 "8-20% faster).", rich_help_panel=_P_EXEC),
-    deployment: Optional[str] = typer.Option(None, help="Label to compare runs by (default: the Prefect "
-                                             "deployment, or 'manual').", rich_help_panel=_P_EXEC),
+    device: str = _field_option("device", _P_EXEC),
+    precision: str = _field_option("precision", _P_EXEC),
+    images_per_batch: Optional[int] = _field_option("images_per_batch", _P_EXEC),
+    runner: str = _field_option("runner", _P_EXEC),
+    workers: int = _field_option("workers", _P_EXEC),
+    keep_features: bool = _field_option("keep_features", _P_EXEC),
+    compile: bool = _field_option("compile", _P_EXEC, "--compile"),
+    deployment: Optional[str] = _field_option("deployment", _P_EXEC),
 ) -> None:
     """Evaluate ABS and the baselines on one dataset, or on a matrix of datasets x CLIP models.
 
@@ -325,10 +359,8 @@ def run(
     deployments use): a failing cell does not stop the others, and a table of every cell ends the run.
     Progress per shard and per image shows in the terminal and in the Prefect logs.
     """
-    from abs_model import WeightsUnavailableError
     from flows.params import ParameterError, make_params, preflight
-    from tasks.context import EvaluationError
-    from tasks.descriptions import DescriptionError
+    from flows.preflight import PreflightError
 
     common = dict(
         root=root, layout_options=_parse_kv(option), dino_model=dino_model, dino_pretrained=_random(dino_pretrained),
@@ -339,19 +371,22 @@ def run(
         images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
         runner=runner, workers=workers, allow_single_class=allow_single_class,
     )
-    try:  # every job-level check of every cell, before Prefect or any model starts
+    try:  # paths, roots and names of every cell first: no torch, open_clip or Prefect imported yet
         cells = _matrix_cells(common, dataset, source, layout, descriptions, clip_model, clip_pretrained, matrix)
         params = [make_params(**c) for c in cells]
-        problems = []
-        for p in params:
-            try:
-                preflight(p)
-            except ParameterError as exc:
-                problems.append(f"{p.dataset} x {p.clip_model}: {exc}" if len(params) > 1 else str(exc))
-        if problems:
-            raise ParameterError("\n".join(problems))
-    except ParameterError as exc:
+        _check_paths(params)
+    except (ParameterError, PreflightError) as exc:
         _fail(str(exc))
+    try:  # then every other job-level check of every cell, before Prefect or any model starts
+        _check_models_and_classes(params, preflight)
+    except (ParameterError, PreflightError) as exc:
+        _fail(str(exc))
+    from abs_model import WeightsUnavailableError
+    from tasks.descriptions import DescriptionError
+    from tasks.evalspec import EvaluationError
+    from tasks.runs import announce_runs
+
+    announce_runs(params)  # `starting` records now: status and SQL show the run while Prefect starts
     _announce_local_api()
     if len(params) > 1:
         _run_matrix(params, root)
@@ -364,6 +399,52 @@ def run(
         _fail(str(exc))
     typer.echo("")
     _print_accuracy(root, out)
+
+
+def _check_paths(params: list) -> None:
+    """The cheap checks of every cell (``flows.preflight``): roots writable, inputs present, names
+    and layouts valid. Needs no torch, open_clip or Prefect, so a path typo fails within a second."""
+    from flows import preflight as pf
+
+    problems = []
+    for root in dict.fromkeys(p.root for p in params):
+        try:
+            pf.check_writable_dir(root, "--root")
+        except pf.PreflightError as exc:
+            problems.append(str(exc))
+    for p in params:
+        problems += [f"{p.dataset} x {p.clip_model}: {x}" if len(params) > 1 else x for x in pf.job_problems(p)]
+    if problems:
+        raise pf.PreflightError(pf.problems_text(list(dict.fromkeys(problems))))
+
+
+def _check_models_and_classes(params: list, preflight) -> None:
+    """Every other check of every cell, all problems listed together: model names and tags, class
+    lists and descriptions (``flows.params.preflight``), models ABS cannot use (built on the meta
+    device, no weights), then the pretrained weights fetched into the local cache (offline and
+    not cached: one line now, not a traceback from a worker after Prefect started)."""
+    from flows import preflight as pf
+    from flows.params import ParameterError
+
+    problems, checked = [], {}
+    for p in params:
+        try:
+            preflight(p)
+        except ParameterError as exc:
+            problems.append(f"{p.dataset} x {p.clip_model}: {exc}" if len(params) > 1 else str(exc))
+            continue
+        key = (p.clip_model, p.dino_model)
+        if key not in checked:
+            checked[key] = pf.model_problems(*key)
+        if checked[key]:
+            text = pf.problems_text(checked[key])
+            problems.append(f"{p.dataset} x {p.clip_model}: {text}" if len(params) > 1 else text)
+    if problems:
+        raise ParameterError("\n".join(dict.fromkeys(problems)))
+    weights = dict.fromkeys([("CLIP", p.clip_model, p.clip_pretrained) for p in params]
+                            + [("DINO", p.dino_model, p.dino_pretrained) for p in params])
+    for kind, model, pretrained in weights:
+        pf.fetch_weights(kind, model, pretrained)
 
 
 def _random(p: str | None) -> str | None:
@@ -521,7 +602,11 @@ def status(
     machine lost) shows as interrupted: on its own machine at once, elsewhere once its heartbeat
     is 5 minutes old.
     """
-    from tasks.runs import run_progress
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_root_exists(root)
+    from tasks.catalog import run_progress
 
     try:
         rows = run_progress(root, run_id, latest=latest)
@@ -562,15 +647,20 @@ def sql_run(
     max_rows: int = typer.Option(50, help="Rows to print."),
 ) -> None:
     """Run a named query or any SQL over the results and print a table (or write a file)."""
-    from tasks.catalog import QueryError, export, format_table, run_query
+    from flows import preflight as pf
 
     if fmt and not out:
         _fail("--format is the format of --out: add --out FILE (or --out - for stdout)")
+    with _job_mistakes():
+        pf.check_root_exists(root)
     if out:
         try:
             fmt = _output_format(out, fmt)
         except ValueError as exc:
             _fail(str(exc))
+        with _job_mistakes():
+            pf.check_writable_file(out, "--out")
+    from tasks.catalog import QueryError, export, format_table, run_query
     try:
         t = run_query(root, query, _parse_kv(param))
     except (KeyError, ValueError, QueryError) as exc:
@@ -643,6 +733,11 @@ def sql_catalog(
                                       "(the duckdb shell then needs httpfs and credentials)."),
 ) -> None:
     """Write a DuckDB catalog of the views: `duckdb results.duckdb -c "from accuracy"`."""
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_root_exists(root)
+        pf.check_writable_file(out, "--out", make_parents=True)
     from tasks.catalog import write_catalog
 
     try:
@@ -658,9 +753,14 @@ def report(
     run_id: str = typer.Argument(..., help="Run id (see `abs-eval status`)."),
     root: str = RootOpt,
     previous: Optional[str] = typer.Option(None, help="Compare with this run (default: previous of the deployment)."),
-    gallery: int = typer.Option(4, help="Gallery images per kind."),
+    gallery: int = typer.Option(defaults.GALLERY_SIZE, help="Gallery images per kind."),
 ) -> None:
     """(Re)write a run's markdown report, plots and gallery next to its run record."""
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_root_exists(root)
+        pf.check_writable_dir(root, "--root")
     from tasks.report import write_report
     from tasks.runs import read_run
     from tasks.store import Storage
@@ -687,6 +787,12 @@ def export_results(
 ) -> None:
     """Write results in CLIP_benchmark's format: one JSON per dataset x model x method (acc1, acc5,
     mean_per_class_recall, plus method, run and config), and results.csv with all of them."""
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_root_exists(root)
+        if out != "-":
+            pf.check_writable_dir(out, "--out")
     from tasks.catalog import ExportError, export_clip_benchmark
 
     try:

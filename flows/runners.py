@@ -53,6 +53,7 @@ def keep_glibc_malloc_defaults() -> None:
 
 
 def build_task_runner(runner: str = "threads", workers: int = 1, address: str | None = None):
+    """The Prefect task runner named ``runner`` (``RUNNERS``; the default is ``tasks.defaults.RUNNER``)."""
     if runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -19,8 +19,8 @@ from tasks.defaults import DINO_GRID, IMAGES_PER_BATCH_CPU, IMAGES_PER_BATCH_CUD
 from tasks.descriptions import DescriptionError, DescriptionSet, read_descriptions
 from tasks.evalspec import EvalSpec, EvaluationError, short_hash
 from tasks.retries import GPU_TAG, TASK_OPTIONS
-from tasks.shard import DatasetInfo, read_dataset_info
 from tasks.store import Storage, as_storage
+from tasks.store.datasets import DatasetInfo, read_dataset_info
 from tasks.text_cache import TextCacheEntry, ensure_text_bank
 
 __all__ = ["EvalContext", "EvaluationError", "build_context", "model_geometry", "prepare_task", "resolve"]

@@ -26,6 +26,20 @@ IMAGES_PER_BATCH_CPU = 4
 IMAGES_PER_BATCH_CUDA = 64
 #: Images per DINO batch in the attention cache.
 DINO_BATCH = 32
+#: Dataset layout of a source when none is given (a folder per class).
+LAYOUT = "folder"
+#: Description file format when none is given (detected from the file).
+DESCRIPTIONS_FORMAT = "auto"
+#: Device and precision when none is given: a GPU when there is one; bf16 on CUDA, fp32 on a CPU.
+DEVICE, PRECISION = "auto", "auto"
+#: Where shard tasks run, and how many at once (``flows.runners.RUNNERS``).
+RUNNER, WORKERS = "threads", 1
+#: What runs are compared by when no Prefect deployment started them.
+DEPLOYMENT = "manual"
+#: Gallery images per kind in a run's report.
+GALLERY_SIZE = 4
+#: Sampling temperature of the LLM writing descriptions (CuPL's setting).
+LLM_TEMPERATURE = 0.99
 
 #: The method's defaults (ABS paper, ICML 2025).
 ABS = ABSConfig()

@@ -18,7 +18,7 @@ from tasks.descriptions import (
     write_descriptions,
 )
 from tasks.retries import TASK_OPTIONS
-from tasks.shard import read_dataset_info
+from tasks.store.datasets import read_dataset_info
 
 
 def store_descriptions(root: str, dataset: str, name: str, path: str | None, fmt: str = "auto",

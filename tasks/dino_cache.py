@@ -28,8 +28,8 @@ from tasks.defaults import DINO_BATCH
 from tasks.evalspec import ALGORITHM_VERSION, short_hash
 from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
-from tasks.store.datasets import read_shard
 from tasks.store import Storage, commits
+from tasks.store.datasets import read_shard
 from tasks.store.images import STATUS_DECODE_ERROR, RowGroupImages, iter_decoded
 from tasks.store.layout import dino_part, shard_part
 from tasks.store.markers import DinoPartMarker

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from abs_model import ABSConfig, ModelSpec
+from tasks import defaults
 from tasks.defaults import PROMPT as DEFAULT_PROMPT
 from tasks.defaults import TEMPLATES
 
@@ -45,8 +46,8 @@ class EvalSpec:
     prompt: str = DEFAULT_PROMPT
     templates: str = TEMPLATES  # a name of tasks.defaults.TEMPLATE_SET_NAMES
     # execution settings: never part of the hash
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = defaults.DEVICE
+    precision: str = defaults.PRECISION
     images_per_batch: int | None = None
     keep_features: bool = False
     compile: bool = False  # torch.compile the CLIP trunk/head (long runs)
@@ -60,7 +61,7 @@ class EvalSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalSpec":
+    def from_dict(cls, d: dict[str, Any]) -> EvalSpec:
         d = dict(d)
         d["clip"] = ModelSpec(**d["clip"])
         d["dino"] = ModelSpec(**d["dino"])

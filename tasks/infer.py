@@ -22,18 +22,18 @@ import torch
 from prefect import get_run_logger, task
 
 from abs_model import ABSClassifier
-from tasks.catalog import drop_rollup, write_rollup
 from tasks import process_cache
+from tasks.catalog import drop_rollup, write_rollup
 from tasks.context import resolve
 from tasks.progress import ShardProgress
 from tasks.retries import GPU_TAG, TASK_OPTIONS
-from tasks.store.datasets import read_shard
 from tasks.store import Storage, commits
+from tasks.store.datasets import read_shard
 from tasks.store.images import (
     STATUS_DECODE_ERROR,
     STATUS_MISSING_DINO,
-    decode_pool,
     RowGroupImages,
+    decode_pool,
     iter_decoded,
 )
 from tasks.store.layout import (

@@ -83,6 +83,15 @@ from tasks.datasets.listing import display, warn_user
 from tasks.defaults import IMAGES_PER_SHARD as DEFAULT_IMAGES_PER_SHARD
 from tasks.defaults import MAX_FILE_BYTES as DEFAULT_MAX_FILE_BYTES
 from tasks.store import Storage, as_storage, commits, is_local
+from tasks.store.datasets import (  # the read side lives in the store; re-exported for older callers
+    DatasetInfo,
+    ShardResult,
+    iter_shards,
+    list_datasets,
+    list_shards,
+    read_dataset_info,
+    read_shard,
+)
 from tasks.store.images import (
     STATUS_MISSING,
     STATUS_OK,
@@ -102,15 +111,6 @@ from tasks.store.layout import (
     part_index,
     part_markers,
     shard_part,
-)
-from tasks.store.datasets import (  # the read side lives in the store; re-exported for older callers
-    DatasetInfo,
-    ShardResult,
-    iter_shards,
-    list_datasets,
-    list_shards,
-    read_dataset_info,
-    read_shard,
 )
 from tasks.store.markers import DatasetMarker, ShardPartMarker
 from tasks.store.tables import SHARD_SCHEMA
@@ -925,6 +925,6 @@ __all__ = [
     "read_dataset_info",
     "read_shard",
     "shard_dataset",
-    "shard_task",
+    "shard_task",  # noqa: F822 - provided lazily by __getattr__ (imports Prefect)
     "write_shard",
 ]

@@ -24,8 +24,7 @@ from abs_model import CLIPBackbone, TextBank
 from abs_model.text import imagenet_templates
 from tasks.defaults import TEMPLATE_SET_NAMES, TEMPLATES
 from tasks.evalspec import short_hash
-from tasks.store import Storage
-from tasks.store import commits
+from tasks.store import Storage, commits
 from tasks.store.layout import text_cache
 from tasks.store.markers import TextCacheMarker
 from tasks.store.tables import TEXT_SCHEMA

@@ -18,7 +18,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest
 import torch
-
 from common import make_image
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
+from dataset_fixtures import Tree
 from PIL import Image
 
 from abs_model import TINY_CLIP, TINY_DINO, ABSConfig, ModelSpec
@@ -26,8 +27,6 @@ from tasks.evalspec import EvalSpec
 from tasks.shard import DatasetInfo, read_dataset_info, read_shard, shard_dataset
 from tasks.store import Storage
 from tasks.store.images import decode
-
-from dataset_fixtures import Tree
 
 #: Small enough for seconds per module, large enough that every code path runs.
 SMALL_ABS = ABSConfig(n_crops=6, top_k=5, n_descriptions=4)

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from common import make_image
 
 from abs_model import ABSClassifier, ABSConfig, TextBank
-
-from common import make_image
 
 CLASSES = ["cat", "dog", "bird", "fish", "car"]
 DESCS = [[f"a {c} that looks like number {i}" for i in range(6 - (k % 3))] for k, c in enumerate(CLASSES)]

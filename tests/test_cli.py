@@ -196,6 +196,7 @@ def test_accuracy_fits_80_columns_with_the_numbers_first(results):
 def test_empty_answers_are_explained(results, tmp_path):
     res = _invoke("sql", "run", "gallery", "--root", results.root)
     assert res.exit_code == 0 and "needs -p run_id=" in res.output
+    (tmp_path / "empty-root").mkdir()  # an existing empty root (a missing one is an error: test_preflight)
     res = _invoke("sql", "run", "accuracy", "--root", str(tmp_path / "empty-root"))
     assert res.exit_code == 0 and "no runs under" in res.output and "empty-root" in res.output
     res = _invoke("sql", "list")
@@ -260,7 +261,7 @@ def test_matrix_file_runs_every_cell_and_a_failing_cell_does_not_stop_the_others
     good = next(ln for ln in table.splitlines() if ln.startswith("good x"))
     bad = next(ln for ln in table.splitlines() if ln.startswith("bad x"))
     assert "completed" in good and "failed" in bad
-    from tasks.runs import run_progress
+    from tasks.catalog import run_progress
 
     runs = run_progress(str(root))
     assert [(r["dataset"], r["status"]) for r in runs] == [("good", "completed")]
@@ -274,3 +275,26 @@ def test_several_datasets_from_options_need_matching_counts(tmp_path, source):
     bad = tmp_path / "m.toml"
     bad.write_text("datasets = [ { dataset = 'x' ")
     assert "cannot be read as TOML" in _one_error_line(_invoke("run", "--matrix", str(bad)))
+
+
+def test_run_options_take_their_defaults_and_help_from_the_parameters():
+    """Each single-valued ``run`` option named like an ``EvaluateParams`` field has that field's
+    default and help (one source: flows/params.py), and the method options show the paper's values."""
+    import typer
+
+    from flows.cli import app
+    from flows.params import EvaluateParams
+    from tasks import defaults
+
+    run = typer.main.get_command(app).commands["run"]
+    checked = 0
+    for p in run.params:
+        field = EvaluateParams.model_fields.get(p.name)
+        if field is None or getattr(p, "multiple", False) or p.name == "root":
+            continue
+        assert p.default == field.default, p.name
+        assert (field.description or "") in (p.help or ""), p.name
+        checked += 1
+    assert checked >= 14
+    helps = {p.name: p.help for p in run.params}
+    assert f"({defaults.ABS.n_crops})" in helps["n_crops"] and f"({defaults.ABS.tau})" in helps["tau"]

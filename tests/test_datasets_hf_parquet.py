@@ -11,12 +11,11 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dataset_fixtures import jpeg_bytes, png_bytes
 
 from tasks.datasets import LayoutError, layout_classes, load_source
 from tasks.datasets.hf_parquet import ParquetEntry
 from tasks.shard import iter_shards, shard_dataset
-
-from dataset_fixtures import jpeg_bytes, png_bytes
 
 NAMES = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark"]
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

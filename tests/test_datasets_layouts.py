@@ -11,6 +11,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dataset_fixtures import (
+    Tree,
+    jpeg_bytes,
+    make_class_folders,
+    make_cub,
+    make_dtd,
+    make_food101,
+    make_manifest_images,
+    make_pets,
+    make_places365,
+    put_bytes_name,
+)
 
 from tasks.datasets import (
     DatasetSizeWarning,
@@ -24,19 +36,6 @@ from tasks.datasets import (
     register_layout,
 )
 from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids, official_subset_indices
-
-from dataset_fixtures import (
-    Tree,
-    jpeg_bytes,
-    make_class_folders,
-    make_cub,
-    make_dtd,
-    make_food101,
-    make_manifest_images,
-    make_pets,
-    make_places365,
-    put_bytes_name,
-)
 
 SHARED_DESCRIPTIONS = Path("/work/shared/data/descriptions/imagenet")
 

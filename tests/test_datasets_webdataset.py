@@ -9,13 +9,12 @@ import uuid
 
 import fsspec
 import pytest
+from dataset_fixtures import jpeg_bytes, png_bytes
 from PIL import Image, features
 
 from tasks.datasets import DatasetSizeWarning, LayoutError, layout_classes, load_source
 from tasks.datasets.webdataset import TarEntry
 from tasks.shard import iter_shards, shard_dataset
-
-from dataset_fixtures import jpeg_bytes, png_bytes
 
 CLASSES = ["abyssinian cat", "bulldog", "golden retriever"]
 TEMPLATES = ["a photo of a {c}.", "a blurry photo of a {c}."]

@@ -14,8 +14,9 @@ def deployments():
 
 
 def test_schedules_and_pools():
-    from cronsim import CronSim
     from datetime import datetime
+
+    from cronsim import CronSim
 
     deps = {d["name"]: d for d in deployments()}
     assert {"imagenet-family-weekly", "fine-grained-monthly"} <= set(deps)

@@ -1,7 +1,6 @@
 """The evaluate flow on a real (temporary) Prefect server: results, artifacts, validation, Dask."""
 
 import pytest
-
 from common import TINY_FLOW_PARAMS, demo_source
 from flow_helpers import assert_same_predictions, predictions
 

@@ -10,24 +10,11 @@ from __future__ import annotations
 
 import math
 import types
-import warnings
 
 import numpy as np
 import pytest
 import torch
-
-from abs_model import ABSClassifier, ABSConfig
-from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids, official_subset_wnids
-from tasks.descriptions import validate_descriptions, write_descriptions
-from tasks.dino_cache import dino_shard
-from tasks.infer import infer_shard
-from tasks.context import EvaluationError, build_context
-from tasks.store.layout import features_part, prediction_part
-from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
-from tasks.text_cache import ensure_text_bank
-
 from flow_helpers import SCORE_ATOL, SCORE_RTOL
-
 from pipeline_fixtures import (
     METHODS,
     SMALL_ABS,
@@ -42,6 +29,16 @@ from pipeline_fixtures import (
     shard_images,
     simple_descriptions,
 )
+
+from abs_model import ABSClassifier, ABSConfig
+from tasks.context import EvaluationError, build_context
+from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids, official_subset_wnids
+from tasks.descriptions import validate_descriptions, write_descriptions
+from tasks.dino_cache import dino_shard
+from tasks.infer import infer_shard
+from tasks.store.layout import features_part, prediction_part
+from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
+from tasks.text_cache import ensure_text_bank
 
 GEOMETRY = ("width", "height", "dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows")
 NUMBERS = ("pred", "pred_name", "top5", "score_true", "margin")
@@ -357,7 +354,6 @@ def test_imagenet_a_subset_scores_1000_texts_and_keeps_the_subset_columns(tmp_pa
         img = shard_images(ctx.storage, "ina", sh.index)
         assert [r["image_id"] for r in rows] == [i for i in img.ids for _ in methods]
         assert [r["method"] for r in rows] == methods * len(img.ids)
-        keyed = by_key(rows)
         sub_logits, _ = direct_predict(ctx, ctx.classifier, sh.index, dino[sh.index].path)
         full_logits, _ = direct_predict(ctx, full, sh.index, dino[sh.index].path)
         for r in rows:

@@ -18,7 +18,7 @@ def loop_soft_match(v, t, valid, tau):
             s = {p: float(v[b, i].double() @ t[p[0], p[1]].double()) / tau for p in pairs}
             mx = max(s.values())
             z = sum(torch.exp(torch.tensor(x - mx, dtype=torch.float64)) for x in s.values())
-            for (c, m), x in s.items():
+            for (c, _m), x in s.items():
                 out[b, c] += float(torch.exp(torch.tensor(x - mx, dtype=torch.float64)) / z) * x
     return out
 

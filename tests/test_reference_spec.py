@@ -17,12 +17,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from common import make_image
 from PIL import Image
 from torchvision import transforms as T
 
 from abs_model import ABSClassifier, ABSConfig, TextBank
-
-from common import make_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

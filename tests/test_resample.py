@@ -15,13 +15,12 @@ import PIL
 import pytest
 import torch
 import torch.nn.functional as F
+from common import make_image
 from PIL import Image
 from torchvision import transforms as T
 
 from abs_model.preprocess import clip_views, dino_view, limit_size, resize_whole, to_tensor_image
 from abs_model.resample import aa_matrix, apply_separable, bicubic_matrix, resize_crop_geometry
-
-from common import make_image
 
 PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 pillow_two_pass_is_horizontal_first = pytest.mark.skipif(
@@ -280,7 +279,7 @@ def test_any_pil_mode_becomes_rgb(mode):
         img = base.convert("P")
         img.info["transparency"] = 0
     elif mode == "I;16":
-        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
         assert img.mode.startswith("I;16")
     else:
         img = base.convert(mode)

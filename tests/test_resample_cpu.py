@@ -11,12 +11,11 @@ reference directly too.
 import numpy as np
 import pytest
 import torch
+from common import make_image
+from test_resample import _levels, clip_view_reference
 
 from abs_model import resample_cpu
 from abs_model.preprocess import clip_views_batch, to_tensor_image
-
-from common import make_image
-from test_resample import _levels, clip_view_reference
 
 pytestmark = pytest.mark.skipif(not resample_cpu.available(), reason="numba not installed")
 

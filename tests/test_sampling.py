@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from abs_model import ABSConfig, image_generator

@@ -14,6 +14,20 @@ from pathlib import Path
 import fsspec
 import pyarrow as pa
 import pytest
+from dataset_fixtures import (
+    Tree,
+    jpeg_bytes,
+    make_bad_folder,
+    make_class_folders,
+    make_cub,
+    make_dtd,
+    make_food101,
+    make_pets,
+    make_places365,
+    png_bytes,
+    png_header_bomb,
+    put_bytes_name,
+)
 
 from tasks.datasets import DatasetSizeWarning, LayoutError, SingleClassWarning, layout_classes, load_source
 from tasks.shard import (
@@ -31,21 +45,6 @@ from tasks.store import COMMITS_DIR, Storage
 from tasks.store.images import check_image
 from tasks.store.layout import dataset_dir, dataset_info, marker_key, shard_part
 from tasks.store.tables import SHARD_SCHEMA
-
-from dataset_fixtures import (
-    Tree,
-    jpeg_bytes,
-    make_bad_folder,
-    make_class_folders,
-    make_cub,
-    make_dtd,
-    make_food101,
-    make_pets,
-    make_places365,
-    png_bytes,
-    png_header_bomb,
-    put_bytes_name,
-)
 
 
 class Crash(RuntimeError):

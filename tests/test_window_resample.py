@@ -46,6 +46,13 @@ from abs_model.resample import (
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
+@pytest.fixture(autouse=True)
+def _matrix_path(monkeypatch):
+    """These tests are about the matrix products' windows (the GPU formulation); on a CPU the
+    views otherwise run as compiled loops (``resample_cpu``, compared in test_resample_cpu.py)."""
+    monkeypatch.setenv("ABS_CPU_KERNELS", "0")
+
+
 def _boxes(h: int, w: int, seed: int, n: int = 6) -> torch.Tensor:
     """Crops of every kind for an ``h x w`` image: the whole image, the four borders, tiny
     ones (1 x 1, 1 x k, k x 1), thin ones, ones smaller than the view (upscaled) and random ones."""

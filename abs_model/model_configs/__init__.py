@@ -15,13 +15,13 @@ patch and input size from the loaded model (``tasks.context.model_geometry``).
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent
 
 
-@lru_cache(maxsize=None)
+@cache
 def register_clip_configs() -> list[str]:
     """Make the shipped CLIP configs known to open_clip (idempotent); returns their names."""
     import open_clip

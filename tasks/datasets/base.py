@@ -23,6 +23,7 @@ import json
 import os
 import posixpath
 import sys
+import types
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -410,7 +411,8 @@ def warn_user(message: str, category: type[Warning] = DatasetSizeWarning) -> Non
     A partial-download warning is about the caller's dataset, so it should point at
     the caller's line, not at whichever layout module noticed.
     """
-    level, frame = 2, sys._getframe(1)  # stacklevel 1 would be this function
+    level = 2
+    frame: types.FrameType | None = sys._getframe(1)  # stacklevel 1 would be this function
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_PREFIXES):
         frame = frame.f_back
         level += 1

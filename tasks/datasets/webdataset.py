@@ -150,15 +150,15 @@ class WebDatasetLayout(Layout):
             classnames_file = display(cfs, cpath)
             classnames = read_name_list(cfs, cpath, "class names, one per line in label order", self.name)
         else:
-            cpath = _first_file(fs, search, CLASSNAMES_FILE)
-            if cpath is None:
+            names_path = _first_file(fs, search, CLASSNAMES_FILE)
+            if names_path is None:
                 where = " or ".join(display(fs, posixpath.join(d, CLASSNAMES_FILE)) for d in search)
                 raise LayoutError(
                     f"{self.name}: missing {where} — expected {CLASSNAMES_FILE} (one class name per line, in label order) "
                     "beside the split folder, or pass layout_options={'classnames': '<path or URL of a class list>'}"
                 )
-            classnames_file = display(fs, cpath)
-            classnames = read_name_list(fs, cpath, "class names, one per line in label order", self.name)
+            classnames_file = display(fs, names_path)
+            classnames = read_name_list(fs, names_path, "class names, one per line in label order", self.name)
         tpath = _first_file(fs, search, TEMPLATES_FILE)
         templates = None if tpath is None else read_name_list(fs, tpath, "prompt templates, one per line", self.name, allow_blank=True)
 

@@ -43,12 +43,14 @@ import posixpath
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import httpx
 
+from tasks import defaults
 from tasks.store import Storage, as_storage
 from tasks.store.layout import generation_dir
 
@@ -87,7 +89,7 @@ class GenerationSettings:
 
     base_url: str
     model: str
-    temperature: float = 0.99
+    temperature: float = defaults.LLM_TEMPERATURE
     seed: int = 0
     n: int = 10
     max_tokens: int = 60
@@ -165,7 +167,7 @@ class ClassProgress:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassProgress":
+    def from_dict(cls, d: dict[str, Any]) -> ClassProgress:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -461,7 +463,7 @@ def generate_descriptions(
     model: str,
     api_key_env: str | None = "OPENAI_API_KEY",
     m: int = DEFAULT_M,
-    temperature: float = 0.99,
+    temperature: float = defaults.LLM_TEMPERATURE,
     seed: int = 0,
     n: int = 10,
     max_tokens: int = 60,

@@ -26,8 +26,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tasks.defaults import N_DESCRIPTIONS
 

@@ -79,8 +79,9 @@ class DatasetInfo:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DatasetInfo:
         names = {f.name for f in fields(cls)} - {"shards", "raw"}
+        values: dict[str, Any] = {k: d.get(k) for k in names}
         return cls(
-            **{k: d.get(k) for k in names},
+            **values,
             shards=[ShardResult.from_dict(s) for s in d.get("shards", [])],
             raw=dict(d),
         )

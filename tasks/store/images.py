@@ -170,7 +170,7 @@ def check_files(
     max_file_bytes: int | None,
     max_image_pixels: int | None,
     settings: tuple[int | None, bool] | None = None,
-) -> list[dict[str, Any] | tuple[str, str] | None]:
+) -> list[dict[str, Any] | tuple[str | None, str | None] | None]:
     """Read and check local files in a shard worker process, one result per ``(path, check_regular)``.
 
     A result is the columns of :func:`check_bytes` (the bytes included, as ``image``),
@@ -183,7 +183,7 @@ def check_files(
     """
     if settings is not None:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = settings
-    out: list[dict[str, Any] | tuple[str, str] | None] = []
+    out: list[dict[str, Any] | tuple[str | None, str | None] | None] = []
     for path, check_regular in files:
         got = read_local_file(path, check_regular)
         if got is None:
@@ -203,13 +203,15 @@ def decode(data: bytes) -> Image.Image:
     return img
 
 
-def _decode_or_error(data: bytes, prepare: Callable[[Image.Image], Any] | None = None) -> Any:
+def _decode_or_error(data: bytes | None, prepare: Callable[[Image.Image], Any] | None = None) -> Any:
     """Decode (and ``prepare``) one image in a worker thread.
 
     A decoding failure is returned as the exception (decodable at shard time but not
     now: the caller records it as an error row); a failure of ``prepare`` on a decoded
     image is a bug, not bad input, and raises in the caller.
     """
+    if data is None:
+        return ValueError("no image bytes stored for this row")
     try:
         img = decode(data)
     except Exception as exc:  # noqa: BLE001
@@ -271,7 +273,9 @@ class RowGroupImages:
             self._values = None  # the previous group goes before the next is read
             self._values = self._pf.read_row_group(g, columns=[self._column]).column(0)
             self._group = g
-        return self._values[i - self._starts[g]].as_py()
+        values = self._values
+        assert values is not None
+        return values[i - self._starts[g]].as_py()
 
     def close(self) -> None:
         self._values = None
@@ -299,7 +303,9 @@ def iter_decoded(images: pa.ChunkedArray | RowGroupImages, indices: list[int], b
 
     def blob(i: int) -> bytes | None:
         v = images[i]
-        return v if v is None or isinstance(v, (bytes, bytearray)) else v.as_py()
+        if v is None or isinstance(v, bytes):
+            return v
+        return bytes(v) if isinstance(v, bytearray) else v.as_py()
 
     def submit(chunk: list[int]) -> list[Future]:
         return [decode_pool().submit(_decode_or_error, blob(i), prepare) for i in chunk]

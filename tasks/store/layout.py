@@ -57,7 +57,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def is_valid_name(name: str | None) -> bool:
     """Whether ``name`` can name a dataset or a description set (letters, digits, '.', '_', '-')."""
-    return bool(name) and NAME_PATTERN.match(name) is not None
+    return name is not None and name != "" and NAME_PATTERN.match(name) is not None
 
 
 def slug(text: str) -> str:
