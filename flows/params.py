@@ -26,7 +26,6 @@ from abs_model import ABSConfig, ModelSpec
 from flows.runners import RUNNERS
 from tasks import defaults
 from tasks.evalspec import EvalSpec
-from tasks.store.layout import is_valid_name
 
 
 class ParameterError(ValueError):
@@ -134,15 +133,9 @@ def abs_config(params: EvaluateParams) -> ABSConfig:
 
 def static_problems(params: EvaluateParams) -> list[str]:
     """Every problem visible from the names alone (no file is read)."""
-    from tasks.datasets import list_layouts
+    from flows.preflight import name_problems
 
-    problems = []
-    if not is_valid_name(params.dataset):
-        problems.append(f"dataset name {params.dataset!r}: use letters, digits, '.', '_' or '-'")
-    if params.layout not in list_layouts():
-        near = difflib.get_close_matches(params.layout, list_layouts(), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        problems.append(f"unknown layout {params.layout!r}{hint}; known layouts: {', '.join(list_layouts())}")
+    problems = name_problems(params.dataset, params.layout)
     try:
         abs_config(params)
     except (ValueError, TypeError) as exc:

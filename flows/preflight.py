@@ -194,6 +194,22 @@ def check_exists(url: str, what: str) -> None:
         raise PreflightError(f"{what} not found: {url}")
 
 
+def name_problems(dataset: str, layout: str) -> list[str]:
+    """A dataset name that cannot be a path / hive value, an unknown layout (with the nearest
+    known one): the checks ``job_problems`` and ``flows.params.static_problems`` share."""
+    from tasks.datasets import list_layouts
+    from tasks.store.layout import is_valid_name
+
+    problems = []
+    if not is_valid_name(dataset):
+        problems.append(f"dataset name {dataset!r}: use letters, digits, '.', '_' or '-'")
+    if layout not in list_layouts():
+        near = difflib.get_close_matches(layout, list_layouts(), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        problems.append(f"unknown layout {layout!r}{hint}; known layouts: {', '.join(list_layouts())}")
+    return problems
+
+
 # ------------------------------------------------------------------------------ one job, cheap
 def job_problems(params: Any) -> list[str]:
     """Every problem of one :class:`flows.params.EvaluateParams` visible without torch or a model.
@@ -204,16 +220,7 @@ def job_problems(params: Any) -> list[str]:
     runs afterwards anyway. The root is checked apart (once for all cells):
     :func:`check_writable_dir`.
     """
-    from tasks.datasets import list_layouts
-    from tasks.store.layout import is_valid_name
-
-    problems = []
-    if not is_valid_name(params.dataset):
-        problems.append(f"dataset name {params.dataset!r}: use letters, digits, '.', '_' or '-'")
-    if params.layout not in list_layouts():
-        near = difflib.get_close_matches(params.layout, list_layouts(), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        problems.append(f"unknown layout {params.layout!r}{hint}; known layouts: {', '.join(list_layouts())}")
+    problems = name_problems(params.dataset, params.layout)
     for url, what in ((params.source, "dataset source"), (params.descriptions, "descriptions file")):
         if url:
             try:
