@@ -13,7 +13,8 @@ the same arithmetic as the standard pipelines:
 Whole-image resizes (``limit_size``, the DINO view) use the same windows: a whole
 image is a crop whose box is the image (``resize_whole_batch``).
 
-Pixels are float in [0, 1]; like PIL on 8-bit images, each resampling pass is
+Pixels are float in [0, 1], or uint8 levels (``model_image``: the same views bit
+for bit, a quarter of the memory); like PIL on 8-bit images, each resampling pass is
 clamped and rounded to 8 bits, horizontal pass first. The resized pixels equal
 Pillow <= 12's ``Image.resize`` (``reducing_gap=None``) bit for bit -- the
 authors' environment -- for every image and crop shape (tested against an
@@ -26,6 +27,7 @@ value in four. The order here stays horizontal-first whatever Pillow is installe
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -100,10 +102,30 @@ def to_tensor_image(img) -> Tensor:
     return to_float_image(image_tensor(img))
 
 
+def model_image(img) -> Tensor:
+    """An image as the resampling takes it: ``image_tensor``, 8-bit images left as uint8 (their
+    levels, a quarter of float32's memory: 36 MB for a 4000x3000 photo, not 144 MB), any other
+    dtype as float32 (``to_float_image``). The views of a uint8 image equal those of its
+    ``to_float_image`` bit for bit (``_level_source``, ``resample_cpu.transposed_levels``)."""
+    x = image_tensor(img)
+    return x if x.dtype == torch.uint8 else to_float_image(x)
+
+
+def _view_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the views made from ``x``: float32 for 8-bit levels, else ``x``'s."""
+    return torch.float32 if x.dtype == torch.uint8 else x.dtype
+
+
+def _float_levels(x: Tensor) -> Tensor:
+    """``x`` as the dense references take it (a uint8 image as ``to_float_image``; floats as they are)."""
+    return to_float_image(x) if x.dtype == torch.uint8 else x
+
+
 def limit_size(x: Tensor, max_side: int) -> Tensor:
-    """Downscale ``[3, H, W]`` (antialiased bicubic) so its longer side is ``<= max_side``."""
+    """Downscale ``[3, H, W]`` (antialiased bicubic) so its longer side is ``<= max_side``; ``max_side``
+    0 (or ``None``): no limit, ``x`` itself. A downscaled uint8 image comes back as float32."""
     _, h, w = x.shape
-    if max_side <= 0 or max(h, w) <= max_side:
+    if not max_side or max_side <= 0 or max(h, w) <= max_side:
         return x
     f = max_side / max(h, w)
     return resize_whole(x, max(1, round(h * f)), max(1, round(w * f)), "bicubic")
@@ -123,6 +145,7 @@ def resize_whole_dense(x: Tensor, nh: int, nw: int, kernel: str) -> Tensor:
     """``resize_whole`` with dense operands, the previous implementation: ``[nh, H]`` and
     ``[nw, W]`` weights and two products over the whole image per output. Kept as the
     reference the banded path is tested and measured against (``benchmarks/bench_whole.py``)."""
+    x = _float_levels(x)
     _, h, w = x.shape
     zero = torch.zeros(1, dtype=torch.long, device=x.device)
     ry = aa_matrix(zero, zero + h, zero + nh, zero, nh, h, kernel, pil_fixed=True)
@@ -152,7 +175,7 @@ def resize_whole_batch(xs: Sequence[Tensor], nh: int, nw: int, kernel: str, out:
     b = len(xs)
     if b == 0:
         raise ValueError("resize_whole_batch needs at least one image")
-    dev, dtype = xs[0].device, xs[0].dtype
+    dev, dtype = xs[0].device, _view_dtype(xs[0])
     if out is None:
         out = torch.empty(b, 3, nh, nw, dtype=dtype, device=dev)
     c = int(xs[0].shape[0])
@@ -305,25 +328,28 @@ def _axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, s
     """Per crop, the fixed-point taps of one axis (``resample.aa_weights``) as ``resample_cpu``
     takes them.
 
-    A crop's taps depend on its length, resized length, offset and its call's tap count (which
-    fixes the normalisation's summation order; see ``resample.aa_matrices``), and on its start
-    only through the sample positions, which move with it. Crop sizes are drawn from a few
-    hundred integers per axis, so the same taps come back image after image: they are
-    evaluated once per process at start 0 (:data:`_TAP_MEMO`) and shifted by each crop's start,
-    the same numbers as evaluating them per crop (``tests/test_resample_cpu.py``). Evaluating
-    them per crop was 17% of the CPU time per image with the micro models.
+    A crop's taps depend on its length, resized length and offset (not on the zero taps its
+    call pads it with: ``resample._sum_in_order``), and on its start only through the sample
+    positions, which move with it. Crop sizes are drawn from a few hundred integers per axis,
+    so the same taps come back image after image: they are evaluated once per process at
+    start 0 (:data:`_TAP_MEMO`) and shifted by each crop's start, the same numbers as
+    evaluating them per crop (``tests/test_resample_cpu.py``). Evaluating them per crop was
+    17% of the CPU time per image with the micro models.
     """
     n = int(start.shape[0])
-    keys = list(zip(length.tolist(), resized.tolist(), offset.tolist(), taps.tolist()))
-    memo = _TAP_MEMO.setdefault((size, kernel), {})
-    missing = list(dict.fromkeys(k for k in keys if k not in memo))
-    if missing:
-        _remember_taps(memo, missing, size, kernel)
-    uniq = list(dict.fromkeys(keys))
+    keys = list(zip(length.tolist(), resized.tolist(), offset.tolist()))
+    with _TAP_LOCK:  # threads of one process share the memo: empty, look up and read it as one step
+        memo = _TAP_MEMO.setdefault((size, kernel), {})
+        if _tap_memo_bytes > _TAP_MEMO_BYTES:  # emptied before the lookups, never between them and the reads
+            _forget_taps()
+        missing = list(dict.fromkeys(k for k in keys if k not in memo))
+        if missing:
+            _remember_taps(memo, missing, size, kernel)
+        uniq = list(dict.fromkeys(keys))
+        got = [memo[k] for k in uniq]
     where = {k: i for i, k in enumerate(uniq)}
     inv = np.fromiter((where[k] for k in keys), dtype=np.int64, count=n)
-    got = [memo[k] for k in uniq]
-    tmax = int(taps.max())
+    tmax = max(int(taps.max()), max(w.shape[1] for _, _, w in got))
     w_u = np.zeros((len(uniq), size, tmax), dtype=np.int32)
     for i, (_, _, w) in enumerate(got):
         w_u[i, :, : w.shape[1]] = w
@@ -332,18 +358,14 @@ def _axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, s
     return first, count, w_u[inv]
 
 
-def _remember_taps(memo: dict, keys: list[tuple[int, int, int, int]], size: int, kernel: str) -> None:
-    """Evaluate the taps of ``keys`` ((length, resized, offset, tap count), at start 0) into ``memo``,
-    once per distinct tap count, in chunks of rows whose temporaries stay in cache. The memo
-    is emptied first when it has passed :data:`_TAP_MEMO_BYTES` (never during a call, whose
-    keys are all read right after)."""
+def _remember_taps(memo: dict, keys: list[tuple[int, int, int]], size: int, kernel: str) -> None:
+    """Evaluate the taps of ``keys`` ((length, resized, offset), at start 0) into ``memo``, each
+    with its own tap count (``resample.aa_taps``), once per distinct count, in chunks of rows
+    whose temporaries stay in cache."""
     global _tap_memo_bytes
-    if _tap_memo_bytes > _TAP_MEMO_BYTES:
-        for m in _TAP_MEMO.values():
-            m.clear()
-        _tap_memo_bytes = 0
-    arr = torch.tensor(keys, dtype=torch.int64).view(-1, 4)
-    length, resized, offset, taps = arr.unbind(1)
+    arr = torch.tensor(keys, dtype=torch.int64).view(-1, 3)
+    length, resized, offset = arr.unbind(1)
+    taps = aa_taps(length, resized, kernel)
     for t in torch.unique(taps).tolist():
         rows = torch.nonzero(taps == t).view(-1)
         for a in range(0, len(rows), _CPU_TAP_ROWS):
@@ -358,11 +380,19 @@ def _remember_taps(memo: dict, keys: list[tuple[int, int, int, int]], size: int,
 # Crops per weight evaluation on a CPU (``_remember_taps``): ~64 x 64 outputs x ~20 taps of
 # float64 temporaries, within a core's L2 cache.
 _CPU_TAP_ROWS = 64
-#: Per process, (size, kernel) -> (length, resized, offset, tap count) -> (first, count, weights)
+#: Per process, (size, kernel) -> (length, resized, offset) -> (first, count, weights)
 #: of one axis at start 0 (``_axis_taps``); bounded by :data:`_TAP_MEMO_BYTES`.
-_TAP_MEMO: dict[tuple[int, str], dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-_TAP_MEMO_BYTES = 64 << 20
+_TAP_MEMO: dict[tuple[int, str], dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+_TAP_MEMO_BYTES = 80 << 20
 _tap_memo_bytes = 0
+_TAP_LOCK = threading.Lock()
+
+
+def _forget_taps() -> None:
+    global _tap_memo_bytes
+    for m in _TAP_MEMO.values():
+        m.clear()
+    _tap_memo_bytes = 0
 
 
 def _cpu_views(xs: Sequence[Tensor], crops: _Crops, size: int) -> None:
@@ -402,7 +432,7 @@ def _batch_crops(xs: Sequence[Tensor], groups: Sequence[tuple[int, Tensor, int]]
     """The crops of ``clip_views_batch`` (CPU int64 tensors, groups of one image together) and
     the output buffer: what the windowed path and the dense reference share."""
     dev = xs[0].device
-    dtype = xs[0].dtype
+    dtype = _view_dtype(xs[0])
     order = sorted(range(len(groups)), key=lambda k: groups[k][0])  # each image's rows together
     boxes = torch.cat([groups[k][1].to("cpu", torch.int64).reshape(-1, 4) for k in order])
     sizes = [len(groups[k][1]) for k in order]
@@ -481,7 +511,7 @@ def clip_views_batch_dense(
 def _dense_views(out: Tensor, x: Tensor, ry: Tensor, rx: Tensor, dest: Sequence[tuple[int, int]]) -> None:
     """All views of one image with dense operands (``clip_views_batch_dense``), stored group by
     group (``dest``: first output row, crops) as ``levels / 255`` (one rounding to ``out``'s dtype)."""
-    levels = _pil_levels(x.unsqueeze(0), ry, rx)
+    levels = _pil_levels(_float_levels(x).unsqueeze(0), ry, rx)
     _store_rows(out, levels, dest)
     del levels
 
@@ -547,7 +577,9 @@ def _level_source(xs: Sequence[Tensor], used: Sequence[int], tail: int) -> tuple
         # round(x.to(float64) * 255): the same operations (float64 even for float32 levels, which
         # hold these integers exactly), no concatenation
         dst = src[a : a + n].view(xs[b].shape)
-        if dtype == torch.float64:
+        if xs[b].dtype == torch.uint8:  # the levels themselves (float32 holds them exactly)
+            dst.copy_(xs[b])
+        elif dtype == torch.float64:
             dst.copy_(xs[b]).mul_(255.0).round_()
         else:
             dst.copy_(xs[b].to(torch.float64, copy=True).mul_(255.0).round_())
@@ -612,6 +644,7 @@ def clip_views(x: Tensor, boxes: Tensor, size: int, mean, std) -> Tensor:
     Each view equals open_clip's ``preprocess(img.crop(box))`` under Pillow <= 12
     (horizontal-first resize); see the module docstring for Pillow 13.
     """
+    x = _float_levels(x)
     _, h, w = x.shape
     boxes = boxes.to(x.device)
     x0, y0, x1, y1 = boxes.unbind(1)

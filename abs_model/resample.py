@@ -110,6 +110,19 @@ def aa_matrix(
     return out.scatter_add_(2, col, w)
 
 
+def _sum_in_order(w: Tensor) -> Tensor:
+    """``w.sum(-1, keepdim=True)`` added tap after tap, first to last, as Pillow adds them
+    (``ww += w``). Why not ``sum``: its vectorised order depends on the row's length, so the
+    same crop's weights would change (in the last bit, and then in fixed point) with the
+    number of zero taps its call pads it with; in this order trailing zeros change nothing,
+    and a crop's taps are its own whatever call it is in (``preprocess._axis_taps`` keeps
+    them per crop size)."""
+    total = w[..., :1].clone()
+    for i in range(1, int(w.shape[-1])):
+        total.add_(w[..., i : i + 1])
+    return total
+
+
 def aa_taps(length: Tensor, resized: Tensor, kernel: str = "bicubic") -> Tensor:
     """Taps per crop (int64, on the inputs' device): what ``aa_matrix`` evaluates for a call
     holding that crop alone. A call evaluates the maximum over its crops."""
@@ -141,7 +154,7 @@ def aa_weights(
     j = xmin + torch.arange(taps, dtype=dtype, device=dev).view(1, 1, -1)  # position inside the segment
     valid = j < xmax
     w = _aa_filter((j - center).add_(0.5).mul_(invscale), kernel).masked_fill_(~valid, 0.0)
-    total = w.sum(dim=-1, keepdim=True)
+    total = _sum_in_order(w)
     w.div_(torch.where(total == 0, torch.ones_like(total), total))
     if pil_fixed:
         w = _pil_fixed(w)
