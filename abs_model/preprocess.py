@@ -27,7 +27,6 @@ value in four. The order here stays horizontal-first whatever Pillow is installe
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -43,7 +42,6 @@ from .resample import (
     aa_matrix,
     aa_spans,
     aa_taps,
-    aa_weights,
     aa_window_matrices,
     apply_separable,
     pil_window_levels,
@@ -325,74 +323,11 @@ def _use_cpu_kernels(out: Tensor) -> bool:
 
 def _axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: Tensor,
                kernel: str = "bicubic"):
-    """Per crop, the fixed-point taps of one axis (``resample.aa_weights``) as ``resample_cpu``
-    takes them.
-
-    A crop's taps depend on its length, resized length and offset (not on the zero taps its
-    call pads it with: ``resample._sum_in_order``), and on its start only through the sample
-    positions, which move with it. Crop sizes are drawn from a few hundred integers per axis,
-    so the same taps come back image after image: they are evaluated once per process at
-    start 0 (:data:`_TAP_MEMO`) and shifted by each crop's start, the same numbers as
-    evaluating them per crop (``tests/test_resample_cpu.py``). Evaluating them per crop was
-    17% of the CPU time per image with the micro models.
-    """
-    n = int(start.shape[0])
-    keys = list(zip(length.tolist(), resized.tolist(), offset.tolist()))
-    with _TAP_LOCK:  # threads of one process share the memo: empty, look up and read it as one step
-        memo = _TAP_MEMO.setdefault((size, kernel), {})
-        if _tap_memo_bytes > _TAP_MEMO_BYTES:  # emptied before the lookups, never between them and the reads
-            _forget_taps()
-        missing = list(dict.fromkeys(k for k in keys if k not in memo))
-        if missing:
-            _remember_taps(memo, missing, size, kernel)
-        uniq = list(dict.fromkeys(keys))
-        got = [memo[k] for k in uniq]
-    where = {k: i for i, k in enumerate(uniq)}
-    inv = np.fromiter((where[k] for k in keys), dtype=np.int64, count=n)
-    tmax = max(int(taps.max()), max(w.shape[1] for _, _, w in got))
-    w_u = np.zeros((len(uniq), size, tmax), dtype=np.int32)
-    for i, (_, _, w) in enumerate(got):
-        w_u[i, :, : w.shape[1]] = w
-    first = np.stack([f for f, _, _ in got])[inv] + start.numpy().astype(np.int32)[:, None]
-    count = np.stack([c for _, c, _ in got])[inv]
-    return first, count, w_u[inv]
-
-
-def _remember_taps(memo: dict, keys: list[tuple[int, int, int]], size: int, kernel: str) -> None:
-    """Evaluate the taps of ``keys`` ((length, resized, offset), at start 0) into ``memo``, each
-    with its own tap count (``resample.aa_taps``), once per distinct count, in chunks of rows
-    whose temporaries stay in cache."""
-    global _tap_memo_bytes
-    arr = torch.tensor(keys, dtype=torch.int64).view(-1, 3)
-    length, resized, offset = arr.unbind(1)
-    taps = aa_taps(length, resized, kernel)
-    for t in torch.unique(taps).tolist():
-        rows = torch.nonzero(taps == t).view(-1)
-        for a in range(0, len(rows), _CPU_TAP_ROWS):
-            r = rows[a : a + _CPU_TAP_ROWS]
-            wt, ct = aa_weights(torch.zeros_like(r), length[r], resized[r], offset[r], size, kernel, True, t)
-            f, k, w32 = resample_cpu.taps_of(wt, ct)
-            for j, i in enumerate(r.tolist()):
-                memo[keys[i]] = (f[j].copy(), k[j].copy(), w32[j].copy())
-            _tap_memo_bytes += f.nbytes + k.nbytes + w32.nbytes
-
-
-# Crops per weight evaluation on a CPU (``_remember_taps``): ~64 x 64 outputs x ~20 taps of
-# float64 temporaries, within a core's L2 cache.
-_CPU_TAP_ROWS = 64
-#: Per process, (size, kernel) -> (length, resized, offset) -> (first, count, weights)
-#: of one axis at start 0 (``_axis_taps``); bounded by :data:`_TAP_MEMO_BYTES`.
-_TAP_MEMO: dict[tuple[int, str], dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-_TAP_MEMO_BYTES = 80 << 20
-_tap_memo_bytes = 0
-_TAP_LOCK = threading.Lock()
-
-
-def _forget_taps() -> None:
-    global _tap_memo_bytes
-    for m in _TAP_MEMO.values():
-        m.clear()
-    _tap_memo_bytes = 0
+    """Per crop, the fixed-point taps of one axis as ``resample_cpu`` takes them: by its compiled
+    loop (``resample_cpu.axis_taps``), the numbers of ``resample.aa_weights`` (a crop's taps do
+    not depend on the zero taps its call pads it with: ``resample._sum_in_order``). Evaluating
+    them with tensor operations was 17% of the CPU time per image with the micro models."""
+    return resample_cpu.axis_taps(start, length, resized, offset, size, int(taps.max()), kernel)
 
 
 def _cpu_views(xs: Sequence[Tensor], crops: _Crops, size: int) -> None:

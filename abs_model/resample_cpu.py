@@ -109,9 +109,67 @@ def _kernel(src, base, height, width, img, hx_first, hx_cnt, hx_w, vy_first, vy_
                     dst[i] = v * inv
 
 
+def _taps_kernel(start, length, resized, offset, bicubic, first, count, weights):
+    """Per crop ``n`` and output ``i``, the 22-bit fixed-point taps of one axis: what
+    ``taps_of(*resample.aa_weights(start, length, resized, offset, size, kernel, True, taps))``
+    gives, computed operation by operation in the same IEEE double arithmetic and order
+    (``resample._aa_bounds``, ``_aa_filter``, ``_sum_in_order``, ``_pil_fixed``), with no
+    temporaries. ``weights`` arrives zeroed, ``[n, size, taps]`` with ``taps`` at least
+    every crop's ``resample.aa_taps``."""
+    n_crops, size = first.shape
+    taps = weights.shape[2]
+    fixed = np.float64(1 << _BITS)
+    w = np.empty(taps, dtype=np.float64)
+    for n in range(n_crops):
+        ln = np.float64(length[n])
+        scale = ln / np.float64(resized[n])
+        support = (2.0 if bicubic else 1.0) * (scale if scale > 1.0 else 1.0)
+        invscale = 1.0 / scale if scale >= 1.0 else 1.0
+        off = np.float64(offset[n])
+        for i in range(size):
+            center = scale * ((np.float64(i) + off) + 0.5)
+            xmin = np.trunc((center - support) + 0.5)
+            if xmin < 0.0:
+                xmin = 0.0
+            xmax = np.trunc((center + support) + 0.5)
+            if xmax > ln:
+                xmax = ln
+            total = 0.0
+            k = 0
+            for t in range(taps):
+                j = xmin + np.float64(t)
+                v = 0.0
+                if j < xmax:
+                    x = abs(((j - center) + 0.5) * invscale)
+                    if bicubic:
+                        if x < 1.0:
+                            v = (((x * 1.5) - 2.5) * x) * x + 1.0
+                        elif x < 2.0:
+                            v = ((((x - 5.0) * x) + 8.0) * x - 4.0) * -0.5
+                    else:
+                        v = 1.0 - x
+                        if v < 0.0:
+                            v = 0.0
+                    k += 1
+                w[t] = v
+                total = v if t == 0 else total + v
+            if total == 0.0:
+                total = 1.0
+            for t in range(k):
+                f = (w[t] / total) * fixed
+                r = np.floor(abs(f) + 0.5)
+                weights[n, i, t] = np.int32(-r if f < 0.0 else r)
+            if k == 0:  # no tap: position 0 and one zero weight (``taps_of`` of an empty row)
+                first[n, i] = 0
+                count[n, i] = 1
+            else:
+                first[n, i] = np.int32(xmin) + start[n]
+                count[n, i] = k
+
+
 _compiled: dict = {}
 _compile_lock = threading.Lock()
-_KERNELS = {"crops": "_kernel", "levels": "_levels_kernel"}  # resolved at first use
+_KERNELS = {"crops": "_kernel", "levels": "_levels_kernel", "taps": "_taps_kernel"}  # resolved at first use
 
 
 def _get_kernel(name: str = "crops"):
@@ -154,8 +212,8 @@ def _levels_kernel(x, dst):
 
 
 def transposed_levels(xs, used) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The images' 8-bit levels ``round(x * 255)`` as uint8 ``[C, W, H]`` planes, flattened one
-    image after the other; and per image (indexed as ``xs``) its start, height and width."""
+    """The images' 8-bit levels ``round(x * 255)`` (a uint8 image: its values) as uint8 ``[C, W, H]``
+    planes, flattened one image after the other; and per image (indexed as ``xs``) its start, height and width."""
     base = np.zeros(len(xs), dtype=np.int64)
     hh = np.ones(len(xs), dtype=np.int64)
     ww = np.ones(len(xs), dtype=np.int64)
@@ -166,10 +224,30 @@ def transposed_levels(xs, used) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     for b in used:
         x = xs[b]
         c, h, w = x.shape
-        levels(x.contiguous().numpy(), src[a : a + x.numel()].reshape(c, w, h))
+        dst = src[a : a + x.numel()].reshape(c, w, h)
+        if x.dtype == torch.uint8:  # already the levels (``preprocess.model_image``)
+            dst[...] = x.numpy().transpose(0, 2, 1)
+        else:
+            levels(x.contiguous().numpy(), dst)
         base[b], hh[b], ww[b] = a, h, w
         a += x.numel()
     return src, base, hh, ww
+
+
+def axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: int,
+              kernel: str = "bicubic") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first, count, weights)`` of one axis per crop (CPU int64 geometry), as ``taps_of``
+    returns them for ``resample.aa_weights`` with ``pil_fixed``: by the compiled loop, ~100x
+    less CPU time than the tensor expression for 64-output crops."""
+    if kernel not in ("bicubic", "bilinear"):
+        raise ValueError(f"unknown antialias kernel {kernel!r} (bicubic or bilinear)")
+    n = int(start.shape[0])
+    first = np.empty((n, size), dtype=np.int32)
+    count = np.empty((n, size), dtype=np.int32)
+    weights = np.zeros((n, size, max(1, int(taps))), dtype=np.int32)
+    as_np = [np.ascontiguousarray(a.numpy(), dtype=np.int64) for a in (start, length, resized, offset)]
+    _get_kernel("taps")(*as_np, kernel == "bicubic", first, count, weights)
+    return first, count, weights
 
 
 def crop_levels(src, base, hh, ww, img, hx, vy, out: Tensor, dest: Tensor) -> None:

@@ -77,32 +77,20 @@ def test_integer_loops_write_only_their_rows_and_keep_float64(monkeypatch):
     assert torch.equal(out[1:3], want)
 
 
-def test_remembered_taps_equal_fresh_ones_at_other_starts(monkeypatch):
-    """The taps ``_axis_taps`` remembers (at start 0) and shifts give the views of taps evaluated
-    for each crop: the same box sizes at other positions and in another image, memo cold then
-    warm, and after the memo is emptied for being over its bound."""
-    from abs_model import preprocess
+@pytest.mark.parametrize("kernel", ["bicubic", "bilinear"])
+def test_compiled_taps_equal_the_tensor_expression(kernel):
+    """``resample_cpu.axis_taps`` gives ``taps_of(aa_weights(...))`` exactly: down- and upscaling,
+    offsets (centre crops of the long side), 1-sample segments, padded tap counts."""
+    from abs_model.resample import aa_taps, aa_weights
 
-    preprocess._TAP_MEMO.clear()
-    rng = np.random.default_rng(11)
-    xs = [to_tensor_image(make_image(375, 500, 1)), to_tensor_image(make_image(500, 375, 2))]
-    sizes = [(int(a), int(b)) for a, b in zip(rng.integers(150, 330, 8), rng.integers(150, 330, 8))]
-    for trial in range(3):
-        groups, row = [], 0
-        for b, x in enumerate(xs):
-            h, w = int(x.shape[1]), int(x.shape[2])
-            boxes = []
-            for bw, bh in sizes:
-                x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
-                boxes.append([x0, y0, x0 + bw, y0 + bh])
-            groups.append((b, torch.tensor(boxes), row))
-            row += len(boxes)
-        got = _views(xs, groups, 48, True, monkeypatch)
-        want = _views(xs, groups, 48, False, monkeypatch)
-        assert torch.equal(got, want), (trial, int((got != want).sum()))
-        assert preprocess._TAP_MEMO[(48, "bicubic")]
-        if trial == 2:
-            assert len(preprocess._TAP_MEMO[(48, "bicubic")]) <= 4 * len(sizes)  # only this trial's
-        if trial == 1:  # over the bound, with new sizes: emptied before they are evaluated
-            monkeypatch.setattr(preprocess, "_TAP_MEMO_BYTES", 0)
-            sizes = [(s + 1, t + 2) for s, t in sizes]
+    rng = np.random.default_rng(5)
+    n, size = 400, 48
+    length = torch.tensor(np.concatenate([rng.integers(1, 1200, n - 4), [1, 2, 48, 47]]))
+    resized = torch.tensor(np.concatenate([rng.integers(size, 4 * size, n - 4), [48, 48, 48, 96]]))
+    offset = (resized - size) // 2
+    start = torch.tensor(rng.integers(0, 900, n))
+    taps = int(aa_taps(length, resized, kernel).max()) + 3
+    got = resample_cpu.axis_taps(start, length, resized, offset, size, taps, kernel)
+    want = resample_cpu.taps_of(*aa_weights(start, length, resized, offset, size, kernel, True, taps))
+    for g, w, name in zip(got, want, ("first", "count", "weights")):
+        assert g.shape == w.shape and np.array_equal(g, w), (name, int((g != w).sum()))
