@@ -44,11 +44,19 @@ class ABSConfig:
     """Use the raw-space (pixel) crops."""
     feature_crops: bool = True
     """Use the feature-space crops."""
-    max_image_side: int = 1024
-    """Images whose longer side exceeds this are first downscaled (antialiased) before
-    cropping. Crops of a 4000 px photo are resampled to 224 px anyway; the bound keeps
-    the resampling cost linear in the crop count, not in the megapixels. Set 0 to
-    disable (exact single-pass resampling at any size)."""
+    max_image_side: int = 0
+    """Downscale limit in pixels; 0 (the default) means no limit (``None`` is read as 0).
+
+    0: every model input is resized once from the original image, whatever its size:
+    the global view (the ``clip`` / ``clip-e`` / ``cupl`` baselines) is exactly
+    open_clip's ``preprocess(img)``, as CLIP_benchmark feeds it; the raw crops are cut
+    from the original, as the ABS authors' code does; DINO resizes the original to its
+    input. A positive L: an image whose longer side exceeds L is first downscaled
+    (antialiased bicubic) to L and every view (global, crops, DINO) is resized from
+    that copy; crop boxes stay in original pixels. The limit bounds the resampling work
+    and memory per image (a crop's resampling reads every source pixel it covers) at the
+    price of agreement with the reference tools; on a CPU it saves no time below ~12 MP
+    (README, "Large images")."""
 
     def __post_init__(self) -> None:
         if not (0.0 < self.alpha <= self.beta <= 1.0):
@@ -60,6 +68,10 @@ class ABSConfig:
             raise ValueError("temperatures must be > 0")
         if not (self.raw_crops or self.feature_crops):
             raise ValueError("at least one of raw_crops / feature_crops must be enabled")
+        if self.max_image_side is None:  # accepted as "no limit"; stored (and hashed) as 0
+            object.__setattr__(self, "max_image_side", 0)
+        if isinstance(self.max_image_side, bool) or not isinstance(self.max_image_side, int) or self.max_image_side < 0:
+            raise ValueError(f"max_image_side must be an integer >= 0 (0: no downscale limit), got {self.max_image_side!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,6 @@
 """Exceptions of ``abs_model`` that the pipeline names without loading the models.
 
-Why apart from ``weights``: the pipeline's retry policy (``tasks/retries.py``) must
+Why apart from ``weights``: the pipeline's retry policy (``tasks/run/retries.py``) must
 recognise a weights failure as permanent, and importing ``weights`` imports torch
 (seconds and a gigabyte) in processes that never build a model (sharding, ``sql``).
 """

@@ -69,8 +69,9 @@ def image_tensor(img) -> Tensor:
             img = img.convert("RGBA")
         if img.mode != "RGB":
             img = img.convert("RGB")
-        arr = np.asarray(img, dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        arr = np.asarray(img, dtype=np.uint8)  # [H, W, 3], read-only
+        # one writable copy, already [3, H, W] and contiguous (``prepare_image`` copies no more)
+        return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C"))
     if isinstance(img, np.ndarray):
         img = torch.from_numpy(np.ascontiguousarray(img))
         if img.dim() == 3 and img.shape[-1] in (1, 3):

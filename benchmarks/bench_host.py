@@ -362,9 +362,9 @@ def write_shard(root: str, dataset: str, blobs: list[bytes], clf, real_dino: boo
 
     import pyarrow as pa
 
-    from tasks.dino_cache import dino_shard
+    from tasks.steps.dino_cache import dino_shard
     from tasks.store import Storage
-    from tasks.store.layout import marker_key, shard_part
+    from tasks.store.paths import marker_key, shard_part
     from tasks.store.tables import DINO_SCHEMA, SHARD_SCHEMA
 
     st = Storage(root)
@@ -437,8 +437,8 @@ def stub_predict(clf):
 
 
 def bench_infer(clf, blobs: list[bytes], batch: int, reps: int, keep_features: bool, stub: bool = False) -> dict:
-    from tasks import infer
-    from tasks.store.layout import features_part, marker_key, prediction_part
+    from tasks.steps import infer
+    from tasks.store.paths import features_part, marker_key, prediction_part
 
     root = tempfile.mkdtemp(prefix="bench-host-")
     st, dino_path = write_shard(root, "bench", blobs, clf, real_dino=not stub)

@@ -37,13 +37,13 @@ def main() -> None:
 
     from abs_model import ABSConfig, ModelSpec
     from flows.evaluate import evaluate
-    from tasks.context import resolve
-    from tasks.demo_data import demo_descriptions, write_demo_dataset
     from tasks.descriptions import parse_descriptions, validate_descriptions, write_descriptions
-    from tasks.dino_cache import dino_shard
-    from tasks.evalspec import EvalSpec
-    from tasks.infer import infer_shard
-    from tasks.shard import read_dataset_info, shard_dataset
+    from tasks.run.context import resolve
+    from tasks.run.evalspec import EvalSpec
+    from tasks.steps.demo_data import demo_descriptions, write_demo_dataset
+    from tasks.steps.dino_cache import dino_shard
+    from tasks.steps.infer import infer_shard
+    from tasks.steps.shard import read_dataset_info, shard_dataset
 
     work = tempfile.mkdtemp(prefix="abs-bench-")
     src = os.path.join(work, "src")

@@ -7,7 +7,7 @@ images (500x375, 375x500, 500x333), one torch thread. This runs exactly that wit
 values) and splits the CPU time per image into the crop views
 (``preprocess.clip_views_batch``), soft matching (``matching.soft_match``) and the
 rest (CLIP forwards, geometry, feature crops, glue). DINO top-K comes precomputed, as
-``tasks/infer.py`` takes it from the DINO cache.
+``tasks/steps/infer.py`` takes it from the DINO cache.
 
 Side by side in one process, alternating passes (best of ``--reps``): the crop views by
 the compiled integer loops (``abs_model/resample_cpu.py``, numba) and by the matrix

@@ -18,7 +18,7 @@ of what the command starts, so orphaned workers are reaped and counted), the
 CPU share (CPU seconds / (wall x CPUs)), and the peak RSS of every process
 (sampled VmHWM). Then the same for the plain function ``shard_dataset`` (timed
 inside its process, without the interpreter start). The part files of all runs
-must be byte-identical; the script says so. It also times ``import tasks.shard``
+must be byte-identical; the script says so. It also times ``import tasks.steps.shard``
 and says whether torch or Prefect came with it.
 
 The machine is printed first (``benchmarks/machine.py``), and the load average
@@ -63,7 +63,10 @@ MODES = {"threads": "0", "processes": None, "baseline": None}  # ABS_EVAL_SHARD_
 _PLAIN = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from tasks.shard import shard_dataset
+try:
+    from tasks.steps.shard import shard_dataset
+except ModuleNotFoundError:  # a --baseline checkout from before tasks/steps/ (issue 18)
+    from tasks.shard import shard_dataset
 t1 = time.perf_counter()
 m = shard_dataset("imagenet", sys.argv[1], sys.argv[2], "bench", progress=False)
 t2 = time.perf_counter()
@@ -73,7 +76,10 @@ print(json.dumps({"import_s": t1 - t0, "shard_s": t2 - t1, "n_total": m.n_total,
 _IMPORT = r"""
 import json, sys, time
 t = time.perf_counter()
-import tasks.shard
+try:
+    import tasks.steps.shard
+except ModuleNotFoundError:  # a --baseline checkout from before tasks/steps/ (issue 18)
+    import tasks.shard
 print(json.dumps({"import_s": time.perf_counter() - t, "torch": "torch" in sys.modules, "prefect": "prefect" in sys.modules}))
 """
 
@@ -183,7 +189,7 @@ def main() -> None:
         got = json.loads(_run([sys.executable, "-c", _IMPORT], _env(mode, baseline), work / "import.log",
                               Path(baseline) if mode == "baseline" else REPO)["stdout"])
         imp[mode] = got
-        print(f"import tasks.shard{' (baseline)' if mode == 'baseline' else ''}: {got['import_s']:.2f} s "
+        print(f"import tasks.steps.shard{' (baseline)' if mode == 'baseline' else ''}: {got['import_s']:.2f} s "
               f"(torch {'loaded' if got['torch'] else 'not loaded'}, prefect {'loaded' if got['prefect'] else 'not loaded'})")
 
     results: dict[str, list[dict]] = {}

@@ -9,7 +9,7 @@ replays it into the real storage layout:
 
 1. ``--images-per-run`` images per run: the template run's prediction rows are
    tiled into shards of ``--shard-size`` images (the default shard size of a run),
-   each shard a part file, its rollup (``tasks.catalog.write_rollup``, as inference
+   each shard a part file, its rollup (``tasks.results.catalog.write_rollup``, as inference
    commits it: the part's error rows and counts, and the partition's summed counts,
    error rows and rows per run, shard and method) and its done-marker, image ids made
    unique per shard;
@@ -132,9 +132,9 @@ def imagenet_template(work: Path, per_class: int = 1) -> Path:
 
 def template_run(root: Path) -> dict:
     """The latest completed run record under ``root``."""
-    from tasks.runs import list_run_ids
+    from tasks.results.runs import list_run_ids
     from tasks.store import Storage
-    from tasks.store.layout import run_record_json
+    from tasks.store.paths import run_record_json
 
     st = Storage(str(root))
     for rid in list_run_ids(st):
@@ -150,10 +150,10 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from tasks.catalog import write_rollup
-    from tasks.runs import RunRecord
+    from tasks.results.catalog import write_rollup
+    from tasks.results.runs import RunRecord
     from tasks.store import Storage
-    from tasks.store.layout import marker_key, prediction_part, predictions_dir, rollup_of
+    from tasks.store.paths import marker_key, prediction_part, predictions_dir, rollup_of
 
     rec = template_run(template)
     src_dir = template / predictions_dir(rec["dataset"], rec["model"], rec["config"])
@@ -180,7 +180,7 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
         block = block.set_column(block.column_names.index("run_id"), "run_id", pa.array([first_run] * block.num_rows))
         rel = prediction_part(rec["dataset"], rec["model"], configs[0], s)
         st.write_parquet(rel, block)
-        write_rollup(st, rel, block)  # as tasks/infer.py: the part, its rollup, then the part's marker
+        write_rollup(st, rel, block)  # as tasks/steps/infer.py: the part, its rollup, then the part's marker
         n_err = int(pc.sum(pc.not_equal(block.column("status"), "ok")).as_py() or 0) // n_methods
         st.mark_done(marker_key(rel), {"run_id": first_run, "n_images": n, "n_error": n_err})
     write_s = time.perf_counter() - t0
@@ -228,7 +228,7 @@ def time_queries(root: Path, catalog: Path, reps: int) -> tuple[dict[str, float]
     and each query's result rows (to check that two ways of computing them agree)."""
     import duckdb
 
-    from tasks.catalog import list_queries, query_parameters, query_sql, write_catalog
+    from tasks.results.catalog import list_queries, query_parameters, query_sql, write_catalog
 
     write_catalog(str(root), str(catalog))
     con = duckdb.connect(str(catalog), read_only=True)

@@ -10,7 +10,7 @@ best of ``--repeats``:
 * ``dino_attention`` with the tiny random DINO (``abs-tiny-dino-vit-b16``): the
   current banded path vs the previous one (the same function with dense per-image
   resizes, ``dense_dino_attention`` below), images/s;
-* with ``--shard``: ``tasks.dino_cache.dino_shard`` on one shard of those images
+* with ``--shard``: ``tasks.steps.dino_cache.dino_shard`` on one shard of those images
   (decoding, parquet write included), the same two paths, images/s.
 
     .venv/bin/python benchmarks/bench_whole.py --images 32 --repeats 3
@@ -97,8 +97,8 @@ def side_by_side(paths: dict, repeats: int) -> tuple[dict, dict]:
 
 def shard_paths(blobs: list[bytes], dino, tmp: str):
     """``dino_shard`` on one shard of the images, with the current and the dense ``dino_attention``."""
-    import tasks.dino_cache as dc
-    from tasks.shard import read_dataset_info, shard_dataset
+    import tasks.steps.dino_cache as dc
+    from tasks.steps.shard import read_dataset_info, shard_dataset
     from tasks.store import Storage
 
     src, root = os.path.join(tmp, "src"), os.path.join(tmp, "root")
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--limit-side", type=int, default=298, help="longer side of the limit_size downscale")
-    ap.add_argument("--shard", action="store_true", help="also time tasks.dino_cache.dino_shard on one shard")
+    ap.add_argument("--shard", action="store_true", help="also time tasks.steps.dino_cache.dino_shard on one shard")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

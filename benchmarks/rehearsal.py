@@ -316,12 +316,12 @@ def verify(root: str, run_id: str, shards: list[int], batch: int = 16) -> dict:
     import numpy as np
     import torch
 
-    from tasks.context import resolve
-    from tasks.runs import read_run
+    from tasks.results.runs import read_run
+    from tasks.run.context import resolve
     from tasks.store import Storage
     from tasks.store.datasets import read_shard
     from tasks.store.images import decode
-    from tasks.store.layout import prediction_part
+    from tasks.store.paths import prediction_part
 
     st = Storage(root)
     rec = read_run(st, run_id)

@@ -87,9 +87,9 @@ def _parse_kv(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed) -> dict:
+def _abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed, max_image_side=None) -> dict:
     vals = dict(alpha=alpha, beta=beta, top_k=top_k, n_crops=n_crops, n_descriptions=m, tau=tau,
-                tau_sample=tau_sample, seed=seed)
+                tau_sample=tau_sample, seed=seed, max_image_side=max_image_side)
     return {k: v for k, v in vals.items() if v is not None}
 
 
@@ -115,8 +115,8 @@ def demo(
     _announce_local_api()
     from flows.evaluate import evaluate
     from flows.params import EvaluateParams
-    from tasks.catalog import write_catalog
-    from tasks.demo_data import demo_descriptions, write_demo_dataset
+    from tasks.results.catalog import write_catalog
+    from tasks.steps.demo_data import demo_descriptions, write_demo_dataset
     from tasks.store import Storage
 
     st = Storage(root)
@@ -150,7 +150,7 @@ def demo(
 
 def _print_accuracy(root: str, out: dict) -> None:
     """The number the user came for first: method, accuracy, its 95% interval, n; fits 80 columns."""
-    from tasks.catalog import format_accuracy, run_query
+    from tasks.results.catalog import format_accuracy, run_query
 
     rows = run_query(root, "accuracy", {"run_id": out["run_id"]}).to_pylist()
     reused = out.get("shards_reused", 0)
@@ -196,7 +196,7 @@ def shard(
     with _job_mistakes():
         pf.check_exists(source, "dataset source")
         pf.check_writable_dir(root, "--root")
-    from tasks.shard import shard_dataset
+    from tasks.steps.shard import shard_dataset
 
     try:
         m = shard_dataset(layout, source, root, dataset, images_per_shard, layout_options=_parse_kv(option))
@@ -342,6 +342,11 @@ def run(
                                                rich_help_panel=_P_METHOD),
     seed: Optional[int] = typer.Option(None, help=f"Crop seed; each image draws from (seed, image id) ({defaults.ABS.seed}).",
                                        rich_help_panel=_P_METHOD),
+    max_image_side: Optional[int] = typer.Option(
+        None, min=0, help="Downscale an image whose longer side exceeds this many pixels before any view is made "
+        f"(bounds the work and memory per image). 0: no limit ({defaults.ABS.max_image_side}): every view resized "
+        "once from the original, as open_clip, CLIP_benchmark and the ABS authors' code do.",
+        rich_help_panel=_P_METHOD),
     device: str = _field_option("device", _P_EXEC),
     precision: str = _field_option("precision", _P_EXEC),
     images_per_batch: Optional[int] = _field_option("images_per_batch", _P_EXEC),
@@ -366,7 +371,7 @@ def run(
         root=root, layout_options=_parse_kv(option), dino_model=dino_model, dino_pretrained=_random(dino_pretrained),
         descriptions_name=descriptions_name, descriptions_format=descriptions_format,
         descriptions_key=descriptions_key,
-        abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed), prompt=prompt,
+        abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed, max_image_side), prompt=prompt,
         templates=templates, images_per_shard=images_per_shard, device=device, precision=precision,
         images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
         runner=runner, workers=workers, allow_single_class=allow_single_class,
@@ -383,8 +388,8 @@ def run(
         _fail(str(exc))
     from abs_model import WeightsUnavailableError
     from tasks.descriptions import DescriptionError
-    from tasks.evalspec import EvaluationError
-    from tasks.runs import announce_runs
+    from tasks.results.runs import announce_runs
+    from tasks.run.evalspec import EvaluationError
 
     announce_runs(params)  # `starting` records now: status and SQL show the run while Prefect starts
     _announce_local_api()
@@ -530,7 +535,7 @@ def _read_matrix(path: Path) -> dict:
 def _run_matrix(params: list, root: str) -> None:
     """Every cell through the reevaluate flow; a table of every cell at the end (exit 1 if one failed)."""
     from flows.evaluate import reevaluate
-    from tasks.catalog import format_table, run_query
+    from tasks.results.catalog import format_table, run_query
 
     cells = [p.model_dump() for p in params]
     results = reevaluate(datasets=cells, root=root, raise_on_failure=False)
@@ -606,7 +611,7 @@ def status(
 
     with _job_mistakes():
         pf.check_root_exists(root)
-    from tasks.catalog import run_progress
+    from tasks.results.catalog import run_progress
 
     try:
         rows = run_progress(root, run_id, latest=latest)
@@ -625,7 +630,7 @@ def status(
 @sql_app.command("list")
 def sql_list() -> None:
     """List the named queries, what each answers, and its parameters (-p NAME=VALUE)."""
-    from tasks.catalog import list_queries, query_parameters
+    from tasks.results.catalog import list_queries, query_parameters
 
     for name, head in list_queries().items():
         typer.echo(f"{name:<20} {head}")
@@ -660,7 +665,7 @@ def sql_run(
             _fail(str(exc))
         with _job_mistakes():
             pf.check_writable_file(out, "--out")
-    from tasks.catalog import QueryError, export, format_table, run_query
+    from tasks.results.catalog import QueryError, export, format_table, run_query
     try:
         t = run_query(root, query, _parse_kv(param))
     except (KeyError, ValueError, QueryError) as exc:
@@ -676,7 +681,7 @@ def sql_run(
 
 
 def _output_format(out: str, fmt: str | None) -> str:
-    from tasks.catalog import FORMATS
+    from tasks.results.catalog import FORMATS
 
     if fmt:
         if fmt not in set(FORMATS.values()):
@@ -694,7 +699,7 @@ def _output_format(out: str, fmt: str | None) -> str:
 def _to_text(t, fmt: str) -> str:
     import tempfile
 
-    from tasks.catalog import export
+    from tasks.results.catalog import export
 
     if fmt == "parquet":
         _fail("parquet is binary: write it to a file with --out FILE.parquet")
@@ -705,8 +710,8 @@ def _to_text(t, fmt: str) -> str:
 
 def _explain_empty(root: str, query: str, params: dict[str, str]) -> None:
     """Say why an answer is empty: no runs under this root, or a parameter the query needs."""
-    from tasks.catalog import list_queries, query_parameters
-    from tasks.runs import list_run_ids
+    from tasks.results.catalog import list_queries, query_parameters
+    from tasks.results.runs import list_run_ids
     from tasks.store import Storage
 
     st = Storage(root)
@@ -738,7 +743,7 @@ def sql_catalog(
     with _job_mistakes():
         pf.check_root_exists(root)
         pf.check_writable_file(out, "--out", make_parents=True)
-    from tasks.catalog import write_catalog
+    from tasks.results.catalog import write_catalog
 
     try:
         path = write_catalog(root, out, relative=relative, allow_remote=allow_remote)
@@ -761,8 +766,8 @@ def report(
     with _job_mistakes():
         pf.check_root_exists(root)
         pf.check_writable_dir(root, "--root")
-    from tasks.report import write_report
-    from tasks.runs import read_run
+    from tasks.results.report import write_report
+    from tasks.results.runs import read_run
     from tasks.store import Storage
 
     st = Storage(root)
@@ -793,7 +798,7 @@ def export_results(
         pf.check_root_exists(root)
         if out != "-":
             pf.check_writable_dir(out, "--out")
-    from tasks.catalog import ExportError, export_clip_benchmark
+    from tasks.results.catalog import ExportError, export_clip_benchmark
 
     try:
         done = export_clip_benchmark(root, out, run_ids)

@@ -25,13 +25,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.params import EvaluateParams, ParameterError, make_params, preflight
 from flows.runners import build_task_runner
 from tasks import defaults
-from tasks.context import prepare_task
 from tasks.defaults import ROOT as DEFAULT_ROOT
-from tasks.describe import descriptions_task
-from tasks.dino_cache import dino_shard_task
-from tasks.evalspec import EvalSpec
-from tasks.infer import infer_shard_task
-from tasks.shard import shard_task
+from tasks.run.context import prepare_task
+from tasks.run.evalspec import EvalSpec
+from tasks.steps.describe import descriptions_task
+from tasks.steps.dino_cache import dino_shard_task
+from tasks.steps.infer import infer_shard_task
+from tasks.steps.shard import shard_task
 
 __all__ = ["EvaluateParams", "ParameterError", "evaluate", "reevaluate", "run_evaluation"]
 
@@ -69,8 +69,8 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
     """The body of ``evaluate`` for checked parameters (a plain function so reevaluate can reuse it)."""
     from prefect.runtime import flow_run
 
-    from tasks.infer import committed_parts
-    from tasks.runs import COMPLETED, FAILED, RunRecord, RunTracker, claim_run_id
+    from tasks.results.runs import COMPLETED, FAILED, RunRecord, RunTracker, claim_run_id
+    from tasks.steps.infer import committed_parts
     from tasks.store import Storage
 
     log = get_run_logger()
@@ -93,12 +93,14 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
     storage = Storage(root)
     reused = [s for s in committed_parts(storage, spec.dataset, prep["model"], prep["config_hash"])
               if s in set(prep["shards"])]
+    # config_json["numbers"]: the prediction settings under the key run records have always used (kept,
+    # so records of older roots compare: tasks.results.runs.setting_differences, the regressions view)
     record = RunRecord(
         run_id=run_id, dataset=spec.dataset, model=prep["model"], config=prep["config_hash"],
         deployment=deployment, shards_total=len(prep["shards"]), shards_reused=len(reused), reused_shards=reused,
         clip_model=spec.clip.name, clip_pretrained=spec.clip.pretrained or "random", clip_weights_digest=prep["clip_digest"],
         dino_model=spec.dino.name, dino_pretrained=spec.dino.pretrained or "random", dino_weights_digest=prep["dino_digest"],
-        descriptions_hash=prep["descriptions_hash"], config_json={"spec": spec_d, "numbers": prep["numbers"]},
+        descriptions_hash=prep["descriptions_hash"], config_json={"spec": spec_d, "numbers": prep["prediction_settings"]},
         model_geometry=prep["geometry"],
         flow_run_id=str(flow_run.id) if flow_run.id else None, flow_run_name=flow_run.name,
     )
@@ -140,7 +142,7 @@ def artifact_key(kind: str, deployment: str, dataset: str, model: str) -> str:
 def publish_report(root: str, run_id: str, deployment: str = defaults.DEPLOYMENT, dataset: str = "", model: str = "") -> dict[str, Any]:
     """Report files next to the run record, plus the run's Prefect artifacts: a table
     (accuracy by method, from ``sql/``) and the markdown report with its plots embedded."""
-    from tasks.report import write_report
+    from tasks.results.report import write_report
 
     manifest = write_report(root, run_id)
     rows = [{k: _plain(v) for k, v in r.items()} for r in manifest.accuracy]
@@ -172,7 +174,7 @@ def announce_regressions(root: str, run_id: str, deployment: str | None = None,
     from prefect.events import emit_event
     from prefect.exceptions import MissingContextError
 
-    from tasks.catalog import run_query
+    from tasks.results.catalog import run_query
 
     try:
         log = get_run_logger()

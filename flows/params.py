@@ -3,7 +3,7 @@
 Why one pydantic model: ``abs-eval run`` builds it from its options, the
 ``evaluate`` flow takes it (Prefect validates it and renders it as a form in its
 UI), ``prefect.yaml`` deployments and ``reevaluate`` cells are its fields as
-YAML, and :func:`check` turns it into the :class:`tasks.evalspec.EvalSpec` the
+YAML, and :func:`check` turns it into the :class:`tasks.run.evalspec.EvalSpec` the
 tasks run. A new option is one field here (plus its CLI flag); its default comes
 from ``tasks.defaults``.
 
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from abs_model import ABSConfig, ModelSpec
 from flows.runners import RUNNERS
 from tasks import defaults
-from tasks.evalspec import EvalSpec
+from tasks.run.evalspec import EvalSpec
 
 
 class ParameterError(ValueError):
@@ -55,7 +55,8 @@ class EvaluateParams(BaseModel):
     descriptions_key: str | None = Field(None, description="Dataset key inside a nested description file.")
     abs_config: dict[str, Any] = Field(default_factory=dict,
                                        description="Overrides of the ABS parameters (alpha, beta, top_k, n_crops, "
-                                                   "n_descriptions, tau, tau_sample, seed, ...).")
+                                                   "n_descriptions, tau, tau_sample, seed, max_image_side (0: no "
+                                                   "downscale limit, the default), ...).")
     prompt: str = Field(defaults.PROMPT, description="Prompt of the plain CLIP baseline.")
     templates: Literal["openai-imagenet", "none"] = Field(defaults.TEMPLATES,
                                                           description="Template set of clip-e: openai-imagenet or none.")

@@ -198,7 +198,7 @@ def name_problems(dataset: str, layout: str) -> list[str]:
     """A dataset name that cannot be a path / hive value, an unknown layout (with the nearest
     known one): the checks ``job_problems`` and ``flows.params.static_problems`` share."""
     from tasks.datasets import list_layouts
-    from tasks.store.layout import is_valid_name
+    from tasks.store.paths import is_valid_name
 
     problems = []
     if not is_valid_name(dataset):
@@ -249,7 +249,7 @@ def model_problems(clip_model: str, dino_model: str) -> list[str]:
     loaded it, after Prefect started and the dataset was sharded. Each model is built on
     the ``meta`` device (a fraction of a second, nothing allocated or downloaded) and
     put through the backbone's own checks; the DINO grid must be ``tasks.defaults.DINO_GRID``,
-    the rule ``tasks.context.build_context`` enforces at load time. Call after the names
+    the rule ``tasks.run.context.build_context`` enforces at load time. Call after the names
     are known to be valid (``flows.params.static_problems``).
     """
     from abs_model import CLIPBackbone, DINOBackbone

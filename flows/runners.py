@@ -40,7 +40,7 @@ def keep_glibc_malloc_defaults() -> None:
     images: 85 -> 272 ms): every batch allocates and frees tens of MB of views and products,
     and with the threshold each allocation faults its pages in again (setting it also turns
     off glibc's adaptive mmap threshold). The shard tasks hand memory back once per shard
-    instead (``tasks.process_cache.trim_heap``). Dask's thread limits (OMP and BLAS threads 1
+    instead (``tasks.run.process_cache.trim_heap``). Dask's thread limits (OMP and BLAS threads 1
     per worker) are kept.
     """
     import dask

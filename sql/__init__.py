@@ -1,5 +1,5 @@
 """The SQL of abs-eval, shipped as package data: ``views/`` (run in file-name order) and
-``queries/`` (one named SELECT per file). ``tasks.catalog`` loads them; nothing here runs."""
+``queries/`` (one named SELECT per file). ``tasks.results.catalog`` loads them; nothing here runs."""
 
 from pathlib import Path
 

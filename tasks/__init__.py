@@ -1,18 +1,29 @@
-"""The pipeline's units of work (each with its Prefect task beside it) and what they stand on.
+"""The pipeline below the flows, in folders that say what kind of module each is.
 
-Import order, one way only (``tests/test_layout.py`` checks it):
+Import order, one way only (``tests/test_architecture.py`` checks it, folder by folder):
 
-1. ``tasks.store`` (storage, paths, schemas, image bytes) and ``tasks.defaults``:
+1. ``tasks.store`` (storage, paths, schemas, commits, image bytes) and ``tasks.defaults``:
    import nothing else of ``tasks`` (``defaults`` reads the method's defaults from ``abs_model``).
-2. ``tasks.datasets`` (one module per layout) and ``tasks.descriptions`` (formats,
+2. ``tasks.datasets`` (one module per source layout) and ``tasks.descriptions`` (formats,
    validation, generation, storage): import only level 1 (descriptions may use the
    datasets' name helpers; datasets never import descriptions).
-3. Task modules (``shard``, ``describe``, ``text_cache``, ``dino_cache``, ``infer``,
-   ``context``, ``runs``, ``catalog``, ``report``, ``progress``, ``retries``,
-   ``evalspec``, ``process_cache``, ``demo_data``): import levels 1-2 and each other.
-4. ``flows`` (flows, parameters, task runners, the CLI): imports anything; nothing in
+3. ``tasks.run``, the run plumbing every step stands on: what one evaluation is and its
+   hash (``evalspec``), its context resolved once per process (``context``, with the
+   ``prepare-evaluation`` task that resolves it in the flow), the text-embedding cache that
+   context loads (``text_cache``), models cached per process (``process_cache``), the
+   retry policy (``retries``) and in-shard progress (``progress``): imports levels 1-2.
+4. ``tasks.results``, the read side: run records (``runs``), the DuckDB views and queries
+   (``catalog``) and the per-run report (``report``): imports levels 1-3, and level 3
+   only inside the report's gallery, which rebuilds a run's models (``run.context``).
+   Importing ``catalog``, ``runs`` or ``report`` loads neither torch nor Prefect.
+5. ``tasks.steps``, the pipeline's steps, each a plain function with its thin Prefect
+   ``@task`` beside it (``shard``, ``describe``, ``dino_cache``, ``infer``; and
+   ``demo_data``, the generated input of the demo): import levels 1-4 (``infer``
+   writes each prediction part's rollup with ``results.catalog.write_rollup``).
+6. ``flows`` (flows, parameters, task runners, the CLI): imports anything; nothing in
    ``tasks`` imports ``flows``.
 
-Which code talks to Prefect: the ``@task`` lines in the task modules (with their
-retry policy in ``retries``) and ``flows/``; nothing else.
+Which code talks to Prefect: the ``@task`` lines in ``tasks.steps`` and
+``tasks.run.context`` (with their retry policy in ``tasks.run.retries``) and ``flows/``;
+nothing else. Nothing here imports a sub-package's modules on ``import tasks``.
 """

@@ -47,7 +47,7 @@ ABS = ABSConfig()
 N_DESCRIPTIONS = ABS.n_descriptions
 #: The plain CLIP baseline's prompt.
 PROMPT = DEFAULT_PROMPT
-#: The template sets of the CLIP-E baseline, by name (tasks.text_cache.TEMPLATE_SETS holds the texts).
+#: The template sets of the CLIP-E baseline, by name (tasks.run.text_cache.TEMPLATE_SETS holds the texts).
 TEMPLATE_SET_NAMES = ("openai-imagenet", "none")
 TEMPLATES = "openai-imagenet"
 #: Methods in the order tables and plots show them.

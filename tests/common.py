@@ -19,7 +19,7 @@ def demo_source(tmp_path_factory, per_class: int = 2):
     """A generated image folder (12 classes) and a matching CuPL-style description file."""
     import json
 
-    from tasks.demo_data import demo_descriptions, write_demo_dataset
+    from tasks.steps.demo_data import demo_descriptions, write_demo_dataset
 
     base = tmp_path_factory.mktemp("demo-src")
     classes = write_demo_dataset(str(base / "images"), per_class=per_class)

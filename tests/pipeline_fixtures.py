@@ -22,9 +22,9 @@ from PIL import Image
 from abs_model import TINY_CLIP, TINY_DINO, ABSConfig, ModelSpec
 from tasks.defaults import METHOD_ORDER
 from tasks.descriptions import validate_descriptions, write_descriptions
-from tasks.dino_cache import read_dino_shard
-from tasks.evalspec import EvalSpec
-from tasks.shard import DatasetInfo, read_dataset_info, read_shard, shard_dataset
+from tasks.run.evalspec import EvalSpec
+from tasks.steps.dino_cache import read_dino_shard
+from tasks.steps.shard import DatasetInfo, read_dataset_info, read_shard, shard_dataset
 from tasks.store import Storage
 from tasks.store.images import decode
 

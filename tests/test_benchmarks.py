@@ -157,8 +157,8 @@ def test_bench_sql_replays_a_run_into_the_real_layout(tmp_path):
     records, answered by every named query and `abs-eval status` (timed, not judged here)."""
     from test_sql import METHODS, build_results
 
-    from tasks import catalog
-    from tasks.catalog import run_progress
+    from tasks.results import catalog
+    from tasks.results.catalog import run_progress
 
     bench = _load("bench_sql")
     build_results(str(tmp_path / "template"))

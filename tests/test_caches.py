@@ -15,11 +15,11 @@ from pipeline_fixtures import count_forward, make_folder_source, prepare_dataset
 from abs_model import TextBank, dino_attention
 from abs_model.text import imagenet_templates
 from tasks.descriptions import validate_descriptions
-from tasks.dino_cache import dino_key, dino_shard, read_dino_shard
+from tasks.run.text_cache import ensure_text_bank, text_key
+from tasks.steps.dino_cache import dino_key, dino_shard, read_dino_shard
 from tasks.store import Storage
-from tasks.store.layout import marker_key
+from tasks.store.paths import marker_key
 from tasks.store.tables import DINO_SCHEMA
-from tasks.text_cache import ensure_text_bank, text_key
 
 CLASSES = ["red fox", "blue whale", "green tree frog"]
 M = 4

@@ -15,7 +15,7 @@ from dataset_fixtures import jpeg_bytes, png_bytes
 
 from tasks.datasets import LayoutError, layout_classes, load_source
 from tasks.datasets.hf_parquet import ParquetEntry
-from tasks.shard import iter_shards, shard_dataset
+from tasks.steps.shard import iter_shards, shard_dataset
 
 NAMES = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark"]
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -14,7 +14,7 @@ from PIL import Image, features
 
 from tasks.datasets import DatasetSizeWarning, LayoutError, layout_classes, load_source
 from tasks.datasets.webdataset import TarEntry
-from tasks.shard import iter_shards, shard_dataset
+from tasks.steps.shard import iter_shards, shard_dataset
 
 CLASSES = ["abyssinian cat", "bulldog", "golden retriever"]
 TEMPLATES = ["a photo of a {c}.", "a blurry photo of a {c}."]

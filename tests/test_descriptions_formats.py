@@ -32,7 +32,7 @@ from tasks.descriptions import (
 from tasks.descriptions.store import from_table, list_descriptions, to_table
 from tasks.descriptions.validate import canonical_bytes
 from tasks.store import Storage
-from tasks.store.layout import description_set
+from tasks.store.paths import description_set
 
 CUPL = {
     "tench": ["A tench is a fish.", "  A tench is green-olive.  ", ""],

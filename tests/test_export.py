@@ -1,4 +1,4 @@
-"""Results that travel: ``abs-eval export`` / ``tasks.catalog.export_clip_benchmark`` write
+"""Results that travel: ``abs-eval export`` / ``tasks.results.catalog.export_clip_benchmark`` write
 CLIP_benchmark result files whose numbers equal an independent Python computation.
 
 The root holds test_sql's fixture (runs r1, r2-crashed, r2, r3 over 5 classes) plus test_sql's
@@ -27,7 +27,7 @@ from test_sql import (
     expected_mean_per_class_recall,
 )
 
-from tasks import catalog
+from tasks.results import catalog
 
 CLIP_BENCHMARK_KEYS = ["dataset", "model", "pretrained", "task", "metrics", "language"]
 

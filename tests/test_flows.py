@@ -22,7 +22,7 @@ def first_run(prefect_server, source, tmp_path_factory):
 
 
 def test_evaluate_writes_predictions_runs_and_report(first_run):
-    from tasks.catalog import run_query
+    from tasks.results.catalog import run_query
     from tasks.store import Storage
 
     root, out = first_run

@@ -34,7 +34,7 @@ from abs_model.sampling import (
     image_generator,
     raw_boxes,
 )
-from tasks.infer import _list_array, _method_rows
+from tasks.steps.infer import _list_array, _method_rows
 
 CLASSES = ["cat", "dog", "bird", "fish", "car", "tree"]
 DESCS = [[f"a {c}, view {i}" for i in range(5 - (k % 3))] for k, c in enumerate(CLASSES)]

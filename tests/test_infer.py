@@ -31,14 +31,14 @@ from pipeline_fixtures import (
 )
 
 from abs_model import ABSClassifier, ABSConfig
-from tasks.context import EvaluationError, build_context
 from tasks.datasets.imagenet import imagenet_classnames, imagenet_wnids, official_subset_wnids
 from tasks.descriptions import validate_descriptions, write_descriptions
-from tasks.dino_cache import dino_shard
-from tasks.infer import infer_shard
-from tasks.store.layout import features_part, prediction_part
+from tasks.run.context import EvaluationError, build_context
+from tasks.run.text_cache import ensure_text_bank
+from tasks.steps.dino_cache import dino_shard
+from tasks.steps.infer import infer_shard
+from tasks.store.paths import features_part, prediction_part
 from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
-from tasks.text_cache import ensure_text_bank
 
 GEOMETRY = ("width", "height", "dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows")
 NUMBERS = ("pred", "pred_name", "top5", "score_true", "margin")
@@ -380,7 +380,7 @@ def test_progress_inside_a_shard_reaches_every_image(mini, caplog):
     ShardProgress logs the first batch at once and the last one, with rate and ETA."""
     import logging
 
-    from tasks.progress import ShardProgress
+    from tasks.run.progress import ShardProgress
 
     ctx = mini.ctx
     sh = ctx.info.shards[0]

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from abs_model import MICRO_CLIP, MICRO_DINO, ABSClassifier, ABSConfig, CLIPBackbone, DINOBackbone, TextBank
-from tasks import report
-from tasks.context import model_geometry
+from tasks.results import report
+from tasks.run.context import model_geometry
 
 
 def _models():

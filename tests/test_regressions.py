@@ -24,9 +24,9 @@ import pyarrow as pa
 import pytest
 from test_sql import DATASET, MODEL, write_run
 
-from tasks import catalog
+from tasks.results import catalog
 from tasks.store import Storage
-from tasks.store.layout import prediction_part
+from tasks.store.paths import prediction_part
 from tasks.store.tables import PREDICTION_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -280,7 +280,7 @@ def test_a_method_one_run_lacks_is_absent_not_compared(tmp_path):
 
 def test_setting_differences_name_what_changed():
     """The report says which settings differ between the compared runs, not only that a hash did."""
-    from tasks.runs import setting_differences
+    from tasks.results.runs import setting_differences
 
     a = {"config_json": {"numbers": {"abs": {"n_crops": 60, "tau": 0.03}, "clip": {"name": "ViT-B-16", "digest": "aa"},
                                      "subset": [1, 2, 3]}}}
@@ -297,7 +297,7 @@ def test_setting_differences_name_what_changed():
 def test_regressions_name_the_settings_that_differ(tmp_path):
     """Two runs at different settings (N=60 then N=2, another class list): every regressions row
     names the differing configuration keys, a list setting once; the same settings: none."""
-    from tasks.store.layout import run_record_parquet
+    from tasks.store.paths import run_record_parquet
     from tasks.store.tables import RUN_SCHEMA
 
     st = Storage(str(tmp_path / "root"))

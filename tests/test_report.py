@@ -1,4 +1,4 @@
-"""The per-run report (tasks/report.py) on the hand-built results of test_sql.py.
+"""The per-run report (tasks/results/report.py) on the hand-built results of test_sql.py.
 
 Checks that the report's numbers are the SQL's (and so, by test_sql, the rows'),
 that it compares with the previous run of the same deployment, and that the
@@ -31,7 +31,7 @@ from test_sql import (
     write_run,
 )
 
-from tasks import report
+from tasks.results import report
 from tasks.store import Storage
 
 
@@ -389,7 +389,7 @@ def _write_run_rows(fx, config: str, run_id: str, right: dict[str, set[int]], da
 
 
 def test_best_classes_never_lists_a_class_at_zero(tmp_path):
-    from tasks import catalog
+    from tasks.results import catalog
 
     fx = build_results(str(tmp_path / "root"))
     # abs: all wrong; clip: right on cat and dog only (2 classes above 0%); cupl: all right
@@ -482,10 +482,10 @@ def real_run(tmp_path_factory):
 
     from pipeline_fixtures import make_folder_source, make_spec, prepare_dataset
 
-    from tasks.context import build_context, model_geometry
-    from tasks.dino_cache import dino_shard
-    from tasks.infer import infer_shard
-    from tasks.runs import COMPLETED, RunRecord
+    from tasks.results.runs import COMPLETED, RunRecord
+    from tasks.run.context import build_context, model_geometry
+    from tasks.steps.dino_cache import dino_shard
+    from tasks.steps.infer import infer_shard
 
     base = tmp_path_factory.mktemp("real-run")
     root, src = str(base / "root"), str(base / "src")
@@ -506,7 +506,7 @@ def real_run(tmp_path_factory):
         n_error=sum(r.n_error for r in res), shards_total=len(res), shards_computed=len(res),
         clip_model=spec.clip.name, clip_pretrained="random", clip_weights_digest=ctx.clip.weights_digest,
         dino_model=spec.dino.name, dino_pretrained="random", dino_weights_digest=ctx.dino.weights_digest,
-        descriptions_hash=ctx.descriptions.content_hash, config_json={"spec": spec.to_dict(), "numbers": ctx.numbers},
+        descriptions_hash=ctx.descriptions.content_hash, config_json={"spec": spec.to_dict(), "numbers": ctx.prediction_settings},
         model_geometry=model_geometry(ctx.clip, ctx.dino),
     ).write(ctx.storage)
     m = report.write_report(root, "real1", gallery_size=2)
@@ -521,7 +521,7 @@ def _caption(md: str, image_id: str) -> str:
 def test_gallery_names_margins_and_the_crops_and_descriptions_that_decided(real_run):
     from pipeline_fixtures import SMALL_ABS, simple_descriptions
 
-    from tasks import catalog
+    from tasks.results import catalog
 
     m, md = real_run.manifest, real_run.manifest.markdown
     rows = {r["image_id"]: r for r in catalog.run_query(real_run.root, "gallery", {"run_id": "real1", "top_k": 2}).to_pylist()}
@@ -567,13 +567,13 @@ def test_gallery_names_margins_and_the_crops_and_descriptions_that_decided(real_
 
 
 def test_gallery_without_the_models_says_so_in_one_line_and_shows_what_is_stored(real_run, monkeypatch):
-    import tasks.context
+    import tasks.run.context
     from abs_model import WeightsUnavailableError
 
     def no_models(*_a, **_k):
         raise WeightsUnavailableError("CLIP weights ViT-B-16/openai are not cached here and cannot be downloaded")
 
-    monkeypatch.setattr(tasks.context, "resolve", no_models)
+    monkeypatch.setattr(tasks.run.context, "resolve", no_models)
     m = report.write_report(real_run.root, "real1", gallery_size=1)
     notes = [ln for ln in m.markdown.splitlines() if "not shown" in ln]
     assert len(notes) == 1 and notes[0].startswith(

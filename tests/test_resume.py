@@ -65,7 +65,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
 
     # status tells the truth per run: the killed one is interrupted (its pid is gone),
     # the resumed one says what it computed and what it reused
-    from tasks.catalog import run_progress
+    from tasks.results.catalog import run_progress
 
     prog = {r["run_id"]: r for r in run_progress(str(root))}
     assert prog[crashed_run]["status"] == "interrupted"
@@ -78,7 +78,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
 
     # SQL: the killed run stands only for the parts it committed, not for the partition
     # that the resumed run completed later; once its lease has passed it reads interrupted
-    from tasks.catalog import run_query
+    from tasks.results.catalog import run_query
 
     acc = run_query(str(root), "select run_id, run_status, max(n) as n from accuracy group by all").to_pylist()
     n_by_run = {r["run_id"]: (r["run_status"], r["n"]) for r in acc}
@@ -87,7 +87,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
     rec = dict(records[f"run={crashed_run}"])
     from datetime import datetime, timedelta, timezone
 
-    from tasks.runs import RunRecord
+    from tasks.results.runs import RunRecord
 
     rec["expires_at"] = datetime.now(timezone.utc) - timedelta(seconds=1)
     rec["started_at"] = datetime.fromisoformat(rec["started_at"])

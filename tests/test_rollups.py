@@ -1,8 +1,8 @@
 """Per-part rollups: the aggregate views read each prediction part's counts, and give exactly the
 numbers of the raw rows (the source of truth), whatever mix of parts has a rollup.
 
-The parts are written by the real inference step (``tasks.infer.infer_shard``, the tiny random-weight
-models) under run records written by ``tasks.runs.RunRecord``, so the root has what real roots have:
+The parts are written by the real inference step (``tasks.steps.infer.infer_shard``, the tiny random-weight
+models) under run records written by ``tasks.results.runs.RunRecord``, so the root has what real roots have:
 
     dataset "mini" (folder, 3 classes, bad files -> error rows), shards of 4 images, config C:
         r-crashed   computed shards 0, 1 and died (running, lease expired: interrupted)
@@ -33,14 +33,15 @@ import pytest
 from pipeline_fixtures import SMALL_ABS, Tree, make_folder_source, make_spec, photo_bytes, prepare_dataset
 
 from abs_model import ABSConfig
-from tasks import catalog, infer
-from tasks.context import build_context
 from tasks.datasets.imagenet import imagenet_wnids, official_subset_wnids
-from tasks.dino_cache import dino_shard
-from tasks.infer import infer_shard
-from tasks.runs import RunRecord
+from tasks.results import catalog
+from tasks.results.runs import RunRecord
+from tasks.run.context import build_context
+from tasks.steps import infer
+from tasks.steps.dino_cache import dino_shard
+from tasks.steps.infer import infer_shard
 from tasks.store import Storage
-from tasks.store.layout import marker_key, partition_rollup, prediction_part, rollup_of, rollup_part
+from tasks.store.paths import marker_key, partition_rollup, prediction_part, rollup_of, rollup_part
 from tasks.store.tables import ROLLUP_SCHEMA
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=timezone.utc)

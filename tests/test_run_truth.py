@@ -5,7 +5,7 @@ after it failed and after it completed.
 
 How they agree: every reader reads the run through SQL (``run_records`` for the status, ``runs`` for
 shards and images, counted from the committed parts); a process that died on this host is written
-into the record as ``interrupted`` by the first reader (``tasks.runs.reap_dead_runs``), since SQL
+into the record as ``interrupted`` by the first reader (``tasks.results.runs.reap_dead_runs``), since SQL
 cannot ask whether a pid exists; ``abs-eval run`` writes a ``starting`` record before Prefect starts.
 """
 
@@ -24,9 +24,9 @@ import duckdb
 import pytest
 from common import demo_source, invoke_cli
 
-from tasks import catalog, runs
-from tasks.catalog import run_progress
-from tasks.runs import RunRecord, RunTracker, announce_runs, claim_run_id, reap_dead_runs, release_pending
+from tasks.results import catalog, runs
+from tasks.results.catalog import run_progress
+from tasks.results.runs import RunRecord, RunTracker, announce_runs, claim_run_id, reap_dead_runs, release_pending
 from tasks.store import Storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def every_reader(root: str, run_id: str, tmp_path: Path) -> dict[str, tuple]:
         m = re.search(rf"run {re.escape(run_id)} \((\w+)\) is not completed", str(exc))
         assert m, exc
         out["export"] = (m.group(1), None, None, None, None, None)
-    from tasks.report import write_report
+    from tasks.results.report import write_report
 
     text = Path(Storage(root).path(write_report(root, run_id, gallery_size=0).report)).read_text()
     status = re.search(r"\| status \| (\w+) \|", text).group(1)
@@ -290,7 +290,7 @@ def test_a_reader_that_cannot_write_keeps_the_lease_rule(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("status", ["queued", "starting", "running"])
 def test_the_lease_rule_is_one_rule(tmp_path, status):
-    from tasks.runs import effective_status
+    from tasks.results.runs import effective_status
 
     root = str(tmp_path / "root")
     past = datetime.now(timezone.utc) - timedelta(seconds=1)

@@ -30,7 +30,7 @@ from dataset_fixtures import (
 )
 
 from tasks.datasets import DatasetSizeWarning, LayoutError, SingleClassWarning, layout_classes, load_source
-from tasks.shard import (
+from tasks.steps.shard import (
     iter_shards,
     list_datasets,
     list_shards,
@@ -43,7 +43,7 @@ from tasks.shard import (
 )
 from tasks.store import COMMITS_DIR, Storage
 from tasks.store.images import check_image
-from tasks.store.layout import dataset_dir, dataset_info, marker_key, shard_part
+from tasks.store.paths import dataset_dir, dataset_info, marker_key, shard_part
 from tasks.store.tables import SHARD_SCHEMA
 
 
@@ -508,7 +508,7 @@ def assert_same_as_single(root: str, single_root: str, fingerprint: str) -> None
 
 _WORKER = """
 import sys
-from tasks.shard import shard_dataset
+from tasks.steps.shard import shard_dataset
 m = shard_dataset("folder", sys.argv[1], sys.argv[2], "d", images_per_shard=2, progress=False, workers=1)
 print(len(m.written), len(m.skipped))
 """
@@ -572,7 +572,7 @@ def test_prepare_keeps_unmarked_parts_and_write_shard_replaces_them(tmp_path):
 @pytest.fixture
 def processes_for_small_sets(monkeypatch):
     """Worker processes even for a handful of images, in tasks of 3 with few in flight (to cross shard edges)."""
-    import tasks.shard as shard_mod
+    import tasks.steps.shard as shard_mod
 
     monkeypatch.setattr(shard_mod, "MIN_IMAGES_FOR_PROCESSES", 1)
     monkeypatch.setattr(shard_mod, "IMAGES_PER_TASK", 3)
@@ -660,7 +660,7 @@ def test_worker_processes_resume_and_skip_like_this_process(tmp_path, processes_
 
 def test_process_rows_in_any_order_equal_build_row(tmp_path, processes_for_small_sets):
     """Rows asked for out of schedule (a shard committed meanwhile by another run, or one never scheduled)."""
-    from tasks.shard import _ProcessRows, build_row
+    from tasks.steps.shard import _ProcessRows, build_row
 
     src = str(tmp_path / "src")
     make_images(src, 10)
@@ -679,8 +679,8 @@ def test_process_rows_in_any_order_equal_build_row(tmp_path, processes_for_small
 _IMPORTS = """
 import sys
 import tasks.store.images
-heavy = sorted(m for m in ("torch", "prefect", "pyarrow", "timm", "open_clip", "tasks.shard", "tasks.datasets") if m in sys.modules)
-import tasks.shard
+heavy = sorted(m for m in ("torch", "prefect", "pyarrow", "timm", "open_clip", "tasks.steps.shard", "tasks.datasets") if m in sys.modules)
+import tasks.steps.shard
 print(heavy, sorted(m for m in ("torch", "prefect", "timm", "open_clip") if m in sys.modules))
 """
 
@@ -689,9 +689,9 @@ def test_shard_workers_import_neither_torch_nor_prefect(tmp_path, processes_for_
     repo = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", _IMPORTS], cwd=repo, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["[]", "[]"]  # the worker module, then tasks.shard itself
+    assert out.stdout.split() == ["[]", "[]"]  # the worker module, then tasks.steps.shard itself
 
-    from tasks.shard import _ProcessRows
+    from tasks.steps.shard import _ProcessRows
 
     src = str(tmp_path / "src")
     make_images(src, 2)
@@ -699,11 +699,11 @@ def test_shard_workers_import_neither_torch_nor_prefect(tmp_path, processes_for_
     with _ProcessRows(plan, 1, []) as rows:  # what a real worker process has imported
         modules = rows.pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=120)
     assert "tasks.store.images" in modules or "PIL.Image" in modules
-    assert not {"torch", "prefect", "pyarrow", "tasks.shard", "tasks.datasets", "timm", "open_clip"} & set(modules)
+    assert not {"torch", "prefect", "pyarrow", "tasks.steps.shard", "tasks.datasets", "timm", "open_clip"} & set(modules)
 
 
 def test_worker_count_default_env_and_small_sets(tmp_path, monkeypatch):
-    import tasks.shard as shard_mod
+    import tasks.steps.shard as shard_mod
 
     src = str(tmp_path / "src")
     make_images(src, 4)
@@ -721,7 +721,7 @@ def test_worker_count_default_env_and_small_sets(tmp_path, monkeypatch):
 def test_row_group_images_equal_the_shard_column_and_hold_one_group(tmp_path, monkeypatch):
     """``RowGroupImages`` (what the DINO cache and inference read images through) gives every
     row's bytes, in any order, reading one Parquet row group at a time."""
-    import tasks.shard as shard_mod
+    import tasks.steps.shard as shard_mod
     from tasks.store.images import RowGroupImages
 
     monkeypatch.setattr(shard_mod, "ROWS_PER_GROUP", 4)

@@ -1,4 +1,4 @@
-"""The SQL views and queries (sql/, tasks/catalog.py) against prediction rows built by hand.
+"""The SQL views and queries (sql/, tasks/results/catalog.py) against prediction rows built by hand.
 
 Every expected number here is computed in Python from the rows the test wrote,
 independently of the SQL: accuracy, Wilson intervals, per-class accuracy,
@@ -14,7 +14,7 @@ pred NULL), and these runs (deployment ``weekly`` unless said):
                 predictions differ from r1 (the flips)
     r3          config c1, deployment ``manual``: reused everything of r1
 
-c1's parts have their rollups (tasks.catalog.write_rollup, as inference writes them), c2's
+c1's parts have their rollups (tasks.results.catalog.write_rollup, as inference writes them), c2's
 do not (parts written before rollups existed): the aggregate views read both kinds.
 """
 
@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks import catalog
+from tasks.results import catalog
 from tasks.store import Storage
-from tasks.store.layout import (
+from tasks.store.paths import (
     dino_part,
     prediction_part,
     run_record_json,
@@ -208,7 +208,7 @@ def jpeg_bytes(image_id: str) -> bytes:
 
 
 def write_shards(st: Storage) -> None:
-    """Shard files (real JPEG bytes) and dataset.json, as tasks.shard writes them."""
+    """Shard files (real JPEG bytes) and dataset.json, as tasks.steps.shard writes them."""
     for shard in range(N_SHARDS):
         rows = []
         for image_id in image_ids(shard):
@@ -438,7 +438,7 @@ def test_an_unfinished_run_stands_only_for_what_it_had(con):
 def test_a_running_record_past_its_lease_reads_interrupted(tmp_path):
     from datetime import timedelta
 
-    from tasks.runs import RunRecord, effective_status
+    from tasks.results.runs import RunRecord, effective_status
 
     st = Storage(str(tmp_path))
     now = datetime.now(timezone.utc)

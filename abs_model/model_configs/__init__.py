@@ -9,7 +9,7 @@ offline demo exercise the real code paths in seconds on a CPU. The micro ones
 (``abs-micro-vit``: 64 px, patch 8, an 8 x 8 grid; ``abs-micro-dino``: 56 px, patch
 4, ABS's 14 x 14 grid) are smaller still, for rehearsing a 50,000-image run on a
 CPU: their grids are not those of any stock model, so every consumer reads grid,
-patch and input size from the loaded model (``tasks.context.model_geometry``).
+patch and input size from the loaded model (``tasks.run.context.model_geometry``).
 """
 
 from __future__ import annotations

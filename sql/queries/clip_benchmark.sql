@@ -3,7 +3,7 @@
 --   both unset = the latest completed run of each dataset x model (runs.model: CLIP model and weights).
 -- model / pretrained are the CLIP model name and its pretrained tag ('random' without weights) from the
 -- run record; acc1 is the accuracy view's accuracy (over ok images), with its 95% Wilson interval.
--- abs-eval export writes one CLIP_benchmark JSON file per row (tasks.catalog.export_clip_benchmark).
+-- abs-eval export writes one CLIP_benchmark JSON file per row (tasks.results.catalog.export_clip_benchmark).
 WITH chosen AS (
     SELECT run_id
     FROM run_records

@@ -1,6 +1,6 @@
 -- The views over the Parquet files of a storage root; everything else builds on these.
 -- Answers: what has been committed (predictions, run records, cached DINO attention).
--- Parameters: ${root} -- the storage root, substituted by tasks/catalog.py (an
+-- Parameters: ${root} -- the storage root, substituted by tasks/results/catalog.py (an
 --   absolute path, a registered fsspec URL such as memory:///abs, or '.' when the
 --   shell is started in the root). Nothing else in sql/ names a path.
 --
@@ -13,7 +13,7 @@
 -- the footer of every part file at every query, 0.75 s over 2,500 files (50 ImageNet
 -- runs), which alone is most of what a per-run query costs. Every part is written with
 -- one schema (tasks/store/tables.py PREDICTION_SCHEMA); when a newer version adds a
--- column, tasks/catalog.py finds the files that differ (mixed_schema_globs) and renders
+-- column, tasks/results/catalog.py finds the files that differ (mixed_schema_globs) and renders
 -- this call with union_by_name = true (older files then read the new column as NULL):
 -- when it writes a catalog, and in Python after DuckDB's "schema mismatch" error.
 -- The small run records and the DINO cache (read by the report only) keep union_by_name.
@@ -31,9 +31,9 @@ FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
 --     that a record that says its process is alive (queued, starting, running) after its lease
 --     (expires_at; a live run pushes it forward with a heartbeat every minute) belongs to a
 --     process that died: 'interrupted'. Records without a lease count as interrupted one day
---     after they started. The same rule as tasks.runs.effective_status; a process that died on
+--     after they started. The same rule as tasks.results.runs.effective_status; a process that died on
 --     the machine a reader runs on is written into the record as 'interrupted' at once by that
---     reader (tasks.runs.reap_dead_runs: every Python reader does it before it queries).
+--     reader (tasks.results.runs.reap_dead_runs: every Python reader does it before it queries).
 --   previous_run_id: the latest earlier completed run of the same deployment,
 --     dataset and model (the run that a scheduled re-evaluation is compared with).
 -- The counts written in the record (n_images ... shards_reused) are what the run wrote when it
@@ -63,7 +63,7 @@ FROM records AS cur;
 
 -- Cached CLS-to-patch DINO attention (tasks/store/tables.py DINO_SCHEMA): the full D x D
 -- map per image, at cache/dino/model=<m>/key=<k>/dataset=<ds>/part-*.parquet
--- (tasks/store/layout.py dino_part). The partition values are taken from the path:
+-- (tasks/store/paths.py dino_part). The partition values are taken from the path:
 -- model, variant (the cache key: DINO weights digest and preprocessing), dataset.
 CREATE OR REPLACE VIEW dino_attention AS
 SELECT * EXCLUDE (filename),
@@ -80,11 +80,11 @@ FROM read_parquet('${root}/cache/dino/*/*/*/part-*.parquet',
 --   rollups/<partition>/part-<n>.parquet   the part's counts per (run_id, shard, method, label, pred):
 --                                          n rows, n_ok, n_correct (pred = label), n_correct5 (label in top5)
 --   rollups/<partition>/all-<k>-<md5>.parquet   the same summed over all k parts of the partition
--- (tasks.catalog.write_rollup / compact_partition; tables.ROLLUP_SCHEMA, PARTITION_ROLLUP_SCHEMA).
+-- (tasks.results.catalog.write_rollup / compact_partition; tables.ROLLUP_SCHEMA, PARTITION_ROLLUP_SCHEMA).
 -- The rows stay the source of truth, and which files exist is listed (glob) at every query:
 --   - a part without a rollup file (written before rollups existed, or a crash between the two
---     moves) is counted from its rows, with the same expressions (tasks.catalog.ROLLUP_SQL), so the
---     numbers never depend on which parts have rollups (tasks.catalog.build_rollups writes them);
+--     moves) is counted from its rows, with the same expressions (tasks.results.catalog.ROLLUP_SQL), so the
+--     numbers never depend on which parts have rollups (tasks.results.catalog.build_rollups writes them);
 --   - a rollup file whose part file is not there is ignored;
 --   - an all-* file counts only while its name matches the partition's parts: <md5> is the md5 of
 --     the part file names, sorted and joined by ','.
@@ -130,7 +130,7 @@ summed AS (
 SELECT summed.file, summed.partition FROM summed JOIN listing USING (partition, digest);
 
 -- Rows per (computing run, shard, method) of all of a partition's parts, shards-all-<k>-<md5>.parquet
--- (tasks.catalog.PART_COUNTS_SCHEMA: run_id, shard, method, n, n_ok; the part rollups' counts summed
+-- (tasks.results.catalog.PART_COUNTS_SCHEMA: run_id, shard, method, n, n_ok; the part rollups' counts summed
 -- that way): what the runs view (21_runs.sql) counts a run's shards, images and errors from, one
 -- small file per partition. One row per partition whose file covers exactly its parts now.
 CREATE OR REPLACE VIEW partition_shard_files AS
@@ -145,7 +145,7 @@ SELECT summed.file, summed.partition FROM summed JOIN partition_parts USING (par
 -- Error rows: beside each part's counts the writer commits the part's error rows (status <> 'ok',
 -- a few per part), rollups/<partition>/errors-part-<n>.parquet, and all of a partition's in one
 -- file, errors-all-<k>-<md5>.parquet (the same rule as all-*: it counts only while <md5> matches
--- the part files there); tasks.catalog.ERRORS_SCHEMA. The errors view (33_errors.sql) reads them
+-- the part files there); tasks.results.catalog.ERRORS_SCHEMA. The errors view (33_errors.sql) reads them
 -- instead of every row's status; a part without one is read from its rows.
 -- One row per partition whose error rows file (errors-all-<k>-<md5>.parquet) covers exactly its parts now.
 CREATE OR REPLACE VIEW partition_error_files AS

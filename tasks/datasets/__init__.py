@@ -3,7 +3,7 @@
 ``load_source("imagenet-a", "/data/imagenet-a")`` returns a
 :class:`~tasks.datasets.base.DatasetSource`: classes in label order, the classes
 the text side scores, the ImageNet-A/R subset indices, the official size and
-the ordered images. ``tasks.shard`` turns it into Parquet shards.
+the ordered images. ``tasks.steps.shard`` turns it into Parquet shards.
 
 Importing this package imports every layout module, which registers itself.
 """

@@ -401,12 +401,12 @@ class Layout(ABC):
 
 _INTERNAL_PREFIXES = (
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shard.py"),
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "steps", "shard.py"),
 )
 
 
 def warn_user(message: str, category: type[Warning] = DatasetSizeWarning) -> None:
-    """Warn with the location of the first caller outside this package and ``tasks.shard``.
+    """Warn with the location of the first caller outside this package and ``tasks.steps.shard``.
 
     A partial-download warning is about the caller's dataset, so it should point at
     the caller's line, not at whichever layout module noticed.

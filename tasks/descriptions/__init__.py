@@ -6,7 +6,7 @@
   at most M per class, a report of what was dropped, short or shared).
 - ``generate``: ask an OpenAI-compatible chat endpoint, resumable per class.
 - ``store``: Parquet under ``<root>/descriptions/name=<name>/`` with a content hash.
-The evaluation's descriptions step (and its Prefect task) is ``tasks/describe.py``,
+The evaluation's descriptions step (and its Prefect task) is ``tasks/steps/describe.py``,
 so these plain functions do not pull Prefect in.
 """
 

@@ -52,7 +52,7 @@ import httpx
 
 from tasks import defaults
 from tasks.store import Storage, as_storage
-from tasks.store.layout import generation_dir
+from tasks.store.paths import generation_dir
 
 from .formats import DescriptionError, RawDescriptions, readable
 from .store import check_name, write_descriptions

@@ -38,14 +38,14 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.store import COMMITS_DIR, Storage, as_storage, commits
-from tasks.store.layout import (
+from tasks.store.markers import DescriptionSetMarker
+from tasks.store.paths import (
     SHORT_HASH,
     description_latest,
     description_set,
     description_set_dir,
     is_valid_name,
 )
-from tasks.store.markers import DescriptionSetMarker
 from tasks.store.tables import DESCRIPTIONS_SCHEMA
 
 from .formats import DescriptionError

@@ -2,7 +2,7 @@
 
 - ``storage``: :class:`Storage`, one root on any fsspec filesystem with atomic commits,
   and :func:`as_storage`, the one coercion of a root URL into a ``Storage``.
-- ``layout``: every relative path and done-marker key under a root.
+- ``paths``: every relative path and done-marker key under a root.
 - ``tables``: every Arrow schema the pipeline writes.
 - ``images``: how image bytes are checked and decoded, and the status codes of bad ones.
 - ``commits``: the commit protocol (data file, then done-marker; the skip test; removal),

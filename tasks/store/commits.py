@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tasks.store.layout import marker_key
+from tasks.store.paths import marker_key
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -1,10 +1,10 @@
 """The read side of committed datasets: what a sharded dataset holds, and its shards.
 
-Why apart from ``tasks.shard`` (the writer): every later step, the report, the parameter
+Why apart from ``tasks.steps.shard`` (the writer): every later step, the report, the parameter
 checks and the analysts' tools read a committed dataset; importing the writer to do so
 pulled in its planning, its worker processes and (through its Prefect task) Prefect and
 torch, ~11 s of imports against a few hundred ms here. Nothing in this module imports
-torch, Prefect or DuckDB. ``tasks.shard`` re-exports these names for older callers.
+torch, Prefect or DuckDB. ``tasks.steps.shard`` re-exports these names for older callers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from tasks.store import commits
-from tasks.store.layout import SHARDS_DIR, dataset_info, marker_key, shard_part
+from tasks.store.paths import SHARDS_DIR, dataset_info, marker_key, shard_part
 from tasks.store.storage import COMMITS_DIR, Storage, as_storage
 
 if TYPE_CHECKING:

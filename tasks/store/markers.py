@@ -1,7 +1,7 @@
 """What each done-marker holds, as typed records beside the table schemas (``tables.py``).
 
 Why typed: markers are read back by other code than the code that wrote them (a rerun's
-skip test, ``tasks.runs`` progress counts, ``abs-eval status``), so their fields are an
+skip test, ``tasks.results.runs`` progress counts, ``abs-eval status``), so their fields are an
 interface. Each record writes exactly the keys markers held before it existed (roots
 written by earlier versions resume unchanged) and reads leniently: unknown keys are
 ignored, so a newer writer's markers do not break an older reader.
@@ -34,7 +34,7 @@ class _Marker:
 
 @dataclass(frozen=True)
 class ShardPartMarker(_Marker):
-    """``shards/dataset=<d>/part-<n>.parquet``: what the part holds (``tasks.shard.ShardResult``'s
+    """``shards/dataset=<d>/part-<n>.parquet``: what the part holds (``tasks.steps.shard.ShardResult``'s
     fields) and the plan that made it (a rerun skips it only for the same ``fingerprint``)."""
 
     index: int

@@ -1,4 +1,4 @@
-"""Every Arrow schema the pipeline writes, in one place (paths: ``tasks.store.layout``).
+"""Every Arrow schema the pipeline writes, in one place (paths: ``tasks.store.paths``).
 
 Why one module: the task modules write these tables, ``sql/`` reads them, and
 tests build them by hand; a column renamed here is renamed for all three.
@@ -120,7 +120,7 @@ RUN_SCHEMA = pa.schema(
         pa.field("dino_pretrained", pa.string()),
         pa.field("dino_weights_digest", pa.string()),
         pa.field("descriptions_hash", pa.string()),
-        pa.field("config_json", pa.string()),  # everything that defines the numbers, as JSON
+        pa.field("config_json", pa.string()),  # {"spec", "numbers": the prediction settings}, as JSON
         pa.field("versions_json", pa.string()),  # package versions, as JSON
         # liveness: a running run rewrites its record every HEARTBEAT_S seconds, pushing
         # expires_at forward; a record still "running" after expires_at belongs to a
@@ -136,11 +136,11 @@ RUN_SCHEMA = pa.schema(
 
 
 # ---------------------------------------------------------------- prediction rollups (one row per count group of a part)
-# Counts of one prediction part (tasks.store.layout.rollup_part, beside prediction_part), what the
+# Counts of one prediction part (tasks.store.paths.rollup_part, beside prediction_part), what the
 # aggregate views (accuracy, per_class_accuracy, confusions) read instead of the part's rows: one
 # row per (run_id, shard, method, label, pred) of the part, pred NULL for rows without one (error
 # rows). Sums of these counts over the parts of a run equal the counts over its raw rows
-# (tasks.rollups.rollup_table builds them; sql/views/10_sources.sql reads them).
+# (tasks.results.catalog.rollup_table builds them; sql/views/10_sources.sql reads them).
 ROLLUP_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),  # the run that computed the part's rows
@@ -157,7 +157,7 @@ ROLLUP_SCHEMA = pa.schema(
     ]
 )
 
-# The summed counts of every part of a partition (tasks.store.layout.partition_rollup): the rows of
+# The summed counts of every part of a partition (tasks.store.paths.partition_rollup): the rows of
 # ROLLUP_SCHEMA summed per (method, label, pred), without the computing run and shard.
 PARTITION_ROLLUP_SCHEMA = pa.schema([f for f in ROLLUP_SCHEMA if f.name not in ("run_id", "shard")])
 

@@ -14,14 +14,14 @@ from typing import Any
 from prefect import task
 
 from abs_model import ABSClassifier, CLIPBackbone, DINOBackbone, TextBank
-from tasks import process_cache
 from tasks.defaults import DINO_GRID, IMAGES_PER_BATCH_CPU, IMAGES_PER_BATCH_CUDA
 from tasks.descriptions import DescriptionError, DescriptionSet, read_descriptions
-from tasks.evalspec import EvalSpec, EvaluationError, short_hash
-from tasks.retries import GPU_TAG, TASK_OPTIONS
+from tasks.run import process_cache
+from tasks.run.evalspec import EvalSpec, EvaluationError, short_hash
+from tasks.run.retries import GPU_TAG, TASK_OPTIONS
+from tasks.run.text_cache import TextCacheEntry, ensure_text_bank
 from tasks.store import Storage, as_storage
 from tasks.store.datasets import DatasetInfo, read_dataset_info
-from tasks.text_cache import TextCacheEntry, ensure_text_bank
 
 __all__ = ["EvalContext", "EvaluationError", "build_context", "model_geometry", "prepare_task", "resolve"]
 
@@ -36,7 +36,7 @@ class EvalContext:
     dino: DINOBackbone
     text: TextBank
     text_entry: TextCacheEntry
-    numbers: dict[str, Any]
+    prediction_settings: dict[str, Any]  # every setting that decides the predictions; hashed into config_hash
     config_hash: str
     classifier: ABSClassifier
 
@@ -80,12 +80,13 @@ def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -
         storage, clip, list(info.text_classnames), ds.texts, ds.content_hash,
         m=spec.abs.n_descriptions, prompt=spec.prompt, templates=spec.templates, subset=subset, progress=progress,
     )
-    numbers = spec.numbers_key(
+    prediction_settings = spec.prediction_settings_key(
         clip_digest=clip.weights_digest, dino_digest=dino.weights_digest, descriptions_hash=ds.content_hash,
         dataset_fingerprint=info.fingerprint, text_classnames=list(info.text_classnames), subset=subset,
     )
     clf = ABSClassifier(clip, dino, bank, spec.abs, spec.device, spec.precision, compile=spec.compile)
-    return EvalContext(storage, spec, info, ds, clip, dino, bank, entry, numbers, short_hash(numbers), clf)
+    return EvalContext(storage, spec, info, ds, clip, dino, bank, entry, prediction_settings,
+                       short_hash(prediction_settings), clf)
 
 
 def resolve(root: str, spec: EvalSpec | dict, expect_config: str | None = None, progress: bool = False) -> EvalContext:
@@ -114,7 +115,7 @@ def prepare_task(root: str, spec: dict) -> dict[str, Any]:
     """Load models, build (or reuse) the text-embedding cache, compute the config hash."""
     ctx = resolve(root, spec, progress=True)
     return {
-        "config_hash": ctx.config_hash, "numbers": ctx.numbers, "text": ctx.text_entry.to_dict(),
+        "config_hash": ctx.config_hash, "prediction_settings": ctx.prediction_settings, "text": ctx.text_entry.to_dict(),
         "fingerprint": ctx.info.fingerprint, "shards": [s.index for s in ctx.info.shards],
         "clip_digest": ctx.clip.weights_digest, "dino_digest": ctx.dino.weights_digest,
         "descriptions_hash": ctx.descriptions.content_hash, "model": ctx.spec.model_name,

@@ -7,7 +7,7 @@ decoded becomes a row with ``status`` and ``error`` instead of stopping the
 shard or disappearing; decodable oddities (CMYK, 16-bit, palette, grayscale,
 1x1) stay ``ok`` and are converted to RGB later, at model input.
 
-Storage layout under the root (all writes go through :class:`tasks.store.Storage`; paths: ``tasks.store.layout``)::
+Storage layout under the root (all writes go through :class:`tasks.store.Storage`; paths: ``tasks.store.paths``)::
 
     shards/dataset=<ds>/part-00000.parquet          rows, schema SHARD_SCHEMA
     shards/dataset=<ds>/dataset.json                classes, text classes, subset indices,
@@ -104,7 +104,8 @@ from tasks.store.images import (
     pixel_limit,
     read_local_file,
 )
-from tasks.store.layout import (
+from tasks.store.markers import DatasetMarker, ShardPartMarker
+from tasks.store.paths import (
     dataset_dir,
     dataset_info,
     is_valid_name,
@@ -112,7 +113,6 @@ from tasks.store.layout import (
     part_markers,
     shard_part,
 )
-from tasks.store.markers import DatasetMarker, ShardPartMarker
 from tasks.store.tables import SHARD_SCHEMA
 
 SCHEMA_VERSION = 1
@@ -896,12 +896,12 @@ def __getattr__(name: str) -> Any:
 
     Why lazily: importing Prefect takes seconds, and ``abs-eval shard``, the plain
     functions and readers of shards (and every shard worker) need none of it.
-    ``from tasks.shard import shard_task`` works as for any module attribute.
+    ``from tasks.steps.shard import shard_task`` works as for any module attribute.
     """
     if name == "shard_task":
         from prefect import task
 
-        from tasks.retries import TASK_OPTIONS
+        from tasks.run.retries import TASK_OPTIONS
 
         _shard_task.__name__ = _shard_task.__qualname__ = "shard_task"
         value = task(name="shard-dataset", **TASK_OPTIONS)(_shard_task)

@@ -17,7 +17,7 @@ from tasks.descriptions import (
     read_descriptions,
     write_descriptions,
 )
-from tasks.retries import TASK_OPTIONS
+from tasks.run.retries import TASK_OPTIONS
 from tasks.store.datasets import read_dataset_info
 
 

@@ -127,7 +127,7 @@ def text_cache(clip_model: str, key: str) -> str:
 
 
 def dino_dir(model: str, key: str, dataset: str) -> str:
-    """``key`` hashes the DINO weights digest and the preprocessing (see tasks.dino_cache)."""
+    """``key`` hashes the DINO weights digest and the preprocessing (see tasks.steps.dino_cache)."""
     return f"{DINO_CACHE_DIR}/model={slug(model)}/key={key}/dataset={slug(dataset)}"
 
 

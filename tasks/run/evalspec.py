@@ -68,9 +68,13 @@ class EvalSpec:
         d["abs"] = ABSConfig.from_dict(d["abs"])
         return cls(**d)
 
-    def numbers_key(self, *, clip_digest: str, dino_digest: str, descriptions_hash: str,
-                    dataset_fingerprint: str, text_classnames: list[str], subset: list[int] | None) -> dict[str, Any]:
-        """Everything that determines the predictions (what ``config_hash`` hashes)."""
+    def prediction_settings_key(self, *, clip_digest: str, dino_digest: str, descriptions_hash: str,
+                                dataset_fingerprint: str, text_classnames: list[str], subset: list[int] | None) -> dict[str, Any]:
+        """Every setting that decides the predictions (what ``config_hash`` hashes).
+
+        Run records store it as ``config_json["numbers"]``: that on-disk key keeps its old name, so
+        roots written before the rename still compare (``tasks.results.runs.setting_differences``,
+        the ``regressions`` view's ``settings_differ``)."""
         return {
             "algorithm_version": ALGORITHM_VERSION,
             "abs": self.abs.to_dict(),

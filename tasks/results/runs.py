@@ -20,7 +20,7 @@ Why a heartbeat: a process killed with SIGKILL (or a lost machine) cannot write
 :class:`RunTracker` rewrites its record every :data:`HEARTBEAT_S` seconds and moves
 ``expires_at`` :data:`LEASE_S` ahead. SQL cannot ask whether a process exists, so on the
 machine that ran it a dead process is written down instead: whoever reads the root from
-Python (``abs-eval status``, ``sql run``, ``export``, ``report``: :func:`tasks.catalog.connect`)
+Python (``abs-eval status``, ``sql run``, ``export``, ``report``: :func:`tasks.results.catalog.connect`)
 first calls :func:`reap_dead_runs`, which rewrites the record of a live-looking run whose
 process is gone (same host, same boot, same pid namespace, and the pid is gone or belongs to
 a newer process) as ``interrupted``. Elsewhere the lease says so after 5 minutes.
@@ -51,7 +51,7 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.store import Storage, as_storage
-from tasks.store.layout import (
+from tasks.store.paths import (
     run_dir,
     run_record_json,
     run_record_parquet,
@@ -163,7 +163,7 @@ class RunRecord:
     dino_weights_digest: str = ""
     descriptions_hash: str = ""
     config_json: dict[str, Any] = field(default_factory=dict)
-    #: grids and input sizes of the loaded models (``tasks.context.model_geometry``): what
+    #: grids and input sizes of the loaded models (``tasks.run.context.model_geometry``): what
     #: the stored grid-cell geometry means; JSON only (the report reads it)
     model_geometry: dict[str, int] = field(default_factory=dict)
     versions_json: dict[str, str] = field(default_factory=package_versions)
@@ -304,7 +304,7 @@ _ATEXIT = False
 
 
 def _model_name(clip_model: str, clip_pretrained: str | None) -> str:
-    """``tasks.evalspec.EvalSpec.model_name`` from the parameters (without importing the models)."""
+    """``tasks.run.evalspec.EvalSpec.model_name`` from the parameters (without importing the models)."""
     if clip_pretrained in (None, "", "random"):
         return clip_model
     return f"{clip_model}/{str(clip_pretrained).rsplit('/', 1)[-1]}"
@@ -520,21 +520,22 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-#: Fields of ``config_json["numbers"]`` (what the config hash covers) shown by name when they differ;
+#: Fields of the prediction settings (what the config hash covers) shown by name when they differ;
 #: the long ones (class lists, subsets) are summarised.
 _SUMMARISED = {"classes", "subset"}
 
 
-def _numbers(record: dict[str, Any]) -> dict[str, Any]:
-    """``config_json["numbers"]`` of a run record (the JSON may hold ``config_json`` as text)."""
+def _prediction_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record's prediction settings, ``config_json["numbers"]`` (the JSON may hold ``config_json`` as
+    text). ``"numbers"`` is the key records have always been written with; it stays, so older roots compare."""
     cfg = record.get("config_json") or {}
     if isinstance(cfg, str):
         try:
             cfg = json.loads(cfg)
         except ValueError:
             return {}
-    numbers = cfg.get("numbers") if isinstance(cfg, dict) else None
-    return numbers if isinstance(numbers, dict) else {}
+    settings = cfg.get("numbers") if isinstance(cfg, dict) else None
+    return settings if isinstance(settings, dict) else {}
 
 
 def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
@@ -545,7 +546,7 @@ def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, 
     Why: two runs whose config hashes differ are compared as if they were the same method; a
     reader must see *what* changed (N=2 against N=60 is not a regression of the method).
     """
-    na, nb = (_flat(_numbers(r)) for r in (a, b))
+    na, nb = (_flat(_prediction_settings(r)) for r in (a, b))
     out = []
     for key in sorted(set(na) | set(nb)):
         va, vb = na.get(key), nb.get(key)

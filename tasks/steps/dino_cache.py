@@ -22,17 +22,17 @@ from prefect import get_run_logger, task
 
 from abs_model import DINOBackbone, dino_attention
 from abs_model.device import resolve_device, resolve_precision
-from tasks import process_cache
-from tasks.context import resolve
 from tasks.defaults import DINO_BATCH
-from tasks.evalspec import ALGORITHM_VERSION, short_hash
-from tasks.progress import ShardProgress
-from tasks.retries import GPU_TAG, TASK_OPTIONS
+from tasks.run import process_cache
+from tasks.run.context import resolve
+from tasks.run.evalspec import ALGORITHM_VERSION, short_hash
+from tasks.run.progress import ShardProgress
+from tasks.run.retries import GPU_TAG, TASK_OPTIONS
 from tasks.store import Storage, commits
 from tasks.store.datasets import read_shard
 from tasks.store.images import STATUS_DECODE_ERROR, RowGroupImages, iter_decoded
-from tasks.store.layout import dino_part, shard_part
 from tasks.store.markers import DinoPartMarker
+from tasks.store.paths import dino_part, shard_part
 from tasks.store.tables import DINO_SCHEMA
 
 
@@ -70,7 +70,7 @@ def dino_shard(
     """Compute (or reuse) the attention of every image in one shard.
 
     ``progress(done, total)`` is called after each batch with the images handled
-    so far out of the shard's decodable images (see ``tasks.progress.ShardProgress``).
+    so far out of the shard's decodable images (see ``tasks.run.progress.ShardProgress``).
     """
     key = dino_key(dino, max_image_side)
     rel = dino_part(dino.spec.name, key, dataset, shard)

@@ -1,6 +1,6 @@
 """The per-run report: markdown, plots and a gallery, written next to the run record.
 
-Why every number comes from ``sql/`` (through :func:`tasks.catalog.run_query`):
+Why every number comes from ``sql/`` (through :func:`tasks.results.catalog.run_query`):
 a figure in a report must be one that an analyst can re-run in DuckDB and get
 again. This module only formats query results, draws them, and decodes images;
 it aggregates nothing itself.
@@ -57,12 +57,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tasks import catalog, defaults
+from tasks import defaults
 from tasks.defaults import DINO_GRID as DEFAULT_DINO_GRID
 from tasks.defaults import METHOD_ORDER
+from tasks.results import catalog
 from tasks.store import Storage, as_storage
 from tasks.store.datasets import read_dataset_info
-from tasks.store.layout import dataset_info, run_dir, shard_part, slug
+from tasks.store.paths import dataset_info, run_dir, shard_part, slug
 
 #: Plot resolution: small PNGs (tens of KB) that still read well in a browser.
 PLOT_DPI = 90
@@ -341,7 +342,7 @@ def run_grids(run: Mapping[str, Any]) -> tuple[tuple[int, int], int | None]:
 
 def _run_record(st: Storage, run_id: str) -> dict[str, Any]:
     """A run's JSON record (what the SQL ``runs`` row does not carry), or ``{}`` if it cannot be read."""
-    from tasks.runs import read_run
+    from tasks.results.runs import read_run
 
     try:
         return dict(read_run(st, run_id))
@@ -350,8 +351,8 @@ def _run_record(st: Storage, run_id: str) -> dict[str, Any]:
 
 
 def _setting_differences(st: Storage, run_a: str, run_b: str) -> list[dict[str, Any]]:
-    """What differs between two runs' settings (``tasks.runs.setting_differences``), from their JSON records."""
-    from tasks.runs import setting_differences
+    """What differs between two runs' settings (``tasks.results.runs.setting_differences``), from their JSON records."""
+    from tasks.results.runs import setting_differences
 
     a, b = _run_record(st, run_a), _run_record(st, run_b)
     return setting_differences(a, b) if a and b else []
@@ -688,7 +689,7 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
 
 def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, str | None]:
     """The run's evaluation context (its models, text bank and descriptions, as
-    :func:`tasks.context.resolve` builds them for the flow, and reuses in the flow's process),
+    :func:`tasks.run.context.resolve` builds them for the flow, and reuses in the flow's process),
     or ``(None, why not)``: no evaluation spec in the run record, models that cannot be loaded
     (no weights here, no such device), or inputs that changed since the run (another config hash)."""
     rec = _run_record(st, run["run_id"])
@@ -702,7 +703,7 @@ def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, s
     if not spec:
         return None, "the run record holds no evaluation spec (`config_json.spec`), so the run's models are unknown"
     try:
-        from tasks.context import resolve
+        from tasks.run.context import resolve
 
         ctx = resolve(st.root, spec)
     except Exception as exc:  # noqa: BLE001 - whatever stops the models loading, the report goes on without them
@@ -1041,7 +1042,7 @@ class _Context:
     n_classes: int | None
     n_classes_source: str
     regressions: list[dict[str, Any]] = field(default_factory=list)
-    #: ``tasks.runs.setting_differences`` of (previous run, this run): what changed, by name
+    #: ``tasks.results.runs.setting_differences`` of (previous run, this run): what changed, by name
     settings: list[dict[str, Any]] = field(default_factory=list)
     #: why no gallery image shows its deciding crops and descriptions (models not loaded ...), or None
     explain_note: str | None = None

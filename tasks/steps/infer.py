@@ -22,11 +22,11 @@ import torch
 from prefect import get_run_logger, task
 
 from abs_model import ABSClassifier
-from tasks import process_cache
-from tasks.catalog import drop_rollup, write_rollup
-from tasks.context import resolve
-from tasks.progress import ShardProgress
-from tasks.retries import GPU_TAG, TASK_OPTIONS
+from tasks.results.catalog import drop_rollup, write_rollup
+from tasks.run import process_cache
+from tasks.run.context import resolve
+from tasks.run.progress import ShardProgress
+from tasks.run.retries import GPU_TAG, TASK_OPTIONS
 from tasks.store import Storage, commits
 from tasks.store.datasets import read_shard
 from tasks.store.images import (
@@ -36,7 +36,8 @@ from tasks.store.images import (
     decode_pool,
     iter_decoded,
 )
-from tasks.store.layout import (
+from tasks.store.markers import FeaturesPartMarker, PredictionPartMarker
+from tasks.store.paths import (
     features_part,
     part_index,
     part_markers,
@@ -44,7 +45,6 @@ from tasks.store.layout import (
     predictions_dir,
     shard_part,
 )
-from tasks.store.markers import FeaturesPartMarker, PredictionPartMarker
 from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
 
 
@@ -323,7 +323,7 @@ def infer_shard(
     table = _prediction_table(out, methods, ids=ids, shard=shard, labels=labels, cnames=cnames, status=status,
                               error=error, classnames=classnames, run_id=run_id)
     # the part, then its rollup (the counts the aggregate views read), then the part's marker; a
-    # rollup left by a crashed attempt at this part goes first (see tasks.catalog.drop_rollup)
+    # rollup left by a crashed attempt at this part goes first (see tasks.results.catalog.drop_rollup)
     drop_rollup(storage, rel)
     storage.write_parquet(rel, table)
     write_rollup(storage, rel, table)

@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 
 from sql import SQL_DIR  # the SQL files, shipped as package data
 from tasks.store import Storage, as_storage
-from tasks.store.layout import PREDICTIONS_DIR, marker_key, partition_rollup, rollup_of, slug
+from tasks.store.paths import PREDICTIONS_DIR, marker_key, partition_rollup, rollup_of, slug
 from tasks.store.tables import (
     DINO_SCHEMA,
     ERRORS_SCHEMA,
@@ -179,7 +179,7 @@ def empty_relation_sql(glob: str, filename: bool = False) -> str:
     """``(SELECT CAST(NULL AS <type>) AS <col>, ... WHERE false)`` with the columns of ``glob``'s files
     (plus ``filename`` when the call reads it: ``filename = true``)."""
     if glob not in SOURCES:
-        raise ValueError(f"no schema known for source glob {glob!r}: add it to tasks.catalog.SOURCES")
+        raise ValueError(f"no schema known for source glob {glob!r}: add it to tasks.results.catalog.SOURCES")
     schema, hive = SOURCES[glob]
     extra = tuple(hive) + (("filename",) if filename and "filename" not in hive else ())
     cols = _duckdb_types(schema) + [(h, "VARCHAR") for h in extra if h not in schema.names]
@@ -334,7 +334,7 @@ def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = Non
     this is how every query agrees with ``abs-eval status`` right after a run is killed.
 
     ``only``: create just the views and macros of these names (each with what it reads), for a reader
-    that needs no more (``abs-eval status``: :data:`tasks.runs.RUNS_VIEWS`); see :func:`view_texts`.
+    that needs no more (``abs-eval status``: :data:`tasks.results.catalog.RUNS_VIEWS`); see :func:`view_texts`.
     """
     st = as_storage(root, storage_options)
     con = duckdb.connect()
@@ -355,13 +355,13 @@ def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = Non
 
 
 def reap_dead_runs(con: duckdb.DuckDBPyConnection, st: Storage) -> list[str]:
-    """:func:`tasks.runs.reap_dead_runs` for the runs that the ``run_records`` view says are alive
+    """:func:`tasks.results.runs.reap_dead_runs` for the runs that the ``run_records`` view says are alive
     (``queued``, ``starting``, ``running``, lease not passed) on this host; returns the ids written.
     Best effort: a root that cannot be read or written changes nothing (the lease rule stays)."""
     import socket
 
-    from tasks.runs import LIVE
-    from tasks.runs import reap_dead_runs as reap
+    from tasks.results.runs import LIVE
+    from tasks.results.runs import reap_dead_runs as reap
 
     try:
         ids = [r[0] for r in con.execute(
@@ -401,12 +401,12 @@ def write_catalog(
     st = as_storage(root, storage_options)
     if not st.is_local:
         if st.protocol == "memory":
-            raise ValueError("a memory:// root lives in this process only: use tasks.catalog.connect() instead of a catalog file")
+            raise ValueError("a memory:// root lives in this process only: use tasks.results.catalog.connect() instead of a catalog file")
         if not allow_remote:
             raise ValueError(
                 f"{st.root} is not a local folder: the duckdb shell would need its httpfs extension and credentials "
                 "to read it. If that is set up, pass --allow-remote (`abs-eval sql catalog --allow-remote`, or "
-                "allow_remote=True in Python); otherwise query it with `abs-eval sql run` or tasks.catalog.connect()."
+                "allow_remote=True in Python); otherwise query it with `abs-eval sql run` or tasks.results.catalog.connect()."
             )
     if relative and not st.is_local:
         raise ValueError("relative=True is for a local root opened by a shell started inside it")
@@ -508,7 +508,7 @@ def write_rollup(storage: Storage, prediction_rel: str, rows: pa.Table) -> str:
     """Commit the rollup of the prediction part ``prediction_rel`` (its ``rows``) beside it; returns its path.
 
     Same protocol as every data file: written under ``_tmp/``, moved into place, then its done-marker.
-    Call it after the part is in place and before the part's own marker (tasks/infer.py), so that a
+    Call it after the part is in place and before the part's own marker (tasks/steps/infer.py), so that a
     committed part always has its rollup; a part without one (an older root, a crash in between) is
     counted from its rows by the views. First the part's error rows (:func:`errors_of_part`, what the
     ``errors`` view reads), then its counts. Then the partition's summed counts and error rows are
@@ -669,7 +669,7 @@ def _compact(storage: Storage, prediction_dir: str, names: list[str], kind: str)
     table = combine(tables)
     storage.write_parquet(target, table)
     storage.mark_done(marker_key(target), {"parts": names, "rows": table.num_rows})
-    # superseded (a reader that listed one a moment ago lists again: tasks.catalog.run_query retries)
+    # superseded (a reader that listed one a moment ago lists again: tasks.results.catalog.run_query retries)
     for rel in earlier:
         if _parts_in_name(rel) <= len(names):
             _remove(storage, rel)
@@ -1070,12 +1070,12 @@ def run_progress(root: str | Storage, run_id: str | None = None, latest: int = 1
 
     Why from SQL: this is the ``runs`` view (``sql/views/21_runs.sql``) for the ``latest`` newest runs,
     so ``status`` says what every query, the export and the report say, at every moment: the same
-    status (a dead process on this host is written down first, :func:`tasks.runs.reap_dead_runs`) and the same
+    status (a dead process on this host is written down first, :func:`tasks.results.runs.reap_dead_runs`) and the same
     shards and images, counted from the committed parts the run stands for (its own plus those
     committed before it started; a completed run: its whole partition). ``KeyError`` for an
     unknown ``run_id``.
     """
-    from tasks import runs as runs_mod
+    from tasks.results import runs as runs_mod
 
     st = as_storage(root)
     con = connect(st, only=RUNS_VIEWS, reap=False)  # reaped below, only when a row needs it

@@ -8,7 +8,7 @@ M, the prompt and the template set.
 
 Layout: ``cache/text/model=<clip>/key=<hash>/text.parquet`` with one row per
 embedding (``kind`` = description / prompt / ensemble, ``class_index``,
-``index``, ``embedding``), plus its done-marker (paths: ``tasks.store.layout.text_cache``).
+``index``, ``embedding``), plus its done-marker (paths: ``tasks.store.paths.text_cache``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 from abs_model import CLIPBackbone, TextBank
 from abs_model.text import imagenet_templates
 from tasks.defaults import TEMPLATE_SET_NAMES, TEMPLATES
-from tasks.evalspec import short_hash
+from tasks.run.evalspec import short_hash
 from tasks.store import Storage, commits
-from tasks.store.layout import text_cache
 from tasks.store.markers import TextCacheMarker
+from tasks.store.paths import text_cache
 from tasks.store.tables import TEXT_SCHEMA
 
 #: The texts of each template set named in ``tasks.defaults.TEMPLATE_SET_NAMES``.

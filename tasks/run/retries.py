@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from abs_model.errors import WeightsUnavailableError  # no torch: abs_model.weights re-exports it
 from tasks.datasets import LayoutError
 from tasks.descriptions import DescriptionError
-from tasks.evalspec import EvaluationError
+from tasks.run.evalspec import EvaluationError
 
 GPU_TAG = "gpu"
 
