@@ -38,9 +38,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_predict import text_bank  # noqa: E402
+from bench_predict import _Timer, text_bank  # noqa: E402
 
-import abs_model.classifier as classifier_mod  # noqa: E402
 from abs_model import MICRO_CLIP, MICRO_DINO, ABSClassifier, ABSConfig, CLIPBackbone, DINOBackbone  # noqa: E402
 
 
@@ -52,26 +51,8 @@ def image(w: int, h: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 
-class Parts:
-    """CPU time of named functions as the classifier calls them (wrapped in its module)."""
-
-    def __init__(self, names):
-        self.spent = dict.fromkeys(names, 0.0)
-        for name in names:
-            fn = getattr(classifier_mod, name)
-
-            def timed(*a, _fn=fn, _name=name, **k):
-                t = time.process_time()
-                try:
-                    return _fn(*a, **k)
-                finally:
-                    self.spent[_name] += time.process_time() - t
-
-            setattr(classifier_mod, name, timed)
-
-    def reset(self):
-        for k in self.spent:
-            self.spent[k] = 0.0
+#: CPU time of named functions as the classifier calls them (``bench_predict``'s timer).
+Parts = _Timer
 
 
 def _status_kb(field: str) -> int | None:
