@@ -198,12 +198,13 @@ def name_problems(dataset: str, layout: str) -> list[str]:
     """A dataset name that cannot be a path / hive value, an unknown layout (with the nearest
     known one): the checks ``job_problems`` and ``flows.params.static_problems`` share."""
     from tasks.datasets import list_layouts
+    from tasks.datasets.registry import is_layout
     from tasks.store.paths import is_valid_name
 
     problems = []
     if not is_valid_name(dataset):
         problems.append(f"dataset name {dataset!r}: use letters, digits, '.', '_' or '-'")
-    if layout not in list_layouts():
+    if not is_layout(layout):
         near = difflib.get_close_matches(layout, list_layouts(), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         problems.append(f"unknown layout {layout!r}{hint}; known layouts: {', '.join(list_layouts())}")

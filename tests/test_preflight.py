@@ -298,3 +298,13 @@ def test_a_matrix_file_follows_the_cli_rules_for_pretrained(tmp_path, source):
                                        "--dino-pretrained", "random"))
     assert from_matrix == from_cli and "checkpoint file not found" in from_cli
     assert not root.exists()
+
+
+def test_layout_aliases_and_spellings_pass_the_name_check():
+    """``--layout wds`` (an alias of ``webdataset``) and other spellings of a registered name are
+    accepted, as the dataset registry accepts them; an unknown one still gets its nearest name."""
+    from flows.preflight import name_problems
+
+    for layout in ("wds", "webdataset", "WebDataset", "folder", "imagenet"):
+        assert name_problems("ok", layout) == [], layout
+    assert any("unknown layout 'imagenett'" in p and "imagenet" in p for p in name_problems("ok", "imagenett"))

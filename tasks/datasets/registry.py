@@ -56,6 +56,11 @@ def get_layout(name: str) -> Layout:
     return cls()
 
 
+def is_layout(name: str) -> bool:
+    """Whether ``name`` names a registered layout, aliases (``wds``) and spellings (``Web_Dataset``) included."""
+    return _norm(name) in _LAYOUTS
+
+
 def list_layouts() -> list[str]:
     """Primary names of all registered layouts, sorted."""
     return sorted(_PRIMARY)
