@@ -87,22 +87,24 @@ def dino_shard(
     ok = [i for i, st in enumerate(status) if st == "ok"]
     done = 0
     images = RowGroupImages(storage, shard_part(dataset, shard))  # read a row group at a time
-    for decoded in iter_decoded(images, ok, batch_size):
-        done += len(decoded)
-        chunk = []
-        for i, im in decoded:
-            if isinstance(im, Exception):
-                status[i], error[i] = STATUS_DECODE_ERROR, f"{type(im).__name__}: {im}"
-            else:
-                chunk.append((i, im))
-        if not chunk:
-            continue
-        a = dino_attention(dino, [im for _, im in chunk], max_image_side, dev, autocast, batch_size)
-        for (i, _), row in zip(chunk, a):
-            att[i] = row.tolist()
-        if progress is not None:
-            progress(done, len(ok))
-    images.close()
+    try:  # the shard file is closed however the loop ends
+        for decoded in iter_decoded(images, ok, batch_size):
+            done += len(decoded)
+            chunk = []
+            for i, im in decoded:
+                if isinstance(im, Exception):
+                    status[i], error[i] = STATUS_DECODE_ERROR, f"{type(im).__name__}: {im}"
+                else:
+                    chunk.append((i, im))
+            if not chunk:
+                continue
+            a = dino_attention(dino, [im for _, im in chunk], max_image_side, dev, autocast, batch_size)
+            for (i, _), row in zip(chunk, a):
+                att[i] = row.tolist()
+            if progress is not None:
+                progress(done, len(ok))
+    finally:
+        images.close()
     table = pa.table({
         "image_id": ids, "shard": [shard] * len(ids), "grid": [dino.grid] * len(ids),
         "attention": att, "status": status, "error": error,

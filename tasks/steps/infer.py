@@ -263,45 +263,47 @@ def infer_shard(
 
     done = 0
     prepare = getattr(classifier, "prepare_image", None) or (lambda im: im)
-    for decoded in iter_decoded(images, ok_idx, images_per_batch, prepare):
-        done += len(decoded)
-        imgs, good = [], []
-        for i, im in decoded:
-            if isinstance(im, Exception):
-                status[i], error[i] = STATUS_DECODE_ERROR, f"{type(im).__name__}: {im}"
-            else:
-                imgs.append(im)
-                good.append(i)
-        if not good:
+    try:  # the shard file is closed however the loop ends
+        for decoded in iter_decoded(images, ok_idx, images_per_batch, prepare):
+            done += len(decoded)
+            imgs, good = [], []
+            for i, im in decoded:
+                if isinstance(im, Exception):
+                    status[i], error[i] = STATUS_DECODE_ERROR, f"{type(im).__name__}: {im}"
+                else:
+                    imgs.append(im)
+                    good.append(i)
+            if not good:
+                if progress is not None:
+                    progress(done, len(ok_idx))
+                continue
+            rows = np.asarray(good)
+            att = torch.from_numpy(att_matrix[att_row[rows]])
+            vals, idx = torch.topk(att, K, dim=1)
+            res = classifier.predict(imgs, [ids[i] for i in good], dino_topk=(idx, vals), return_features=keep_features)
+            if sorted(res.logits) != sorted(methods):
+                raise RuntimeError(f"classifier returned methods {sorted(res.logits)}, expected {methods}")
+            width = next(iter(res.logits.values())).shape[1]
+            if width != len(classnames):
+                raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
+            decode_pool().submit(_drop, decoded, imgs)  # freeing the images is not the main thread's job
+            del decoded, imgs
+            nums = _method_rows(torch.stack([res.logits[m] for m in methods]), [labels[i] for i in good])
+            for key, v in nums.items():
+                out.put(rows, key, np.moveaxis(v, 0, 1))  # [B, methods, ...]
+            geo = res.geometry
+            out.put(rows, "width", np.array([g.width for g in geo], dtype=np.int64))
+            out.put(rows, "height", np.array([g.height for g in geo], dtype=np.int64))
+            for key in ("dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows"):
+                out.put(rows, key, torch.stack([getattr(g, key) for g in geo]).numpy())
+            if keep_features:
+                out.put(rows, "crop_features", res.extras["crop_features"].numpy())
+                out.put(rows, "global_features", res.extras["global_features"].numpy())
+            out.ok[rows] = True
             if progress is not None:
                 progress(done, len(ok_idx))
-            continue
-        rows = np.asarray(good)
-        att = torch.from_numpy(att_matrix[att_row[rows]])
-        vals, idx = torch.topk(att, K, dim=1)
-        res = classifier.predict(imgs, [ids[i] for i in good], dino_topk=(idx, vals), return_features=keep_features)
-        if sorted(res.logits) != sorted(methods):
-            raise RuntimeError(f"classifier returned methods {sorted(res.logits)}, expected {methods}")
-        width = next(iter(res.logits.values())).shape[1]
-        if width != len(classnames):
-            raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
-        decode_pool().submit(_drop, decoded, imgs)  # freeing the images is not the main thread's job
-        del decoded, imgs
-        nums = _method_rows(torch.stack([res.logits[m] for m in methods]), [labels[i] for i in good])
-        for key, v in nums.items():
-            out.put(rows, key, np.moveaxis(v, 0, 1))  # [B, methods, ...]
-        geo = res.geometry
-        out.put(rows, "width", np.array([g.width for g in geo], dtype=np.int64))
-        out.put(rows, "height", np.array([g.height for g in geo], dtype=np.int64))
-        for key in ("dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows"):
-            out.put(rows, key, torch.stack([getattr(g, key) for g in geo]).numpy())
-        if keep_features:
-            out.put(rows, "crop_features", res.extras["crop_features"].numpy())
-            out.put(rows, "global_features", res.extras["global_features"].numpy())
-        out.ok[rows] = True
-        if progress is not None:
-            progress(done, len(ok_idx))
-    images.close()
+    finally:
+        images.close()
 
     ok_rows = np.flatnonzero(out.ok)
     if keep_features:
