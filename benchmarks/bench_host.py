@@ -96,7 +96,7 @@ CATEGORIES = {
                  "aa_spans", "aa_window_matrices", "_window_calls"),
     "input": ("to_tensor_image", "image_tensor", "to_float_image", "limit_size"),
     "views": ("clip_views", "clip_views_batch", "clip_views_batch_dense", "normalize"),
-    "geometry": ("image_generator", "draw_crops", "raw_boxes", "feature_windows", "_to_working",
+    "geometry": ("image_generator", "draw_crops", "raw_boxes", "feature_windows",
                  "draw_crops_batch", "_to_working_batch"),
     "matching": ("soft_match", "cosine_logits"),
 }
@@ -104,7 +104,7 @@ MODULES = ("abs_model.classifier", "abs_model.preprocess", "abs_model.sampling",
 ARITHMETIC = ("model", "resample", "pixels", "dense", "matching")
 HOST = ("input", "geometry", "matrices", "views", "other")
 INFER_CATEGORIES = {
-    "read": ("read_shard", "read_dino_shard", "_read_attention"),
+    "read": ("read_shard", "_read_attention"),
     # waiting for the decode threads (and, where the code has it, for the image
     # preparation threads that follow them): the outer generator only
     "decode_wait": ("iter_decoded",),
@@ -205,6 +205,7 @@ def patched(timer: Timer, clf, extra: list[tuple[object, str, str]] = (), inner:
         undo.append((obj, name, obj.__dict__.get(name, _MISSING)))
         setattr(obj, name, value)
 
+    found = set()
     for modname in MODULES if inner else ():
         mod = importlib.import_module(modname)
         for cat, names in CATEGORIES.items():
@@ -212,6 +213,10 @@ def patched(timer: Timer, clf, extra: list[tuple[object, str, str]] = (), inner:
                 fn = getattr(mod, name, None)
                 if callable(fn):
                     put(mod, name, timer.wrap(cat, fn))
+                    found.add(name)
+    lost = sorted({n for names in CATEGORIES.values() for n in names} - found) if inner else []
+    if lost:  # a renamed function would silently drop out of its category's time
+        raise RuntimeError(f"bench_host: no function {', '.join(lost)} in {', '.join(MODULES)}: update CATEGORIES")
     if inner:
         if hasattr(clf, "_geometry"):
             put(clf, "_geometry", timer.wrap("geometry", clf._geometry))
@@ -451,8 +456,10 @@ def bench_infer(clf, blobs: list[bytes], batch: int, reps: int, keep_features: b
                 if st.exists(p):
                     st.fs.rm(st.path(p))
         timer = Timer(clf.device)
-        extra = [(infer, name, cat) for cat, names in INFER_CATEGORIES.items() for name in names
-                 if hasattr(infer, name)]
+        missing = [n for names in INFER_CATEGORIES.values() for n in names if not hasattr(infer, n)]
+        if missing:  # a renamed function would silently drop out of its category's time
+            raise RuntimeError(f"bench_host: no function {', '.join(missing)} in {infer.__name__}: update INFER_CATEGORIES")
+        extra = [(infer, name, cat) for cat, names in INFER_CATEGORIES.items() for name in names]
         extra += [(st, "write_parquet", "write"), (st, "mark_done", "commit")]
         with contextlib.ExitStack() as stack:
             if stub:
