@@ -41,7 +41,7 @@ DESCRIPTIONS_SCHEMA = pa.schema(
 # ---------------------------------------------------------------- text-embedding cache
 TEXT_SCHEMA = pa.schema(
     [
-        pa.field("kind", pa.string(), nullable=False),  # descriptions, prompt, template
+        pa.field("kind", pa.string(), nullable=False),  # description, prompt or ensemble (tasks/run/text_cache.py)
         pa.field("class_index", pa.int32(), nullable=False),
         pa.field("index", pa.int32(), nullable=False),
         pa.field("embedding", pa.list_(pa.float32()), nullable=False),
