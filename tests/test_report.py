@@ -1,4 +1,4 @@
-"""The per-run report (tasks/results/report.py) on the hand-built results of test_sql.py.
+"""The per-run report (tasks/results/report/) on the hand-built results of test_sql.py.
 
 Checks that the report's numbers are the SQL's (and so, by test_sql, the rows'),
 that it compares with the previous run of the same deployment, and that the

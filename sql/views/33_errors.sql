@@ -13,63 +13,44 @@
 -- 10_sources.sql). So per partition: its errors-all file when it covers the parts now, else each
 -- part's error file, else (a part written before these files existed, or a crash in between) the
 -- part's own rows. The rows stay the source of truth; tests/test_rollups.py checks that every way
--- gives the same rows.
+-- gives the same rows. Which parts a run's partitions have, and whether an errors-all file covers
+-- them: part_files_of(<the runs' partitions>, 'errors') (21_runs.sql; the runs view asks it for shards-all).
 CREATE OR REPLACE MACRO errors_of(run_ids) AS TABLE
 WITH chosen AS (
-    SELECT *, 'dataset=' || dataset || '/model=' || model || '/config=' || config AS partition
+    SELECT *
     FROM run_records
     WHERE run_ids IS NULL OR list_contains(run_ids, run_id)
 ),
-parts AS (
-    SELECT file,
-           regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/part-[^/]*$', 1) AS partition,
-           regexp_extract(file, '/(part-[^/]*)$', 1) AS name
-    FROM glob('${root}/predictions/*/*/*/part-*.parquet')
-),
-listing AS (
-    SELECT partition, regexp_extract(partition, 'config=(.*)$', 1) AS config,
-           md5(string_agg(name, ',' ORDER BY name)) AS digest
-    FROM parts
-    WHERE partition IN (SELECT partition FROM chosen)
-    GROUP BY partition
-),
-summed AS (
-    SELECT s.file, s.partition
-    FROM (SELECT file,
-                 regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/errors-all-[^/]*$', 1) AS partition,
-                 regexp_extract(file, '/errors-all-[0-9]+-([0-9a-f]+)[.]parquet$', 1) AS digest
-          FROM glob('${root}/rollups/*/*/*/errors-all-*.parquet')) AS s
-    JOIN listing USING (partition, digest)
-),
-unsummed AS (
-    SELECT * FROM listing WHERE partition NOT IN (SELECT partition FROM summed)
+files AS (
+    FROM part_files_of((SELECT list(DISTINCT 'dataset=' || dataset || '/model=' || model || '/config=' || config)
+                            FROM chosen), 'errors')
 ),
 part_files AS (
-    SELECT parts.file, parts.partition, error_lists.errors_file
-    FROM parts
+    SELECT files.file, files.partition, files.config, error_lists.errors_file
+    FROM files
     LEFT JOIN (SELECT file AS errors_file,
                       regexp_extract(file, '(dataset=[^/]*/model=[^/]*/config=[^/]*)/errors-part-[^/]*$', 1) AS partition,
                       regexp_extract(file, '/errors-(part-[^/]*)$', 1) AS name
                FROM glob('${root}/rollups/*/*/*/errors-part-*.parquet')) AS error_lists
       USING (partition, name)
-    WHERE parts.partition IN (SELECT partition FROM unsummed)
+    WHERE files.covered_by IS NULL
 ),
 error_rows AS (
     SELECT dataset, model, config, run_id, shard, image_id, method, label, class_name, status, error
     FROM read_parquet('${root}/rollups/*/*/*/errors-all-*.parquet',
                       hive_partitioning = true, hive_types_autocast = false, filename = true)
-    WHERE filename IN (SELECT file FROM summed)
+    WHERE filename IN (SELECT covered_by FROM files WHERE covered_by IS NOT NULL)
     UNION ALL
     SELECT dataset, model, config, run_id, shard, image_id, method, label, class_name, status, error
     FROM read_parquet('${root}/rollups/*/*/*/errors-part-*.parquet',
                       hive_partitioning = true, hive_types_autocast = false, filename = true)
-    WHERE config IN (SELECT config FROM unsummed)  -- prunes by folder first
+    WHERE config IN (SELECT config FROM part_files)  -- prunes by folder first
       AND filename IN (SELECT errors_file FROM part_files)
     UNION ALL
     SELECT dataset, model, config, run_id, shard, image_id, method, label, class_name, status, error
     FROM read_parquet('${root}/predictions/*/*/*/part-*.parquet',
                       hive_partitioning = true, hive_types_autocast = false, filename = true)
-    WHERE config IN (SELECT config FROM unsummed)
+    WHERE config IN (SELECT config FROM part_files)
       AND filename IN (SELECT file FROM part_files WHERE errors_file IS NULL)
       AND status <> 'ok'
 )
