@@ -9,6 +9,8 @@ fewer than M descriptions), plus the single-prompt (``clip``) and template-ensem
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,12 +19,24 @@ from torch import Tensor
 
 from .config import DEFAULT_PROMPT
 
+_PLACEHOLDER = re.compile(r"\{c?\}")
+
 
 def imagenet_templates() -> list[Callable[[str], str]]:
     """The 80 OpenAI ImageNet prompt templates as open_clip ships them."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def fill_template(template: str, classname: str) -> str:
+    """A template with its class placeholders, ``{c}`` (CLIP_benchmark's) and ``{}`` (CLIP's), replaced.
+
+    Why replace rather than ``str.format``: the two tools spell the placeholder differently
+    (``format(c=name)`` against ``format(name)``), and a template file may use either; for a
+    template with no other braces both give exactly this.
+    """
+    return _PLACEHOLDER.sub(lambda _: classname, template)  # one pass: a name holding "{}" stays as it is
 
 
 def _mean_normalised(features: Tensor, mask: Tensor) -> Tensor:
@@ -79,8 +93,9 @@ class TextBank:
         """Encode everything with ``clip`` (a ``CLIPBackbone``).
 
         ``descriptions[c]`` are used as written (no template), first ``m`` kept.
-        ``templates``: callables or ``{}``-strings for ``clip-e`` (default: the 80
-        OpenAI ImageNet templates); pass ``[]`` to skip ``clip-e``.
+        ``templates``: callables or strings with ``{c}`` or ``{}`` (:func:`fill_template`) for
+        ``clip-e`` (default: the 80 OpenAI ImageNet templates); every one is used (``m`` limits
+        the descriptions only); pass ``[]`` to skip ``clip-e``.
         Every feature keeps the dtype and device ``clip.encode_text`` returns
         (float64 for a float64 model, float32 otherwise).
         """
@@ -107,7 +122,7 @@ class TextBank:
         ens = None
         templates = imagenet_templates() if templates is None else list(templates)
         if templates:
-            fill = [t if callable(t) else t.format for t in templates]
+            fill = [t if callable(t) else functools.partial(fill_template, t) for t in templates]
             texts = [f(c) for c in classnames for f in fill]
             t = clip.encode_text(texts, batch_size=batch_size, progress=progress).view(len(classnames), len(fill), dim)
             ens = _mean_normalised(t, torch.ones(t.shape[:2], dtype=torch.bool, device=t.device))

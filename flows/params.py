@@ -58,8 +58,13 @@ class EvaluateParams(BaseModel):
                                                    "n_descriptions, tau, tau_sample, seed, max_image_side (0: no "
                                                    "downscale limit, the default), ...).")
     prompt: str = Field(defaults.PROMPT, description="Prompt of the plain CLIP baseline.")
-    templates: Literal["openai-imagenet", "none"] = Field(defaults.TEMPLATES,
-                                                          description="Template set of clip-e: openai-imagenet or none.")
+    templates: str = Field(defaults.TEMPLATES,
+                           description="Templates of clip-e, every one used: auto (the dataset's own "
+                                       "zeroshot_classification_templates.txt, else the CLIP paper's set for its "
+                                       "layout, else the 80 OpenAI ImageNet ones), a set (openai-imagenet alias "
+                                       "imagenet1k, food101, pets, dtd, sun397, birdsnap; none: no clip-e), or a "
+                                       "file: .txt with one template per line or a .json list, {c} or {} where "
+                                       "the class name goes.")
 
     images_per_shard: int = Field(defaults.IMAGES_PER_SHARD, ge=1, description="Images per Parquet shard.")
     device: str = Field(defaults.DEVICE, description="auto, cpu, cuda, cuda:1 ...")
@@ -80,6 +85,17 @@ class EvaluateParams(BaseModel):
     report: bool = Field(True, description="Write the report and publish the artifacts.")
     allow_single_class: bool = Field(False, description="Evaluate a dataset whose images all have one label.")
 
+    @field_validator("templates")
+    @classmethod
+    def _known_templates(cls, v: str) -> str:
+        """A set's name or a file's spelling (the file itself is read by :func:`check`)."""
+        from tasks.datasets.template_sets import selection_problem
+
+        problem = selection_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @field_validator("clip_pretrained", "dino_pretrained", mode="before")
     @classmethod
     def _random_is_none(cls, v: Any) -> Any:
@@ -91,7 +107,6 @@ class EvaluateParams(BaseModel):
 
 
 assert set(EvaluateParams.model_fields["runner"].annotation.__args__) == set(RUNNERS)
-assert set(EvaluateParams.model_fields["templates"].annotation.__args__) == set(defaults.TEMPLATE_SET_NAMES)
 
 
 def make_params(**values: Any) -> EvaluateParams:
@@ -181,6 +196,7 @@ def check(params: EvaluateParams) -> EvalSpec:
         problems.append(f"dataset source not found: {params.source}")
     if params.descriptions and not _exists(params.descriptions):
         problems.append(f"descriptions file not found: {params.descriptions}")
+    problems += _template_file_problems(params.templates)
     for what, p in (("clip_pretrained", params.clip_pretrained), ("dino_pretrained", params.dino_pretrained)):
         if p and _is_path(p) and not os.path.exists(p):
             problems.append(f"{what}: checkpoint file not found: {p}")
@@ -193,6 +209,19 @@ def check(params: EvaluateParams) -> EvalSpec:
         templates=params.templates, device=params.device, precision=params.precision,
         images_per_batch=params.images_per_batch, keep_features=params.keep_features, compile=params.compile,
     )
+
+
+def _template_file_problems(templates: str) -> list[str]:
+    """A ``--templates`` file that is missing or malformed, read now (before any work)."""
+    from tasks.datasets.template_sets import is_template_file, read_template_file
+
+    if not is_template_file(templates):
+        return []
+    try:
+        read_template_file(templates)
+    except ValueError as exc:
+        return [f"templates: {exc}"]
+    return []
 
 
 def preflight(params: EvaluateParams) -> EvalSpec:
@@ -226,6 +255,7 @@ def preflight(params: EvaluateParams) -> EvalSpec:
             raise ParameterError(f"{params.layout} layout at {params.source}: {exc}") from None
         text_classnames = list(src.text_classnames or src.classnames)
         single = src.n_classes_present == 1
+        described = src.describe()
     else:
         try:
             info = read_dataset_info(params.root, spec.dataset)
@@ -234,6 +264,11 @@ def preflight(params: EvaluateParams) -> EvalSpec:
                                  "(and --layout) to shard it") from None
         text_classnames = list(info.text_classnames)
         single = False  # checked (and warned about) when it was sharded
+        described = info.raw
+    try:
+        spec.template_set(described)  # auto: the dataset's own templates must be usable
+    except ValueError as exc:
+        raise ParameterError(f"templates: {exc}") from None
     try:
         if params.descriptions:
             import_descriptions(params.descriptions, text_classnames, format=params.descriptions_format,

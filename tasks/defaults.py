@@ -47,9 +47,10 @@ ABS = ABSConfig()
 N_DESCRIPTIONS = ABS.n_descriptions
 #: The plain CLIP baseline's prompt.
 PROMPT = DEFAULT_PROMPT
-#: The template sets of the CLIP-E baseline, by name (tasks.run.text_cache.TEMPLATE_SETS holds the texts).
-TEMPLATE_SET_NAMES = ("openai-imagenet", "none")
-TEMPLATES = "openai-imagenet"
+#: The CLIP-E baseline's templates: ``auto`` is the dataset's own (a WebDataset's
+#: zeroshot_classification_templates.txt), else the CLIP paper's set its layout declares, else the
+#: 80 OpenAI ImageNet ones; also a set's name or a template file (tasks.datasets.template_sets).
+TEMPLATES = "auto"
 #: Methods in the order tables and plots show them.
 METHOD_ORDER = METHODS
 #: ABS expects DINO's 14 x 14 patch grid (ViT-*/16 at 224 px).

@@ -347,6 +347,11 @@ class Layout(ABC):
     default_split: ClassVar[str | None] = None
     #: Allowed splits; ``None`` means "any name the layout's files define".
     splits: ClassVar[tuple[str, ...] | None] = None
+    #: The prompt-template set ``clip-e`` uses by default for this layout's datasets: a set of
+    #: ``tasks/datasets/templates/clip.json`` (the CLIP paper's), ``None`` for none (then the
+    #: dataset's own templates, else ``imagenet1k``: ``tasks.datasets.template_sets``). Set on the
+    #: class, or from ``registry.PAPER_TEMPLATE_SETS`` when the layout is registered.
+    default_templates: ClassVar[str | None] = None
     #: ``True`` when ``source`` is a file (a manifest) rather than a folder;
     #: ``None`` when it may be a file, a folder or a glob (``_load`` checks it).
     source_is_file: ClassVar[bool | None] = False

@@ -4,7 +4,7 @@ On disk (or in a bucket, or a Hugging Face dataset repository such as
 ``clip-benchmark/wds_cars``)::
 
     <dataset>/classnames.txt                          one class name per line, label order
-    <dataset>/zeroshot_classification_templates.txt   optional: one prompt template per line
+    <dataset>/zeroshot_classification_templates.txt   optional: one prompt template per line ({c}: the class)
     <dataset>/test/0.tar, 1.tar, ...                  the split folder of tar shards
 
 Each tar holds samples: members that share a key (the member name up to the
@@ -73,8 +73,10 @@ class WebDatasetSource(DatasetSource):
     """A :class:`DatasetSource` whose entries are tar members (:class:`TarEntry`).
 
     ``templates`` are the lines of ``zeroshot_classification_templates.txt`` when
-    the dataset has one (``None`` otherwise); they are only kept (in
-    :meth:`describe` too), the pipeline does not use them.
+    the dataset has one (``None`` otherwise), blank lines dropped, as written: kept in
+    :meth:`describe` (so in ``dataset.json``), they are the ``clip-e`` templates of
+    ``--templates auto``, as in CLIP_benchmark (checked where they are used:
+    ``tasks.datasets.template_sets``, so a bad file does not stop other methods).
     """
 
     templates: list[str] | None = None
@@ -160,7 +162,8 @@ class WebDatasetLayout(Layout):
             classnames_file = display(fs, names_path)
             classnames = read_name_list(fs, names_path, "class names, one per line in label order", self.name)
         tpath = _first_file(fs, search, TEMPLATES_FILE)
-        templates = None if tpath is None else read_name_list(fs, tpath, "prompt templates, one per line", self.name, allow_blank=True)
+        templates = None if tpath is None else read_name_list(fs, tpath, "prompt templates, one per line", self.name,
+                                                              allow_blank=True, allow_empty=True)
 
         entries: list[Entry] = []
         ignored: list[IgnoredFile] = []
@@ -337,11 +340,13 @@ def _option_fs(url: str, fs: AbstractFileSystem) -> tuple[AbstractFileSystem, st
         raise LayoutError(f"cannot open {url} ({type(e).__name__}: {e})") from e
 
 
-def read_name_list(fs: AbstractFileSystem, path: str, what: str, layout: str, *, allow_blank: bool = False) -> list[str]:
+def read_name_list(fs: AbstractFileSystem, path: str, what: str, layout: str, *, allow_blank: bool = False,
+                   allow_empty: bool = False) -> list[str]:
     """The lines of a text file (class names, templates), stripped; trailing blank lines dropped.
 
     A blank line inside a class list would shift every later label, so it fails
     with its line number (unless ``allow_blank``, where blank lines are dropped).
+    An empty file fails unless ``allow_empty`` (then ``[]``: whoever uses it says why it cannot).
     """
     where = display(fs, path)
     try:
@@ -361,6 +366,6 @@ def read_name_list(fs: AbstractFileSystem, path: str, what: str, layout: str, *,
         lines = [ln for ln in lines if ln]
     elif "" in lines:
         raise LayoutError(f"{layout}: {where} line {lines.index('') + 1} is blank; expected {what}")
-    if not lines:
+    if not lines and not allow_empty:
         raise LayoutError(f"{layout}: {where} is empty; expected {what}")
     return lines

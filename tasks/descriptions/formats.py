@@ -14,8 +14,11 @@ Formats (names are what ``--format`` accepts):
 ``attributes``  ``{"class": ["attribute", ...]}`` (Menon & Vondrick ``clip-d.json``);
                 each attribute becomes a sentence "{class}, which ... {attribute}",
                 see ``attribute_sentence`` for the rule. Also accepts the nested shape.
-``templates``   ``["a photo of a {}.", ...]`` (CLIP prompt ensembles, ``clip-e.json``);
-                one sentence per class per template, so it needs the class list.
+``templates``   ``["a photo of a {c}.", ...]`` (CLIP prompt ensembles, ``clip-e.json``; ``{c}``
+                as CLIP_benchmark writes it or ``{}`` as CLIP does), or a ``.txt`` file with one
+                template per line; one sentence per class per template, so it needs the
+                class list. (As descriptions the first M are kept, like any description;
+                ``clip-e`` itself takes template files with ``--templates`` and uses them all.)
 ``auto``        picks one of the above from the JSON shape, see ``detect_format``.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 import fsspec
 
 from tasks.datasets.listing import readable_name
+from tasks.datasets.template_sets import PLACEHOLDERS, TemplateError, fill, parse_templates
 
 
 class DescriptionError(ValueError):
@@ -277,24 +281,24 @@ def import_attributes(data: Any, opts: ImportOptions) -> RawDescriptions:
 # ---------------------------------------------------------------- templates
 @register_format("templates")
 def import_templates(data: Any, opts: ImportOptions) -> RawDescriptions:
-    """``["a photo of a {}.", ...]`` -> for each class, every template with ``{}`` filled.
+    """``["a photo of a {c}.", ...]`` -> for each class, every template with ``{c}`` / ``{}`` filled.
 
     The class name is filled in with ``readable`` (underscores as spaces); the
     keys are the class list's own names, so validation matches them exactly.
-    Only ``{}`` is replaced (``str.replace``, not ``format``), so other braces in a
-    template stay as written.
+    Only ``{c}`` and ``{}`` are replaced (``tasks.datasets.template_sets.fill``, not
+    ``format``), so other braces in a template stay as written.
     """
     if not _is_str_list(data) or not data:
-        raise DescriptionError(f"templates: expected a non-empty list of strings with {{}}, got {_shape(data)}")
-    bad = [t for t in data if "{}" not in t]
-    if bad:
-        raise DescriptionError(f"templates: {len(bad)} template(s) lack the '{{}}' placeholder, e.g. {bad[:3]}")
+        raise DescriptionError(f"templates: expected a non-empty list of strings with {{c}} or {{}}, got {_shape(data)}")
+    try:
+        templates = parse_templates(data, "templates")
+    except TemplateError as exc:
+        raise DescriptionError(str(exc)) from None
     if opts.classnames is None:
         raise DescriptionError("templates: the class list is needed to expand templates (pass classnames)")
-    templates = [t.strip() for t in data]
     entries: dict[str, list[str]] = {}
     for name in opts.classnames:
-        entries.setdefault(name, [t.replace("{}", readable(name)) for t in templates])
+        entries.setdefault(name, [fill(t, readable(name)) for t in templates])
     return RawDescriptions(entries, "templates", opts.source, notes=(f"{len(templates)} templates per class",))
 
 
@@ -322,17 +326,17 @@ def _style_of(class_map: Mapping[str, list[str]]) -> str | None:
 def detect_format(data: Any) -> str:
     """Pick the format name from the JSON shape (and, for class maps, the text style).
 
-    list of strings with ``{}`` -> ``templates``; ``{dataset: {class: [...]}}`` ->
+    list of strings with ``{c}`` or ``{}`` -> ``templates``; ``{dataset: {class: [...]}}`` ->
     ``nested`` (or ``attributes`` if the inner lists are attribute fragments);
     ``{class: [...]}`` -> ``cupl`` or ``attributes`` by ``_style_of``. Raises
     ``DescriptionError`` naming the explicit formats when it cannot tell.
     """
     if _is_str_list(data):
-        if data and all("{}" in t for t in data):
+        if data and all(any(p in t for p in PLACEHOLDERS) for t in data):
             return "templates"
         raise DescriptionError(
-            "auto: a list of strings without '{}' placeholders is not a known description format "
-            "(a class list? descriptions need a {class: [sentences]} object)"
+            "auto: a list of strings without '{}' (or '{c}') placeholders is not a known description format "
+            "(a class list? descriptions need a {class: [sentences]} object, templates a placeholder each)"
         )
     if _is_nested_map(data):
         style = _style_of(next(iter(data.values())))
@@ -377,8 +381,10 @@ def load_description_file(
     attribute_style: str = "natural",
     storage_options: Mapping[str, Any] | None = None,
 ) -> RawDescriptions:
-    """Read a JSON description file from any fsspec URL and import it.
+    """Read a description file from any fsspec URL and import it: JSON, or a ``.txt`` of templates.
 
+    A ``.txt`` file holds one template per line (blank lines skipped), CLIP_benchmark's
+    ``zeroshot_classification_templates.txt`` shape; it is read as the list of its lines.
     ``source`` becomes ``"<format>:<file name>"`` (plus ``#<dataset key>``), short
     and free of local directory names so stored tables do not depend on where
     the file happened to sit.
@@ -386,12 +392,22 @@ def load_description_file(
     try:
         with fsspec.open(path, "rb", **dict(storage_options or {})) as f:
             blob = f.read()
-        data = json.loads(blob)
     except FileNotFoundError as e:
         raise DescriptionError(f"description file not found: {path}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DescriptionError(f"description file {path} is not valid JSON: {e}") from e
     fname = re.split(r"[\\/]", str(path).rstrip("/"))[-1]
+    try:
+        if fname.lower().endswith(".txt"):
+            data: Any = [ln.strip() for ln in blob.decode("utf-8-sig").splitlines() if ln.strip()]
+            if not data:
+                raise DescriptionError(f"description file {path} is empty; a .txt file holds one template per line "
+                                       "with {c} or {} where the class name goes")
+        else:
+            data = json.loads(blob)
+    except UnicodeDecodeError as e:
+        raise DescriptionError(f"description file {path} is not UTF-8 text: {e}") from e
+    except json.JSONDecodeError as e:
+        raise DescriptionError(f"description file {path} is not valid JSON: {e} (a template list may also be a "
+                               ".txt file, one template per line)") from e
     raw = parse_descriptions(
         data, format=format, classnames=classnames, dataset_key=dataset_key, attribute_style=attribute_style
     )

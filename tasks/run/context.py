@@ -76,13 +76,18 @@ def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -
         raise EvaluationError(f"DINO model {spec.dino.name} has a {dino.grid}x{dino.grid} grid; "
                               f"ABS expects {DINO_GRID}x{DINO_GRID}")
     subset = list(info.subset_indices) if info.subset_indices is not None else None
+    try:
+        templates = spec.template_set(info.raw)  # --templates auto: the dataset's own, else its layout's set
+    except ValueError as exc:
+        raise EvaluationError(f"templates: {exc}") from None
     bank, entry = ensure_text_bank(
         storage, clip, list(info.text_classnames), ds.texts, ds.content_hash,
-        m=spec.abs.n_descriptions, prompt=spec.prompt, templates=spec.templates, subset=subset, progress=progress,
+        m=spec.abs.n_descriptions, prompt=spec.prompt, templates=templates, subset=subset, progress=progress,
     )
     prediction_settings = spec.prediction_settings_key(
         clip_digest=clip.weights_digest, dino_digest=dino.weights_digest, descriptions_hash=ds.content_hash,
         dataset_fingerprint=info.fingerprint, text_classnames=list(info.text_classnames), subset=subset,
+        templates=templates,
     )
     clf = ABSClassifier(clip, dino, bank, spec.abs, spec.device, spec.precision, compile=spec.compile)
     return EvalContext(storage, spec, info, ds, clip, dino, bank, entry, prediction_settings,

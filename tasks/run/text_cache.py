@@ -4,7 +4,8 @@ Why cached: ImageNet has 1000 x 50 descriptions plus 80 x 1000 template prompts;
 encoding them costs minutes on a CPU and is the same for every run, rerun and
 method variant with the same CLIP weights and descriptions. The cache key is the
 CLIP model, its weights digest, the descriptions' content hash, the class list,
-M, the prompt and the template set.
+M, the prompt and the sha256 of the ``clip-e`` templates (``TemplateSet.sha256``: the
+texts, not where they came from), so two template sets never share a bank.
 
 Layout: ``cache/text/model=<clip>/key=<hash>/text.parquet`` with one row per
 embedding (``kind`` = description / prompt / ensemble, ``class_index``,
@@ -13,6 +14,7 @@ embedding (``kind`` = description / prompt / ensemble, ``class_index``,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,17 +23,12 @@ import pyarrow as pa
 import torch
 
 from abs_model import CLIPBackbone, TextBank
-from abs_model.text import imagenet_templates
-from tasks.defaults import TEMPLATE_SET_NAMES, TEMPLATES
+from tasks.datasets.template_sets import AUTO, FALLBACK, TemplateSet, builtin_template_set
 from tasks.run.evalspec import short_hash
 from tasks.store import Storage, commits
 from tasks.store.markers import TextCacheMarker
 from tasks.store.paths import text_cache
 from tasks.store.tables import TEXT_SCHEMA
-
-#: The texts of each template set named in ``tasks.defaults.TEMPLATE_SET_NAMES``.
-TEMPLATE_SETS = {"openai-imagenet": imagenet_templates, "none": lambda: []}
-assert tuple(TEMPLATE_SETS) == TEMPLATE_SET_NAMES
 
 
 @dataclass(frozen=True)
@@ -44,15 +41,29 @@ class TextCacheEntry:
     n_classes: int
     m: int
     n_embeddings: int
+    templates: dict[str, Any] | None = None  # the clip-e template set's record (name, sha256, count)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def text_key(clip: CLIPBackbone, descriptions_hash: str, classnames: list[str], m: int, prompt: str, templates: str) -> str:
+def template_set(templates: TemplateSet | str) -> TemplateSet:
+    """``templates`` itself, or the built-in set of that name (``openai-imagenet``, ``dtd``, ``none`` ...).
+
+    ``auto`` depends on the dataset: resolve it first (``EvalSpec.template_set``)."""
+    if isinstance(templates, TemplateSet):
+        return templates
+    if templates == AUTO:
+        raise ValueError("template set 'auto' depends on the dataset: resolve it with EvalSpec.template_set(info) "
+                         "or tasks.datasets.template_sets.resolve_template_set first")
+    return builtin_template_set(templates)  # TemplateError (a ValueError) for an unknown name
+
+
+def text_key(clip: CLIPBackbone, descriptions_hash: str, classnames: list[str], m: int, prompt: str,
+             templates: TemplateSet | str) -> str:
     return short_hash({
         "clip": clip.spec.name, "weights": clip.weights_digest, "descriptions": descriptions_hash,
-        "classes": classnames, "m": m, "prompt": prompt, "templates": templates,
+        "classes": classnames, "m": m, "prompt": prompt, "templates": template_set(templates).sha256,
     })
 
 
@@ -81,19 +92,21 @@ def ensure_text_bank(
     *,
     m: int,
     prompt: str,
-    templates: str = TEMPLATES,
+    templates: TemplateSet | str = FALLBACK,
     subset: list[int] | None = None,
     progress: bool = True,
 ) -> tuple[TextBank, TextCacheEntry]:
-    """Load the cached text bank, or encode and commit it first."""
-    if templates not in TEMPLATE_SETS:
-        raise ValueError(f"unknown template set {templates!r}; choose from {sorted(TEMPLATE_SETS)}")
-    key = text_key(clip, descriptions_hash, list(classnames), m, prompt, templates)
+    """Load the cached text bank, or encode and commit it first.
+
+    ``templates``: the ``clip-e`` set (a :class:`TemplateSet`, or a built-in set's name), every
+    template of it used; ``none`` (an empty set) leaves ``clip-e`` out."""
+    tset = template_set(templates)
+    key = text_key(clip, descriptions_hash, list(classnames), m, prompt, tset)
     rel = text_cache(clip.spec.name, key)
     computed = False
     if commits.committed(storage, rel) is None:
         bank = TextBank.build(clip, classnames, [list(t) for t in texts], m=m, prompt=prompt or None,
-                              templates=TEMPLATE_SETS[templates](), progress=progress)
+                              templates=list(tset.templates), progress=progress)
         cols: dict[str, list] = {"kind": [], "class_index": [], "index": [], "embedding": []}
         parts = [_rows("description", bank.descriptions, bank.mask)]
         if bank.prompt is not None:
@@ -105,12 +118,12 @@ def ensure_text_bank(
                 cols[k].extend(p[k])
         commits.commit_parquet(storage, rel, pa.table(cols, schema=TEXT_SCHEMA), TextCacheMarker(
             path=rel, clip=clip.spec.name, weights=clip.weights_digest, descriptions_hash=descriptions_hash, m=m,
-            prompt=prompt, templates=templates, n_classes=len(classnames)))
+            prompt=prompt, templates=json.dumps(tset.record(), sort_keys=True), n_classes=len(classnames)))
         computed = True
     bank = load_text_bank(storage, rel, list(classnames), m, subset)
     n = int(bank.mask.sum()) + (len(classnames) if bank.prompt is not None else 0) + (
         len(classnames) if bank.ensemble is not None else 0)
-    return bank, TextCacheEntry(rel, key, computed, len(classnames), m, n)
+    return bank, TextCacheEntry(rel, key, computed, len(classnames), m, n, tset.record())
 
 
 def load_text_bank(storage: Storage, rel: str, classnames: list[str], m: int, subset: list[int] | None) -> TextBank:
