@@ -1,0 +1,300 @@
+"""ABS variants scored from a run's stored crop features (``abs-eval analyze``), against fresh runs.
+
+One evaluation that kept its crop features (the evaluate flow on a real temporary Prefect server,
+tiny random-weight models, 24 generated images in 3 shards), then ``abs-eval analyze`` for tau, M',
+raw-only, feature-only, an N' prefix and plain averaging, with no model forward. The settings that
+change no crop draw are also evaluated fresh, in another root (in the same root a fresh run would
+reuse the variant's partition: they share its hash, which is the point). Checked: those variants
+have the fresh run's config hash and its rows (exactly where the same numbers go into the same
+calls, else within the README's score tolerance); the prefix and the averaging match the formulas
+computed here from the stored features; the SQL views list every variant; a rerun writes nothing;
+a lost part is recomputed alone; bad requests fail with one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from common import TINY_FLOW_PARAMS, demo_source, invoke_cli, one_error_line
+from flow_helpers import SCORE_ATOL, SCORE_RTOL, assert_same_predictions, predictions
+
+#: The run's method settings (N, K, M); the description file has 8 per class, the run keeps M = 6.
+BASE = {"n_crops": 6, "top_k": 5, "n_descriptions": 6}
+#: Variants that change no crop draw -> the abs_config overrides of the fresh run with that setting.
+FRESH = {
+    "tau=0.05": {"tau": 0.05},
+    "n_descriptions=3": {"n_descriptions": 3},
+    "crop_kinds=raw": {"feature_crops": False},
+    "crop_kinds=feature": {"raw_crops": False},
+}
+#: Exactly equal to the fresh run: the same stored numbers go into the same calls (tau: the soft
+#: matching of the same crops; raw only: the same trunk batch). The others go through another
+#: batch shape of the text encoder (M') or of the trunk (feature only): within rounding.
+EXACT = {"tau=0.05", "crop_kinds=raw"}
+ANALYZE = ["--tau", "0.05", "--m", "3", "--kinds", "raw,feature", "--n-crops", "3", "--plain-averaging"]
+NAMES = {*FRESH, "n_crops=3", "matching=average"}
+
+
+def _params(root: str, **abs_changes) -> dict:
+    return dict(TINY_FLOW_PARAMS, dataset="demo", root=root, images_per_shard=8, deployment="test", report=False,
+                abs_config={**BASE, **abs_changes})
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return demo_source(tmp_path_factory, per_class=2)
+
+
+@pytest.fixture(scope="module")
+def base(prefect_server, source, tmp_path_factory):
+    """The run with kept features, then `abs-eval analyze` on it: (root, run summary, CLI output)."""
+    from flows.evaluate import evaluate
+
+    images, desc = source
+    root = str(tmp_path_factory.mktemp("root-variants"))
+    out = evaluate(dict(_params(root), source=images, descriptions=desc, keep_features=True))
+    res = invoke_cli("analyze", "--root", root, *ANALYZE)
+    assert res.exit_code == 0, res.output
+    return root, out, res.output
+
+
+@pytest.fixture(scope="module")
+def fresh(prefect_server, source, tmp_path_factory):
+    """The settings of FRESH evaluated from scratch in another root: ``{variant name: run summary}``."""
+    from flows.evaluate import evaluate
+
+    images, desc = source
+    root = str(tmp_path_factory.mktemp("root-fresh"))
+    out = {}
+    for i, (name, change) in enumerate(FRESH.items()):
+        first = dict(source=images, descriptions=desc) if i == 0 else {}  # later runs reuse shards and descriptions
+        out[name] = evaluate(dict(_params(root, **change), **first))
+    return root, out
+
+
+def _records(root: str) -> dict[str, dict]:
+    """Variant name -> run record (run.json) of every variant under ``root``."""
+    from tasks.results.runs import list_run_ids, read_run
+    from tasks.store import Storage
+
+    st = Storage(root)
+    recs = [read_run(st, rid) for rid in list_run_ids(st)]
+    return {r["config_json"]["variant"]["name"]: r for r in recs if r["config_json"].get("variant")}
+
+
+def _rows(root: str, config: str) -> list[tuple]:
+    return [r for r in predictions(root) if r[2] == config]
+
+
+def _stored(root: str, run_id: str, shard: int):
+    """The run, its shard's stored features, its text bank and the shard's rows by (image, method)."""
+    from tasks.results.runs import read_run
+    from tasks.steps.variants import AnalyzedRun, find_text_bank, read_features
+    from tasks.store import Storage
+    from tasks.store.datasets import read_dataset_info
+    from tasks.store.paths import features_part
+
+    st = Storage(root)
+    run = AnalyzedRun.from_record(read_run(st, run_id))
+    ids, crops, glob = read_features(st, features_part(run.dataset, run.model, run.config, shard))
+    bank = find_text_bank(st, run, read_dataset_info(st, run.dataset))
+    return st, run, ids, crops, glob, bank
+
+
+def _part_rows(st, run, config: str, shard: int) -> dict[tuple[str, str], dict]:
+    from tasks.store.paths import prediction_part
+
+    return {(r["image_id"], r["method"]): r
+            for r in st.read_parquet(prediction_part(run.dataset, run.model, config, shard)).to_pylist()}
+
+
+def test_the_analysis_lists_every_variant_and_its_accuracy(base):
+    root, out, text = base
+    recs = _records(root)
+    assert set(recs) == NAMES
+    for name, rec in recs.items():
+        assert rec["status"] == "completed" and rec["n_images"] == 24 and rec["shards_computed"] == 3, name
+        assert rec["deployment"] == f"test:{name}" and rec["config_json"]["variant"]["of_run"] == out["run_id"]
+        assert name in text  # the command's table
+    assert f"Variants of run {out['run_id']}" in text
+
+
+def test_variants_that_keep_the_draws_equal_fresh_runs(base, fresh):
+    root, _, _ = base
+    fresh_root, runs = fresh
+    recs = _records(root)
+    for name, run in runs.items():
+        rec = recs[name]
+        assert rec["config_json"]["variant"]["equals_fresh_run"] is True
+        assert rec["config"] == run["config"], name  # hashed like any configuration: the fresh run's partition
+        got, want = _rows(root, rec["config"]), _rows(fresh_root, run["config"])
+        assert len(got) == 24 * 3, name  # abs, clip, cupl (templates none)
+        assert_same_predictions(got, want)  # pred, top5, status, crop geometry exact; scores within tolerance
+        if name in EXACT:
+            assert got == want, name
+
+
+def test_a_prefix_scores_the_first_crops_of_each_branch(base):
+    """N' = 3 of N = 6: its own partition (no fresh run draws these crops), the first 3 raw and the first 3
+    feature crops soft-matched (the formula written out here), geometry cut to them, baselines unchanged."""
+    from tasks.run.evalspec import short_hash
+
+    root, out, _ = base
+    rec = _records(root)["n_crops=3"]
+    numbers = rec["config_json"]["numbers"]
+    assert numbers["variant"] == {"crops_prefix_of": 6} and numbers["abs"]["n_crops"] == 3
+    fresh_like = {k: v for k, v in numbers.items() if k != "variant"}
+    assert rec["config"] == short_hash(numbers) != short_hash(fresh_like)
+    rows = _rows(root, rec["config"])
+    assert len(rows) == 24 * 3 and {r[4] for r in rows} == {"abs", "clip", "cupl"}
+    for shard in range(3):
+        st, run, ids, crops, _, bank = _stored(root, out["run_id"], shard)
+        mine, theirs = _part_rows(st, run, rec["config"], shard), _part_rows(st, run, run.config, shard)
+        desc, mask = bank.descriptions.double(), bank.mask
+        for j, image in enumerate(ids):
+            v = torch.from_numpy(np.concatenate([crops[j, :3], crops[j, 6:9]])).double()
+            logits = _dense_soft(v, desc, mask, 0.03)
+            row, was = mine[(image, "abs")], theirs[(image, "abs")]
+            assert row["pred"] == int(logits.argmax())
+            assert math.isclose(row["score_true"], float(logits[row["label"]]), rel_tol=SCORE_RTOL, abs_tol=SCORE_ATOL)
+            assert row["raw_boxes"] == was["raw_boxes"][:3] and row["feature_windows"] == was["feature_windows"][:3]
+            for m in ("clip", "cupl"):
+                assert {k: mine[(image, m)][k] for k in ("pred", "top5", "score_true", "margin")} == \
+                       {k: theirs[(image, m)][k] for k in ("pred", "top5", "score_true", "margin")}
+
+
+def test_plain_averaging_averages_each_class_descriptions(base):
+    root, out, _ = base
+    rec = _records(root)["matching=average"]
+    assert rec["config_json"]["numbers"]["variant"] == {"matching": "average"}
+    assert rec["config_json"]["variant"]["equals_fresh_run"] is False
+    st, run, ids, crops, _, bank = _stored(root, out["run_id"], 0)
+    mine = _part_rows(st, run, rec["config"], 0)
+    desc, w = bank.descriptions.double(), bank.mask.double()
+    for j, image in enumerate(ids):
+        s = torch.einsum("nd,cmd->ncm", torch.from_numpy(crops[j]).double(), desc) / 0.03
+        logits = ((s * w).sum(2) / w.sum(1)).sum(0)  # sum over crops of the mean over descriptions
+        row = mine[(image, "abs")]
+        assert row["pred"] == int(logits.argmax())
+        assert math.isclose(row["score_true"], float(logits[row["label"]]), rel_tol=SCORE_RTOL, abs_tol=SCORE_ATOL)
+
+
+def test_the_runs_own_setting_scored_from_its_features_is_its_rows(base):
+    """Reading the features back loses nothing: the run's own setting gives its rows bit for bit."""
+    from abs_model.variants import variant_logits
+
+    root, out, _ = base
+    for shard in range(3):
+        st, run, ids, crops, glob, bank = _stored(root, out["run_id"], shard)
+        logits = variant_logits(torch.from_numpy(crops), run.abs, bank, run.spec, torch.from_numpy(glob))
+        rows = _part_rows(st, run, run.config, shard)
+        for j, image in enumerate(ids):
+            for m, lg in logits.items():
+                row = rows[(image, m)]
+                assert row["pred"] == int(lg[j].argmax()) and row["top5"] == lg[j].topk(5).indices.tolist()
+                assert row["score_true"] == float(np.float32(lg[j, row["label"]].item())), (image, m)
+
+
+def test_sql_views_list_the_variants_and_the_run_stays_the_latest(base):
+    from tasks.results.catalog import run_query
+
+    root, out, _ = base
+    recs = _records(root)
+    acc = {r["run_id"]: r for r in run_query(root, "accuracy").to_pylist() if r["method"] == "abs"}
+    for name, rec in recs.items():
+        a = acc[rec["run_id"]]
+        rows = _rows(root, rec["config"])
+        assert a["n"] == 24 and a["deployment"] == f"test:{name}" and a["config"] == rec["config"]
+        assert a["correct"] == sum(1 for r in rows if r[4] == "abs" and r[6] == r[5])
+    runs = {r["run_id"]: r for r in run_query(root, "runs").to_pylist()}
+    assert all(runs[rec["run_id"]]["shards_done"] == 3 and runs[rec["run_id"]]["status"] == "completed"
+               for rec in recs.values())
+    latest = {r["run_id"] for r in run_query(root, "clip_benchmark").to_pylist()}  # what `export` takes by default
+    assert latest == {out["run_id"]}
+    # a variant against its run: the regressions view names the setting that differs
+    reg = run_query(root, "regressions", {"run_a": out["run_id"], "run_b": recs["tau=0.05"]["run_id"]}).to_pylist()
+    assert reg and "numbers.abs.tau" in reg[0]["settings_differ"]
+
+
+def _tree(root: str) -> dict[str, tuple[int, bytes]]:
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = (os.stat(p).st_mtime_ns, fh.read())
+    return out
+
+
+def test_rerunning_analyze_recomputes_nothing(base):
+    root, _, _ = base
+    before = _tree(root)
+    res = invoke_cli("analyze", "--root", root, *ANALYZE)
+    assert res.exit_code == 0, res.output
+    assert _tree(root) == before  # no part, rollup, marker or record written again
+    from flows.analyze import analyze
+
+    again = analyze(root, {"tau": [0.05], "n_crops": [3]})
+    assert [(v.shards_computed, v.shards_reused) for v in again.variants] == [(0, 3), (0, 3)]
+
+
+def test_bad_requests_fail_with_one_line(base, fresh):
+    root, out, _ = base
+    line = one_error_line(invoke_cli("analyze", "--root", root, "--n-crops", "12"))
+    assert "n_crops=12" in line and "N=6" in line
+    line = one_error_line(invoke_cli("analyze", "--root", root, "--m", "7", "--kinds", "sideways"))
+    assert "sideways" in line
+    line = one_error_line(invoke_cli("analyze", "--root", root, "--tau", "hot"))
+    assert "--tau" in line
+    assert "no run" in one_error_line(invoke_cli("analyze", "--root", root, "--run", "nope", "--tau", "0.1"))
+    assert "no variant" in one_error_line(invoke_cli("analyze", "--root", root, "--tau", "0.03"))  # the run's own
+    variant = _records(root)["tau=0.05"]["run_id"]
+    assert "itself a variant" in one_error_line(invoke_cli("analyze", "--root", root, "--run", variant, "--tau", "0.1"))
+    fresh_root, _ = fresh
+    assert "kept its crop features" in one_error_line(invoke_cli("analyze", "--root", fresh_root, "--tau", "0.1"))
+
+
+def test_a_lost_part_is_recomputed_alone_with_the_same_rows(base):
+    from flows.analyze import analyze
+    from tasks.store import Storage, commits
+    from tasks.store.paths import prediction_part
+
+    root, out, _ = base
+    rec = _records(root)["tau=0.05"]
+    rel = prediction_part("demo", rec["model"], rec["config"], 1)
+    rows = Storage(root).read_parquet(rel)
+    commits.uncommit(Storage(root), rel)  # marker, then file: as a crash before the marker leaves it
+    done = analyze(root, {"tau": [0.05]}, run_id=out["run_id"])
+    assert [(v.shards_computed, v.shards_reused) for v in done.variants] == [(1, 2)]
+    assert Storage(root).read_parquet(rel).equals(rows)
+    assert _records(root)["tau=0.05"]["status"] == "completed"
+
+
+def test_sweep_one_setting_at_a_time_or_every_combination():
+    from abs_model import ABSConfig
+    from abs_model.variants import VariantSpec, sweep
+
+    base = VariantSpec.of(ABSConfig())
+    one = sweep(base, {"tau": [0.01, 0.03, 0.05], "crop_kinds": ["raw", "feature"]})
+    assert [v.name(base) for v in one] == ["crop_kinds=raw", "crop_kinds=feature", "tau=0.01", "tau=0.05"]
+    both = sweep(base, {"crop_kinds": ["raw", "both"], "matching": ["soft", "average"]}, cross=True)
+    assert [v.name(base) for v in both] == ["crop_kinds=raw", "crop_kinds=raw,matching=average", "matching=average"]
+    with pytest.raises(ValueError, match="unknown variant fields"):
+        sweep(base, {"top_k": [10]})
+    with pytest.raises(ValueError, match="crop_kinds"):
+        sweep(base, {"crop_kinds": ["sideways"]})
+    with pytest.raises(ValueError, match="the run drew N=60"):
+        base.with_changes(n_crops=80).check_against(ABSConfig())
+    with pytest.raises(ValueError, match="only raw-space"):
+        base.with_changes(crop_kinds="feature").check_against(ABSConfig(feature_crops=False))
+
+
+def _dense_soft(v: torch.Tensor, desc: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+    """ABS soft matching as the method states it (ABS_SPEC.md step 6), densely, in float64."""
+    s = torch.einsum("nd,cmd->ncm", v, desc) / tau
+    p = torch.softmax(s.masked_fill(~mask, float("-inf")).flatten(1), dim=1).view_as(s)
+    return (p * s.masked_fill(~mask, 0.0)).sum(dim=(0, 2))
