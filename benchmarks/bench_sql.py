@@ -9,7 +9,7 @@ replays it into the real storage layout:
 
 1. ``--images-per-run`` images per run: the template run's prediction rows are
    tiled into shards of ``--shard-size`` images (the default shard size of a run),
-   each shard a part file, its rollup (``tasks.results.catalog.write_rollup``, as inference
+   each shard a part file, its rollup (``tasks.store.rollups.write_rollup``, as inference
    commits it: the part's error rows and counts, and the partition's summed counts,
    error rows and rows per run, shard and method) and its done-marker, image ids made
    unique per shard;
@@ -150,10 +150,10 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from tasks.results.catalog import write_rollup
     from tasks.results.runs import RunRecord
     from tasks.store import Storage
     from tasks.store.paths import marker_key, prediction_part, predictions_dir, rollup_of
+    from tasks.store.rollups import write_rollup
 
     rec = template_run(template)
     src_dir = template / predictions_dir(rec["dataset"], rec["model"], rec["config"])

@@ -150,7 +150,8 @@ def demo(
 
 def _print_accuracy(root: str, out: dict) -> None:
     """The number the user came for first: method, accuracy, its 95% interval, n; fits 80 columns."""
-    from tasks.results.catalog import format_accuracy, run_query
+    from tasks.results.catalog import run_query
+    from tasks.results.formatting import format_accuracy
 
     rows = run_query(root, "accuracy", {"run_id": out["run_id"]}).to_pylist()
     reused = out.get("shards_reused", 0)
@@ -535,7 +536,8 @@ def _read_matrix(path: Path) -> dict:
 def _run_matrix(params: list, root: str) -> None:
     """Every cell through the reevaluate flow; a table of every cell at the end (exit 1 if one failed)."""
     from flows.evaluate import reevaluate
-    from tasks.results.catalog import format_table, run_query
+    from tasks.results.catalog import run_query
+    from tasks.results.formatting import format_table
 
     cells = [p.model_dump() for p in params]
     results = reevaluate(datasets=cells, root=root, raise_on_failure=False)
@@ -611,7 +613,7 @@ def status(
 
     with _job_mistakes():
         pf.check_root_exists(root)
-    from tasks.results.catalog import run_progress
+    from tasks.results.progress import run_progress
 
     try:
         rows = run_progress(root, run_id, latest=latest)
@@ -624,6 +626,53 @@ def status(
         typer.echo(f"{r['run_id']}  {r['status']:<11} {r['dataset']} x {r['model']}  [{r['deployment']}]")
         typer.echo(f"    shards {r['shards_done']}/{r['shards_total']} (computed {r['shards_computed']}, "
                    f"reused {r['shards_reused']})  images {r['n_images']}  errors {r['n_error']}")
+
+
+# ------------------------------------------------------------------------------ analyze
+@app.command()
+def analyze(
+    root: str = RootOpt,
+    run_id: Optional[str] = typer.Option(None, "--run", help="The run to analyse (default: the latest completed "
+                                         "run that kept its crop features, `run --keep-features`)."),
+    n_crops: Optional[str] = typer.Option(None, "--n-crops", help="N' values, e.g. 10,20,30 (<= the run's N): the "
+                                          "first N' crops of each branch, a statistically equivalent sample."),
+    m: Optional[str] = typer.Option(None, "--m", help="M' values, e.g. 10,25 (<= the run's M): each class's first M' "
+                                    "descriptions."),
+    tau: Optional[str] = typer.Option(None, "--tau", help="Soft-matching temperatures, e.g. 0.01,0.05."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="Crop branches: raw, feature, both (comma-separated)."),
+    plain_averaging: bool = typer.Option(False, "--plain-averaging", help="Also plain description averaging "
+                                         "instead of soft matching."),
+    cross: bool = typer.Option(False, "--cross", help="Every combination of the values given (default: one "
+                               "setting at a time, the others as in the run)."),
+    device: str = typer.Option("cpu", help="Where the matching runs: cpu, cuda, auto."),
+) -> None:
+    """ABS variants of a completed run, scored from the crop features it kept: no model runs again.
+
+    Each variant (N' crops, one crop branch, M' descriptions, another tau, plain averaging) becomes
+    prediction rows of its own: a run record named '<deployment>:<what differs>' and a config=
+    partition hashed like any configuration, so every SQL view, regressions, export and the report
+    read it. Variants that change no crop draw (tau, M', raw-only, feature-only) equal a fresh run
+    with that setting and share its partition. Rerunning computes nothing already committed.
+    """
+    from flows import preflight as pf
+
+    with _job_mistakes():
+        pf.check_root_exists(root)
+        pf.check_writable_dir(root, "--root")
+    from flows.analyze import VariantError, parse_axes, summary_rows
+    from flows.analyze import analyze as analyze_run
+    from tasks.results.formatting import format_table
+
+    try:
+        axes = parse_axes(n_crops, m, tau, kinds, plain_averaging)
+        done = analyze_run(root, axes, run_id=run_id, cross=cross, device=device)
+    except VariantError as exc:
+        _fail(str(exc))
+    import pyarrow as pa
+
+    typer.echo(f"Variants of run {done.run.run_id} ({done.run.dataset} x {done.run.model}, N={done.run.abs.n_crops}, "
+               f"M={done.run.abs.n_descriptions}, tau={done.run.abs.tau:g}), from its stored crop features:")
+    typer.echo(format_table(pa.Table.from_pylist(summary_rows(root, done))))
 
 
 # ------------------------------------------------------------------------------ sql
@@ -665,7 +714,9 @@ def sql_run(
             _fail(str(exc))
         with _job_mistakes():
             pf.check_writable_file(out, "--out")
-    from tasks.results.catalog import QueryError, export, format_table, run_query
+    from tasks.results.catalog import QueryError, run_query
+    from tasks.results.export import export
+    from tasks.results.formatting import format_table
     try:
         t = run_query(root, query, _parse_kv(param))
     except (KeyError, ValueError, QueryError) as exc:
@@ -681,7 +732,7 @@ def sql_run(
 
 
 def _output_format(out: str, fmt: str | None) -> str:
-    from tasks.results.catalog import FORMATS
+    from tasks.results.export import FORMATS
 
     if fmt:
         if fmt not in set(FORMATS.values()):
@@ -699,7 +750,7 @@ def _output_format(out: str, fmt: str | None) -> str:
 def _to_text(t, fmt: str) -> str:
     import tempfile
 
-    from tasks.results.catalog import export
+    from tasks.results.export import export
 
     if fmt == "parquet":
         _fail("parquet is binary: write it to a file with --out FILE.parquet")
@@ -787,22 +838,26 @@ def export_results(
     root: str = RootOpt,
     run_ids: Optional[list[str]] = typer.Option(None, "--run", help="A run to export (repeat for more; default: "
                                                 "the latest completed run of each dataset x model)."),
-    out: str = typer.Option("clip_benchmark_results", "--out", help="Folder for one JSON file per result "
-                            "and results.csv (local or any fsspec URL), or '-' for JSON lines on stdout."),
+    out: str = typer.Option("clip_benchmark_results", "--out", help="Folder for one JSON file per result, "
+                            "results.csv and configs/ (local or any fsspec URL), or '-' for JSON lines on stdout."),
+    dataset_names: Optional[list[str]] = typer.Option(
+        None, "--dataset-name", help="NAME=CB_NAME: write dataset NAME as CB_NAME (repeat for more; default: "
+        "wds/NAME for a WebDataset, CLIP_benchmark's builtin name for a named layout, e.g. imagenet1k)."),
 ) -> None:
     """Write results in CLIP_benchmark's format: one JSON per dataset x model x method (acc1, acc5,
-    mean_per_class_recall, plus method, run and config), and results.csv with all of them."""
+    mean_per_class_recall, plus method, run and config; pretrained is WEIGHTS+METHOD, so each method
+    is its own model_fullname), results.csv as `clip_benchmark build` makes it, configs/ per run."""
     from flows import preflight as pf
 
     with _job_mistakes():
         pf.check_root_exists(root)
         if out != "-":
             pf.check_writable_dir(out, "--out")
-    from tasks.results.catalog import ExportError, export_clip_benchmark
+    from tasks.results.export import export_clip_benchmark, parse_dataset_names
 
     try:
-        done = export_clip_benchmark(root, out, run_ids)
-    except ExportError as exc:
+        done = export_clip_benchmark(root, out, run_ids, dataset_names=parse_dataset_names(dataset_names or []))
+    except ValueError as exc:  # ExportError, or a malformed --dataset-name: one line
         _fail(str(exc))
     if out != "-":
         typer.echo(f"wrote {len(done.results)} CLIP_benchmark results to {out}:")

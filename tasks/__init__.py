@@ -2,7 +2,8 @@
 
 Import order, one way only (``tests/test_architecture.py`` checks it, folder by folder):
 
-1. ``tasks.store`` (storage, paths, schemas, commits, image bytes) and ``tasks.defaults``:
+1. ``tasks.store`` (storage, paths, schemas, commits and markers, the prediction rollups,
+   image bytes) and ``tasks.defaults``:
    import nothing else of ``tasks`` (``defaults`` reads the method's defaults from ``abs_model``).
 2. ``tasks.datasets`` (one module per source layout) and ``tasks.descriptions`` (formats,
    validation, generation, storage): import only level 1 (descriptions may use the
@@ -13,13 +14,17 @@ Import order, one way only (``tests/test_architecture.py`` checks it, folder by 
    context loads (``text_cache``), models cached per process (``process_cache``), the
    retry policy (``retries``) and in-shard progress (``progress``): imports levels 1-2.
 4. ``tasks.results``, the read side: run records (``runs``), the DuckDB views and queries
-   (``catalog``) and the per-run report (``report``): imports levels 1-3, and level 3
-   only inside the report's gallery, which rebuilds a run's models (``run.context``).
-   Importing ``catalog``, ``runs`` or ``report`` loads neither torch nor Prefect.
+   (``catalog``), terminal tables (``formatting``), exports (``export``: files and
+   CLIP_benchmark's format), ``abs-eval status`` (``progress``) and the per-run report
+   (``report``, a package: its queries, markdown, plots, gallery): imports levels 1-3, and
+   level 3 only inside ``report.explain``, which rebuilds a run's models (``run.context``)
+   to name the crops that decided a gallery image. Importing any of them loads neither
+   torch nor Prefect. It writes no data file of the pipeline: the rollups the views read are
+   committed by the store (``store.rollups``).
 5. ``tasks.steps``, the pipeline's steps, each a plain function with its thin Prefect
    ``@task`` beside it (``shard``, ``describe``, ``dino_cache``, ``infer``; and
-   ``demo_data``, the generated input of the demo): import levels 1-4 (``infer``
-   writes each prediction part's rollup with ``results.catalog.write_rollup``).
+   ``demo_data``, the generated input of the demo): import levels 1-3, never the read
+   side (``infer`` commits each prediction part's rollup with ``store.rollups.write_rollup``).
 6. ``flows`` (flows, parameters, task runners, the CLI): imports anything; nothing in
    ``tasks`` imports ``flows``.
 

@@ -7,12 +7,17 @@ run never touches the user's Prefect profile.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Set before anything imports prefect.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="abs-eval-prefect-")
-os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+# Set before anything imports prefect. A folder made here is removed when the test
+# process ends (one was left behind in /tmp by every test run before).
+if "PREFECT_HOME" not in os.environ:
+    _PREFECT_HOME = tempfile.mkdtemp(prefix="abs-eval-prefect-")
+    os.environ["PREFECT_HOME"] = _PREFECT_HOME
+    atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

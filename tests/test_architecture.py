@@ -7,8 +7,8 @@ checks it against the order written at the top of ``tasks/__init__.py``.
 The folder graph as it is (an arrow: "imports"; every arrow points down the levels)::
 
     6  flows ---------------------------------------------> every folder below
-    5  tasks.steps -----------------------------------------> results, run, datasets, descriptions,
-        |  (infer writes rollups with results.catalog)           store, defaults
+    5  tasks.steps -----------------------------------------> run, datasets, descriptions, store,
+        |  (infer commits rollups with store.rollups)            defaults (never results)
     4  tasks.results ---> run (report's gallery, lazily), store, defaults
     3  tasks.run -------> datasets, descriptions, store, defaults
     2  tasks.descriptions -> datasets, store, defaults;  tasks.datasets -> store
@@ -42,7 +42,8 @@ FOLDERS = tuple(f for level in LEVELS for f in level)
 LEVEL_OF = {f: n for n, level in enumerate(LEVELS, start=1) for f in level}
 LEVEL_1, LEVEL_2 = LEVELS[0], LEVELS[1]
 #: What the read side may not load when it is imported (tasks/results/__init__.py says why).
-READ_SIDE = ("tasks.results.catalog", "tasks.results.runs", "tasks.results.report")
+READ_SIDE = ("tasks.results.catalog", "tasks.results.runs", "tasks.results.report", "tasks.results.export",
+             "tasks.results.formatting", "tasks.results.progress")
 
 
 def _module_name(path: Path) -> str:
@@ -169,6 +170,14 @@ def test_datasets_and_descriptions_stand_on_the_store_only():
         if _under(mod, ("tasks.descriptions",)):
             bad = {i for i in _ours(imps) if not _under(i, LEVEL_1 + LEVEL_2) and i != "tasks"}
             assert not bad, f"{mod} imports {bad}"
+
+
+def test_the_steps_write_through_the_store_never_the_read_side():
+    """The pipeline's steps (writers) import nothing of ``tasks.results``: what they commit, the prediction
+    rollups included (``tasks.store.rollups``), is committed through the store."""
+    for mod, imps in _modules("tasks").items():
+        if _under(mod, ("tasks.steps",)):
+            assert not {i for i in _ours(imps) if _under(i, ("tasks.results",))}, mod
 
 
 def test_nothing_in_tasks_imports_flows():

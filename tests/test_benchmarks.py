@@ -158,7 +158,7 @@ def test_bench_sql_replays_a_run_into_the_real_layout(tmp_path):
     from test_sql import METHODS, build_results
 
     from tasks.results import catalog
-    from tasks.results.catalog import run_progress
+    from tasks.results.progress import run_progress
 
     bench = _load("bench_sql")
     build_results(str(tmp_path / "template"))

@@ -261,7 +261,7 @@ def test_matrix_file_runs_every_cell_and_a_failing_cell_does_not_stop_the_others
     good = next(ln for ln in table.splitlines() if ln.startswith("good x"))
     bad = next(ln for ln in table.splitlines() if ln.startswith("bad x"))
     assert "completed" in good and "failed" in bad
-    from tasks.results.catalog import run_progress
+    from tasks.results.progress import run_progress
 
     runs = run_progress(str(root))
     assert [(r["dataset"], r["status"]) for r in runs] == [("good", "completed")]

@@ -65,7 +65,7 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
 
     # status tells the truth per run: the killed one is interrupted (its pid is gone),
     # the resumed one says what it computed and what it reused
-    from tasks.results.catalog import run_progress
+    from tasks.results.progress import run_progress
 
     prog = {r["run_id"]: r for r in run_progress(str(root))}
     assert prog[crashed_run]["status"] == "interrupted"

@@ -25,7 +25,8 @@ import pytest
 from common import demo_source, invoke_cli
 
 from tasks.results import catalog, runs
-from tasks.results.catalog import run_progress
+from tasks.results.export import ExportError, clip_benchmark_results
+from tasks.results.progress import run_progress
 from tasks.results.runs import RunRecord, RunTracker, announce_runs, claim_run_id, reap_dead_runs, release_pending
 from tasks.store import Storage
 
@@ -65,9 +66,9 @@ def every_reader(root: str, run_id: str, tmp_path: Path) -> dict[str, tuple]:
         assert len({(r["run_status"], r["n"], r["n_error"]) for r in acc}) == 1, acc
         out["accuracy"] = (acc[0]["run_status"], None, None, None, acc[0]["n"], acc[0]["n_error"])
     try:
-        exported = catalog.clip_benchmark_results(root, [run_id])
+        exported = clip_benchmark_results(root, [run_id])
         out["export"] = ("completed", None, None, None, exported[0]["n"], exported[0]["n_error"])
-    except catalog.ExportError as exc:
+    except ExportError as exc:
         m = re.search(rf"run {re.escape(run_id)} \((\w+)\) is not completed", str(exc))
         assert m, exc
         out["export"] = (m.group(1), None, None, None, None, None)

@@ -14,7 +14,7 @@ pred NULL), and these runs (deployment ``weekly`` unless said):
                 predictions differ from r1 (the flips)
     r3          config c1, deployment ``manual``: reused everything of r1
 
-c1's parts have their rollups (tasks.results.catalog.write_rollup, as inference writes them), c2's
+c1's parts have their rollups (tasks.store.rollups.write_rollup, as inference writes them), c2's
 do not (parts written before rollups existed): the aggregate views read both kinds.
 """
 
@@ -40,7 +40,9 @@ import pytest
 from PIL import Image
 
 from tasks.results import catalog
-from tasks.store import Storage
+from tasks.results.export import export
+from tasks.results.formatting import format_table
+from tasks.store import Storage, rollups
 from tasks.store.paths import (
     dino_part,
     prediction_part,
@@ -259,7 +261,7 @@ def build_results(root: str, *, shards: bool = False, dino: bool = False) -> Fix
         write_part(st, "c1", shard, rows)
         # c1's parts have rollups (as the pipeline writes them), c2's not (an older root): the
         # aggregate views count the first from their rollups and the others from their rows
-        catalog.write_rollup(st, prediction_part(DATASET, MODEL, "c1", shard),
+        rollups.write_rollup(st, prediction_part(DATASET, MODEL, "c1", shard),
                              pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
         fx.rows["c1"] += rows
     fx.rows["c2"] = []
@@ -320,7 +322,8 @@ def rows_of(table: pa.Table) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory) -> Fixture:
-    return build_results(str(tmp_path_factory.mktemp("results")))
+    # with a DINO cache, so that every named query has rows to answer (attention_maps reads the cache)
+    return build_results(str(tmp_path_factory.mktemp("results")), dino=True)
 
 
 @pytest.fixture(scope="module")
@@ -553,6 +556,34 @@ def test_every_named_query_runs_and_references_views_only(fx, con):
         assert catalog.run_query(con, name, params).num_rows > 0, name
     for path in catalog.view_files():
         assert path.read_text().lstrip().startswith("--"), f"{path} needs a header comment"
+
+
+def test_the_report_queries_answer_what_they_replace(fx, con):
+    """run_details, labels_seen and attention_maps (the reads of tasks/results/report) against the views
+    they read and the rows as written."""
+    for run_id in fx.runs:
+        got = catalog.run_query(con, "run_details", {"run_id": run_id}).to_pylist()
+        want = catalog.run_query(con, "SELECT * FROM runs WHERE run_id = getvariable('run_id')", {"run_id": run_id})
+        assert len(got) == 1 and got == want.to_pylist(), run_id
+    assert catalog.run_query(con, "run_details").num_rows == len(fx.runs)
+
+    seen = {r["run_id"]: r["n_labels"] for r in catalog.run_query(con, "labels_seen").to_pylist()}
+    assert set(seen) == set(fx.runs)
+    for run_id, run in fx.runs.items():
+        if run["status"] == "completed":
+            assert seen[run_id] == len({r["label"] for r in fx.run_rows(run_id) if r["label"] is not None}), run_id
+    assert catalog.run_query(con, "labels_seen", {"run_id": "r1"}).column("n_labels").to_pylist() == [seen["r1"]]
+
+    maps = catalog.run_query(con, "attention_maps").to_pylist()  # both cached DINO variants of shard 0
+    assert sorted((r["image_id"], r["variant"]) for r in maps) == sorted(
+        (i, v) for i in image_ids(0) for v in (DINO_DIGEST, "0ther"))
+    for r in maps:
+        att = attention_map(r["image_id"])
+        assert r["grid"] == DINO_GRID and r["attention"] == pytest.approx(att if r["variant"] == DINO_DIGEST else att[::-1])
+    two = image_ids(0)[:2]
+    picked = catalog.run_query(con, "attention_maps", {"dataset": DATASET, "image_ids": two}).to_pylist()
+    assert sorted(r["image_id"] for r in picked) == sorted(two * 2)
+    assert catalog.run_query(con, "attention_maps", {"dataset": "no-such-dataset"}).num_rows == 0
 
 
 def _half_written_writer(st: Storage, config: str, shard: int, rows: list[dict]):
@@ -797,11 +828,11 @@ def test_duckdb_cli_opens_catalog_and_runs_every_query(fx, tmp_path):
 def test_export_formats(fx, con, tmp_path):
     t = catalog.run_query(con, "accuracy")
     for fmt in ("csv", "parquet", "json", "jsonl"):
-        path = catalog.export(t, str(tmp_path / f"acc.{fmt}"))
+        path = export(t, str(tmp_path / f"acc.{fmt}"))
         back = duckdb.connect().execute(f"SELECT count(*) FROM '{path}'").fetchall()[0][0]
         assert back == t.num_rows, fmt
-    assert "accuracy" in catalog.format_table(t, max_rows=3) and "first 3 shown" in catalog.format_table(t, max_rows=3)
+    assert "accuracy" in format_table(t, max_rows=3) and "first 3 shown" in format_table(t, max_rows=3)
     with pytest.raises(ValueError):
-        catalog.export(t, str(tmp_path / "acc.xlsx"))
+        export(t, str(tmp_path / "acc.xlsx"))
     with pytest.raises(KeyError):
         catalog.run_query(con, "no_such_query")

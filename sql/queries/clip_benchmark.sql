@@ -2,8 +2,15 @@
 -- Parameters: run_ids (optional list: SET VARIABLE run_ids = ['r1', 'r2']), run_id (optional, one run);
 --   both unset = the latest completed run of each dataset x model (runs.model: CLIP model and weights).
 -- model / pretrained are the CLIP model name and its pretrained tag ('random' without weights) from the
--- run record; acc1 is the accuracy view's accuracy (over ok images), with its 95% Wilson interval.
--- abs-eval export writes one CLIP_benchmark JSON file per row (tasks.results.catalog.export_clip_benchmark).
+-- run record (abs-eval export turns them into CLIP_benchmark names: tasks/results/export.py).
+-- Denominators: acc1, acc5 and mean_per_class_recall are over the decoded images (n_ok), as in the
+-- accuracy view; acc1_all counts the images that could not be read as wrong (over n, every image):
+-- CLIP_benchmark stops at an image it cannot decode, so its acc1 is over every image, and the two
+-- agree whenever n_error = 0. acc1_denominator says which one acc1 is ('n_ok').
+-- acc5 is NaN when the rows rank fewer than 5 classes (classes_ranked: the length of a row's top5
+-- list, min(5, classes scored)), as CLIP_benchmark reports it for a dataset of fewer than 5 classes;
+-- NULL classes_ranked (no ok row has a top5 list) leaves acc5 as the accuracy view computes it.
+-- abs-eval export writes one CLIP_benchmark JSON file per row (tasks.results.export.export_clip_benchmark).
 WITH chosen AS (
     SELECT run_id
     FROM run_records
@@ -13,6 +20,15 @@ WITH chosen AS (
     SELECT run_id
     FROM run_records
     WHERE list_contains(CAST(getvariable('run_ids') AS VARCHAR[]), run_id) OR run_id = getvariable('run_id')
+),
+chosen_ids AS (
+    SELECT coalesce(list(run_id), CAST([] AS VARCHAR[])) AS ids FROM chosen
+),
+ranked AS (
+    SELECT run_id, method, max(len(top5)) AS classes_ranked
+    FROM run_predictions_of((SELECT ids FROM chosen_ids))
+    WHERE status = 'ok'
+    GROUP BY run_id, method
 )
 SELECT acc.dataset,
        r.clip_model AS model,
@@ -20,15 +36,18 @@ SELECT acc.dataset,
        'zeroshot_classification' AS task,
        'en' AS language,
        acc.accuracy AS acc1,
-       acc.acc5,
+       CASE WHEN k.classes_ranked < 5 THEN 'NaN'::DOUBLE ELSE acc.acc5 END AS acc5,
        acc.mean_per_class_recall,
        acc.method,
        acc.run_id,
        acc.n,
        acc.n_ok,
        acc.n_error,
+       'n_ok' AS acc1_denominator,
+       acc.accuracy_all AS acc1_all,
        acc.ci_low AS acc1_ci_low,
        acc.ci_high AS acc1_ci_high,
+       k.classes_ranked,
        acc.deployment,
        acc.config,
        acc.model AS model_slug,
@@ -39,6 +58,7 @@ SELECT acc.dataset,
        r.dino_pretrained,
        r.descriptions_hash,
        r.config_json
-FROM accuracy_of((SELECT coalesce(list(run_id), CAST([] AS VARCHAR[])) FROM chosen)) AS acc
+FROM accuracy_of((SELECT ids FROM chosen_ids)) AS acc
 JOIN run_records AS r USING (run_id)
+LEFT JOIN ranked AS k USING (run_id, method)
 ORDER BY acc.dataset, model, pretrained, acc.method, acc.started_at, acc.run_id;

@@ -1,4 +1,4 @@
-"""Progress inside a shard while it runs (per run: ``tasks.results.catalog.run_progress``).
+"""Progress inside a shard while it runs (per run: ``tasks.results.progress.run_progress``).
 
 Why inside a shard: with the default 1,000-image shards a CPU takes hours per
 shard, so a per-shard bar alone is silent for hours. :class:`ShardProgress` shows

@@ -2,10 +2,12 @@
 
 ``shard`` (source images -> Parquet shards), ``describe`` (the descriptions an evaluation
 scores with), ``dino_cache`` (DINO attention per shard), ``infer`` (ABS and the baselines
-per shard, with each part's rollup). Why together: these are the writers of the pipeline's
+per shard, with each part's rollup), ``variants`` (ABS variants scored from a run's kept
+crop features, no model forward: ``abs-eval analyze``). Why together: these are the writers of the pipeline's
 data, called by ``flows/`` (or by the CLI for ``shard``), and they stand on everything else
-in ``tasks``: the store, the datasets and descriptions, the run plumbing (``tasks.run``)
-and, for the rollups ``infer`` writes, ``tasks.results.catalog``. The steps that run the
+in ``tasks``: the store (the rollups ``infer`` writes included: ``tasks.store.rollups``), the
+datasets and descriptions and the run plumbing (``tasks.run``), never the read side
+(``tasks.results``). The steps that run the
 evaluation's models are resolved once per process through ``tasks.run.context``.
 
 ``demo_data`` is here too: it writes the generated, labelled image set the offline demo

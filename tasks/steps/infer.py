@@ -22,12 +22,11 @@ import torch
 from prefect import get_run_logger, task
 
 from abs_model import ABSClassifier
-from tasks.results.catalog import drop_rollup, write_rollup
 from tasks.run import process_cache
 from tasks.run.context import resolve
 from tasks.run.progress import ShardProgress
 from tasks.run.retries import GPU_TAG, TASK_OPTIONS
-from tasks.store import Storage, commits
+from tasks.store import Storage, commits, rollups
 from tasks.store.datasets import read_shard
 from tasks.store.images import (
     STATUS_DECODE_ERROR,
@@ -325,10 +324,10 @@ def infer_shard(
     table = _prediction_table(out, methods, ids=ids, shard=shard, labels=labels, cnames=cnames, status=status,
                               error=error, classnames=classnames, run_id=run_id)
     # the part, then its rollup (the counts the aggregate views read), then the part's marker; a
-    # rollup left by a crashed attempt at this part goes first (see tasks.results.catalog.drop_rollup)
-    drop_rollup(storage, rel)
+    # rollup left by a crashed attempt at this part goes first (see tasks.store.rollups.drop_rollup)
+    rollups.drop_rollup(storage, rel)
     storage.write_parquet(rel, table)
-    write_rollup(storage, rel, table)
+    rollups.write_rollup(storage, rel, table)
     n_ok = len(ok_rows)
     commits.mark(storage, rel, PredictionPartMarker(n_images=len(ids), n_ok=n_ok, n_error=len(ids) - n_ok, run_id=run_id))
     return InferShardResult(shard, rel, True, len(ids), n_ok, len(ids) - n_ok)

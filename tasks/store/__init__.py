@@ -7,6 +7,8 @@
 - ``images``: how image bytes are checked and decoded, and the status codes of bad ones.
 - ``commits``: the commit protocol (data file, then done-marker; the skip test; removal),
   the one API every step saves and skips its units with; ``markers``: what each marker holds.
+- ``rollups``: the prediction rollups (per-part and per-partition counts and error rows that the SQL
+  views read instead of the rows), committed through ``commits`` after each prediction part.
 - ``datasets``: the read side of committed datasets (``read_dataset_info``, ``read_shard``,
   ``list_shards``...), importable without torch, Prefect or DuckDB.
 

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 _R = TypeVar("_R", bound="_Marker")
 
-__all__ = ["DatasetMarker", "DescriptionSetMarker", "DinoPartMarker", "FeaturesPartMarker", "PredictionPartMarker",
-           "ShardPartMarker", "TextCacheMarker"]
+__all__ = ["DatasetMarker", "DescriptionSetMarker", "DinoPartMarker", "FeaturesPartMarker", "PartitionFileMarker",
+           "PredictionPartMarker", "RollupPartMarker", "ShardPartMarker", "TextCacheMarker",
+           "VariantPartMarker"]
 
 
 class _Marker:
@@ -82,6 +83,38 @@ class PredictionPartMarker(_Marker):
     n_ok: int
     n_error: int
     run_id: str
+
+
+@dataclass(frozen=True)
+class RollupPartMarker(_Marker):
+    """``rollups/.../part-<n>.parquet``: the counts of one prediction part (``tasks.store.rollups``):
+    how many prediction rows they count and in how many (run, shard, method, label, pred) groups."""
+
+    rows: int
+    groups: int
+
+
+@dataclass(frozen=True)
+class PartitionFileMarker(_Marker):
+    """``rollups/.../{all,shards-all,errors-all}-<k>-<md5>.parquet``: a file made of the per-part files of
+    a partition's parts ``parts`` (their file names, sorted). Read back by the next compaction of the
+    partition, which starts from the largest earlier file whose parts are all still there."""
+
+    parts: list[str] = field(default_factory=list)
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class VariantPartMarker(PredictionPartMarker):
+    """``predictions/.../part-<n>.parquet`` of a variant (``tasks.steps.variants``): one shard's prediction rows
+    scored from the crop features another partition kept, by run ``run_id``. The prediction marker's fields
+    (what every reader of a prediction part reads) plus where the rows came from: the partition
+    ``of_config`` whose features and rows they were scored from, the run ``of_run`` analysed, and the
+    variant's name (what differs from that run's setting)."""
+
+    of_config: str
+    of_run: str
+    variant: str
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ RUN_SCHEMA = pa.schema(
 # aggregate views (accuracy, per_class_accuracy, confusions) read instead of the part's rows: one
 # row per (run_id, shard, method, label, pred) of the part, pred NULL for rows without one (error
 # rows). Sums of these counts over the parts of a run equal the counts over its raw rows
-# (tasks.results.catalog.rollup_table builds them; sql/views/10_sources.sql reads them).
+# (tasks.store.rollups.rollup_table builds them; sql/views/10_sources.sql reads them).
 ROLLUP_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),  # the run that computed the part's rows
