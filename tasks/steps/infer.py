@@ -137,6 +137,23 @@ def _list_array(values: np.ndarray, valid: np.ndarray, typ: pa.ListType) -> pa.A
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=typ, mask=mask)
 
 
+def score_columns(pred: np.ndarray, top5: np.ndarray, score: np.ndarray, margin: np.ndarray, ok: np.ndarray,
+                  classnames: list[str]) -> dict[str, pa.Array]:
+    """``pred``, ``pred_name``, ``top5``, ``score_true`` and ``margin`` of prediction rows (one entry per
+    row; rows not ``ok`` are null). One conversion for ``infer`` and ``tasks.steps.variants``, so that a
+    variant's row and a fresh run's row are the same whenever their numbers are."""
+    f = {fld.name: fld.type for fld in PREDICTION_SCHEMA}
+    names = np.asarray(classnames, dtype=object)
+    return {
+        "pred": pa.array(pred.astype(np.int32), mask=~ok),
+        "pred_name": pa.array(np.where(ok, names[np.where(ok, pred, 0)], None), f["pred_name"]),
+        "top5": _list_array(top5[ok], ok, f["top5"]),
+        # float32 as Arrow converts Python floats (round to nearest); non-finite -> null
+        "score_true": pa.array(score.astype(np.float32), mask=~(ok & np.isfinite(score))),
+        "margin": pa.array(margin.astype(np.float32), mask=~(ok & np.isfinite(margin))),
+    }
+
+
 def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shard: int, labels: list,
                       cnames: list, status: list, error: list, classnames: list[str], run_id: str) -> pa.Table:
     """The shard's prediction rows (image x method, in that order) from ``out``."""
@@ -159,13 +176,7 @@ def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shar
         score = a["score_true"].reshape(-1)
         margin = a["margin"].reshape(-1)
         top5 = a["top5"].reshape(n * nm, -1)
-        names = np.asarray(classnames, dtype=object)
-        cols["pred"] = pa.array(pred.astype(np.int32), mask=~ok_rows)
-        cols["pred_name"] = pa.array(np.where(ok_rows, names[np.where(ok_rows, pred, 0)], None), f["pred_name"])
-        cols["top5"] = _list_array(top5[ok_rows], ok_rows, f["top5"])
-        # float32 as Arrow converts Python floats (round to nearest); non-finite -> null
-        cols["score_true"] = pa.array(score.astype(np.float32), mask=~(ok_rows & np.isfinite(score)))
-        cols["margin"] = pa.array(margin.astype(np.float32), mask=~(ok_rows & np.isfinite(margin)))
+        cols.update(score_columns(pred, top5, score, margin, ok_rows, classnames))
         img_of_geo = np.repeat(np.arange(n), nm)[geo_rows]  # the image of each geometry row
         cols["width"] = pa.array(np.repeat(a["width"], nm).astype(np.int32), mask=~geo_rows)
         cols["height"] = pa.array(np.repeat(a["height"], nm).astype(np.int32), mask=~geo_rows)

@@ -43,7 +43,7 @@ from abs_model.device import resolve_device
 from abs_model.variants import VariantSpec, stored_crop_count, variant_logits
 from tasks.run.evalspec import short_hash
 from tasks.run.text_cache import load_text_bank
-from tasks.steps.infer import _list_array, _method_rows, committed_parts
+from tasks.steps.infer import _method_rows, committed_parts, score_columns
 from tasks.store import Storage, commits, rollups
 from tasks.store.datasets import DatasetInfo
 from tasks.store.markers import VariantPartMarker
@@ -175,8 +175,7 @@ def variant_rows(rows: pa.Table, ids: list[str], logits: dict[str, torch.Tensor]
     ``score_true`` and ``margin`` of its ok rows rescored from ``logits`` (``{method: [len(ids), C]}``, row j
     is image ``ids[j]``), ``run_id`` set, and, for a prefix (``n_crops``), the geometry cut to the crops kept.
 
-    The numbers are converted as ``infer`` converts them (``_method_rows``, float32 scores, non-finite ->
-    null), so a variant's row and a fresh run's row are the same when their logits are."""
+    The numbers are converted by ``infer``'s own code (``_method_rows``, ``score_columns``), so a variant's row and a fresh run's row are the same when their logits are."""
     f = {fld.name: fld.type for fld in PREDICTION_SCHEMA}
     n = rows.num_rows
     image_col = rows.column("image_id").to_pylist()
@@ -200,12 +199,7 @@ def variant_rows(rows: pa.Table, ids: list[str], logits: dict[str, torch.Tensor]
         at_i = np.array([pos.get(i, 0) for i in image_col])
         pred, top5 = nums["pred"][at_m, at_i], nums["top5"][at_m, at_i]
         score, margin = nums["score_true"][at_m, at_i], nums["margin"][at_m, at_i]
-        names = np.asarray(classnames, dtype=object)
-        cols["pred"] = pa.array(pred.astype(np.int32), mask=~ok)
-        cols["pred_name"] = pa.array(np.where(ok, names[np.where(ok, pred, 0)], None), f["pred_name"])
-        cols["top5"] = _list_array(top5[ok], ok, f["top5"])
-        cols["score_true"] = pa.array(score.astype(np.float32), mask=~(ok & np.isfinite(score)))
-        cols["margin"] = pa.array(margin.astype(np.float32), mask=~(ok & np.isfinite(margin)))
+        cols.update(score_columns(pred, top5, score, margin, ok, classnames))
     cols["run_id"] = pa.array([run_id] * n, f["run_id"])
     if n_crops is not None:
         for name in ("raw_boxes", "feature_windows"):
