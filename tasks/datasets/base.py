@@ -349,8 +349,8 @@ class Layout(ABC):
     splits: ClassVar[tuple[str, ...] | None] = None
     #: The prompt-template set ``clip-e`` uses by default for this layout's datasets: a set of
     #: ``tasks/datasets/templates/clip.json`` (the CLIP paper's), ``None`` for none (then the
-    #: dataset's own templates, else ``imagenet1k``: ``tasks.datasets.template_sets``). Set on the
-    #: class, or from ``registry.PAPER_TEMPLATE_SETS`` when the layout is registered.
+    #: dataset's own templates, else ``imagenet1k``: ``tasks.datasets.template_sets``). Each layout
+    #: module sets it on its class, beside the files it reads, so a new layout brings its set along.
     default_templates: ClassVar[str | None] = None
     #: ``True`` when ``source`` is a file (a manifest) rather than a folder;
     #: ``None`` when it may be a file, a folder or a glob (``_load`` checks it).

@@ -39,6 +39,9 @@ class CUB(Layout):
     expected_sizes = {"test": 5_794, "train": 5_994, "all": 11_788}
     default_split = "test"
     splits = ("test", "train", "all")
+    #: CLIP published no CUB set: the ImageNet one, CLIP_benchmark's fallback and the ABS spec's clip-e
+    #: (``--templates birdsnap`` picks CLIP's bird set instead).
+    default_templates = "imagenet1k"
 
     def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
         if options:

@@ -37,6 +37,7 @@ class DTD(Layout):
     expected_sizes = {s: 1_880 for s in _SPLITS}
     default_split = "test1"
     splits = _SPLITS
+    default_templates = "dtd"  # CLIP's 8 texture templates
 
     def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
         if options:

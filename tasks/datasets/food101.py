@@ -35,6 +35,7 @@ class Food101(Layout):
     expected_sizes = {"test": 25_250, "train": 75_750}
     default_split = "test"
     splits = ("test", "train")
+    default_templates = "food101"  # CLIP's "a photo of {c}, a type of food."
 
     def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
         if options:

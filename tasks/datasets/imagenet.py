@@ -131,6 +131,8 @@ class _ImageNetFolders(Layout):
     folder_hint: ClassVar[str] = "one folder per class named by WordNet id (n01440764/, ...)"
     #: Folder names the archive extracts into; pointing at their parent works too.
     subdirs: ClassVar[tuple[str, ...]] = ()
+    #: CLIP scored ImageNet and its variants (V2, Sketch, A, R) with its 80 ImageNet templates.
+    default_templates: ClassVar[str | None] = "imagenet1k"
 
     def expected_size(self, split: str | None) -> int | None:
         return self.expected_sizes.get("", None)

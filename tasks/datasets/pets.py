@@ -39,6 +39,7 @@ class OxfordPets(Layout):
     expected_sizes = {"test": 3_669, "trainval": 3_680}
     default_split = "test"
     splits = ("test", "trainval")
+    default_templates = "pets"  # CLIP's "a photo of a {c}, a type of pet."
 
     def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
         if options:

@@ -59,6 +59,9 @@ class Places365(Layout):
     expected_sizes = {"val": 36_500}
     default_split = "val"
     splits = ("val",)
+    #: CLIP published no Places365 set: the ImageNet one, CLIP_benchmark's fallback and the ABS spec's clip-e
+    #: (``--templates sun397`` picks CLIP's scene set instead).
+    default_templates = "imagenet1k"
 
     def _load(
         self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, images_dir: str | None = None, **options: Any

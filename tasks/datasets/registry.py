@@ -18,21 +18,6 @@ L = TypeVar("L", bound=type[Layout])
 _LAYOUTS: dict[str, type[Layout]] = {}
 _PRIMARY: dict[str, type[Layout]] = {}
 
-#: The CLIP paper's template set each named layout's ``clip-e`` uses by default (sets of
-#: ``templates/clip.json``), as ``Layout.default_templates`` of the layout registered under that
-#: name (a layout class that sets the attribute itself keeps its own). The ImageNet variants are
-#: scored with the ImageNet set, as CLIP did. CLIP published no set for CUB-200-2011 or Places365:
-#: they use ``imagenet1k`` too, the set CLIP_benchmark falls back to for a dataset without one and
-#: the one the ABS spec defines ``clip-e`` with (``--templates birdsnap`` / ``sun397`` pick CLIP's
-#: bird or scene set instead). Layouts not listed (folder, manifest, webdataset, hf-parquet) have
-#: no set: a WebDataset's own templates are used, else ``imagenet1k``.
-PAPER_TEMPLATE_SETS: dict[str, str] = {
-    "imagenet": "imagenet1k", "imagenet-v2": "imagenet1k", "imagenet-sketch": "imagenet1k",
-    "imagenet-a": "imagenet1k", "imagenet-r": "imagenet1k",
-    "food101": "food101", "pets": "pets", "dtd": "dtd",
-    "cub": "imagenet1k", "places365": "imagenet1k",
-}
-
 
 def _norm(name: str) -> str:
     return name.strip().lower().replace("_", "-")
@@ -55,8 +40,6 @@ def register_layout(name: str, *aliases: str) -> Callable[[L], L]:
                 raise ValueError(f"layout name {key!r} is already registered by {other.__module__}.{other.__qualname__}")
         cls.name = _norm(name)
         cls.aliases = tuple(_norm(a) for a in aliases)
-        if "default_templates" not in cls.__dict__:
-            cls.default_templates = PAPER_TEMPLATE_SETS.get(cls.name)
         for key in keys:
             _LAYOUTS[key] = cls
         _PRIMARY[cls.name] = cls

@@ -6,9 +6,11 @@ CLIP_benchmark, the tool people compare numbers with, uses a WebDataset's own
 dataset; so does ``--templates auto`` (the default):
 
 1. the dataset's own templates (the WebDataset layout keeps them in ``dataset.json``);
-2. else the set its layout declares (``Layout.default_templates``, see
-   ``tasks/datasets/registry.py``), a set of ``templates/clip.json``;
-3. else ``imagenet1k``, the 80 OpenAI ImageNet templates (CLIP_benchmark's fallback).
+2. else the set its layout declares (``Layout.default_templates``, set in the layout's own
+   module, e.g. ``tasks/datasets/dtd.py``), a set of ``templates/clip.json``;
+3. else ``imagenet1k``, the 80 OpenAI ImageNet templates (CLIP_benchmark's fallback for its
+   builtin datasets; for a WebDataset without a templates file CLIP_benchmark 1.6.2 stops with
+   "Templates not specified", so there abs-eval's ``clip-e`` is the ImageNet set's number).
 
 ``--templates`` also takes a set's name (``openai-imagenet``, ``dtd``, ... or ``none``: no
 ``clip-e``) or a file (``.txt``: one template per line; ``.json``: a list of strings), any
