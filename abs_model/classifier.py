@@ -336,6 +336,7 @@ class ABSClassifier:
         # 4. feature-space crops from each image's global token grid, all images at once:
         # windows resized back to G x G by two batched matmuls, original CLS in front.
         if cfg.feature_crops:
+            assert win is not None  # set above whenever feature crops are on
             toks = torch.cat(global_tokens)  # [B, 1 + G*G, width]
             n = cfg.n_crops
             ry = bicubic_matrix(win[:, 0], win[:, 1] - win[:, 0], G, G).view(B, n, G, G)

@@ -140,7 +140,7 @@ class FrozenDict(dict):
         return (type(self), (dict(self),))
 
     @classmethod
-    def fromkeys(cls, keys, value=None) -> FrozenDict:  # type: ignore[override]
+    def fromkeys(cls, keys, value=None) -> FrozenDict:
         return cls(dict.fromkeys(keys, value))
 
 

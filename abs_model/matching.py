@@ -134,7 +134,7 @@ def soft_match(
     numer = torch.empty(rows, c, dtype=dtype, device=dev)
     n_chunks = -(-c // cc)
     zs = torch.zeros(rows, n_chunks if shifted else 1, dtype=dtype, device=dev)
-    shifts = torch.empty(rows, n_chunks, dtype=dtype, device=dev) if shifted else None
+    shifts = torch.empty(rows, n_chunks if shifted else 0, dtype=dtype, device=dev)  # per chunk, when shifted
     for k, c0 in enumerate(range(0, c, cc)):
         c1 = min(c, c0 + cc)
         tk = text[c0:c1].reshape(-1, d).T

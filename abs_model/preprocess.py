@@ -322,6 +322,10 @@ def _use_cpu_kernels(out: Tensor) -> bool:
             and os.environ.get("ABS_CPU_KERNELS", "1") != "0" and resample_cpu.available())
 
 
+#: One axis of the boxes ``_cpu_resample`` resamples: ``(start, length, resized, offset, taps)``, each per box.
+_Axis = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
 def _axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: Tensor,
                kernel: str = "bicubic"):
     """Per crop, the fixed-point taps of one axis as ``resample_cpu`` takes them: by its compiled
@@ -339,8 +343,8 @@ def _cpu_views(xs: Sequence[Tensor], crops: _Crops, size: int) -> None:
                   (y0, bh, new_h, top, crops.ty), size, "bicubic", crops.out)
 
 
-def _cpu_resample(xs: Sequence[Tensor], used: Sequence[int], img: Tensor, dest: Tensor, x_axis: tuple,
-                  y_axis: tuple, size: int, kernel: str, out: Tensor) -> None:
+def _cpu_resample(xs: Sequence[Tensor], used: Sequence[int], img: Tensor, dest: Tensor, x_axis: _Axis,
+                  y_axis: _Axis, size: int, kernel: str, out: Tensor) -> None:
     """``size x size`` resamplings of boxes of ``xs`` by ``resample_cpu`` into rows ``dest`` of
     ``out``; per axis ``(start, length, resized, offset, taps)`` per box (CPU int64)."""
     hx = _axis_taps(*x_axis[:4], size, x_axis[4], kernel)
@@ -434,7 +438,7 @@ def clip_views_batch_dense(
                      crops.tx, out.device)
     q = 0
     for j, (b, n) in enumerate(img_rows):
-        ranges = []
+        ranges: list[tuple[int, int]] = []
         while sum(r for _, r in ranges) < n:
             ranges.append((groups[crops.order[q]][2], crops.sizes[q]))
             q += 1

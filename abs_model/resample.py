@@ -247,12 +247,12 @@ def aa_spans(
     dtype = torch.float64
     start = start.to("cpu", torch.int64).view(-1, 1)
     full = torch.as_tensor(full_size, dtype=torch.int64).view(-1, 1)
-    args = [t.to("cpu", dtype).view(-1, 1, 1) for t in (length, resized, offset)]
+    length64, resized64, offset64 = (t.to("cpu", dtype).view(-1, 1, 1) for t in (length, resized, offset))
     # the bounds grow with the output (``_aa_bounds``): a part's window runs from its first
     # output's ``xmin`` to its last output's ``xmax``
     band = out_size // parts
     ends = torch.stack([torch.arange(parts) * band, torch.arange(parts) * band + band - 1], 1).view(-1)
-    *_, xmin, xmax = _aa_bounds(*args, out_size, kernel, ends)
+    *_, xmin, xmax = _aa_bounds(length64, resized64, offset64, out_size, kernel, ends)
     n = int(start.shape[0])
     first = xmin.view(n, parts, 2)[:, :, 0].long()
     last = xmax.view(n, parts, 2)[:, :, 1].long()

@@ -229,9 +229,9 @@ def _transpose_kernel(x, dst):
 def transposed_levels(xs, used) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The images' 8-bit levels ``round(x * 255)`` (a uint8 image: its values) as uint8 ``[C, W, H]``
     planes, flattened one image after the other; and per image (indexed as ``xs``) its start, height and width."""
-    base = np.zeros(len(xs), dtype=np.int64)
-    hh = np.ones(len(xs), dtype=np.int64)
-    ww = np.ones(len(xs), dtype=np.int64)
+    base: np.ndarray = np.zeros(len(xs), dtype=np.int64)
+    hh: np.ndarray = np.ones(len(xs), dtype=np.int64)
+    ww: np.ndarray = np.ones(len(xs), dtype=np.int64)
     total = sum(xs[b].numel() for b in used)
     src = np.empty(total, dtype=np.uint8)
     a = 0
@@ -256,9 +256,9 @@ def axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, si
     if kernel not in ("bicubic", "bilinear"):
         raise ValueError(f"unknown antialias kernel {kernel!r} (bicubic or bilinear)")
     n = int(start.shape[0])
-    first = np.empty((n, size), dtype=np.int32)
-    count = np.empty((n, size), dtype=np.int32)
-    weights = np.zeros((n, size, max(1, int(taps))), dtype=np.int32)
+    first: np.ndarray = np.empty((n, size), dtype=np.int32)
+    count: np.ndarray = np.empty((n, size), dtype=np.int32)
+    weights: np.ndarray = np.zeros((n, size, max(1, int(taps))), dtype=np.int32)
     as_np = [np.ascontiguousarray(a.numpy(), dtype=np.int64) for a in (start, length, resized, offset)]
     _get_kernel("taps")(*as_np, kernel == "bicubic", first, count, weights)
     return first, count, weights

@@ -14,11 +14,15 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import WeightsUnavailableError  # defined without torch; re-exported here
+
+if TYPE_CHECKING:
+    from .config import ModelSpec
 
 log = logging.getLogger("abs_model")
 
@@ -79,6 +83,8 @@ def announce_random(kind: str, name: str) -> None:
 class WeightsInfo:
     """Mixin for backbones holding ``self.model`` and ``self.spec``: digest and randomness."""
 
+    model: nn.Module
+    spec: ModelSpec
     _digest: str | None = None
 
     @property

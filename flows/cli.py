@@ -301,6 +301,7 @@ def _field_option(name: str, panel: str, *decls: str, help_suffix: str = ""):
 
 @app.command()
 def run(
+    ctx: typer.Context,
     dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Name to store the dataset under "
                                                 "(repeat for several).", rich_help_panel=_P_DATA),
     source: Optional[list[str]] = typer.Option(None, help="Dataset as downloaded (one per --dataset); omit to "
@@ -308,7 +309,9 @@ def run(
     layout: Optional[list[str]] = typer.Option(None, help="Layout of --source (`abs-eval layouts`; one, or one "
                                                "per --dataset). Default: folder.", rich_help_panel=_P_DATA),
     matrix: Optional[Path] = typer.Option(None, help="YAML or TOML file: datasets (each with source, layout, "
-                                          "descriptions ...), models, defaults.", rich_help_panel=_P_DATA),
+                                          "descriptions ...), models, defaults, root, deployment; options typed here "
+                                          "override it (flows/matrix.py). A list in abs_config is a sweep axis.",
+                                          rich_help_panel=_P_DATA),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Layout option KEY=VALUE "
                                                "(repeatable), e.g. split=test2.", rich_help_panel=_P_DATA),
     root: str = RootOpt,
@@ -368,17 +371,8 @@ def run(
     from flows.params import ParameterError, make_params, preflight
     from flows.preflight import PreflightError
 
-    common = dict(
-        root=root, layout_options=_parse_kv(option), dino_model=dino_model, dino_pretrained=_random(dino_pretrained),
-        descriptions_name=descriptions_name, descriptions_format=descriptions_format,
-        descriptions_key=descriptions_key,
-        abs_config=_abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed, max_image_side), prompt=prompt,
-        templates=templates, images_per_shard=images_per_shard, device=device, precision=precision,
-        images_per_batch=images_per_batch, keep_features=keep_features, compile=compile, deployment=deployment,
-        runner=runner, workers=workers, allow_single_class=allow_single_class,
-    )
     try:  # paths, roots and names of every cell first: no torch, open_clip or Prefect imported yet
-        cells = _matrix_cells(common, dataset, source, layout, descriptions, clip_model, clip_pretrained, matrix)
+        cells = run_cells(ctx)
         params = [make_params(**c) for c in cells]
         _check_paths(params)
     except (ParameterError, PreflightError) as exc:
@@ -395,7 +389,7 @@ def run(
     announce_runs(params)  # `starting` records now: status and SQL show the run while Prefect starts
     _announce_local_api()
     if len(params) > 1:
-        _run_matrix(params, root)
+        _run_matrix(params, params[0].root)
         return
     from flows.evaluate import evaluate
 
@@ -404,7 +398,27 @@ def run(
     except (ParameterError, EvaluationError, WeightsUnavailableError, DescriptionError) as exc:
         _fail(str(exc))
     typer.echo("")
-    _print_accuracy(root, out)
+    if out.get("points"):
+        _print_sweep(params[0].root, out)
+    else:
+        _print_accuracy(params[0].root, out)
+
+
+def _print_sweep(root: str, out: dict) -> None:
+    """A sweep's points: which ran the models and which were scored from stored crop features, with accuracy."""
+    import pyarrow as pa
+
+    from flows.sweep import COMPUTED_BY_FEATURES, sweep_rows
+    from tasks.results.formatting import format_table
+
+    points = out["points"]
+    n_features = sum(p["computed_by"] == COMPUTED_BY_FEATURES for p in points)
+    typer.echo(f"Sweep of {out['dataset']} x {out['model']}: {len(points)} points, {len(points) - n_features} ran "
+               f"the models, {n_features} scored from stored crop features (no model forward); shards, DINO "
+               "cache and text bank computed once:")
+    typer.echo(format_table(pa.Table.from_pylist(sweep_rows(root, out))))
+    for line in regression_lines(out.get("regressions") or []):
+        typer.echo(line)
 
 
 def _check_paths(params: list) -> None:
@@ -453,10 +467,6 @@ def _check_models_and_classes(params: list, preflight) -> None:
         pf.fetch_weights(kind, model, pretrained)
 
 
-def _random(p: str | None) -> str | None:
-    return None if p in (None, "random") else p
-
-
 def _per_dataset(values: list[str] | None, n: int, what: str, default=None, of: str = "--dataset") -> list:
     """One value for every ``of`` (dataset or model), one value for all, or the default."""
     from flows.params import ParameterError
@@ -471,66 +481,49 @@ def _per_dataset(values: list[str] | None, n: int, what: str, default=None, of: 
     return values
 
 
-def _matrix_cells(common: dict, dataset, source, layout, descriptions, clip_model, clip_pretrained,
-                  matrix: Path | None) -> list[dict]:
-    """EvaluateParams fields of every cell: datasets x models, from the options and/or a matrix file."""
+#: ``run`` options that are one ``EvaluateParams`` field each, for every cell (the per-dataset and
+#: per-model options, the layout options and the method options are gathered on their own).
+_CELL_OPTIONS = ("root", "descriptions_name", "descriptions_format", "descriptions_key", "images_per_shard",
+                 "allow_single_class", "dino_model", "dino_pretrained", "prompt", "templates", "device", "precision",
+                 "images_per_batch", "runner", "workers", "keep_features", "compile", "deployment")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was typed (or set by its environment variable), not left at its default."""
+    source = ctx.get_parameter_source(name)  # by name: typer may bring its own copy of click's enum
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def run_cells(ctx: typer.Context) -> list[dict]:
+    """``EvaluateParams`` fields of every cell of ``abs-eval run``: datasets x models from the options
+    and/or the matrix file, merged in the one order of ``flows.matrix`` (the typed options on top)."""
+    from flows.matrix import job_cells, read_matrix
     from flows.params import ParameterError
 
-    models = [{"clip_model": m, "clip_pretrained": _random(p)} for m, p in zip(
-        clip_model or [defaults.CLIP_MODEL],
-        _per_dataset(clip_pretrained, len(clip_model or [defaults.CLIP_MODEL]), "--clip-pretrained",
-                     defaults.CLIP_PRETRAINED, of="--clip-model"))]
+    o = ctx.params
+    given = {name: o[name] for name in _CELL_OPTIONS if _given(ctx, name)}
+    method = _abs_overrides(o["alpha"], o["beta"], o["top_k"], o["n_crops"], o["m"], o["tau"], o["tau_sample"],
+                            o["seed"], o["max_image_side"])
+    given["abs_config"] = method  # dict-valued: merged key by key, so an empty one overrides nothing
+    given["layout_options"] = _parse_kv(o["option"])
+    models: list[dict] = []
+    if o["clip_model"] or o["clip_pretrained"]:
+        names = o["clip_model"] or [None]
+        for name, tag in zip(names, _per_dataset(o["clip_pretrained"], len(names), "--clip-pretrained",
+                                                 of="--clip-model")):
+            models.append({k: v for k, v in (("clip_model", name), ("clip_pretrained", tag)) if v is not None})
     datasets: list[dict] = []
-    file_defaults: dict = {}
-    if matrix is not None:
-        doc = _read_matrix(matrix)
-        file_defaults = dict(doc.get("defaults") or {})
-        if doc.get("root"):
-            common = {**common, "root": doc["root"]}
-        datasets = [dict(d) for d in doc.get("datasets") or []]
-        if doc.get("models"):
-            models = [dict(m) for m in doc["models"]]
-        if not datasets:
-            raise ParameterError(f"{matrix}: no datasets (a list under 'datasets:' with dataset, source, layout ...)")
-    if dataset:
-        n = len(dataset)
-        for name, src, lay, desc in zip(dataset, _per_dataset(source, n, "--source"),
-                                        _per_dataset(layout, n, "--layout", "folder"),
-                                        _per_dataset(descriptions, n, "--descriptions")):
-            datasets.append({"dataset": name, "source": src, "layout": lay, "descriptions": desc})
+    if o["dataset"]:
+        n = len(o["dataset"])
+        for values in zip(o["dataset"], _per_dataset(o["source"], n, "--source"),
+                          _per_dataset(o["layout"], n, "--layout"), _per_dataset(o["descriptions"], n, "--descriptions")):
+            datasets.append({k: v for k, v in zip(("dataset", "source", "layout", "descriptions"), values)
+                             if v is not None})
+    if o["matrix"] is not None:
+        return read_matrix(o["matrix"]).cells(given, extra_datasets=datasets, models=models)
     if not datasets:
         raise ParameterError("give --dataset NAME (and --source ...), or --matrix FILE")
-    return [{**common, **file_defaults, **d, **mdl} for d in datasets for mdl in models]
-
-
-def _read_matrix(path: Path) -> dict:
-    """A matrix file: YAML (.yaml/.yml) or TOML (.toml), the same shape as a reevaluate deployment."""
-    from flows.params import ParameterError
-
-    try:
-        text = path.read_text()
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            doc = tomllib.loads(text)
-        else:
-            import yaml
-
-            doc = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ParameterError(f"matrix file not found: {path}") from None
-    except Exception as exc:  # a YAML or TOML syntax error: say where
-        raise ParameterError(f"{path}: cannot be read as {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: "
-                             f"{str(exc).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ParameterError(f"{path}: expected a mapping with 'datasets' (and optionally 'models', 'defaults', 'root')")
-    unknown = set(doc) - {"datasets", "models", "defaults", "root", "deployment"}
-    if unknown:
-        raise ParameterError(f"{path}: unknown keys {sorted(unknown)}; use datasets, models, defaults, root, deployment")
-    if doc.get("deployment"):
-        doc.setdefault("defaults", {})
-        doc["defaults"] = {"deployment": doc["deployment"], **(doc["defaults"] or {})}
-    return doc
+    return job_cells(datasets, models, given=given)
 
 
 def _run_matrix(params: list, root: str) -> None:
@@ -544,15 +537,18 @@ def _run_matrix(params: list, root: str) -> None:
     import pyarrow as pa
 
     rows = []
-    for r in results:
-        acc = {}
-        if r.get("run_id"):
-            acc = {a["method"]: a for a in run_query(r.get("root", root), "accuracy", {"run_id": r["run_id"]}).to_pylist()}
-        rows.append({"cell": r["job"], "status": r["status"],
-                     "abs": (acc.get("abs") or {}).get("accuracy"), "clip": (acc.get("clip") or {}).get("accuracy"),
-                     "acc5_abs": (acc.get("abs") or {}).get("acc5"),
-                     "n": (acc.get("abs") or {}).get("n"), "regressed": _regression_cell(r),
-                     "run_id": r.get("run_id") or "", "error": (r.get("error") or "")[:60]})
+    for p, r in zip(params, results):
+        # a sweep cell: one row per point, saying whether it ran the models or came from stored features
+        for name, run_id in ([(f"{r['job']} [{x['point']} <- {x['computed_by']}]", x["run_id"]) for x in r["points"]]
+                             if r.get("points") else [(r["job"], r.get("run_id"))]):
+            acc = {}
+            if run_id:
+                acc = {a["method"]: a for a in run_query(p.root, "accuracy", {"run_id": run_id}).to_pylist()}
+            rows.append({"cell": name, "status": r["status"],
+                         "abs": (acc.get("abs") or {}).get("accuracy"), "clip": (acc.get("clip") or {}).get("accuracy"),
+                         "acc5_abs": (acc.get("abs") or {}).get("acc5"),
+                         "n": (acc.get("abs") or {}).get("n"), "regressed": _regression_cell(r),
+                         "run_id": run_id or "", "error": (r.get("error") or "")[:60]})
     typer.echo("")
     typer.echo(f"{len(results)} cells ({sum(r['status'] == 'completed' for r in results)} completed):")
     typer.echo(format_table(pa.Table.from_pylist(rows)))

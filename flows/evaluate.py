@@ -15,7 +15,6 @@ the same evaluation after a crash recomputes only what was not committed.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +25,7 @@ from flows.params import EvaluateParams, ParameterError, make_params, preflight
 from flows.runners import build_task_runner
 from tasks import defaults
 from tasks.defaults import ROOT as DEFAULT_ROOT
+from tasks.results.artifacts import artifact_key  # the artifacts' keys and texts: tasks/results/artifacts.py
 from tasks.run.context import prepare_task
 from tasks.run.evalspec import EvalSpec
 from tasks.steps.describe import descriptions_task
@@ -45,15 +45,23 @@ def _shards_run_name() -> str:
 
 @flow(name="evaluate-shards", flow_run_name=_shards_run_name)
 def evaluate_shards(root: str, spec: dict, config_hash: str, shards: list[int], run_id: str) -> list[dict]:
-    """DINO cache then inference for every shard, mapped on this flow's task runner."""
+    """DINO cache then inference for every shard, mapped on this flow's task runner; as each shard's
+    predictions commit, the run's progress artifact is updated (``flows.live``)."""
+    from prefect.futures import as_completed
     from tqdm.auto import tqdm
 
+    from flows.live import LiveProgress
+
+    live = LiveProgress.start(root, spec, shards, run_id)
     dino = dino_shard_task.map(unmapped(root), unmapped(spec), unmapped(config_hash), shards)
     preds = infer_shard_task.map(unmapped(root), unmapped(spec), unmapped(config_hash), shards, unmapped(run_id), dino)
-    out = []
-    for f in tqdm(preds, desc="shards", unit="shard", total=len(shards)):
-        out.append(f.result())
-    return out
+    done: dict[int, dict] = {}
+    for f in tqdm(as_completed(list(preds)), desc="shards", unit="shard", total=len(shards)):
+        r = f.result()
+        done[r["shard"]] = r
+        live.shard_done(r)
+    live.finish()
+    return [done[s] for s in shards]
 
 
 def deployment_label(given: str | None) -> str:
@@ -70,8 +78,8 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
     from prefect.runtime import flow_run
 
     from tasks.results.runs import COMPLETED, FAILED, RunRecord, RunTracker, claim_run_id
-    from tasks.steps.infer import committed_parts
     from tasks.store import Storage
+    from tasks.store.predictions import committed_parts
 
     log = get_run_logger()
     root = params.root
@@ -130,27 +138,18 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
     return summary
 
 
-def artifact_key(kind: str, deployment: str, dataset: str, model: str) -> str:
-    """A stable artifact key per (deployment, dataset, model), so Prefect keeps each one's version history.
-
-    Prefect keys allow lowercase letters, digits and dashes only.
-    """
-    text = f"{kind}-{deployment}-{dataset}-{model}".lower()
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
-
-
 def publish_report(root: str, run_id: str, deployment: str = defaults.DEPLOYMENT, dataset: str = "", model: str = "") -> dict[str, Any]:
     """Report files next to the run record, plus the run's Prefect artifacts: a table
     (accuracy by method, from ``sql/``) and the markdown report with its plots embedded."""
+    from tasks.results.artifacts import report_artifacts
     from tasks.results.report import write_report
 
     manifest = write_report(root, run_id)
-    rows = [{k: _plain(v) for k, v in r.items()} for r in manifest.accuracy]
-    create_table_artifact(table=rows, key=artifact_key("accuracy", deployment, dataset, model),
-                          description=f"Accuracy by method, run {run_id} ({dataset} x {model})")
-    markdown = manifest.artifact_markdown
-    create_markdown_artifact(markdown=markdown, key=artifact_key("report", deployment, dataset, model),
-                             description=f"ABS evaluation report, run {run_id} ({dataset} x {model})")
+    art = report_artifacts(manifest)  # what each artifact says: tasks/results/artifacts.py
+    create_table_artifact(table=art["table"], key=artifact_key("accuracy", deployment, dataset, model),
+                          description=art["table_description"])
+    create_markdown_artifact(markdown=art["markdown"], key=artifact_key("report", deployment, dataset, model),
+                             description=art["markdown_description"])
     return {"accuracy": manifest.accuracy, "report": manifest.report}
 
 
@@ -208,15 +207,6 @@ def announce_regressions(root: str, run_id: str, deployment: str | None = None,
     return emitted
 
 
-def _plain(v: Any) -> Any:
-    """JSON-friendly artifact cell."""
-    if isinstance(v, float):
-        return round(v, 4)
-    if isinstance(v, (int, str, bool)) or v is None:
-        return v
-    return str(v)
-
-
 def _evaluate_run_name() -> str:
     """``imagenet x ViT-B-16 2026-11-28 03:00``: what a person looks for in the UI."""
     from prefect.runtime import flow_run
@@ -248,7 +238,19 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
     """
     if isinstance(params, dict):  # a plain dict from a script; Prefect coerces it on its own
         params = make_params(**params)
-    return run_evaluation(params, preflight(params))
+    return run_cell(params)
+
+
+def run_cell(params: EvaluateParams) -> dict[str, Any]:
+    """One cell: :func:`run_evaluation`, or a sweep when its ``abs_config`` lists values (``flows.sweep``:
+    the settings that change the crop draws run the models, the others are scored from stored features)."""
+    from flows.params import abs_axes
+
+    if not abs_axes(params):
+        return run_evaluation(params, preflight(params))
+    from flows.sweep import run_sweep
+
+    return run_sweep(params, run_evaluation, deployment_label(params.deployment))
 
 
 @flow(name="reevaluate", log_prints=True, flow_run_name=_reevaluate_run_name)
@@ -268,13 +270,15 @@ def reevaluate(
     error). A failed cell fails the flow run at the end (so a scheduled run shows it),
     unless ``raise_on_failure`` is false (the CLI prints its own table instead)."""
     log = get_run_logger()
-    cells = [make_params(**{"root": root, "deployment": deployment, **(defaults or {}), **d, **m})
-             for d in datasets for m in (models or [{}])]  # every cell's fields checked before any work
+    from flows.matrix import job_cells  # the merge order of the command line and matrix files too
+
+    cells = [make_params(**c) for c in job_cells(datasets, models, root=root, deployment=deployment,
+                                                 defaults=defaults)]  # every cell's fields checked before any work
     results, failed = [], []
     for params in cells:
         name = f"{params.dataset} x {params.clip_model}/{params.clip_pretrained or 'random'}"
         try:
-            results.append({"job": name, "status": "completed", **run_evaluation(params, preflight(params))})
+            results.append({"job": name, "status": "completed", **run_cell(params)})
         except Exception as exc:  # one broken cell must not cancel the week's other results
             log.error("%s failed: %s", name, exc)
             failed.append(name)

@@ -56,7 +56,9 @@ class EvaluateParams(BaseModel):
     abs_config: dict[str, Any] = Field(default_factory=dict,
                                        description="Overrides of the ABS parameters (alpha, beta, top_k, n_crops, "
                                                    "n_descriptions, tau, tau_sample, seed, max_image_side (0: no "
-                                                   "downscale limit, the default), ...).")
+                                                   "downscale limit, the default), ...). A list of values is a "
+                                                   "sweep axis, e.g. top_k: [10, 20, 40] (every combination, one "
+                                                   "job; crop_kinds and matching are axes too: flows/sweep.py).")
     prompt: str = Field(defaults.PROMPT, description="Prompt of the plain CLIP baseline.")
     templates: str = Field(defaults.TEMPLATES,
                            description="Templates of clip-e, every one used: auto (the dataset's own "
@@ -141,10 +143,68 @@ def _exists(url: str) -> bool:
 
 from flows.preflight import is_weights_path as _is_path  # noqa: E402 - one rule for both modules
 
+#: ``abs_config`` keys only a sweep has (``flows.sweep``), beside ``ABSConfig``'s fields: which crop branches
+#: a point scores and how crops meet descriptions; both are scored from stored crop features
+#: (``abs_model.variants``: ``CROP_KINDS``, ``MATCHINGS``), always as an axis, even with one value.
+SWEEP_ONLY_AXES: dict[str, tuple[str, ...]] = {"crop_kinds": ("both", "raw", "feature"),
+                                               "matching": ("soft", "average")}
+
+
+def abs_axes(params: EvaluateParams) -> dict[str, list[Any]]:
+    """The sweep axes of ``abs_config``: each key whose value is a list (``top_k: [10, 20, 40]``), and
+    ``crop_kinds`` / ``matching`` whatever their value. Empty: one evaluation, no sweep."""
+    return {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in params.abs_config.items()
+            if isinstance(v, (list, tuple)) or k in SWEEP_ONLY_AXES}
+
 
 def abs_config(params: EvaluateParams) -> ABSConfig:
-    """The paper's ABS parameters with the job's overrides (``ValueError`` names a bad one)."""
-    return ABSConfig.from_dict({**defaults.ABS.to_dict(), **params.abs_config})
+    """The paper's ABS parameters with the job's overrides (``ValueError`` names a bad one); for a sweep,
+    its base: the overrides that are not axes."""
+    axes = abs_axes(params)
+    return ABSConfig.from_dict({**defaults.ABS.to_dict(),
+                                **{k: v for k, v in params.abs_config.items() if k not in axes}})
+
+
+def sweep_points(params: EvaluateParams) -> list[dict[str, Any]]:
+    """Every combination of the axes' values (the grid a sweep evaluates), in the order the axes and their
+    values are written; ``[]`` without axes."""
+    import itertools
+
+    axes = abs_axes(params)
+    if not axes:
+        return []
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def point_config(base: ABSConfig, point: dict[str, Any]) -> tuple[ABSConfig, str]:
+    """The ``ABSConfig`` a sweep point stands for (``base`` with its values; ``crop_kinds`` sets the
+    ``raw_crops`` / ``feature_crops`` pair) and its matching (``soft`` unless the point says ``average``).
+    ``ValueError`` names what is wrong (an unknown key, a value out of range)."""
+    for key, allowed in SWEEP_ONLY_AXES.items():
+        if key in point and point[key] not in allowed:
+            raise ValueError(f"{key} {point[key]!r}: choose from {', '.join(allowed)}")
+    changes = {k: v for k, v in point.items() if k not in SWEEP_ONLY_AXES}
+    if "crop_kinds" in point:
+        kind = point["crop_kinds"]
+        changes.update(raw_crops=kind in ("both", "raw"), feature_crops=kind in ("both", "feature"))
+    return ABSConfig.from_dict({**base.to_dict(), **changes}), point.get("matching", "soft")
+
+
+def _sweep_problems(params: EvaluateParams) -> list[str]:
+    """Axes without values, and the first point of the grid that is no valid configuration."""
+    empty = [k for k, v in abs_axes(params).items() if not v]
+    if empty:
+        return [f"abs_config: the axes {empty} list no value"]
+    base = abs_config(params)
+    for point in sweep_points(params):
+        try:
+            config, _ = point_config(base, point)
+        except (ValueError, TypeError) as exc:
+            return [f"abs_config sweep point {point}: {exc}"]
+        if config.n_descriptions > base.n_descriptions:  # flows.sweep.plan_sweep says why
+            return [f"abs_config sweep: n_descriptions={config.n_descriptions} is above the base's "
+                    f"M={base.n_descriptions}: set abs_config.n_descriptions to the largest value"]
+    return []
 
 
 def static_problems(params: EvaluateParams) -> list[str]:
@@ -154,6 +214,7 @@ def static_problems(params: EvaluateParams) -> list[str]:
     problems = name_problems(params.dataset, params.layout)
     try:
         abs_config(params)
+        problems += _sweep_problems(params)
     except (ValueError, TypeError) as exc:
         problems.append(f"abs_config: {exc}")
     problems += _model_problems(params.clip_model, params.clip_pretrained, params.dino_model, params.dino_pretrained)

@@ -2,8 +2,8 @@
 
 Import order, one way only (``tests/test_architecture.py`` checks it, folder by folder):
 
-1. ``tasks.store`` (storage, paths, schemas, commits and markers, the prediction rollups,
-   image bytes) and ``tasks.defaults``:
+1. ``tasks.store`` (storage, paths, schemas, commits and markers, the prediction rollups and
+   score columns, image bytes) and ``tasks.defaults``:
    import nothing else of ``tasks`` (``defaults`` reads the method's defaults from ``abs_model``).
 2. ``tasks.datasets`` (one module per source layout) and ``tasks.descriptions`` (formats,
    validation, generation, storage): import only level 1 (descriptions may use the

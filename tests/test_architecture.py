@@ -206,6 +206,20 @@ def test_the_read_side_imports_without_torch_or_prefect():
     assert out.stdout.split("\n")[:-1] == [f"{name} []" for name in READ_SIDE + ("tasks.run.evalspec",)], out.stdout
 
 
+def test_analyze_and_the_shared_prediction_helpers_import_without_prefect():
+    """``abs-eval analyze`` is a plain function (``flows/analyze.py`` says why): importing it and the variants
+    step loads no Prefect, because what they share with inference (which parts are committed, logits to score
+    columns) lives in ``tasks.store.predictions``, which loads neither Prefect nor torch."""
+    code = ("import sys\n"
+            "for name in ('tasks.store.predictions', 'tasks.steps.variants', 'flows.analyze'):\n"
+            "    __import__(name)\n"
+            "    print(name, sorted(m for m in ('torch', 'prefect') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:-1] == ["tasks.store.predictions []", "tasks.steps.variants ['torch']",
+                                           "flows.analyze ['torch']"], out.stdout
+
+
 def test_the_sub_packages_say_what_they_hold_and_import_nothing():
     """Each folder's ``__init__.py`` has a docstring and no import of its own (importing a package
     must not load its modules: shard workers import ``tasks.store.images`` and nothing more)."""

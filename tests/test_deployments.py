@@ -32,8 +32,10 @@ def _cells(dep) -> list[dict]:
     p = dep["parameters"]
     if dep["entrypoint"].endswith(":evaluate"):
         return [p["params"]]
-    return [{"root": p.get("root", "abs-output"), "deployment": p.get("deployment"), **p.get("defaults", {}), **d, **m}
-            for d in p["datasets"] for m in (p.get("models") or [{}])]
+    from flows.matrix import job_cells  # the merge order the reevaluate flow uses
+
+    return job_cells(p["datasets"], p.get("models"), root=p.get("root", "abs-output"), deployment=p.get("deployment"),
+                     defaults=p.get("defaults"))
 
 
 @pytest.mark.parametrize("dep", deployments(), ids=lambda d: d["name"])

@@ -34,7 +34,7 @@ from abs_model.sampling import (
     image_generator,
     raw_boxes,
 )
-from tasks.steps.infer import _list_array, _method_rows
+from tasks.store.predictions import list_array, method_scores
 
 CLASSES = ["cat", "dog", "bird", "fish", "car", "tree"]
 DESCS = [[f"a {c}, view {i}" for i in range(5 - (k % 3))] for k, c in enumerate(CLASSES)]
@@ -245,13 +245,13 @@ def test_soft_match_without_mask_equals_all_true_mask():
     assert torch.equal(soft_match(crops, text, None, 0.03), soft_match(crops, text, torch.ones(6, 3, dtype=torch.bool), 0.03))
 
 
-def test_method_rows_for_all_methods_at_once_equal_one_by_one():
+def test_method_scores_for_all_methods_at_once_equal_one_by_one():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(4, 6, 9, generator=g)
     labels = [0, 8, 3, 11, -1, 2]  # out of range labels give NaN numbers
-    together = _method_rows(logits, labels)
+    together = method_scores(logits, labels)
     for m in range(logits.shape[0]):
-        one = _method_rows(logits[m], labels)
+        one = method_scores(logits[m], labels)
         for k in one:
             np.testing.assert_array_equal(together[k][m], one[k])
 
@@ -262,8 +262,8 @@ def test_list_array_equals_arrow_from_python_lists():
     for typ, shape in ((pa.list_(pa.int32()), (3,)), (pa.list_(pa.float32()), (4,)),
                        (pa.list_(pa.list_(pa.int32())), (2, 4))):
         values = g.integers(-5, 500, (int(valid.sum()), *shape)).astype(np.float64) / (1 if "int" in str(typ) else 7)
-        arr = _list_array(values, valid, typ)
+        arr = list_array(values, valid, typ)
         it = iter(values)
         ref = pa.array([next(it).tolist() if v else None for v in valid], typ)
         assert arr.type == typ and arr.equals(ref)
-    assert _list_array(np.zeros((3, 2)), np.ones(3, bool), pa.list_(pa.int32())).null_count == 0
+    assert list_array(np.zeros((3, 2)), np.ones(3, bool), pa.list_(pa.int32())).null_count == 0

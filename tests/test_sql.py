@@ -553,7 +553,9 @@ def test_every_named_query_runs_and_references_views_only(fx, con):
         text = catalog.query_sql(name)
         assert "${root}" not in text and "read_parquet" not in text and doc, name
         params = {"run_id": "r2"} if name == "gallery" else None
-        assert catalog.run_query(con, name, params).num_rows > 0, name
+        rows = catalog.run_query(con, name, params).num_rows
+        # variant_accuracy needs ABS variants (abs-eval analyze), which this fixture has not: tests/test_artifacts.py
+        assert rows > 0 or name == "variant_accuracy", name
     for path in catalog.view_files():
         assert path.read_text().lstrip().startswith("--"), f"{path} needs a header comment"
 

@@ -60,19 +60,20 @@ class DINOBackbone(WeightsInfo, nn.Module):
         if isinstance(spec, str):
             spec = ModelSpec(spec)
         timm_name, kwargs = cls.timm_args(spec)
-        if spec.is_random:
+        pretrained = None if spec.is_random else spec.pretrained
+        if pretrained is None:
             with seeded_init():
                 model = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
             announce_random("DINO", spec.name)
-        elif spec.pretrained == "timm":
+        elif pretrained == "timm":
             with explain_download("DINO", timm_name, "timm"):
                 model = timm.create_model(timm_name, pretrained=True, num_classes=0, **kwargs)
         else:
-            if not os.path.exists(spec.pretrained):
-                raise FileNotFoundError(f"DINO checkpoint not found: {spec.pretrained}")
-            with explain_download("DINO", timm_name, spec.pretrained):
+            if not os.path.exists(pretrained):
+                raise FileNotFoundError(f"DINO checkpoint not found: {pretrained}")
+            with explain_download("DINO", timm_name, pretrained):
                 model = timm.create_model(
-                    timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": spec.pretrained}, **kwargs
+                    timm_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": pretrained}, **kwargs
                 )
         return cls(model, spec).to(device)
 

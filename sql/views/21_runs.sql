@@ -22,10 +22,21 @@
 -- file: rows per computing run, shard and method), else the parts' rows (four columns of them; only
 -- until the partition's file is written again, or on a root written before these files existed);
 -- the same counts whichever is read (tests/test_rollups.py). Self-contained (no other view but
--- run_records, and the part_files_of macro below) so that abs-eval status creates and binds little:
--- it lists the part files once (the status connection creates run_records, part_files_of and runs_of:
--- RUNS_VIEWS in tasks/results).
+-- run_records, and the two macros below) so that abs-eval status creates and binds little: it lists
+-- the part files once (the status connection creates run_records, run_records_of, part_files_of and
+-- runs_of: RUNS_VIEWS in tasks/results).
 --
+-- run_records_of(run_ids): the records of these runs (NULL = every run), as run_records has them, with
+-- partition added ('dataset=../model=../config=..', as part_files_of takes them). runs_of and errors_of
+-- (33_errors.sql) start from it: the runs they answer for, and the partitions whose files they list.
+-- Why the caller lists the files from these rows (part_files_of((SELECT list(DISTINCT partition) FROM
+-- chosen), ..)) and not a macro from the run ids: that reads run_records a second time, about 30 ms (a
+-- quarter of runs_of(10 runs) and of errors_of(one run)) on a root of 37 runs.
+CREATE OR REPLACE MACRO run_records_of(run_ids) AS TABLE
+SELECT *, 'dataset=' || dataset || '/model=' || model || '/config=' || config AS partition
+FROM run_records
+WHERE run_ids IS NULL OR list_contains(run_ids, run_id);
+
 -- part_files_of(partitions, rollup_kind): the part files of these partitions (a list of
 -- 'dataset=../model=../config=..'), one row per part file: partition, config, file, name
 -- (part-<n>.parquet), and covered_by: the partition-wide <rollup_kind>-all-<k>-<md5>.parquet file of
@@ -34,9 +45,8 @@
 -- method) and 'errors' in errors_of (33_errors.sql): both read a partition's covering file when it has
 -- one, else each of its parts. Why a macro and not the views of 10_sources.sql (prediction_part_files,
 -- partition_parts): those list every partition of the root, this one only the chosen runs', and binds
--- no other view. Why partitions and not run ids: the caller has read run_records for its runs already;
--- reading it again here made runs_of(10 runs) and errors_of(one run) about 30 ms (a quarter) slower on
--- a root of 37 runs.
+-- no other view. Why partitions and not run ids: the caller has read its runs' records already
+-- (run_records_of, above).
 CREATE OR REPLACE MACRO part_files_of(partitions, rollup_kind) AS TABLE
 WITH parts AS (
     SELECT file,
@@ -68,15 +78,8 @@ JOIN listing USING (partition)
 LEFT JOIN covering USING (partition);
 
 CREATE OR REPLACE MACRO runs_of(run_ids) AS TABLE
-WITH chosen AS (
-    SELECT *
-    FROM run_records
-    WHERE run_ids IS NULL OR list_contains(run_ids, run_id)
-),
-files AS (
-    FROM part_files_of((SELECT list(DISTINCT 'dataset=' || dataset || '/model=' || model || '/config=' || config)
-                            FROM chosen), 'shards')
-),
+WITH chosen AS (FROM run_records_of(run_ids)),
+files AS (FROM part_files_of((SELECT list(DISTINCT partition) FROM chosen), 'shards')),
 part_counts AS (
     SELECT dataset, model, config, run_id, shard, method, n, n_ok
     FROM read_parquet('${root}/rollups/*/*/*/shards-all-*.parquet',
@@ -116,7 +119,7 @@ per_run AS (
     FROM per_method
     GROUP BY run_id
 )
-SELECT r.* EXCLUDE (previous_run_id)
+SELECT r.* EXCLUDE (previous_run_id, partition)
            REPLACE (coalesce(c.n_images, 0)::BIGINT AS n_images,
                     coalesce(c.n_ok, 0)::BIGINT AS n_ok,
                     coalesce(c.n_error, 0)::BIGINT AS n_error,

@@ -13,18 +13,12 @@
 -- 10_sources.sql). So per partition: its errors-all file when it covers the parts now, else each
 -- part's error file, else (a part written before these files existed, or a crash in between) the
 -- part's own rows. The rows stay the source of truth; tests/test_rollups.py checks that every way
--- gives the same rows. Which parts a run's partitions have, and whether an errors-all file covers
--- them: part_files_of(<the runs' partitions>, 'errors') (21_runs.sql; the runs view asks it for shards-all).
+-- gives the same rows. The runs and their partitions: run_records_of(run_ids); which parts those
+-- partitions have, and whether an errors-all file covers them: part_files_of(<the partitions>, 'errors')
+-- (both in 21_runs.sql, which the runs view reads the same way, asking for shards-all).
 CREATE OR REPLACE MACRO errors_of(run_ids) AS TABLE
-WITH chosen AS (
-    SELECT *
-    FROM run_records
-    WHERE run_ids IS NULL OR list_contains(run_ids, run_id)
-),
-files AS (
-    FROM part_files_of((SELECT list(DISTINCT 'dataset=' || dataset || '/model=' || model || '/config=' || config)
-                            FROM chosen), 'errors')
-),
+WITH chosen AS (FROM run_records_of(run_ids)),
+files AS (FROM part_files_of((SELECT list(DISTINCT partition) FROM chosen), 'errors')),
 part_files AS (
     SELECT files.file, files.partition, files.config, error_lists.errors_file
     FROM files

@@ -21,10 +21,7 @@ from .base import JUNK_FILE_NAMES, Entry, IgnoredFile, LayoutError, warn_user
 
 def display(fs: AbstractFileSystem, path: str) -> str:
     """A path as the user would write it (no ``file://`` for local files)."""
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if proto in ("file", "local"):
-        return path
-    return fs.unstrip_protocol(path)
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def relpath(path: str, root: str) -> str:

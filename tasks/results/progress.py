@@ -16,9 +16,9 @@ from tasks.store import Storage, as_storage
 __all__ = ["PROGRESS_COLUMNS", "RUNS_VIEWS", "run_progress"]
 
 #: What :func:`run_progress` reads: the ``runs_of`` macro (``sql/views/21_runs.sql``) and the views and macros
-#: it reads (``part_files_of``, shared with ``errors_of``); only these are created (binding every view costs
-#: more than the query, ~2 s over 50 ImageNet runs).
-RUNS_VIEWS = ("run_records", "part_files_of", "runs_of")
+#: it reads (``run_records_of`` and ``part_files_of``, shared with ``errors_of``); only these are created (binding
+#: every view costs more than the query, ~2 s over 50 ImageNet runs).
+RUNS_VIEWS = ("run_records", "run_records_of", "part_files_of", "runs_of")
 #: Columns of :func:`run_progress`, from the ``runs`` view.
 PROGRESS_COLUMNS = ("run_id", "status", "dataset", "model", "config", "deployment", "shards_total", "shards_done",
                     "shards_computed", "shards_reused", "n_images", "n_ok", "n_error", "started_at", "ended_at",

@@ -36,14 +36,8 @@ from tasks.store.images import (
     iter_decoded,
 )
 from tasks.store.markers import FeaturesPartMarker, PredictionPartMarker
-from tasks.store.paths import (
-    features_part,
-    part_index,
-    part_markers,
-    prediction_part,
-    predictions_dir,
-    shard_part,
-)
+from tasks.store.paths import features_part, prediction_part, shard_part
+from tasks.store.predictions import list_array, method_scores, score_columns
 from tasks.store.tables import FEATURES_SCHEMA, PREDICTION_SCHEMA
 
 
@@ -64,39 +58,6 @@ def _features_committed(storage: Storage, frel: str) -> bool:
     return commits.committed(storage, frel) is not None
 
 
-def committed_parts(storage: Storage, dataset: str, model: str, config: str) -> list[int]:
-    """Shard indices whose prediction part is committed (marker and file) under this partition."""
-    out = []
-    for m in storage.glob(part_markers(predictions_dir(dataset, model, config))):
-        shard = part_index(m)
-        if storage.exists(prediction_part(dataset, model, config, shard)):
-            out.append(shard)
-    return sorted(out)
-
-
-def _method_rows(logits: torch.Tensor, labels: list[int]) -> dict[str, np.ndarray]:
-    """``pred`` / ``top5`` / ``score_true`` / ``margin`` for a batch, as arrays.
-
-    ``logits``: ``[B, C]`` for one method, or ``[methods, B, C]`` for all of them at
-    once (every number is computed row by row, so the two give the same values).
-    """
-    lg = logits.double()
-    k = min(5, lg.shape[-1])
-    top = torch.topk(lg, k, dim=-1).indices
-    lab = torch.tensor(labels, dtype=torch.long).expand(lg.shape[:-1])
-    in_range = (lab >= 0) & (lab < lg.shape[-1])
-    safe = lab.clamp(0, lg.shape[-1] - 1)
-    true = lg.gather(-1, safe[..., None])[..., 0]
-    other = lg.scatter(-1, safe[..., None], float("-inf")).max(dim=-1).values
-    nan = torch.full_like(true, float("nan"))
-    return {
-        "pred": top[..., 0].numpy(),
-        "top5": top.numpy(),
-        "score_true": torch.where(in_range, true, nan).numpy(),
-        "margin": torch.where(in_range, true - other, nan).numpy(),
-    }
-
-
 def _drop(*lists: list) -> None:
     """Empty ``lists`` (run in a worker thread: the large decoded images are freed there)."""
     for x in lists:
@@ -113,7 +74,7 @@ class _ShardOutputs:
 
     def __init__(self, n: int, n_methods: int):
         self.n, self.nm = n, n_methods
-        self.ok = np.zeros(n, dtype=bool)
+        self.ok: np.ndarray = np.zeros(n, dtype=bool)
         self.arrays: dict[str, np.ndarray] = {}
 
     def put(self, rows: np.ndarray, name: str, values: np.ndarray) -> None:
@@ -123,43 +84,12 @@ class _ShardOutputs:
         a[rows] = values
 
 
-def _list_array(values: np.ndarray, valid: np.ndarray, typ: pa.ListType) -> pa.Array:
-    """A list column from ``values [n_valid, L, ...]`` (the valid rows, in order) and a row mask."""
-    lengths = np.where(valid, values.shape[1], 0)
-    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = values.reshape(-1, *values.shape[2:])
-    if isinstance(typ.value_type, pa.ListType):
-        inner = _list_array(flat, np.ones(flat.shape[0], dtype=bool), typ.value_type)
-    else:
-        inner = pa.array(flat.astype(typ.value_type.to_pandas_dtype(), copy=False), type=typ.value_type)
-    mask = None if valid.all() else pa.array(~valid)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=typ, mask=mask)
-
-
-def score_columns(pred: np.ndarray, top5: np.ndarray, score: np.ndarray, margin: np.ndarray, ok: np.ndarray,
-                  classnames: list[str]) -> dict[str, pa.Array]:
-    """``pred``, ``pred_name``, ``top5``, ``score_true`` and ``margin`` of prediction rows (one entry per
-    row; rows not ``ok`` are null). One conversion for ``infer`` and ``tasks.steps.variants``, so that a
-    variant's row and a fresh run's row are the same whenever their numbers are."""
-    f = {fld.name: fld.type for fld in PREDICTION_SCHEMA}
-    names = np.asarray(classnames, dtype=object)
-    return {
-        "pred": pa.array(pred.astype(np.int32), mask=~ok),
-        "pred_name": pa.array(np.where(ok, names[np.where(ok, pred, 0)], None), f["pred_name"]),
-        "top5": _list_array(top5[ok], ok, f["top5"]),
-        # float32 as Arrow converts Python floats (round to nearest); non-finite -> null
-        "score_true": pa.array(score.astype(np.float32), mask=~(ok & np.isfinite(score))),
-        "margin": pa.array(margin.astype(np.float32), mask=~(ok & np.isfinite(margin))),
-    }
-
-
 def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shard: int, labels: list,
                       cnames: list, status: list, error: list, classnames: list[str], run_id: str) -> pa.Table:
     """The shard's prediction rows (image x method, in that order) from ``out``."""
     n, nm = out.n, len(methods)
     ok = out.ok
-    ok_rows = np.repeat(ok, nm)  # [n * nm]
+    ok_rows: np.ndarray = np.repeat(ok, nm)  # [n * nm]
     is_abs = np.tile(np.array([m == "abs" for m in methods]), n)
     geo_rows = ok_rows & is_abs
     a = out.arrays
@@ -181,7 +111,7 @@ def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shar
         cols["width"] = pa.array(np.repeat(a["width"], nm).astype(np.int32), mask=~geo_rows)
         cols["height"] = pa.array(np.repeat(a["height"], nm).astype(np.int32), mask=~geo_rows)
         for name in ("dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows"):
-            cols[name] = _list_array(a[name][img_of_geo], geo_rows, f[name])
+            cols[name] = list_array(a[name][img_of_geo], geo_rows, f[name])
     else:
         for name in ("pred", "pred_name", "top5", "score_true", "margin", "width", "height", "dino_topk_indices",
                      "dino_topk_values", "raw_boxes", "feature_windows"):
@@ -211,7 +141,7 @@ def _read_attention(storage: Storage, rel: str) -> tuple[dict[str, tuple[int | N
         raise ValueError(f"{rel}: DINO attention rows of different lengths")
     values = att.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     starts = np.where(valid, offsets[:-1], 0)
-    matrix = np.zeros((len(att), L), dtype=np.float32)
+    matrix: np.ndarray = np.zeros((len(att), L), dtype=np.float32)
     matrix[valid] = values[starts[valid][:, None] + np.arange(L)]
     return index, matrix
 
@@ -241,9 +171,8 @@ def infer_shard(
     """
     rel = prediction_part(dataset, model, config, shard)
     marker = commits.committed(storage, rel)
-    committed = marker is not None
     frel = features_part(dataset, model, config, shard)
-    if committed and not (keep_features and not _features_committed(storage, frel)):
+    if marker is not None and not (keep_features and not _features_committed(storage, frel)):
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
     t = read_shard(storage, dataset, shard, columns=["image_id", "label", "class_name", "status", "error"])
@@ -258,7 +187,7 @@ def infer_shard(
     K = classifier.config.top_k
 
     out = _ShardOutputs(len(ids), len(methods))
-    att_row = np.zeros(len(ids), dtype=np.int64)
+    att_row: np.ndarray = np.zeros(len(ids), dtype=np.int64)
     ok_idx: list[int] = []
     for i, st in enumerate(status):
         if st != "ok":
@@ -288,6 +217,7 @@ def infer_shard(
                     progress(done, len(ok_idx))
                 continue
             rows = np.asarray(good)
+            assert att_matrix is not None  # None only when no row has attention, and then no image gets here
             att = torch.from_numpy(att_matrix[att_row[rows]])
             vals, idx = torch.topk(att, K, dim=1)
             res = classifier.predict(imgs, [ids[i] for i in good], dino_topk=(idx, vals), return_features=keep_features)
@@ -298,7 +228,7 @@ def infer_shard(
                 raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
             decode_pool().submit(_drop, decoded, imgs)  # freeing the images is not the main thread's job
             del decoded, imgs
-            nums = _method_rows(torch.stack([res.logits[m] for m in methods]), [labels[i] for i in good])
+            nums = method_scores(torch.stack([res.logits[m] for m in methods]), [labels[i] for i in good])
             for key, v in nums.items():
                 out.put(rows, key, np.moveaxis(v, 0, 1))  # [B, methods, ...]
             geo = res.geometry
@@ -320,16 +250,16 @@ def infer_shard(
         ff = {fld.name: fld.type for fld in FEATURES_SCHEMA}
         crops = out.arrays.get("crop_features")
         glob = out.arrays.get("global_features")
-        sel = np.ones(len(ok_rows), dtype=bool)
+        sel: np.ndarray = np.ones(len(ok_rows), dtype=bool)
         ft = pa.table({
             "image_id": [ids[i] for i in ok_rows],
-            "crop_features": _list_array(crops[ok_rows], sel, ff["crop_features"]) if len(ok_rows)
+            "crop_features": list_array(crops[ok_rows], sel, ff["crop_features"]) if crops is not None
             else pa.array([], ff["crop_features"]),
-            "global_feature": _list_array(glob[ok_rows], sel, ff["global_feature"]) if len(ok_rows)
+            "global_feature": list_array(glob[ok_rows], sel, ff["global_feature"]) if glob is not None
             else pa.array([], ff["global_feature"]),
         }, schema=FEATURES_SCHEMA)
         commits.commit_parquet(storage, frel, ft, FeaturesPartMarker(n_images=len(ids), n_ok=len(ok_rows), run_id=run_id))
-    if committed:  # only the features were missing
+    if marker is not None:  # committed: only the features were missing
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
     table = _prediction_table(out, methods, ids=ids, shard=shard, labels=labels, cnames=cnames, status=status,

@@ -43,11 +43,11 @@ from abs_model.device import resolve_device
 from abs_model.variants import VariantSpec, stored_crop_count, variant_logits
 from tasks.run.evalspec import short_hash
 from tasks.run.text_cache import load_text_bank
-from tasks.steps.infer import _method_rows, committed_parts, score_columns
 from tasks.store import Storage, commits, rollups
 from tasks.store.datasets import DatasetInfo
 from tasks.store.markers import VariantPartMarker
 from tasks.store.paths import features_part, prediction_part, text_cache
+from tasks.store.predictions import committed_parts, method_scores, score_columns
 from tasks.store.tables import PREDICTION_SCHEMA
 
 __all__ = ["AnalyzedRun", "VariantError", "VariantPartResult", "find_text_bank", "missing_features",
@@ -175,7 +175,8 @@ def variant_rows(rows: pa.Table, ids: list[str], logits: dict[str, torch.Tensor]
     ``score_true`` and ``margin`` of its ok rows rescored from ``logits`` (``{method: [len(ids), C]}``, row j
     is image ``ids[j]``), ``run_id`` set, and, for a prefix (``n_crops``), the geometry cut to the crops kept.
 
-    The numbers are converted by ``infer``'s own code (``_method_rows``, ``score_columns``), so a variant's row and a fresh run's row are the same when their logits are."""
+    The numbers are converted as ``infer`` converts them (``tasks.store.predictions``: ``method_scores``,
+    ``score_columns``), so a variant's row and a fresh run's row are the same when their logits are."""
     f = {fld.name: fld.type for fld in PREDICTION_SCHEMA}
     n = rows.num_rows
     image_col = rows.column("image_id").to_pylist()
@@ -194,7 +195,7 @@ def variant_rows(rows: pa.Table, ids: list[str], logits: dict[str, torch.Tensor]
         label_of: dict[str, int] = {}
         for i, lab in zip(image_col, rows.column("label").to_pylist()):
             label_of.setdefault(i, lab)
-        nums = _method_rows(torch.stack([logits[m].cpu() for m in methods]), [label_of.get(i, -1) for i in ids])
+        nums = method_scores(torch.stack([logits[m].cpu() for m in methods]), [label_of.get(i, -1) for i in ids])
         at_m = np.array([methods.index(m) for m in method_col])
         at_i = np.array([pos.get(i, 0) for i in image_col])
         pred, top5 = nums["pred"][at_m, at_i], nums["top5"][at_m, at_i]

@@ -9,6 +9,8 @@
   the one API every step saves and skips its units with; ``markers``: what each marker holds.
 - ``rollups``: the prediction rollups (per-part and per-partition counts and error rows that the SQL
   views read instead of the rows), committed through ``commits`` after each prediction part.
+- ``predictions``: which prediction parts are committed, and the one conversion of a method's logits
+  into a row's score columns that inference and the variants share.
 - ``datasets``: the read side of committed datasets (``read_dataset_info``, ``read_shard``,
   ``list_shards``...), importable without torch, Prefect or DuckDB.
 

@@ -42,7 +42,7 @@ class Storage:
 
         self.fs, path = fsspec.core.url_to_fs(self.root, **self.storage_options)
         self.root_path = path.rstrip("/") or "/"
-        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.protocol = _protocol(self.fs)
 
     # ------------------------------------------------------------------ paths
     def path(self, *parts: str) -> str:
@@ -52,7 +52,7 @@ class Storage:
     def url(self, *parts: str) -> str:
         """Full URL (with protocol, except for local files) of ``parts`` under the root."""
         p = self.path(*parts)
-        if self.protocol in ("file", "local"):
+        if self.is_local:
             return p
         return f"{self.protocol}://{p.lstrip('/')}" if self.protocol != "memory" else f"memory://{p}"
 
@@ -160,5 +160,9 @@ def is_local(fs: Any) -> bool:
     """Whether an fsspec filesystem (or a ``Storage``) is the local one."""
     if isinstance(fs, Storage):
         return fs.is_local
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in LOCAL_PROTOCOLS
+    return _protocol(fs) in LOCAL_PROTOCOLS
+
+
+def _protocol(fs: Any) -> str:
+    """An fsspec filesystem's protocol name (its first, where it has several: ``("file", "local")``)."""
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]

@@ -15,6 +15,8 @@ report that exists has its pictures)::
     methods.png               accuracy per method with 95% Wilson intervals as error bars (and the
                               previous run's), and the chance level 1/C
     per_class_accuracy.png    per-class accuracy of every method, classes sorted by the first method
+    sensitivity.png           with ABS variants (``abs-eval analyze``): abs accuracy vs N', M', tau and the
+                              ablation bars, the paper's defaults marked (``sensitivity``)
     gallery/<kind>-<nn>-<image>.png
                               images ABS got right and the baseline wrong (and the reverse): the
                               image untouched in one panel; beside it the DINO attention map with
@@ -27,7 +29,8 @@ The Prefect artifact cannot follow ``report.md``'s relative image links, so
 :attr:`ReportManifest.artifact_markdown` is the same report with the plots (and the
 gallery images, while they fit under :data:`ARTIFACT_MAX_BYTES`) embedded as
 ``data:image/png;base64`` links; gallery images that do not fit are named by their
-storage path. Plots are rendered at :data:`PLOT_DPI` so each stays well under 200 KB.
+path under the root. Plots are rendered at :data:`PLOT_DPI` so each stays well under 200 KB, with text of
+at least :data:`MIN_FONT_PT` and at most :data:`MAX_PLOT_PX` wide (shown unscaled in the Prefect UI).
 
 The gallery's pictures need no recompute: the crop boxes and DINO top-K attention are
 stored on the ``abs`` prediction rows, the image bytes in the shard files; when the DINO
@@ -43,7 +46,8 @@ The package, one job per module: :mod:`.reads` (every query of ``sql/queries`` t
 runs, the run's JSON record, the shard bytes), :mod:`.markdown` (tables, number formats, the
 text and its Prefect version), :mod:`.plots` (the two figures), :mod:`.geometry` (grids,
 attention maps, feature windows in pixels), :mod:`.gallery` (drawing and writing the gallery),
-:mod:`.explain` (rescoring the gallery images with the run's models); here, :func:`write_report`
+:mod:`.explain` (rescoring the gallery images with the run's models), :mod:`.sensitivity` (the ABS variants' curves and
+ablation bars); here, :func:`write_report`
 puts them together, and every name the package's users import is re-exported.
 """
 
@@ -80,17 +84,19 @@ from .gallery import (
 )
 from .geometry import attention_grid, clip_grid_of, feature_window_pixels, full_attention, run_grids
 from .markdown import DROP_FLAG, _artifact_markdown, _Context, _markdown, _rel, md_table, png_data_uri
-from .plots import PLOT_DPI, methods_figure, per_class_figure, plot_methods, plot_per_class
+from .plots import MAX_PLOT_PX, MIN_FONT_PT, PLOT_DPI, methods_figure, per_class_figure, plot_methods, plot_per_class
 from .reads import RunTables, _run_row, _setting_differences, n_classes_scored, read_tables
+from .sensitivity import _run_row as _run_row_of
+from .sensitivity import abs_rows, panels, plot_sensitivity, sensitivity_figure
 
 __all__ = [
     "ARTIFACT_MAX_BYTES", "DECIDING_CROPS", "DECIDING_DESCRIPTIONS", "DROP_FLAG", "EMPHASISED_CROPS",
-    "FEATURE_WINDOW_COLOR", "GALLERY_DPI", "PLOT_DPI", "RAW_BOX_COLOR", "ReportManifest", "RunTables",
+    "FEATURE_WINDOW_COLOR", "GALLERY_DPI", "MAX_PLOT_PX", "MIN_FONT_PT", "PLOT_DPI", "RAW_BOX_COLOR", "ReportManifest", "RunTables",
     "_crop_ranks", "_crop_text", "attention_grid", "clip_grid_of", "draw_gallery_image", "emphasised",
     "explain_gallery", "explain_image", "feature_window_pixels", "full_attention", "gallery_layout",
     "load_run_context", "md_table", "methods_figure", "n_classes_scored", "per_class_figure", "plot_methods",
-    "plot_per_class", "png_data_uri", "read_tables", "run_grids", "soft_match_terms", "write_gallery",
-    "write_report",
+    "plot_per_class", "plot_sensitivity", "png_data_uri", "read_tables", "run_grids", "sensitivity_figure",
+    "soft_match_terms", "write_gallery", "write_report",
 ]
 
 #: Cap on the Prefect artifact markdown; gallery images beyond it are named by path, not embedded.
@@ -118,8 +124,14 @@ class ReportManifest:
     #: the crops and descriptions that decided ABS's prediction) or deciding_note (why it is not shown)
     gallery_items: list[dict[str, Any]] = field(default_factory=list, repr=False)
     #: The report for the Prefect UI: plots (and gallery images while under ARTIFACT_MAX_BYTES)
-    #: embedded as data:image/png;base64 links, other gallery images named by storage path.
+    #: embedded as data:image/png;base64 links, other gallery images named by their path under the root.
     artifact_markdown: str = field(default="", repr=False)
+    #: The run's row of the ``runs`` view (``run_details``): what the table artifact's description says.
+    run: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: What differs between the previous run's settings and this run's (``setting_differences`` rows).
+    settings: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    #: Rows of the ``variant_accuracy`` query: the ABS variants shown in the sensitivity section.
+    variants: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def files(self) -> list[str]:
@@ -168,26 +180,31 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
     n_classes, n_classes_source = n_classes_scored(st, con, run)
 
     base = run_dir(run_id)
+    settings = _setting_differences(st, prev_id, run_id) if prev_id else []
     plots = [f"{base}/methods.png", f"{base}/per_class_accuracy.png"]
     pngs: dict[str, bytes] = {
-        plots[0]: plot_methods(t.accuracy, t.comparison, run_id, prev_id, n_classes),
+        plots[0]: plot_methods(t.accuracy, t.comparison, run_id, prev_id, n_classes, settings_differ=bool(settings)),
         plots[1]: plot_per_class(t.per_class, n_classes),
     }
+    variants = abs_rows(t.variants)
+    if panels(variants):
+        plots.append(f"{base}/sensitivity.png")
+        pngs[plots[-1]] = plot_sensitivity(variants, _run_row_of(abs_rows(t.variants, "clip")))
     for rel in plots:
         st.write_bytes(rel, pngs[rel])
     gallery, shown, explain_note = (write_gallery(st, con, run, size=gallery_size, explain=explain)
                                     if gallery_size > 0 else ([], [], None))
 
-    settings = _setting_differences(st, prev_id, run_id) if prev_id else []
     ctx = _Context(run, prev_id, t.accuracy, t.extremes, t.confusions, t.errors, t.comparison, t.class_changes, t.flips,
-                   shown, base, st.root, n_classes, n_classes_source, t.regressions, settings, explain_note)
+                   shown, base, st.root, n_classes, n_classes_source, t.regressions, settings, explain_note, t.variants)
     md = _markdown(ctx, lambda rel, alt: f"![{alt}]({_rel(rel, base)})")
     artifact = _artifact_markdown(st, ctx, pngs, gallery, len(md.encode()), ARTIFACT_MAX_BYTES)
     report = f"{base}/report.md"
     st.write_bytes(report, md.encode())
     return ReportManifest(
         root=st.root, run_id=run_id, previous_run_id=prev_id, report=report, plots=plots, gallery=gallery,
-        markdown=md, accuracy=t.accuracy, comparison=t.comparison, regressions=t.regressions,
+        markdown=md, accuracy=t.accuracy, comparison=t.comparison, regressions=t.regressions, run=dict(run),
+        settings=settings, variants=t.variants,
         gallery_items=[{k: r.get(k) for k in ("image_id", "kind", "shard", "file", "heat", "note", "margin_a", "margin_b",
                                               "deciding", "deciding_note")} for r in shown],
         artifact_markdown=artifact,

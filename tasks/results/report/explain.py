@@ -65,6 +65,9 @@ def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, s
         except ValueError:
             cfg = {}
     spec = cfg.get("spec") if isinstance(cfg, Mapping) else None
+    variant = cfg.get("variant") if isinstance(cfg, Mapping) else None
+    if isinstance(variant, Mapping) and not variant.get("equals_fresh_run", True):
+        return None, _variant_note(variant, cfg.get("numbers") if isinstance(cfg.get("numbers"), Mapping) else {})
     if not spec:
         return None, "the run record holds no evaluation spec (`config_json.spec`), so the run's models are unknown"
     try:
@@ -77,6 +80,26 @@ def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, s
         return None, (f"the run's inputs changed since it ran (config {ctx.config_hash} now, {run['config']} in the "
                       "run: weights, descriptions or dataset differ), so its crops cannot be rescored faithfully")
     return ctx, None
+
+
+def _variant_note(variant: Mapping[str, Any], numbers: Mapping[str, Any]) -> str:
+    """Why a variant that no fresh run equals (``abs-eval analyze``: an N' prefix, plain averaging) shows no
+    deciding crops. Not "the inputs changed": the run's models are there, but rescoring with them scores what a
+    fresh run with this setting would, which is not what this variant's rows hold."""
+    of_run, name = variant.get("of_run", "?"), variant.get("name", "?")
+    setting = variant.get("setting") if isinstance(variant.get("setting"), Mapping) else {}
+    marks = numbers.get("variant") if isinstance(numbers.get("variant"), Mapping) else {}
+    why = []
+    prefix_of = marks.get("crops_prefix_of")
+    if prefix_of:
+        n = setting.get("n_crops", "N'")
+        why.append(f"it keeps the first {n} of the {prefix_of} crops of each branch, and rescoring with the models "
+                   f"would draw a fresh {n}-crop run's crops instead")
+    if (setting.get("matching") or marks.get("matching")) == "average":
+        why.append("it averages the descriptions plainly (no soft matching), and the deciding crops are computed for "
+                   "soft matching only")
+    return (f"this run is the variant `{name}` of run `{of_run}`, scored from that run's stored crop features; "
+            + "; ".join(why or ["no fresh run scores it this way"]))
 
 
 def _crop_text(kind: str, box: Sequence[int]) -> str:

@@ -23,7 +23,7 @@ from tasks.store.paths import run_dir, slug
 
 from .explain import explain_gallery
 from .geometry import attention_grid, feature_window_pixels, full_attention, run_grids
-from .plots import _figure, _png
+from .plots import MIN_FONT_PT, _figure, _png
 from .reads import _attention_maps, _gallery_rows, _read_images, _recorded_geometry
 
 #: Gallery figure resolution (photos compress worse than line plots).
@@ -61,7 +61,7 @@ def emphasised(ranks: Sequence[float], k: int = EMPHASISED_CROPS) -> set[int]:
     return {i for i in order[:k] if ranks[i] > -math.inf}
 
 
-def gallery_layout(width: int, height: int, panel: float = 3.2, max_height: float = 4.0) -> dict[str, float]:
+def gallery_layout(width: int, height: int, panel: float = 3.6, max_height: float = 4.0) -> dict[str, float]:
     """Inches of the two-panel gallery figure: ``fig_w``, ``fig_h``, ``panel_w``, ``panel_h``
     (each panel shows the whole image at the same scale: the image, and the attention map
     with the crops, side by side), and ``top``/``bottom``, the room for the titles above and
@@ -69,7 +69,8 @@ def gallery_layout(width: int, height: int, panel: float = 3.2, max_height: floa
     aspect = height / max(width, 1)
     ph = min(panel * aspect, max_height)
     pw = ph / aspect
-    gap, side, top, bottom = 0.15, 0.05, 0.75, 0.6
+    # room for 10-pt text (MIN_FONT_PT): two title lines above the panel titles, legend and two caption lines below
+    gap, side, top, bottom = 0.15, 0.05, 0.95, 0.85
     return {"fig_w": 2 * pw + gap + 2 * side, "fig_h": ph + top + bottom, "panel_w": pw, "panel_h": ph,
             "gap": gap, "side": side, "top": top, "bottom": bottom}
 
@@ -116,7 +117,7 @@ def draw_gallery_image(
     right_ax = fig.add_axes(pos(lay["side"] + lay["panel_w"] + lay["gap"]))
     pixels = np.asarray(img)
     left_ax.imshow(pixels, extent=(0, w, h, 0), interpolation="nearest")
-    left_ax.set_title("image (untouched)", fontsize=7)
+    left_ax.set_title("image (untouched)", fontsize=MIN_FONT_PT)
 
     grey = np.asarray(img.convert("L"), dtype=np.float64)
     right_ax.imshow(grey, cmap="gray", vmin=-255, vmax=255 + 128, extent=(0, w, h, 0), interpolation="nearest")  # dimmed
@@ -130,9 +131,9 @@ def draw_gallery_image(
             norm = np.ma.masked_where(heat <= 0, heat / hi)
         right_ax.imshow(norm, cmap="YlOrRd", vmin=0, vmax=1, alpha=0.75, extent=(0, w, h, 0),
                         interpolation="bilinear" if heat_source == "cache" else "nearest")
-    heat_text = {"cache": "DINO attention, full map (cache)", "topk": "DINO attention, top-K cells only"}.get(
+    heat_text = {"cache": "DINO attention (full map)", "topk": "DINO attention (top-K cells)"}.get(
         heat_source if heat is not None else "", "no DINO attention stored")
-    right_ax.set_title(f"{heat_text} + ABS crops", fontsize=7)
+    right_ax.set_title(f"{heat_text} + ABS crops", fontsize=MIN_FONT_PT)
 
     # Stored geometry is in the pixels the classifier saw (row width/height); scale if the decoded size differs.
     rw, rh = row.get("width") or w, row.get("height") or h
@@ -169,7 +170,7 @@ def draw_gallery_image(
     for rank, (kind, i) in enumerate(ranked, 1):  # the deciding crops' ranks, at their top-left corners
         boxes, color = (raw, RAW_BOX_COLOR) if kind == "raw" else (win_px, FEATURE_WINDOW_COLOR)
         if i < len(boxes):
-            right_ax.text(boxes[i][0] * sx + 1, boxes[i][1] * sy + 1, str(rank), color="white", fontsize=6.5,
+            right_ax.text(boxes[i][0] * sx + 1, boxes[i][1] * sy + 1, str(rank), color="white", fontsize=MIN_FONT_PT,
                           fontweight="bold", ha="left", va="top", zorder=5, clip_on=True,
                           bbox={"boxstyle": "square,pad=0.15", "facecolor": color, "edgecolor": "none", "alpha": 0.9})
     for ax in (left_ax, right_ax):
@@ -187,15 +188,15 @@ def draw_gallery_image(
         f"{row['image_id']}   true: {row['class_name']}\n"
         f"{verdict(row['method_a'], row['pred_name_a'], row['pred_a'], row.get('margin_a'))}  |  "
         f"{verdict(row['method_b'], row['pred_name_b'], row['pred_b'], row.get('margin_b'))}",
-        fontsize=8, y=1 - 0.05 / fh, va="top",
+        fontsize=MIN_FONT_PT, y=1 - 0.05 / fh, va="top",
     )
     handles = [
-        Line2D([], [], color=RAW_BOX_COLOR, linestyle="-", linewidth=1.5, label=f"raw crop box, image pixels ({len(raw)})"),
+        Line2D([], [], color=RAW_BOX_COLOR, linestyle="-", linewidth=1.5, label=f"raw crop box ({len(raw)})"),
         Line2D([], [], color=FEATURE_WINDOW_COLOR, linestyle="--", linewidth=1.5,
-               label=f"feature window, CLIP {g}x{g} token grid ({len(wins)})"),
+               label=f"feature window, CLIP {g}x{g} grid ({len(wins)})"),
     ]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (lay["bottom"] - 0.03) / fh), ncol=2,
-               fontsize=6.5, frameon=False, handlelength=2.5, borderaxespad=0.0)
+               fontsize=MIN_FONT_PT, frameon=False, handlelength=2.0, columnspacing=1.0, borderaxespad=0.0)
     if ranked:
         caption = (f"bold, numbered {'1' if len(ranked) == 1 else f'1-{len(ranked)}'}: the crops adding most to ABS's logit of "
                    f"{deciding.get('class_name')}\n(recomputed with the run's models); faint: all the other crops")
@@ -204,7 +205,7 @@ def draw_gallery_image(
                    "(per-crop matching weights are not stored); faint: all the other crops")
     else:
         caption = "no DINO top-K cells stored: all crops drawn alike"
-    fig.text(0.5, 0.02 / fh, caption, ha="center", va="bottom", fontsize=6)
+    fig.text(0.5, 0.02 / fh, caption, ha="center", va="bottom", fontsize=MIN_FONT_PT)
     return _png(fig)
 
 

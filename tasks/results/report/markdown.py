@@ -15,11 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.defaults import ABS as ABS_DEFAULT
 from tasks.store import Storage
 
 from .explain import DECIDING_CROPS, DECIDING_DESCRIPTIONS, _crop_text
 from .gallery import EMPHASISED_CROPS
 from .reads import _method_key
+from .sensitivity import abs_rows, panels
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -96,6 +98,8 @@ class _Context:
     settings: list[dict[str, Any]] = field(default_factory=list)
     #: why no gallery image shows its deciding crops and descriptions (models not loaded ...), or None
     explain_note: str | None = None
+    #: rows of the variant_accuracy query (every method): the sensitivity section
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     def method_tests(self) -> dict[str, dict[str, Any]]:
         """The regressions rows of scope 'method', by method."""
@@ -117,13 +121,27 @@ def _absent(r: Mapping[str, Any]) -> str:
 
 
 def _setting(v: Any) -> str:
-    return "(none)" if v is None else f"`{v}`"
+    """A setting's value in the comparison table; a long one (a hash, a fingerprint) cut in the middle so the
+    table fits the ~850 px the Prefect UI gives it (the full values: ``abs-eval sql run regressions``)."""
+    if v is None:
+        return "(none)"
+    text = str(v)
+    return f"`{text if len(text) <= 28 else text[:14] + '…' + text[-8:]}`"
 
 
-def _sql_cmd(query: str, ctx: _Context, **params: Any) -> str:
+def _sql_line(query: str, ctx: _Context, **params: Any) -> str:
     """The command line that reproduces a table of the report."""
     ps = "".join(f" -p {k}={v}" for k, v in params.items())
-    return f"`abs-eval sql run {query}{ps} --root {ctx.root}`"
+    return f"abs-eval sql run {query}{ps} --root {ctx.root}"
+
+
+def _commands(*lines: str) -> str:
+    """Commands as a fenced code block of their own.
+
+    Why not inline code: the default Prefect UI renders inline code as inline-block, so a command of
+    ~100 characters jumped to a line of its own and left ". Up to 5 ..." behind; a block reads the
+    same in both UIs and in any markdown viewer, and copies whole."""
+    return "```bash\n" + "\n".join(lines) + "\n```\n"
 
 
 def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
@@ -138,69 +156,74 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
         ("classes scored (C)", f"{ctx.n_classes} ({ctx.n_classes_source})" if ctx.n_classes else "unknown"),
         ("shards computed by this run", f"{run.get('shards_computed')} of {run.get('shards_total')}"),
     ]
-    out.append(md_table([{"k": k, "v": v} for k, v in facts], [("", "k"), ("", "v")]))
+    # a header row of its own, never an empty one (an empty header renders as a blank band)
+    out.append(md_table([{"k": k, "v": v} for k, v in facts], [("run", "k"), (f"`{run_id}`", "v")]))
     dropped = ctx.regressed("method")
     if dropped:
         out.append(f"> **{DROP_FLAG} since the previous run `{prev_id}`** (exact McNemar test, p < 0.05, accuracy down):\n>")
         for r in dropped:
             out.append(f"> - **{r['method']}**: {_pct(r['accuracy_a'])} → {_pct(r['accuracy_b'])} ({_pp(r['change'])}); "
                        f"{r['n_broken']} images right → wrong, {r['n_fixed']} wrong → right, p = {_p(r['p_value'])}")
-        out.append("> \n> Details: section *Comparison with the previous run*; "
-                   f"{_sql_cmd('regressions', ctx, run_a=prev_id, run_b=run_id)}.\n")
+        out.append("> \n> Details: section *Comparison with the previous run*" +
+                   ("; **the settings differ** between the two runs (listed there)" if ctx.settings else "") + ".\n")
+        out.append(_commands(_sql_line("regressions", ctx, run_a=prev_id, run_b=run_id)))
     out.append("All numbers below come from the SQL in `sql/` over the run's full prediction set (rows reused from an "
-               "earlier run of the same config included); each section names the command that prints its table, e.g. "
-               f"{_sql_cmd('accuracy', ctx, run_id=run_id)} (`abs-eval sql list` lists the queries).\n")
+               "earlier run of the same config included); each section ends with the commands that print its tables "
+               "(`abs-eval sql list` lists the queries).\n")
 
     out.append("## Accuracy\n")
-    out.append(f"Query: {_sql_cmd('accuracy', ctx, run_id=run_id)}. Accuracy is over the images that could be "
-               "classified (ok); \"errors counted wrong\" also counts unreadable images as wrong.\n")
+    out.append("Accuracy is over the images that could be classified (ok); \"errors as wrong\" also counts "
+               "unreadable images as wrong.\n")
+    # 8 short columns: the table fits the ~850 px the Prefect UI gives markdown at a 1,400 px window
     out.append(md_table(ctx.accuracy, [
-        ("method", "method"), ("n", "n"), ("ok", "n_ok"), ("errors", "n_error"), ("correct", "correct"),
-        ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci), ("top-5", lambda r: _pct(r.get("acc5"))),
+        ("method", "method"), ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci), ("n", "n"),
+        ("errors", "n_error"), ("top-5", lambda r: _pct(r.get("acc5"))),
         ("mean per-class recall", lambda r: _pct(r.get("mean_per_class_recall"))),
-        ("errors counted wrong", lambda r: _pct(r["accuracy_all"])),
+        ("errors as wrong", lambda r: _pct(r["accuracy_all"])),
     ]))
     out.append("_top-5: the true class among the 5 highest-scoring classes (ok images); mean per-class recall: the "
                "average over classes of each class's accuracy, so every class weighs the same (CLIP_benchmark's "
                "`acc5` and `mean_per_class_recall`; `abs-eval export` writes them in its format)._\n")
+    out.append(_commands(_sql_line("accuracy", ctx, run_id=run_id)))
     chance = (f"; dashed grey line: chance level 1/C = 1/{ctx.n_classes} = {_pct(1 / ctx.n_classes)}"
               if ctx.n_classes else "")
     out.append("\n" + image(f"{base}/methods.png", "accuracy by method") + "\n")
     out.append(f"_Bars: accuracy per method; black whiskers: 95% Wilson interval"
-               f"{'; grey: the previous run' if ctx.comparison else ''}{chance}. Methods whose intervals overlap "
+               f"{f'; grey: the previous run `{prev_id}`' if ctx.comparison else ''}"
+               f"{' (other settings, see the comparison below)' if ctx.comparison and ctx.settings else ''}{chance}. Methods whose intervals overlap "
                "are not clearly different on this many images._\n")
 
     out.append("## Per-class accuracy: extremes\n")
-    out.append(f"Query: {_sql_cmd('class_extremes', ctx, run_id=run_id, top_k=5)}. Up to 5 worst and 5 best classes "
-               "per method; a class at 0% is never listed as best.\n")
+    out.append("Up to 5 worst and 5 best classes per method; a class at 0% is never listed as best.\n")
     for method in sorted({r["method"] for r in ctx.extremes}, key=_method_key):
         rows = [r for r in ctx.extremes if r["method"] == method]
         out.append(f"**{method}**\n")
         out.append(md_table(rows, [
-            ("", "extreme"), ("#", "position"), ("class", "class_name"), ("ok images", "n_ok"),
+            ("list", "extreme"), ("#", "position"), ("class", "class_name"), ("ok images", "n_ok"),
             ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci),
         ]))
         if not any(r["extreme"] == "best" for r in rows):
             out.append("_No best list: no class of this method is above 0% accuracy._\n")
     out.append("\n" + image(f"{base}/per_class_accuracy.png", "per-class accuracy") + "\n")
-    out.append(f"_Per-class accuracy of every method (query: {_sql_cmd('per_class_accuracy', ctx, run_id=run_id)}), "
-               "classes sorted by the first method's accuracy._\n")
+    out.append("_Per-class accuracy of every method, classes sorted by the first method's accuracy._\n")
+    out.append(_commands(_sql_line("class_extremes", ctx, run_id=run_id, top_k=5),
+                         _sql_line("per_class_accuracy", ctx, run_id=run_id)))
 
     out.append("## Most frequent confusions\n")
     shown_conf: list[dict[str, Any]] = []
     for method in sorted({r["method"] for r in ctx.confusions}, key=_method_key):
         shown_conf += [r for r in ctx.confusions if r["method"] == method][:5]  # the query orders by rank
-    out.append(f"Query: {_sql_cmd('confusions', ctx, run_id=run_id, top_k=5)}. Up to 5 per method, most frequent "
-               "first; equal counts share a rank.\n")
+    out.append("Up to 5 per method, most frequent first; equal counts share a rank.\n")
     out.append(md_table(shown_conf, [
         ("method", "method"), ("rank", "rank"), ("true class", "class_name"), ("predicted", "pred_name"),
         ("images", "n"), ("share of class", lambda r: _pct(r["share"])),
     ]))
+    out.append(_commands(_sql_line("confusions", ctx, run_id=run_id, top_k=5)))
 
     out.append("## Errors (images that could not be classified)\n")
-    out.append(f"Query: {_sql_cmd('error_counts', ctx, run_id=run_id)}; every failing image: "
-               f"{_sql_cmd('errors', ctx, run_id=run_id)}.\n")
     out.append(md_table(ctx.errors, [("status", "status"), ("images", "n_images"), ("example", "example_error")]))
+    out.append("Counts per status, then every failing image:\n")
+    out.append(_commands(_sql_line("error_counts", ctx, run_id=run_id), _sql_line("errors", ctx, run_id=run_id)))
 
     out.append("## Comparison with the previous run\n")
     if not prev_id:
@@ -209,13 +232,13 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
         pair = {"run_a": prev_id, "run_b": run_id}
         tests = ctx.method_tests()
         out.append(f"Previous run: `{prev_id}` (before) vs `{run_id}` (this run). "
-                   f"fixed = wrong before, right now; broken = the reverse. Query: {_sql_cmd('compare_methods', ctx, **pair)}. "
+                   "fixed = wrong before, right now; broken = the reverse. "
                    "McNemar p: exact two-sided McNemar test of broken vs fixed over the images both runs classified "
                    "(the chance of a split at least this uneven if the method had not changed); "
-                   f"{DROP_FLAG} = p < 0.05 and accuracy down ({_sql_cmd('regressions', ctx, **pair)}).\n")
+                   f"{DROP_FLAG} = p < 0.05 and accuracy down.\n")
         if ctx.settings:
             out.append("**The settings differ** between the two runs, so a change may come from them rather than "
-                       "from a regression of the method:\n")
+                       "from a regression of the method (the verdicts below say *settings differ*):\n")
             out.append(md_table(ctx.settings, [("setting", "setting"), ("before", lambda r: _setting(r["before"])),
                                                ("this run", lambda r: _setting(r["after"]))]))
             out.append("")
@@ -225,36 +248,40 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
             ("method", "method"), ("before", lambda r: _pct(r["accuracy_a"])), ("now", lambda r: _pct(r["accuracy_b"])),
             ("delta", lambda r: _pp(r["delta"])), ("changed", "n_changed"), ("fixed", "n_fixed"), ("broken", "n_broken"),
             ("McNemar p", lambda r: _p((tests.get(r["method"]) or {}).get("p_value")) if _both(r) else "-"),
-            ("verdict", lambda r: _verdict(tests.get(r["method"])) if _both(r) else _absent(r)),
+            ("verdict", lambda r: (_verdict(tests.get(r["method"])) + ("; settings differ" if ctx.settings else ""))
+             if _both(r) else _absent(r)),
         ]))
         class_drops = ctx.regressed("class")
         if class_drops:
-            out.append(f"\nClasses with a significant drop (p < 0.05, accuracy down; "
-                       f"{_sql_cmd('regressions', ctx, **pair, scope='class')}):\n")
+            out.append("\nClasses with a significant drop (p < 0.05, accuracy down):\n")
             out.append(md_table(class_drops, [
                 ("method", "method"), ("class", "class_name"), ("before", lambda r: _pct(r["accuracy_a"])),
                 ("now", lambda r: _pct(r["accuracy_b"])), ("delta", lambda r: _pp(r["change"])), ("broken", "n_broken"),
                 ("fixed", "n_fixed"), ("McNemar p", lambda r: _p(r["p_value"])),
             ]))
-        out.append(f"\nLargest per-class changes (up to 5 per method; unchanged classes left out; "
-                   f"{_sql_cmd('compare_classes', ctx, **pair, top_k=5)}):\n")
+        out.append("\nLargest per-class changes (up to 5 per method; unchanged classes left out):\n")
         out.append(md_table([r for r in ctx.class_changes if r["delta"] != 0], [
             ("method", "method"), ("class", "class_name"), ("before", lambda r: _pct(r["accuracy_a"])),
             ("now", lambda r: _pct(r["accuracy_b"])), ("delta", lambda r: _pp(r["delta"])),
         ]))
-        out.append(f"\nFlipped images: {len(ctx.flips)} (image x method); first 20 "
-                   f"(all: {_sql_cmd('compare_flips', ctx, **pair)}):\n")
+        out.append(f"\nFlipped images: {len(ctx.flips)} (image x method); the first 20:\n")
         out.append(md_table(ctx.flips[:20], [
             ("method", "method"), ("image", "image_id"), ("true", "class_name"), ("before", "pred_name_a"),
             ("now", "pred_name_b"), ("change", "change"),
         ]))
+        out.append("\nThe comparison, the tests per method and per class, the class changes and every flipped image:\n")
+        out.append(_commands(_sql_line("compare_methods", ctx, **pair), _sql_line("regressions", ctx, **pair),
+                             _sql_line("regressions", ctx, **pair, scope="class"),
+                             _sql_line("compare_classes", ctx, **pair, top_k=5), _sql_line("compare_flips", ctx, **pair)))
+
+    out.append(_sensitivity_section(ctx, image))
 
     out.append("## Gallery\n")
     if not ctx.shown:
         out.append("No image where `abs` and `clip` disagree on rightness (or one of them is missing).\n")
     else:
-        out.append(f"Images one method got right and the other wrong, most confident winner first "
-                   f"({_sql_cmd('gallery', ctx, run_id=run_id)}). Left: the image, untouched. Right: DINO's attention "
+        out.append("Images one method got right and the other wrong, most confident winner first "
+                   "(query below). Left: the image, untouched. Right: DINO's attention "
                    "(light yellow = low, dark red = high; only the stored top-K cells unless the DINO cache holds the "
                    "full map) over a dimmed grey copy, with ABS's crops: **solid blue** = raw crop boxes (regions cut "
                    "from the image), **dashed black** = feature-space windows (regions of CLIP's token grid, which "
@@ -276,6 +303,7 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
                        f"margins and crops; bold marks the {EMPHASISED_CROPS} crops of each kind centred on the "
                        "highest-attention DINO cells (the centres ABS sampled most readily), not necessarily the crops "
                        "that decided the prediction._\n")
+        out.append(_commands(_sql_line("gallery", ctx, run_id=run_id)))
     for kind, title in (("a_only", "ABS right, CLIP wrong"), ("b_only", "CLIP right, ABS wrong")):
         rows = [r for r in ctx.shown if r["kind"] == kind]
         if not rows:
@@ -287,6 +315,45 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
             else:
                 out.append(f"- `{r['image_id']}`: {r.get('note')}\n")
             out.append(_gallery_caption(r) + "\n")
+    return "\n".join(out)
+
+
+def _sensitivity_section(ctx: _Context, image: Callable[[str, str], str]) -> str:
+    """ABS accuracy against N', M' and tau and the ablations, from the run's variants (``abs-eval analyze``);
+    without variants, how to get them."""
+    run_id = ctx.run["run_id"]
+    out = ["## Sensitivity and ablations (ABS variants)\n"]
+    rows = abs_rows(ctx.variants)
+    if not any(not r["is_run"] for r in rows):
+        out.append("No ABS variants of this run's predictions yet. From a run evaluated with `--keep-features`, "
+                   "`abs-eval analyze` scores N', M', tau, one crop branch and plain averaging from the stored crop "
+                   "features, with no model run again; this section then shows the curves:\n")
+        out.append(_commands(f"abs-eval analyze --root {ctx.root} --run {run_id} --n-crops 10,20,30 --m 10,25 "
+                             "--tau 0.01,0.05 --kinds raw,feature --plain-averaging"))
+        return "\n".join(out)
+    of_run = rows[0]["of_run"]
+    if of_run != run_id:
+        out.append(f"Variants of run `{of_run}`: the same predictions as this run (same dataset, model and config).\n")
+    p = ABS_DEFAULT
+    out.append(f"`abs` accuracy of each variant, one setting changed at a time, the others as in the run. Paper "
+               f"defaults: N = {p.n_crops}, M = {p.n_descriptions}, tau = {p.tau:g}, both crop branches, soft "
+               "matching.\n")
+    if panels(rows):
+        out.append("\n" + image(f"{ctx.base}/sensitivity.png", "abs accuracy vs N', M', tau; ablations") + "\n")
+        out.append("_Whiskers: 95% Wilson interval; red diamond / red bar: this run's setting; dashed line: the "
+                   "paper's value; black outline: the paper's setting (both branches, soft matching); dotted green: "
+                   "`clip` in this run. N' < N keeps the first N' crops of each branch: a statistically equivalent "
+                   "N'-crop sample, not the crops a fresh N'-run draws._\n")
+    fresh = {True: "yes", False: "no"}
+    out.append(md_table(rows, [
+        ("variant", lambda r: "this run" if r["is_run"] else r["variant"]),
+        ("accuracy", lambda r: _pct(r["accuracy"])), ("95% CI", _ci), ("N", "n_crops"),
+        ("crops", "crop_kinds"), ("M", "n_descriptions"), ("tau", lambda r: f"{r['tau']:g}"),
+        ("matching", "matching"), ("= fresh run", lambda r: fresh.get(r["equals_fresh_run"], "–")),
+    ]))
+    out.append("_= fresh run: the variant equals a fresh run with its setting (tau, M', one crop branch); N' prefixes "
+               "and plain averaging are no run's (README: \"Ablations and sensitivity from one run\")._\n")
+    out.append(_commands(_sql_line("variant_accuracy", ctx, run_id=run_id, method="abs")))
     return "\n".join(out)
 
 
@@ -330,11 +397,11 @@ def _artifact_markdown(st: Storage, ctx: _Context, pngs: Mapping[str, bytes], ga
                        max_bytes: int) -> str:
     """The report with its images embedded as data URIs, for the Prefect UI (which cannot
     resolve report.md's relative links). The plots always; gallery images in report order
-    while the whole stays under ``max_bytes`` (``ARTIFACT_MAX_BYTES``); any other image by its storage path."""
+    while the whole stays under ``max_bytes`` (``ARTIFACT_MAX_BYTES``); any other image by its path under the root
+    (never the absolute path of the machine that wrote it: a reader of the UI elsewhere cannot use it)."""
     budget = [max_bytes - text_bytes - 2048 * (len(pngs) + len(gallery))]  # link text grows a little
 
     def image(rel: str, alt: str) -> str:
-        where = st.url(rel)
         data = pngs.get(rel)
         if data is None and rel in gallery:
             try:
@@ -345,8 +412,9 @@ def _artifact_markdown(st: Storage, ctx: _Context, pngs: Mapping[str, bytes], ga
         uri = png_data_uri(data) if data is not None else None
         if uri is not None and len(uri) <= budget[0]:
             budget[0] -= len(uri)
-            return f"![{alt}]({uri})\n\n_file: `{where}`_"
-        return f"- {alt}: `{where}` (not embedded: the artifact stays under {max_bytes // 1000} KB)"
+            return f"![{alt}]({uri})"  # nothing after it: a path of the machine that wrote it helps no reader elsewhere
+        return (f"- {alt}: not embedded (the artifact stays under {max_bytes // 1000} KB); in the run's root: "
+                f"`{rel}`")
 
     return _markdown(ctx, image)
 

@@ -46,6 +46,8 @@ class RunTables:
     class_changes: list[dict[str, Any]] = field(default_factory=list)  # compare_classes, top_k 5
     flips: list[dict[str, Any]] = field(default_factory=list)  # compare_flips
     regressions: list[dict[str, Any]] = field(default_factory=list)  # regressions
+    #: variant_accuracy: the ABS variants of the run (or of the latest run of its partition that has some)
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_tables(con, run_id: str, prev_id: str | None) -> RunTables:
@@ -56,6 +58,7 @@ def read_tables(con, run_id: str, prev_id: str | None) -> RunTables:
         extremes=_rows(con, "class_extremes", run_id=run_id, top_k=5),
         confusions=_rows(con, "confusions", run_id=run_id, top_k=5),
         errors=_rows(con, "error_counts", run_id=run_id),
+        variants=_rows(con, "variant_accuracy", run_id=run_id),
     )
     if prev_id:
         pair = {"run_a": prev_id, "run_b": run_id}
