@@ -15,10 +15,18 @@ from importlib import import_module
 from .config import DEFAULT_PROMPT, METHODS, ABSConfig, ModelSpec
 
 _LAZY = {
-    "CLIPBackbone": ".backbones", "DINOBackbone": ".backbones", "SplitError": ".backbones",
-    "ABSClassifier": ".classifier", "CropGeometry": ".classifier", "Prediction": ".classifier",
-    "dino_attention": ".classifier", "cosine_logits": ".matching", "soft_match": ".matching",
-    "image_generator": ".sampling", "TextBank": ".text", "WeightsUnavailableError": ".errors",
+    "CLIPBackbone": ".backbones",
+    "DINOBackbone": ".backbones",
+    "SplitError": ".backbones",
+    "ABSClassifier": ".classifier",
+    "CropGeometry": ".classifier",
+    "Prediction": ".classifier",
+    "dino_attention": ".classifier",
+    "cosine_logits": ".matching",
+    "soft_match": ".matching",
+    "image_generator": ".sampling",
+    "TextBank": ".text",
+    "WeightsUnavailableError": ".errors",
 }
 
 
@@ -39,7 +47,25 @@ MICRO_CLIP = "abs-micro-vit"
 MICRO_DINO = "abs-micro-dino"
 
 __all__ = [
-    "ABSClassifier", "ABSConfig", "CLIPBackbone", "CropGeometry", "DEFAULT_PROMPT", "DINOBackbone",
-    "METHODS", "ModelSpec", "Prediction", "SplitError", "TextBank", "cosine_logits", "image_generator",
-    "soft_match", "dino_attention", "WeightsUnavailableError", "TINY_CLIP", "TINY_CLIP_B32", "TINY_DINO", "MICRO_CLIP", "MICRO_DINO",
+    "ABSClassifier",
+    "ABSConfig",
+    "CLIPBackbone",
+    "CropGeometry",
+    "DEFAULT_PROMPT",
+    "DINOBackbone",
+    "METHODS",
+    "ModelSpec",
+    "Prediction",
+    "SplitError",
+    "TextBank",
+    "cosine_logits",
+    "image_generator",
+    "soft_match",
+    "dino_attention",
+    "WeightsUnavailableError",
+    "TINY_CLIP",
+    "TINY_CLIP_B32",
+    "TINY_DINO",
+    "MICRO_CLIP",
+    "MICRO_DINO",
 ]

@@ -250,10 +250,17 @@ class ABSClassifier:
         wins = feature_windows(dr.feature_cells, dr.feature_sides, G, D)
         geoms = [
             CropGeometry(
-                image_id=image_ids[b], width=widths[b], height=heights[b], dino_grid=D, clip_grid=G,
-                dino_topk_indices=top_idx[b], dino_topk_values=top_val[b],
-                raw_cells=dr.raw_cells[b], raw_boxes=boxes[b],
-                feature_cells=dr.feature_cells[b], feature_windows=wins[b],
+                image_id=image_ids[b],
+                width=widths[b],
+                height=heights[b],
+                dino_grid=D,
+                clip_grid=G,
+                dino_topk_indices=top_idx[b],
+                dino_topk_values=top_val[b],
+                raw_cells=dr.raw_cells[b],
+                raw_boxes=boxes[b],
+                feature_cells=dr.feature_cells[b],
+                feature_windows=wins[b],
             )
             for b in range(len(widths))
         ]

@@ -71,7 +71,9 @@ class ABSConfig:
         if self.max_image_side is None:  # accepted as "no limit"; stored (and hashed) as 0
             object.__setattr__(self, "max_image_side", 0)
         if isinstance(self.max_image_side, bool) or not isinstance(self.max_image_side, int) or self.max_image_side < 0:
-            raise ValueError(f"max_image_side must be an integer >= 0 (0: no downscale limit), got {self.max_image_side!r}")
+            raise ValueError(
+                f"max_image_side must be an integer >= 0 (0: no downscale limit), got {self.max_image_side!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

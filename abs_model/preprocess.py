@@ -184,8 +184,17 @@ def resize_whole_batch(xs: Sequence[Tensor], nh: int, nw: int, kernel: str, out:
     if nh == nw and _use_cpu_kernels(out):  # each image with its own tap count, as below
         rh, rw = torch.full_like(hh, nh), torch.full_like(ww, nw)
         idx = torch.arange(b)
-        _cpu_resample(xs, list(range(b)), idx, idx, (zero, ww, rw, zero, aa_taps(ww, rw, kernel)),
-                      (zero, hh, rh, zero, aa_taps(hh, rh, kernel)), nh, kernel, out)
+        _cpu_resample(
+            xs,
+            list(range(b)),
+            idx,
+            idx,
+            (zero, ww, rw, zero, aa_taps(ww, rw, kernel)),
+            (zero, hh, rh, zero, aa_taps(hh, rh, kernel)),
+            nh,
+            kernel,
+            out,
+        )
         return out
     bands = []
     for n in (nh, nw):  # (band, parts, padded side)
@@ -202,14 +211,40 @@ def resize_whole_batch(xs: Sequence[Tensor], nh: int, nw: int, kernel: str, out:
     calls, pad = _window_calls(ly, wx, wy, px * c, dev)
     perm = torch.cat(calls)
     sizes = [len(q) for q in calls]
-    kx = aa_window_matrices(zero[perm], ww[perm], rw[perm], zero[perm], ow, [(n, p[1]) for n, p in zip(sizes, pad)],
-                            ww[perm], xlo[perm], kernel, True, aa_taps(ww, rw, kernel)[perm], dev)
-    ky = aa_window_matrices(zero[perm], hh[perm], rh[perm], zero[perm], oh, [(n, p[2]) for n, p in zip(sizes, pad)],
-                            hh[perm], ylo[perm], kernel, True, aa_taps(hh, rh, kernel)[perm], dev)
+    kx = aa_window_matrices(
+        zero[perm],
+        ww[perm],
+        rw[perm],
+        zero[perm],
+        ow,
+        [(n, p[1]) for n, p in zip(sizes, pad)],
+        ww[perm],
+        xlo[perm],
+        kernel,
+        True,
+        aa_taps(ww, rw, kernel)[perm],
+        dev,
+    )
+    ky = aa_window_matrices(
+        zero[perm],
+        hh[perm],
+        rh[perm],
+        zero[perm],
+        oh,
+        [(n, p[2]) for n, p in zip(sizes, pad)],
+        hh[perm],
+        ylo[perm],
+        kernel,
+        True,
+        aa_taps(hh, rh, kernel)[perm],
+        dev,
+    )
     # per image: the ``geo`` rows of ``_window_starts`` / ``_window_rows``, with the flat index of
     # (channel 0, row r0) in its call's levels; each call converts only its own images to levels
     # (a few MB on a CPU: they stay in cache, no batch-sized float64 copy)
-    geo = torch.cat([torch.stack([r0 * ww, hh - 1 - r0, ww, hh * ww, torch.arange(b)], 1), xlo, ylo - r0.view(-1, 1)], 1)
+    geo = torch.cat(
+        [torch.stack([r0 * ww, hh - 1 - r0, ww, hh * ww, torch.arange(b)], 1), xlo, ylo - r0.view(-1, 1)], 1
+    )
     for q, (cly, cwx, cwy) in zip(calls, pad):
         src, base = _level_source(xs, q.tolist(), cwx)
         g = geo[q]
@@ -295,17 +330,50 @@ def clip_views_batch(
     wx, wy = (xhi - xlo).amax(1), (yhi - ylo).amax(1)  # the widest band per axis
     calls, pad = _window_calls(ly, wx, wy, px * c, dev)  # crops per call; (ly, wx, wy) padded per call
     perm = torch.cat(calls)
-    kx = aa_window_matrices(x0[perm], bw[perm], new_w[perm], left[perm], size, [(len(q), p[1]) for q, p in zip(calls, pad)],
-                            ww[perm], xlo[perm], "bicubic", True, crops.tx[perm], dev)
-    ky = aa_window_matrices(y0[perm], bh[perm], new_h[perm], top[perm], size, [(len(q), p[2]) for q, p in zip(calls, pad)],
-                            hh[perm], ylo[perm], "bicubic", True, crops.ty[perm], dev)
+    kx = aa_window_matrices(
+        x0[perm],
+        bw[perm],
+        new_w[perm],
+        left[perm],
+        size,
+        [(len(q), p[1]) for q, p in zip(calls, pad)],
+        ww[perm],
+        xlo[perm],
+        "bicubic",
+        True,
+        crops.tx[perm],
+        dev,
+    )
+    ky = aa_window_matrices(
+        y0[perm],
+        bh[perm],
+        new_h[perm],
+        top[perm],
+        size,
+        [(len(q), p[2]) for q, p in zip(calls, pad)],
+        hh[perm],
+        ylo[perm],
+        "bicubic",
+        True,
+        crops.ty[perm],
+        dev,
+    )
     src, base = _level_source(xs, crops.used, max(p[1] for p in pad))
     held = [src]  # released with the weights
     del src
     # per crop, in call order: flat index of (channel 0, row r0, column 0), last image row - r0,
     # image width, image plane, output row, band starts (columns; rows relative to r0)
-    geo = to_device(torch.cat([torch.stack([base[crops.img] + r0 * ww, hh - 1 - r0, ww, hh * ww, crops.dest], 1),
-                               xlo, ylo - r0.view(-1, 1)], 1)[perm], dev)
+    geo = to_device(
+        torch.cat(
+            [
+                torch.stack([base[crops.img] + r0 * ww, hh - 1 - r0, ww, hh * ww, crops.dest], 1),
+                xlo,
+                ylo - r0.view(-1, 1),
+            ],
+            1,
+        )[perm],
+        dev,
+    )
     for g, call_pad in zip(geo.split([len(q) for q in calls]), pad):
         _resample_views(out, held[0], g, kx.pop(0), ky.pop(0), px, c, call_pad)
     _release(kx, ky, held)
@@ -318,16 +386,22 @@ def _use_cpu_kernels(out: Tensor) -> bool:
     and not switched off (``ABS_CPU_KERNELS=0``: the matrix products, e.g. to compare)."""
     import os
 
-    return (out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and out.is_contiguous()
-            and os.environ.get("ABS_CPU_KERNELS", "1") != "0" and resample_cpu.available())
+    return (
+        out.device.type == "cpu"
+        and out.dtype in (torch.float32, torch.float64)
+        and out.is_contiguous()
+        and os.environ.get("ABS_CPU_KERNELS", "1") != "0"
+        and resample_cpu.available()
+    )
 
 
 #: One axis of the boxes ``_cpu_resample`` resamples: ``(start, length, resized, offset, taps)``, each per box.
 _Axis = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
-def _axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: Tensor,
-               kernel: str = "bicubic"):
+def _axis_taps(
+    start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: Tensor, kernel: str = "bicubic"
+):
     """Per crop, the fixed-point taps of one axis as ``resample_cpu`` takes them: by its compiled
     loop (``resample_cpu.axis_taps``), the numbers of ``resample.aa_weights`` (a crop's taps do
     not depend on the zero taps its call pads it with: ``resample._sum_in_order``). Evaluating
@@ -339,12 +413,30 @@ def _cpu_views(xs: Sequence[Tensor], crops: _Crops, size: int) -> None:
     """The views ``/ 255`` of ``crops`` into ``crops.out`` by the compiled integer loops:
     the same 8-bit levels as the matrix products (both are Pillow's arithmetic, exactly)."""
     x0, y0, bh, bw, new_h, new_w, top, left = crops.geometry
-    _cpu_resample(xs, crops.used, crops.img, crops.dest, (x0, bw, new_w, left, crops.tx),
-                  (y0, bh, new_h, top, crops.ty), size, "bicubic", crops.out)
+    _cpu_resample(
+        xs,
+        crops.used,
+        crops.img,
+        crops.dest,
+        (x0, bw, new_w, left, crops.tx),
+        (y0, bh, new_h, top, crops.ty),
+        size,
+        "bicubic",
+        crops.out,
+    )
 
 
-def _cpu_resample(xs: Sequence[Tensor], used: Sequence[int], img: Tensor, dest: Tensor, x_axis: _Axis,
-                  y_axis: _Axis, size: int, kernel: str, out: Tensor) -> None:
+def _cpu_resample(
+    xs: Sequence[Tensor],
+    used: Sequence[int],
+    img: Tensor,
+    dest: Tensor,
+    x_axis: _Axis,
+    y_axis: _Axis,
+    size: int,
+    kernel: str,
+    out: Tensor,
+) -> None:
     """``size x size`` resamplings of boxes of ``xs`` by ``resample_cpu`` into rows ``dest`` of
     ``out``; per axis ``(start, length, resized, offset, taps)`` per box (CPU int64)."""
     hx = _axis_taps(*x_axis[:4], size, x_axis[4], kernel)
@@ -367,8 +459,9 @@ class _Crops(NamedTuple):
     dest: Tensor  # output row of each crop
 
 
-def _batch_crops(xs: Sequence[Tensor], groups: Sequence[tuple[int, Tensor, int]], size: int, n_out: int | None,
-                 out: Tensor | None) -> _Crops:
+def _batch_crops(
+    xs: Sequence[Tensor], groups: Sequence[tuple[int, Tensor, int]], size: int, n_out: int | None, out: Tensor | None
+) -> _Crops:
     """The crops of ``clip_views_batch`` (CPU int64 tensors, groups of one image together) and
     the output buffer: what the windowed path and the dense reference share."""
     dev = xs[0].device
@@ -382,7 +475,9 @@ def _batch_crops(xs: Sequence[Tensor], groups: Sequence[tuple[int, Tensor, int]]
     if out is None:
         out = torch.empty(n_out, 3, size, size, dtype=dtype, device=dev)
     elif tuple(out.shape) != (n_out, 3, size, size) or out.dtype != dtype or out.device != dev:
-        raise ValueError(f"out must be [{n_out}, 3, {size}, {size}] {dtype} on {dev}, got {tuple(out.shape)} {out.dtype}")
+        raise ValueError(
+            f"out must be [{n_out}, 3, {size}, {size}] {dtype} on {dev}, got {tuple(out.shape)} {out.dtype}"
+        )
     x0, y0, x1, y1 = boxes.unbind(1)
     bh, bw = y1 - y0, x1 - x0
     new_h, new_w, top, left = resize_crop_geometry(bh, bw, size)
@@ -394,11 +489,23 @@ def _batch_crops(xs: Sequence[Tensor], groups: Sequence[tuple[int, Tensor, int]]
 
     used = sorted({g[0] for g in groups if len(g[1])})
     img = torch.tensor([groups[k][0] for k in order], dtype=torch.long)[gid]
-    hw = torch.tensor([[int(xs[b].shape[1]), int(xs[b].shape[2])] if b in used else [1, 1] for b in range(len(xs))],
-                      dtype=torch.long)[img]
+    hw = torch.tensor(
+        [[int(xs[b].shape[1]), int(xs[b].shape[2])] if b in used else [1, 1] for b in range(len(xs))], dtype=torch.long
+    )[img]
     dest = torch.cat([groups[k][2] + torch.arange(sizes[q]) for q, k in enumerate(order)])
-    return _Crops(out, int(boxes.shape[0]), order, sizes, used, (x0, y0, bh, bw, new_h, new_w, top, left),
-                  call_taps(bh, new_h), call_taps(bw, new_w), img, hw, dest)
+    return _Crops(
+        out,
+        int(boxes.shape[0]),
+        order,
+        sizes,
+        used,
+        (x0, y0, bh, bw, new_h, new_w, top, left),
+        call_taps(bh, new_h),
+        call_taps(bw, new_w),
+        img,
+        hw,
+        dest,
+    )
 
 
 def clip_views_batch_dense(
@@ -432,10 +539,21 @@ def clip_views_batch_dense(
             img_rows[-1] = (b, img_rows[-1][1] + n)
         else:
             img_rows.append((b, n))
-    ry = aa_matrices(y0, bh, new_h, top, size, [(n, int(xs[b].shape[1])) for b, n in img_rows], "bicubic", True,
-                     crops.ty, out.device)
-    rx = aa_matrices(x0, bw, new_w, left, size, [(n, int(xs[b].shape[2])) for b, n in img_rows], "bicubic", True,
-                     crops.tx, out.device)
+    ry = aa_matrices(
+        y0, bh, new_h, top, size, [(n, int(xs[b].shape[1])) for b, n in img_rows], "bicubic", True, crops.ty, out.device
+    )
+    rx = aa_matrices(
+        x0,
+        bw,
+        new_w,
+        left,
+        size,
+        [(n, int(xs[b].shape[2])) for b, n in img_rows],
+        "bicubic",
+        True,
+        crops.tx,
+        out.device,
+    )
     q = 0
     for j, (b, n) in enumerate(img_rows):
         ranges: list[tuple[int, int]] = []
@@ -499,7 +617,8 @@ def _window_calls(ly: Tensor, wx: Tensor, wy: Tensor, bands: int, device: torch.
         a += m
     call = torch.repeat_interleave(torch.arange(len(bounds)), torch.tensor([e - b for b, e in bounds]))
     pad = torch.zeros(len(bounds), 3, dtype=torch.long).scatter_reduce_(
-        0, call.view(-1, 1).expand(-1, 3), torch.stack([ly, wx, wy], 1)[order], "amax", include_self=False)
+        0, call.view(-1, 1).expand(-1, 3), torch.stack([ly, wx, wy], 1)[order], "amax", include_self=False
+    )
     return [order[b:e] for b, e in bounds], [tuple(p) for p in pad.tolist()]
 
 
@@ -535,8 +654,7 @@ def _window_starts(g: Tensor, px: int, ly: int, c: int) -> Tensor:
     m = g.shape[0]
     y = torch.minimum(torch.arange(ly, device=g.device).view(1, ly), g[:, 1:2])  # [m, ly]
     chan = torch.arange(c, device=g.device).view(1, 1, c, 1) * g[:, 3].view(m, 1, 1, 1)
-    return (g[:, 0].view(m, 1, 1, 1) + g[:, 5 : 5 + px].view(m, px, 1, 1)
-            + (y * g[:, 2:3]).view(m, 1, 1, ly) + chan)
+    return g[:, 0].view(m, 1, 1, 1) + g[:, 5 : 5 + px].view(m, px, 1, 1) + (y * g[:, 2:3]).view(m, 1, 1, ly) + chan
 
 
 def _window_rows(rel: Tensor, ly: int, wy: int) -> Tensor:
@@ -546,8 +664,9 @@ def _window_rows(rel: Tensor, ly: int, wy: int) -> Tensor:
     return torch.clamp(rel.unsqueeze(-1) + torch.arange(wy, device=rel.device), max=ly - 1)
 
 
-def _resample_views(out: Tensor, src: Tensor, g: Tensor, kx: Tensor, ky: Tensor, px: int, c: int,
-                    pad: tuple[int, int, int]) -> None:
+def _resample_views(
+    out: Tensor, src: Tensor, g: Tensor, kx: Tensor, ky: Tensor, px: int, c: int, pad: tuple[int, int, int]
+) -> None:
     """The views of one call's crops (``g``: their ``geo`` rows; ``pad``: the call's ``(ly, wx,
     wy)``): the window indices, the two windowed resampling products, then the stores into
     ``out`` (the temporaries are released here, with the arithmetic they belong to)."""

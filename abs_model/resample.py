@@ -162,7 +162,9 @@ def aa_weights(
     return w, col
 
 
-def _aa_bounds(length: Tensor, resized: Tensor, offset: Tensor, out_size: int, kernel: str, outputs: Tensor | None = None):
+def _aa_bounds(
+    length: Tensor, resized: Tensor, offset: Tensor, out_size: int, kernel: str, outputs: Tensor | None = None
+):
     """``(scale, support, center, xmin, xmax)`` of outputs ``offset .. offset + out_size - 1``
     (float64 ``[n, 1, 1]`` arguments, ``[n, out_size, 1]`` centres and bounds), or of the
     outputs ``offset + outputs`` only: output ``i`` reads the segment samples ``[xmin,
@@ -212,13 +214,15 @@ def aa_matrices(
     crop's window (what the crop resampling uses).
     """
     rows_list = [int(b[0]) for b in blocks]
-    full = torch.repeat_interleave(torch.tensor([int(b[1]) for b in blocks], dtype=torch.long),
-                                   torch.tensor(rows_list, dtype=torch.long))
+    full = torch.repeat_interleave(
+        torch.tensor([int(b[1]) for b in blocks], dtype=torch.long), torch.tensor(rows_list, dtype=torch.long)
+    )
     if sum(rows_list) != int(start.shape[0]):
         raise ValueError(f"blocks hold {sum(rows_list)} rows, got {int(start.shape[0])} crops")
     lo = torch.zeros(int(start.shape[0]), 1, dtype=torch.long)
-    return aa_window_matrices(start, length, resized, offset, out_size, blocks, full, lo, kernel, pil_fixed, taps,
-                              device)
+    return aa_window_matrices(
+        start, length, resized, offset, out_size, blocks, full, lo, kernel, pil_fixed, taps, device
+    )
 
 
 def aa_spans(
@@ -310,10 +314,25 @@ def aa_window_matrices(
         taps = taps.to("cpu", torch.int64)
         order = torch.argsort(taps, stable=True)
         values, counts = torch.unique_consecutive(taps[order], return_counts=True)
-        args = to_device(torch.cat([torch.stack([start.long().cpu(), length.long().cpu(), resized.long().cpu(),
-                                                 offset.long().cpu(), row_base, row_width,
-                                                 full_size.to("cpu", torch.int64).view(-1)]),
-                                    lo.T])[:, order], dev)
+        args = to_device(
+            torch.cat(
+                [
+                    torch.stack(
+                        [
+                            start.long().cpu(),
+                            length.long().cpu(),
+                            resized.long().cpu(),
+                            offset.long().cpu(),
+                            row_base,
+                            row_width,
+                            full_size.to("cpu", torch.int64).view(-1),
+                        ]
+                    ),
+                    lo.T,
+                ]
+            )[:, order],
+            dev,
+        )
         i = torch.arange(out_size, device=dev).view(1, -1, 1)
         part_of = to_device(part_of, dev)
         # On a CPU, rows in cache-sized chunks (the temporaries stay in cache; 2x faster
@@ -553,7 +572,12 @@ def pil_window_levels(src: Tensor, starts: Tensor, kx: Tensor, ky: Tensor, rows:
         idx = (crop_part * c + torch.arange(c, device=dev).view(1, c, 1, 1, 1)) * ly + rows.view(m, 1, py, wy, 1)
         band = tmp.view(-1, ow // px).index_select(0, idx.reshape(-1)).view(m * c * py, wy, ow)
     del tmp
-    kyc = torch.mul(ky, unit).view(m, 1, py, oh // py, wy).expand(m, c, py, oh // py, wy).reshape(m * c * py, oh // py, wy)
+    kyc = (
+        torch.mul(ky, unit)
+        .view(m, 1, py, oh // py, wy)
+        .expand(m, c, py, oh // py, wy)
+        .reshape(m * c * py, oh // py, wy)
+    )
     out = _pil_round(torch.baddbmm(half, kyc, band))  # [m*c*py, oh/py, ow]
     return out.view(m, c, oh, ow)
 
@@ -594,7 +618,10 @@ def _split_weights(k: Tensor) -> Tensor | None:
     h = torch.round(k * (1.0 / (1 << _SPLIT_BITS)))
     r = k - h * (1 << _SPLIT_BITS)
     limit = float(1 << 24)
-    if float(h.abs().sum(-1).max()) * 255 + (1 << 17) >= limit or float(r.abs().sum(-1).max()) * 255 + (1 << 21) >= limit:
+    if (
+        float(h.abs().sum(-1).max()) * 255 + (1 << 17) >= limit
+        or float(r.abs().sum(-1).max()) * 255 + (1 << 21) >= limit
+    ):
         return None
     return torch.stack([h, r], 1).float()
 
@@ -606,8 +633,9 @@ def _split_round(acc: Tensor, axis: int) -> Tensor:
     return torch.add(hh, q).mul_(1.0 / (1 << (_PIL_PRECISION_BITS - _SPLIT_BITS))).floor_().clamp_(0.0, 255.0)
 
 
-def _split_passes(patches: Tensor, kx: Tensor, ky: Tensor, rows: Tensor | None, m: int, px: int, c: int,
-                  ly: int) -> Tensor:
+def _split_passes(
+    patches: Tensor, kx: Tensor, ky: Tensor, rows: Tensor | None, m: int, px: int, c: int, ly: int
+) -> Tensor:
     """``pil_window_levels`` in exact float32 (float32 ``patches``, split weights)."""
     dev = patches.device
     _, _, ow, wx = kx.shape
@@ -628,7 +656,12 @@ def _split_passes(patches: Tensor, kx: Tensor, ky: Tensor, rows: Tensor | None, 
         band = tmp.view(-1, bo).index_select(0, idx.reshape(-1)).view(m * c * py, wy, ow)
     del tmp
     bh = oh // py
-    kyc = (ky.view(m, 2, py, bh, wy).transpose(1, 2).reshape(m, 1, py, 2 * bh, wy)
-           .expand(m, c, py, 2 * bh, wy).reshape(m * c * py, 2 * bh, wy))
+    kyc = (
+        ky.view(m, 2, py, bh, wy)
+        .transpose(1, 2)
+        .reshape(m, 1, py, 2 * bh, wy)
+        .expand(m, c, py, 2 * bh, wy)
+        .reshape(m * c * py, 2 * bh, wy)
+    )
     out = _split_round(torch.bmm(kyc, band), 1)  # [m*c*py, bh, ow]
     return out.view(m, c, oh, ow).double()

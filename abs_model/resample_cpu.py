@@ -169,8 +169,12 @@ def _taps_kernel(start, length, resized, offset, bicubic, first, count, weights)
 
 _compiled: dict = {}
 _compile_lock = threading.Lock()
-_KERNELS = {"crops": "_kernel", "levels": "_levels_kernel", "taps": "_taps_kernel",
-            "transpose": "_transpose_kernel"}  # resolved at first use
+_KERNELS = {
+    "crops": "_kernel",
+    "levels": "_levels_kernel",
+    "taps": "_taps_kernel",
+    "transpose": "_transpose_kernel",
+}  # resolved at first use
 
 
 def _get_kernel(name: str = "crops"):
@@ -197,8 +201,7 @@ def taps_of(w: Tensor, col: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     first = col[:, :, 0]
     used = col == first.unsqueeze(-1) + torch.arange(col.shape[-1])
     count = used.sum(-1)
-    return (first.to(torch.int32).numpy(), count.to(torch.int32).numpy(),
-            w.to(torch.int32).contiguous().numpy())
+    return (first.to(torch.int32).numpy(), count.to(torch.int32).numpy(), w.to(torch.int32).contiguous().numpy())
 
 
 def _levels_kernel(x, dst):
@@ -248,8 +251,9 @@ def transposed_levels(xs, used) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return src, base, hh, ww
 
 
-def axis_taps(start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: int,
-              kernel: str = "bicubic") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def axis_taps(
+    start: Tensor, length: Tensor, resized: Tensor, offset: Tensor, size: int, taps: int, kernel: str = "bicubic"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(first, count, weights)`` of one axis per crop (CPU int64 geometry), as ``taps_of``
     returns them for ``resample.aa_weights`` with ``pil_fixed``: by the compiled loop, ~100x
     less CPU time than the tensor expression for 64-output crops."""
@@ -268,5 +272,18 @@ def crop_levels(src, base, hh, ww, img, hx, vy, out: Tensor, dest: Tensor) -> No
     """Run the kernel: views ``/ 255`` written into ``out`` (CPU float tensor ``[n_out, C, S, S]``,
     contiguous) at rows ``dest``. ``hx``/``vy``: ``taps_of`` of each axis."""
     kernel = _get_kernel()
-    kernel(src, base, hh, ww, img.numpy().astype(np.int64), hx[0], hx[1], hx[2], vy[0], vy[1], vy[2],
-           out.numpy(), dest.numpy().astype(np.int64))
+    kernel(
+        src,
+        base,
+        hh,
+        ww,
+        img.numpy().astype(np.int64),
+        hx[0],
+        hx[1],
+        hx[2],
+        vy[0],
+        vy[1],
+        vy[2],
+        out.numpy(),
+        dest.numpy().astype(np.int64),
+    )

@@ -62,15 +62,19 @@ def average_match(crops: Tensor, desc: Tensor, mask: Tensor | None, tau: float) 
     pairs): the ablation of soft matching. Computed as ``(sum_n v_n) . mean_m t[c, m] / tau`` with
     ``cosine_logits`` (a row-wise float64 product), so an image's logits do not depend on the batch.
     """
-    w = (torch.ones(desc.shape[:2], dtype=desc.dtype, device=desc.device) if mask is None
-         else mask.to(device=desc.device, dtype=desc.dtype))
+    w = (
+        torch.ones(desc.shape[:2], dtype=desc.dtype, device=desc.device)
+        if mask is None
+        else mask.to(device=desc.device, dtype=desc.dtype)
+    )
     mean_t = (desc * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
     return cosine_logits(crops.sum(1), mean_t, scale=1.0 / tau)
 
 
 #: How crop features meet the description features: name -> fn(crops [B, n, D], desc [C, M, D], mask, tau) -> [B, C].
 MATCHINGS: dict[str, Callable[[Tensor, Tensor, Tensor | None, float], Tensor]] = {
-    "soft": soft_logits, "average": average_match,
+    "soft": soft_logits,
+    "average": average_match,
 }
 
 
@@ -125,8 +129,14 @@ class VariantSpec:
     def config(self, stored: ABSConfig) -> ABSConfig:
         """The ``ABSConfig`` of the run this variant stands for: ``stored`` with N', M', tau and the branches."""
         raw, feature = CROP_KINDS[self.crop_kinds]
-        return replace(stored, n_crops=self.n_crops, n_descriptions=self.n_descriptions, tau=self.tau,
-                       raw_crops=raw, feature_crops=feature)
+        return replace(
+            stored,
+            n_crops=self.n_crops,
+            n_descriptions=self.n_descriptions,
+            tau=self.tau,
+            raw_crops=raw,
+            feature_crops=feature,
+        )
 
     def is_prefix(self, stored: ABSConfig) -> bool:
         """Whether the variant keeps fewer crops than the run drew (then it differs from a fresh run's draws)."""
@@ -147,8 +157,10 @@ class VariantSpec:
             kept = [k for k, on in (("raw", stored.raw_crops), ("feature", stored.feature_crops)) if on]
             problems.append(f"crop_kinds={self.crop_kinds}: the run kept only {'/'.join(kept)}-space crops")
         if self.n_descriptions > stored.n_descriptions:
-            problems.append(f"n_descriptions={self.n_descriptions}: the run encoded M={stored.n_descriptions} "
-                            "descriptions per class")
+            problems.append(
+                f"n_descriptions={self.n_descriptions}: the run encoded M={stored.n_descriptions} "
+                "descriptions per class"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -194,8 +206,14 @@ def select_crops(crop_features: Tensor, stored: ABSConfig, spec: VariantSpec) ->
 
 def variant_text(text: TextBank, n_descriptions: int) -> TextBank:
     """The text bank an M'-run holds: each class's first M' descriptions (``cupl`` follows them)."""
-    return TextBank(text.classnames, text.descriptions[:, :n_descriptions], text.mask[:, :n_descriptions],
-                    text.prompt, text.ensemble, text.subset)
+    return TextBank(
+        text.classnames,
+        text.descriptions[:, :n_descriptions],
+        text.mask[:, :n_descriptions],
+        text.prompt,
+        text.ensemble,
+        text.subset,
+    )
 
 
 def variant_logits(
@@ -222,11 +240,14 @@ def variant_logits(
         raise ValueError(f"crop_features must be [B, n, D], got shape {tuple(crop_features.shape)}")
     want = stored_crop_count(stored)
     if crop_features.shape[1] != want:
-        raise ValueError(f"{crop_features.shape[1]} stored crops per image; a run with N={stored.n_crops} "
-                         f"(raw={stored.raw_crops}, feature={stored.feature_crops}) stores {want}")
+        raise ValueError(
+            f"{crop_features.shape[1]} stored crops per image; a run with N={stored.n_crops} "
+            f"(raw={stored.raw_crops}, feature={stored.feature_crops}) stores {want}"
+        )
     if crop_features.shape[-1] != text.descriptions.shape[-1]:
-        raise ValueError(f"crop features have dimension {crop_features.shape[-1]}, "
-                         f"text features {text.descriptions.shape[-1]}")
+        raise ValueError(
+            f"crop features have dimension {crop_features.shape[-1]}, text features {text.descriptions.shape[-1]}"
+        )
     spec.check_against(stored)
     bank = variant_text(text, spec.n_descriptions)
     dev, fdt = crop_features.device, crop_features.dtype
@@ -236,8 +257,10 @@ def variant_logits(
     logits = {"abs": MATCHINGS[spec.matching](crops, desc, mask, spec.tau)}
     if global_features is not None:
         if global_features.shape != (crop_features.shape[0], crop_features.shape[-1]):
-            raise ValueError(f"global_features must be [{crop_features.shape[0]}, {crop_features.shape[-1]}], "
-                             f"got {tuple(global_features.shape)}")
+            raise ValueError(
+                f"global_features must be [{crop_features.shape[0]}, {crop_features.shape[-1]}], "
+                f"got {tuple(global_features.shape)}"
+            )
         baselines = {"clip": bank.prompt, "clip-e": bank.ensemble, "cupl": bank.cupl}
         g = global_features.to(dev, fdt)
         for name, class_features in baselines.items():

@@ -70,8 +70,9 @@ def random_text(clip: CLIPBackbone, classes: int, m: int) -> TextBank:
     d = clip.embed_dim
     desc = F.normalize(torch.randn(classes, m, d, generator=g), dim=-1)
     proto = F.normalize(torch.randn(classes, d, generator=g), dim=-1)
-    return TextBank([f"class {i}" for i in range(classes)], desc, torch.ones(classes, m, dtype=torch.bool),
-                    proto, proto.clone())
+    return TextBank(
+        [f"class {i}" for i in range(classes)], desc, torch.ones(classes, m, dtype=torch.bool), proto, proto.clone()
+    )
 
 
 def sync(device):
@@ -95,10 +96,21 @@ def matmul_gflops(device, dtype, n=4096, reps=5) -> float:
 def per_image_path(clf: ABSClassifier, images, ids):
     """One image at a time, PIL crops in a loop (the authors' data path)."""
     cfg, clip, dino = clf.config, clf.clip, clf.dino
-    pre = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
-                     T.Normalize(clip.norm.mean, clip.norm.std)])
-    pre_dino = T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
-                          T.Normalize(dino.norm.mean, dino.norm.std)])
+    pre = T.Compose(
+        [
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(clip.norm.mean, clip.norm.std),
+        ]
+    )
+    pre_dino = T.Compose(
+        [
+            T.Resize((224, 224), interpolation=T.InterpolationMode.BILINEAR),
+            T.ToTensor(),
+            T.Normalize(dino.norm.mean, dino.norm.std),
+        ]
+    )
     desc, mask = clf._text_dev["desc"], clf._text_dev["mask"]
     G, D = clip.grid, dino.grid
     preds = []
@@ -122,7 +134,9 @@ def per_image_path(clf: ABSClassifier, images, ids):
         for n in range(cfg.n_crops):
             r, c = int(dr.feature_cells[n]) // D, int(dr.feature_cells[n]) % D
             rr, cc, s = r * G // D, c * G // D, int(dr.feature_sides[n])
-            win = grid[:, :, max(0, rr - s // 2): min(G, rr + s // 2 + 1), max(0, cc - s // 2): min(G, cc + s // 2 + 1)]
+            win = grid[
+                :, :, max(0, rr - s // 2) : min(G, rr + s // 2 + 1), max(0, cc - s // 2) : min(G, cc + s // 2 + 1)
+            ]
             win = F.interpolate(win, size=(G, G), mode="bicubic", align_corners=False)
             feats.append(F.normalize(clip.head(torch.cat([tok[:, :1], win.flatten(2).transpose(1, 2)], 1)), dim=-1))
         v = torch.cat([raw, torch.cat(feats)])[None]
@@ -135,8 +149,17 @@ def per_image_path(clf: ABSClassifier, images, ids):
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-def preprocess_paths(images, ids, cfg: ABSConfig, repeats: int, mean=CLIP_MEAN, std=CLIP_STD, size: int = 224,
-                     grid: int = 14, dino_grid: int = 14) -> dict:
+def preprocess_paths(
+    images,
+    ids,
+    cfg: ABSConfig,
+    repeats: int,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+    size: int = 224,
+    grid: int = 14,
+    dino_grid: int = 14,
+) -> dict:
     """Seconds per image of the CLIP views alone (each image's global view and N raw crops, no
     model): the per-image path's PIL loop (``pil.crop`` and torchvision's Resize / CenterCrop /
     ToTensor / Normalize per crop, one thread), the batched windowed views and the dense
@@ -156,12 +179,19 @@ def preprocess_paths(images, ids, cfg: ABSConfig, repeats: int, mean=CLIP_MEAN, 
         vals, idx = torch.topk(torch.rand(dino_grid**2, generator=g), cfg.top_k)
         dr = draw_crops(idx, vals, W, H, grid, cfg, image_generator(cfg.seed, iid))
         boxes.append(raw_boxes(dr.raw_cells, dr.raw_widths, dr.raw_heights, W, H, dino_grid))
-    pre = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
-                     T.Normalize(mean, std)])
+    pre = T.Compose(
+        [
+            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
     def pil_loop():
-        return torch.cat([torch.stack([pre(pil)] + [pre(pil.crop(tuple(b))) for b in bx.tolist()])
-                          for pil, bx in zip(images, boxes)])
+        return torch.cat(
+            [torch.stack([pre(pil)] + [pre(pil.crop(tuple(b))) for b in bx.tolist()]) for pil, bx in zip(images, boxes)]
+        )
 
     B, n = len(images), cfg.n_crops
 
@@ -173,32 +203,44 @@ def preprocess_paths(images, ids, cfg: ABSConfig, repeats: int, mean=CLIP_MEAN, 
             groups = [(b, torch.tensor([[0, 0, pil.size[0], pil.size[1]]]), b) for b, pil in enumerate(images)]
             groups += [(b, boxes[b], B + b * n) for b in range(B)]
             return fn(xs, groups, size, mean, std, B * (1 + n), out=buf)
+
         return run
 
-    paths = {"PIL loop (per-image path)": pil_loop, "batched, windowed": batched(clip_views_batch),
-             "batched, dense (before)": batched(clip_views_batch_dense)}
+    paths = {
+        "PIL loop (per-image path)": pil_loop,
+        "batched, windowed": batched(clip_views_batch),
+        "batched, dense (before)": batched(clip_views_batch_dense),
+    }
     best, outs = side_by_side(paths, repeats)
     pil_name, win_name, dense_name = paths
     for name in (win_name, dense_name):  # rows per image (global view, then its crops), as the PIL loop has them
         v = outs[name]
         outs[name] = torch.cat([torch.cat([v[b : b + 1], v[B + b * n : B + (b + 1) * n]]) for b in range(B)])
-    levels = [(outs[k] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)) * 255
-              for k in (pil_name, win_name)]
-    return {"s_per_image": {k: v / len(images) for k, v in best.items()},
-            "windowed_equals_dense": torch.equal(outs[win_name], outs[dense_name]),
-            "pil_vs_windowed_max_levels": float((levels[0] - levels[1]).abs().max()),
-            "pil_vs_windowed_share_differing": float(((levels[0] - levels[1]).abs() > 0.5).float().mean())}
+    levels = [
+        (outs[k] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)) * 255
+        for k in (pil_name, win_name)
+    ]
+    return {
+        "s_per_image": {k: v / len(images) for k, v in best.items()},
+        "windowed_equals_dense": torch.equal(outs[win_name], outs[dense_name]),
+        "pil_vs_windowed_max_levels": float((levels[0] - levels[1]).abs().max()),
+        "pil_vs_windowed_share_differing": float(((levels[0] - levels[1]).abs() > 0.5).float().mean()),
+    }
 
 
 def print_preprocess(res: dict, n_images: int, n_crops: int) -> None:
-    print(f"CLIP views only (global + {n_crops} crops per image, {n_images} images, {torch.get_num_threads()} torch "
-          f"thread(s); PIL: one thread):")
+    print(
+        f"CLIP views only (global + {n_crops} crops per image, {n_images} images, {torch.get_num_threads()} torch "
+        f"thread(s); PIL: one thread):"
+    )
     ref = res["s_per_image"]["PIL loop (per-image path)"]
     for name, v in res["s_per_image"].items():
         print(f"  {name:<28s}{v:8.3f} s/image  ({v / ref:.2f}x the PIL loop)")
-    print(f"  windowed == dense bit for bit: {res['windowed_equals_dense']}; PIL loop vs windowed: max "
-          f"{res['pil_vs_windowed_max_levels']:.1f} levels, {100 * res['pil_vs_windowed_share_differing']:.1f}% of "
-          f"values differ (Pillow {PIL.__version__}; >= 13 resizes some shapes vertically first)")
+    print(
+        f"  windowed == dense bit for bit: {res['windowed_equals_dense']}; PIL loop vs windowed: max "
+        f"{res['pil_vs_windowed_max_levels']:.1f} levels, {100 * res['pil_vs_windowed_share_differing']:.1f}% of "
+        f"values differ (Pillow {PIL.__version__}; >= 13 resizes some shapes vertically first)"
+    )
 
 
 def main() -> None:
@@ -209,15 +251,22 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=60)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--descriptions", type=int, default=50)
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="CLIP rows per forward in the batched path (default: 16 on CPU, 512 on CUDA)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="CLIP rows per forward in the batched path (default: 16 on CPU, 512 on CUDA)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on cuda)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the CLIP trunk and head (batched path)")
     ap.add_argument("--clip", default="ViT-B-16")
     ap.add_argument("--dino", default="vit_base_patch16_224.dino")
-    ap.add_argument("--preprocess-only", action="store_true",
-                    help="only the CLIP views: PIL loop vs batched windowed vs dense (no models)")
+    ap.add_argument(
+        "--preprocess-only",
+        action="store_true",
+        help="only the CLIP views: PIL loop vs batched windowed vs dense (no models)",
+    )
     args = ap.parse_args()
 
     from abs_model.device import resolve_device, resolve_precision
@@ -231,19 +280,34 @@ def main() -> None:
         res = preprocess_paths(images, [f"bench/{i}" for i in range(len(images))], cfg, args.repeats)
         print_preprocess(res, len(images), cfg.n_crops)
         return
-    print(f"device={device} autocast={prec} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"compile={args.compile}")
+    print(
+        f"device={device} autocast={prec} threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"compile={args.compile}"
+    )
     print("weights: RANDOM (speed does not depend on weight values; nothing is downloaded)")
     clip = CLIPBackbone.load(ModelSpec(args.clip), device)
     dino = DINOBackbone.load(ModelSpec(args.dino), device)
     cfg = ABSConfig(n_crops=args.crops, n_descriptions=args.descriptions)
-    clf = ABSClassifier(clip, dino, random_text(clip, args.classes, args.descriptions), cfg, device,
-                        args.precision, batch_size=args.batch_size, compile=args.compile)
+    clf = ABSClassifier(
+        clip,
+        dino,
+        random_text(clip, args.classes, args.descriptions),
+        cfg,
+        device,
+        args.precision,
+        batch_size=args.batch_size,
+        compile=args.compile,
+    )
     images = make_images(args.images)
     ids = [f"bench/{i}" for i in range(len(images))]
     n_per = args.per_image if args.per_image is not None else len(images)
-    print_preprocess(preprocess_paths(images, ids, cfg, args.repeats, clip.norm.mean, clip.norm.std, clip.norm.size,
-                                      clip.grid, dino.grid), len(images), cfg.n_crops)
+    print_preprocess(
+        preprocess_paths(
+            images, ids, cfg, args.repeats, clip.norm.mean, clip.norm.std, clip.norm.size, clip.grid, dino.grid
+        ),
+        len(images),
+        cfg.n_crops,
+    )
 
     # FLOPs of every model forward the batched path runs, counted on single passes
     # (attention matmuls included, see benchmarks/flops.py).
@@ -283,13 +347,17 @@ def main() -> None:
     print(f"{'batched':<12}{len(images):>8}{t_batched:>10.2f}{ips_b:>11.3f}{1 / ips_b:>9.2f}")
     print(f"{'per-image':<12}{n_per:>8}{t_ref:>10.2f}{ips_r:>11.3f}{1 / ips_r:>9.2f}")
     print(f"speed-up batched / per-image: {ips_b / ips_r:.2f}x   (same ABS argmax on {agree}/{n_per} images)")
-    print(f"batched path: {gf_model:.1f} GFLOP/s on model forwards = {100 * gf_model / mm:.0f}% of matmul "
-          f"({gf_all:.1f} GFLOP/s = {100 * gf_all / mm:.0f}% counting the matching too)")
+    print(
+        f"batched path: {gf_model:.1f} GFLOP/s on model forwards = {100 * gf_model / mm:.0f}% of matmul "
+        f"({gf_all:.1f} GFLOP/s = {100 * gf_all / mm:.0f}% counting the matching too)"
+    )
     if device.type == "cuda":
         peak = 989.0 if prec is not None else 67.0
-        print(f"share of an H100/H200 dense {('bf16' if prec is not None else 'fp32')} peak (~{peak:.0f} TFLOP/s): "
-              f"{100 * gf_model / 1e3 / peak:.1f}%; ImageNet val (50,000 images) would take "
-              f"{50000 / ips_b / 60:.1f} min")
+        print(
+            f"share of an H100/H200 dense {('bf16' if prec is not None else 'fp32')} peak (~{peak:.0f} TFLOP/s): "
+            f"{100 * gf_model / 1e3 / peak:.1f}%; ImageNet val (50,000 images) would take "
+            f"{50000 / ips_b / 60:.1f} min"
+        )
     else:
         print(f"ImageNet val (50,000 images) at this rate: {50000 / ips_b / 3600:.1f} h on this machine")
 

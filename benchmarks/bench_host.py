@@ -83,8 +83,18 @@ SIZES = [(500, 375), (375, 500), (500, 333)]
 
 # (category, function names) wrapped wherever the pipeline modules call them.
 CATEGORIES = {
-    "resample": ("apply_separable", "apply_separable_batch", "_pil_separable", "_pil_levels", "_resample_views",
-                 "pil_window_levels", "_level_source", "_window_starts", "_window_rows", "_dense_views"),
+    "resample": (
+        "apply_separable",
+        "apply_separable_batch",
+        "_pil_separable",
+        "_pil_levels",
+        "_resample_views",
+        "pil_window_levels",
+        "_level_source",
+        "_window_starts",
+        "_window_rows",
+        "_dense_views",
+    ),
     # per-crop pixel passes after the resampling matmuls: storing the views into the
     # model-input buffer and normalising them (O(crops x 224^2) elementwise work)
     "pixels": ("_store_views", "_store_rows", "_normalize_views"),
@@ -92,12 +102,27 @@ CATEGORIES = {
     # weights (O(crops x 224 x window)); the dense reference's O(crops x 224 x image side)
     # matrices (the old aa_matrix did it inside)
     "dense": ("_dense_scatter", "_release"),
-    "matrices": ("aa_matrix", "bicubic_matrix", "aa_weights", "aa_matrices", "aa_taps", "resize_crop_geometry",
-                 "aa_spans", "aa_window_matrices", "_window_calls"),
+    "matrices": (
+        "aa_matrix",
+        "bicubic_matrix",
+        "aa_weights",
+        "aa_matrices",
+        "aa_taps",
+        "resize_crop_geometry",
+        "aa_spans",
+        "aa_window_matrices",
+        "_window_calls",
+    ),
     "input": ("to_tensor_image", "image_tensor", "to_float_image", "limit_size"),
     "views": ("clip_views", "clip_views_batch", "clip_views_batch_dense", "normalize"),
-    "geometry": ("image_generator", "draw_crops", "raw_boxes", "feature_windows",
-                 "draw_crops_batch", "_to_working_batch"),
+    "geometry": (
+        "image_generator",
+        "draw_crops",
+        "raw_boxes",
+        "feature_windows",
+        "draw_crops_batch",
+        "_to_working_batch",
+    ),
     "matching": ("soft_match", "cosine_logits"),
 }
 MODULES = ("abs_model.classifier", "abs_model.preprocess", "abs_model.sampling", "abs_model.resample")
@@ -152,6 +177,7 @@ class Timer:
 
     def wrap_iter(self, cat: str, fn):
         """A generator function whose ``next()`` waits count to ``cat``."""
+
         def wrapped(*a, **k):
             it = fn(*a, **k)
             while True:
@@ -175,7 +201,9 @@ class OpCounter(TorchDispatchMode):
     kernel launch on a GPU (allocations and views are not counted); ``.item()`` and
     friends (``_local_scalar_dense``) are device-to-host synchronisations there."""
 
-    NO_KERNEL: ClassVar[frozenset] = frozenset({"empty", "empty_strided", "lift_fresh", "detach", "alias", "_local_scalar_dense", "item"})
+    NO_KERNEL: ClassVar[frozenset] = frozenset(
+        {"empty", "empty_strided", "lift_fresh", "detach", "alias", "_local_scalar_dense", "item"}
+    )
 
     def __init__(self, timer: Timer):
         super().__init__()
@@ -264,8 +292,13 @@ def build_classifier(device: str, batch_size: int | None, classes: int, m: int):
     d = clip.embed_dim
     desc = F.normalize(torch.randn(classes, m, d, generator=g), dim=-1)
     proto = F.normalize(torch.randn(classes, d, generator=g), dim=-1)
-    text = TextBank([f"class {i}" for i in range(classes)], desc, torch.ones(classes, m, dtype=torch.bool),
-                    proto, F.normalize(proto + 0.1, dim=-1))
+    text = TextBank(
+        [f"class {i}" for i in range(classes)],
+        desc,
+        torch.ones(classes, m, dtype=torch.bool),
+        proto,
+        F.normalize(proto + 0.1, dim=-1),
+    )
     cfg = ABSConfig(n_crops=60, top_k=20, n_descriptions=m)
     return ABSClassifier(clip, dino, text, cfg, device=device, batch_size=batch_size)
 
@@ -332,8 +365,13 @@ def bench_predict(clf, images, ids, batch: int, reps: int, modes: dict | None = 
         # resampling weights and windows grouped as on a GPU: one pass per tap count, large
         # resampling calls, not CPU-cache-sized chunks)
         timer = Timer(dev)
-        with ctx(), patched(timer, clf), OpCounter(timer) as counter, _attr(resample, "_CPU_ROWS", 1 << 40), \
-                _attr(preprocess, "_CPU_CALL_SAMPLES", getattr(preprocess, "_DEVICE_CALL_SAMPLES", 0)):
+        with (
+            ctx(),
+            patched(timer, clf),
+            OpCounter(timer) as counter,
+            _attr(resample, "_CPU_ROWS", 1 << 40),
+            _attr(preprocess, "_CPU_CALL_SAMPLES", getattr(preprocess, "_DEVICE_CALL_SAMPLES", 0)),
+        ):
             for k, s in enumerate(range(0, len(images), batch)):
                 clf.predict(images[s : s + batch], ids[s : s + batch], dino_topk=topks[k])
         best[name]["ops"] = sum(counter.ops.values()) / len(images)
@@ -376,20 +414,42 @@ def write_shard(root: str, dataset: str, blobs: list[bytes], clf, real_dino: boo
     rows = []
     for i, b in enumerate(blobs):
         w, h = SIZES[i % len(SIZES)]
-        rows.append({"image_id": f"img{i:06d}", "label": i % 1000, "class_name": f"class {i % 1000}", "image": b,
-                     "sha256": hashlib.sha256(b).hexdigest(), "width": w, "height": h, "source": f"x/img{i}.jpg",
-                     "status": "ok", "error": None, "format": "JPEG", "mode": "RGB", "n_bytes": len(b)})
+        rows.append(
+            {
+                "image_id": f"img{i:06d}",
+                "label": i % 1000,
+                "class_name": f"class {i % 1000}",
+                "image": b,
+                "sha256": hashlib.sha256(b).hexdigest(),
+                "width": w,
+                "height": h,
+                "source": f"x/img{i}.jpg",
+                "status": "ok",
+                "error": None,
+                "format": "JPEG",
+                "mode": "RGB",
+                "n_bytes": len(b),
+            }
+        )
     st.write_parquet(shard_part(dataset, 0), pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
     st.mark_done(marker_key(shard_part(dataset, 0)), {"n_images": len(rows)})
     if real_dino:
         r = dino_shard(st, dataset, 0, "bench", clf.dino, max_image_side=clf.config.max_image_side, device=clf.device)
         return st, r.path
     g = np.random.default_rng(0)
-    cells = clf.dino.grid ** 2
+    cells = clf.dino.grid**2
     att = g.random((len(rows), cells), dtype=np.float32)
-    table = pa.table({"image_id": [r["image_id"] for r in rows], "shard": [0] * len(rows),
-                      "grid": [clf.dino.grid] * len(rows), "attention": list(att / att.sum(1, keepdims=True)),
-                      "status": ["ok"] * len(rows), "error": [None] * len(rows)}, schema=DINO_SCHEMA)
+    table = pa.table(
+        {
+            "image_id": [r["image_id"] for r in rows],
+            "shard": [0] * len(rows),
+            "grid": [clf.dino.grid] * len(rows),
+            "attention": list(att / att.sum(1, keepdims=True)),
+            "status": ["ok"] * len(rows),
+            "error": [None] * len(rows),
+        },
+        schema=DINO_SCHEMA,
+    )
     st.write_parquet("dino-random.parquet", table)
     return st, "dino-random.parquet"
 
@@ -422,20 +482,34 @@ def stub_predict(clf):
             D, G = clf.dino.grid, clf.clip.grid
             geoms = []
             for b in range(len(xs)):
-                dr = draw_crops(idx[b], val[b], widths[b], heights[b], G, clf.config,
-                                image_generator(clf.config.seed, image_ids[b]))
-                geoms.append(CropGeometry(
-                    image_ids[b], widths[b], heights[b], D, G, idx[b], val[b], dr.raw_cells,
-                    raw_boxes(dr.raw_cells, dr.raw_widths, dr.raw_heights, widths[b], heights[b], D),
-                    dr.feature_cells, feature_windows(dr.feature_cells, dr.feature_sides, G, D)))
+                dr = draw_crops(
+                    idx[b], val[b], widths[b], heights[b], G, clf.config, image_generator(clf.config.seed, image_ids[b])
+                )
+                geoms.append(
+                    CropGeometry(
+                        image_ids[b],
+                        widths[b],
+                        heights[b],
+                        D,
+                        G,
+                        idx[b],
+                        val[b],
+                        dr.raw_cells,
+                        raw_boxes(dr.raw_cells, dr.raw_widths, dr.raw_heights, widths[b], heights[b], D),
+                        dr.feature_cells,
+                        feature_windows(dr.feature_cells, dr.feature_sides, G, D),
+                    )
+                )
         g = torch.Generator().manual_seed(len(image_ids))
         B = len(xs)
         logits = {m: torch.randn(B, C, generator=g) for m in methods}
         extras = {}
         if return_features:
             d = clf.clip.embed_dim
-            extras = {"crop_features": torch.randn(B, n_feat, d, generator=g),
-                      "global_features": torch.randn(B, d, generator=g)}
+            extras = {
+                "crop_features": torch.randn(B, n_feat, d, generator=g),
+                "global_features": torch.randn(B, d, generator=g),
+            }
         return Prediction(list(image_ids), logits, geoms, clf.text.subset, extras)
 
     return predict
@@ -458,7 +532,9 @@ def bench_infer(clf, blobs: list[bytes], batch: int, reps: int, keep_features: b
         timer = Timer(clf.device)
         missing = [n for names in INFER_CATEGORIES.values() for n in names if not hasattr(infer, n)]
         if missing:  # a renamed function would silently drop out of its category's time
-            raise RuntimeError(f"bench_host: no function {', '.join(missing)} in {infer.__name__}: update INFER_CATEGORIES")
+            raise RuntimeError(
+                f"bench_host: no function {', '.join(missing)} in {infer.__name__}: update INFER_CATEGORIES"
+            )
         extra = [(infer, name, cat) for cat, names in INFER_CATEGORIES.items() for name in names]
         extra += [(st, "write_parquet", "write"), (st, "mark_done", "commit")]
         with contextlib.ExitStack() as stack:
@@ -468,9 +544,19 @@ def bench_infer(clf, blobs: list[bytes], batch: int, reps: int, keep_features: b
             stack.enter_context(patched(timer, clf, extra, inner=False))
             timer.sync()
             t0 = time.perf_counter()
-            res = infer.infer_shard(st, clf, dataset="bench", model="m", config="c", shard=0, dino_path=dino_path,
-                                    classnames=classnames, run_id="bench", images_per_batch=batch,
-                                    keep_features=keep_features)
+            res = infer.infer_shard(
+                st,
+                clf,
+                dataset="bench",
+                model="m",
+                config="c",
+                shard=0,
+                dino_path=dino_path,
+                classnames=classnames,
+                run_id="bench",
+                images_per_batch=batch,
+                keep_features=keep_features,
+            )
             timer.sync()
             total = time.perf_counter() - t0
         assert res.n_ok == n, res
@@ -533,9 +619,11 @@ def report(res: dict, before: dict | None, labels: tuple[str, str] = ("before", 
 
     lines = []
     hdr = f"{'ms per image':52s}" + (f"{labels[0]:>10s}{labels[1]:>10s}" if before else f"{'':>10s}")
-    sections = [("predict", PREDICT_ROWS, "predict"),
-                ("infer", INFER_ROWS, f"infer_shard, {res['args']['shard_images']} images, real predict"),
-                ("infer_big", INFER_ROWS, f"infer_shard, {res['args']['big_shard']} images, predict stubbed")]
+    sections = [
+        ("predict", PREDICT_ROWS, "predict"),
+        ("infer", INFER_ROWS, f"infer_shard, {res['args']['shard_images']} images, real predict"),
+        ("infer_big", INFER_ROWS, f"infer_shard, {res['args']['big_shard']} images, predict stubbed"),
+    ]
     for section, rows, title in sections:
         if section not in res:
             continue
@@ -547,18 +635,24 @@ def report(res: dict, before: dict | None, labels: tuple[str, str] = ("before", 
             lines.append(f"{label:52s}{b}{v:10.2f}")
         lines.append("")
     p, pb = res["predict"], (before or {}).get("predict")
-    extra = [("prepare_in_threads", "image -> tensor (infer_shard: in threads)", ".2f"),
-             ("ops", "tensor ops/image outside the model (~GPU launches)", ".1f"),
-             ("syncs", "device->host syncs (.item()) per image", ".1f")]
+    extra = [
+        ("prepare_in_threads", "image -> tensor (infer_shard: in threads)", ".2f"),
+        ("ops", "tensor ops/image outside the model (~GPU launches)", ".1f"),
+        ("syncs", "device->host syncs (.item()) per image", ".1f"),
+    ]
     for key, label, fmt in extra:
         b = f"{num(pb, key):10{fmt}}" if before else ""
         lines.append(f"{label:52s}{b}{p.get(key, float('nan')):10{fmt}}")
     s, b = res["summary"], (before or {}).get("summary")
     lines.append("")
-    lines.append(f"{'HOST OVERHEAD per image (one process):':52s}" + (f"{num(b, 'host_per_image'):10.2f}" if before else "")
-                 + f"{s['host_per_image']:10.2f}")
-    lines.append("  = predict host overhead + infer_shard host time outside predict (decode waits excluded;"
-                 f" {s['infer_basis']})")
+    lines.append(
+        f"{'HOST OVERHEAD per image (one process):':52s}"
+        + (f"{num(b, 'host_per_image'):10.2f}" if before else "")
+        + f"{s['host_per_image']:10.2f}"
+    )
+    lines.append(
+        f"  = predict host overhead + infer_shard host time outside predict (decode waits excluded; {s['infer_basis']})"
+    )
     return "\n".join(lines)
 
 
@@ -567,21 +661,29 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=16, help="images for the predict measurement")
     ap.add_argument("--shard-images", type=int, default=16, help="images in the shard run with the real predict")
-    ap.add_argument("--big-shard", type=int, default=1000,
-                    help="images in a full-size shard run with a stubbed predict (0: skip)")
+    ap.add_argument(
+        "--big-shard", type=int, default=1000, help="images in a full-size shard run with a stubbed predict (0: skip)"
+    )
     ap.add_argument("--batch", type=int, default=8, help="images per predict call (infer's images_per_batch)")
     ap.add_argument("--model-batch", type=int, default=None, help="rows per forward (classifier batch_size)")
     ap.add_argument("--reps", type=int, default=2, help="passes; the one with the least host time is kept")
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--m", type=int, default=50)
     ap.add_argument("--keep-features", action="store_true", help="infer_shard also writes the crop features")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: the host path is one thread; 0: torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the host path is one thread; 0: torch's default)",
+    )
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--compare", help="JSON of an earlier run to print side by side")
-    ap.add_argument("--dense-baseline", action="store_true",
-                    help="also time predict with the dense reference crop resampling, alternating with the "
-                         "windowed one in this process, and print it as the 'before' column")
+    ap.add_argument(
+        "--dense-baseline",
+        action="store_true",
+        help="also time predict with the dense reference crop resampling, alternating with the "
+        "windowed one in this process, and print it as the 'before' column",
+    )
     args = ap.parse_args()
     if args.dense_baseline and args.compare:
         ap.error("--dense-baseline prints its own before column; drop --compare")
@@ -590,20 +692,24 @@ def main() -> None:
 
     try:
         from machine import machine_info, machine_summary
+
         info = machine_info()
         print(machine_summary(info))
     except ImportError:
         import platform
+
         info = {"cpu": platform.processor(), "torch": torch.__version__}
         print(f"CPU {info['cpu']}, torch {info['torch']}")
 
     clf = build_classifier(args.device, args.model_batch, args.classes, args.m)
     cfg = clf.config
-    print(f"micro CLIP width {MICRO_CLIP_CFG['vision_cfg']['width']} x {MICRO_CLIP_CFG['vision_cfg']['layers']} blocks "
-          f"(grid {clf.clip.grid}), micro DINO width {MICRO_DINO_EXTRA['embed_dim']} x {MICRO_DINO_EXTRA['depth']} "
-          f"(grid {clf.dino.grid}); N={cfg.n_crops} K={cfg.top_k} M={cfg.n_descriptions}, {args.classes} classes; "
-          f"{args.images} images for predict, {args.batch} per batch; device {clf.device}, "
-          f"{torch.get_num_threads()} torch thread(s)")
+    print(
+        f"micro CLIP width {MICRO_CLIP_CFG['vision_cfg']['width']} x {MICRO_CLIP_CFG['vision_cfg']['layers']} blocks "
+        f"(grid {clf.clip.grid}), micro DINO width {MICRO_DINO_EXTRA['embed_dim']} x {MICRO_DINO_EXTRA['depth']} "
+        f"(grid {clf.dino.grid}); N={cfg.n_crops} K={cfg.top_k} M={cfg.n_descriptions}, {args.classes} classes; "
+        f"{args.images} images for predict, {args.batch} per batch; device {clf.device}, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
     n_blobs = max(args.images, args.shard_images, args.big_shard)
     blobs = [jpeg_bytes(i) for i in range(min(n_blobs, 64))]
     blobs = [blobs[i % len(blobs)] for i in range(n_blobs)]  # the shard repeats 64 distinct JPEGs
@@ -612,18 +718,22 @@ def main() -> None:
 
     res = {"args": vars(args), "machine": info}
     if args.dense_baseline:
-        both = bench_predict(clf, images, ids, args.batch, args.reps,
-                             {"dense": dense_views, "windowed": contextlib.nullcontext})
+        both = bench_predict(
+            clf, images, ids, args.batch, args.reps, {"dense": dense_views, "windowed": contextlib.nullcontext}
+        )
         res["predict"], res["predict_dense"] = both["windowed"], both["dense"]
     else:
         res["predict"] = bench_predict(clf, images, ids, args.batch, args.reps)
     res["infer"] = bench_infer(clf, blobs[: args.shard_images], args.batch, args.reps, args.keep_features)
     if args.big_shard:
-        res["infer_big"] = bench_infer(clf, blobs[: args.big_shard], args.batch, args.reps, args.keep_features,
-                                       stub=True)
+        res["infer_big"] = bench_infer(
+            clf, blobs[: args.big_shard], args.batch, args.reps, args.keep_features, stub=True
+        )
     basis = "infer_big" if args.big_shard else "infer"
-    res["summary"] = {"host_per_image": res["predict"]["host"] + res[basis]["host_outside_predict"],
-                      "infer_basis": f"infer_shard figures from the {res['args']['big_shard' if args.big_shard else 'shard_images']}-image shard"}
+    res["summary"] = {
+        "host_per_image": res["predict"]["host"] + res[basis]["host_outside_predict"],
+        "infer_basis": f"infer_shard figures from the {res['args']['big_shard' if args.big_shard else 'shard_images']}-image shard",
+    }
     before, labels = None, ("before", "after")
     if args.compare:
         with open(args.compare) as f:

@@ -80,8 +80,15 @@ def memory_child(w: int, h: int, side: int, args) -> dict | None:
     not hide it): peak RSS growth of ``prepare_image``, of the DINO pass and of ``predict``."""
     import subprocess
 
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", f"{w}x{h}", str(side), str(args.classes),
-           str(args.m)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--memory-child",
+        f"{w}x{h}",
+        str(side),
+        str(args.classes),
+        str(args.m),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     return json.loads(lines[-1]) if res.returncode == 0 and lines else None
@@ -113,8 +120,13 @@ def _memory_child(size: str, side: int, classes: int, m: int) -> None:
 
 
 def clf_for(clip, dino, text, n_crops: int, side: int) -> ABSClassifier:
-    return ABSClassifier(clip, dino, text, ABSConfig(n_crops=n_crops, top_k=20, n_descriptions=text.descriptions.shape[1],
-                                                     max_image_side=side), "cpu")
+    return ABSClassifier(
+        clip,
+        dino,
+        text,
+        ABSConfig(n_crops=n_crops, top_k=20, n_descriptions=text.descriptions.shape[1], max_image_side=side),
+        "cpu",
+    )
 
 
 def predict_ms(clf, imgs, topk, parts: Parts, reps: int, kernels: bool) -> dict:
@@ -162,8 +174,10 @@ def main() -> None:
     results: dict = {}
     variants = [("no limit", 0), (f"limit {args.limit}", args.limit)]
     paths = [("integer loops", True)] + ([("matrix products", False)] if args.matrix else [])
-    print(f"micro models (random weights), K=20, {args.classes} classes x M={args.m}, {args.per_size} image(s) per size, "
-          f"one image per predict call, {torch.get_num_threads()} torch thread(s); CPU-ms per image, best of {args.reps}")
+    print(
+        f"micro models (random weights), K=20, {args.classes} classes x M={args.m}, {args.per_size} image(s) per size, "
+        f"one image per predict call, {torch.get_num_threads()} torch thread(s); CPU-ms per image, best of {args.reps}"
+    )
     for spec in args.sizes:
         w, h = (int(v) for v in spec.split("x"))
         imgs = [image(w, h, 7 * k + w) for k in range(args.per_size)]
@@ -192,18 +206,23 @@ def main() -> None:
         print(f"\n{spec} ({w * h / 1e6:.1f} MP)")
         for name, _ in variants:
             mem = row[f"{name}: memory"] or {}
-            print(f"  {name:<11} dino_attention {row[f'{name}: dino_attention']:8.1f} ms | decoded "
-                  f"{mem.get('decoded_mb', float('nan')):.0f} MB, prepared {mem.get('prepared_mb', float('nan')):.0f} MB "
-                  f"({mem.get('prepared_dtype', '?')}), peak RSS growth: prepare +{mem.get('prepare_rss_mb', float('nan')):.0f}"
-                  f" MB, dino_topk +{mem.get('dino_peak_mb', float('nan')):.0f} MB, predict "
-                  f"+{mem.get('predict_peak_mb', float('nan')):.0f} MB")
+            print(
+                f"  {name:<11} dino_attention {row[f'{name}: dino_attention']:8.1f} ms | decoded "
+                f"{mem.get('decoded_mb', float('nan')):.0f} MB, prepared {mem.get('prepared_mb', float('nan')):.0f} MB "
+                f"({mem.get('prepared_dtype', '?')}), peak RSS growth: prepare +{mem.get('prepare_rss_mb', float('nan')):.0f}"
+                f" MB, dino_topk +{mem.get('dino_peak_mb', float('nan')):.0f} MB, predict "
+                f"+{mem.get('predict_peak_mb', float('nan')):.0f} MB"
+            )
             for pname, _ in paths:
                 r = row[f"{name}, {pname}"]
-                print(f"  {name:<11} {pname:<16} predict {r['predict']:8.1f} | crop views {r['crop views']:8.1f} | "
-                      f"limit_size {r['limit_size']:6.1f} | rest {r['rest']:6.1f}")
+                print(
+                    f"  {name:<11} {pname:<16} predict {r['predict']:8.1f} | crop views {r['crop views']:8.1f} | "
+                    f"limit_size {r['limit_size']:6.1f} | rest {r['rest']:6.1f}"
+                )
             pc = row[f"{name}: crop views per view (N=15/30/60)"]
-            print(f"  {name:<11} crop views per view, N=15/30/60: " + " / ".join(f"{v:.2f}" for v in pc.values())
-                  + " ms")
+            print(
+                f"  {name:<11} crop views per view, N=15/30/60: " + " / ".join(f"{v:.2f}" for v in pc.values()) + " ms"
+            )
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": info, "args": vars(args), "results": results}, f, indent=1)

@@ -63,45 +63,94 @@ def main() -> None:
     info = read_dataset_info(root, "bench")
     raw = parse_descriptions(json.load(open(desc_file)), format="cupl", classnames=list(info.text_classnames))
     write_descriptions(validate_descriptions(raw, list(info.text_classnames), m=8), root, "bench")
-    spec = EvalSpec(dataset="bench", clip=ModelSpec("abs-tiny-vit-b16"), dino=ModelSpec("abs-tiny-dino-vit-b16"),
-                    descriptions="bench", abs=ABSConfig(**abs_cfg))
+    spec = EvalSpec(
+        dataset="bench",
+        clip=ModelSpec("abs-tiny-vit-b16"),
+        dino=ModelSpec("abs-tiny-dino-vit-b16"),
+        descriptions="bench",
+        abs=ABSConfig(**abs_cfg),
+    )
     t0 = time.perf_counter()
     ctx = resolve(root, spec)
     t_prep = time.perf_counter() - t0
     t_dino = t_infer = 0.0
     for sh in info.shards:
         t0 = time.perf_counter()
-        d = dino_shard(ctx.storage, "bench", sh.index, info.fingerprint, ctx.dino,
-                       max_image_side=spec.abs.max_image_side)
+        d = dino_shard(
+            ctx.storage, "bench", sh.index, info.fingerprint, ctx.dino, max_image_side=spec.abs.max_image_side
+        )
         t_dino += time.perf_counter() - t0
         t0 = time.perf_counter()
-        infer_shard(ctx.storage, ctx.classifier, dataset="bench", model=spec.model_name, config=ctx.config_hash,
-                    shard=sh.index, dino_path=d.path, classnames=list(info.classnames), run_id="bench",
-                    images_per_batch=ctx.images_per_batch)
+        infer_shard(
+            ctx.storage,
+            ctx.classifier,
+            dataset="bench",
+            model=spec.model_name,
+            config=ctx.config_hash,
+            shard=sh.index,
+            dino_path=d.path,
+            classnames=list(info.classnames),
+            run_id="bench",
+            images_per_batch=ctx.images_per_batch,
+        )
         t_infer += time.perf_counter() - t0
     t_plain = t_shard + t_prep + t_dino + t_infer
 
     # the Prefect flow (includes starting the temporary local API)
     froot = os.path.join(work, "flow")
     t0 = time.perf_counter()
-    evaluate(dict(dataset="bench", source=src, layout="folder", root=froot, clip_model="abs-tiny-vit-b16",
-             clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None,
-             descriptions=desc_file, abs_config=abs_cfg, images_per_shard=args.images_per_shard, report=False))
+    evaluate(
+        dict(
+            dataset="bench",
+            source=src,
+            layout="folder",
+            root=froot,
+            clip_model="abs-tiny-vit-b16",
+            clip_pretrained=None,
+            dino_model="abs-tiny-dino-vit-b16",
+            dino_pretrained=None,
+            descriptions=desc_file,
+            abs_config=abs_cfg,
+            images_per_shard=args.images_per_shard,
+            report=False,
+        )
+    )
     t_flow = time.perf_counter() - t0
     t0 = time.perf_counter()
-    evaluate(dict(dataset="bench", source=src, layout="folder", root=froot, clip_model="abs-tiny-vit-b16",
-             clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None,
-             descriptions=desc_file, abs_config=abs_cfg, images_per_shard=args.images_per_shard, report=False))
+    evaluate(
+        dict(
+            dataset="bench",
+            source=src,
+            layout="folder",
+            root=froot,
+            clip_model="abs-tiny-vit-b16",
+            clip_pretrained=None,
+            dino_model="abs-tiny-dino-vit-b16",
+            dino_pretrained=None,
+            descriptions=desc_file,
+            abs_config=abs_cfg,
+            images_per_shard=args.images_per_shard,
+            report=False,
+        )
+    )
     t_rerun = time.perf_counter() - t0
 
     print()
     print(f"{'stage':<28}{'seconds':>9}{'images/s':>10}")
-    for name, t in (("shard (read, check, Parquet)", t_shard), ("load models + text cache", t_prep),
-                    ("DINO cache", t_dino), ("inference + commit", t_infer), ("plain steps, total", t_plain),
-                    ("Prefect flow, total", t_flow), ("flow rerun (all committed)", t_rerun)):
+    for name, t in (
+        ("shard (read, check, Parquet)", t_shard),
+        ("load models + text cache", t_prep),
+        ("DINO cache", t_dino),
+        ("inference + commit", t_infer),
+        ("plain steps, total", t_plain),
+        ("Prefect flow, total", t_flow),
+        ("flow rerun (all committed)", t_rerun),
+    ):
         print(f"{name:<28}{t:>9.2f}{n / t:>10.1f}")
-    print(f"flow / plain steps: {t_flow / t_plain:.2f}x (the flow also starts Prefect's temporary API and "
-          "records the run)")
+    print(
+        f"flow / plain steps: {t_flow / t_plain:.2f}x (the flow also starts Prefect's temporary API and "
+        "records the run)"
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -70,8 +70,13 @@ def text_bank(clip: CLIPBackbone, classes: int, m: int, seed: int = 0) -> TextBa
     d = clip.embed_dim
     desc = torch.nn.functional.normalize(torch.randn(classes, m, d, generator=g), dim=-1)
     prompt = torch.nn.functional.normalize(torch.randn(classes, d, generator=g), dim=-1)
-    return TextBank(classnames=[f"class {i}" for i in range(classes)], descriptions=desc,
-                    mask=torch.ones(classes, m, dtype=torch.bool), prompt=prompt, ensemble=prompt.clone())
+    return TextBank(
+        classnames=[f"class {i}" for i in range(classes)],
+        descriptions=desc,
+        mask=torch.ones(classes, m, dtype=torch.bool),
+        prompt=prompt,
+        ensemble=prompt.clone(),
+    )
 
 
 class _Timer:
@@ -102,13 +107,16 @@ def one_pass(clf: ABSClassifier, imgs, batch: int, timer: _Timer, kernels: bool,
     logits = []
     t = time.process_time()
     for k, a in enumerate(range(0, len(imgs), batch)):
-        out = clf.predict(imgs[a : a + batch], [str(i) for i in range(a, min(a + batch, len(imgs)))],
-                          dino_topk=attention[k])
+        out = clf.predict(
+            imgs[a : a + batch], [str(i) for i in range(a, min(a + batch, len(imgs)))], dino_topk=attention[k]
+        )
         logits.append(out.logits["abs"])
     total = time.process_time() - t
     n = len(imgs)
-    parts = {"crop views": timer.spent["clip_views_batch"] / n * 1e3,
-             "soft matching": timer.spent["soft_match"] / n * 1e3}
+    parts = {
+        "crop views": timer.spent["clip_views_batch"] / n * 1e3,
+        "soft matching": timer.spent["soft_match"] / n * 1e3,
+    }
     parts["rest"] = total / n * 1e3 - sum(parts.values())
     parts["predict"] = total / n * 1e3
     return parts, torch.cat(logits)
@@ -130,16 +138,22 @@ def main() -> None:
     info = machine_info()
     print(machine_summary(info))
     clip, dino = CLIPBackbone.load(MICRO_CLIP), DINOBackbone.load(MICRO_DINO)
-    clf = ABSClassifier(clip, dino, text_bank(clip, args.classes, args.m), ABSConfig(n_crops=60, top_k=20, n_descriptions=args.m), "cpu")
+    clf = ABSClassifier(
+        clip, dino, text_bank(clip, args.classes, args.m), ABSConfig(n_crops=60, top_k=20, n_descriptions=args.m), "cpu"
+    )
     imgs = images(args.images)
     timer = _Timer(["clip_views_batch", "soft_match"])
-    variants = {"integer loops": True} if not resample_cpu.available() else {"integer loops": True, "matrix products": False}
+    variants = (
+        {"integer loops": True} if not resample_cpu.available() else {"integer loops": True, "matrix products": False}
+    )
     if not resample_cpu.available():
         print("numba is not installed: only the matrix products run")
         variants = {"matrix products": False}
     # DINO top-K as the pipeline has it: from the DINO cache, computed before inference
-    attention = [clf.dino_topk([to_float_image(image_tensor(im)) for im in imgs[a : a + args.batch]])
-                 for a in range(0, len(imgs), args.batch)]
+    attention = [
+        clf.dino_topk([to_float_image(image_tensor(im)) for im in imgs[a : a + args.batch]])
+        for a in range(0, len(imgs), args.batch)
+    ]
     one_pass(clf, imgs[: args.batch], args.batch, timer, True, attention)  # warm-up (numba load, allocations)
     best: dict[str, dict] = {}
     logits = {}
@@ -149,9 +163,11 @@ def main() -> None:
             logits[name] = lg
             if name not in best or parts["predict"] < best[name]["predict"]:
                 best[name] = parts
-    print(f"micro models (random weights), N=60 K=20, {args.classes} classes x M={args.m}, {args.images} images "
-          f"({', '.join(f'{w}x{h}' for w, h in _SIZES)}), {args.batch} per predict call, "
-          f"{torch.get_num_threads()} torch thread(s); CPU-ms per image, best of {args.reps}")
+    print(
+        f"micro models (random weights), N=60 K=20, {args.classes} classes x M={args.m}, {args.images} images "
+        f"({', '.join(f'{w}x{h}' for w, h in _SIZES)}), {args.batch} per predict call, "
+        f"{torch.get_num_threads()} torch thread(s); CPU-ms per image, best of {args.reps}"
+    )
     names = list(best)
     print(f"{'part':<16}" + "".join(f"{n:>18}" for n in names) + ("   ratio" if len(names) == 2 else ""))
     for part in ("crop views", "soft matching", "rest", "predict"):

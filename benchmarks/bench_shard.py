@@ -142,7 +142,11 @@ def _parts(root: Path) -> dict[str, bytes]:
 def _abs_eval(mode: str = "processes") -> list[str]:
     exe = REPO / ".venv" / "bin" / "abs-eval"
     if mode == "baseline" or not exe.exists():  # the checkout's own flows.cli, as the console script runs it
-        return [sys.executable, "-c", "import sys; from flows.cli import app; sys.argv[0] = 'abs-eval'; sys.exit(app())"]
+        return [
+            sys.executable,
+            "-c",
+            "import sys; from flows.cli import app; sys.argv[0] = 'abs-eval'; sys.exit(app())",
+        ]
     return [str(exe)]
 
 
@@ -150,9 +154,11 @@ def _line(label: str, n: int, r: dict, ncpu: int) -> str:
     rate = n / r["wall_s"]
     share = r["cpu_s"] / (r["wall_s"] * ncpu)
     peak = max(r["peak_rss"].values()) if r["peak_rss"] else 0
-    return (f"  {label:<34} {r['wall_s']:7.2f} s  {rate:6.0f} img/s  CPU {r['cpu_s']:6.2f} s "
-            f"({1000 * r['cpu_s'] / n:.2f} ms/img, share {share:4.0%})  peak RSS max {peak / 2**20:5.0f} MB "
-            f"over {len(r['peak_rss'])} processes")
+    return (
+        f"  {label:<34} {r['wall_s']:7.2f} s  {rate:6.0f} img/s  CPU {r['cpu_s']:6.2f} s "
+        f"({1000 * r['cpu_s'] / n:.2f} ms/img, share {share:4.0%})  peak RSS max {peak / 2**20:5.0f} MB "
+        f"over {len(r['peak_rss'])} processes"
+    )
 
 
 def main() -> None:
@@ -181,16 +187,26 @@ def main() -> None:
     if baseline and "baseline" not in modes:
         modes.insert(0, "baseline")
     load0 = os.getloadavg()
-    print(f"{n} images under {src}; load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} on {ncpu} CPUs"
-          + ("" if subreaper else " (no subreaper: worker CPU may be missing)"))
+    print(
+        f"{n} images under {src}; load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} on {ncpu} CPUs"
+        + ("" if subreaper else " (no subreaper: worker CPU may be missing)")
+    )
 
     imp = {}
     for mode in (["baseline"] if baseline else []) + ["processes"]:
-        got = json.loads(_run([sys.executable, "-c", _IMPORT], _env(mode, baseline), work / "import.log",
-                              Path(baseline) if mode == "baseline" else REPO)["stdout"])
+        got = json.loads(
+            _run(
+                [sys.executable, "-c", _IMPORT],
+                _env(mode, baseline),
+                work / "import.log",
+                Path(baseline) if mode == "baseline" else REPO,
+            )["stdout"]
+        )
         imp[mode] = got
-        print(f"import tasks.steps.shard{' (baseline)' if mode == 'baseline' else ''}: {got['import_s']:.2f} s "
-              f"(torch {'loaded' if got['torch'] else 'not loaded'}, prefect {'loaded' if got['prefect'] else 'not loaded'})")
+        print(
+            f"import tasks.steps.shard{' (baseline)' if mode == 'baseline' else ''}: {got['import_s']:.2f} s "
+            f"(torch {'loaded' if got['torch'] else 'not loaded'}, prefect {'loaded' if got['prefect'] else 'not loaded'})"
+        )
 
     results: dict[str, list[dict]] = {}
     reference: dict[str, bytes] | None = None
@@ -203,8 +219,12 @@ def main() -> None:
                     cmd = _abs_eval(mode) + ["shard", "imagenet", str(src), "--dataset", "bench", "--root", str(root)]
                 else:
                     cmd = [sys.executable, "-c", _PLAIN, str(src), str(root)]
-                r = _run(cmd, _env(mode, baseline), work / f"{kind}-{mode}-{rnd}.log",
-                         Path(baseline) if mode == "baseline" else REPO)
+                r = _run(
+                    cmd,
+                    _env(mode, baseline),
+                    work / f"{kind}-{mode}-{rnd}.log",
+                    Path(baseline) if mode == "baseline" else REPO,
+                )
                 if kind == "function":
                     r.update(json.loads(r.pop("stdout").strip().splitlines()[-1]))
                 else:
@@ -217,21 +237,36 @@ def main() -> None:
                 label = f"{'abs-eval shard' if kind == 'command' else 'shard_dataset()'} [{mode}]"
                 print(_line(label, n, r, ncpu), flush=True)
                 if kind == "function":
-                    print(f"  {'':<34} inside the process: import {r['import_s']:.2f} s, shard_dataset "
-                          f"{r['shard_s']:.2f} s = {n / r['shard_s']:.0f} img/s")
+                    print(
+                        f"  {'':<34} inside the process: import {r['import_s']:.2f} s, shard_dataset "
+                        f"{r['shard_s']:.2f} s = {n / r['shard_s']:.0f} img/s"
+                    )
                 for name, b in r["peak_rss"].items():
                     print(f"  {'':<36}{b / 2**20:7.0f} MB  {name}")
                 results.setdefault(f"{kind}/{mode}", []).append(r)
     load1 = os.getloadavg()
-    print(f"part files identical across every run: {identical}; load average after {load1[0]:.1f} {load1[1]:.1f} "
-          f"{load1[2]:.1f}")
+    print(
+        f"part files identical across every run: {identical}; load average after {load1[0]:.1f} {load1[1]:.1f} "
+        f"{load1[2]:.1f}"
+    )
     best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
     print("best of each (images/s, whole run):  " + ",  ".join(f"{k} {n / r['wall_s']:.0f}" for k, r in best.items()))
     if args.out:
-        Path(args.out).write_text(json.dumps({
-            "machine": info, "images": n, "load_before": load0, "load_after": load1, "import": imp,
-            "identical": identical, "runs": results,
-        }, indent=2, default=str))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "images": n,
+                    "load_before": load0,
+                    "load_after": load1,
+                    "import": imp,
+                    "identical": identical,
+                    "runs": results,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     shutil.rmtree(work, ignore_errors=True)
     if not identical:
         raise SystemExit("part files differ between runs")

@@ -71,15 +71,21 @@ def _abs_eval() -> str:
 
 
 def _env(work: Path) -> dict[str, str]:
-    return dict(os.environ, PREFECT_HOME=str(work / "prefect"), DO_NOT_TRACK="1",
-                PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return dict(
+        os.environ, PREFECT_HOME=str(work / "prefect"), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false"
+    )
 
 
 def demo_template(work: Path) -> Path:
     """A root with one completed demo run (12 classes), made by the real CLI."""
     root = work / "template"
-    subprocess.run([_abs_eval(), "demo", "--root", str(root)], env=_env(work), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [_abs_eval(), "demo", "--root", str(root)],
+        env=_env(work),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return root
 
 
@@ -120,12 +126,42 @@ def imagenet_template(work: Path, per_class: int = 1) -> Path:
     desc = src.parent / "cupl.json"
     _, names = layout_classes("imagenet", str(src))
     desc.write_text(json.dumps({n: [f"a photo of a {n}, view {j}." for j in range(4)] for n in names}))
-    subprocess.run([_abs_eval(), "run", "--root", str(root), "--dataset", "imagenet", "--layout", "imagenet",
-                    "--source", str(src), "--descriptions", str(desc), "--clip-model", "abs-tiny-vit-b16",
-                    "--clip-pretrained", "random", "--dino-model", "abs-tiny-dino-vit-b16", "--dino-pretrained",
-                    "random", "--n-crops", "6", "--top-k", "5", "--m", "4",
-                    "--deployment", "bench-sql-template"], env=_env(work), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            _abs_eval(),
+            "run",
+            "--root",
+            str(root),
+            "--dataset",
+            "imagenet",
+            "--layout",
+            "imagenet",
+            "--source",
+            str(src),
+            "--descriptions",
+            str(desc),
+            "--clip-model",
+            "abs-tiny-vit-b16",
+            "--clip-pretrained",
+            "random",
+            "--dino-model",
+            "abs-tiny-dino-vit-b16",
+            "--dino-pretrained",
+            "random",
+            "--n-crops",
+            "6",
+            "--top-k",
+            "5",
+            "--m",
+            "4",
+            "--deployment",
+            "bench-sql-template",
+        ],
+        env=_env(work),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     (root / "template.done").write_text("ok\n")
     return root
 
@@ -172,11 +208,13 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
         # the template's images cycled to n, each copy renamed "<image_id>@<shard>.<copy>"
         reps = -(-n // len(images))
         block = pa.concat_tables([rows] * reps).slice(0, n * n_methods)
-        new_ids = [f"{v}@{s}.{(k // n_methods) // len(images)}"
-                   for k, v in enumerate(block.column("image_id").to_pylist())]
+        new_ids = [
+            f"{v}@{s}.{(k // n_methods) // len(images)}" for k, v in enumerate(block.column("image_id").to_pylist())
+        ]
         block = block.set_column(block.column_names.index("image_id"), "image_id", pa.array(new_ids))
-        block = block.set_column(block.column_names.index("shard"), "shard",
-                                 pa.array([s] * block.num_rows, block.schema.field("shard").type))
+        block = block.set_column(
+            block.column_names.index("shard"), "shard", pa.array([s] * block.num_rows, block.schema.field("shard").type)
+        )
         block = block.set_column(block.column_names.index("run_id"), "run_id", pa.array([first_run] * block.num_rows))
         rel = prediction_part(rec["dataset"], rec["model"], configs[0], s)
         st.write_parquet(rel, block)
@@ -197,10 +235,21 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
                         os.link(f, b / f.name)
         r = {f: v for f, v in rec.items() if f in RunRecord.__dataclass_fields__}
         at = start + timedelta(minutes=k)
-        r.update(run_id=f"{rec['run_id']}-x{k:03d}", config=cfg, deployment="bench-sql", status="completed",
-                 started_at=at, ended_at=at + timedelta(seconds=50), heartbeat_at=None, expires_at=None,
-                 n_images=images_per_run, shards_total=n_shards, shards_computed=n_shards if k == 0 else 0,
-                 shards_reused=0 if k == 0 else n_shards, reused_shards=[])
+        r.update(
+            run_id=f"{rec['run_id']}-x{k:03d}",
+            config=cfg,
+            deployment="bench-sql",
+            status="completed",
+            started_at=at,
+            ended_at=at + timedelta(seconds=50),
+            heartbeat_at=None,
+            expires_at=None,
+            n_images=images_per_run,
+            shards_total=n_shards,
+            shards_computed=n_shards if k == 0 else 0,
+            shards_reused=0 if k == 0 else n_shards,
+            reused_shards=[],
+        )
         RunRecord(**r).write(st)
     total = runs * images_per_run * n_methods
     part_dir = dest / predictions_dir(rec["dataset"], rec["model"], configs[0])
@@ -210,17 +259,24 @@ def build(template: Path, dest: Path, images_per_run: int, runs: int, shard_size
     def current(kind: str) -> list[Path]:
         return sorted(roll_dir.glob(f"{kind}-*.parquet"))[-1:]
 
-    return {"template_run": rec["run_id"], "classes": len(set(rows.column("label").to_pylist()) - {None}),
-            "methods": n_methods, "rows_per_run": images_per_run * n_methods, "rows": total, "runs": runs,
-            "parts": runs * n_shards, "write_s": write_s,
-            "part_bytes": sum(p.stat().st_size for p in part_dir.glob("part-*.parquet")) // n_shards,
-            "rollup_bytes": sum(p.stat().st_size for p in roll_dir.glob("part-*.parquet")) // n_shards,
-            "rollup_rows": groups // n_shards,
-            # the partition's current files (the one with the most parts; the previous one stays beside it)
-            "partition_rollup_bytes": sum(p.stat().st_size for p in current("all")),
-            "partition_rollup_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("all")),
-            "partition_error_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("errors-all")),
-            "partition_shard_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("shards-all"))}
+    return {
+        "template_run": rec["run_id"],
+        "classes": len(set(rows.column("label").to_pylist()) - {None}),
+        "methods": n_methods,
+        "rows_per_run": images_per_run * n_methods,
+        "rows": total,
+        "runs": runs,
+        "parts": runs * n_shards,
+        "write_s": write_s,
+        "part_bytes": sum(p.stat().st_size for p in part_dir.glob("part-*.parquet")) // n_shards,
+        "rollup_bytes": sum(p.stat().st_size for p in roll_dir.glob("part-*.parquet")) // n_shards,
+        "rollup_rows": groups // n_shards,
+        # the partition's current files (the one with the most parts; the previous one stays beside it)
+        "partition_rollup_bytes": sum(p.stat().st_size for p in current("all")),
+        "partition_rollup_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("all")),
+        "partition_error_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("errors-all")),
+        "partition_shard_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in current("shards-all")),
+    }
 
 
 def time_queries(root: Path, catalog: Path, reps: int) -> tuple[dict[str, float], dict[str, list]]:
@@ -284,18 +340,24 @@ VIEWS = ("accuracy", "per_class_accuracy", "confusions")
 
 def _same(a: list, b: list) -> bool:
     """Equal result rows, in any order, floats to 12 significant digits (DuckDB sums in parallel)."""
+
     def norm(rows: list) -> list:
         return sorted((tuple(float(f"{v:.12g}") if isinstance(v, float) else v for v in r) for r in rows), key=repr)
+
     return norm(a) == norm(b)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--template", help="a storage root holding a completed run (default: a real run over the "
-                    "1,000 ImageNet classes, made once under --work)")
+    ap.add_argument(
+        "--template",
+        help="a storage root holding a completed run (default: a real run over the "
+        "1,000 ImageNet classes, made once under --work)",
+    )
     ap.add_argument("--demo-template", action="store_true", help="template: a fresh `abs-eval demo` root (12 classes)")
-    ap.add_argument("--no-raw", action="store_true", help="time with rollups only (not also counting every part "
-                    "from its rows)")
+    ap.add_argument(
+        "--no-raw", action="store_true", help="time with rollups only (not also counting every part from its rows)"
+    )
     ap.add_argument("--images-per-run", type=int, default=50_000, help="images per run (ImageNet val: 50,000)")
     ap.add_argument("--runs", type=int, default=50, help="runs (50 x 200,000 rows = 10 million)")
     ap.add_argument("--shard-size", type=int, default=1000, help="images per part file (the run default)")
@@ -319,13 +381,17 @@ def main() -> None:
         dest = work / "root"
         shutil.rmtree(dest, ignore_errors=True)
         shape = build(template, dest, args.images_per_run, args.runs, args.shard_size)
-        print(f"[sql] {shape['rows']:,} prediction rows: {shape['runs']} runs x {shape['rows_per_run']:,} rows "
-              f"({shape['methods']} methods, {shape['classes']} classes), {shape['parts']} part files "
-              f"(written in {shape['write_s']:.1f} s)")
-        print(f"[sql] per part: {shape['part_bytes']:,} bytes of rows, rollup {shape['rollup_bytes']:,} bytes "
-              f"({shape['rollup_rows']:,} count rows); per run: summed counts {shape['partition_rollup_bytes']:,} "
-              f"bytes ({shape['partition_rollup_rows']:,} rows), error rows {shape['partition_error_rows']:,}, "
-              f"rows per shard and method {shape['partition_shard_rows']:,}")
+        print(
+            f"[sql] {shape['rows']:,} prediction rows: {shape['runs']} runs x {shape['rows_per_run']:,} rows "
+            f"({shape['methods']} methods, {shape['classes']} classes), {shape['parts']} part files "
+            f"(written in {shape['write_s']:.1f} s)"
+        )
+        print(
+            f"[sql] per part: {shape['part_bytes']:,} bytes of rows, rollup {shape['rollup_bytes']:,} bytes "
+            f"({shape['rollup_rows']:,} count rows); per run: summed counts {shape['partition_rollup_bytes']:,} "
+            f"bytes ({shape['partition_rollup_rows']:,} rows), error rows {shape['partition_error_rows']:,}, "
+            f"rows per shard and method {shape['partition_shard_rows']:,}"
+        )
         seconds, results = time_queries(dest, work / "results.duckdb", args.reps)
         raw: dict[str, float] = {}
         same: dict[str, bool] = {}
@@ -346,12 +412,17 @@ def main() -> None:
             check = "" if name not in same else ("  same numbers" if same[name] else "  NUMBERS DIFFER")
             print(f"  {name:<{width}}  {r:>9}  {s:7.3f} s  {'ok' if s < TARGET_S else 'OVER the 2 s target'}{check}")
         worst = max(seconds.values())
-        print(f"[sql] slowest {worst:.3f} s; target < {TARGET_S:.0f} s each: {'met' if worst < TARGET_S else 'NOT met'}")
+        print(
+            f"[sql] slowest {worst:.3f} s; target < {TARGET_S:.0f} s each: {'met' if worst < TARGET_S else 'NOT met'}"
+        )
         if same and not all(same.values()):
             print(f"[sql] results differ between rollups and rows: {', '.join(k for k, v in same.items() if not v)}")
         if args.out:
-            Path(args.out).write_text(json.dumps({"machine": info, **shape, "seconds": seconds, "raw_seconds": raw,
-                                                  "same_numbers": same}, indent=2))
+            Path(args.out).write_text(
+                json.dumps(
+                    {"machine": info, **shape, "seconds": seconds, "raw_seconds": raw, "same_numbers": same}, indent=2
+                )
+            )
             print(f"[out] {args.out}")
         if same and not all(same.values()):
             raise SystemExit(1)

@@ -46,8 +46,10 @@ from abs_model import ABSConfig, ModelSpec  # noqa: E402
 from abs_model.variants import VariantSpec, variant_logits  # noqa: E402
 from tasks import defaults  # noqa: E402
 
-MODELS = {"tiny": (defaults.TINY_CLIP_MODEL, defaults.TINY_DINO_MODEL),
-          "micro": (defaults.MICRO_CLIP_MODEL, defaults.MICRO_DINO_MODEL)}
+MODELS = {
+    "tiny": (defaults.TINY_CLIP_MODEL, defaults.TINY_DINO_MODEL),
+    "micro": (defaults.MICRO_CLIP_MODEL, defaults.MICRO_DINO_MODEL),
+}
 
 
 def sweep_points(base: ABSConfig) -> list[VariantSpec]:
@@ -56,11 +58,13 @@ def sweep_points(base: ABSConfig) -> list[VariantSpec]:
     own = VariantSpec.of(base)
     m = base.n_descriptions
     n = base.n_crops
-    return ([own.with_changes(n_crops=k) for k in dict.fromkeys(max(1, x) for x in (n // 6, n // 3, 2 * n // 3))]
-            + [own.with_changes(n_descriptions=k) for k in (max(1, m // 4), max(1, m // 2))]
-            + [own.with_changes(tau=t) for t in (0.01, 0.05)]
-            + [own.with_changes(crop_kinds=k) for k in ("raw", "feature")]
-            + [own.with_changes(matching="average")])
+    return (
+        [own.with_changes(n_crops=k) for k in dict.fromkeys(max(1, x) for x in (n // 6, n // 3, 2 * n // 3))]
+        + [own.with_changes(n_descriptions=k) for k in (max(1, m // 4), max(1, m // 2))]
+        + [own.with_changes(tau=t) for t in (0.01, 0.05)]
+        + [own.with_changes(crop_kinds=k) for k in ("raw", "feature")]
+        + [own.with_changes(matching="average")]
+    )
 
 
 def _inference(storage, ctx, run_id: str, keep_features: bool, dino_parts: dict[int, str]) -> tuple[float, int]:
@@ -69,10 +73,19 @@ def _inference(storage, ctx, run_id: str, keep_features: bool, dino_parts: dict[
     t0 = time.perf_counter()
     n = 0
     for shard, dino_path in dino_parts.items():
-        r = infer_shard(storage, ctx.classifier, dataset=ctx.spec.dataset, model=ctx.spec.model_name,
-                        config=ctx.config_hash, shard=shard, dino_path=dino_path,
-                        classnames=list(ctx.info.classnames), run_id=run_id, images_per_batch=ctx.images_per_batch,
-                        keep_features=keep_features)
+        r = infer_shard(
+            storage,
+            ctx.classifier,
+            dataset=ctx.spec.dataset,
+            model=ctx.spec.model_name,
+            config=ctx.config_hash,
+            shard=shard,
+            dino_path=dino_path,
+            classnames=list(ctx.info.classnames),
+            run_id=run_id,
+            images_per_batch=ctx.images_per_batch,
+            keep_features=keep_features,
+        )
         n += r.n_ok
     return time.perf_counter() - t0, n
 
@@ -82,12 +95,22 @@ def _record(storage, ctx, run_id: str, n_images: int, shards: list[int]) -> None
     from tasks.results.runs import COMPLETED, RunRecord, RunTracker
 
     spec = ctx.spec
-    rec = RunRecord(run_id=run_id, dataset=spec.dataset, model=spec.model_name, config=ctx.config_hash,
-                    deployment="bench", shards_total=len(shards), clip_model=spec.clip.name,
-                    clip_pretrained="random", clip_weights_digest=ctx.clip.weights_digest, dino_model=spec.dino.name,
-                    dino_pretrained="random", dino_weights_digest=ctx.dino.weights_digest,
-                    descriptions_hash=ctx.descriptions.content_hash,
-                    config_json={"spec": spec.to_dict(), "numbers": ctx.prediction_settings})
+    rec = RunRecord(
+        run_id=run_id,
+        dataset=spec.dataset,
+        model=spec.model_name,
+        config=ctx.config_hash,
+        deployment="bench",
+        shards_total=len(shards),
+        clip_model=spec.clip.name,
+        clip_pretrained="random",
+        clip_weights_digest=ctx.clip.weights_digest,
+        dino_model=spec.dino.name,
+        dino_pretrained="random",
+        dino_weights_digest=ctx.dino.weights_digest,
+        descriptions_hash=ctx.descriptions.content_hash,
+        config_json={"spec": spec.to_dict(), "numbers": ctx.prediction_settings},
+    )
     RunTracker(storage, rec).start().finish(COMPLETED, n_images=n_images, n_ok=n_images, shards_computed=len(shards))
 
 
@@ -99,13 +122,16 @@ def _feature_bytes(storage, rels: list[str], n_images: int) -> dict[str, float]:
         for i, rel in enumerate(rels):
             t = storage.read_parquet(rel)
             half = pa.list_(pa.list_(pa.float16()))
-            crops = pa.array([[np.asarray(c, np.float16) for c in row] for row in t.column("crop_features").to_pylist()],
-                             type=half)
-            glob = pa.array([np.asarray(g, np.float16) for g in t.column("global_feature").to_pylist()],
-                            type=pa.list_(pa.float16()))
+            crops = pa.array(
+                [[np.asarray(c, np.float16) for c in row] for row in t.column("crop_features").to_pylist()], type=half
+            )
+            glob = pa.array(
+                [np.asarray(g, np.float16) for g in t.column("global_feature").to_pylist()], type=pa.list_(pa.float16())
+            )
             path = os.path.join(d, f"{i}.parquet")
-            pq.write_table(pa.table({"image_id": t.column("image_id"), "crop_features": crops,
-                                     "global_feature": glob}), path)
+            pq.write_table(
+                pa.table({"image_id": t.column("image_id"), "crop_features": crops, "global_feature": glob}), path
+            )
             fp16 += os.path.getsize(path)
     return {"fp32_bytes_per_image": fp32 / n_images, "fp16_bytes_per_image": fp16 / n_images}
 
@@ -128,12 +154,19 @@ def _fp16_effect(storage, run, text, specs: list[VariantSpec], rels: list[str]) 
                 worst = max(worst, float((x - y).abs().max()))
                 scale = max(scale, float(x.abs().max()))
                 top2x, top2y = x.topk(2).values, y.topk(2).values
-                margin_diff = max(margin_diff, float(((top2x[:, 0] - top2x[:, 1]) - (top2y[:, 0] - top2y[:, 1])).abs()
-                                                     .max()))
+                margin_diff = max(
+                    margin_diff, float(((top2x[:, 0] - top2x[:, 1]) - (top2y[:, 0] - top2y[:, 1])).abs().max())
+                )
                 flips += int((x.argmax(1) != y.argmax(1)).sum())
                 n += x.shape[0]
-    return {"max_abs_score_diff": worst, "max_abs_logit": scale, "max_rel_score_diff": worst / scale if scale else 0.0,
-            "max_abs_margin_diff": margin_diff, "top1_flips": flips, "decisions_compared": n}
+    return {
+        "max_abs_score_diff": worst,
+        "max_abs_logit": scale,
+        "max_rel_score_diff": worst / scale if scale else 0.0,
+        "max_abs_margin_diff": margin_diff,
+        "top1_flips": flips,
+        "decisions_compared": n,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -179,12 +212,24 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     _say(f"sharded and descriptions imported: {t_shard:.1f} s")
 
     base = ABSConfig(n_crops=args.n_crops, n_descriptions=args.m)
-    spec = EvalSpec(dataset="bench", clip=ModelSpec(clip_name, None), dino=ModelSpec(dino_name, None),
-                    descriptions="bench", abs=base, templates="none", device=args.device, keep_features=True)
+    spec = EvalSpec(
+        dataset="bench",
+        clip=ModelSpec(clip_name, None),
+        dino=ModelSpec(dino_name, None),
+        descriptions="bench",
+        abs=base,
+        templates="none",
+        device=args.device,
+        keep_features=True,
+    )
     ctx = build_context(st, spec)
     t0 = time.perf_counter()
-    dino_parts = {s.index: dino_shard(st, "bench", s.index, ctx.info.fingerprint, ctx.dino,
-                                      max_image_side=0, device=ctx.classifier.device).path for s in ctx.info.shards}
+    dino_parts = {
+        s.index: dino_shard(
+            st, "bench", s.index, ctx.info.fingerprint, ctx.dino, max_image_side=0, device=ctx.classifier.device
+        ).path
+        for s in ctx.info.shards
+    }
     t_dino = time.perf_counter() - t0
     _say(f"DINO cache: {t_dino:.1f} s")
 
@@ -209,11 +254,22 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     analyzed = AnalyzedRun.from_record(st.read_json(f"runs/run={base_id}/run.json"))
     text = find_text_bank(st, analyzed, ctx.info)
     out = {
-        "models": f"{clip_name} + {dino_name}", "images": n_images, "shards": len(dino_parts),
-        "n_crops": args.n_crops, "m": args.m, "classes": len(classes), "feature_dim": int(ctx.clip.embed_dim),
-        "torch_threads": torch.get_num_threads(), "device": str(ctx.classifier.device),
-        "seconds": {"shard_and_descriptions": t_shard, "dino_cache": t_dino, "base_run_inference_keep_features": t_base,
-                    "fresh_run_inference": t_fresh, "sweep_10_points_from_features": t_sweep},
+        "models": f"{clip_name} + {dino_name}",
+        "images": n_images,
+        "shards": len(dino_parts),
+        "n_crops": args.n_crops,
+        "m": args.m,
+        "classes": len(classes),
+        "feature_dim": int(ctx.clip.embed_dim),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(ctx.classifier.device),
+        "seconds": {
+            "shard_and_descriptions": t_shard,
+            "dino_cache": t_dino,
+            "base_run_inference_keep_features": t_base,
+            "fresh_run_inference": t_fresh,
+            "sweep_10_points_from_features": t_sweep,
+        },
         "sweep_points": {v.name: round(v.seconds, 3) for v in done.variants},
         "ratio_sweep_to_fresh_inference": t_sweep / t_fresh,
         "ratio_sweep_to_fresh_dino_plus_inference": t_sweep / (t_fresh + t_dino),
@@ -233,22 +289,32 @@ def _say(text: str) -> None:
 
 def _print(out: dict[str, Any]) -> None:
     s = out["seconds"]
-    print(f"{out['models']}: {out['images']} images in {out['shards']} shards, N={out['n_crops']}, M={out['m']}, "
-          f"{out['classes']} classes, D={out['feature_dim']}, {out['device']}, {out['torch_threads']} torch threads")
+    print(
+        f"{out['models']}: {out['images']} images in {out['shards']} shards, N={out['n_crops']}, M={out['m']}, "
+        f"{out['classes']} classes, D={out['feature_dim']}, {out['device']}, {out['torch_threads']} torch threads"
+    )
     print(f"  shard + descriptions           {s['shard_and_descriptions']:8.2f} s")
     print(f"  DINO cache                     {s['dino_cache']:8.2f} s")
     print(f"  base run inference, features   {s['base_run_inference_keep_features']:8.2f} s")
     print(f"  one fresh run's inference      {s['fresh_run_inference']:8.2f} s")
-    print(f"  10-point sweep from features   {s['sweep_10_points_from_features']:8.2f} s  "
-          f"({', '.join(f'{k} {v:.2f}' for k, v in out['sweep_points'].items())})")
-    print(f"  ratio sweep / fresh inference: {100 * out['ratio_sweep_to_fresh_inference']:.1f}% "
-          f"(/ fresh DINO + inference: {100 * out['ratio_sweep_to_fresh_dino_plus_inference']:.1f}%; target < 10%)")
+    print(
+        f"  10-point sweep from features   {s['sweep_10_points_from_features']:8.2f} s  "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in out['sweep_points'].items())})"
+    )
+    print(
+        f"  ratio sweep / fresh inference: {100 * out['ratio_sweep_to_fresh_inference']:.1f}% "
+        f"(/ fresh DINO + inference: {100 * out['ratio_sweep_to_fresh_dino_plus_inference']:.1f}%; target < 10%)"
+    )
     f, h = out["features"], out["fp16"]
-    print(f"  crop features on disk per image: {f['fp32_bytes_per_image'] / 1024:.1f} KB float32 (as stored), "
-          f"{f['fp16_bytes_per_image'] / 1024:.1f} KB float16")
-    print(f"  float16 features vs float32, 10 variants x every method: max |score diff| {h['max_abs_score_diff']:.3g} "
-          f"(logits up to {h['max_abs_logit']:.3g}, {h['max_rel_score_diff']:.2g} relative), max |margin diff| "
-          f"{h['max_abs_margin_diff']:.3g}, top-1 flips {h['top1_flips']} of {h['decisions_compared']}")
+    print(
+        f"  crop features on disk per image: {f['fp32_bytes_per_image'] / 1024:.1f} KB float32 (as stored), "
+        f"{f['fp16_bytes_per_image'] / 1024:.1f} KB float16"
+    )
+    print(
+        f"  float16 features vs float32, 10 variants x every method: max |score diff| {h['max_abs_score_diff']:.3g} "
+        f"(logits up to {h['max_abs_logit']:.3g}, {h['max_rel_score_diff']:.2g} relative), max |margin diff| "
+        f"{h['max_abs_margin_diff']:.3g}, top-1 flips {h['top1_flips']} of {h['decisions_compared']}"
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ def decode(blobs: list[bytes]) -> list[Image.Image]:
 
 
 @torch.inference_mode()
-def dense_dino_attention(dino, images, max_image_side: int = 1024, device="cpu", autocast_dtype=None,
-                         batch_size: int = 64):
+def dense_dino_attention(
+    dino, images, max_image_side: int = 1024, device="cpu", autocast_dtype=None, batch_size: int = 64
+):
     """``dino_attention`` as it was before the banded resizes: dense whole-image products, one
     image at a time (``resize_whole_dense``); the reference for the before/after figures."""
     device = torch.device(device)
@@ -75,8 +76,9 @@ def dense_dino_attention(dino, images, max_image_side: int = 1024, device="cpu",
             x = resize_whole_dense(x, max(1, round(h * f)), max(1, round(w * f)), "bicubic")
         xs.append(x)
     n = dino.norm
-    views = torch.stack([normalize(resize_whole_dense(x, n.size, n.size, "bilinear"), n.mean, n.std)
-                         for x in xs]).to(next(dino.parameters()).dtype)
+    views = torch.stack([normalize(resize_whole_dense(x, n.size, n.size, "bilinear"), n.mean, n.std) for x in xs]).to(
+        next(dino.parameters()).dtype
+    )
     out = []
     with autocast_context(device, autocast_dtype):
         for s in range(0, views.shape[0], batch_size):
@@ -118,7 +120,9 @@ def shard_paths(blobs: list[bytes], dino, tmp: str):
                 return dc.dino_shard(storage, "bench", 0, f"{info.fingerprint}-{next(runs)}", dino, max_image_side=1024)
             finally:
                 dc.dino_attention = dino_attention
+
         return go
+
     return {"dino_shard, banded": run(dino_attention), "dino_shard, dense (before)": run(dense_dino_attention)}
 
 
@@ -136,19 +140,27 @@ def main() -> None:
     images = decode(blobs)
     xs = [to_tensor_image(im) for im in images]
     n = len(xs)
-    print(f"{n} images (500x375 / 375x500 JPEG, decoded), {torch.get_num_threads()} torch thread(s), "
-          f"best of {args.repeats}, alternating")
+    print(
+        f"{n} images (500x375 / 375x500 JPEG, decoded), {torch.get_num_threads()} torch thread(s), "
+        f"best of {args.repeats}, alternating"
+    )
 
-    for label, size, kernel in (("DINO view 224x224, bilinear", None, "bilinear"),
-                                (f"limit_size to {args.limit_side}, bicubic", args.limit_side, "bicubic")):
+    for label, size, kernel in (
+        ("DINO view 224x224, bilinear", None, "bilinear"),
+        (f"limit_size to {args.limit_side}, bicubic", args.limit_side, "bicubic"),
+    ):
+
         def dims(x):
             _, h, w = x.shape
             if size is None:
                 return 224, 224
             f = size / max(h, w)
             return max(1, round(h * f)), max(1, round(w * f))
-        paths = {"dense (before)": lambda: [resize_whole_dense(x, *dims(x), kernel) for x in xs],
-                 "banded, per image": lambda: [resize_whole(x, *dims(x), kernel) for x in xs]}
+
+        paths = {
+            "dense (before)": lambda: [resize_whole_dense(x, *dims(x), kernel) for x in xs],
+            "banded, per image": lambda: [resize_whole(x, *dims(x), kernel) for x in xs],
+        }
         if size is None:
             paths["banded, batched"] = lambda: list(resize_whole_batch(xs, 224, 224, kernel))
         best, outs = side_by_side(paths, args.repeats)
@@ -161,9 +173,13 @@ def main() -> None:
 
     dino = DINOBackbone.load(TINY_DINO)
     dino_attention(dino, images[:2])
-    best, outs = side_by_side({"dino_attention, banded": lambda: dino_attention(dino, images),
-                               "dino_attention, dense (before)": lambda: dense_dino_attention(dino, images)},
-                              args.repeats)
+    best, outs = side_by_side(
+        {
+            "dino_attention, banded": lambda: dino_attention(dino, images),
+            "dino_attention, dense (before)": lambda: dense_dino_attention(dino, images),
+        },
+        args.repeats,
+    )
     if args.shard:
         with tempfile.TemporaryDirectory() as tmp:
             b2, _ = side_by_side(shard_paths(blobs, dino, tmp), args.repeats)

@@ -70,19 +70,56 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SITE = REPO / "abs-output" / "clip-benchmark" / "site"
 DEFAULT_WORK = REPO / "abs-output" / "clip-benchmark" / "work"
-INSTALL = ('.venv/bin/pip install --no-deps --target {site} clip-benchmark==1.6.2 webdataset braceexpand '
-           'scikit-learn scipy joblib threadpoolctl narwhals pycocoevalcap "numpy<2.4"')
-CLASSNAMES = ["apple", "bicycle", "castle", "dolphin", "elephant", "forest", "guitar", "harbor", "island",
-              "jellyfish", "kettle", "lighthouse"]
+INSTALL = (
+    ".venv/bin/pip install --no-deps --target {site} clip-benchmark==1.6.2 webdataset braceexpand "
+    'scikit-learn scipy joblib threadpoolctl narwhals pycocoevalcap "numpy<2.4"'
+)
+CLASSNAMES = [
+    "apple",
+    "bicycle",
+    "castle",
+    "dolphin",
+    "elephant",
+    "forest",
+    "guitar",
+    "harbor",
+    "island",
+    "jellyfish",
+    "kettle",
+    "lighthouse",
+]
 # (width, height): tiny, ImageNet-size, and over 1024 px on either side
-SIZES = [(97, 61), (500, 375), (1400, 1000), (375, 500), (1000, 1400), (61, 97), (1600, 1200), (640, 480),
-         (2100, 700), (224, 224), (1200, 1600), (3000, 2000), (800, 600), (1025, 769), (333, 500), (1500, 1100)]
+SIZES = [
+    (97, 61),
+    (500, 375),
+    (1400, 1000),
+    (375, 500),
+    (1000, 1400),
+    (61, 97),
+    (1600, 1200),
+    (640, 480),
+    (2100, 700),
+    (224, 224),
+    (1200, 1600),
+    (3000, 2000),
+    (800, 600),
+    (1025, 769),
+    (333, 500),
+    (1500, 1100),
+]
 #: The generated sets' own templates (``{c}``: CLIP_benchmark fills them with ``str.format(c=...)``), one
 #: list per set in turn; none is a set abs-eval ships, so a ``clip-e`` that ignored the dataset's file
 #: (and fell back to the ImageNet set) would disagree. One template names the class twice.
 OWN_TEMPLATES = (
-    ("a synthetic picture of a {c}.", "a {c} made of coloured noise.", "a blurry rendering of the {c}.",
-     "itap of my {c}.", "a {c}, or rather a picture of a {c}.", "the {c} as a low-resolution texture.", "{c}."),
+    (
+        "a synthetic picture of a {c}.",
+        "a {c} made of coloured noise.",
+        "a blurry rendering of the {c}.",
+        "itap of my {c}.",
+        "a {c}, or rather a picture of a {c}.",
+        "the {c} as a low-resolution texture.",
+        "{c}.",
+    ),
     ("a noisy photo of a {c}.", "a {c} seen through frosted glass.", "a mosaic of the {c}."),
 )
 DEFAULT_SETS = ("8:32:3", "3:12:2")
@@ -114,8 +151,13 @@ def _classnames(n: int) -> list[str]:
 def _descriptions(classnames: list[str]) -> dict[str, list[str]]:
     """CuPL-style descriptions: 3 to 5 per class (abs-eval's M is set to the largest count, so
     its ``cupl`` averages every one, as CLIP_benchmark does)."""
-    looks = ["round and colourful", "seen from far away", "in bright daylight", "with a plain background",
-             "photographed up close"]
+    looks = [
+        "round and colourful",
+        "seen from far away",
+        "in bright daylight",
+        "with a plain background",
+        "photographed up close",
+    ]
     return {c: [f"a photo of a {c}, {w}." for w in looks[: 3 + k % 3]] for k, c in enumerate(classnames)}
 
 
@@ -139,13 +181,15 @@ def parse_set(spec: str) -> tuple[int, int, int]:
     except ValueError:
         nums = []
     if len(nums) not in (2, 3) or min(nums) < 1 or (len(nums) == 3 and nums[2] > nums[1]) or nums[0] < 2:
-        raise SystemExit(f"--sets {spec!r}: expected CLASSES:IMAGES[:TARS] with CLASSES >= 2 and TARS <= IMAGES, "
-                         "e.g. 8:32:3")
+        raise SystemExit(
+            f"--sets {spec!r}: expected CLASSES:IMAGES[:TARS] with CLASSES >= 2 and TARS <= IMAGES, e.g. 8:32:3"
+        )
     return nums[0], nums[1], nums[2] if len(nums) == 3 else 1
 
 
-def write_wds(root: Path, n_images: int, n_classes: int, n_tars: int, seed: int,
-              templates: tuple[str, ...]) -> CheckSet:
+def write_wds(
+    root: Path, n_images: int, n_classes: int, n_tars: int, seed: int, templates: tuple[str, ...]
+) -> CheckSet:
     """A WebDataset folder as CLIP_benchmark reads it (``wds/<name>``), with its own templates."""
     classnames = _classnames(n_classes)
     if root.exists():
@@ -182,8 +226,9 @@ def read_wds(root: Path) -> CheckSet:
     from tasks.datasets import load_source
 
     if not (root / "test" / "nshards.txt").is_file():
-        raise SystemExit(f"--wds {root}: expected CLIP_benchmark's WebDataset shape, {root}/test/nshards.txt "
-                         "and test/0.tar ..")
+        raise SystemExit(
+            f"--wds {root}: expected CLIP_benchmark's WebDataset shape, {root}/test/nshards.txt and test/0.tar .."
+        )
     src = load_source("webdataset", str(root))
     samples = []
     for e in src.entries:
@@ -287,13 +332,40 @@ def run_clip_benchmark(args, sets: list[CheckSet], ckpt: str, work: Path) -> dic
                 tf.write_text(json.dumps({s.name: prompts}))
                 extra = ["--custom_template_file", str(tf)]
             result, dump = work / f"cb-{s.name}-{method}.json", work / f"cb-{s.name}-{method}-logits.pt"
-            runs.append({"set": s.name, "method": method, "result": str(result), "dump": str(dump), "argv": [
-                "eval", "--dataset", s.cb_name, "--dataset_root", str(s.root), "--task",
-                "zeroshot_classification", "--model", args.model, "--pretrained", ckpt, "--no_amp",
-                "--num_workers", "0", "--batch_size", "16", "--output", str(result), *extra]})
+            runs.append(
+                {
+                    "set": s.name,
+                    "method": method,
+                    "result": str(result),
+                    "dump": str(dump),
+                    "argv": [
+                        "eval",
+                        "--dataset",
+                        s.cb_name,
+                        "--dataset_root",
+                        str(s.root),
+                        "--task",
+                        "zeroshot_classification",
+                        "--model",
+                        args.model,
+                        "--pretrained",
+                        ckpt,
+                        "--no_amp",
+                        "--num_workers",
+                        "0",
+                        "--batch_size",
+                        "16",
+                        "--output",
+                        str(result),
+                        *extra,
+                    ],
+                }
+            )
     spec = work / "clip-benchmark-runs.json"
-    text = json.dumps({"runs": runs, "samples": {s.name: s.samples for s in sets},
-                       "templates": {s.name: s.templates for s in sets}}, indent=1)
+    text = json.dumps(
+        {"runs": runs, "samples": {s.name: s.samples for s in sets}, "templates": {s.name: s.templates for s in sets}},
+        indent=1,
+    )
     done = all(Path(r["result"]).exists() and Path(r["dump"]).exists() for r in runs)
     if args.reuse_clip_benchmark and done and spec.exists() and spec.read_text() == text:
         print("CLIP_benchmark: reusing the outputs of the same runs on the same samples (--reuse-clip-benchmark)")
@@ -303,9 +375,16 @@ def run_clip_benchmark(args, sets: list[CheckSet], ckpt: str, work: Path) -> dic
                 Path(f).unlink(missing_ok=True)
         spec.unlink(missing_ok=True)
         (work / "clip-benchmark-argv.json").write_text(json.dumps(runs, indent=1))
-        _run([sys.executable, str(Path(__file__).resolve()), "--clip-benchmark-driver",
-              str(work / "clip-benchmark-argv.json")], env=_cb_env(args.clip_benchmark_dir),
-             log=work / "clip-benchmark.log")
+        _run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--clip-benchmark-driver",
+                str(work / "clip-benchmark-argv.json"),
+            ],
+            env=_cb_env(args.clip_benchmark_dir),
+            log=work / "clip-benchmark.log",
+        )
         spec.write_text(text)
     import torch
 
@@ -313,8 +392,11 @@ def run_clip_benchmark(args, sets: list[CheckSet], ckpt: str, work: Path) -> dic
     for run in runs:
         got = torch.load(run["dump"])
         out[(run["set"], run["method"])] = {
-            "result_file": run["result"], "metrics": json.loads(Path(run["result"]).read_text())["metrics"],
-            "logits": got["logits"].double(), "target": got["target"]}
+            "result_file": run["result"],
+            "metrics": json.loads(Path(run["result"]).read_text())["metrics"],
+            "logits": got["logits"].double(),
+            "target": got["target"],
+        }
     return out
 
 
@@ -333,18 +415,57 @@ def run_abs_eval(args, sets: list[CheckSet], ckpt: str, work: Path) -> tuple[dic
         desc.write_text(json.dumps(s.descriptions))
         data += ["--dataset", s.name, "--source", str(s.root), "--descriptions", str(desc)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    _run([exe, "run", *data, "--layout", "webdataset", "--root", str(root), "--clip-model", args.model,
-          "--clip-pretrained", ckpt, "--dino-model", args.dino_model, "--dino-pretrained", "random",
-          "--n-crops", "1", "--top-k", "1", "--m", str(m), "--device", "cpu", "--precision", "fp32",
-          *args.abs_eval_args], env=env, log=work / "abs-eval-run.log")
+    _run(
+        [
+            exe,
+            "run",
+            *data,
+            "--layout",
+            "webdataset",
+            "--root",
+            str(root),
+            "--clip-model",
+            args.model,
+            "--clip-pretrained",
+            ckpt,
+            "--dino-model",
+            args.dino_model,
+            "--dino-pretrained",
+            "random",
+            "--n-crops",
+            "1",
+            "--top-k",
+            "1",
+            "--m",
+            str(m),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            *args.abs_eval_args,
+        ],
+        env=env,
+        log=work / "abs-eval-run.log",
+    )
     _run([exe, "export", "--root", str(root), "--out", str(export_dir)], env=env)
     results = {}
     for f in sorted(export_dir.glob("*.json")):
         r = json.loads(f.read_text())
         results[(r["abs_eval_dataset"], r["method"])] = {**r, "file": str(f)}
     rows_file = work / "abs-eval-rows.jsonl"
-    _run([exe, "sql", "run", "select dataset, image_id, method, label, pred, top5, score_true, margin, status "
-          "from predictions", "--root", str(root), "--out", str(rows_file)], env=env)
+    _run(
+        [
+            exe,
+            "sql",
+            "run",
+            "select dataset, image_id, method, label, pred, top5, score_true, margin, status from predictions",
+            "--root",
+            str(root),
+            "--out",
+            str(rows_file),
+        ],
+        env=env,
+    )
     rows: dict[tuple[str, str], dict] = {}
     for line in rows_file.read_text().splitlines():
         r = json.loads(line)
@@ -403,17 +524,28 @@ def compare(s: CheckSet, cb: dict, abs_results: dict, abs_rows: dict, tol: float
                 mdiff[key] = 0.0 if math.isnan(a) else abs(a - b)
         mask_big = torch.tensor(big)
         rep = {
-            "clip_benchmark": c["metrics"], "abs_eval": am, "metric_diff": mdiff,
-            "argmax_equal": same_arg, "top5_equal": same_top5, "images": len(samples), "missing": missing,
+            "clip_benchmark": c["metrics"],
+            "abs_eval": am,
+            "metric_diff": mdiff,
+            "argmax_equal": same_arg,
+            "top5_equal": same_top5,
+            "images": len(samples),
+            "missing": missing,
             "max_logit_diff": float(torch.nan_to_num(diff, nan=float("inf")).max()),
             "max_logit_diff_over_1024": float(torch.nan_to_num(diff[mask_big], nan=float("inf")).max())
-            if mask_big.any() else None,
+            if mask_big.any()
+            else None,
             "max_logit_diff_up_to_1024": float(torch.nan_to_num(diff[~mask_big], nan=float("inf")).max())
-            if (~mask_big).any() else None,
-            "acc1_denominator": exported.get("acc1_denominator"), "n_error": exported.get("n_error"),
+            if (~mask_big).any()
+            else None,
+            "acc1_denominator": exported.get("acc1_denominator"),
+            "n_error": exported.get("n_error"),
         }
-        rep["ok"] = (all(v <= 1e-9 for v in mdiff.values()) and same_arg == same_top5 == len(samples)
-                     and rep["max_logit_diff"] <= tol)
+        rep["ok"] = (
+            all(v <= 1e-9 for v in mdiff.values())
+            and same_arg == same_top5 == len(samples)
+            and rep["max_logit_diff"] <= tol
+        )
         if method == "clip-e":
             want = expected_template_set(s)
             got = {key: exported.get(key) for key in want}
@@ -429,8 +561,10 @@ def check_build(args, sets: list[CheckSet], cb: dict, export_dir: Path, work: Pa
     built = work / "benchmark.csv"
     built.unlink(missing_ok=True)
     cb_files = [cb[(s.name, m)]["result_file"] for s in sets for m in METHODS]
-    _run([sys.executable, "-m", "clip_benchmark.cli", "build", str(export_dir), *cb_files, "--output", str(built)],
-         env=_cb_env(args.clip_benchmark_dir))
+    _run(
+        [sys.executable, "-m", "clip_benchmark.cli", "build", str(export_dir), *cb_files, "--output", str(built)],
+        env=_cb_env(args.clip_benchmark_dir),
+    )
     rows = list(csv.DictReader(built.open()))
     report: dict = {"file": str(built), "rows": len(rows), "sets": {}}
     for s in sets:
@@ -440,10 +574,20 @@ def check_build(args, sets: list[CheckSet], cb: dict, export_dir: Path, work: Pa
         fullnames = sorted({r["model_fullname"] for r in ours})
         ref = json.loads(Path(cb[(s.name, "clip")]["result_file"]).read_text())
         joins = all((r["model"], r["clip_pretrained"]) == (ref["model"], ref["pretrained"]) for r in ours)
-        ok = (all(v == 1 for v in per_method.values()) and len(fullnames) == len(ALL_METHODS)
-              and len(theirs) == len(METHODS) and joins)
-        report["sets"][s.name] = {"dataset": s.cb_name, "rows_per_method": per_method, "model_fullnames": fullnames,
-                                  "clip_benchmark_rows": len(theirs), "joins": joins, "ok": ok}
+        ok = (
+            all(v == 1 for v in per_method.values())
+            and len(fullnames) == len(ALL_METHODS)
+            and len(theirs) == len(METHODS)
+            and joins
+        )
+        report["sets"][s.name] = {
+            "dataset": s.cb_name,
+            "rows_per_method": per_method,
+            "model_fullnames": fullnames,
+            "clip_benchmark_rows": len(theirs),
+            "joins": joins,
+            "ok": ok,
+        }
     report["ok"] = all(v["ok"] for v in report["sets"].values())
     return report
 
@@ -451,12 +595,17 @@ def check_build(args, sets: list[CheckSet], cb: dict, export_dir: Path, work: Pa
 def print_report(sets: list[CheckSet], report: dict, build: dict, tol: float) -> None:
     for s in sets:
         n_big = sum(max(x["width"], x["height"]) > 1024 for x in s.samples)
-        own = f"its own {TEMPLATES_FILE} ({len(s.templates)} templates)" if s.templates is not None else \
-            f"no {TEMPLATES_FILE} (both tools: the ImageNet set)"
-        print(f"\n{s.cb_name}: {len(s.samples)} images ({n_big} with a side > 1024 px; "
-              f"{min(min(x['width'], x['height']) for x in s.samples)}-"
-              f"{max(max(x['width'], x['height']) for x in s.samples)} px), {len(s.classnames)} classes, {own}; "
-              "CLIP_benchmark (--no_amp) vs abs-eval (fp32), same checkpoint and tars\n")
+        own = (
+            f"its own {TEMPLATES_FILE} ({len(s.templates)} templates)"
+            if s.templates is not None
+            else f"no {TEMPLATES_FILE} (both tools: the ImageNet set)"
+        )
+        print(
+            f"\n{s.cb_name}: {len(s.samples)} images ({n_big} with a side > 1024 px; "
+            f"{min(min(x['width'], x['height']) for x in s.samples)}-"
+            f"{max(max(x['width'], x['height']) for x in s.samples)} px), {len(s.classnames)} classes, {own}; "
+            "CLIP_benchmark (--no_amp) vs abs-eval (fp32), same checkpoint and tars\n"
+        )
         head = f"{'method':<8}{'metric':<24}{'CLIP_benchmark':>16}{'abs-eval':>16}{'|diff|':>11}"
         print(head)
         print("-" * len(head))
@@ -466,25 +615,35 @@ def print_report(sets: list[CheckSet], report: dict, build: dict, tol: float) ->
                 print(f"{method:<8}{key:<24}{_num(a):>16}{_num(b):>16}{r['metric_diff'][key]:>11.1e}")
             print(f"{'':<8}{'argmax equal':<24}{r['argmax_equal']:>16} / {r['images']}")
             print(f"{'':<8}{'top-5 equal (ordered)':<24}{r['top5_equal']:>16} / {r['images']}")
-            print(f"{'':<8}{'max |logit diff|':<24}{r['max_logit_diff']:>16.2e}   (<= 1024 px: "
-                  f"{_num(r['max_logit_diff_up_to_1024'], 'e')}, > 1024 px: "
-                  f"{_num(r['max_logit_diff_over_1024'], 'e')})")
+            print(
+                f"{'':<8}{'max |logit diff|':<24}{r['max_logit_diff']:>16.2e}   (<= 1024 px: "
+                f"{_num(r['max_logit_diff_up_to_1024'], 'e')}, > 1024 px: "
+                f"{_num(r['max_logit_diff_over_1024'], 'e')})"
+            )
             if "templates" in r:
                 t = r["templates"]["recorded"]
-                print(f"{'':<8}{'templates (export)':<24}{str(t['templates']):>16}, {t['templates_count']} "
-                      f"({'as expected' if r['templates']['ok'] else 'NOT the expected set'})")
+                print(
+                    f"{'':<8}{'templates (export)':<24}{str(t['templates']):>16}, {t['templates_count']} "
+                    f"({'as expected' if r['templates']['ok'] else 'NOT the expected set'})"
+                )
             if r["missing"]:
                 print(f"{'':<8}rows missing or not ok in abs-eval: {r['missing'][:5]}")
             print(f"{'':<8}{'agreement':<24}{'yes' if r['ok'] else 'NO':>16}")
-    print(f"\nlogits compared: the true class's and the best other class's (what abs-eval stores per image); "
-          f"tolerance {tol:g}; metrics to 1e-9; abs-eval's acc1 is over decoded images (acc1_denominator n_ok; "
-          "no image here is unreadable, so n = n_ok).")
-    print(f"\nclip_benchmark build over abs-eval's export + CLIP_benchmark's results: {build['rows']} rows "
-          f"({build['file']})")
+    print(
+        f"\nlogits compared: the true class's and the best other class's (what abs-eval stores per image); "
+        f"tolerance {tol:g}; metrics to 1e-9; abs-eval's acc1 is over decoded images (acc1_denominator n_ok; "
+        "no image here is unreadable, so n = n_ok)."
+    )
+    print(
+        f"\nclip_benchmark build over abs-eval's export + CLIP_benchmark's results: {build['rows']} rows "
+        f"({build['file']})"
+    )
     for b in build["sets"].values():
-        print(f"  {b['dataset']}: rows per abs-eval method {b['rows_per_method']}, {len(b['model_fullnames'])} "
-              f"model_fullnames ({', '.join(b['model_fullnames'])}), {b['clip_benchmark_rows']} CLIP_benchmark "
-              f"rows, same dataset/model/weights: {'yes' if b['joins'] else 'NO'}")
+        print(
+            f"  {b['dataset']}: rows per abs-eval method {b['rows_per_method']}, {len(b['model_fullnames'])} "
+            f"model_fullnames ({', '.join(b['model_fullnames'])}), {b['clip_benchmark_rows']} CLIP_benchmark "
+            f"rows, same dataset/model/weights: {'yes' if b['joins'] else 'NO'}"
+        )
 
 
 def _num(v, style: str = "f") -> str:
@@ -500,44 +659,70 @@ def main() -> None:
         clip_benchmark_driver(sys.argv[2])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clip-benchmark-dir", default=os.environ.get("CLIP_BENCHMARK_DIR", str(DEFAULT_SITE)),
-                    help="the --target folder CLIP_benchmark was installed into (env CLIP_BENCHMARK_DIR)")
+    ap.add_argument(
+        "--clip-benchmark-dir",
+        default=os.environ.get("CLIP_BENCHMARK_DIR", str(DEFAULT_SITE)),
+        help="the --target folder CLIP_benchmark was installed into (env CLIP_BENCHMARK_DIR)",
+    )
     ap.add_argument("--work", default=str(DEFAULT_WORK), help="where the sets, checkpoint and outputs go")
     ap.add_argument("--model", default="ViT-B-16", help="open_clip model name (both tools)")
     ap.add_argument("--checkpoint", help="weights file both tools load (default: a generated random-weight one)")
-    ap.add_argument("--dino-model", default="abs-micro-dino", help="abs-eval's DINO (random; the baselines "
-                    "do not use it)")
-    ap.add_argument("--sets", nargs="+", metavar="CLASSES:IMAGES[:TARS]", default=None,
-                    help=f"generated sets, each with its own templates (default: {' '.join(DEFAULT_SETS)}; "
-                         "none with --wds unless given)")
-    ap.add_argument("--wds", nargs="+", default=[], metavar="DIR",
-                    help="WebDataset folders of yours to check (each holding test/ with nshards.txt, and "
-                         "classnames.txt); the folder name is the dataset name (wds/<name>)")
+    ap.add_argument(
+        "--dino-model", default="abs-micro-dino", help="abs-eval's DINO (random; the baselines do not use it)"
+    )
+    ap.add_argument(
+        "--sets",
+        nargs="+",
+        metavar="CLASSES:IMAGES[:TARS]",
+        default=None,
+        help=f"generated sets, each with its own templates (default: {' '.join(DEFAULT_SETS)}; "
+        "none with --wds unless given)",
+    )
+    ap.add_argument(
+        "--wds",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="WebDataset folders of yours to check (each holding test/ with nshards.txt, and "
+        "classnames.txt); the folder name is the dataset name (wds/<name>)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest |logit difference| accepted")
-    ap.add_argument("--reuse-clip-benchmark", action="store_true",
-                    help="keep CLIP_benchmark's outputs of an earlier call with the same runs and samples (to check "
-                         "several abs-eval settings against one reference run)")
-    ap.add_argument("--abs-eval-args", nargs=argparse.REMAINDER, default=[],
-                    help="further `abs-eval run` options (last on the line)")
+    ap.add_argument(
+        "--reuse-clip-benchmark",
+        action="store_true",
+        help="keep CLIP_benchmark's outputs of an earlier call with the same runs and samples (to check "
+        "several abs-eval settings against one reference run)",
+    )
+    ap.add_argument(
+        "--abs-eval-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="further `abs-eval run` options (last on the line)",
+    )
     ap.add_argument("--json", help="write the report as JSON here too")
     args = ap.parse_args()
     site = Path(args.clip_benchmark_dir)
     if not (site / "clip_benchmark" / "cli.py").is_file():
-        sys.stderr.write(f"CLIP_benchmark is not installed in {site}; install it there first (not a dependency "
-                         f"of this project):\n  {INSTALL.format(site=site)}\n")
+        sys.stderr.write(
+            f"CLIP_benchmark is not installed in {site}; install it there first (not a dependency "
+            f"of this project):\n  {INSTALL.format(site=site)}\n"
+        )
         raise SystemExit(2)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     specs = [parse_set(x) for x in (args.sets if args.sets is not None else ([] if args.wds else DEFAULT_SETS))]
-    sets = [write_wds(work / "wds" / f"abscheck-c{c}", n, c, tars, args.seed + k, OWN_TEMPLATES[k % len(OWN_TEMPLATES)])
-            for k, (c, n, tars) in enumerate(specs)]
+    sets = [
+        write_wds(work / "wds" / f"abscheck-c{c}", n, c, tars, args.seed + k, OWN_TEMPLATES[k % len(OWN_TEMPLATES)])
+        for k, (c, n, tars) in enumerate(specs)
+    ]
     sets += [read_wds(Path(d).resolve()) for d in args.wds]
     names = [s.name for s in sets]
     if not sets or len(set(names)) != len(names):
-        raise SystemExit(f"give sets with distinct names (got {names}); two --sets with the same class count "
-                         "are one name")
+        raise SystemExit(
+            f"give sets with distinct names (got {names}); two --sets with the same class count are one name"
+        )
     ckpt = args.checkpoint
     if not ckpt:
         path = work / f"{args.model}-random-seed{args.seed}.pt"
@@ -551,12 +736,28 @@ def main() -> None:
     print_report(sets, report, build, args.tolerance)
     print(f"({time.time() - t0:.0f} s in all; outputs and logs under {work})")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"args": vars(args), "sets": [{"name": s.name, "dataset": s.cb_name, "classes": len(s.classnames),
-                                           "images": len(s.samples), "templates": s.templates,
-                                           "sizes": sorted({(x["width"], x["height"]) for x in s.samples})}
-                                          for s in sets],
-             "report": report, "build": build}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "sets": [
+                        {
+                            "name": s.name,
+                            "dataset": s.cb_name,
+                            "classes": len(s.classnames),
+                            "images": len(s.samples),
+                            "templates": s.templates,
+                            "sizes": sorted({(x["width"], x["height"]) for x in s.samples}),
+                        }
+                        for s in sets
+                    ],
+                    "report": report,
+                    "build": build,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     ok = all(r["ok"] for rep in report.values() for r in rep.values()) and build["ok"]
     raise SystemExit(0 if ok else 1)
 

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-NOT_COUNTED = ("elementwise ops (LayerNorm, GELU, softmax, residual adds), preprocessing, the bicubic "
-               "resampling of feature crops, the soft matching (shown separately)")
+NOT_COUNTED = (
+    "elementwise ops (LayerNorm, GELU, softmax, residual adds), preprocessing, the bicubic "
+    "resampling of feature crops, the soft matching (shown separately)"
+)
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
@@ -56,8 +58,16 @@ def _attention_flops(by_op: dict[str, int]) -> int:
     return sum(v for k, v in by_op.items() if k == "bmm" or "scaled_dot_product" in k)
 
 
-def abs_model_flops(clip, dino, n_crops: int, device: torch.device | str, raw_crops: bool = True,
-                    feature_crops: bool = True, classes: int = 0, descriptions: int = 0) -> dict[str, Any]:
+def abs_model_flops(
+    clip,
+    dino,
+    n_crops: int,
+    device: torch.device | str,
+    raw_crops: bool = True,
+    feature_crops: bool = True,
+    classes: int = 0,
+    descriptions: int = 0,
+) -> dict[str, Any]:
     """Per-image model FLOPs of ABS: CLIP on 1 global view + N raw crops, the last block + head on
     N feature crops, one DINO pass; plus the analytic attention check and the matching FLOPs."""
     device = torch.device(device)
@@ -77,9 +87,9 @@ def abs_model_flops(clip, dino, n_crops: int, device: torch.device | str, raw_cr
     attn = (1 + n_raw) * _attention_flops(full_ops) + n_feat * _attention_flops(last_ops) + _attention_flops(dino_ops)
 
     # analytic attention: 4 T^2 D per full block (QK^T + AV); DINO's last block: the CLS row's QK^T only
-    T_c, D_c, L_c = clip.grid ** 2 + 1, tok.shape[-1], len(clip.visual.transformer.resblocks)
+    T_c, D_c, L_c = clip.grid**2 + 1, tok.shape[-1], len(clip.visual.transformer.resblocks)
     m = dino.model
-    T_d, D_d, L_d = dino.grid ** 2 + dino.num_prefix_tokens, m.embed_dim, len(m.blocks)
+    T_d, D_d, L_d = dino.grid**2 + dino.num_prefix_tokens, m.embed_dim, len(m.blocks)
     a_full, a_last = 4 * T_c**2 * D_c * L_c, 4 * T_c**2 * D_c
     a_dino = 4 * T_d**2 * D_d * (L_d - 1) + 2 * T_d * D_d
     attn_analytic = (1 + n_raw) * a_full + n_feat * a_last + a_dino
@@ -103,9 +113,11 @@ def abs_model_flops(clip, dino, n_crops: int, device: torch.device | str, raw_cr
 def describe(f: dict[str, Any]) -> str:
     """One line per figure, for benchmark output."""
     g = 1e9
-    return (f"model FLOPs per image: {f['per_image'] / g:.1f} G = CLIP full {f['clip_full'] / g:.2f} G x "
-            f"{f['clip_full_calls']} + last block {f['clip_last_block'] / g:.2f} G x {f['clip_last_block_calls']} + "
-            f"DINO {f['dino'] / g:.2f} G; of which attention matmuls (QK^T, AV) {f['attention'] / g:.1f} G "
-            f"(analytic 4*T^2*D per block: {f['attention_analytic'] / g:.1f} G, "
-            f"{'agrees' if f['attention_counted'] else 'DIFFERS'}); matching {f['matching'] / g:.1f} G extra\n"
-            f"  not counted: {f['not_counted']}")
+    return (
+        f"model FLOPs per image: {f['per_image'] / g:.1f} G = CLIP full {f['clip_full'] / g:.2f} G x "
+        f"{f['clip_full_calls']} + last block {f['clip_last_block'] / g:.2f} G x {f['clip_last_block_calls']} + "
+        f"DINO {f['dino'] / g:.2f} G; of which attention matmuls (QK^T, AV) {f['attention'] / g:.1f} G "
+        f"(analytic 4*T^2*D per block: {f['attention_analytic'] / g:.1f} G, "
+        f"{'agrees' if f['attention_counted'] else 'DIFFERS'}); matching {f['matching'] / g:.1f} G extra\n"
+        f"  not counted: {f['not_counted']}"
+    )

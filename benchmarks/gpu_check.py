@@ -60,10 +60,10 @@ if "PREFECT_HOME" not in os.environ:
 
 from machine import machine_info, machine_summary  # noqa: E402  (benchmarks/machine.py)
 
-GOAL_IMAGES = 50_000          # ImageNet val
-GOAL_SECONDS = 300            # 5 minutes
-TARGET_IPS = 170.0            # images/s end to end
-TARGET_MATMUL_SHARE = 0.45    # achieved model TFLOP/s / measured bf16 matmul TFLOP/s
+GOAL_IMAGES = 50_000  # ImageNet val
+GOAL_SECONDS = 300  # 5 minutes
+TARGET_IPS = 170.0  # images/s end to end
+TARGET_MATMUL_SHARE = 0.45  # achieved model TFLOP/s / measured bf16 matmul TFLOP/s
 SIZES = [(500, 375), (375, 500), (500, 333), (500, 500), (333, 500), (640, 480)]  # ImageNet-like
 
 
@@ -188,8 +188,11 @@ def gpu_busy_seconds(trace_path: str) -> tuple[float, int]:
     """Union of kernel / memcpy / memset intervals in a chrome trace: (seconds busy, kernels)."""
     with open(trace_path) as f:
         events = json.load(f).get("traceEvents", [])
-    iv = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in events
-                if e.get("ph") == "X" and str(e.get("cat", "")).lower() in ("kernel", "gpu_memcpy", "gpu_memset"))
+    iv = sorted(
+        (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)))
+        for e in events
+        if e.get("ph") == "X" and str(e.get("cat", "")).lower() in ("kernel", "gpu_memcpy", "gpu_memset")
+    )
     busy, cur_s, cur_e = 0.0, None, None
     for s, e in iv:
         if cur_e is None or s > cur_e:
@@ -212,8 +215,15 @@ class SmiSampler:
         self.proc = None
         if exe:
             try:
-                query = [exe, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0",
-                         "-lms", "250"]
+                query = [
+                    exe,
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    "0",
+                    "-lms",
+                    "250",
+                ]
                 self.proc = subprocess.Popen(query, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             except OSError:
                 self.proc = None
@@ -241,8 +251,11 @@ class SmiSampler:
         s = [x for x in self.samples if (t0 is None or x[0] >= t0) and (t1 is None or x[0] <= t1)]
         if not s:
             return {"samples": 0, "util_mean_pct": None, "mem_used_peak_mib": None}
-        return {"samples": len(s), "util_mean_pct": round(sum(x[1] for x in s) / len(s), 1),
-                "mem_used_peak_mib": max(x[2] for x in s)}
+        return {
+            "samples": len(s),
+            "util_mean_pct": round(sum(x[1] for x in s) / len(s), 1),
+            "mem_used_peak_mib": max(x[2] for x in s),
+        }
 
 
 def _iso_ts(v) -> float | None:
@@ -291,9 +304,15 @@ def model_stage(args, device, classes: list[str], files: list[str], res: dict, s
     t = time.perf_counter()
     mm = matmul_tflops(device, mm_dtype, mm_n, mm_reps, rounds=3 if device.type == "cuda" else 1)
     res["timings"]["matmul_s"] = round(time.perf_counter() - t, 2)
-    res["matmul"] = {"dtype": str(mm_dtype).removeprefix("torch."), "n": mm_n, "reps": mm_reps, "tflops": mm,
-                     "how": "best of 3 x 50 back-to-back matmuls, CUDA events" if device.type == "cuda"
-                     else "fp32 (the model's CPU dtype), wall clock"}
+    res["matmul"] = {
+        "dtype": str(mm_dtype).removeprefix("torch."),
+        "n": mm_n,
+        "reps": mm_reps,
+        "tflops": mm,
+        "how": "best of 3 x 50 back-to-back matmuls, CUDA events"
+        if device.type == "cuda"
+        else "fp32 (the model's CPU dtype), wall clock",
+    }
     print(f"plain {res['matmul']['dtype']} matmul {mm_n}^3: {mm:.2f} TFLOP/s", flush=True)
     save()
 
@@ -305,11 +324,14 @@ def model_stage(args, device, classes: list[str], files: list[str], res: dict, s
     res["timings"]["decode_model_images_s"] = round(time.perf_counter() - t, 2)
     bs = args.images_per_batch
     clf = ABSClassifier(clip, dino, text, cfg, device, args.precision)
-    batches = [(images[s:s + bs], ids[s:s + bs]) for s in range(0, n_model, bs)]
+    batches = [(images[s : s + bs], ids[s : s + bs]) for s in range(0, n_model, bs)]
     clf.predict(*batches[0])  # warm-up: kernels, allocator, cuBLAS handles
     _sync(device)
-    timers = {"clip_trunk": CallTimer(clf._trunk, device), "clip_head": CallTimer(clf._head, device),
-              "dino": CallTimer(clf.dino.cls_attention, device)}
+    timers = {
+        "clip_trunk": CallTimer(clf._trunk, device),
+        "clip_head": CallTimer(clf._head, device),
+        "dino": CallTimer(clf.dino.cls_attention, device),
+    }
     clf._trunk, clf._head = timers["clip_trunk"], timers["clip_head"]
     clf.dino.cls_attention = timers["dino"]
     if device.type == "cuda":
@@ -325,21 +347,40 @@ def model_stage(args, device, classes: list[str], files: list[str], res: dict, s
     ips = n_model / wall
     tflops = fl["per_image"] * ips / 1e12
     mo = {
-        "images": n_model, "images_per_batch": bs, "classifier_batch_rows": clf.batch_size,
+        "images": n_model,
+        "images_per_batch": bs,
+        "classifier_batch_rows": clf.batch_size,
         "precision": str(clf.autocast_dtype or "fp32").removeprefix("torch."),
-        "wall_s": wall, "images_per_s": ips, "model_tflops": tflops, "share_of_matmul": tflops / mm,
-        "model_calls_s": model_s, "model_calls_by_kind_s": {k: tm.seconds() for k, tm in timers.items()},
-        "outside_model_calls_s": max(0.0, wall - model_s), "outside_model_calls_frac": max(0.0, wall - model_s) / wall,
-        "peak_mem_bytes": None, "peak_mem_gib": None, "gpu_busy_s": None, "gpu_idle_s": None, "gpu_idle_frac": None,
+        "wall_s": wall,
+        "images_per_s": ips,
+        "model_tflops": tflops,
+        "share_of_matmul": tflops / mm,
+        "model_calls_s": model_s,
+        "model_calls_by_kind_s": {k: tm.seconds() for k, tm in timers.items()},
+        "outside_model_calls_s": max(0.0, wall - model_s),
+        "outside_model_calls_frac": max(0.0, wall - model_s) / wall,
+        "peak_mem_bytes": None,
+        "peak_mem_gib": None,
+        "gpu_busy_s": None,
+        "gpu_idle_s": None,
+        "gpu_idle_frac": None,
     }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         mo["peak_mem_bytes"], mo["peak_mem_gib"] = peak, peak / 2**30
     res["model_only"] = mo
-    res["achieved"] = {"model_tflops": tflops, "matmul_tflops": mm, "share_of_matmul": tflops / mm,
-                       "target_share": TARGET_MATMUL_SHARE, "meets_target": tflops / mm >= TARGET_MATMUL_SHARE}
-    print(f"model only: {n_model} images in {wall:.2f} s = {ips:.2f} images/s, {tflops:.3f} TFLOP/s "
-          f"({100 * tflops / mm:.1f}% of matmul)", flush=True)
+    res["achieved"] = {
+        "model_tflops": tflops,
+        "matmul_tflops": mm,
+        "share_of_matmul": tflops / mm,
+        "target_share": TARGET_MATMUL_SHARE,
+        "meets_target": tflops / mm >= TARGET_MATMUL_SHARE,
+    }
+    print(
+        f"model only: {n_model} images in {wall:.2f} s = {ips:.2f} images/s, {tflops:.3f} TFLOP/s "
+        f"({100 * tflops / mm:.1f}% of matmul)",
+        flush=True,
+    )
     save()
 
     # ---- GPU idle: profiler kernel timeline over a few batches
@@ -361,8 +402,14 @@ def model_stage(args, device, classes: list[str], files: list[str], res: dict, s
             shutil.rmtree(os.path.dirname(trace), ignore_errors=True)
             if kernels == 0:  # e.g. CUPTI missing: an empty timeline would read as 100% idle
                 raise RuntimeError("the profiler recorded no CUDA kernels (CUPTI unavailable?)")
-            mo.update(profiled_images=sum(len(b[0]) for b in few), profiled_wall_s=pwall, gpu_busy_s=busy,
-                      gpu_idle_s=max(0.0, pwall - busy), gpu_idle_frac=max(0.0, pwall - busy) / pwall, kernels=kernels)
+            mo.update(
+                profiled_images=sum(len(b[0]) for b in few),
+                profiled_wall_s=pwall,
+                gpu_busy_s=busy,
+                gpu_idle_s=max(0.0, pwall - busy),
+                gpu_idle_frac=max(0.0, pwall - busy) / pwall,
+                kernels=kernels,
+            )
         except Exception as exc:  # the profiler is a bonus; the CUDA-event figure stands without it
             mo["profiler_error"] = f"{type(exc).__name__}: {exc}"
         save()
@@ -372,14 +419,14 @@ def model_stage(args, device, classes: list[str], files: list[str], res: dict, s
     n_cmp = min(args.compare_images, n_model)
     imgs, cids = images[:n_cmp], ids[:n_cmp]
     ref = ABSClassifier(clip, dino, text, cfg, device, "fp32")
-    out32 = [ref.predict(imgs[s:s + bs], cids[s:s + bs]) for s in range(0, n_cmp, bs)]
+    out32 = [ref.predict(imgs[s : s + bs], cids[s : s + bs]) for s in range(0, n_cmp, bs)]
     if device.type == "cuda":
         low = ABSClassifier(clip, dino, text, cfg, device, "bf16")
-        out16 = [low.predict(imgs[s:s + bs], cids[s:s + bs]) for s in range(0, n_cmp, bs)]
+        out16 = [low.predict(imgs[s : s + bs], cids[s : s + bs]) for s in range(0, n_cmp, bs)]
         how = "ABSClassifier(precision='bf16') vs precision='fp32'"
     else:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out16 = [ref.predict(imgs[s:s + bs], cids[s:s + bs]) for s in range(0, n_cmp, bs)]
+            out16 = [ref.predict(imgs[s : s + bs], cids[s : s + bs]) for s in range(0, n_cmp, bs)]
         how = "CPU: fp32 classifier under torch.autocast('cpu', bfloat16) (the classifier allows bf16 on CUDA only)"
     agree, diff, spread = {}, {}, {}
     for m in out32[0].logits:
@@ -388,39 +435,81 @@ def model_stage(args, device, classes: list[str], files: list[str], res: dict, s
         agree[m] = float((a.argmax(1) == b.argmax(1)).double().mean())
         diff[m] = float((a - b).abs().max())
         spread[m] = float(a.std(dim=1).mean())
-    res["precision"] = {"images": n_cmp, "how": how, "agreement": agree["abs"], "max_logit_diff": diff["abs"],
-                        "agreement_by_method": agree, "max_logit_diff_by_method": diff,
-                        "logit_std_across_classes_by_method": spread,
-                        "note": "random weights give near-flat logits, so small bf16 errors flip more argmaxes "
-                                "than with trained weights"}
+    res["precision"] = {
+        "images": n_cmp,
+        "how": how,
+        "agreement": agree["abs"],
+        "max_logit_diff": diff["abs"],
+        "agreement_by_method": agree,
+        "max_logit_diff_by_method": diff,
+        "logit_std_across_classes_by_method": spread,
+        "note": "random weights give near-flat logits, so small bf16 errors flip more argmaxes "
+        "than with trained weights",
+    }
     res["timings"]["compare_precision_s"] = round(time.perf_counter() - t_cmp, 2)
-    print(f"bf16 vs fp32 on {n_cmp} images: ABS agreement {agree['abs']:.3f}, max |logit diff| {diff['abs']:.3g} "
-          f"(logit std across classes {spread['abs']:.3g})", flush=True)
+    print(
+        f"bf16 vs fp32 on {n_cmp} images: ABS agreement {agree['abs']:.3f}, max |logit diff| {diff['abs']:.3g} "
+        f"(logit std across classes {spread['abs']:.3g})",
+        flush=True,
+    )
     save()
 
 
-def e2e_stage(args, device, src: Path, desc: Path, root: Path, n_images: int, deadline: float, res: dict,
-              out_dir: Path, save) -> int:
+def e2e_stage(
+    args, device, src: Path, desc: Path, root: Path, n_images: int, deadline: float, res: dict, out_dir: Path, save
+) -> int:
     """The real ``abs-eval run``, timed; returns its exit code."""
     exe = Path(sys.executable).parent / "abs-eval"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
-    cmd += ["run", "--dataset", "gpucheck", "--source", str(src), "--root", str(root), "--descriptions", str(desc),
-            "--clip-model", args.clip, "--clip-pretrained", "random", "--dino-model", args.dino,
-            "--dino-pretrained", "random", "--n-crops", str(args.n_crops), "--top-k", str(args.top_k),
-            "--m", str(args.m), "--device", device.type, "--precision", args.precision,
-            "--images-per-shard", str(args.images_per_shard), "--images-per-batch", str(args.images_per_batch)]
+    cmd += [
+        "run",
+        "--dataset",
+        "gpucheck",
+        "--source",
+        str(src),
+        "--root",
+        str(root),
+        "--descriptions",
+        str(desc),
+        "--clip-model",
+        args.clip,
+        "--clip-pretrained",
+        "random",
+        "--dino-model",
+        args.dino,
+        "--dino-pretrained",
+        "random",
+        "--n-crops",
+        str(args.n_crops),
+        "--top-k",
+        str(args.top_k),
+        "--m",
+        str(args.m),
+        "--device",
+        device.type,
+        "--precision",
+        args.precision,
+        "--images-per-shard",
+        str(args.images_per_shard),
+        "--images-per-batch",
+        str(args.images_per_batch),
+    ]
     timeout = max(60.0, deadline - time.time())
     log_path = out_dir / "abs-eval-run.log"
-    print(f"end to end: {' '.join(cmd[:cmd.index('run') + 1])} ... ({n_images} images; log {log_path}; "
-          f"timeout {timeout:.0f} s)", flush=True)
+    print(
+        f"end to end: {' '.join(cmd[: cmd.index('run') + 1])} ... ({n_images} images; log {log_path}; "
+        f"timeout {timeout:.0f} s)",
+        flush=True,
+    )
     # The repository first on the path: the command runs this working tree even when the venv's
     # editable install predates a package (the copy on a lent machine, a stale .venv).
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     smi = SmiSampler() if device.type == "cuda" else None
     t0 = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             rc = proc.wait(timeout=timeout)
             timed_out = False
@@ -447,17 +536,28 @@ def e2e_stage(args, device, src: Path, desc: Path, root: Path, n_images: int, de
         except (ValueError, OSError):
             pass
     e2e = {
-        "command": " ".join(cmd), "rc": rc, "timed_out": timed_out, "images": n_images, "images_done": done,
-        "wall_s": wall, "images_per_s": done / wall if wall else None,
-        "stage_s": stage, "stage": "DINO cache + inference + commits (run record started_at..ended_at)",
-        "stage_images_per_s": (done / stage) if stage else None, "fixed_s": (wall - stage) if stage else None,
-        "run_status": rec.get("status"), "target_images_per_s": TARGET_IPS,
+        "command": " ".join(cmd),
+        "rc": rc,
+        "timed_out": timed_out,
+        "images": n_images,
+        "images_done": done,
+        "wall_s": wall,
+        "images_per_s": done / wall if wall else None,
+        "stage_s": stage,
+        "stage": "DINO cache + inference + commits (run record started_at..ended_at)",
+        "stage_images_per_s": (done / stage) if stage else None,
+        "fixed_s": (wall - stage) if stage else None,
+        "run_status": rec.get("status"),
+        "target_images_per_s": TARGET_IPS,
     }
     e2e["meets_target"] = bool(e2e["images_per_s"] and e2e["images_per_s"] >= TARGET_IPS)
     if stage and done:
         proj = e2e["fixed_s"] + GOAL_IMAGES / e2e["stage_images_per_s"]
-        e2e.update(projected_goal_s=proj, projected_goal_images_per_s=GOAL_IMAGES / proj,
-                   projected_meets_goal=proj <= GOAL_SECONDS)
+        e2e.update(
+            projected_goal_s=proj,
+            projected_goal_images_per_s=GOAL_IMAGES / proj,
+            projected_meets_goal=proj <= GOAL_SECONDS,
+        )
     if smi:
         e2e["nvidia_smi_whole_run"] = smi.window(None, None)
         e2e["nvidia_smi_stage"] = smi.window(s0, s1)
@@ -466,8 +566,13 @@ def e2e_stage(args, device, src: Path, desc: Path, root: Path, n_images: int, de
     save()
     if rc != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-25:]
-        print("abs-eval run " + ("TIMED OUT" if timed_out else f"FAILED (exit {rc})") + "; last lines of its log:\n  "
-              + "\n  ".join(tail), flush=True)
+        print(
+            "abs-eval run "
+            + ("TIMED OUT" if timed_out else f"FAILED (exit {rc})")
+            + "; last lines of its log:\n  "
+            + "\n  ".join(tail),
+            flush=True,
+        )
     return rc
 
 
@@ -489,51 +594,86 @@ def summary(res: dict) -> str:
     ]
     row = lambda name, val, tgt="": lines.append(f"{name:<44}{val:>28}   {tgt}")  # noqa: E731
     if e:
-        row("end to end: abs-eval run, whole command", f"{_f(e.get('images_per_s'), '{:.2f}')} images/s",
-            f">= {TARGET_IPS:.0f}{ok(e.get('meets_target'))}")
-        row("  wall (Prefect start, shard, text, report)", f"{_f(e.get('wall_s'))} s",
-            f"{e.get('images_done')}/{e.get('images')} images" + (", TIMED OUT" if e.get("timed_out") else "")
-            + ("" if e.get("rc") in (0, None) else f", exit {e.get('rc')}"))
+        row(
+            "end to end: abs-eval run, whole command",
+            f"{_f(e.get('images_per_s'), '{:.2f}')} images/s",
+            f">= {TARGET_IPS:.0f}{ok(e.get('meets_target'))}",
+        )
+        row(
+            "  wall (Prefect start, shard, text, report)",
+            f"{_f(e.get('wall_s'))} s",
+            f"{e.get('images_done')}/{e.get('images')} images"
+            + (", TIMED OUT" if e.get("timed_out") else "")
+            + ("" if e.get("rc") in (0, None) else f", exit {e.get('rc')}"),
+        )
         st = e.get("stage_images_per_s")
-        row("  DINO cache + inference stage", f"{_f(st, '{:.2f}')} images/s",
-            f">= {TARGET_IPS:.0f}{ok(None if not st else st >= TARGET_IPS)}")
+        row(
+            "  DINO cache + inference stage",
+            f"{_f(st, '{:.2f}')} images/s",
+            f">= {TARGET_IPS:.0f}{ok(None if not st else st >= TARGET_IPS)}",
+        )
         if e.get("projected_goal_s") is not None:
-            row(f"  projected {GOAL_IMAGES:,} images (fixed + stage)", f"{e['projected_goal_s']:.0f} s",
-                f"<= {GOAL_SECONDS}{ok(e['projected_meets_goal'])}")
+            row(
+                f"  projected {GOAL_IMAGES:,} images (fixed + stage)",
+                f"{e['projected_goal_s']:.0f} s",
+                f"<= {GOAL_SECONDS}{ok(e['projected_meets_goal'])}",
+            )
         sm = e.get("nvidia_smi_stage") or {}
         if sm.get("samples"):
-            row("  nvidia-smi during the stage", f"{sm['util_mean_pct']:.0f}% util, "
-                f"{sm['mem_used_peak_mib']:.0f} MiB", "mean utilisation, peak memory used")
+            row(
+                "  nvidia-smi during the stage",
+                f"{sm['util_mean_pct']:.0f}% util, {sm['mem_used_peak_mib']:.0f} MiB",
+                "mean utilisation, peak memory used",
+            )
     if mo:
-        row(f"model only: ABSClassifier.predict x{mo['images']}", f"{mo['images_per_s']:.2f} images/s",
-            f"({mo['images_per_batch']} images/predict, {mo['precision']})")
+        row(
+            f"model only: ABSClassifier.predict x{mo['images']}",
+            f"{mo['images_per_s']:.2f} images/s",
+            f"({mo['images_per_batch']} images/predict, {mo['precision']})",
+        )
     if fl:
-        row("model FLOPs per image", f"{fl['per_image'] / 1e9:.1f} GFLOP",
+        row(
+            "model FLOPs per image",
+            f"{fl['per_image'] / 1e9:.1f} GFLOP",
             f"attention {fl['attention'] / 1e9:.1f} G incl. "
-            f"({'= analytic' if fl['attention_counted'] else 'analytic DIFFERS'})")
+            f"({'= analytic' if fl['attention_counted'] else 'analytic DIFFERS'})",
+        )
     if mm:
         row(f"plain {mm['dtype']} matmul {mm['n']}^3", f"{mm['tflops']:.2f} TFLOP/s", "")
     if ac:
-        row("achieved, model only", f"{ac['model_tflops']:.3f} TFLOP/s = {100 * ac['share_of_matmul']:.1f}%",
-            f">= {100 * TARGET_MATMUL_SHARE:.0f}% of matmul{ok(ac['meets_target'])}")
+        row(
+            "achieved, model only",
+            f"{ac['model_tflops']:.3f} TFLOP/s = {100 * ac['share_of_matmul']:.1f}%",
+            f">= {100 * TARGET_MATMUL_SHARE:.0f}% of matmul{ok(ac['meets_target'])}",
+        )
         if e.get("stage_images_per_s") and fl:
             t = fl["per_image"] * e["stage_images_per_s"] / 1e12
             row("achieved, end-to-end stage", f"{t:.3f} TFLOP/s = {100 * t / mm['tflops']:.1f}%", "of matmul")
     if mo:
-        row("peak GPU memory (predict)", _f(mo.get("peak_mem_gib"), "{:.2f} GiB", "n/a (no GPU)"),
-            "torch.cuda.max_memory_allocated")
-        row("time outside model calls (" + ("CUDA events)" if s["device"] == "cuda" else "wall clock)"),
+        row(
+            "peak GPU memory (predict)",
+            _f(mo.get("peak_mem_gib"), "{:.2f} GiB", "n/a (no GPU)"),
+            "torch.cuda.max_memory_allocated",
+        )
+        row(
+            "time outside model calls (" + ("CUDA events)" if s["device"] == "cuda" else "wall clock)"),
             f"{mo['outside_model_calls_s']:.2f} s of {mo['wall_s']:.2f} s",
-            f"{100 * mo['outside_model_calls_frac']:.0f}% (host work: crops, preprocessing, matching)")
+            f"{100 * mo['outside_model_calls_frac']:.0f}% (host work: crops, preprocessing, matching)",
+        )
         if mo.get("gpu_idle_s") is not None:
-            row("GPU idle waiting for host (profiler)", f"{mo['gpu_idle_s']:.2f} s of {mo['profiled_wall_s']:.2f} s",
-                f"{100 * mo['gpu_idle_frac']:.0f}% (wall - union of kernel time, {mo['profiled_images']} images)")
+            row(
+                "GPU idle waiting for host (profiler)",
+                f"{mo['gpu_idle_s']:.2f} s of {mo['profiled_wall_s']:.2f} s",
+                f"{100 * mo['gpu_idle_frac']:.0f}% (wall - union of kernel time, {mo['profiled_images']} images)",
+            )
         elif mo.get("profiler_error"):
             row("GPU idle (profiler)", "failed", mo["profiler_error"][:60])
     if pr:
-        row(f"bf16 vs fp32, {pr['images']} images",
+        row(
+            f"bf16 vs fp32, {pr['images']} images",
             f"agree {pr['agreement']:.3f}, max|dlogit| {pr['max_logit_diff']:.3g}",
-            "(ABS; " + ", ".join(f"{k} {v:.2f}" for k, v in pr["agreement_by_method"].items() if k != "abs") + ")")
+            "(ABS; " + ", ".join(f"{k} {v:.2f}" for k, v in pr["agreement_by_method"].items() if k != "abs") + ")",
+        )
     if fl:
         lines.append(f"FLOPs not counted: {fl['not_counted']}")
     return "\n".join(lines)
@@ -545,8 +685,11 @@ def parse_args(argv=None):
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     ap.add_argument("--images", type=int, default=None, help="generated images (default 2000; --tiny 16)")
     ap.add_argument("--tiny", action="store_true", help="the shipped tiny random models and a small N (a dry run)")
-    ap.add_argument("--out", default=None, help="folder for gpu_check.json, summary.txt and the run log "
-                    "(default: a new temporary folder)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="folder for gpu_check.json, summary.txt and the run log (default: a new temporary folder)",
+    )
     ap.add_argument("--classes", type=int, default=None, help="classes (default 1000 like ImageNet; --tiny 4)")
     ap.add_argument("--n-crops", type=int, default=None, help="N (default 60; --tiny 6)")
     ap.add_argument("--top-k", type=int, default=None, help="K (default 20; --tiny 10)")
@@ -554,15 +697,33 @@ def parse_args(argv=None):
     ap.add_argument("--precision", default="auto", help="auto (bf16 on cuda, fp32 on cpu), fp32, bf16, fp16")
     ap.add_argument("--images-per-batch", type=int, default=None, help="images per predict (pipeline default)")
     ap.add_argument("--images-per-shard", type=int, default=None, help="default: images / 4, at least 8")
-    ap.add_argument("--model-images", type=int, default=None, help="images for the model-only figure "
-                    "(default 512 on cuda, 64 on cpu)")
-    ap.add_argument("--compare-images", type=int, default=None, help="images for bf16 vs fp32 (default 64 on "
-                    "cuda, 8 on cpu, where bf16 runs emulated and slowly)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch here and in the abs-eval run "
-                    "(default: torch's own; 1 for --tiny on cpu, which is faster on a shared small machine)")
+    ap.add_argument(
+        "--model-images",
+        type=int,
+        default=None,
+        help="images for the model-only figure (default 512 on cuda, 64 on cpu)",
+    )
+    ap.add_argument(
+        "--compare-images",
+        type=int,
+        default=None,
+        help="images for bf16 vs fp32 (default 64 on cuda, 8 on cpu, where bf16 runs emulated and slowly)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch here and in the abs-eval run "
+        "(default: torch's own; 1 for --tiny on cpu, which is faster on a shared small machine)",
+    )
     ap.add_argument("--matmul-size", type=int, default=None, help="default 8192 on cuda, 1024 on cpu")
-    ap.add_argument("--budget-s", type=float, default=450, help="seconds for the whole check; the end-to-end "
-                    "run is stopped when they run out (what it finished is still reported)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=450,
+        help="seconds for the whole check; the end-to-end "
+        "run is stopped when they run out (what it finished is still reported)",
+    )
     ap.add_argument("--no-profile", action="store_true", help="skip the torch.profiler idle-time pass")
     ap.add_argument("--skip-e2e", action="store_true", help="model figures only, no abs-eval run")
     ap.add_argument("--keep", action="store_true", help="keep the generated data and the run's storage root")
@@ -594,12 +755,18 @@ def chunk_sizes(device, images: int, crops: int, m: int) -> dict:
 
     per, cc = matching_chunks(device, images, crops, m)
     dev = torch.device(device)
-    parts = [max(d for d in range(1, min(k, max(1, 224 // preprocess._MIN_BAND)) + 1) if 224 % d == 0)
-             for k in preprocess._PARTS]
-    return {"matching_images_per_block": per, "matching_classes_per_block": cc,
-            "matching_block_bytes": per * crops * cc * m * 4,
-            "resample_call_samples": preprocess._CPU_CALL_SAMPLES if dev.type == "cpu" else preprocess._DEVICE_CALL_SAMPLES,
-            "resample_bands_224": parts, "resample_levels_dtype": str(resample.split_levels_dtype(dev)).removeprefix("torch.")}
+    parts = [
+        max(d for d in range(1, min(k, max(1, 224 // preprocess._MIN_BAND)) + 1) if 224 % d == 0)
+        for k in preprocess._PARTS
+    ]
+    return {
+        "matching_images_per_block": per,
+        "matching_classes_per_block": cc,
+        "matching_block_bytes": per * crops * cc * m * 4,
+        "resample_call_samples": preprocess._CPU_CALL_SAMPLES if dev.type == "cpu" else preprocess._DEVICE_CALL_SAMPLES,
+        "resample_bands_224": parts,
+        "resample_levels_dtype": str(resample.split_levels_dtype(dev)).removeprefix("torch."),
+    }
 
 
 def main(argv=None) -> int:
@@ -617,14 +784,17 @@ def main(argv=None) -> int:
     from tasks import defaults
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device (torch "
-              f"{torch.__version__}, CUDA build {torch.version.cuda}); for a dry run: --device cpu --tiny",
-              file=sys.stderr)
+        print(
+            "error: --device cuda but torch sees no CUDA device (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda}); for a dry run: --device cpu --tiny",
+            file=sys.stderr,
+        )
         return 2
     device = resolve_device(args.device)
     prec = resolve_precision(device, None if args.precision == "auto" else args.precision)
     args.images_per_batch = args.images_per_batch or (
-        defaults.IMAGES_PER_BATCH_CUDA if device.type == "cuda" else defaults.IMAGES_PER_BATCH_CPU)
+        defaults.IMAGES_PER_BATCH_CUDA if device.type == "cuda" else defaults.IMAGES_PER_BATCH_CPU
+    )
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="abs-gpu-check-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="abs-gpu-check-work-"))
@@ -640,16 +810,33 @@ def main(argv=None) -> int:
     print(machine_summary(info), flush=True)
     res: dict = {
         "machine": info,
-        "settings": {"device": device.type, "precision": str(prec or "fp32").removeprefix("torch."),
-                     "tiny": args.tiny, "images": args.images, "classes": min(args.classes, args.images),
-                     "descriptions_per_class_in_file": 50, "clip": args.clip, "clip_pretrained": "random",
-                     "dino": args.dino, "dino_pretrained": "random", "n_crops": args.n_crops, "top_k": args.top_k,
-                     "m": args.m, "images_per_batch": args.images_per_batch,
-                     "images_per_shard": args.images_per_shard, "budget_s": args.budget_s,
-                     "torch_threads": torch.get_num_threads(), "compare_images": args.compare_images},
-        "targets": {"end_to_end_images_per_s": TARGET_IPS, "share_of_bf16_matmul": TARGET_MATMUL_SHARE,
-                    "goal": f"{GOAL_IMAGES} images in {GOAL_SECONDS} s"},
-        "timings": {}, "status": "running",
+        "settings": {
+            "device": device.type,
+            "precision": str(prec or "fp32").removeprefix("torch."),
+            "tiny": args.tiny,
+            "images": args.images,
+            "classes": min(args.classes, args.images),
+            "descriptions_per_class_in_file": 50,
+            "clip": args.clip,
+            "clip_pretrained": "random",
+            "dino": args.dino,
+            "dino_pretrained": "random",
+            "n_crops": args.n_crops,
+            "top_k": args.top_k,
+            "m": args.m,
+            "images_per_batch": args.images_per_batch,
+            "images_per_shard": args.images_per_shard,
+            "budget_s": args.budget_s,
+            "torch_threads": torch.get_num_threads(),
+            "compare_images": args.compare_images,
+        },
+        "targets": {
+            "end_to_end_images_per_s": TARGET_IPS,
+            "share_of_bf16_matmul": TARGET_MATMUL_SHARE,
+            "goal": f"{GOAL_IMAGES} images in {GOAL_SECONDS} s",
+        },
+        "timings": {},
+        "status": "running",
     }
     res["chunks"] = chunk_sizes(device, args.images_per_batch, 2 * args.n_crops, args.m)
     print("chunk sizes: " + ", ".join(f"{k} {v}" for k, v in res["chunks"].items()), flush=True)
@@ -664,8 +851,11 @@ def main(argv=None) -> int:
     rc = 0
     try:
         res["timings"]["generate_data_s"] = t_data
-        print(f"generated {len(files)} JPEGs ({len(classes)} classes) and a CuPL file with 50 descriptions per "
-              f"class in {res['timings']['generate_data_s']:.1f} s", flush=True)
+        print(
+            f"generated {len(files)} JPEGs ({len(classes)} classes) and a CuPL file with 50 descriptions per "
+            f"class in {res['timings']['generate_data_s']:.1f} s",
+            flush=True,
+        )
         save()
 
         model_stage(args, device, classes, files, res, save)
@@ -673,8 +863,9 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.skip_e2e:
-            rc = e2e_stage(args, device, src, desc, work / "root", len(files), t_start + args.budget_s, res,
-                           out_dir, save)
+            rc = e2e_stage(
+                args, device, src, desc, work / "root", len(files), t_start + args.budget_s, res, out_dir, save
+            )
         res["status"] = "completed" if rc == 0 else f"abs-eval run exit {rc}"
     except Exception as exc:
         import traceback

@@ -24,9 +24,30 @@ from typing import Any
 
 #: CPU flags worth naming for matmul speed (x86 and ARM spellings), in this order.
 VECTOR_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
-    "asimd", "asimddp", "asimdhp", "bf16", "i8mm", "sve", "sve2", "sme",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "bf16",
+    "i8mm",
+    "sve",
+    "sve2",
+    "sme",
 )
 
 
@@ -68,8 +89,16 @@ def _nvidia_smi() -> dict[str, str] | None:
     if not exe:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        out = (
+            subprocess.run(
+                [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if not out:
@@ -144,8 +173,10 @@ def machine_summary(info: dict[str, Any] | None = None) -> str:
         f"CPU kernels {t['cpu_capability'] or '?'}, oneDNN {'yes' if t['mkldnn'] else 'no'})",
     ]
     if g:
-        lines.append(f"  GPU:   {g['name']} x{g['count']}, {g['memory_gib']} GiB, sm_{g['compute_capability']}, "
-                     f"{g['multiprocessors']} SMs" + (f", driver {g['driver']}" if g.get("driver") else ""))
+        lines.append(
+            f"  GPU:   {g['name']} x{g['count']}, {g['memory_gib']} GiB, sm_{g['compute_capability']}, "
+            f"{g['multiprocessors']} SMs" + (f", driver {g['driver']}" if g.get("driver") else "")
+        )
     else:
         lines.append("  GPU:   none visible to torch")
     return "\n".join(lines)

@@ -56,8 +56,16 @@ from machine import machine_info, machine_summary  # noqa: E402  (benchmarks/mac
 from procwatch import ProcessWatch  # noqa: E402  (benchmarks/procwatch.py)
 
 GEN_VERSION = 1
-MICRO = ["--clip-model", "abs-micro-vit", "--clip-pretrained", "random",
-         "--dino-model", "abs-micro-dino", "--dino-pretrained", "random"]
+MICRO = [
+    "--clip-model",
+    "abs-micro-vit",
+    "--clip-pretrained",
+    "random",
+    "--dino-model",
+    "abs-micro-dino",
+    "--dino-pretrained",
+    "random",
+]
 
 
 # ---------------------------------------------------------------------- data
@@ -134,7 +142,9 @@ def generate(data: Path, n_images: int, workers: int) -> Path:
         sizes = pool.map(_write_class, jobs, chunksize=4)
     n = per_class * 1000
     done.write_text(json.dumps({"version": GEN_VERSION, "images": n, "bytes": sum(sizes)}))
-    print(f"[data] generated {n} JPEGs ({sum(sizes) / n / 1000:.0f} KB each) in {time.perf_counter() - t0:.0f} s: {val}")
+    print(
+        f"[data] generated {n} JPEGs ({sum(sizes) / n / 1000:.0f} KB each) in {time.perf_counter() - t0:.0f} s: {val}"
+    )
     return val
 
 
@@ -145,9 +155,18 @@ def write_descriptions(src: Path, out: Path, m: int = 50) -> Path:
     if out.exists():
         return out
     _, names = layout_classes("imagenet", str(src))
-    styles = ["a photo of a {}.", "a close-up photo of a {}.", "a {} in its natural setting.",
-              "a blurry photo of a {}.", "a {} seen from the side.", "a bright photo of a {}.",
-              "a {} with a plain background.", "a cropped photo of a {}.", "a {} in the wild.", "a large {}."]
+    styles = [
+        "a photo of a {}.",
+        "a close-up photo of a {}.",
+        "a {} in its natural setting.",
+        "a blurry photo of a {}.",
+        "a {} seen from the side.",
+        "a bright photo of a {}.",
+        "a {} with a plain background.",
+        "a cropped photo of a {}.",
+        "a {} in the wild.",
+        "a large {}.",
+    ]
     doc = {n: [f"{styles[j % len(styles)].format(n)} (view {j})" for j in range(m)] for n in names}
     out.write_text(json.dumps(doc))
     return out
@@ -176,8 +195,9 @@ def run_cli(args: list[str], env: dict[str, str], log: Path, kill=None) -> dict:
     t0, e0 = time.perf_counter(), time.time()
     left: list[int] | None = None
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd + args, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=str(REPO))
+        proc = subprocess.Popen(
+            cmd + args, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(REPO)
+        )
         watch = ProcessWatch(proc.pid)
         killed = False
         while proc.poll() is None:
@@ -199,17 +219,27 @@ def run_cli(args: list[str], env: dict[str, str], log: Path, kill=None) -> dict:
     wall = time.perf_counter() - t0
     peaks = watch.stop()
     if proc.returncode not in (0, -9) and not killed:
-        raise SystemExit(f"abs-eval {' '.join(args[:1])} failed ({proc.returncode}); log: {log}\n"
-                         + log.read_text()[-3000:])
-    return {"wall_s": wall, "start": e0, "end": e0 + wall, "returncode": proc.returncode, "killed": killed,
-            "peak_rss": peaks, "watch": watch, "left_30s_after_kill": left}
+        raise SystemExit(
+            f"abs-eval {' '.join(args[:1])} failed ({proc.returncode}); log: {log}\n" + log.read_text()[-3000:]
+        )
+    return {
+        "wall_s": wall,
+        "start": e0,
+        "end": e0 + wall,
+        "returncode": proc.returncode,
+        "killed": killed,
+        "peak_rss": peaks,
+        "watch": watch,
+        "left_30s_after_kill": left,
+    }
 
 
 def _env(prefect_home: Path) -> dict[str, str]:
     prefect_home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONUNBUFFERED="1")
+    env.update(
+        PREFECT_HOME=str(prefect_home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1"
+    )
     return env
 
 
@@ -234,16 +264,21 @@ async def main():
         return out
 print(json.dumps(asyncio.run(main())))
 """
-    res = subprocess.run([sys.executable, "-c", code], env=_env(prefect_home), capture_output=True, text=True,
-                         cwd=str(REPO), timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=_env(prefect_home), capture_output=True, text=True, cwd=str(REPO), timeout=900
+    )
     if res.returncode != 0:
         raise SystemExit(f"reading Prefect's task runs failed: {res.stderr[-1500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 #: Prefect task name (less the shard suffix) -> the stage it is
-STAGES = {"shard-dataset": "sharding", "prepare-evaluation": "text bank + models", "dino-shard": "DINO cache",
-          "infer-shard": "inference"}
+STAGES = {
+    "shard-dataset": "sharding",
+    "prepare-evaluation": "text bank + models",
+    "dino-shard": "DINO cache",
+    "infer-shard": "inference",
+}
 
 
 def stage_figures(runs: list[dict], watches: list[ProcessWatch], images: dict[str, int]) -> dict[str, dict]:
@@ -259,19 +294,28 @@ def stage_figures(runs: list[dict], watches: list[ProcessWatch], images: dict[st
             continue
         wall = cpu = 0.0
         for w in watches:  # a stage may span the killed run and the rerun: per run, then summed
-            lo = min((r["start"] for r in mine if w.samples and w.samples[0][0] - 1 <= r["start"] <= w.samples[-1][0] + 1),
-                     default=None)
-            hi = max((r["end"] for r in mine if w.samples and w.samples[0][0] - 1 <= r["end"] <= w.samples[-1][0] + 1),
-                     default=None)
+            lo = min(
+                (r["start"] for r in mine if w.samples and w.samples[0][0] - 1 <= r["start"] <= w.samples[-1][0] + 1),
+                default=None,
+            )
+            hi = max(
+                (r["end"] for r in mine if w.samples and w.samples[0][0] - 1 <= r["end"] <= w.samples[-1][0] + 1),
+                default=None,
+            )
             if lo is None or hi is None or hi <= lo:
                 continue
             wall += hi - lo
             cpu += w.cpu_between(lo, hi) or 0.0
         busy = sum(r["end"] - r["start"] for r in mine)
         n = images.get(kind)
-        out[label] = {"tasks": len(mine), "wall_s": wall, "busy_s": busy,
-                      "images_per_s": (n / wall) if n and wall else None,
-                      "cpu_share": (cpu / (wall * ncpu)) if wall else None, "images": n}
+        out[label] = {
+            "tasks": len(mine),
+            "wall_s": wall,
+            "busy_s": busy,
+            "images_per_s": (n / wall) if n and wall else None,
+            "cpu_share": (cpu / (wall * ncpu)) if wall else None,
+            "images": n,
+        }
     return out
 
 
@@ -282,7 +326,9 @@ def du(path: Path) -> int:
 def markers(root: Path) -> dict[str, float]:
     """Every done-marker under the root: path -> mtime (what a rerun rewrote shows as changed)."""
     base = root / "_commits"
-    return {str(p.relative_to(base)): p.stat().st_mtime for p in base.rglob("*") if p.is_file()} if base.exists() else {}
+    return (
+        {str(p.relative_to(base)): p.stat().st_mtime for p in base.rglob("*") if p.is_file()} if base.exists() else {}
+    )
 
 
 def recomputed(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
@@ -337,7 +383,7 @@ def verify(root: str, run_id: str, shards: list[int], batch: int = 16) -> dict:
         mism: list[str] = []
         worst = 0.0
         for b in range(0, len(ok), batch):
-            part = ok[b:b + batch]
+            part = ok[b : b + batch]
             res = clf.predict([decode(r["image"]) for r in part], [r["image_id"] for r in part])
             labels = np.array([r["label"] for r in part])
             rows_j = np.arange(len(part))
@@ -360,14 +406,24 @@ def verify(root: str, run_id: str, shards: list[int], batch: int = 16) -> dict:
                             mism.append(f"{r['image_id']}/{m}: {key} {v} vs {want[key]}")
                     if m == "abs":
                         g = res.geometry[j]
-                        if (g.raw_boxes.tolist() != want["raw_boxes"]
-                                or g.feature_windows.tolist() != want["feature_windows"]):
+                        if (
+                            g.raw_boxes.tolist() != want["raw_boxes"]
+                            or g.feature_windows.tolist() != want["feature_windows"]
+                        ):
                             mism.append(f"{r['image_id']}/abs: crop geometry differs")
-        report["shards"][s] = {"images": len(ok), "mismatches": len(mism), "first": mism[:5],
-                               "max_score_diff": worst, "seconds": time.perf_counter() - t0}
+        report["shards"][s] = {
+            "images": len(ok),
+            "mismatches": len(mism),
+            "first": mism[:5],
+            "max_score_diff": worst,
+            "seconds": time.perf_counter() - t0,
+        }
         report["ok"] &= not mism
-        print(f"  shard {s}: {len(ok)} images recomputed in {time.perf_counter() - t0:.0f} s, "
-              f"{len(mism)} mismatches, max |score diff| {worst:.2e}", flush=True)
+        print(
+            f"  shard {s}: {len(ok)} images recomputed in {time.perf_counter() - t0:.0f} s, "
+            f"{len(mism)} mismatches, max |score diff| {worst:.2e}",
+            flush=True,
+        )
     return report
 
 
@@ -376,10 +432,24 @@ def breakdown(work: Path) -> dict:
     out = work / "breakdown.json"
     log = work / "breakdown.log"
     with open(log, "w") as f:
-        res = subprocess.run([sys.executable, str(HERE / "bench_host.py"), "--images", "16", "--shard-images", "16",
-                              "--big-shard", "200", "--out", str(out)], stdout=f, stderr=subprocess.STDOUT)
+        res = subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "bench_host.py"),
+                "--images",
+                "16",
+                "--shard-images",
+                "16",
+                "--big-shard",
+                "200",
+                "--out",
+                str(out),
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     text = log.read_text()
-    print(text[text.find("-- predict"):] if "-- predict" in text else text[-2000:])
+    print(text[text.find("-- predict") :] if "-- predict" in text else text[-2000:])
     if res.returncode or not out.exists():
         return {"note": f"bench_host.py failed ({res.returncode}); log: {log}"}
     return json.loads(out.read_text())
@@ -397,17 +467,29 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "abs-output" / "rehearsal"), help="root, Prefect home, logs")
     ap.add_argument("--kill-at", type=float, default=0.6, help="fraction of prediction parts before SIGKILL")
     ap.add_argument("--skip-kill", action="store_true", help="one uninterrupted run instead of kill + rerun")
-    ap.add_argument("--verify-shards", type=int, default=3,
-                    help="shards recomputed independently after the rerun (the first, the one in flight at the "
-                         "kill, the last; 0: none)")
-    ap.add_argument("--sql-rows", type=int, default=0,
-                    help="also time every named query on this many rows replayed from the run (bench_sql.py)")
+    ap.add_argument(
+        "--verify-shards",
+        type=int,
+        default=3,
+        help="shards recomputed independently after the rerun (the first, the one in flight at the "
+        "kill, the last; 0: none)",
+    )
+    ap.add_argument(
+        "--sql-rows",
+        type=int,
+        default=0,
+        help="also time every named query on this many rows replayed from the run (bench_sql.py)",
+    )
     ap.add_argument("--breakdown", action="store_true", help="also the per-image breakdown (bench_host.py)")
     ap.add_argument("--workers", type=int, default=2, help="parallel shard tasks of the run (default 2: both cores)")
     ap.add_argument("--runner", default="dask", help="task runner of the run (dask: one process per worker)")
     ap.add_argument("--gen-workers", type=int, default=2, help="processes generating the JPEGs")
-    ap.add_argument("--crops", type=int, default=60, help="N crops per branch (the paper's 60; fewer only to "
-                                                          "try the script quickly, and the output says so)")
+    ap.add_argument(
+        "--crops",
+        type=int,
+        default=60,
+        help="N crops per branch (the paper's 60; fewer only to try the script quickly, and the output says so)",
+    )
     ap.add_argument("--clip-model", default=MICRO[1], help="CLIP model (default: the shipped micro model)")
     ap.add_argument("--dino-model", default=MICRO[5], help="DINO model (default: the shipped micro model)")
     ap.add_argument("--out", help="write the figures as JSON")
@@ -415,8 +497,15 @@ def main() -> None:
 
     info = machine_info()
     print(machine_summary(info))
-    figures: dict = {"machine": info, "images": args.images, "n_crops": args.crops, "runner": args.runner,
-                     "workers": args.workers, "clip_model": args.clip_model, "dino_model": args.dino_model}
+    figures: dict = {
+        "machine": info,
+        "images": args.images,
+        "n_crops": args.crops,
+        "runner": args.runner,
+        "workers": args.workers,
+        "clip_model": args.clip_model,
+        "dino_model": args.dino_model,
+    }
     data, work = Path(args.data), Path(args.work) / f"n{args.images}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -426,13 +515,42 @@ def main() -> None:
     desc = write_descriptions(src, src.parent / "cupl.json")
     n = len(list(src.glob("*/*.JPEG")))
     root, home = work / "root", work / "prefect-home"
-    models = ["--clip-model", args.clip_model, "--clip-pretrained", "random",
-              "--dino-model", args.dino_model, "--dino-pretrained", "random"]
-    run_args = ["run", "--dataset", "imagenet", "--layout", "imagenet", "--source", str(src),
-                "--descriptions", str(desc), *models, "--deployment", "rehearsal", "--n-crops", str(args.crops),
-                "--runner", args.runner, "--workers", str(args.workers), "--root", str(root)]
-    print(f"[run] {n} images, N={args.crops}, K=20, M=50, 1000 classes, {args.clip_model} + {args.dino_model} "
-          f"(RANDOM weights), runner {args.runner} x {args.workers} -> {root}")
+    models = [
+        "--clip-model",
+        args.clip_model,
+        "--clip-pretrained",
+        "random",
+        "--dino-model",
+        args.dino_model,
+        "--dino-pretrained",
+        "random",
+    ]
+    run_args = [
+        "run",
+        "--dataset",
+        "imagenet",
+        "--layout",
+        "imagenet",
+        "--source",
+        str(src),
+        "--descriptions",
+        str(desc),
+        *models,
+        "--deployment",
+        "rehearsal",
+        "--n-crops",
+        str(args.crops),
+        "--runner",
+        args.runner,
+        "--workers",
+        str(args.workers),
+        "--root",
+        str(root),
+    ]
+    print(
+        f"[run] {n} images, N={args.crops}, K=20, M=50, 1000 classes, {args.clip_model} + {args.dino_model} "
+        f"(RANDOM weights), runner {args.runner} x {args.workers} -> {root}"
+    )
     if args.crops != 60:
         print(f"[note] N={args.crops}, not the paper's 60: a trial of the script, not the rehearsal's figures")
     shards = -(-n // 1000)
@@ -451,37 +569,56 @@ def main() -> None:
         r1 = run_cli(run_args, _env(home), work / "killed.log", kill=lambda: len(committed()) >= target)
         at_kill = committed()
         runs_done.append(r1)
-        print(f"  killed after {r1['wall_s']:.0f} s with {len(at_kill)}/{shards} parts committed; processes it had "
-              f"started still alive 30 s later: {len(r1['left_30s_after_kill'] or [])}")
+        print(
+            f"  killed after {r1['wall_s']:.0f} s with {len(at_kill)}/{shards} parts committed; processes it had "
+            f"started still alive 30 s later: {len(r1['left_30s_after_kill'] or [])}"
+        )
         before = markers(root)
         r2 = run_cli(run_args, _env(home), work / "rerun.log")
         runs_done.append(r2)
         after = markers(root)
         recs = run_records(root)
-        figures["rerun"] = {"wall_s": r2["wall_s"], "markers_rewritten": recomputed(before, after),
-                            "run_record": {k: recs[-1].get(k) for k in ("run_id", "status", "shards_total",
-                                                                        "shards_computed", "shards_reused",
-                                                                        "n_images", "n_error")}}
-        print(f"  rerun on the same root: {r2['wall_s']:.0f} s; markers written: {figures['rerun']['markers_rewritten']}"
-              f"; run record: {figures['rerun']['run_record']}")
+        figures["rerun"] = {
+            "wall_s": r2["wall_s"],
+            "markers_rewritten": recomputed(before, after),
+            "run_record": {
+                k: recs[-1].get(k)
+                for k in ("run_id", "status", "shards_total", "shards_computed", "shards_reused", "n_images", "n_error")
+            },
+        }
+        print(
+            f"  rerun on the same root: {r2['wall_s']:.0f} s; markers written: {figures['rerun']['markers_rewritten']}"
+            f"; run record: {figures['rerun']['run_record']}"
+        )
     total_wall = sum(r["wall_s"] for r in runs_done)
     recs = run_records(root)
     final = recs[-1] if recs else {}
     runs = task_runs(home)
     infer_images = n  # every image is inferred once overall (the part in flight at the kill is redone)
-    stages = stage_figures(runs, [r["watch"] for r in runs_done],
-                           {"shard-dataset": n, "dino-shard": n, "infer-shard": infer_images})
+    stages = stage_figures(
+        runs, [r["watch"] for r in runs_done], {"shard-dataset": n, "dino-shard": n, "infer-shard": infer_images}
+    )
     peaks: dict[str, int] = {}
     for i, r in enumerate(runs_done):
         for who, b in r["peak_rss"].items():
             peaks[f"{'killed' if r['killed'] else 'run'}#{i}: {who}"] = b
-    figures.update({"stages": stages, "wall_total_s": total_wall, "peak_rss": peaks,
-                    "final_run": {k: final.get(k) for k in ("run_id", "status", "n_images", "n_error",
-                                                              "shards_total", "shards_computed", "shards_reused")},
-                    "bytes_per_image": {d: du(root / d) / n for d in ("shards", "cache/dino", "cache/text", "predictions")},
-                    "prefect_task_runs": len(runs)})
-    print(f"[stages] {n} images, whole job {total_wall:.0f} s wall ({total_wall / 60:.1f} min) over "
-          f"{len(runs_done)} process runs; per stage (wall = first start to last end per run, summed):")
+    figures.update(
+        {
+            "stages": stages,
+            "wall_total_s": total_wall,
+            "peak_rss": peaks,
+            "final_run": {
+                k: final.get(k)
+                for k in ("run_id", "status", "n_images", "n_error", "shards_total", "shards_computed", "shards_reused")
+            },
+            "bytes_per_image": {d: du(root / d) / n for d in ("shards", "cache/dino", "cache/text", "predictions")},
+            "prefect_task_runs": len(runs),
+        }
+    )
+    print(
+        f"[stages] {n} images, whole job {total_wall:.0f} s wall ({total_wall / 60:.1f} min) over "
+        f"{len(runs_done)} process runs; per stage (wall = first start to last end per run, summed):"
+    )
     print(f"  {'stage':<20} {'tasks':>5} {'wall s':>8} {'busy s':>8} {'images/s':>9} {'CPU share':>9}")
     for label, f in stages.items():
         rate = f"{f['images_per_s']:.1f}" if f["images_per_s"] else "-"
@@ -499,10 +636,24 @@ def main() -> None:
         todo = sorted(set(todo))[: max(1, args.verify_shards)]
         print(f"[verify] recomputing shards {todo} independently (fresh DINO, no cache, no committed part read)")
         out = work / "verify.json"
-        res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "verify", str(root), final["run_id"],
-                              ",".join(map(str, todo)), str(out)], env=_env(home), cwd=str(REPO))
-        figures["verify"] = json.loads(out.read_text()) if res.returncode == 0 and out.exists() else {
-            "ok": False, "note": f"verify failed ({res.returncode})"}
+        res = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "verify",
+                str(root),
+                final["run_id"],
+                ",".join(map(str, todo)),
+                str(out),
+            ],
+            env=_env(home),
+            cwd=str(REPO),
+        )
+        figures["verify"] = (
+            json.loads(out.read_text())
+            if res.returncode == 0 and out.exists()
+            else {"ok": False, "note": f"verify failed ({res.returncode})"}
+        )
         figures["verify"]["in_flight_at_kill"] = missing[0] if missing else None
         print(f"  resumed predictions equal the recomputation: {figures['verify']['ok']}")
 

@@ -51,7 +51,10 @@ __all__ = ["Analysis", "VariantError", "VariantRun", "analyze", "parse_axes", "r
 
 #: The ``abs-eval analyze`` option of each variant field (for messages), and how its values are read.
 OPTIONS: dict[str, tuple[str, type]] = {
-    "n_crops": ("--n-crops", int), "n_descriptions": ("--m", int), "tau": ("--tau", float), "crop_kinds": ("--kinds", str),
+    "n_crops": ("--n-crops", int),
+    "n_descriptions": ("--m", int),
+    "tau": ("--tau", float),
+    "crop_kinds": ("--kinds", str),
 }
 
 
@@ -77,8 +80,13 @@ class Analysis:
     variants: list[VariantRun]
 
 
-def parse_axes(n_crops: str | None = None, m: str | None = None, tau: str | None = None, kinds: str | None = None,
-               plain_averaging: bool = False) -> dict[str, list[Any]]:
+def parse_axes(
+    n_crops: str | None = None,
+    m: str | None = None,
+    tau: str | None = None,
+    kinds: str | None = None,
+    plain_averaging: bool = False,
+) -> dict[str, list[Any]]:
     """The sweep axes from the command's comma-separated options (``{VariantSpec field: values}``)."""
     axes: dict[str, list[Any]] = {}
     for name, text in (("n_crops", n_crops), ("n_descriptions", m), ("tau", tau), ("crop_kinds", kinds)):
@@ -120,8 +128,10 @@ def _load_run(st: Storage, run_id: str | None) -> AnalyzedRun:
     if run_id is None:
         found = runs_with_features(st)
         if not found:
-            raise VariantError(f"no completed run under {st.root} kept its crop features: evaluate with "
-                               "--keep-features (a rerun of a completed run computes only the features)")
+            raise VariantError(
+                f"no completed run under {st.root} kept its crop features: evaluate with "
+                "--keep-features (a rerun of a completed run computes only the features)"
+            )
         run_id = found[0]
     try:
         rec = read_run(st, run_id)
@@ -131,29 +141,48 @@ def _load_run(st: Storage, run_id: str | None) -> AnalyzedRun:
     if status != COMPLETED:
         raise VariantError(f"run {run_id} is {status}: analyze a completed run")
     if _is_variant(rec):
-        raise VariantError(f"run {run_id} is itself a variant of run {rec['config_json']['variant'].get('of_run')}: "
-                           "analyze that run")
+        raise VariantError(
+            f"run {run_id} is itself a variant of run {rec['config_json']['variant'].get('of_run')}: analyze that run"
+        )
     return AnalyzedRun.from_record(rec)
 
 
-def _variant_record(run: AnalyzedRun, spec: VariantSpec, settings: dict[str, Any], config: str, run_id: str,
-                    reused: list[int]) -> RunRecord:
+def _variant_record(
+    run: AnalyzedRun, spec: VariantSpec, settings: dict[str, Any], config: str, run_id: str, reused: list[int]
+) -> RunRecord:
     rec = run.record
     name = spec.name(run.spec)
     cfg = rec.get("config_json") if isinstance(rec.get("config_json"), dict) else {}
     spec_d = {**(cfg.get("spec") or {}), "abs": settings["abs"], "keep_features": False}
     started = datetime.fromisoformat(str(rec["started_at"])) - timedelta(microseconds=1)
     return RunRecord(
-        run_id=run_id, dataset=run.dataset, model=run.model, config=config,
-        deployment=f"{rec.get('deployment') or 'manual'}:{name}", started_at=started,
-        shards_total=int(rec.get("shards_total") or 0), shards_reused=len(reused), reused_shards=list(reused),
-        clip_model=rec.get("clip_model") or "", clip_pretrained=rec.get("clip_pretrained") or "",
-        clip_weights_digest=rec.get("clip_weights_digest") or "", dino_model=rec.get("dino_model") or "",
-        dino_pretrained=rec.get("dino_pretrained") or "", dino_weights_digest=rec.get("dino_weights_digest") or "",
+        run_id=run_id,
+        dataset=run.dataset,
+        model=run.model,
+        config=config,
+        deployment=f"{rec.get('deployment') or 'manual'}:{name}",
+        started_at=started,
+        shards_total=int(rec.get("shards_total") or 0),
+        shards_reused=len(reused),
+        reused_shards=list(reused),
+        clip_model=rec.get("clip_model") or "",
+        clip_pretrained=rec.get("clip_pretrained") or "",
+        clip_weights_digest=rec.get("clip_weights_digest") or "",
+        dino_model=rec.get("dino_model") or "",
+        dino_pretrained=rec.get("dino_pretrained") or "",
+        dino_weights_digest=rec.get("dino_weights_digest") or "",
         descriptions_hash=rec.get("descriptions_hash") or "",
-        config_json={"spec": spec_d, "numbers": settings, "variant": {
-            "of_run": run.run_id, "of_config": run.config, "name": name, "setting": spec.to_dict(),
-            "equals_fresh_run": spec.equals_fresh_run(run.abs)}},
+        config_json={
+            "spec": spec_d,
+            "numbers": settings,
+            "variant": {
+                "of_run": run.run_id,
+                "of_config": run.config,
+                "name": name,
+                "setting": spec.to_dict(),
+                "equals_fresh_run": spec.equals_fresh_run(run.abs),
+            },
+        },
         model_geometry=dict(rec.get("model_geometry") or {}),
     )
 
@@ -180,16 +209,20 @@ def analyze(
     except (FileNotFoundError, RuntimeError) as exc:
         raise VariantError(str(exc)) from None
     if info.fingerprint != run.settings.get("dataset_fingerprint"):
-        raise VariantError(f"dataset {run.dataset!r} was sharded again since run {run.run_id}: its rows and the "
-                           "dataset's class list may no longer match")
+        raise VariantError(
+            f"dataset {run.dataset!r} was sharded again since run {run.run_id}: its rows and the "
+            "dataset's class list may no longer match"
+        )
     shards = run.shards(st)
     if not shards:
         raise VariantError(f"run {run.run_id}: no committed prediction part under config={run.config}")
     missing = missing_features(st, run, shards)
     if missing:
-        raise VariantError(f"run {run.run_id} kept no crop features for shards {missing[:10]}"
-                           f"{' ...' if len(missing) > 10 else ''}: evaluate it again with --keep-features (a rerun "
-                           "computes only the missing features)")
+        raise VariantError(
+            f"run {run.run_id} kept no crop features for shards {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}: evaluate it again with --keep-features (a rerun "
+            "computes only the missing features)"
+        )
     try:
         specs = list(dict.fromkeys([*variants, *sweep(run.spec, dict(axes or {}), cross)]))
         for spec in specs:
@@ -199,8 +232,10 @@ def analyze(
     if run.spec in specs:
         raise VariantError(f"{run.spec} is the run's own setting: its rows are the run's")
     if not specs:
-        raise VariantError("no variant asked for: give --n-crops, --m, --tau, --kinds or --plain-averaging "
-                           "(values other than the run's own)")
+        raise VariantError(
+            "no variant asked for: give --n-crops, --m, --tau, --kinds or --plain-averaging "
+            "(values other than the run's own)"
+        )
     text = None
     out = []
     for spec in specs:
@@ -208,16 +243,29 @@ def analyze(
         settings = variant_settings(run, spec)
         config = short_hash(settings)
         vid = f"{run.run_id}-{config[:8]}"
-        done = [s for s in shards
-                if commits.committed(st, prediction_part(run.dataset, run.model, config, s)) is not None]
+        done = [
+            s for s in shards if commits.committed(st, prediction_part(run.dataset, run.model, config, s)) is not None
+        ]
         try:
             existing: dict[str, Any] | None = read_run(st, vid)
         except KeyError:
             existing = None
         record = _variant_record(run, spec, settings, config, vid, done)
         if existing is not None and effective_status(existing) == COMPLETED and len(done) == len(shards):
-            out.append(VariantRun(spec.name(run.spec), vid, config, record.deployment, spec.equals_fresh_run(run.abs),
-                                  0, len(shards), int(existing.get("n_images") or 0), 0.0, spec.to_dict()))
+            out.append(
+                VariantRun(
+                    spec.name(run.spec),
+                    vid,
+                    config,
+                    record.deployment,
+                    spec.equals_fresh_run(run.abs),
+                    0,
+                    len(shards),
+                    int(existing.get("n_images") or 0),
+                    0.0,
+                    spec.to_dict(),
+                )
+            )
             continue
         tracker = RunTracker(st, record).start()
         results = []
@@ -225,18 +273,46 @@ def analyze(
             for s in shards:
                 if s not in done and text is None:
                     text = find_text_bank(st, run, info)
-                results.append(variant_part(st, run, spec, text=text, classnames=list(info.classnames), config=config,
-                                            run_id=vid, shard=s, device=device))
+                results.append(
+                    variant_part(
+                        st,
+                        run,
+                        spec,
+                        text=text,
+                        classnames=list(info.classnames),
+                        config=config,
+                        run_id=vid,
+                        shard=s,
+                        device=device,
+                    )
+                )
         except BaseException:
             tracker.finish(FAILED)
             raise
         computed = sum(r.computed for r in results)
         n_images = sum(r.n_images for r in results)
-        tracker.finish(COMPLETED, n_images=n_images, n_ok=sum(r.n_ok for r in results),
-                       n_error=sum(r.n_error for r in results), shards_computed=computed,
-                       shards_reused=len(results) - computed)
-        out.append(VariantRun(spec.name(run.spec), vid, config, record.deployment, spec.equals_fresh_run(run.abs),
-                              computed, len(results) - computed, n_images, time.perf_counter() - t0, spec.to_dict()))
+        tracker.finish(
+            COMPLETED,
+            n_images=n_images,
+            n_ok=sum(r.n_ok for r in results),
+            n_error=sum(r.n_error for r in results),
+            shards_computed=computed,
+            shards_reused=len(results) - computed,
+        )
+        out.append(
+            VariantRun(
+                spec.name(run.spec),
+                vid,
+                config,
+                record.deployment,
+                spec.equals_fresh_run(run.abs),
+                computed,
+                len(results) - computed,
+                n_images,
+                time.perf_counter() - t0,
+                spec.to_dict(),
+            )
+        )
     return Analysis(run, out)
 
 
@@ -247,14 +323,26 @@ def summary_rows(root: str | Storage, analysis: Analysis) -> list[dict[str, Any]
 
     ids = [analysis.run.run_id] + [v.run_id for v in analysis.variants]
     listed = ", ".join(f"'{i}'" for i in ids)  # run ids: timestamps, hex and dashes
-    acc = {r["run_id"]: r for r in run_query(root, f"SELECT * FROM accuracy_of([{listed}]) WHERE method = 'abs'")
-           .to_pylist()}
+    acc = {
+        r["run_id"]: r
+        for r in run_query(root, f"SELECT * FROM accuracy_of([{listed}]) WHERE method = 'abs'").to_pylist()
+    }
     rows = []
-    for rid, name, fresh, computed, reused in (
-            [(analysis.run.run_id, "run", True, 0, 0)]
-            + [(v.run_id, v.name, v.equals_fresh_run, v.shards_computed, v.shards_reused) for v in analysis.variants]):
+    for rid, name, fresh, computed, reused in [(analysis.run.run_id, "run", True, 0, 0)] + [
+        (v.run_id, v.name, v.equals_fresh_run, v.shards_computed, v.shards_reused) for v in analysis.variants
+    ]:
         a = acc.get(rid) or {}
-        rows.append({"variant": name, "abs_accuracy": a.get("accuracy"), "ci_low": a.get("ci_low"),
-                     "ci_high": a.get("ci_high"), "n": a.get("n"), "fresh_equal": fresh,
-                     "computed": computed, "reused": reused, "run_id": rid})
+        rows.append(
+            {
+                "variant": name,
+                "abs_accuracy": a.get("accuracy"),
+                "ci_low": a.get("ci_low"),
+                "ci_high": a.get("ci_high"),
+                "n": a.get("n"),
+                "fresh_equal": fresh,
+                "computed": computed,
+                "reused": reused,
+                "run_id": rid,
+            }
+        )
     return rows

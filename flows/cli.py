@@ -24,14 +24,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-describe_app = typer.Typer(help="Import or generate the class descriptions ABS matches crops against.",
-                           no_args_is_help=True)
+describe_app = typer.Typer(
+    help="Import or generate the class descriptions ABS matches crops against.", no_args_is_help=True
+)
 sql_app = typer.Typer(help="DuckDB views and queries over the results (sql/).", no_args_is_help=True)
 app.add_typer(describe_app, name="describe")
 app.add_typer(sql_app, name="sql")
 
-RootOpt = typer.Option(defaults.ROOT, "--root", "-r", help="Storage root: a folder or any fsspec URL "
-                       "(memory://, s3://bucket/x, gs://bucket/x). Env: ABS_EVAL_ROOT.")
+RootOpt = typer.Option(
+    defaults.ROOT,
+    "--root",
+    "-r",
+    help="Storage root: a folder or any fsspec URL (memory://, s3://bucket/x, gs://bucket/x). Env: ABS_EVAL_ROOT.",
+)
 
 
 @app.callback()
@@ -88,8 +93,17 @@ def _parse_kv(items: list[str] | None) -> dict[str, str]:
 
 
 def _abs_overrides(alpha, beta, top_k, n_crops, m, tau, tau_sample, seed, max_image_side=None) -> dict:
-    vals = dict(alpha=alpha, beta=beta, top_k=top_k, n_crops=n_crops, n_descriptions=m, tau=tau,
-                tau_sample=tau_sample, seed=seed, max_image_side=max_image_side)
+    vals = dict(
+        alpha=alpha,
+        beta=beta,
+        top_k=top_k,
+        n_crops=n_crops,
+        n_descriptions=m,
+        tau=tau,
+        tau_sample=tau_sample,
+        seed=seed,
+        max_image_side=max_image_side,
+    )
     return {k: v for k, v in vals.items() if v is not None}
 
 
@@ -125,27 +139,42 @@ def demo(
     desc_path = st.url("demo-descriptions.json")
     with st.fs.open(st.path("demo-descriptions.json"), "w") as f:
         json.dump(demo_descriptions(classes), f, indent=1)
-    out = evaluate(EvaluateParams(
-        dataset="demo", source=src, layout="folder", root=root,
-        clip_model=defaults.TINY_CLIP_MODEL, clip_pretrained=None, dino_model=defaults.TINY_DINO_MODEL,
-        dino_pretrained=None, descriptions=desc_path, abs_config={"n_crops": n_crops, "n_descriptions": 8},
-        images_per_shard=images_per_shard, deployment="demo",
-    ))
+    out = evaluate(
+        EvaluateParams(
+            dataset="demo",
+            source=src,
+            layout="folder",
+            root=root,
+            clip_model=defaults.TINY_CLIP_MODEL,
+            clip_pretrained=None,
+            dino_model=defaults.TINY_DINO_MODEL,
+            dino_pretrained=None,
+            descriptions=desc_path,
+            abs_config={"n_crops": n_crops, "n_descriptions": 8},
+            images_per_shard=images_per_shard,
+            deployment="demo",
+        )
+    )
     catalog = None
     if st.is_local:
         catalog = write_catalog(root, str(Path(st.path("results.duckdb"))))
     typer.echo("")
     _print_accuracy(root, out)
-    typer.secho("The models had RANDOM weights (no downloads here), so accuracy is at chance level "
-                f"(1/{len(classes)} = {1 / len(classes):.3f}).", fg=typer.colors.YELLOW)
+    typer.secho(
+        "The models had RANDOM weights (no downloads here), so accuracy is at chance level "
+        f"(1/{len(classes)} = {1 / len(classes):.3f}).",
+        fg=typer.colors.YELLOW,
+    )
     if out.get("report"):
         typer.echo(f"Report: {st.path(out['report'])}")
     if catalog:
-        typer.echo(f"Query it:  {Path(sys.executable).parent / 'duckdb'} {catalog} -c \"from accuracy\"")
-    typer.echo("Real weights (needs the internet once, for open_clip/timm downloads):\n"
-               "  abs-eval run --dataset imagenet --layout imagenet --source /data/imagenet/val \\\n"
-               "      --descriptions cupl_prompts.json --clip-model ViT-B-16 --clip-pretrained openai \\\n"
-               "      --dino-model vit_base_patch16_224.dino --dino-pretrained timm")
+        typer.echo(f'Query it:  {Path(sys.executable).parent / "duckdb"} {catalog} -c "from accuracy"')
+    typer.echo(
+        "Real weights (needs the internet once, for open_clip/timm downloads):\n"
+        "  abs-eval run --dataset imagenet --layout imagenet --source /data/imagenet/val \\\n"
+        "      --descriptions cupl_prompts.json --clip-model ViT-B-16 --clip-pretrained openai \\\n"
+        "      --dino-model vit_base_patch16_224.dino --dino-pretrained timm"
+    )
 
 
 def _print_accuracy(root: str, out: dict) -> None:
@@ -155,8 +184,10 @@ def _print_accuracy(root: str, out: dict) -> None:
 
     rows = run_query(root, "accuracy", {"run_id": out["run_id"]}).to_pylist()
     reused = out.get("shards_reused", 0)
-    typer.echo(f"Run {out['run_id']}: {out['dataset']} x {out['model']}, {out.get('n_images', 0)} images, "
-               f"shards computed {out.get('shards_computed', 0)}, reused {reused} (accuracy from sql/ via DuckDB):")
+    typer.echo(
+        f"Run {out['run_id']}: {out['dataset']} x {out['model']}, {out.get('n_images', 0)} images, "
+        f"shards computed {out.get('shards_computed', 0)}, reused {reused} (accuracy from sql/ via DuckDB):"
+    )
     typer.echo(format_accuracy(rows))
     for line in regression_lines(out.get("regressions") or []):
         typer.echo(line)
@@ -168,17 +199,22 @@ def regression_lines(regressions: list[dict]) -> list[str]:
     out = []
     for r in regressions:
         a, b = r.get("accuracy_a"), r.get("accuracy_b")
-        change = f"{100 * a:.1f}% -> {100 * b:.1f}% ({100 * (b - a):+.1f} pp)" if a is not None and b is not None else ""
-        out.append(f"REGRESSION {r.get('method')}: {change}, McNemar p={r.get('p_value'):.2g}, "
-                   f"{r.get('n_broken')} right -> wrong, {r.get('n_fixed')} wrong -> right, since run {r.get('run_a')}")
+        change = (
+            f"{100 * a:.1f}% -> {100 * b:.1f}% ({100 * (b - a):+.1f} pp)" if a is not None and b is not None else ""
+        )
+        out.append(
+            f"REGRESSION {r.get('method')}: {change}, McNemar p={r.get('p_value'):.2g}, "
+            f"{r.get('n_broken')} right -> wrong, {r.get('n_fixed')} wrong -> right, since run {r.get('run_a')}"
+        )
     return out
 
 
 def _regression_cell(r: dict) -> str:
     """The matrix table's regression column: regressed methods and their change, or empty."""
     regs = r.get("regressions") or []
-    return ", ".join(f"{g.get('method')} {100 * ((g.get('accuracy_b') or 0) - (g.get('accuracy_a') or 0)):+.1f}pp"
-                     for g in regs)
+    return ", ".join(
+        f"{g.get('method')} {100 * ((g.get('accuracy_b') or 0) - (g.get('accuracy_a') or 0)):+.1f}pp" for g in regs
+    )
 
 
 # ------------------------------------------------------------------------------ shard
@@ -203,8 +239,10 @@ def shard(
         m = shard_dataset(layout, source, root, dataset, images_per_shard, layout_options=_parse_kv(option))
     except (KeyError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    typer.echo(f"{dataset}: {m.n_total} images ({m.n_ok} ok, {m.n_error} error rows) in {len(m.shards)} shards; "
-               f"{len(m.written)} written, {len(m.skipped)} already committed")
+    typer.echo(
+        f"{dataset}: {m.n_total} images ({m.n_ok} ok, {m.n_error} error rows) in {len(m.shards)} shards; "
+        f"{len(m.written)} written, {len(m.skipped)} already committed"
+    )
     if m.n_error:
         typer.echo(f"error rows by status: {m.status_counts}")
 
@@ -260,10 +298,12 @@ def describe_generate(
     model: str = typer.Option(..., help="Chat model name at that endpoint."),
     root: str = RootOpt,
     name: Optional[str] = typer.Option(None, help="Name to store the set under (default: the dataset name)."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key "
-                                    "(never printed or stored)."),
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY", help="Environment variable holding the API key (never printed or stored)."
+    ),
     m: int = typer.Option(defaults.N_DESCRIPTIONS, help="Distinct descriptions per class."),
-    seed: int = typer.Option(0), temperature: float = typer.Option(defaults.LLM_TEMPERATURE),
+    seed: int = typer.Option(0),
+    temperature: float = typer.Option(defaults.LLM_TEMPERATURE),
     workers: int = typer.Option(1),
 ) -> None:
     """Generate CuPL-style descriptions with an LLM (resumable class by class)."""
@@ -276,15 +316,30 @@ def describe_generate(
 
     try:
         info = read_dataset_info(root, dataset)
-        ds = generate_descriptions(list(info.text_classnames), root, name or dataset, base_url=base_url, model=model,
-                                   api_key_env=api_key_env, m=m, seed=seed, temperature=temperature, workers=workers)
+        ds = generate_descriptions(
+            list(info.text_classnames),
+            root,
+            name or dataset,
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            m=m,
+            seed=seed,
+            temperature=temperature,
+            workers=workers,
+        )
     except (DescriptionError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(ds.summary())
 
 
 # ------------------------------------------------------------------------------ run
-_P_DATA, _P_MODELS, _P_METHOD, _P_EXEC = "Dataset and descriptions", "Models", "ABS method (paper defaults)", "Execution"
+_P_DATA, _P_MODELS, _P_METHOD, _P_EXEC = (
+    "Dataset and descriptions",
+    "Models",
+    "ABS method (paper defaults)",
+    "Execution",
+)
 
 
 def _field_option(name: str, panel: str, *decls: str, help_suffix: str = ""):
@@ -302,55 +357,90 @@ def _field_option(name: str, panel: str, *decls: str, help_suffix: str = ""):
 @app.command()
 def run(
     ctx: typer.Context,
-    dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="Name to store the dataset under "
-                                                "(repeat for several).", rich_help_panel=_P_DATA),
-    source: Optional[list[str]] = typer.Option(None, help="Dataset as downloaded (one per --dataset); omit to "
-                                               "reuse shards.", rich_help_panel=_P_DATA),
-    layout: Optional[list[str]] = typer.Option(None, help="Layout of --source (`abs-eval layouts`; one, or one "
-                                               "per --dataset). Default: folder.", rich_help_panel=_P_DATA),
-    matrix: Optional[Path] = typer.Option(None, help="YAML or TOML file: datasets (each with source, layout, "
-                                          "descriptions ...), models, defaults, root, deployment; options typed here "
-                                          "override it (flows/matrix.py). A list in abs_config is a sweep axis.",
-                                          rich_help_panel=_P_DATA),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Layout option KEY=VALUE "
-                                               "(repeatable), e.g. split=test2.", rich_help_panel=_P_DATA),
+    dataset: Optional[list[str]] = typer.Option(
+        None, "--dataset", "-d", help="Name to store the dataset under (repeat for several).", rich_help_panel=_P_DATA
+    ),
+    source: Optional[list[str]] = typer.Option(
+        None, help="Dataset as downloaded (one per --dataset); omit to reuse shards.", rich_help_panel=_P_DATA
+    ),
+    layout: Optional[list[str]] = typer.Option(
+        None,
+        help="Layout of --source (`abs-eval layouts`; one, or one per --dataset). Default: folder.",
+        rich_help_panel=_P_DATA,
+    ),
+    matrix: Optional[Path] = typer.Option(
+        None,
+        help="YAML or TOML file: datasets (each with source, layout, "
+        "descriptions ...), models, defaults, root, deployment; options typed here "
+        "override it (flows/matrix.py). A list in abs_config is a sweep axis.",
+        rich_help_panel=_P_DATA,
+    ),
+    option: Optional[list[str]] = typer.Option(
+        None, "--option", "-o", help="Layout option KEY=VALUE (repeatable), e.g. split=test2.", rich_help_panel=_P_DATA
+    ),
     root: str = RootOpt,
-    descriptions: Optional[list[str]] = typer.Option(None, help="Description file to import (one per "
-                                                     "--dataset); omit to use the stored set.",
-                                                     rich_help_panel=_P_DATA),
+    descriptions: Optional[list[str]] = typer.Option(
+        None,
+        help="Description file to import (one per --dataset); omit to use the stored set.",
+        rich_help_panel=_P_DATA,
+    ),
     descriptions_name: Optional[str] = _field_option("descriptions_name", _P_DATA),
     descriptions_format: str = _field_option("descriptions_format", _P_DATA),
     descriptions_key: Optional[str] = _field_option("descriptions_key", _P_DATA),
     images_per_shard: int = _field_option("images_per_shard", _P_DATA),
     allow_single_class: bool = _field_option("allow_single_class", _P_DATA, help_suffix=" (every method scores 100%)"),
-    clip_model: Optional[list[str]] = typer.Option(None, help="open_clip ViT name (`abs-eval models`; repeat "
-                                                   f"for several). Default: {defaults.CLIP_MODEL}.",
-                                                   rich_help_panel=_P_MODELS),
-    clip_pretrained: Optional[list[str]] = typer.Option(None, help="open_clip tag, checkpoint path or 'random' "
-                                                        "(one, or one per --clip-model). Default: "
-                                                        f"{defaults.CLIP_PRETRAINED}.", rich_help_panel=_P_MODELS),
+    clip_model: Optional[list[str]] = typer.Option(
+        None,
+        help=f"open_clip ViT name (`abs-eval models`; repeat for several). Default: {defaults.CLIP_MODEL}.",
+        rich_help_panel=_P_MODELS,
+    ),
+    clip_pretrained: Optional[list[str]] = typer.Option(
+        None,
+        help="open_clip tag, checkpoint path or 'random' "
+        "(one, or one per --clip-model). Default: "
+        f"{defaults.CLIP_PRETRAINED}.",
+        rich_help_panel=_P_MODELS,
+    ),
     dino_model: str = _field_option("dino_model", _P_MODELS),
     dino_pretrained: Optional[str] = _field_option("dino_pretrained", _P_MODELS),
     prompt: str = _field_option("prompt", _P_MODELS),
     templates: str = _field_option("templates", _P_MODELS),
-    alpha: Optional[float] = typer.Option(None, help=f"Smallest crop side, fraction of the side ({defaults.ABS.alpha}).",
-                                          rich_help_panel=_P_METHOD),
-    beta: Optional[float] = typer.Option(None, help=f"Largest crop side, fraction of the side ({defaults.ABS.beta}).",
-                                         rich_help_panel=_P_METHOD),
-    top_k: Optional[int] = typer.Option(None, help=f"K: crop centres from the K most attended patches ({defaults.ABS.top_k}).",
-                                        rich_help_panel=_P_METHOD),
-    n_crops: Optional[int] = typer.Option(None, help=f"N: crops per branch ({defaults.ABS.n_crops}).", rich_help_panel=_P_METHOD),
-    m: Optional[int] = typer.Option(None, help=f"M: descriptions per class ({defaults.ABS.n_descriptions}).", rich_help_panel=_P_METHOD),
-    tau: Optional[float] = typer.Option(None, help=f"Soft-matching temperature ({defaults.ABS.tau}).", rich_help_panel=_P_METHOD),
-    tau_sample: Optional[float] = typer.Option(None, help=f"Temperature over the top-K attention ({defaults.ABS.tau_sample}).",
-                                               rich_help_panel=_P_METHOD),
-    seed: Optional[int] = typer.Option(None, help=f"Crop seed; each image draws from (seed, image id) ({defaults.ABS.seed}).",
-                                       rich_help_panel=_P_METHOD),
+    alpha: Optional[float] = typer.Option(
+        None, help=f"Smallest crop side, fraction of the side ({defaults.ABS.alpha}).", rich_help_panel=_P_METHOD
+    ),
+    beta: Optional[float] = typer.Option(
+        None, help=f"Largest crop side, fraction of the side ({defaults.ABS.beta}).", rich_help_panel=_P_METHOD
+    ),
+    top_k: Optional[int] = typer.Option(
+        None,
+        help=f"K: crop centres from the K most attended patches ({defaults.ABS.top_k}).",
+        rich_help_panel=_P_METHOD,
+    ),
+    n_crops: Optional[int] = typer.Option(
+        None, help=f"N: crops per branch ({defaults.ABS.n_crops}).", rich_help_panel=_P_METHOD
+    ),
+    m: Optional[int] = typer.Option(
+        None, help=f"M: descriptions per class ({defaults.ABS.n_descriptions}).", rich_help_panel=_P_METHOD
+    ),
+    tau: Optional[float] = typer.Option(
+        None, help=f"Soft-matching temperature ({defaults.ABS.tau}).", rich_help_panel=_P_METHOD
+    ),
+    tau_sample: Optional[float] = typer.Option(
+        None, help=f"Temperature over the top-K attention ({defaults.ABS.tau_sample}).", rich_help_panel=_P_METHOD
+    ),
+    seed: Optional[int] = typer.Option(
+        None,
+        help=f"Crop seed; each image draws from (seed, image id) ({defaults.ABS.seed}).",
+        rich_help_panel=_P_METHOD,
+    ),
     max_image_side: Optional[int] = typer.Option(
-        None, min=0, help="Downscale an image whose longer side exceeds this many pixels before any view is made "
+        None,
+        min=0,
+        help="Downscale an image whose longer side exceeds this many pixels before any view is made "
         f"(bounds the work and memory per image). 0: no limit ({defaults.ABS.max_image_side}): every view resized "
         "once from the original, as open_clip, CLIP_benchmark and the ABS authors' code do.",
-        rich_help_panel=_P_METHOD),
+        rich_help_panel=_P_METHOD,
+    ),
     device: str = _field_option("device", _P_EXEC),
     precision: str = _field_option("precision", _P_EXEC),
     images_per_batch: Optional[int] = _field_option("images_per_batch", _P_EXEC),
@@ -413,9 +503,11 @@ def _print_sweep(root: str, out: dict) -> None:
 
     points = out["points"]
     n_features = sum(p["computed_by"] == COMPUTED_BY_FEATURES for p in points)
-    typer.echo(f"Sweep of {out['dataset']} x {out['model']}: {len(points)} points, {len(points) - n_features} ran "
-               f"the models, {n_features} scored from stored crop features (no model forward); shards, DINO "
-               "cache and text bank computed once:")
+    typer.echo(
+        f"Sweep of {out['dataset']} x {out['model']}: {len(points)} points, {len(points) - n_features} ran "
+        f"the models, {n_features} scored from stored crop features (no model forward); shards, DINO "
+        "cache and text bank computed once:"
+    )
     typer.echo(format_table(pa.Table.from_pylist(sweep_rows(root, out))))
     for line in regression_lines(out.get("regressions") or []):
         typer.echo(line)
@@ -461,8 +553,10 @@ def _check_models_and_classes(params: list, preflight) -> None:
             problems.append(f"{p.dataset} x {p.clip_model}: {text}" if len(params) > 1 else text)
     if problems:
         raise ParameterError("\n".join(dict.fromkeys(problems)))
-    weights = dict.fromkeys([("CLIP", p.clip_model, p.clip_pretrained) for p in params]
-                            + [("DINO", p.dino_model, p.dino_pretrained) for p in params])
+    weights = dict.fromkeys(
+        [("CLIP", p.clip_model, p.clip_pretrained) for p in params]
+        + [("DINO", p.dino_model, p.dino_pretrained) for p in params]
+    )
     for kind, model, pretrained in weights:
         pf.fetch_weights(kind, model, pretrained)
 
@@ -483,9 +577,26 @@ def _per_dataset(values: list[str] | None, n: int, what: str, default=None, of: 
 
 #: ``run`` options that are one ``EvaluateParams`` field each, for every cell (the per-dataset and
 #: per-model options, the layout options and the method options are gathered on their own).
-_CELL_OPTIONS = ("root", "descriptions_name", "descriptions_format", "descriptions_key", "images_per_shard",
-                 "allow_single_class", "dino_model", "dino_pretrained", "prompt", "templates", "device", "precision",
-                 "images_per_batch", "runner", "workers", "keep_features", "compile", "deployment")
+_CELL_OPTIONS = (
+    "root",
+    "descriptions_name",
+    "descriptions_format",
+    "descriptions_key",
+    "images_per_shard",
+    "allow_single_class",
+    "dino_model",
+    "dino_pretrained",
+    "prompt",
+    "templates",
+    "device",
+    "precision",
+    "images_per_batch",
+    "runner",
+    "workers",
+    "keep_features",
+    "compile",
+    "deployment",
+)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -502,23 +613,38 @@ def run_cells(ctx: typer.Context) -> list[dict]:
 
     o = ctx.params
     given = {name: o[name] for name in _CELL_OPTIONS if _given(ctx, name)}
-    method = _abs_overrides(o["alpha"], o["beta"], o["top_k"], o["n_crops"], o["m"], o["tau"], o["tau_sample"],
-                            o["seed"], o["max_image_side"])
+    method = _abs_overrides(
+        o["alpha"],
+        o["beta"],
+        o["top_k"],
+        o["n_crops"],
+        o["m"],
+        o["tau"],
+        o["tau_sample"],
+        o["seed"],
+        o["max_image_side"],
+    )
     given["abs_config"] = method  # dict-valued: merged key by key, so an empty one overrides nothing
     given["layout_options"] = _parse_kv(o["option"])
     models: list[dict] = []
     if o["clip_model"] or o["clip_pretrained"]:
         names = o["clip_model"] or [None]
-        for name, tag in zip(names, _per_dataset(o["clip_pretrained"], len(names), "--clip-pretrained",
-                                                 of="--clip-model")):
+        for name, tag in zip(
+            names, _per_dataset(o["clip_pretrained"], len(names), "--clip-pretrained", of="--clip-model")
+        ):
             models.append({k: v for k, v in (("clip_model", name), ("clip_pretrained", tag)) if v is not None})
     datasets: list[dict] = []
     if o["dataset"]:
         n = len(o["dataset"])
-        for values in zip(o["dataset"], _per_dataset(o["source"], n, "--source"),
-                          _per_dataset(o["layout"], n, "--layout"), _per_dataset(o["descriptions"], n, "--descriptions")):
-            datasets.append({k: v for k, v in zip(("dataset", "source", "layout", "descriptions"), values)
-                             if v is not None})
+        for values in zip(
+            o["dataset"],
+            _per_dataset(o["source"], n, "--source"),
+            _per_dataset(o["layout"], n, "--layout"),
+            _per_dataset(o["descriptions"], n, "--descriptions"),
+        ):
+            datasets.append(
+                {k: v for k, v in zip(("dataset", "source", "layout", "descriptions"), values) if v is not None}
+            )
     if o["matrix"] is not None:
         return read_matrix(o["matrix"]).cells(given, extra_datasets=datasets, models=models)
     if not datasets:
@@ -539,16 +665,27 @@ def _run_matrix(params: list, root: str) -> None:
     rows = []
     for p, r in zip(params, results):
         # a sweep cell: one row per point, saying whether it ran the models or came from stored features
-        for name, run_id in ([(f"{r['job']} [{x['point']} <- {x['computed_by']}]", x["run_id"]) for x in r["points"]]
-                             if r.get("points") else [(r["job"], r.get("run_id"))]):
+        for name, run_id in (
+            [(f"{r['job']} [{x['point']} <- {x['computed_by']}]", x["run_id"]) for x in r["points"]]
+            if r.get("points")
+            else [(r["job"], r.get("run_id"))]
+        ):
             acc = {}
             if run_id:
                 acc = {a["method"]: a for a in run_query(p.root, "accuracy", {"run_id": run_id}).to_pylist()}
-            rows.append({"cell": name, "status": r["status"],
-                         "abs": (acc.get("abs") or {}).get("accuracy"), "clip": (acc.get("clip") or {}).get("accuracy"),
-                         "acc5_abs": (acc.get("abs") or {}).get("acc5"),
-                         "n": (acc.get("abs") or {}).get("n"), "regressed": _regression_cell(r),
-                         "run_id": run_id or "", "error": (r.get("error") or "")[:60]})
+            rows.append(
+                {
+                    "cell": name,
+                    "status": r["status"],
+                    "abs": (acc.get("abs") or {}).get("accuracy"),
+                    "clip": (acc.get("clip") or {}).get("accuracy"),
+                    "acc5_abs": (acc.get("abs") or {}).get("acc5"),
+                    "n": (acc.get("abs") or {}).get("n"),
+                    "regressed": _regression_cell(r),
+                    "run_id": run_id or "",
+                    "error": (r.get("error") or "")[:60],
+                }
+            )
     typer.echo("")
     typer.echo(f"{len(results)} cells ({sum(r['status'] == 'completed' for r in results)} completed):")
     typer.echo(format_table(pa.Table.from_pylist(rows)))
@@ -562,8 +699,9 @@ def _run_matrix(params: list, root: str) -> None:
 # ------------------------------------------------------------------------------ models
 @app.command()
 def models(
-    all_tags: bool = typer.Option(False, "--all", help="Also list architectures ABS cannot split (ResNets, "
-                                  "timm towers)."),
+    all_tags: bool = typer.Option(
+        False, "--all", help="Also list architectures ABS cannot split (ResNets, timm towers)."
+    ),
 ) -> None:
     """The open_clip architectures with their pretrained tags, and the DINO models ABS can use."""
     import open_clip
@@ -588,8 +726,10 @@ def models(
     typer.echo("DINO (timm; --dino-model NAME --dino-pretrained timm):")
     for name in sorted(set(dino_configs()) | set(timm.list_models("vit_*_patch16_224.dino", pretrained=True))):
         typer.echo(f"  {name}")
-    typer.echo("ABS needs a DINO ViT with a 14x14 patch grid (patch 16 at 224 px; the shipped abs-micro-dino: "
-               "patch 4 at 56 px). Shipped random-weight configs: abs-tiny-* (tests, demo), abs-micro-* (rehearsals).")
+    typer.echo(
+        "ABS needs a DINO ViT with a 14x14 patch grid (patch 16 at 224 px; the shipped abs-micro-dino: "
+        "patch 4 at 56 px). Shipped random-weight configs: abs-tiny-* (tests, demo), abs-micro-* (rehearsals)."
+    )
 
 
 # ------------------------------------------------------------------------------ status
@@ -620,26 +760,41 @@ def status(
         return
     for r in rows:
         typer.echo(f"{r['run_id']}  {r['status']:<11} {r['dataset']} x {r['model']}  [{r['deployment']}]")
-        typer.echo(f"    shards {r['shards_done']}/{r['shards_total']} (computed {r['shards_computed']}, "
-                   f"reused {r['shards_reused']})  images {r['n_images']}  errors {r['n_error']}")
+        typer.echo(
+            f"    shards {r['shards_done']}/{r['shards_total']} (computed {r['shards_computed']}, "
+            f"reused {r['shards_reused']})  images {r['n_images']}  errors {r['n_error']}"
+        )
 
 
 # ------------------------------------------------------------------------------ analyze
 @app.command()
 def analyze(
     root: str = RootOpt,
-    run_id: Optional[str] = typer.Option(None, "--run", help="The run to analyse (default: the latest completed "
-                                         "run that kept its crop features, `run --keep-features`)."),
-    n_crops: Optional[str] = typer.Option(None, "--n-crops", help="N' values, e.g. 10,20,30 (<= the run's N): the "
-                                          "first N' crops of each branch, a statistically equivalent sample."),
-    m: Optional[str] = typer.Option(None, "--m", help="M' values, e.g. 10,25 (<= the run's M): each class's first M' "
-                                    "descriptions."),
+    run_id: Optional[str] = typer.Option(
+        None,
+        "--run",
+        help="The run to analyse (default: the latest completed "
+        "run that kept its crop features, `run --keep-features`).",
+    ),
+    n_crops: Optional[str] = typer.Option(
+        None,
+        "--n-crops",
+        help="N' values, e.g. 10,20,30 (<= the run's N): the "
+        "first N' crops of each branch, a statistically equivalent sample.",
+    ),
+    m: Optional[str] = typer.Option(
+        None, "--m", help="M' values, e.g. 10,25 (<= the run's M): each class's first M' descriptions."
+    ),
     tau: Optional[str] = typer.Option(None, "--tau", help="Soft-matching temperatures, e.g. 0.01,0.05."),
     kinds: Optional[str] = typer.Option(None, "--kinds", help="Crop branches: raw, feature, both (comma-separated)."),
-    plain_averaging: bool = typer.Option(False, "--plain-averaging", help="Also plain description averaging "
-                                         "instead of soft matching."),
-    cross: bool = typer.Option(False, "--cross", help="Every combination of the values given (default: one "
-                               "setting at a time, the others as in the run)."),
+    plain_averaging: bool = typer.Option(
+        False, "--plain-averaging", help="Also plain description averaging instead of soft matching."
+    ),
+    cross: bool = typer.Option(
+        False,
+        "--cross",
+        help="Every combination of the values given (default: one setting at a time, the others as in the run).",
+    ),
     device: str = typer.Option("cpu", help="Where the matching runs: cpu, cuda, auto."),
 ) -> None:
     """ABS variants of a completed run, scored from the crop features it kept: no model runs again.
@@ -666,8 +821,10 @@ def analyze(
         _fail(str(exc))
     import pyarrow as pa
 
-    typer.echo(f"Variants of run {done.run.run_id} ({done.run.dataset} x {done.run.model}, N={done.run.abs.n_crops}, "
-               f"M={done.run.abs.n_descriptions}, tau={done.run.abs.tau:g}), from its stored crop features:")
+    typer.echo(
+        f"Variants of run {done.run.run_id} ({done.run.dataset} x {done.run.model}, N={done.run.abs.n_crops}, "
+        f"M={done.run.abs.n_descriptions}, tau={done.run.abs.tau:g}), from its stored crop features:"
+    )
     typer.echo(format_table(pa.Table.from_pylist(summary_rows(root, done))))
 
 
@@ -688,12 +845,17 @@ def sql_list() -> None:
 def sql_run(
     query: str = typer.Argument(..., help="A named query (see `abs-eval sql list`), a view name, or any SQL."),
     root: str = RootOpt,
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="DuckDB variable KEY=VALUE "
-                                              "(e.g. run_a=..., run_b=..., run_id=..., method=abs)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write to a file (.csv, .parquet, .json, .jsonl) "
-                                      "or '-' for stdout."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv, parquet, json or jsonl: the format of --out "
-                                      "(needed for '-' and for names without a known suffix)."),
+    param: Optional[list[str]] = typer.Option(
+        None, "--param", "-p", help="DuckDB variable KEY=VALUE (e.g. run_a=..., run_b=..., run_id=..., method=abs)."
+    ),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="Write to a file (.csv, .parquet, .json, .jsonl) or '-' for stdout."
+    ),
+    fmt: Optional[str] = typer.Option(
+        None,
+        "--format",
+        help="csv, parquet, json or jsonl: the format of --out (needed for '-' and for names without a known suffix).",
+    ),
     max_rows: int = typer.Option(50, help="Rows to print."),
 ) -> None:
     """Run a named query or any SQL over the results and print a table (or write a file)."""
@@ -713,6 +875,7 @@ def sql_run(
     from tasks.results.catalog import QueryError, run_query
     from tasks.results.export import export
     from tasks.results.formatting import format_table
+
     try:
         t = run_query(root, query, _parse_kv(param))
     except (KeyError, ValueError, QueryError) as exc:
@@ -738,8 +901,10 @@ def _output_format(out: str, fmt: str | None) -> str:
         return "csv"
     suffix = Path(out).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"unknown output extension {suffix or '(none)'!r} in {out!r}: use .csv, .parquet, .json or "
-                         ".jsonl, or give --format")
+        raise ValueError(
+            f"unknown output extension {suffix or '(none)'!r} in {out!r}: use .csv, .parquet, .json or "
+            ".jsonl, or give --format"
+        )
     return FORMATS[suffix]
 
 
@@ -764,14 +929,20 @@ def _explain_empty(root: str, query: str, params: dict[str, str]) -> None:
     st = Storage(root)
     n_runs = len(list_run_ids(st))
     if n_runs == 0:
-        typer.secho(f"note: no runs under {st.root_path} (read {st.root_path}/runs/); pass --root or set ABS_EVAL_ROOT",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"note: no runs under {st.root_path} (read {st.root_path}/runs/); pass --root or set ABS_EVAL_ROOT",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
         return
     if query.strip() in list_queries():
         required = [p for p in query_parameters(query.strip(), required_only=True) if p not in params]
         if required:
-            typer.secho(f"note: query {query.strip()!r} needs {', '.join(f'-p {p}=...' for p in required)}",
-                        fg=typer.colors.YELLOW, err=True)
+            typer.secho(
+                f"note: query {query.strip()!r} needs {', '.join(f'-p {p}=...' for p in required)}",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
             return
     typer.secho(f"note: empty answer over {n_runs} run(s) under {st.root}", fg=typer.colors.YELLOW, err=True)
 
@@ -781,8 +952,11 @@ def sql_catalog(
     root: str = RootOpt,
     out: str = typer.Option("results.duckdb", "--out", help="DuckDB file to write."),
     relative: bool = typer.Option(False, help="Paths relative to the current folder (open the shell from there)."),
-    allow_remote: bool = typer.Option(False, "--allow-remote", help="Write a catalog over an s3://, gs:// ... root "
-                                      "(the duckdb shell then needs httpfs and credentials)."),
+    allow_remote: bool = typer.Option(
+        False,
+        "--allow-remote",
+        help="Write a catalog over an s3://, gs:// ... root (the duckdb shell then needs httpfs and credentials).",
+    ),
 ) -> None:
     """Write a DuckDB catalog of the views: `duckdb results.duckdb -c "from accuracy"`."""
     from flows import preflight as pf
@@ -796,7 +970,7 @@ def sql_catalog(
         path = write_catalog(root, out, relative=relative, allow_remote=allow_remote)
     except ValueError as exc:
         _fail(str(exc))
-    typer.echo(f"wrote {path}; try: duckdb {path} -c \"from accuracy\"")
+    typer.echo(f'wrote {path}; try: duckdb {path} -c "from accuracy"')
 
 
 # ------------------------------------------------------------------------------ report
@@ -832,13 +1006,23 @@ def report(
 @app.command("export")
 def export_results(
     root: str = RootOpt,
-    run_ids: Optional[list[str]] = typer.Option(None, "--run", help="A run to export (repeat for more; default: "
-                                                "the latest completed run of each dataset x model)."),
-    out: str = typer.Option("clip_benchmark_results", "--out", help="Folder for one JSON file per result, "
-                            "results.csv and configs/ (local or any fsspec URL), or '-' for JSON lines on stdout."),
+    run_ids: Optional[list[str]] = typer.Option(
+        None,
+        "--run",
+        help="A run to export (repeat for more; default: the latest completed run of each dataset x model).",
+    ),
+    out: str = typer.Option(
+        "clip_benchmark_results",
+        "--out",
+        help="Folder for one JSON file per result, "
+        "results.csv and configs/ (local or any fsspec URL), or '-' for JSON lines on stdout.",
+    ),
     dataset_names: Optional[list[str]] = typer.Option(
-        None, "--dataset-name", help="NAME=CB_NAME: write dataset NAME as CB_NAME (repeat for more; default: "
-        "wds/NAME for a WebDataset, CLIP_benchmark's builtin name for a named layout, e.g. imagenet1k)."),
+        None,
+        "--dataset-name",
+        help="NAME=CB_NAME: write dataset NAME as CB_NAME (repeat for more; default: "
+        "wds/NAME for a WebDataset, CLIP_benchmark's builtin name for a named layout, e.g. imagenet1k).",
+    ),
 ) -> None:
     """Write results in CLIP_benchmark's format: one JSON per dataset x model x method (acc1, acc5,
     mean_per_class_recall, plus method, run and config; pretrained is WEIGHTS+METHOD, so each method

@@ -87,58 +87,107 @@ def run_evaluation(params: EvaluateParams, spec: EvalSpec) -> dict[str, Any]:
     deployment = deployment_label(params.deployment)
     run_id = claim_run_id(root, spec.dataset, spec.model_name)  # the record `abs-eval run` wrote at once, else new
     if params.source is not None:
-        sharded = shard_task(params.layout, params.source, root, spec.dataset, params.images_per_shard,
-                             params.layout_options)
-        log.info("sharded %s: %d images in %d shards (%d written, %d already committed), %d error rows",
-                 spec.dataset, sharded["n_total"], sharded["n_shards"], len(sharded["written"]),
-                 len(sharded["skipped"]), sharded["n_error"])
-    desc = descriptions_task(root, spec.dataset, spec.descriptions, params.descriptions, params.descriptions_format,
-                             params.descriptions_key, spec.abs.n_descriptions)
+        sharded = shard_task(
+            params.layout, params.source, root, spec.dataset, params.images_per_shard, params.layout_options
+        )
+        log.info(
+            "sharded %s: %d images in %d shards (%d written, %d already committed), %d error rows",
+            spec.dataset,
+            sharded["n_total"],
+            sharded["n_shards"],
+            len(sharded["written"]),
+            len(sharded["skipped"]),
+            sharded["n_error"],
+        )
+    desc = descriptions_task(
+        root,
+        spec.dataset,
+        spec.descriptions,
+        params.descriptions,
+        params.descriptions_format,
+        params.descriptions_key,
+        spec.abs.n_descriptions,
+    )
     log.info("descriptions %s (%s):\n%s", desc["name"], desc["content_hash"][:16], desc["summary"])
     prep = prepare_task(root, spec_d)
     if prep["random_weights"]:
         log.warning("RANDOM model weights: accuracy will be at chance level (see README: running with real weights)")
     storage = Storage(root)
-    reused = [s for s in committed_parts(storage, spec.dataset, prep["model"], prep["config_hash"])
-              if s in set(prep["shards"])]
+    reused = [
+        s
+        for s in committed_parts(storage, spec.dataset, prep["model"], prep["config_hash"])
+        if s in set(prep["shards"])
+    ]
     # config_json["numbers"]: the prediction settings under the key run records have always used (kept,
     # so records of older roots compare: tasks.results.runs.setting_differences, the regressions view)
     record = RunRecord(
-        run_id=run_id, dataset=spec.dataset, model=prep["model"], config=prep["config_hash"],
-        deployment=deployment, shards_total=len(prep["shards"]), shards_reused=len(reused), reused_shards=reused,
-        clip_model=spec.clip.name, clip_pretrained=spec.clip.pretrained or "random", clip_weights_digest=prep["clip_digest"],
-        dino_model=spec.dino.name, dino_pretrained=spec.dino.pretrained or "random", dino_weights_digest=prep["dino_digest"],
-        descriptions_hash=prep["descriptions_hash"], config_json={"spec": spec_d, "numbers": prep["prediction_settings"]},
+        run_id=run_id,
+        dataset=spec.dataset,
+        model=prep["model"],
+        config=prep["config_hash"],
+        deployment=deployment,
+        shards_total=len(prep["shards"]),
+        shards_reused=len(reused),
+        reused_shards=reused,
+        clip_model=spec.clip.name,
+        clip_pretrained=spec.clip.pretrained or "random",
+        clip_weights_digest=prep["clip_digest"],
+        dino_model=spec.dino.name,
+        dino_pretrained=spec.dino.pretrained or "random",
+        dino_weights_digest=prep["dino_digest"],
+        descriptions_hash=prep["descriptions_hash"],
+        config_json={"spec": spec_d, "numbers": prep["prediction_settings"]},
         model_geometry=prep["geometry"],
-        flow_run_id=str(flow_run.id) if flow_run.id else None, flow_run_name=flow_run.name,
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        flow_run_name=flow_run.name,
     )
     tracker = RunTracker(storage, record).start()
-    log.info("run %s: config %s, %d shards (%d already committed, reused)", run_id, prep["config_hash"],
-             len(prep["shards"]), len(reused))
+    log.info(
+        "run %s: config %s, %d shards (%d already committed, reused)",
+        run_id,
+        prep["config_hash"],
+        len(prep["shards"]),
+        len(reused),
+    )
     runner = build_task_runner(params.runner, params.workers)
     try:
-        results = evaluate_shards.with_options(task_runner=runner)(root, spec_d, prep["config_hash"], prep["shards"],
-                                                                    run_id)
+        results = evaluate_shards.with_options(task_runner=runner)(
+            root, spec_d, prep["config_hash"], prep["shards"], run_id
+        )
     except BaseException:
         tracker.finish(FAILED)
         raise
     computed = sum(1 for r in results if r["computed"])
     tracker.finish(
-        COMPLETED, n_images=sum(r["n_images"] for r in results), n_ok=sum(r["n_ok"] for r in results),
-        n_error=sum(r["n_error"] for r in results), shards_computed=computed,
+        COMPLETED,
+        n_images=sum(r["n_images"] for r in results),
+        n_ok=sum(r["n_ok"] for r in results),
+        n_error=sum(r["n_error"] for r in results),
+        shards_computed=computed,
         shards_reused=len(results) - computed,
     )
-    summary = {"run_id": run_id, "config": prep["config_hash"], "dataset": spec.dataset, "model": prep["model"],
-               "deployment": deployment, "n_images": record.n_images, "n_error": record.n_error,
-               "shards_computed": computed, "shards_reused": len(results) - computed,
-               "shards_total": len(prep["shards"]), "flow_run_id": record.flow_run_id}
+    summary = {
+        "run_id": run_id,
+        "config": prep["config_hash"],
+        "dataset": spec.dataset,
+        "model": prep["model"],
+        "deployment": deployment,
+        "n_images": record.n_images,
+        "n_error": record.n_error,
+        "shards_computed": computed,
+        "shards_reused": len(results) - computed,
+        "shards_total": len(prep["shards"]),
+        "flow_run_id": record.flow_run_id,
+    }
     if params.report:
         summary.update(publish_report(root, run_id, deployment, spec.dataset, prep["model"]))
     summary["regressions"] = announce_regressions(root, run_id, deployment)
     return summary
 
 
-def publish_report(root: str, run_id: str, deployment: str = defaults.DEPLOYMENT, dataset: str = "", model: str = "") -> dict[str, Any]:
+def publish_report(
+    root: str, run_id: str, deployment: str = defaults.DEPLOYMENT, dataset: str = "", model: str = ""
+) -> dict[str, Any]:
     """Report files next to the run record, plus the run's Prefect artifacts: a table
     (accuracy by method, from ``sql/``) and the markdown report with its plots embedded."""
     from tasks.results.artifacts import report_artifacts
@@ -146,10 +195,16 @@ def publish_report(root: str, run_id: str, deployment: str = defaults.DEPLOYMENT
 
     manifest = write_report(root, run_id)
     art = report_artifacts(manifest)  # what each artifact says: tasks/results/artifacts.py
-    create_table_artifact(table=art["table"], key=artifact_key("accuracy", deployment, dataset, model),
-                          description=art["table_description"])
-    create_markdown_artifact(markdown=art["markdown"], key=artifact_key("report", deployment, dataset, model),
-                             description=art["markdown_description"])
+    create_table_artifact(
+        table=art["table"],
+        key=artifact_key("accuracy", deployment, dataset, model),
+        description=art["table_description"],
+    )
+    create_markdown_artifact(
+        markdown=art["markdown"],
+        key=artifact_key("report", deployment, dataset, model),
+        description=art["markdown_description"],
+    )
     return {"accuracy": manifest.accuracy, "report": manifest.report}
 
 
@@ -157,8 +212,9 @@ def publish_report(root: str, run_id: str, deployment: str = defaults.DEPLOYMENT
 REGRESSION_EVENT = "abs-eval.accuracy.regressed"
 
 
-def announce_regressions(root: str, run_id: str, deployment: str | None = None,
-                         previous_run_id: str | None = None) -> list[dict[str, Any]]:
+def announce_regressions(
+    root: str, run_id: str, deployment: str | None = None, previous_run_id: str | None = None
+) -> list[dict[str, Any]]:
     """Emit one ``abs-eval.accuracy.regressed`` Prefect event per method whose accuracy dropped
     significantly since the previous run of the same deployment, dataset and model.
 
@@ -185,9 +241,16 @@ def announce_regressions(root: str, run_id: str, deployment: str | None = None,
         if not r["regressed"] or not r["run_a"]:
             continue
         payload = {
-            "dataset": r["dataset"], "model": r["model"], "method": r["method"], "deployment": deployment,
-            "run_a": r["run_a"], "run_b": r["run_b"], "accuracy_a": r["accuracy_a"], "accuracy_b": r["accuracy_b"],
-            "change": r["change"], "p_value": r["p_value"],
+            "dataset": r["dataset"],
+            "model": r["model"],
+            "method": r["method"],
+            "deployment": deployment,
+            "run_a": r["run_a"],
+            "run_b": r["run_b"],
+            "accuracy_a": r["accuracy_a"],
+            "accuracy_b": r["accuracy_b"],
+            "change": r["change"],
+            "p_value": r["p_value"],
             "n_broken": r["n_broken"],  # right in run_a, wrong in run_b
             "n_fixed": r["n_fixed"],  # wrong in run_a, right in run_b
             "n_paired": r["n_paired"],
@@ -195,14 +258,24 @@ def announce_regressions(root: str, run_id: str, deployment: str | None = None,
         resource = {
             "prefect.resource.id": f"abs-eval.run.{run_id}",
             "prefect.resource.name": f"{r['dataset']} x {r['model']} run {run_id}",
-            "abs-eval.dataset": str(r["dataset"]), "abs-eval.model": str(r["model"]),
-            "abs-eval.method": str(r["method"]), "abs-eval.deployment": str(deployment or ""),
+            "abs-eval.dataset": str(r["dataset"]),
+            "abs-eval.model": str(r["model"]),
+            "abs-eval.method": str(r["method"]),
+            "abs-eval.deployment": str(deployment or ""),
         }
         emit_event(event=REGRESSION_EVENT, resource=resource, payload=payload)
         log.warning(
             "accuracy of %s dropped significantly since run %s: %.4f -> %.4f (%d right -> wrong, %d wrong -> right, "
-            "McNemar p = %.3g); event %s emitted", r["method"], r["run_a"], r["accuracy_a"], r["accuracy_b"],
-            r["n_broken"], r["n_fixed"], r["p_value"], REGRESSION_EVENT)
+            "McNemar p = %.3g); event %s emitted",
+            r["method"],
+            r["run_a"],
+            r["accuracy_a"],
+            r["accuracy_b"],
+            r["n_broken"],
+            r["n_fixed"],
+            r["p_value"],
+            REGRESSION_EVENT,
+        )
         emitted.append(payload)
     return emitted
 
@@ -223,7 +296,9 @@ def _reevaluate_run_name() -> str:
     names = [d.get("dataset", "?") for d in (p.get("datasets") or [])]
     shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
     # parentheses, not square brackets: Rich (``prefect flow-run ls``) reads "[shapesA]" as markup and drops it
-    return f"reevaluate {p.get('deployment') or ''} ({shown}) {datetime.now(timezone.utc):%Y-%m-%d %H:%M}".replace("  ", " ")
+    return f"reevaluate {p.get('deployment') or ''} ({shown}) {datetime.now(timezone.utc):%Y-%m-%d %H:%M}".replace(
+        "  ", " "
+    )
 
 
 @flow(name="evaluate", log_prints=True, flow_run_name=_evaluate_run_name)
@@ -272,8 +347,9 @@ def reevaluate(
     log = get_run_logger()
     from flows.matrix import job_cells  # the merge order of the command line and matrix files too
 
-    cells = [make_params(**c) for c in job_cells(datasets, models, root=root, deployment=deployment,
-                                                 defaults=defaults)]  # every cell's fields checked before any work
+    cells = [
+        make_params(**c) for c in job_cells(datasets, models, root=root, deployment=deployment, defaults=defaults)
+    ]  # every cell's fields checked before any work
     results, failed = [], []
     for params in cells:
         name = f"{params.dataset} x {params.clip_model}/{params.clip_pretrained or 'random'}"

@@ -58,8 +58,7 @@ GRACE_S = 5.0
 
 # The guardian imports this module from where it lies, whatever the working folder or installation.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_GUARDIAN_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-                  "from flows.lifetime import main; sys.exit(main())")
+_GUARDIAN_CODE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from flows.lifetime import main; sys.exit(main())"
 _LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
 _guardian: subprocess.Popen | None = None
 
@@ -86,7 +85,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
                 data = f.read()
         except OSError:
             return None
-        fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) "
+        fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) "
         if fields[0] in (b"Z", b"X"):
             return None
         return int(fields[1]), int(fields[19])
@@ -200,8 +199,12 @@ def end_orphans() -> set[int]:
         return set()
     names = {pid: _describe(pid) for pid in found}
     _end(found)
-    print(f"abs-eval: stopped {len(found)} process(es) left running by an earlier abs-eval that was killed: "
-          + ", ".join(names[p] for p in sorted(found)), file=sys.stderr, flush=True)
+    print(
+        f"abs-eval: stopped {len(found)} process(es) left running by an earlier abs-eval that was killed: "
+        + ", ".join(names[p] for p in sorted(found)),
+        file=sys.stderr,
+        flush=True,
+    )
     return found
 
 
@@ -268,8 +271,12 @@ def watch(main_pid: int, token: str, fd: int = 0) -> set[int]:
             _end(more)
             pids |= more
         try:
-            print(f"abs-eval: process {main_pid} is gone; stopped {len(pids)} process(es) it had left running: "
-                  + ", ".join(names[p] for p in sorted(pids)), file=sys.stderr, flush=True)
+            print(
+                f"abs-eval: process {main_pid} is gone; stopped {len(pids)} process(es) it had left running: "
+                + ", ".join(names[p] for p in sorted(pids)),
+                file=sys.stderr,
+                flush=True,
+            )
         except Exception:  # no terminal any more
             pass
     return pids
@@ -294,7 +301,11 @@ def start_guardian() -> subprocess.Popen | None:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", _GUARDIAN_CODE, _PACKAGE_PARENT, str(os.getpid()), token],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, close_fds=True, start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
         )
     except OSError as exc:  # pragma: no cover - e.g. no processes left
         print(f"abs-eval: warning: no guardian for child processes ({exc})", file=sys.stderr)

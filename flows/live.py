@@ -51,8 +51,9 @@ class LiveProgress:
         self.published_done = False  # whether the last update published the finished state
 
     @classmethod
-    def start(cls, root: str, spec: Mapping[str, Any], shards: Sequence[int], run_id: str,
-              min_interval: float = 5.0) -> LiveProgress:
+    def start(
+        cls, root: str, spec: Mapping[str, Any], shards: Sequence[int], run_id: str, min_interval: float = 5.0
+    ) -> LiveProgress:
         """Create the artifact at 0% (the shards' image count from the dataset's ``dataset.json``)."""
         from tasks.run.evalspec import EvalSpec
         from tasks.store.datasets import read_dataset_info
@@ -64,8 +65,11 @@ class LiveProgress:
             images = sum(s.n_total for s in read_dataset_info(root, es.dataset).shards if s.index in wanted) or None
         except (FileNotFoundError, RuntimeError, OSError, ValueError):
             images = None
-        live = cls(root, RunProgress(run_id, es.dataset, es.model_name, len(shards), images, min_interval),
-                   artifact_key("progress", es.dataset, es.model_name, ""))
+        live = cls(
+            root,
+            RunProgress(run_id, es.dataset, es.model_name, len(shards), images, min_interval),
+            artifact_key("progress", es.dataset, es.model_name, ""),
+        )
         live._publish()
         return live
 
@@ -97,14 +101,20 @@ class LiveProgress:
         try:
             if self.artifact_id is None:
                 parent = flow_run.parent_flow_run_id or flow_run.id  # the evaluate flow run, beside the report
-                art = ProgressArtifact(progress=p.percent, key=self.key, description=text,
-                                       flow_run_id=UUID(str(parent)) if parent else None)
+                art = ProgressArtifact(
+                    progress=p.percent,
+                    key=self.key,
+                    description=text,
+                    flow_run_id=UUID(str(parent)) if parent else None,
+                )
                 self.artifact_id = art.create(_sync=True).id  # sync even if a loop runs (as Prefect's own helper)
             else:
                 update_progress_artifact(self.artifact_id, p.percent, description=text, _sync=True)
         except Exception as exc:  # noqa: BLE001 - progress is a courtesy: never fail the run for it
             self.broken = True
-            _log().warning("progress artifact not updated (%s: %s); the run goes on without it", type(exc).__name__, exc)
+            _log().warning(
+                "progress artifact not updated (%s: %s); the run goes on without it", type(exc).__name__, exc
+            )
             return
         p.published()
         self.published_done = p.finished

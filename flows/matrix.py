@@ -38,8 +38,9 @@ __all__ = ["MATRIX_KEYS", "MERGED_FIELDS", "MatrixFile", "job_cells", "merge_lay
 #: The top-level keys of a matrix file (the ``reevaluate`` flow's parameters, less the ones only a flow has).
 MATRIX_KEYS = ("datasets", "models", "defaults", "root", "deployment")
 #: Fields merged key by key across the layers: the dict-valued ones of ``EvaluateParams``.
-MERGED_FIELDS = tuple(name for name, f in EvaluateParams.model_fields.items()
-                      if typing.get_origin(f.annotation) is dict)
+MERGED_FIELDS = tuple(
+    name for name, f in EvaluateParams.model_fields.items() if typing.get_origin(f.annotation) is dict
+)
 
 
 def merge_layers(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -57,9 +58,15 @@ def merge_layers(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def job_cells(datasets: Sequence[Mapping[str, Any]], models: Sequence[Mapping[str, Any]] | None = None, *,
-              root: str | None = None, deployment: str | None = None, defaults: Mapping[str, Any] | None = None,
-              given: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def job_cells(
+    datasets: Sequence[Mapping[str, Any]],
+    models: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    root: str | None = None,
+    deployment: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    given: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """The fields of every cell, datasets x models (dataset-major), merged in the module's order.
 
     ``root`` / ``deployment``: the job's (``None``: not given); ``given``: the options typed on the
@@ -79,12 +86,22 @@ class MatrixFile:
     root: str | None = None
     deployment: str | None = None
 
-    def cells(self, given: Mapping[str, Any] | None = None, extra_datasets: Sequence[Mapping[str, Any]] = (),
-              models: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def cells(
+        self,
+        given: Mapping[str, Any] | None = None,
+        extra_datasets: Sequence[Mapping[str, Any]] = (),
+        models: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
         """:func:`job_cells` of the file; ``extra_datasets`` after its own, ``models`` instead of its own
         (the command line's, when it names models), ``given`` on top (``given["root"]`` beats the file's)."""
-        return job_cells([*self.datasets, *extra_datasets], models if models else self.models, root=self.root,
-                         deployment=self.deployment, defaults=self.defaults, given=given)
+        return job_cells(
+            [*self.datasets, *extra_datasets],
+            models if models else self.models,
+            root=self.root,
+            deployment=self.deployment,
+            defaults=self.defaults,
+            given=given,
+        )
 
 
 def _entries(doc: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
@@ -112,10 +129,13 @@ def read_matrix(path: str | Path) -> MatrixFile:
     except FileNotFoundError:
         raise ParameterError(f"matrix file not found: {path}") from None
     except Exception as exc:  # a YAML or TOML syntax error: say where
-        raise ParameterError(f"{path}: cannot be read as {'TOML' if is_toml else 'YAML'}: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise ParameterError(
+            f"{path}: cannot be read as {'TOML' if is_toml else 'YAML'}: {str(exc).splitlines()[0]}"
+        ) from None
     if not isinstance(doc, dict):
-        raise ParameterError(f"{path}: expected a mapping with 'datasets' (and optionally 'models', 'defaults', 'root')")
+        raise ParameterError(
+            f"{path}: expected a mapping with 'datasets' (and optionally 'models', 'defaults', 'root')"
+        )
     unknown = set(doc) - set(MATRIX_KEYS)
     if unknown:
         raise ParameterError(f"{path}: unknown keys {sorted(unknown)}; use {', '.join(MATRIX_KEYS)}")
@@ -125,5 +145,11 @@ def read_matrix(path: str | Path) -> MatrixFile:
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ParameterError(f"{path}: 'defaults' must be a mapping of parameters, got {defaults!r:.80}")
-    return MatrixFile(str(path), datasets, _entries(doc, "models", str(path)), dict(defaults),
-                      doc.get("root") or None, doc.get("deployment") or None)
+    return MatrixFile(
+        str(path),
+        datasets,
+        _entries(doc, "models", str(path)),
+        dict(defaults),
+        doc.get("root") or None,
+        doc.get("deployment") or None,
+    )

@@ -43,46 +43,58 @@ class EvaluateParams(BaseModel):
     layout_options: dict[str, Any] = Field(default_factory=dict, description="Options of the layout, e.g. split.")
     root: str = Field(defaults.ROOT, description="Storage root: a folder or any fsspec URL.")
     clip_model: str = Field(defaults.CLIP_MODEL, description="open_clip ViT name.")
-    clip_pretrained: str | None = Field(defaults.CLIP_PRETRAINED,
-                                        description="open_clip tag, checkpoint path, or None for random weights.")
+    clip_pretrained: str | None = Field(
+        defaults.CLIP_PRETRAINED, description="open_clip tag, checkpoint path, or None for random weights."
+    )
     dino_model: str = Field(defaults.DINO_MODEL, description="timm DINO ViT name.")
-    dino_pretrained: str | None = Field(defaults.DINO_PRETRAINED,
-                                        description="'timm', a checkpoint path, or 'random' (null) for random weights.")
+    dino_pretrained: str | None = Field(
+        defaults.DINO_PRETRAINED, description="'timm', a checkpoint path, or 'random' (null) for random weights."
+    )
     descriptions: str | None = Field(None, description="Description file to import; None uses the stored set.")
     descriptions_name: str | None = Field(None, description="Stored description set (default: the dataset name).")
-    descriptions_format: str = Field(defaults.DESCRIPTIONS_FORMAT,
-                                     description="auto, cupl, nested, attributes or templates.")
+    descriptions_format: str = Field(
+        defaults.DESCRIPTIONS_FORMAT, description="auto, cupl, nested, attributes or templates."
+    )
     descriptions_key: str | None = Field(None, description="Dataset key inside a nested description file.")
-    abs_config: dict[str, Any] = Field(default_factory=dict,
-                                       description="Overrides of the ABS parameters (alpha, beta, top_k, n_crops, "
-                                                   "n_descriptions, tau, tau_sample, seed, max_image_side (0: no "
-                                                   "downscale limit, the default), ...). A list of values is a "
-                                                   "sweep axis, e.g. top_k: [10, 20, 40] (every combination, one "
-                                                   "job; crop_kinds and matching are axes too: flows/sweep.py).")
+    abs_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the ABS parameters (alpha, beta, top_k, n_crops, "
+        "n_descriptions, tau, tau_sample, seed, max_image_side (0: no "
+        "downscale limit, the default), ...). A list of values is a "
+        "sweep axis, e.g. top_k: [10, 20, 40] (every combination, one "
+        "job; crop_kinds and matching are axes too: flows/sweep.py).",
+    )
     prompt: str = Field(defaults.PROMPT, description="Prompt of the plain CLIP baseline.")
-    templates: str = Field(defaults.TEMPLATES,
-                           description="Templates of clip-e, every one used: auto (the dataset's own "
-                                       "zeroshot_classification_templates.txt, else the CLIP paper's set for its "
-                                       "layout, else the 80 OpenAI ImageNet ones), a set (openai-imagenet alias "
-                                       "imagenet1k, food101, pets, dtd, sun397, birdsnap; none: no clip-e), or a "
-                                       "file: .txt with one template per line or a .json list, {c} or {} where "
-                                       "the class name goes.")
+    templates: str = Field(
+        defaults.TEMPLATES,
+        description="Templates of clip-e, every one used: auto (the dataset's own "
+        "zeroshot_classification_templates.txt, else the CLIP paper's set for its "
+        "layout, else the 80 OpenAI ImageNet ones), a set (openai-imagenet alias "
+        "imagenet1k, food101, pets, dtd, sun397, birdsnap; none: no clip-e), or a "
+        "file: .txt with one template per line or a .json list, {c} or {} where "
+        "the class name goes.",
+    )
 
     images_per_shard: int = Field(defaults.IMAGES_PER_SHARD, ge=1, description="Images per Parquet shard.")
     device: str = Field(defaults.DEVICE, description="auto, cpu, cuda, cuda:1 ...")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(defaults.PRECISION,
-                                                               description="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, "
-                                                                           "fp16.")
-    images_per_batch: int | None = Field(None, ge=1, description="Images per model batch (default: "
-                                         f"{defaults.IMAGES_PER_BATCH_CPU} on CPU, {defaults.IMAGES_PER_BATCH_CUDA} on "
-                                         "CUDA).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        defaults.PRECISION, description="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."
+    )
+    images_per_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Images per model batch (default: "
+        f"{defaults.IMAGES_PER_BATCH_CPU} on CPU, {defaults.IMAGES_PER_BATCH_CUDA} on "
+        "CUDA).",
+    )
     keep_features: bool = Field(False, description="Also store crop features.")
-    compile: bool = Field(False, description="torch.compile the CLIP trunk (~30 s once, then 8-20% faster: long "
-                                             "runs).")
-    deployment: str | None = Field(None, description="Label runs are compared by (default: the Prefect deployment, "
-                                                     "else 'manual').")
-    runner: Literal["threads", "dask", "ray"] = Field(defaults.RUNNER, description="Where shard tasks run: threads, "
-                                                                                "dask or ray.")
+    compile: bool = Field(False, description="torch.compile the CLIP trunk (~30 s once, then 8-20% faster: long runs).")
+    deployment: str | None = Field(
+        None, description="Label runs are compared by (default: the Prefect deployment, else 'manual')."
+    )
+    runner: Literal["threads", "dask", "ray"] = Field(
+        defaults.RUNNER, description="Where shard tasks run: threads, dask or ray."
+    )
     workers: int = Field(defaults.WORKERS, ge=1, description="Parallel shard tasks.")
     report: bool = Field(True, description="Write the report and publish the artifacts.")
     allow_single_class: bool = Field(False, description="Evaluate a dataset whose images all have one label.")
@@ -146,23 +158,29 @@ from flows.preflight import is_weights_path as _is_path  # noqa: E402 - one rule
 #: ``abs_config`` keys only a sweep has (``flows.sweep``), beside ``ABSConfig``'s fields: which crop branches
 #: a point scores and how crops meet descriptions; both are scored from stored crop features
 #: (``abs_model.variants``: ``CROP_KINDS``, ``MATCHINGS``), always as an axis, even with one value.
-SWEEP_ONLY_AXES: dict[str, tuple[str, ...]] = {"crop_kinds": ("both", "raw", "feature"),
-                                               "matching": ("soft", "average")}
+SWEEP_ONLY_AXES: dict[str, tuple[str, ...]] = {
+    "crop_kinds": ("both", "raw", "feature"),
+    "matching": ("soft", "average"),
+}
 
 
 def abs_axes(params: EvaluateParams) -> dict[str, list[Any]]:
     """The sweep axes of ``abs_config``: each key whose value is a list (``top_k: [10, 20, 40]``), and
     ``crop_kinds`` / ``matching`` whatever their value. Empty: one evaluation, no sweep."""
-    return {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in params.abs_config.items()
-            if isinstance(v, (list, tuple)) or k in SWEEP_ONLY_AXES}
+    return {
+        k: (list(v) if isinstance(v, (list, tuple)) else [v])
+        for k, v in params.abs_config.items()
+        if isinstance(v, (list, tuple)) or k in SWEEP_ONLY_AXES
+    }
 
 
 def abs_config(params: EvaluateParams) -> ABSConfig:
     """The paper's ABS parameters with the job's overrides (``ValueError`` names a bad one); for a sweep,
     its base: the overrides that are not axes."""
     axes = abs_axes(params)
-    return ABSConfig.from_dict({**defaults.ABS.to_dict(),
-                                **{k: v for k, v in params.abs_config.items() if k not in axes}})
+    return ABSConfig.from_dict(
+        {**defaults.ABS.to_dict(), **{k: v for k, v in params.abs_config.items() if k not in axes}}
+    )
 
 
 def sweep_points(params: EvaluateParams) -> list[dict[str, Any]]:
@@ -202,8 +220,10 @@ def _sweep_problems(params: EvaluateParams) -> list[str]:
         except (ValueError, TypeError) as exc:
             return [f"abs_config sweep point {point}: {exc}"]
         if config.n_descriptions > base.n_descriptions:  # flows.sweep.plan_sweep says why
-            return [f"abs_config sweep: n_descriptions={config.n_descriptions} is above the base's "
-                    f"M={base.n_descriptions}: set abs_config.n_descriptions to the largest value"]
+            return [
+                f"abs_config sweep: n_descriptions={config.n_descriptions} is above the base's "
+                f"M={base.n_descriptions}: set abs_config.n_descriptions to the largest value"
+            ]
     return []
 
 
@@ -221,8 +241,9 @@ def static_problems(params: EvaluateParams) -> list[str]:
     return problems
 
 
-def _model_problems(clip_model: str, clip_pretrained: str | None, dino_model: str,
-                    dino_pretrained: str | None) -> list[str]:
+def _model_problems(
+    clip_model: str, clip_pretrained: str | None, dino_model: str, dino_pretrained: str | None
+) -> list[str]:
     import open_clip
     import timm
 
@@ -233,8 +254,14 @@ def _model_problems(clip_model: str, clip_pretrained: str | None, dino_model: st
     clip_models = open_clip.list_models()
     if clip_model not in clip_models:
         near = difflib.get_close_matches(clip_model, clip_models, n=3)
-        out.append(f"unknown CLIP model {clip_model!r}" + (f" (did you mean {', '.join(near)}?)" if near else
-                                                           " (open_clip names such as ViT-B-16, `abs-eval models`)"))
+        out.append(
+            f"unknown CLIP model {clip_model!r}"
+            + (
+                f" (did you mean {', '.join(near)}?)"
+                if near
+                else " (open_clip names such as ViT-B-16, `abs-eval models`)"
+            )
+        )
     if dino_model not in dino_configs() and not timm.is_model(dino_model.split(".")[0]):
         out.append(f"unknown DINO model {dino_model!r} (timm names such as vit_base_patch16_224.dino)")
     if clip_pretrained and not _is_path(clip_pretrained) and clip_model in clip_models:
@@ -242,11 +269,15 @@ def _model_problems(clip_model: str, clip_pretrained: str | None, dino_model: st
         if clip_pretrained not in tags:
             near = difflib.get_close_matches(clip_pretrained, tags, n=3, cutoff=0.3)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
-            out.append(f"unknown pretrained tag {clip_pretrained!r} for {clip_model}: its tags are "
-                       f"{', '.join(tags) or 'none (use a checkpoint path or random)'}{hint}")
+            out.append(
+                f"unknown pretrained tag {clip_pretrained!r} for {clip_model}: its tags are "
+                f"{', '.join(tags) or 'none (use a checkpoint path or random)'}{hint}"
+            )
     if dino_pretrained and not _is_path(dino_pretrained) and dino_pretrained != "timm":
-        out.append(f"dino_pretrained {dino_pretrained!r}: use 'timm' (the hub weights of the timm name), "
-                   "a checkpoint path, or random")
+        out.append(
+            f"dino_pretrained {dino_pretrained!r}: use 'timm' (the hub weights of the timm name), "
+            "a checkpoint path, or random"
+        )
     return out
 
 
@@ -264,11 +295,18 @@ def check(params: EvaluateParams) -> EvalSpec:
     if problems:
         raise ParameterError(_problems_text(problems))
     return EvalSpec(
-        dataset=params.dataset, clip=ModelSpec(params.clip_model, params.clip_pretrained),
+        dataset=params.dataset,
+        clip=ModelSpec(params.clip_model, params.clip_pretrained),
         dino=ModelSpec(params.dino_model, params.dino_pretrained),
-        descriptions=params.descriptions_name or params.dataset, abs=abs_config(params), prompt=params.prompt,
-        templates=params.templates, device=params.device, precision=params.precision,
-        images_per_batch=params.images_per_batch, keep_features=params.keep_features, compile=params.compile,
+        descriptions=params.descriptions_name or params.dataset,
+        abs=abs_config(params),
+        prompt=params.prompt,
+        templates=params.templates,
+        device=params.device,
+        precision=params.precision,
+        images_per_batch=params.images_per_batch,
+        keep_features=params.keep_features,
+        compile=params.compile,
     )
 
 
@@ -321,8 +359,9 @@ def preflight(params: EvaluateParams) -> EvalSpec:
         try:
             info = read_dataset_info(params.root, spec.dataset)
         except FileNotFoundError:
-            raise ParameterError(f"dataset {spec.dataset!r} is not sharded under {params.root}: pass --source "
-                                 "(and --layout) to shard it") from None
+            raise ParameterError(
+                f"dataset {spec.dataset!r} is not sharded under {params.root}: pass --source (and --layout) to shard it"
+            ) from None
         text_classnames = list(info.text_classnames)
         single = False  # checked (and warned about) when it was sharded
         described = info.raw
@@ -332,18 +371,25 @@ def preflight(params: EvaluateParams) -> EvalSpec:
         raise ParameterError(f"templates: {exc}") from None
     try:
         if params.descriptions:
-            import_descriptions(params.descriptions, text_classnames, format=params.descriptions_format,
-                                dataset_key=params.descriptions_key, m=spec.abs.n_descriptions)
+            import_descriptions(
+                params.descriptions,
+                text_classnames,
+                format=params.descriptions_format,
+                dataset_key=params.descriptions_key,
+                m=spec.abs.n_descriptions,
+            )
         else:
             stored = read_descriptions(params.root, spec.descriptions)
             if list(stored.classnames) != text_classnames:
                 raise DescriptionError(
                     f"stored description set {spec.descriptions!r} has {len(stored.classnames)} classes, the dataset "
-                    f"{len(text_classnames)}: pass the description file for this dataset with --descriptions")
+                    f"{len(text_classnames)}: pass the description file for this dataset with --descriptions"
+                )
     except DescriptionError as exc:
         raise ParameterError(f"descriptions: {exc}") from None
     if single and not params.allow_single_class:
         raise ParameterError(
             f"every image of {spec.dataset!r} has the same label: every method scores 100% on a one-class dataset. "
-            "Point --source at the folder holding all class folders, or pass --allow-single-class.")
+            "Point --source at the folder holding all class folders, or pass --allow-single-class."
+        )
     return spec

@@ -61,9 +61,16 @@ def configure_prefect(announce: bool = True) -> bool:
     if local and TIMEOUT_SETTING not in os.environ and TIMEOUT_SETTING not in _active_profile_settings():
         os.environ[TIMEOUT_SETTING] = str(LOCAL_API_STARTUP_TIMEOUT_S)
         if "prefect" in sys.modules:  # pragma: no cover - a programming error, not a user's
-            print(f"abs-eval: warning: prefect was imported before {TIMEOUT_SETTING} was set; "
-                  "the longer start-up timeout does not apply", file=sys.stderr)
+            print(
+                f"abs-eval: warning: prefect was imported before {TIMEOUT_SETTING} was set; "
+                "the longer start-up timeout does not apply",
+                file=sys.stderr,
+            )
     if local and announce:
-        print("abs-eval: starting a local Prefect API (temporary server, no PREFECT_API_URL set); "
-              "the first start can take a minute", file=sys.stderr, flush=True)
+        print(
+            "abs-eval: starting a local Prefect API (temporary server, no PREFECT_API_URL set); "
+            "the first start can take a minute",
+            file=sys.stderr,
+            flush=True,
+        )
     return local

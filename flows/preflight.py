@@ -36,10 +36,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 __all__ = [
-    "PreflightError", "is_remote", "check_root_exists", "check_writable_dir", "check_writable_file",
-    "check_exists", "job_problems", "model_problems", "fetch_weights", "problems_text",
+    "PreflightError",
+    "is_remote",
+    "check_root_exists",
+    "check_writable_dir",
+    "check_writable_file",
+    "check_exists",
+    "job_problems",
+    "model_problems",
+    "fetch_weights",
+    "problems_text",
 ]
-
 
 
 def is_weights_path(p: str) -> bool:
@@ -61,7 +68,7 @@ def _local(url: str) -> str:
     """The absolute local path of a local URL (``file://`` stripped, ``~`` expanded), as fsspec reads it."""
     for prefix in ("file://", "local://"):
         if url.startswith(prefix):
-            url = url[len(prefix):]
+            url = url[len(prefix) :]
     return os.path.abspath(os.path.expanduser(url))
 
 
@@ -277,9 +284,11 @@ def model_problems(clip_model: str, dino_model: str) -> list[str]:
         pass
     if dino is not None:
         if dino.grid != DINO_GRID:
-            out.append(f"DINO model {dino_model} has a {dino.grid}x{dino.grid} grid; ABS expects "
-                       f"{DINO_GRID}x{DINO_GRID} (patch 16 at 224 px, e.g. vit_base_patch16_224.dino; "
-                       "see `abs-eval models`)")
+            out.append(
+                f"DINO model {dino_model} has a {dino.grid}x{dino.grid} grid; ABS expects "
+                f"{DINO_GRID}x{DINO_GRID} (patch 16 at 224 px, e.g. vit_base_patch16_224.dino; "
+                "see `abs-eval models`)"
+            )
     return out
 
 
@@ -322,14 +331,19 @@ def _clip_source(model: str, tag: str) -> _Source | None:
         repo_id, filename = os.path.split(hf)
         filename = filename or oc_pre.HF_WEIGHTS_NAME
         names = [*oc_pre._get_safe_alternatives(filename), filename]
-        return _Source(_hf_host(), _hf_cached(repo_id, names), constants.HF_HUB_CACHE,
-                       lambda: oc_pre.download_pretrained(cfg))
+        return _Source(
+            _hf_host(), _hf_cached(repo_id, names), constants.HF_HUB_CACHE, lambda: oc_pre.download_pretrained(cfg)
+        )
     url = cfg.get("url", "")
     if not url:
         return None
     target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-    return _Source(url, target if os.path.isfile(target) else None, os.path.dirname(target),
-                   lambda: oc_pre.download_pretrained(cfg))
+    return _Source(
+        url,
+        target if os.path.isfile(target) else None,
+        os.path.dirname(target),
+        lambda: oc_pre.download_pretrained(cfg),
+    )
 
 
 def _dino_source(model: str) -> _Source | None:
@@ -347,8 +361,9 @@ def _dino_source(model: str) -> _Source | None:
     if load_from == "hf-hub":
         from huggingface_hub import constants, hf_hub_download
 
-        repo, names = (loc[0], [loc[1]]) if isinstance(loc, (list, tuple)) else (loc, ["model.safetensors",
-                                                                                      "pytorch_model.bin"])
+        repo, names = (
+            (loc[0], [loc[1]]) if isinstance(loc, (list, tuple)) else (loc, ["model.safetensors", "pytorch_model.bin"])
+        )
         repo_id, revision = _hub.hf_split(repo)
 
         def download() -> str:
@@ -368,8 +383,12 @@ def _dino_source(model: str) -> _Source | None:
         import torch.hub
 
         target = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(loc).path))
-        return _Source(loc, target if os.path.isfile(target) else None, os.path.dirname(target),
-                       lambda: _hub.download_cached_file(loc, check_hash=False, progress=True))
+        return _Source(
+            loc,
+            target if os.path.isfile(target) else None,
+            os.path.dirname(target),
+            lambda: _hub.download_cached_file(loc, check_hash=False, progress=True),
+        )
     return None  # a file or state dict in the config: nothing to fetch
 
 
@@ -384,8 +403,9 @@ def _unreachable(url: str) -> str | None:
 
     if constants.HF_HUB_OFFLINE and urlparse(url).netloc == urlparse(_hf_host()).netloc:
         return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                       "all_proxy")):
+    if any(
+        os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return None
     parts = urlparse(url)
     if not parts.hostname:
@@ -422,7 +442,8 @@ def fetch_weights(kind: str, model: str, pretrained: str | None) -> str | None:
             f"{kind} weights {pretrained!r} for {model} are not in the local cache ({source.cache_hint}) and "
             f"{urlparse(source.host).netloc or source.host} cannot be reached ({why}): download them once on a "
             "machine online (or copy the cache), pass a local checkpoint path instead of the tag, or use "
-            "'random' for a smoke test")
+            "'random' for a smoke test"
+        )
     from abs_model import WeightsUnavailableError
     from abs_model.weights import explain_download
 

@@ -66,8 +66,7 @@ def build_task_runner(runner: str = "threads", workers: int = 1, address: str | 
         address = address or os.environ.get("ABS_DASK_ADDRESS")
         if address:
             return DaskTaskRunner(address=address)
-        cluster = {"n_workers": max(1, workers), "threads_per_worker": 1, "processes": True,
-                   "dashboard_address": None}
+        cluster = {"n_workers": max(1, workers), "threads_per_worker": 1, "processes": True, "dashboard_address": None}
         api = current_api_url()
         if api:  # the workers report to the flow's API instead of each starting a temporary one
             cluster["env"] = {"PREFECT_API_URL": api}

@@ -43,8 +43,15 @@ from abs_model.variants import CROP_KINDS, VariantSpec
 from flows.params import EvaluateParams, ParameterError, abs_axes, point_config, preflight, sweep_points
 from tasks.run.evalspec import EvalSpec
 
-__all__ = ["COMPUTED_BY_FEATURES", "COMPUTED_BY_MODEL", "SourceRun", "SweepPoint", "plan_sweep", "run_sweep",
-           "sweep_rows"]
+__all__ = [
+    "COMPUTED_BY_FEATURES",
+    "COMPUTED_BY_MODEL",
+    "SourceRun",
+    "SweepPoint",
+    "plan_sweep",
+    "run_sweep",
+    "sweep_rows",
+]
 
 #: How a point was computed, as the summary, the log and the command's table say it.
 COMPUTED_BY_MODEL = "model"
@@ -88,8 +95,11 @@ class SourceRun:
 
 
 def _name(config: ABSConfig, matching: str, base: ABSConfig) -> str:
-    diff = [f"{f.name}={_short(getattr(config, f.name))}" for f in fields(ABSConfig)
-            if f.name not in ("raw_crops", "feature_crops") and getattr(config, f.name) != getattr(base, f.name)]
+    diff = [
+        f"{f.name}={_short(getattr(config, f.name))}"
+        for f in fields(ABSConfig)
+        if f.name not in ("raw_crops", "feature_crops") and getattr(config, f.name) != getattr(base, f.name)
+    ]
     branches = (config.raw_crops, config.feature_crops)
     if branches != (base.raw_crops, base.feature_crops):
         diff.append("crop_kinds=" + next(k for k, v in CROP_KINDS.items() if v == branches))
@@ -113,19 +123,29 @@ def plan_sweep(base: ABSConfig, points: list[dict[str, Any]]) -> list[SourceRun]
     for setting in points:
         config, matching = point_config(base, setting)
         if config.n_descriptions > base.n_descriptions:
-            raise ParameterError(f"abs_config sweep: n_descriptions={config.n_descriptions} is above the base's "
-                                 f"M={base.n_descriptions} (the stored description set keeps the first M per class): "
-                                 "set abs_config.n_descriptions to the largest value; smaller ones are scored from "
-                                 "the stored crop features")
-        draws = replace(config, tau=base.tau, n_descriptions=base.n_descriptions,
-                        n_crops=max(config.n_crops, base.n_crops), raw_crops=base.raw_crops,
-                        feature_crops=base.feature_crops)
+            raise ParameterError(
+                f"abs_config sweep: n_descriptions={config.n_descriptions} is above the base's "
+                f"M={base.n_descriptions} (the stored description set keeps the first M per class): "
+                "set abs_config.n_descriptions to the largest value; smaller ones are scored from "
+                "the stored crop features"
+            )
+        draws = replace(
+            config,
+            tau=base.tau,
+            n_descriptions=base.n_descriptions,
+            n_crops=max(config.n_crops, base.n_crops),
+            raw_crops=base.raw_crops,
+            feature_crops=base.feature_crops,
+        )
         grouped.setdefault(draws, []).append(SweepPoint(dict(setting), config, matching, _name(config, matching, base)))
     runs = []
     for draws, members in grouped.items():
         # the crop branches any point of the group scores (a branch changes no draw, only the model passes)
-        source = replace(draws, raw_crops=any(p.config.raw_crops for p in members) or base.raw_crops,
-                         feature_crops=any(p.config.feature_crops for p in members) or base.feature_crops)
+        source = replace(
+            draws,
+            raw_crops=any(p.config.raw_crops for p in members) or base.raw_crops,
+            feature_crops=any(p.config.feature_crops for p in members) or base.feature_crops,
+        )
         run = SourceRun(source, _name(source, "soft", base))
         for point in members:
             if point.spec == VariantSpec.of(source):
@@ -148,8 +168,9 @@ def _log():
         return logging.getLogger(__name__)
 
 
-def run_sweep(params: EvaluateParams, evaluate_one: Callable[[EvaluateParams, EvalSpec], dict[str, Any]],
-              deployment: str) -> dict[str, Any]:
+def run_sweep(
+    params: EvaluateParams, evaluate_one: Callable[[EvaluateParams, EvalSpec], dict[str, Any]], deployment: str
+) -> dict[str, Any]:
     """Evaluate every point of the cell ``params`` (its ``abs_config`` has axes): the source runs through
     ``evaluate_one`` (``flows.evaluate.run_evaluation``), then the other points from their stored features
     (``flows.analyze.analyze``). ``deployment``: the cell's label. Returns the cell's summary: the first
@@ -162,20 +183,30 @@ def run_sweep(params: EvaluateParams, evaluate_one: Callable[[EvaluateParams, Ev
     plan = plan_sweep(spec.abs, sweep_points(params))
     n_points = sum(int(r.own is not None) + len(r.variants) for r in plan)
     n_features = sum(len(r.variants) for r in plan)
-    log.info("sweep over %s: %d points; the models run %d configuration(s) (%s), %d point(s) are scored from "
-             "their stored crop features (no model forward); shards, DINO cache and text bank are computed once",
-             ", ".join(f"{k}={v}" for k, v in abs_axes(params).items()), n_points, len(plan),
-             "; ".join(r.name for r in plan), n_features)
+    log.info(
+        "sweep over %s: %d points; the models run %d configuration(s) (%s), %d point(s) are scored from "
+        "their stored crop features (no model forward); shards, DINO cache and text bank are computed once",
+        ", ".join(f"{k}={v}" for k, v in abs_axes(params).items()),
+        n_points,
+        len(plan),
+        "; ".join(r.name for r in plan),
+        n_features,
+    )
     runs: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
     for i, source in enumerate(plan):
         label = deployment if source.name == "base" else f"{deployment}:{source.name}"
         keep = params.keep_features or source.keeps_features
-        run_params = params.model_copy(update={
-            "abs_config": source.config.to_dict(), "keep_features": keep, "deployment": label,
-            # the first run shards and imports; the others reuse what it committed
-            "source": params.source if i == 0 else None, "descriptions": params.descriptions if i == 0 else None,
-        })
+        run_params = params.model_copy(
+            update={
+                "abs_config": source.config.to_dict(),
+                "keep_features": keep,
+                "deployment": label,
+                # the first run shards and imports; the others reuse what it committed
+                "source": params.source if i == 0 else None,
+                "descriptions": params.descriptions if i == 0 else None,
+            }
+        )
         t0 = time.perf_counter()
         out = evaluate_one(run_params, replace(spec, abs=source.config, keep_features=keep))
         seconds = time.perf_counter() - t0
@@ -187,27 +218,55 @@ def run_sweep(params: EvaluateParams, evaluate_one: Callable[[EvaluateParams, Ev
         if not source.variants:
             continue
         try:
-            done = analyze(params.root, variants=[p.spec for p in source.variants], run_id=out["run_id"],
-                           device=params.device)
+            done = analyze(
+                params.root, variants=[p.spec for p in source.variants], run_id=out["run_id"], device=params.device
+            )
         except VariantError as exc:
             raise ParameterError(f"sweep points from run {out['run_id']}: {exc}") from None
         for point, v in zip(source.variants, done.variants):
-            how = ("equals a fresh run" if v.equals_fresh_run else
-                   "the first crops of each branch: a statistically equivalent sample" if point.spec.is_prefix(
-                       source.config) else "plain description averaging")
-            log.info("point %s: from the stored crop features of run %s, no model forward (run %s, config %s, "
-                     "%.2f s; %s)", point.name, out["run_id"], v.run_id, v.config, v.seconds, how)
-            points.append(_point(point, COMPUTED_BY_FEATURES, v.run_id, v.config, out["run_id"], v.equals_fresh_run,
-                                 v.seconds))
+            how = (
+                "equals a fresh run"
+                if v.equals_fresh_run
+                else "the first crops of each branch: a statistically equivalent sample"
+                if point.spec.is_prefix(source.config)
+                else "plain description averaging"
+            )
+            log.info(
+                "point %s: from the stored crop features of run %s, no model forward (run %s, config %s, %.2f s; %s)",
+                point.name,
+                out["run_id"],
+                v.run_id,
+                v.config,
+                v.seconds,
+                how,
+            )
+            points.append(
+                _point(point, COMPUTED_BY_FEATURES, v.run_id, v.config, out["run_id"], v.equals_fresh_run, v.seconds)
+            )
     first = runs[0]
-    return {**first, "deployment": deployment, "sweep": True, "runs": runs, "points": points,
-            "regressions": [g for r in runs for g in r.get("regressions") or []]}
+    return {
+        **first,
+        "deployment": deployment,
+        "sweep": True,
+        "runs": runs,
+        "points": points,
+        "regressions": [g for r in runs for g in r.get("regressions") or []],
+    }
 
 
-def _point(point: SweepPoint, computed_by: str, run_id: str, config: str, of_run: str | None, fresh: bool,
-           seconds: float) -> dict[str, Any]:
-    return {"point": point.name, "setting": point.setting, "computed_by": computed_by, "run_id": run_id,
-            "config": config, "of_run": of_run, "equals_fresh_run": fresh, "seconds": round(seconds, 3)}
+def _point(
+    point: SweepPoint, computed_by: str, run_id: str, config: str, of_run: str | None, fresh: bool, seconds: float
+) -> dict[str, Any]:
+    return {
+        "point": point.name,
+        "setting": point.setting,
+        "computed_by": computed_by,
+        "run_id": run_id,
+        "config": config,
+        "of_run": of_run,
+        "equals_fresh_run": fresh,
+        "seconds": round(seconds, 3),
+    }
 
 
 def sweep_rows(root: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -217,12 +276,28 @@ def sweep_rows(root: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     ids = [p["run_id"] for p in summary["points"]]
     listed = ", ".join(f"'{i}'" for i in ids)  # run ids: timestamps, hex and dashes
-    acc = {r["run_id"]: r for r in run_query(root, f"SELECT * FROM accuracy_of([{listed}]) WHERE method = 'abs'")
-           .to_pylist()} if ids else {}
+    acc = (
+        {
+            r["run_id"]: r
+            for r in run_query(root, f"SELECT * FROM accuracy_of([{listed}]) WHERE method = 'abs'").to_pylist()
+        }
+        if ids
+        else {}
+    )
     rows = []
     for p in summary["points"]:
         a = acc.get(p["run_id"]) or {}
-        rows.append({"point": p["point"], "computed_by": p["computed_by"], "abs_accuracy": a.get("accuracy"),
-                     "ci_low": a.get("ci_low"), "ci_high": a.get("ci_high"), "n": a.get("n"),
-                     "fresh_equal": p["equals_fresh_run"], "seconds": p["seconds"], "run_id": p["run_id"]})
+        rows.append(
+            {
+                "point": p["point"],
+                "computed_by": p["computed_by"],
+                "abs_accuracy": a.get("accuracy"),
+                "ci_low": a.get("ci_low"),
+                "ci_high": a.get("ci_high"),
+                "n": a.get("n"),
+                "fresh_equal": p["equals_fresh_run"],
+                "seconds": p["seconds"],
+                "run_id": p["run_id"],
+            }
+        )
     return rows

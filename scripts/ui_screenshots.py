@@ -70,7 +70,7 @@ def free_port() -> int:
 
 
 def find_chromium(given: str | None) -> str:
-    for name in ([given] if given else ["chromium", "chromium-browser", "google-chrome", "chrome"]):
+    for name in [given] if given else ["chromium", "chromium-browser", "google-chrome", "chrome"]:
         path = shutil.which(name) if name else None
         if path:
             return path
@@ -93,14 +93,24 @@ class Server:
     def __init__(self, work: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"), "DO_NOT_TRACK": "1",
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": f"{self.url}/api",
-                    "PREFECT_UI_API_URL": f"{self.url}/api", "ABS_EVAL_NO_GUARDIAN": "1"}
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(work / "prefect-home"),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_URL": f"{self.url}/api",
+            "PREFECT_UI_API_URL": f"{self.url}/api",
+            "ABS_EVAL_NO_GUARDIAN": "1",
+        }
         self.env.pop("PREFECT_PROFILE", None)
         self.log = open(work / "prefect-server.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                      str(self.port)], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait(self, timeout: float = 90.0) -> None:
         import httpx
@@ -162,7 +172,7 @@ def run_step(name: str, cmd: list[str], env: dict[str, str], log: Path, timeout:
 
 def result_of(stdout: str) -> dict[str, Any]:
     line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def make_runs(server: Server, root: Path, log: Path) -> dict[str, dict[str, Any]]:
@@ -171,13 +181,34 @@ def make_runs(server: Server, root: Path, log: Path) -> dict[str, dict[str, Any]
     run_step("abs-eval demo", [str(BIN / "abs-eval"), "demo", "--root", str(root), "--per-class", "2"], env, log)
     records = sorted((json.loads(p.read_text()) for p in root.glob("runs/run=*/run.json")), key=lambda r: r["run_id"])
     runs = {"demo": {"run_id": records[-1]["run_id"], "flow_run_id": records[-1]["flow_run_id"]}}
-    runs["other"] = result_of(run_step("run with N=8, features kept", [sys.executable, "-c", SECOND_RUN, str(root), "8", "1"],
-                                       env, log))
-    run_step("abs-eval analyze", [str(BIN / "abs-eval"), "analyze", "--root", str(root), "--run", runs["other"]["run_id"],
-                                  "--n-crops", "2,4", "--m", "4", "--tau", "0.01,0.1", "--kinds", "raw,feature",
-                                  "--plain-averaging"], env, log)
-    runs["again"] = result_of(run_step("the N=8 run again", [sys.executable, "-c", SECOND_RUN, str(root), "8", "1"],
-                                       env, log))
+    runs["other"] = result_of(
+        run_step("run with N=8, features kept", [sys.executable, "-c", SECOND_RUN, str(root), "8", "1"], env, log)
+    )
+    run_step(
+        "abs-eval analyze",
+        [
+            str(BIN / "abs-eval"),
+            "analyze",
+            "--root",
+            str(root),
+            "--run",
+            runs["other"]["run_id"],
+            "--n-crops",
+            "2,4",
+            "--m",
+            "4",
+            "--tau",
+            "0.01,0.1",
+            "--kinds",
+            "raw,feature",
+            "--plain-averaging",
+        ],
+        env,
+        log,
+    )
+    runs["again"] = result_of(
+        run_step("the N=8 run again", [sys.executable, "-c", SECOND_RUN, str(root), "8", "1"], env, log)
+    )
     return runs
 
 
@@ -188,17 +219,33 @@ class Browser:
         profile = work / "chromium-profile"
         profile.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-             f"--window-size={WIDTH},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                binary,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                f"--window-size={WIDTH},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         port_file = profile / "DevToolsActivePort"
         port = wait_for("chromium", lambda: port_file.exists() and port_file.read_text().split("\n")[0], 60)
         import httpx
         from websockets.sync.client import connect
 
-        pages = wait_for("chromium page", lambda: [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-                                                   if t["type"] == "page"], 30)
+        pages = wait_for(
+            "chromium page",
+            lambda: [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"],
+            30,
+        )
         self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=2**28, open_timeout=30)
         self.ids = itertools.count(1)
         self.height = height
@@ -219,10 +266,12 @@ class Browser:
         r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         return r.get("result", {}).get("value")
 
-    def open(self, url: str, wait_text: str, timeout: float = 60.0, tab: str | None = None,
-             tab_text: str | None = None) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=self.height, deviceScaleFactor=1,
-                  mobile=False)
+    def open(
+        self, url: str, wait_text: str, timeout: float = 60.0, tab: str | None = None, tab_text: str | None = None
+    ) -> None:
+        self.call(
+            "Emulation.setDeviceMetricsOverride", width=WIDTH, height=self.height, deviceScaleFactor=1, mobile=False
+        )
         self.call("Page.navigate", url=url)
         probe = f"document.body && document.body.innerText.includes({json.dumps(wait_text)})"
         try:
@@ -230,12 +279,14 @@ class Browser:
         finally:
             time.sleep(2.0)  # images decode, charts settle
         if tab:  # the default UI opens a flow run on its Logs tab whatever ?tab= says: click the tab
-            click = ("(() => { const leaves = [...document.querySelectorAll('*')].filter(e => e.children.length === 0"
-                     f" && e.textContent.trim() === {json.dumps(tab)}); if (!leaves.length) return false;"
-                     " const t = leaves[0].closest('button, a, [role=tab], li') || leaves[0];"
-                     " for (const type of ['pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click'])"
-                     " t.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true, view: window}));"
-                     " return true; })()")
+            click = (
+                "(() => { const leaves = [...document.querySelectorAll('*')].filter(e => e.children.length === 0"
+                f" && e.textContent.trim() === {json.dumps(tab)}); if (!leaves.length) return false;"
+                " const t = leaves[0].closest('button, a, [role=tab], li') || leaves[0];"
+                " for (const type of ['pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click'])"
+                " t.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true, view: window}));"
+                " return true; })()"
+            )
             self.evaluate(click)
             if tab_text:
                 probe = f"document.body.innerText.includes({json.dumps(tab_text)})"
@@ -267,14 +318,26 @@ def pages(server: Server, runs: dict[str, dict[str, Any]]) -> list[tuple[str, st
     out: list[tuple[str, str, str, str | None]] = []
     for ui, prefix in (("v1", ""), ("v2", "/v2")):
         for name, run in runs.items():
-            out.append((f"{ui}-{name}-flow-run-artifacts", f"{server.url}{prefix}/runs/flow-run/{run['flow_run_id']}"
-                        "?tab=Artifacts", "Artifacts", "Artifacts"))
+            out.append(
+                (
+                    f"{ui}-{name}-flow-run-artifacts",
+                    f"{server.url}{prefix}/runs/flow-run/{run['flow_run_id']}?tab=Artifacts",
+                    "Artifacts",
+                    "Artifacts",
+                )
+            )
         for name in ("other", "again"):
             arts = artifacts_of(server, runs[name]["flow_run_id"])
             for kind, text in (("markdown", "Evaluation report"), ("table", "vs previous run"), ("progress", "shards")):
                 if kind in arts:
-                    out.append((f"{ui}-{name}-{kind}", f"{server.url}{prefix}/artifacts/artifact/{arts[kind]['id']}",
-                                text, None))
+                    out.append(
+                        (
+                            f"{ui}-{name}-{kind}",
+                            f"{server.url}{prefix}/artifacts/artifact/{arts[kind]['id']}",
+                            text,
+                            None,
+                        )
+                    )
     return out
 
 
@@ -283,8 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="Screenshots and summary.json (default: a temp folder).")
     ap.add_argument("--chromium", default=None, help="The Chromium binary (default: chromium on PATH).")
     ap.add_argument("--height", type=int, default=2400, help="Window height in px (the width is 1,400).")
-    ap.add_argument("--server-timeout", type=float, default=90.0, help="Seconds to wait for the Prefect server "
-                    "(its first start creates the database: on a busy 2-core machine this can take longer).")
+    ap.add_argument(
+        "--server-timeout",
+        type=float,
+        default=90.0,
+        help="Seconds to wait for the Prefect server "
+        "(its first start creates the database: on a busy 2-core machine this can take longer).",
+    )
     args = ap.parse_args(argv)
     binary = find_chromium(args.chromium)
     out = args.out or Path(tempfile.mkdtemp(prefix="abs-ui-"))
@@ -317,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                 summary["failures"].append(f"{name}: tables wider than their box: {check['overflowing']}")
             if check["cut_headers"]:
                 summary["failures"].append(f"{name}: headers cut: {check['cut_headers']}")
-            print(f"  {name}: {check['loaded']}/{check['images']} images loaded, {check['tables']} tables, "
-                  f"{len(check['overflowing'])} overflowing, {len(check['cut_headers'])} headers cut", flush=True)
+            print(
+                f"  {name}: {check['loaded']}/{check['images']} images loaded, {check['tables']} tables, "
+                f"{len(check['overflowing'])} overflowing, {len(check['cut_headers'])} headers cut",
+                flush=True,
+            )
     finally:
         if browser is not None:
             browser.close()

@@ -29,8 +29,13 @@ def demo_source(tmp_path_factory, per_class: int = 2):
 
 
 TINY_FLOW_PARAMS = dict(
-    layout="folder", clip_model="abs-tiny-vit-b16", clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16",
-    dino_pretrained=None, abs_config={"n_crops": 6, "top_k": 5, "n_descriptions": 4}, templates="none",
+    layout="folder",
+    clip_model="abs-tiny-vit-b16",
+    clip_pretrained=None,
+    dino_model="abs-tiny-dino-vit-b16",
+    dino_pretrained=None,
+    abs_config={"n_crops": 6, "top_k": 5, "n_descriptions": 4},
+    templates="none",
 )
 
 

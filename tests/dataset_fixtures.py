@@ -230,7 +230,9 @@ def make_manifest_images(root: str) -> list[tuple[str, int, str]]:
     t = Tree(root)
     rows = []
     for n, (label, name) in enumerate([(1, "dog"), (0, "cat"), (1, "dog"), (2, "bird"), (0, "cat")]):
-        rel = t.put(f"pics/{name}_{n}.png" if n % 2 else f"pics/{name}_{n}.jpg", png_bytes() if n % 2 else jpeg_bytes(n))
+        rel = t.put(
+            f"pics/{name}_{n}.png" if n % 2 else f"pics/{name}_{n}.jpg", png_bytes() if n % 2 else jpeg_bytes(n)
+        )
         rows.append((rel, label, name))
     return rows
 

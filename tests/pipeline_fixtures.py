@@ -51,8 +51,9 @@ BAD_FILES = {
 }
 
 
-def make_folder_source(root: str, classes: list[str], per_class: int | dict[str, int],
-                       bad: list[tuple[str, str]] = (), seed: int = 0) -> dict[str, str]:
+def make_folder_source(
+    root: str, classes: list[str], per_class: int | dict[str, int], bad: list[tuple[str, str]] = (), seed: int = 0
+) -> dict[str, str]:
     """``root/<class>/img<k>.jpg`` photos (sizes vary), plus bad files ``[(class, name in BAD_FILES)]``.
 
     Returns ``{image_id: expected shard status}``.
@@ -75,23 +76,40 @@ def simple_descriptions(classnames: list[str], n: int = 5, tag: str = "") -> dic
     return {c: [f"a photo of {c}{tag}, view {i}." for i in range(n)] for c in classnames}
 
 
-def prepare_dataset(root: str, layout: str, source: str, dataset: str, *, images_per_shard: int,
-                    descriptions: str | None = None, n_descriptions: int = 5, m: int = 8) -> DatasetInfo:
+def prepare_dataset(
+    root: str,
+    layout: str,
+    source: str,
+    dataset: str,
+    *,
+    images_per_shard: int,
+    descriptions: str | None = None,
+    n_descriptions: int = 5,
+    m: int = 8,
+) -> DatasetInfo:
     """Shard ``source`` into ``root`` and store simple descriptions for its text classes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # miniature sizes / partial subsets warn by design
         shard_dataset(layout, source, root, dataset, images_per_shard=images_per_shard, workers=1, progress=False)
     info = read_dataset_info(root, dataset)
     if descriptions is not None:
-        ds = validate_descriptions(simple_descriptions(list(info.text_classnames), n_descriptions),
-                                   list(info.text_classnames), m=m)
+        ds = validate_descriptions(
+            simple_descriptions(list(info.text_classnames), n_descriptions), list(info.text_classnames), m=m
+        )
         write_descriptions(ds, root, descriptions)
     return info
 
 
 def make_spec(dataset: str, descriptions: str, abs_config: ABSConfig = SMALL_ABS, **kw) -> EvalSpec:
-    return EvalSpec(dataset=dataset, clip=ModelSpec(TINY_CLIP), dino=ModelSpec(TINY_DINO),
-                    descriptions=descriptions, abs=abs_config, device="cpu", **kw)
+    return EvalSpec(
+        dataset=dataset,
+        clip=ModelSpec(TINY_CLIP),
+        dino=ModelSpec(TINY_DINO),
+        descriptions=descriptions,
+        abs=abs_config,
+        device="cpu",
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------------- reading back
@@ -113,8 +131,17 @@ class ShardImages:
 def shard_images(storage: Storage, dataset: str, shard: int) -> ShardImages:
     t = read_shard(storage, dataset, shard).to_pydict()
     ok = [i for i, s in enumerate(t["status"]) if s == "ok"]
-    return ShardImages(t["image_id"], t["label"], t["class_name"], t["status"], t["error"], t["width"],
-                       t["height"], ok, {i: decode(t["image"][i]) for i in ok})
+    return ShardImages(
+        t["image_id"],
+        t["label"],
+        t["class_name"],
+        t["status"],
+        t["error"],
+        t["width"],
+        t["height"],
+        ok,
+        {i: decode(t["image"][i]) for i in ok},
+    )
 
 
 def cached_topk(storage: Storage, dino_path: str, ids: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ def test_extra_is_immutable_but_reads_like_a_dict():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.extra = {}
     assert dict(spec.extra) == {"img_size": 224, "nested": {"k": (1, 2)}}
+
     def kwargs(**kw):
         return kw
 

@@ -42,8 +42,14 @@ FOLDERS = tuple(f for level in LEVELS for f in level)
 LEVEL_OF = {f: n for n, level in enumerate(LEVELS, start=1) for f in level}
 LEVEL_1, LEVEL_2 = LEVELS[0], LEVELS[1]
 #: What the read side may not load when it is imported (tasks/results/__init__.py says why).
-READ_SIDE = ("tasks.results.catalog", "tasks.results.runs", "tasks.results.report", "tasks.results.export",
-             "tasks.results.formatting", "tasks.results.progress")
+READ_SIDE = (
+    "tasks.results.catalog",
+    "tasks.results.runs",
+    "tasks.results.report",
+    "tasks.results.export",
+    "tasks.results.formatting",
+    "tasks.results.progress",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -120,7 +126,8 @@ def test_the_folder_graph_is_acyclic_and_follows_the_documented_order():
     graph = _folder_graph()
     wrong = {
         f"{a} -> {b}": sorted(why)[:3]
-        for a, targets in graph.items() for b, why in targets.items()
+        for a, targets in graph.items()
+        for b, why in targets.items()
         if not (LEVEL_OF[b] < LEVEL_OF[a] or b in SAME_LEVEL.get(a, set()))
     }
     assert not wrong, f"imports against the order of tasks/__init__.py: {wrong}\nthe folder graph:\n{_drawn(graph)}"
@@ -130,7 +137,7 @@ def test_the_folder_graph_is_acyclic_and_follows_the_documented_order():
     stack: list[str] = []
 
     def visit(f: str) -> None:
-        assert f not in stack, f"folder import cycle: {' -> '.join(stack[stack.index(f):] + [f])}\n{_drawn(graph)}"
+        assert f not in stack, f"folder import cycle: {' -> '.join(stack[stack.index(f) :] + [f])}\n{_drawn(graph)}"
         if f in done:
             return
         stack.append(f)
@@ -196,11 +203,13 @@ def test_the_read_side_imports_without_torch_or_prefect():
     """``import tasks.results.catalog`` (or ``runs``, ``report``) loads no torch, model library or Prefect:
     reading a root costs a DuckDB import, not a model stack. (``tasks.run.evalspec`` likewise: the
     CLI's checks of a job read it before anything heavy.)"""
-    code = ("import sys\n"
-            f"for name in {READ_SIDE + ('tasks.run.evalspec',)!r}:\n"
-            "    __import__(name)\n"
-            "    heavy = sorted(m for m in ('torch', 'prefect', 'open_clip', 'timm', 'flows') if m in sys.modules)\n"
-            "    print(name, heavy)\n")
+    code = (
+        "import sys\n"
+        f"for name in {READ_SIDE + ('tasks.run.evalspec',)!r}:\n"
+        "    __import__(name)\n"
+        "    heavy = sorted(m for m in ('torch', 'prefect', 'open_clip', 'timm', 'flows') if m in sys.modules)\n"
+        "    print(name, heavy)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:-1] == [f"{name} []" for name in READ_SIDE + ("tasks.run.evalspec",)], out.stdout
@@ -210,14 +219,19 @@ def test_analyze_and_the_shared_prediction_helpers_import_without_prefect():
     """``abs-eval analyze`` is a plain function (``flows/analyze.py`` says why): importing it and the variants
     step loads no Prefect, because what they share with inference (which parts are committed, logits to score
     columns) lives in ``tasks.store.predictions``, which loads neither Prefect nor torch."""
-    code = ("import sys\n"
-            "for name in ('tasks.store.predictions', 'tasks.steps.variants', 'flows.analyze'):\n"
-            "    __import__(name)\n"
-            "    print(name, sorted(m for m in ('torch', 'prefect') if m in sys.modules))\n")
+    code = (
+        "import sys\n"
+        "for name in ('tasks.store.predictions', 'tasks.steps.variants', 'flows.analyze'):\n"
+        "    __import__(name)\n"
+        "    print(name, sorted(m for m in ('torch', 'prefect') if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[:-1] == ["tasks.store.predictions []", "tasks.steps.variants ['torch']",
-                                           "flows.analyze ['torch']"], out.stdout
+    assert out.stdout.split("\n")[:-1] == [
+        "tasks.store.predictions []",
+        "tasks.steps.variants ['torch']",
+        "flows.analyze ['torch']",
+    ], out.stdout
 
 
 def test_the_sub_packages_say_what_they_hold_and_import_nothing():
@@ -253,7 +267,7 @@ def test_no_import_cycles_between_modules():
 
     def visit(m):
         if m in stack:
-            cycle = stack[stack.index(m):] + [m]
+            cycle = stack[stack.index(m) :] + [m]
             assert any(c in packages for c in cycle), f"import cycle: {' -> '.join(cycle)}"
             return
         if m in seen:
@@ -271,8 +285,23 @@ def test_no_import_cycles_between_modules():
 def test_a_regular_install_ships_the_sql(tmp_path):
     """A non-editable wheel holds every view and query (tasks.results.catalog finds them there), the
     tiny model configs, and every module of tasks/ and flows/."""
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if res.returncode != 0 and "setuptools" in res.stderr and "No module named" in res.stderr:
         pytest.skip("setuptools is not installed in this environment")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -282,8 +311,10 @@ def test_a_regular_install_ships_the_sql(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     want = {f"sql/{p.relative_to(REPO / 'sql').as_posix()}" for p in (REPO / "sql").rglob("*.sql")}
     assert want and want <= names, sorted(want - names)
-    configs = {f"abs_model/{p.relative_to(REPO / 'abs_model').as_posix()}"
-               for p in (REPO / "abs_model" / "model_configs").rglob("*.json")}
+    configs = {
+        f"abs_model/{p.relative_to(REPO / 'abs_model').as_posix()}"
+        for p in (REPO / "abs_model" / "model_configs").rglob("*.json")
+    }
     assert configs and configs <= names, sorted(configs - names)  # the shipped tiny models
     modules = {p.relative_to(REPO).as_posix() for top in ("tasks", "flows") for p in (REPO / top).rglob("*.py")}
     assert modules <= names, sorted(modules - names)  # every folder of tasks/ is a package that ships

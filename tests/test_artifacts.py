@@ -23,15 +23,35 @@ from tasks.results import artifacts
 from tasks.results.report import MAX_PLOT_PX, MIN_FONT_PT, methods_figure, per_class_figure, sensitivity_figure
 
 ACC = [
-    {"method": "abs", "accuracy": 0.125, "ci_low": 0.081, "ci_high": 0.187, "n": 200, "n_error": 2, "acc5": 0.5,
-     "mean_per_class_recall": 0.12},
-    {"method": "clip", "accuracy": 0.1, "ci_low": 0.06, "ci_high": 0.15, "n": 200, "n_error": 2, "acc5": None,
-     "mean_per_class_recall": 0.1},
+    {
+        "method": "abs",
+        "accuracy": 0.125,
+        "ci_low": 0.081,
+        "ci_high": 0.187,
+        "n": 200,
+        "n_error": 2,
+        "acc5": 0.5,
+        "mean_per_class_recall": 0.12,
+    },
+    {
+        "method": "clip",
+        "accuracy": 0.1,
+        "ci_low": 0.06,
+        "ci_high": 0.15,
+        "n": 200,
+        "n_error": 2,
+        "acc5": None,
+        "mean_per_class_recall": 0.1,
+    },
 ]
-COMPARISON = [{"method": "abs", "accuracy_a": 0.111, "accuracy_b": 0.125, "delta": 0.014, "n_fixed": 4, "n_broken": 2},
-              {"method": "clip", "accuracy_a": 0.2, "accuracy_b": 0.1, "delta": -0.1, "n_fixed": 0, "n_broken": 20}]
-TESTS = [{"method": "abs", "scope": "method", "regressed": False, "significant": False, "change": 0.014},
-         {"method": "clip", "scope": "method", "regressed": True, "significant": True, "change": -0.1}]
+COMPARISON = [
+    {"method": "abs", "accuracy_a": 0.111, "accuracy_b": 0.125, "delta": 0.014, "n_fixed": 4, "n_broken": 2},
+    {"method": "clip", "accuracy_a": 0.2, "accuracy_b": 0.1, "delta": -0.1, "n_fixed": 0, "n_broken": 20},
+]
+TESTS = [
+    {"method": "abs", "scope": "method", "regressed": False, "significant": False, "change": 0.014},
+    {"method": "clip", "scope": "method", "regressed": True, "significant": True, "change": -0.1},
+]
 SETTINGS = [{"setting": "abs.n_crops", "before": 2, "after": 60}]
 
 
@@ -47,14 +67,24 @@ def test_table_rows_are_the_reports_numbers_in_eight_short_columns():
     same = artifacts.accuracy_table_rows(ACC, COMPARISON, TESTS, [], "r1")
     assert [r["vs previous run"] for r in same] == ["+1.4 pp (4 fixed, 2 broken)", "⚠ -10.0 pp drop"]
     assert {r["vs previous run"] for r in artifacts.accuracy_table_rows(ACC)} == {"no previous run"}
-    assert artifacts.accuracy_table_rows(ACC, COMPARISON[:1], TESTS, [], "r1")[1]["vs previous run"] == "new in this run"
+    assert (
+        artifacts.accuracy_table_rows(ACC, COMPARISON[:1], TESTS, [], "r1")[1]["vs previous run"] == "new in this run"
+    )
     # every cell is short (the UI cuts cells, it does not wrap them): no snake_case dump of 19 columns
     assert max(len(str(v)) for r in rows + same for v in r.values()) <= 32
 
 
 def test_description_puts_the_run_id_first_and_names_what_differs():
-    run = {"run_id": "20261203T1200Z-ab", "dataset": "imagenet", "model": "ViT-B-16/openai", "config": "c0ffee",
-           "deployment": "weekly", "status": "completed", "n_images": 50000, "n_error": 3}
+    run = {
+        "run_id": "20261203T1200Z-ab",
+        "dataset": "imagenet",
+        "model": "ViT-B-16/openai",
+        "config": "c0ffee",
+        "deployment": "weekly",
+        "status": "completed",
+        "n_images": 50000,
+        "n_error": 3,
+    }
     text = artifacts.accuracy_table_description(run, "20261126T1200Z-cd", SETTINGS)
     assert text.startswith("Run `20261203T1200Z-ab`: accuracy by method, imagenet x ViT-B-16/openai")
     assert "config `c0ffee`" in text and "deployment `weekly`" in text and "50000 images, 3 unreadable" in text
@@ -74,8 +104,9 @@ class Clock:
 
 def test_progress_counts_images_rate_and_time_left_and_publishes_at_most_every_few_seconds():
     clock = Clock()
-    p = artifacts.RunProgress("r1", "imagenet", "ViT-B-16", shards_total=4, images_total=400, min_interval=5.0,
-                              clock=clock)
+    p = artifacts.RunProgress(
+        "r1", "imagenet", "ViT-B-16", shards_total=4, images_total=400, min_interval=5.0, clock=clock
+    )
     assert p.percent == 0 and p.due() and p.rate() is None
     p.published()
     clock.t += 1
@@ -114,27 +145,53 @@ def _png_width(fig) -> int:
 
 
 VARIANT_ROWS = [
-    {"method": "abs", "variant": v, "varied": f, "is_run": f == "run", "accuracy": a, "ci_low": a - 0.05,
-     "ci_high": a + 0.05, "n_crops": n, "n_descriptions": m, "tau": t, "crop_kinds": k, "matching": mt,
-     "equals_fresh_run": f not in ("n_crops", "matching")}
+    {
+        "method": "abs",
+        "variant": v,
+        "varied": f,
+        "is_run": f == "run",
+        "accuracy": a,
+        "ci_low": a - 0.05,
+        "ci_high": a + 0.05,
+        "n_crops": n,
+        "n_descriptions": m,
+        "tau": t,
+        "crop_kinds": k,
+        "matching": mt,
+        "equals_fresh_run": f not in ("n_crops", "matching"),
+    }
     for v, f, a, n, m, t, k, mt in (
-        ("run", "run", 0.6, 60, 50, 0.03, "both", "soft"), ("n_crops=10", "n_crops", 0.5, 10, 50, 0.03, "both", "soft"),
+        ("run", "run", 0.6, 60, 50, 0.03, "both", "soft"),
+        ("n_crops=10", "n_crops", 0.5, 10, 50, 0.03, "both", "soft"),
         ("n_crops=30", "n_crops", 0.55, 30, 50, 0.03, "both", "soft"),
         ("n_descriptions=10", "n_descriptions", 0.52, 60, 10, 0.03, "both", "soft"),
-        ("tau=0.01", "tau", 0.58, 60, 50, 0.01, "both", "soft"), ("tau=0.1", "tau", 0.4, 60, 50, 0.1, "both", "soft"),
+        ("tau=0.01", "tau", 0.58, 60, 50, 0.01, "both", "soft"),
+        ("tau=0.1", "tau", 0.4, 60, 50, 0.1, "both", "soft"),
         ("crop_kinds=raw", "crop_kinds", 0.57, 60, 50, 0.03, "raw", "soft"),
         ("crop_kinds=feature", "crop_kinds", 0.56, 60, 50, 0.03, "feature", "soft"),
-        ("matching=average", "matching", 0.45, 60, 50, 0.03, "both", "average"))
+        ("matching=average", "matching", 0.45, 60, 50, 0.03, "both", "average"),
+    )
 ]
 
 
 def test_figures_keep_text_at_10_pt_and_fit_the_ui_width():
-    many = [{"method": m, "label": c, "class_name": f"class number {c}", "accuracy": (c % 7) / 7}
-            for m in ("abs", "clip", "clip-e", "cupl") for c in range(30)]
-    figs = {"methods": methods_figure(ACC, [{"method": "abs", "accuracy_a": 0.1, "ci_low_a": 0.05, "ci_high_a": 0.2}],
-                                      "20261203T120000Z-abcdef12", "20261126T120000Z-abcdef12", 12, True),
-            "per_class": per_class_figure(many, 30),
-            "sensitivity": sensitivity_figure(VARIANT_ROWS, {"method": "clip", "accuracy": 0.3})}
+    many = [
+        {"method": m, "label": c, "class_name": f"class number {c}", "accuracy": (c % 7) / 7}
+        for m in ("abs", "clip", "clip-e", "cupl")
+        for c in range(30)
+    ]
+    figs = {
+        "methods": methods_figure(
+            ACC,
+            [{"method": "abs", "accuracy_a": 0.1, "ci_low_a": 0.05, "ci_high_a": 0.2}],
+            "20261203T120000Z-abcdef12",
+            "20261126T120000Z-abcdef12",
+            12,
+            True,
+        ),
+        "per_class": per_class_figure(many, 30),
+        "sensitivity": sensitivity_figure(VARIANT_ROWS, {"method": "clip", "accuracy": 0.3}),
+    }
     for name, fig in figs.items():
         sizes = {t.get_text(): t.get_fontsize() for t in _texts(fig)}
         assert sizes and min(sizes.values()) >= MIN_FONT_PT, (name, {k: v for k, v in sizes.items() if v < MIN_FONT_PT})
@@ -144,14 +201,20 @@ def test_figures_keep_text_at_10_pt_and_fit_the_ui_width():
     # the sensitivity figure: three curves and the ablation bars, the paper's values marked
     ax_n, ax_m, ax_tau, ax_bars = figs["sensitivity"].axes
     for ax, paper in ((ax_n, 60), (ax_m, 50), (ax_tau, 0.03)):
-        assert any(ln.get_label() == f"paper: {paper:g}" and list(ln.get_xdata()) == [paper, paper]
-                   for ln in ax.get_lines())
+        assert any(
+            ln.get_label() == f"paper: {paper:g}" and list(ln.get_xdata()) == [paper, paper] for ln in ax.get_lines()
+        )
     assert [t.get_text().split("\n")[:2] for t in ax_bars.get_xticklabels()] == [
-        ["both", "soft"], ["raw", "soft"], ["feature", "soft"], ["both", "average"]]
+        ["both", "soft"],
+        ["raw", "soft"],
+        ["feature", "soft"],
+        ["both", "average"],
+    ]
     assert "(paper)" in ax_bars.get_xticklabels()[0].get_text()
 
 
 # ---------------------------------------------------------------------- on a real Prefect server
+
 
 @pytest.fixture(scope="module")
 def runs(prefect_server, tmp_path_factory):
@@ -161,8 +224,15 @@ def runs(prefect_server, tmp_path_factory):
 
     images, desc = demo_source(tmp_path_factory, per_class=2)
     root = str(tmp_path_factory.mktemp("root-artifacts"))
-    common = dict(TINY_FLOW_PARAMS, dataset="demo", root=root, images_per_shard=8, deployment="uitest",
-                  source=images, descriptions=desc)
+    common = dict(
+        TINY_FLOW_PARAMS,
+        dataset="demo",
+        root=root,
+        images_per_shard=8,
+        deployment="uitest",
+        source=images,
+        descriptions=desc,
+    )
     first = evaluate(dict(common, abs_config={"n_crops": 3, "top_k": 5, "n_descriptions": 6}))
     second = evaluate(dict(common, abs_config={"n_crops": 6, "top_k": 5, "n_descriptions": 6}, keep_features=True))
     done = analyze(root, parse_axes(n_crops="3", m="3", tau="0.1", kinds="raw", plain_averaging=True))
@@ -249,8 +319,10 @@ def test_gallery_of_a_prefix_or_averaging_variant_says_why_no_deciding_crops(run
     by_name = {v.name: v.run_id for v in done.variants}
     prefix = write_report(runs[0], by_name["n_crops=3"], gallery_size=1)
     avg = write_report(runs[0], by_name["matching=average"], gallery_size=1)
-    for m, words in ((prefix, "keeps the first 3 of the 6 crops of each branch"),
-                     (avg, "averages the descriptions plainly")):
+    for m, words in (
+        (prefix, "keeps the first 3 of the 6 crops of each branch"),
+        (avg, "averages the descriptions plainly"),
+    ):
         if not m.gallery_items:
             pytest.skip("random weights: abs and clip agree on every image")
         assert f"of run `{second['run_id']}`" in m.markdown and words in m.markdown
@@ -263,8 +335,15 @@ def test_the_artifact_texts_import_without_prefect_or_torch():
     import sys
     from pathlib import Path
 
-    code = ("import sys\nimport tasks.results.artifacts\n"
-            "print(sorted(m for m in ('torch', 'prefect', 'flows') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                         text=True, timeout=120)
+    code = (
+        "import sys\nimport tasks.results.artifacts\n"
+        "print(sorted(m for m in ('torch', 'prefect', 'flows') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]

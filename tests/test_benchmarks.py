@@ -33,25 +33,54 @@ def _positive(x) -> bool:
 
 def test_gpu_check_cpu_dry_run(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     assert (REPO / ".venv" / "bin" / "python").exists(), "the dry run uses the project's .venv"
-    res = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--tiny", "--images", "16",
-                          "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--tiny", "--images", "16", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "running scripts/setup.sh" not in res.stderr  # .venv exists: no install step
 
     r = json.loads((out / "gpu_check.json").read_text())
     assert r["status"] == "completed"
-    assert {"machine", "settings", "targets", "flops", "matmul", "model_only", "achieved", "precision",
-            "end_to_end", "timings"} <= set(r)
+    assert {
+        "machine",
+        "settings",
+        "targets",
+        "flops",
+        "matmul",
+        "model_only",
+        "achieved",
+        "precision",
+        "end_to_end",
+        "timings",
+    } <= set(r)
     assert r["settings"]["device"] == "cpu" and r["settings"]["clip"] == "abs-tiny-vit-b16"
     assert r["machine"]["torch"]["version"] == torch.__version__
 
     e, mo, pr, fl = r["end_to_end"], r["model_only"], r["precision"], r["flops"]
     assert e["rc"] == 0 and not e["timed_out"] and e["images_done"] == 16
-    for x in (e["images_per_s"], e["stage_images_per_s"], e["wall_s"], mo["images_per_s"], mo["wall_s"],
-              r["achieved"]["model_tflops"], r["matmul"]["tflops"], fl["per_image"], fl["attention"]):
+    for x in (
+        e["images_per_s"],
+        e["stage_images_per_s"],
+        e["wall_s"],
+        mo["images_per_s"],
+        mo["wall_s"],
+        r["achieved"]["model_tflops"],
+        r["matmul"]["tflops"],
+        fl["per_image"],
+        fl["attention"],
+    ):
         assert _positive(x), x
     assert e["target_images_per_s"] == 170 and r["achieved"]["target_share"] == 0.45
     assert fl["attention_counted"] and fl["per_image"] > fl["attention"]
@@ -106,12 +135,14 @@ def test_flop_count_includes_attention():
 
 def test_gpu_busy_union_of_kernel_intervals(tmp_path):
     gc = _load("gpu_check")
-    trace = {"traceEvents": [
-        {"ph": "X", "cat": "kernel", "ts": 0, "dur": 10},
-        {"ph": "X", "cat": "kernel", "ts": 5, "dur": 10},        # overlaps: union 0..15
-        {"ph": "X", "cat": "gpu_memcpy", "ts": 20, "dur": 5},    # 20..25
-        {"ph": "X", "cat": "cpu_op", "ts": 0, "dur": 1000},      # host work: not GPU time
-    ]}
+    trace = {
+        "traceEvents": [
+            {"ph": "X", "cat": "kernel", "ts": 0, "dur": 10},
+            {"ph": "X", "cat": "kernel", "ts": 5, "dur": 10},  # overlaps: union 0..15
+            {"ph": "X", "cat": "gpu_memcpy", "ts": 20, "dur": 5},  # 20..25
+            {"ph": "X", "cat": "cpu_op", "ts": 0, "dur": 1000},  # host work: not GPU time
+        ]
+    }
     p = tmp_path / "trace.json"
     p.write_text(json.dumps(trace))
     busy, kernels = gc.gpu_busy_seconds(str(p))
@@ -121,33 +152,90 @@ def test_gpu_busy_union_of_kernel_intervals(tmp_path):
 def test_summary_renders_gpu_figures():
     """The GPU-only lines (peak memory, profiler idle time, nvidia-smi, projection) on a made-up H200 result."""
     gc = _load("gpu_check")
-    machine = {"hostname": "h", "os": "Linux", "python": "3.11",
-               "cpu": {"model": "Xeon", "arch": "x86_64", "vector_extensions": ["avx512f", "amx_bf16"],
-                       "physical_cores": 16, "logical_cpus": 16, "usable_cpus": 16, "torch_threads": 16},
-               "torch": {"version": "2.x", "cuda": "13.0", "cudnn": 1, "cpu_capability": "AVX512", "mkldnn": True},
-               "gpu": {"name": "NVIDIA H200", "count": 1, "memory_gib": 139.8, "compute_capability": "9.0",
-                       "multiprocessors": 132}}
+    machine = {
+        "hostname": "h",
+        "os": "Linux",
+        "python": "3.11",
+        "cpu": {
+            "model": "Xeon",
+            "arch": "x86_64",
+            "vector_extensions": ["avx512f", "amx_bf16"],
+            "physical_cores": 16,
+            "logical_cpus": 16,
+            "usable_cpus": 16,
+            "torch_threads": 16,
+        },
+        "torch": {"version": "2.x", "cuda": "13.0", "cudnn": 1, "cpu_capability": "AVX512", "mkldnn": True},
+        "gpu": {
+            "name": "NVIDIA H200",
+            "count": 1,
+            "memory_gib": 139.8,
+            "compute_capability": "9.0",
+            "multiprocessors": 132,
+        },
+    }
     res = {
         "machine": machine,
-        "settings": {"clip": "ViT-B-16", "dino": "vit_base_patch16_224.dino", "n_crops": 60, "top_k": 20, "m": 50,
-                     "images": 2000, "classes": 1000, "device": "cuda", "precision": "bfloat16"},
-        "end_to_end": {"images_per_s": 80.0, "meets_target": False, "wall_s": 25.0, "images_done": 2000,
-                       "images": 2000, "timed_out": False, "rc": 0, "stage_images_per_s": 200.0,
-                       "projected_goal_s": 265.0, "projected_meets_goal": True,
-                       "nvidia_smi_stage": {"samples": 40, "util_mean_pct": 91.0, "mem_used_peak_mib": 30000.0}},
-        "model_only": {"images": 512, "images_per_s": 250.0, "images_per_batch": 64, "precision": "bfloat16",
-                       "peak_mem_gib": 21.5, "outside_model_calls_s": 0.3, "wall_s": 2.0,
-                       "outside_model_calls_frac": 0.15, "gpu_idle_s": 0.4, "profiled_wall_s": 0.8,
-                       "gpu_idle_frac": 0.5, "profiled_images": 192},
+        "settings": {
+            "clip": "ViT-B-16",
+            "dino": "vit_base_patch16_224.dino",
+            "n_crops": 60,
+            "top_k": 20,
+            "m": 50,
+            "images": 2000,
+            "classes": 1000,
+            "device": "cuda",
+            "precision": "bfloat16",
+        },
+        "end_to_end": {
+            "images_per_s": 80.0,
+            "meets_target": False,
+            "wall_s": 25.0,
+            "images_done": 2000,
+            "images": 2000,
+            "timed_out": False,
+            "rc": 0,
+            "stage_images_per_s": 200.0,
+            "projected_goal_s": 265.0,
+            "projected_meets_goal": True,
+            "nvidia_smi_stage": {"samples": 40, "util_mean_pct": 91.0, "mem_used_peak_mib": 30000.0},
+        },
+        "model_only": {
+            "images": 512,
+            "images_per_s": 250.0,
+            "images_per_batch": 64,
+            "precision": "bfloat16",
+            "peak_mem_gib": 21.5,
+            "outside_model_calls_s": 0.3,
+            "wall_s": 2.0,
+            "outside_model_calls_frac": 0.15,
+            "gpu_idle_s": 0.4,
+            "profiled_wall_s": 0.8,
+            "gpu_idle_frac": 0.5,
+            "profiled_images": 192,
+        },
         "flops": {"per_image": 2.35e12, "attention": 9.57e10, "attention_counted": True, "not_counted": "x"},
         "matmul": {"dtype": "bfloat16", "n": 8192, "tflops": 750.0},
         "achieved": {"model_tflops": 587.5, "share_of_matmul": 0.78, "meets_target": True},
-        "precision": {"images": 64, "agreement": 0.98, "max_logit_diff": 0.5,
-                      "agreement_by_method": {"abs": 0.98, "clip": 1.0}},
+        "precision": {
+            "images": 64,
+            "agreement": 0.98,
+            "max_logit_diff": 0.5,
+            "agreement_by_method": {"abs": 0.98, "clip": 1.0},
+        },
     }
     text = gc.summary(res)
-    for needle in ("NVIDIA H200", "21.50 GiB", "GPU idle waiting for host", "91% util", "265 s", "MISSED", "ok",
-                   "78.0%", "agree 0.980"):
+    for needle in (
+        "NVIDIA H200",
+        "21.50 GiB",
+        "GPU idle waiting for host",
+        "91% util",
+        "265 s",
+        "MISSED",
+        "ok",
+        "78.0%",
+        "agree 0.980",
+    ):
         assert needle in text, needle
     assert "CPU DRY RUN" not in text
 
@@ -166,8 +254,10 @@ def test_bench_sql_replays_a_run_into_the_real_layout(tmp_path):
     assert shape["rows"] == 3 * 40 * len(METHODS) and shape["parts"] == 3 * 3
     con = catalog.connect(str(tmp_path / "root"))
     try:
-        per_run = con.execute("SELECT run_id, count(*), count(DISTINCT image_id), count(DISTINCT shard) "
-                              "FROM run_predictions GROUP BY run_id ORDER BY run_id").fetchall()
+        per_run = con.execute(
+            "SELECT run_id, count(*), count(DISTINCT image_id), count(DISTINCT shard) "
+            "FROM run_predictions GROUP BY run_id ORDER BY run_id"
+        ).fetchall()
         assert [r[1:] for r in per_run] == [(40 * len(METHODS), 40, 3)] * 3
         pair = con.execute("SELECT run_a, run_b FROM run_pair").fetchall()[0]
         assert pair == (per_run[1][0], per_run[2][0])  # a history: the last run and its previous one

@@ -35,8 +35,18 @@ def desc_set():
 
 
 def _bank(storage, clip, ds, *, m=M, prompt=PROMPT, templates="openai-imagenet", subset=None):
-    return ensure_text_bank(storage, clip, CLASSES, ds.texts, ds.content_hash,
-                            m=m, prompt=prompt, templates=templates, subset=subset, progress=False)
+    return ensure_text_bank(
+        storage,
+        clip,
+        CLASSES,
+        ds.texts,
+        ds.content_hash,
+        m=m,
+        prompt=prompt,
+        templates=templates,
+        subset=subset,
+        progress=False,
+    )
 
 
 def _assert_same_bank(a: TextBank, b: TextBank) -> None:
@@ -65,8 +75,9 @@ def test_text_cache_hit_runs_no_text_forward_and_equals_a_fresh_build(tmp_path, 
     assert second[0] == 0, "a cache hit must not run the CLIP text encoder"
     assert (e2.key, e2.path, e2.n_classes, e2.m, e2.n_embeddings) == (e1.key, e1.path, 3, M, e1.n_embeddings)
 
-    fresh = TextBank.build(tiny_clip, CLASSES, [list(t) for t in desc_set.texts], m=M, prompt=PROMPT,
-                           templates=imagenet_templates())
+    fresh = TextBank.build(
+        tiny_clip, CLASSES, [list(t) for t in desc_set.texts], m=M, prompt=PROMPT, templates=imagenet_templates()
+    )
     _assert_same_bank(bank1, fresh)
     _assert_same_bank(bank2, fresh)
     assert bank2.mask.sum(1).tolist() == [4, 2, 4]  # first M kept, short class padded and masked

@@ -83,8 +83,11 @@ def test_class_subset_argmax_runs_over_the_subset_only(tiny_clip, tiny_dino, tex
 
 def test_b32_grid_and_branch_switches(tiny_clip_b32, tiny_dino, images):
     text = TextBank.build(tiny_clip_b32, CLASSES, DESCS, m=5, templates=[])
-    for cfg in (ABSConfig(n_crops=5, top_k=4), ABSConfig(n_crops=5, top_k=4, raw_crops=False),
-                ABSConfig(n_crops=5, top_k=4, feature_crops=False)):
+    for cfg in (
+        ABSConfig(n_crops=5, top_k=4),
+        ABSConfig(n_crops=5, top_k=4, raw_crops=False),
+        ABSConfig(n_crops=5, top_k=4, feature_crops=False),
+    ):
         out = ABSClassifier(tiny_clip_b32, tiny_dino, text, cfg).predict(images[:2], ["x", "y"], return_features=True)
         n_branches = int(cfg.raw_crops) + int(cfg.feature_crops)
         assert out.extras["crop_features"].shape == (2, 5 * n_branches, 64)

@@ -30,12 +30,20 @@ def _configured_env(tmp_path: Path, env: dict[str, str], profile: str | None = N
     if profile is not None:
         (home / "profiles.toml").write_text(profile)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    code = ("import json, os, sys; from flows.prefect_env import configure_prefect; "
-            "local = configure_prefect(announce=True); "
-            "from prefect.settings import get_current_settings; s = get_current_settings(); "
-            "print(json.dumps({'local': local, 'timeout': s.server.ephemeral.startup_timeout_seconds}))")
-    res = subprocess.run([sys.executable, "-c", code], env={**clean, "PREFECT_HOME": str(home), **env},
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    code = (
+        "import json, os, sys; from flows.prefect_env import configure_prefect; "
+        "local = configure_prefect(announce=True); "
+        "from prefect.settings import get_current_settings; s = get_current_settings(); "
+        "print(json.dumps({'local': local, 'timeout': s.server.ephemeral.startup_timeout_seconds}))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, "PREFECT_HOME": str(home), **env},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out["stderr"] = res.stderr
@@ -53,8 +61,7 @@ def test_local_api_gets_a_cold_start_timeout_and_an_announcement(tmp_path):
 def test_a_users_own_timeout_wins(tmp_path):
     got = _configured_env(tmp_path, {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "45"})
     assert got["timeout"] == 45
-    profile = ('active = "mine"\n[profiles.mine]\n'
-               'PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = "77"\n')
+    profile = 'active = "mine"\n[profiles.mine]\nPREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = "77"\n'
     got = _configured_env(tmp_path, {}, profile)
     assert got["timeout"] == 77
 
@@ -74,8 +81,18 @@ def source(tmp_path_factory):
     return demo_source(tmp_path_factory, per_class=1)
 
 
-TINY_RUN = ["--clip-model", "abs-tiny-vit-b16", "--clip-pretrained", "random", "--dino-model",
-            "abs-tiny-dino-vit-b16", "--dino-pretrained", "random", "--templates", "none"]
+TINY_RUN = [
+    "--clip-model",
+    "abs-tiny-vit-b16",
+    "--clip-pretrained",
+    "random",
+    "--dino-model",
+    "abs-tiny-dino-vit-b16",
+    "--dino-pretrained",
+    "random",
+    "--templates",
+    "none",
+]
 
 
 # ---------------------------------------------------------------------- run: job mistakes
@@ -92,8 +109,9 @@ def test_run_manifest_without_label_fails_in_one_line(tmp_path):
     man = tmp_path / "list.csv"
     man.write_text("path\na.jpg\n")
     root = tmp_path / "root"
-    line = _one_error_line(_invoke("run", "-d", "x", "--layout", "manifest", "--source", str(man),
-                                   "--root", str(root), *TINY_RUN))
+    line = _one_error_line(
+        _invoke("run", "-d", "x", "--layout", "manifest", "--source", str(man), "--root", str(root), *TINY_RUN)
+    )
     assert "label" in line
     assert not root.exists()
 
@@ -103,8 +121,7 @@ def test_descriptions_for_another_class_list_fail_before_sharding(tmp_path, sour
     other = tmp_path / "other.json"
     other.write_text(json.dumps({f"thing {i}": [f"a photo of thing {i}."] for i in range(5)}))
     root = tmp_path / "root"
-    res = _invoke("run", "-d", "x", "--source", images, "--descriptions", str(other), "--root", str(root),
-                  *TINY_RUN)
+    res = _invoke("run", "-d", "x", "--source", images, "--descriptions", str(other), "--root", str(root), *TINY_RUN)
     line = _one_error_line(res)
     assert "descriptions" in line
     assert not root.exists()  # nothing sharded
@@ -117,22 +134,48 @@ def test_one_class_folder_is_refused_unless_asked(tmp_path, source):
     (one / first.name).mkdir(parents=True)
     for f in first.iterdir():
         (one / first.name / f.name).write_bytes(f.read_bytes())
-    line = _one_error_line(_invoke("run", "-d", "x", "--source", str(one), "--descriptions", desc,
-                                   "--root", str(tmp_path / "root"), *TINY_RUN))
+    line = _one_error_line(
+        _invoke(
+            "run", "-d", "x", "--source", str(one), "--descriptions", desc, "--root", str(tmp_path / "root"), *TINY_RUN
+        )
+    )
     assert "--allow-single-class" in line
 
 
 def test_unknown_pretrained_tag_lists_the_valid_ones(tmp_path, source):
     images, desc = source
-    res = _invoke("run", "-d", "x", "--source", images, "--descriptions", desc, "--root", str(tmp_path / "r"),
-                  "--clip-model", "ViT-B-16", "--clip-pretrained", "opnai")
+    res = _invoke(
+        "run",
+        "-d",
+        "x",
+        "--source",
+        images,
+        "--descriptions",
+        desc,
+        "--root",
+        str(tmp_path / "r"),
+        "--clip-model",
+        "ViT-B-16",
+        "--clip-pretrained",
+        "opnai",
+    )
     line = _one_error_line(res)
     assert "'opnai'" in line and "openai" in line and "laion2b_s34b_b88k" in line
 
 
 def test_unknown_layout_and_missing_source_are_listed_together(tmp_path):
-    res = _invoke("run", "-d", "x", "--source", str(tmp_path / "nope"), "--layout", "nope",
-                  "--root", str(tmp_path / "r"), *TINY_RUN)
+    res = _invoke(
+        "run",
+        "-d",
+        "x",
+        "--source",
+        str(tmp_path / "nope"),
+        "--layout",
+        "nope",
+        "--root",
+        str(tmp_path / "r"),
+        *TINY_RUN,
+    )
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "unknown layout 'nope'" in res.output and "source not found" in res.output
 
@@ -141,8 +184,17 @@ def test_run_help_is_readable_at_80_columns():
     res = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
     assert res.exit_code == 0
     assert max(len(ln) for ln in res.output.splitlines()) <= 80
-    for opt in ("--alpha", "--beta", "--tau", "--tau-sample", "--seed", "--option", "--prompt", "--templates",
-                "--images-per-batch"):
+    for opt in (
+        "--alpha",
+        "--beta",
+        "--tau",
+        "--tau-sample",
+        "--seed",
+        "--option",
+        "--prompt",
+        "--templates",
+        "--images-per-batch",
+    ):
         assert opt in res.output, opt
     assert "ABS method (paper defaults)" in res.output
 
@@ -178,7 +230,8 @@ def test_sql_outputs(results, tmp_path):
     res = _invoke("sql", "run", "runs", "--root", results.root, "--out", "-", "--format", "jsonl")
     assert res.exit_code == 0 and json.loads(res.output.splitlines()[0])["run_id"]
     assert "unknown output extension '.txt'" in _one_error_line(
-        _invoke("sql", "run", "runs", "--root", results.root, "--out", str(tmp_path / "x.txt")))
+        _invoke("sql", "run", "runs", "--root", results.root, "--out", str(tmp_path / "x.txt"))
+    )
     assert "--out" in _one_error_line(_invoke("sql", "run", "runs", "--root", results.root, "--format", "csv"))
     assert not (tmp_path / "x.txt").exists()
 
@@ -228,8 +281,21 @@ def test_models_lists_vits_with_tags_and_dino_models():
 
 def test_unknown_model_names_the_nearest(tmp_path, source):
     images, desc = source
-    line = _one_error_line(_invoke("run", "-d", "x", "--source", images, "--descriptions", desc,
-                                   "--root", str(tmp_path / "r"), "--clip-model", "ViT-B-61"))
+    line = _one_error_line(
+        _invoke(
+            "run",
+            "-d",
+            "x",
+            "--source",
+            images,
+            "--descriptions",
+            desc,
+            "--root",
+            str(tmp_path / "r"),
+            "--clip-model",
+            "ViT-B-61",
+        )
+    )
     assert "unknown CLIP model 'ViT-B-61'" in line and "ViT-B-16" in line
 
 
@@ -241,23 +307,43 @@ def test_matrix_file_runs_every_cell_and_a_failing_cell_does_not_stop_the_others
     broken.write_bytes(b"not a checkpoint")
     root = tmp_path / "root"
     matrix = tmp_path / "matrix.yaml"
-    matrix.write_text(json.dumps({  # JSON is YAML
-        "defaults": {"templates": "none", "dino_model": "abs-tiny-dino-vit-b16", "dino_pretrained": None,
-                     "abs_config": {"n_crops": 4, "top_k": 4, "n_descriptions": 4}, "images_per_shard": 12},
-        "models": [{"clip_model": "abs-tiny-vit-b16", "clip_pretrained": None}],
-        "datasets": [
-            {"dataset": "good", "source": images, "layout": "folder", "descriptions": desc},
-            {"dataset": "bad", "source": images, "layout": "folder", "descriptions": desc,
-             "dino_pretrained": str(broken)},
-        ],
-    }))
+    matrix.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "defaults": {
+                    "templates": "none",
+                    "dino_model": "abs-tiny-dino-vit-b16",
+                    "dino_pretrained": None,
+                    "abs_config": {"n_crops": 4, "top_k": 4, "n_descriptions": 4},
+                    "images_per_shard": 12,
+                },
+                "models": [{"clip_model": "abs-tiny-vit-b16", "clip_pretrained": None}],
+                "datasets": [
+                    {"dataset": "good", "source": images, "layout": "folder", "descriptions": desc},
+                    {
+                        "dataset": "bad",
+                        "source": images,
+                        "layout": "folder",
+                        "descriptions": desc,
+                        "dino_pretrained": str(broken),
+                    },
+                ],
+            }
+        )
+    )
     # a real process, as a user runs it (Prefect's log handlers outlive a CliRunner's streams)
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "COLUMNS": "120"}
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--matrix", str(matrix), "--root", str(root)],
-                         env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--matrix", str(matrix), "--root", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert res.returncode == 1, res.stdout + res.stderr[-3000:]  # one cell failed
     assert "2 cells (1 completed)" in res.stdout
-    table = res.stdout[res.stdout.index("2 cells"):]
+    table = res.stdout[res.stdout.index("2 cells") :]
     good = next(ln for ln in table.splitlines() if ln.startswith("good x"))
     bad = next(ln for ln in table.splitlines() if ln.startswith("bad x"))
     assert "completed" in good and "failed" in bad
@@ -269,8 +355,24 @@ def test_matrix_file_runs_every_cell_and_a_failing_cell_does_not_stop_the_others
 
 def test_several_datasets_from_options_need_matching_counts(tmp_path, source):
     images, desc = source
-    line = _one_error_line(_invoke("run", "-d", "a", "-d", "b", "--source", images, "--source", images,
-                                   "--source", images, "--root", str(tmp_path / "r"), *TINY_RUN))
+    line = _one_error_line(
+        _invoke(
+            "run",
+            "-d",
+            "a",
+            "-d",
+            "b",
+            "--source",
+            images,
+            "--source",
+            images,
+            "--source",
+            images,
+            "--root",
+            str(tmp_path / "r"),
+            *TINY_RUN,
+        )
+    )
     assert "3 --source values for 2 --dataset values" in line
     bad = tmp_path / "m.toml"
     bad.write_text("datasets = [ { dataset = 'x' ")

@@ -52,9 +52,21 @@ def test_markers_keep_their_stored_keys_and_read_leniently():
     """The keys each marker held before markers were typed (what older roots hold)."""
     assert list(PredictionPartMarker(5, 4, 1, "r").to_dict()) == ["n_images", "n_ok", "n_error", "run_id"]
     assert set(DinoPartMarker("f", 1, 0, "m", "w").to_dict()) == {"fingerprint", "n_ok", "n_error", "dino", "weights"}
-    shard = {"index": 0, "path": "p", "n_total": 2, "n_ok": 2, "n_error": 0, "status_counts": {"ok": 2},
-             "first_image_id": "a", "last_image_id": "b", "digest": "d", "n_bytes": 10, "dataset": "x",
-             "fingerprint": "f", "committed_at": "t"}
+    shard = {
+        "index": 0,
+        "path": "p",
+        "n_total": 2,
+        "n_ok": 2,
+        "n_error": 0,
+        "status_counts": {"ok": 2},
+        "first_image_id": "a",
+        "last_image_id": "b",
+        "digest": "d",
+        "n_bytes": 10,
+        "dataset": "x",
+        "fingerprint": "f",
+        "committed_at": "t",
+    }
     assert ShardPartMarker.from_dict({**shard, "added_later": 1}).to_dict() == shard
 
 

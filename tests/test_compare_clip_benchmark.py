@@ -25,19 +25,36 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SITE = Path(os.environ.get("CLIP_BENCHMARK_DIR", REPO / "abs-output" / "clip-benchmark" / "site"))
 
-pytestmark = pytest.mark.skipif(not (SITE / "clip_benchmark" / "cli.py").is_file(),
-                                reason=f"CLIP_benchmark not installed in {SITE} (see README, 'Checking against "
-                                       "CLIP_benchmark')")
+pytestmark = pytest.mark.skipif(
+    not (SITE / "clip_benchmark" / "cli.py").is_file(),
+    reason=f"CLIP_benchmark not installed in {SITE} (see README, 'Checking against CLIP_benchmark')",
+)
 
 
 def test_clip_benchmark_and_abs_eval_agree_per_method(tmp_path):
     out = tmp_path / "report.json"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     res = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "compare_clip_benchmark.py"), "--clip-benchmark-dir", str(SITE),
-         "--work", str(tmp_path / "work"), "--model", "abs-tiny-vit-b16", "--sets", "6:10:2", "3:7",
-         "--json", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "compare_clip_benchmark.py"),
+            "--clip-benchmark-dir",
+            str(SITE),
+            "--work",
+            str(tmp_path / "work"),
+            "--model",
+            "abs-tiny-vit-b16",
+            "--sets",
+            "6:10:2",
+            "3:7",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert out.exists(), res.stdout[-3000:] + res.stderr[-3000:]
     got = json.loads(out.read_text())

@@ -42,7 +42,9 @@ def write(url: str, table: pa.Table, row_group_size: int = 2) -> None:
         pq.write_table(table, f, row_group_size=row_group_size)
 
 
-def make_hf(root: str, *, n_files: int = 2, per_file: int = 5, with_paths: bool = True, names=NAMES) -> dict[str, tuple[bytes, int]]:
+def make_hf(
+    root: str, *, n_files: int = 2, per_file: int = 5, with_paths: bool = True, names=NAMES
+) -> dict[str, tuple[bytes, int]]:
     """``<root>/data/validation-0000k-of-0000n.parquet`` (and a train file); returns ``{image_id: (bytes, label)}``."""
     expected: dict[str, tuple[bytes, int]] = {}
     for k in range(n_files):
@@ -98,13 +100,20 @@ def test_ids_fall_back_to_stem_and_row_and_classnames_option(tmp_path):
     ds = load_source("hf-parquet", src, classnames=str(tmp_path / "names.txt"))
     assert ds.classnames == ["a", "b", "c"]
     assert [e.image_id for e in ds.entries] == list(expected) == [f"validation-00000-of-00001/{r}" for r in range(4)]
-    assert layout_classes("hf-parquet", src, {"classnames": str(tmp_path / "names.txt")}) == (["a", "b", "c"], ["a", "b", "c"])
+    assert layout_classes("hf-parquet", src, {"classnames": str(tmp_path / "names.txt")}) == (
+        ["a", "b", "c"],
+        ["a", "b", "c"],
+    )
 
 
 def test_other_column_names_and_bad_columns(tmp_path):
     t = hf_table([(jpeg_bytes(1), "x.jpg", 1), (jpeg_bytes(2), "y.jpg", 0)]).rename_columns(["img", "fine_label"])
     t = t.replace_schema_metadata(
-        {"huggingface": json.dumps({"info": {"features": {"fine_label": {"names": ["p", "q"], "_type": "ClassLabel"}}}})}
+        {
+            "huggingface": json.dumps(
+                {"info": {"features": {"fine_label": {"names": ["p", "q"], "_type": "ClassLabel"}}}}
+            )
+        }
     )
     write(str(tmp_path / "cifar.parquet"), t)
     ds = load_source("hf-parquet", str(tmp_path / "cifar.parquet"), image_column="img", label_column="fine_label")
@@ -121,7 +130,12 @@ def test_other_column_names_and_bad_columns(tmp_path):
 # ---------------------------------------------------------------------- sharding
 def test_shards_keep_the_original_bytes_bad_rows_are_one_row_each_and_rerun_skips(tmp_path):
     good = [jpeg_bytes(i) if i % 2 else png_bytes(size=(3, 2 + i)) for i in range(5)]
-    rows = [(good[0], "a.jpg", 0), (None, "null.jpg", 1), (good[1], "b.jpg", 2), (b"not an image at all", "text.jpg", 1)]
+    rows = [
+        (good[0], "a.jpg", 0),
+        (None, "null.jpg", 1),
+        (good[1], "b.jpg", 2),
+        (b"not an image at all", "text.jpg", 1),
+    ]
     rows += [(g, f"g{i}.jpg", i % 3) for i, g in enumerate(good[2:])]
     write(str(tmp_path / "src" / "test-00000-of-00001.parquet"), hf_table(rows), row_group_size=3)
     out = str(tmp_path / "out")
@@ -146,7 +160,9 @@ def test_memory_source_glob_and_memory_output():
     src, out = f"memory://hf-{tag}/imagenet-1k", f"memory://out-{tag}"
     expected = make_hf(src, n_files=2, per_file=3)
     try:
-        m = shard_dataset("hf-parquet", f"{src}/data/validation-*.parquet", out, "inet", images_per_shard=4, progress=False)
+        m = shard_dataset(
+            "hf-parquet", f"{src}/data/validation-*.parquet", out, "inet", images_per_shard=4, progress=False
+        )
         assert m.n_ok == 6
         assert {r["image_id"]: (r["image"], r["label"]) for r in rows_of(out, "inet")} == expected
     finally:

@@ -343,7 +343,12 @@ def test_generic_folder(tmp_path):
     t.put("cat/._c.png", b"resource fork")
     ds = load_source("folder", str(root))
     assert ds.classnames == ["cat", "dog"]
-    assert [(e.path, e.label) for e in ds.entries] == [("cat/c.png", 0), ("cat/notes.txt", 0), ("dog/a.jpg", 1), ("dog/sub/b.jpg", 1)]
+    assert [(e.path, e.label) for e in ds.entries] == [
+        ("cat/c.png", 0),
+        ("cat/notes.txt", 0),
+        ("dog/a.jpg", 1),
+        ("dog/sub/b.jpg", 1),
+    ]
     assert [i.path for i in ds.ignored] == ["cat/._c.png"]
     assert ds.name == "my_pets" and ds.expected_size is None
 
@@ -381,7 +386,10 @@ def test_manifest(tmp_path, fmt):
     if fmt == "csv":
         path.write_text("path,label,class_name\n" + "".join(f"{p},{lbl},{n}\n" for p, lbl, n in rows))
     else:
-        pq.write_table(pa.table({"path": [r[0] for r in rows], "label": [r[1] for r in rows], "class_name": [r[2] for r in rows]}), path)
+        pq.write_table(
+            pa.table({"path": [r[0] for r in rows], "label": [r[1] for r in rows], "class_name": [r[2] for r in rows]}),
+            path,
+        )
     ds = load_source("manifest", str(path))
     assert ds.classnames == ["cat", "dog", "bird"]
     assert [(e.path, e.label) for e in ds.entries] == [(p, lbl) for p, lbl, _ in rows]  # manifest order
@@ -521,7 +529,12 @@ def test_manifest_without_label_column_is_a_layout_error(tmp_path, fmt, with_row
     if fmt == "csv":
         path.write_text("path,class_name\n" + "".join(f"{v},cat\n" for v in values))
     else:
-        pq.write_table(pa.table({"path": pa.array(values, pa.string()), "class_name": pa.array(["cat"] * len(values), pa.string())}), path)
+        pq.write_table(
+            pa.table(
+                {"path": pa.array(values, pa.string()), "class_name": pa.array(["cat"] * len(values), pa.string())}
+            ),
+            path,
+        )
     with pytest.raises(LayoutError) as e:
         load_source("manifest", str(path))
     assert_one_line_layout_error(e, str(path), "lacks column(s) ['label']", "columns path, label")

@@ -60,7 +60,11 @@ def make_wds(root: str, *, n_tars: int = 2, per_tar: int = 4, classnames: bool =
         for k in range(per_tar):
             key, i = f"s{t:02d}{k:04d}", t * per_tar + k
             data, label = image(kinds[i % len(kinds)], i), i % len(CLASSES)
-            members += [(f"{key}.{kinds[i % len(kinds)]}", data), (f"{key}.cls", f"{label}\n".encode()), (f"{key}.txt", b"a caption")]
+            members += [
+                (f"{key}.{kinds[i % len(kinds)]}", data),
+                (f"{key}.cls", f"{label}\n".encode()),
+                (f"{key}.txt", b"a caption"),
+            ]
             expected[f"{t}.tar/{key}"] = (data, label)
         put(f"{root}/test/{t}.tar", make_tar(members))
     if classnames:
@@ -100,7 +104,10 @@ def test_classnames_option_and_natural_tar_order(tmp_path):
     ds = load_source("webdataset", root, classnames=str(tmp_path / "other.txt"))
     assert ds.classnames == ["x", "y", "z"]
     assert [e.image_id.split("/")[0] for e in ds.entries] == [f"{i}.tar" for i in range(11)]  # 2.tar before 10.tar
-    assert layout_classes("webdataset", root, {"classnames": str(tmp_path / "other.txt")}) == (["x", "y", "z"], ["x", "y", "z"])
+    assert layout_classes("webdataset", root, {"classnames": str(tmp_path / "other.txt")}) == (
+        ["x", "y", "z"],
+        ["x", "y", "z"],
+    )
 
 
 # ---------------------------------------------------------------------- sharding

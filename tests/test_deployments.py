@@ -34,8 +34,13 @@ def _cells(dep) -> list[dict]:
         return [p["params"]]
     from flows.matrix import job_cells  # the merge order the reevaluate flow uses
 
-    return job_cells(p["datasets"], p.get("models"), root=p.get("root", "abs-output"), deployment=p.get("deployment"),
-                     defaults=p.get("defaults"))
+    return job_cells(
+        p["datasets"],
+        p.get("models"),
+        root=p.get("root", "abs-output"),
+        deployment=p.get("deployment"),
+        defaults=p.get("defaults"),
+    )
 
 
 @pytest.mark.parametrize("dep", deployments(), ids=lambda d: d["name"])
@@ -63,8 +68,9 @@ def test_every_cell_names_real_layouts_models_and_templates(dep):
 def test_a_wrong_name_in_a_deployment_is_caught():
     from flows.params import ParameterError, make_params, static_problems
 
-    params = make_params(dataset="imagenet", layout="imagenett", clip_model="ViT-B-16", clip_pretrained="opnai",
-                         templates="none")
+    params = make_params(
+        dataset="imagenet", layout="imagenett", clip_model="ViT-B-16", clip_pretrained="opnai", templates="none"
+    )
     problems = static_problems(params)
     assert any("unknown layout 'imagenett'" in p and "imagenet" in p for p in problems)
     assert any("unknown pretrained tag 'opnai'" in p for p in problems)
@@ -79,7 +85,12 @@ def test_random_weights_are_spelled_the_same_everywhere(spelled):
     """A matrix file or a deployment may say ``random`` for random weights, as the CLI does."""
     from flows.params import make_params, static_problems
 
-    p = make_params(dataset="d", clip_model="abs-micro-vit", clip_pretrained=spelled,
-                    dino_model="abs-micro-dino", dino_pretrained=spelled)
+    p = make_params(
+        dataset="d",
+        clip_model="abs-micro-vit",
+        clip_pretrained=spelled,
+        dino_model="abs-micro-dino",
+        dino_pretrained=spelled,
+    )
     assert p.clip_pretrained is None and p.dino_pretrained is None
     assert not [x for x in static_problems(p) if "pretrained" in x]

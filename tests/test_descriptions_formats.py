@@ -90,7 +90,10 @@ def test_attributes_become_sentences_and_are_auto_detected():
         "tench, which has olive green or brown in color",
         "tench, which has small red eyes",
     ]
-    assert raw.entries["goldfish"][1:] == ["goldfish, which is usually orange", "goldfish, which is often kept in bowls"]
+    assert raw.entries["goldfish"][1:] == [
+        "goldfish, which is usually orange",
+        "goldfish, which is often kept in bowls",
+    ]
     nested = parse_descriptions({"imagenet": ATTRS})
     assert nested.format == "attributes" and nested.entries == raw.entries
 
@@ -259,7 +262,11 @@ def test_store_roundtrip_layout_and_idempotence(tmp_path, root):
     storage = Storage(str(tmp_path / "root") if root == "local" else f"memory://desc-{os.getpid()}-{id(tmp_path)}")
     ds = _small_set()
     man = write_descriptions(ds, storage, "tiny")
-    assert man.path == f"descriptions/name=tiny/descriptions={ds.content_hash[:16]}.parquet" == description_set("tiny", ds.content_hash)
+    assert (
+        man.path
+        == f"descriptions/name=tiny/descriptions={ds.content_hash[:16]}.parquet"
+        == description_set("tiny", ds.content_hash)
+    )
     assert storage.exists(man.path) and storage.is_done(f"descriptions/name=tiny/descriptions={ds.content_hash[:16]}")
     assert man.n_texts == 5 and man.n_classes == 3 and man.source == "cupl:f.json"
     t = storage.read_parquet(man.path)
@@ -273,7 +280,9 @@ def test_store_roundtrip_layout_and_idempotence(tmp_path, root):
     # Writing the same content again does not rewrite the file.
     mtime = storage.fs.info(storage.path(man.path)).get("mtime", storage.fs.info(storage.path(man.path)).get("created"))
     assert write_descriptions(ds, storage, "tiny") == man
-    mtime2 = storage.fs.info(storage.path(man.path)).get("mtime", storage.fs.info(storage.path(man.path)).get("created"))
+    mtime2 = storage.fs.info(storage.path(man.path)).get(
+        "mtime", storage.fs.info(storage.path(man.path)).get("created")
+    )
     assert mtime == mtime2
     assert list_descriptions(storage, "tiny") == [ds.content_hash]
     assert not storage.glob("_tmp/*")
@@ -299,7 +308,9 @@ def test_store_latest_and_errors(tmp_path):
 
 def test_content_hash_is_canonical():
     a = _small_set()
-    same = validate_descriptions({"goldfish": ["g1."], "tench": ["t1.", "t2.", "t3."]}, ["tench", "goldfish", "tench"], m=2)
+    same = validate_descriptions(
+        {"goldfish": ["g1."], "tench": ["t1.", "t2.", "t3."]}, ["tench", "goldfish", "tench"], m=2
+    )
     assert same.content_hash == a.content_hash  # file order, extra texts beyond m, source: not content
     assert len(a.content_hash) == 64
     diff = validate_descriptions({"goldfish": ["g1"], "tench": ["t1.", "t2."]}, ["tench", "goldfish", "tench"], m=2)
@@ -324,7 +335,9 @@ def test_damaged_table_is_refused():
 
 
 # ------------------------------------------------------------------ the real published files
-SHARED = Path(os.environ.get("ABS_SHARED_DESCRIPTIONS", Path(__file__).resolve().parents[2] / "shared" / "data" / "descriptions"))
+SHARED = Path(
+    os.environ.get("ABS_SHARED_DESCRIPTIONS", Path(__file__).resolve().parents[2] / "shared" / "data" / "descriptions")
+)
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared description files not found at {SHARED}")
 
 
@@ -380,7 +393,9 @@ FILES = {"cupl": "cupl", "clip-d": "attributes", "clip-e": "templates", "base": 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 def test_real_dataset_files_import_against_their_class_list(dataset):
     cl = DATASETS[dataset]
-    names = json.loads((SHARED / cl).read_text()) if cl else list(json.loads((SHARED / dataset / "cupl.json").read_text()))
+    names = (
+        json.loads((SHARED / cl).read_text()) if cl else list(json.loads((SHARED / dataset / "cupl.json").read_text()))
+    )
     for fname, fmt in FILES.items():
         path = SHARED / dataset / f"{fname}.json"
         if not path.exists():

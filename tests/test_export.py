@@ -62,8 +62,14 @@ def _expected(rows: list[dict], method: str) -> dict:
     mine = [r for r in rows if r["method"] == method]
     ok = [r for r in mine if r["status"] == "ok"]
     correct = sum(r["pred"] == r["label"] for r in ok)
-    return {"acc1": correct / len(ok), "acc5": expected_acc5(mine), "acc1_all": correct / len(mine),
-            "mean_per_class_recall": expected_mean_per_class_recall(mine), "n": len(mine), "n_ok": len(ok)}
+    return {
+        "acc1": correct / len(ok),
+        "acc5": expected_acc5(mine),
+        "acc1_all": correct / len(mine),
+        "mean_per_class_recall": expected_mean_per_class_recall(mine),
+        "n": len(mine),
+        "n_ok": len(ok),
+    }
 
 
 def _assert_result(res: dict, rows: list[dict], run_id: str) -> None:
@@ -92,8 +98,10 @@ def test_default_export_is_the_latest_completed_run_in_clip_benchmark_shape(root
     res = _invoke("export", "--root", path, "--out", str(out))
     assert res.exit_code == 0, res.output
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted([f"{DATASET}_openai_ViT-B-16_en_zeroshot_classification_{m}.json" for m in ("abs", "clip")]
-                           + ["results.csv", "configs"])
+    assert files == sorted(
+        [f"{DATASET}_openai_ViT-B-16_en_zeroshot_classification_{m}.json" for m in ("abs", "clip")]
+        + ["results.csv", "configs"]
+    )
     results = {}
     for name in (n for n in files if n.endswith(".json")):
         r = json.loads((out / name).read_text())
@@ -128,8 +136,9 @@ def test_chosen_runs_and_json_lines_on_stdout(root, tmp_path):
     res = _invoke("export", "--root", path, "--run", "r1", "--run", "r2", "--out", "-")
     assert res.exit_code == 0, res.output
     lines = [json.loads(ln) for ln in res.output.splitlines()]
-    assert sorted((r["run_id"], r["method"]) for r in lines) == sorted((run, m) for run in ("r1", "r2")
-                                                                        for m in ("abs", "clip", "clip-e", "cupl"))
+    assert sorted((r["run_id"], r["method"]) for r in lines) == sorted(
+        (run, m) for run in ("r1", "r2") for m in ("abs", "clip", "clip-e", "cupl")
+    )
     for r in lines:
         _assert_result(r, fx.run_rows(r["run_id"]), r["run_id"])
         assert "config_file" not in r  # nothing written
@@ -161,7 +170,9 @@ def test_export_errors_are_one_line(root, tmp_path):
     assert "no runs under" in line and "empty" in line
     line = _one_error_line(_invoke("export", "--root", path, "--dataset-name", "toy", "--out", str(tmp_path / "a")))
     assert "expected NAME=CLIP_BENCHMARK_NAME" in line
-    line = _one_error_line(_invoke("export", "--root", path, "--dataset-name", "nosuch=x", "--out", str(tmp_path / "a")))
+    line = _one_error_line(
+        _invoke("export", "--root", path, "--dataset-name", "nosuch=x", "--out", str(tmp_path / "a"))
+    )
     assert "'nosuch', which no exported run evaluated" in line and "exported: toy" in line
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
@@ -173,15 +184,34 @@ def test_export_errors_are_one_line(root, tmp_path):
 
 
 # ---------------------------------------------------------------------- names and acc5 below 5 classes
-def _small_run(st: Storage, run_id: str, dataset: str, classes: int, *, layout: str, split: str | None,
-               source: str = "/data/src", day: int = 1, templates: dict | None = None) -> list[dict]:
+def _small_run(
+    st: Storage,
+    run_id: str,
+    dataset: str,
+    classes: int,
+    *,
+    layout: str,
+    split: str | None,
+    source: str = "/data/src",
+    day: int = 1,
+    templates: dict | None = None,
+) -> list[dict]:
     """A completed run over a sharded dataset of ``classes`` classes (its dataset.json committed as the
     shard step commits it), 12 images, top5 lists of min(5, classes) entries as inference writes them,
     one unreadable image; ``templates``: the clip-e template set's record in the run's prediction settings
     (without: a run recorded before template sets had one). Returns the rows."""
     fingerprint = f"fp-{dataset}"
-    info = {"dataset": dataset, "layout": layout, "source": source, "split": split, "fingerprint": fingerprint,
-            "classnames": [f"c{i}" for i in range(classes)], "n_shards": 1, "n_total": 12, "shards": []}
+    info = {
+        "dataset": dataset,
+        "layout": layout,
+        "source": source,
+        "split": split,
+        "fingerprint": fingerprint,
+        "classnames": [f"c{i}" for i in range(classes)],
+        "n_shards": 1,
+        "n_total": 12,
+        "shards": [],
+    }
     commits.commit_json(st, dataset_info(dataset), info, DatasetMarker(dataset, fingerprint, 1, 12))
     rows = []
     for i in range(12):
@@ -189,21 +219,54 @@ def _small_run(st: Storage, run_id: str, dataset: str, classes: int, *, layout: 
         for method, shift in (("abs", 0), ("clip", 1)):
             pred = label if i % 3 else (label + shift) % classes
             top = [pred] + [c for c in range(classes) if c != pred][:4]
-            row = {"image_id": f"i{i:02d}", "shard": 0, "label": label, "class_name": f"c{label}", "method": method,
-                   "pred": pred, "pred_name": f"c{pred}", "top5": top, "score_true": 0.5, "margin": 0.1,
-                   "status": "ok", "error": None, "run_id": run_id}
+            row = {
+                "image_id": f"i{i:02d}",
+                "shard": 0,
+                "label": label,
+                "class_name": f"c{label}",
+                "method": method,
+                "pred": pred,
+                "pred_name": f"c{pred}",
+                "top5": top,
+                "score_true": 0.5,
+                "margin": 0.1,
+                "status": "ok",
+                "error": None,
+                "run_id": run_id,
+            }
             if i == 7:
                 row.update(pred=None, pred_name=None, top5=None, status="decode_error", error="broken")
             rows.append(row)
     model, config = "ViT-B-32_laion2b", f"cfg-{run_id}"
     st.write_parquet(prediction_part(dataset, model, config, 0), pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
     spec = {"dataset": dataset, "prompt": "a photo of a {}.", "templates": "openai-imagenet"}
-    rec = {"run_id": run_id, "deployment": "manual", "dataset": dataset, "model": model, "config": config,
-           "started_at": datetime(2026, 2, day, tzinfo=timezone.utc), "ended_at": datetime(2026, 2, day, 1, tzinfo=timezone.utc),
-           "status": "completed", "n_images": 12, "n_ok": 11, "n_error": 1, "shards_total": 1, "shards_computed": 1,
-           "clip_model": "ViT-B-32", "clip_pretrained": "laion2b_s34b_b79k", "config_json": json.dumps(
-               {"spec": spec, "numbers": {"abs": {"n_crops": 6}, "classes": "h" * 16,
-                                          **({"templates": templates} if templates else {})}})}
+    rec = {
+        "run_id": run_id,
+        "deployment": "manual",
+        "dataset": dataset,
+        "model": model,
+        "config": config,
+        "started_at": datetime(2026, 2, day, tzinfo=timezone.utc),
+        "ended_at": datetime(2026, 2, day, 1, tzinfo=timezone.utc),
+        "status": "completed",
+        "n_images": 12,
+        "n_ok": 11,
+        "n_error": 1,
+        "shards_total": 1,
+        "shards_computed": 1,
+        "clip_model": "ViT-B-32",
+        "clip_pretrained": "laion2b_s34b_b79k",
+        "config_json": json.dumps(
+            {
+                "spec": spec,
+                "numbers": {
+                    "abs": {"n_crops": 6},
+                    "classes": "h" * 16,
+                    **({"templates": templates} if templates else {}),
+                },
+            }
+        ),
+    }
     st.write_json(run_record_json(run_id), rec)
     st.write_parquet(run_record_parquet(run_id), pa.Table.from_pylist([rec], schema=RUN_SCHEMA))
     return rows
@@ -213,11 +276,21 @@ def _small_run(st: Storage, run_id: str, dataset: str, classes: int, *, layout: 
 def small_root(tmp_path_factory):
     st = Storage(str(tmp_path_factory.mktemp("export-names") / "root"))
     _small_run(st, "w1", "peerwds", 3, layout="webdataset", split="test", day=1)
-    _small_run(st, "i1", "in1k", 6, layout="imagenet", split=None, source="/data/imagenet/val", day=2,
-               templates={"name": "imagenet1k", "sha256": "ab" * 32, "count": 80})
+    _small_run(
+        st,
+        "i1",
+        "in1k",
+        6,
+        layout="imagenet",
+        split=None,
+        source="/data/imagenet/val",
+        day=2,
+        templates={"name": "imagenet1k", "sha256": "ab" * 32, "count": 80},
+    )
     _small_run(st, "d1", "dtd2", 5, layout="dtd", split="test2", day=3)
-    _small_run(st, "v1", "inv2", 5, layout="imagenet-v2", split=None,
-               source="/data/imagenetv2-threshold0.7-format-val", day=4)
+    _small_run(
+        st, "v1", "inv2", 5, layout="imagenet-v2", split=None, source="/data/imagenetv2-threshold0.7-format-val", day=4
+    )
     return st
 
 
@@ -226,15 +299,36 @@ def test_dataset_names_are_clip_benchmarks(small_root, tmp_path):
     name here otherwise (another split, another ImageNet-V2 variant); ``--dataset-name`` overrides."""
     got = {r["abs_eval_dataset"]: r for r in clip_benchmark_results(small_root)}
     assert {k: r["dataset"] for k, r in got.items()} == {
-        "peerwds": "wds/peerwds", "in1k": "imagenet1k", "dtd2": "dtd2", "inv2": "inv2"}
+        "peerwds": "wds/peerwds",
+        "in1k": "imagenet1k",
+        "dtd2": "dtd2",
+        "inv2": "inv2",
+    }
     assert (got["peerwds"]["layout"], got["peerwds"]["split"]) == ("webdataset", "test")
     assert got["in1k"]["prompt"] == "a photo of a {}."
     # the clip-e template set, flat: from the run's record of it, else (older runs) the spec's name
-    assert [got["in1k"][k] for k in ("templates", "templates_sha256", "templates_count")] == ["imagenet1k", "ab" * 32, 80]
-    assert [got["dtd2"][k] for k in ("templates", "templates_sha256", "templates_count")] == ["openai-imagenet", None, None]
+    assert [got["in1k"][k] for k in ("templates", "templates_sha256", "templates_count")] == [
+        "imagenet1k",
+        "ab" * 32,
+        80,
+    ]
+    assert [got["dtd2"][k] for k in ("templates", "templates_sha256", "templates_count")] == [
+        "openai-imagenet",
+        None,
+        None,
+    ]
     out = tmp_path / "out"
-    res = _invoke("export", "--root", small_root.root, "--out", str(out), "--dataset-name", "dtd2=dtd_test2",
-                  "--dataset-name", "in1k=imagenet1k-subset")
+    res = _invoke(
+        "export",
+        "--root",
+        small_root.root,
+        "--out",
+        str(out),
+        "--dataset-name",
+        "dtd2=dtd_test2",
+        "--dataset-name",
+        "in1k=imagenet1k-subset",
+    )
     assert res.exit_code == 0, res.output
     written = {json.loads(p.read_text())["abs_eval_dataset"]: p for p in out.glob("*.json")}
     names = {k: json.loads(p.read_text())["dataset"] for k, p in written.items()}
@@ -262,7 +356,9 @@ def test_acc5_is_nan_below_5_classes(small_root, tmp_path):
             assert by[(ds, method)]["classes_ranked"] == 5 and by[(ds, method)]["metrics"]["acc5"] == 1.0
     wds_file = next(out.glob("peerwds_*_abs.json"))
     assert '"acc5": NaN' in wds_file.read_text()  # as CLIP_benchmark's json.dump writes it
-    rows = {(r["abs_eval_dataset"], r["method"]): r for r in csv.DictReader(io.StringIO((out / "results.csv").read_text()))}
+    rows = {
+        (r["abs_eval_dataset"], r["method"]): r for r in csv.DictReader(io.StringIO((out / "results.csv").read_text()))
+    }
     assert rows[("peerwds", "abs")]["acc5"] == "nan" and float(rows[("in1k", "abs")]["acc5"]) == 1.0
 
 
@@ -278,8 +374,10 @@ def test_the_name_map_names_registered_layouts_and_checks_split_and_variant():
     assert clip_benchmark_dataset("mine", info("pets", "test")) == "pets"
     assert clip_benchmark_dataset("mine", info("pets", "trainval")) == "mine"  # not CLIP_benchmark's split
     assert clip_benchmark_dataset("mine", info("dtd", "test1")) == "dtd"
-    assert clip_benchmark_dataset("mine", info("imagenet-v2", None, "/d/imagenetv2-matched-frequency-format-val")) \
+    assert (
+        clip_benchmark_dataset("mine", info("imagenet-v2", None, "/d/imagenetv2-matched-frequency-format-val"))
         == "imagenetv2"
+    )
     assert clip_benchmark_dataset("mine", info("imagenet-v2", None, "/d/imagenetv2-top-images-format-val")) == "mine"
     assert clip_benchmark_dataset("mine", info("cub", "test")) == "mine"  # no builtin CUB in CLIP_benchmark
     assert clip_benchmark_dataset("mine", info("webdataset", "train")) == "wds/mine"

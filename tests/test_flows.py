@@ -16,8 +16,17 @@ def first_run(prefect_server, source, tmp_path_factory):
 
     images, desc = source
     root = str(tmp_path_factory.mktemp("root-threads"))
-    out = evaluate(dict(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                   deployment="test", **TINY_FLOW_PARAMS))
+    out = evaluate(
+        dict(
+            dataset="demo",
+            source=images,
+            root=root,
+            descriptions=desc,
+            images_per_shard=5,
+            deployment="test",
+            **TINY_FLOW_PARAMS,
+        )
+    )
     return root, out
 
 
@@ -35,8 +44,14 @@ def test_evaluate_writes_predictions_runs_and_report(first_run):
     assert rec["status"] == "completed" and rec["n_ok"] == 24 and rec["config"] == out["config"]
     assert rec["versions_json"]["torch"] and rec["clip_weights_digest"]
     # the loaded models' grids, which the report reads instead of guessing from names
-    assert rec["model_geometry"] == {"clip_grid": 14, "clip_image_size": 224, "clip_patch": 16,
-                                     "dino_grid": 14, "dino_image_size": 224, "dino_patch": 16}
+    assert rec["model_geometry"] == {
+        "clip_grid": 14,
+        "clip_image_size": 224,
+        "clip_patch": 16,
+        "dino_grid": 14,
+        "dino_image_size": 224,
+        "dino_patch": 16,
+    }
     acc = {r["method"]: r for r in run_query(root, "accuracy", {"run_id": out["run_id"]}).to_pylist()}
     assert set(acc) == {"abs", "clip", "cupl"}  # templates="none": no clip-e
     for m, r in acc.items():
@@ -65,8 +80,9 @@ def test_artifacts_are_published(first_run):
         async with get_client() as client:
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["report-test-demo-abs-tiny-vit-b16"])))
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-test-demo-abs-tiny-vit-b16"]))
+            )
             return arts[0].data
 
     md = asyncio.run(report_markdown())
@@ -99,8 +115,17 @@ def test_rerun_reuses_everything(first_run, source):
 
     root, out = first_run
     images, desc = source
-    again = evaluate(dict(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                     deployment="test", **TINY_FLOW_PARAMS))
+    again = evaluate(
+        dict(
+            dataset="demo",
+            source=images,
+            root=root,
+            descriptions=desc,
+            images_per_shard=5,
+            deployment="test",
+            **TINY_FLOW_PARAMS,
+        )
+    )
     assert again["config"] == out["config"]
     assert again["shards_computed"] == 0
     assert len(predictions(root)) == 24 * 3
@@ -112,14 +137,28 @@ def test_bad_parameters_fail_before_any_work(prefect_server, tmp_path, source):
     images, desc = source
     root = tmp_path / "never-written"
     with pytest.raises(ParameterError) as err:
-        evaluate(dict(dataset="demo", source=str(tmp_path / "no-such-folder"), root=str(root), descriptions=desc,
-                 **{**TINY_FLOW_PARAMS, "layout": "imagenet-z", "clip_model": "ViT-Q-1"}))
+        evaluate(
+            dict(
+                dataset="demo",
+                source=str(tmp_path / "no-such-folder"),
+                root=str(root),
+                descriptions=desc,
+                **{**TINY_FLOW_PARAMS, "layout": "imagenet-z", "clip_model": "ViT-Q-1"},
+            )
+        )
     msg = str(err.value)
     assert "unknown layout 'imagenet-z'" in msg and "source not found" in msg and "unknown CLIP model" in msg
     assert not root.exists()
     with pytest.raises(ParameterError, match="n_crops must be >= 1"):
-        evaluate(dict(dataset="demo", source=images, root=str(root), descriptions=desc,
-                 **{**TINY_FLOW_PARAMS, "abs_config": {"n_crops": 0}}))
+        evaluate(
+            dict(
+                dataset="demo",
+                source=images,
+                root=str(root),
+                descriptions=desc,
+                **{**TINY_FLOW_PARAMS, "abs_config": {"n_crops": 0}},
+            )
+        )
     assert not root.exists()
 
 
@@ -143,8 +182,20 @@ def test_cluster_runners_give_the_same_predictions(runner, extra, first_run, sou
     images, desc = source
     root = str(tmp_path / f"root-{runner}")
     before = _infer_task_runs()
-    res = evaluate(dict(dataset="demo", source=images, root=root, descriptions=desc, images_per_shard=5,
-                   deployment="test", runner=runner, workers=2, report=False, **TINY_FLOW_PARAMS))
+    res = evaluate(
+        dict(
+            dataset="demo",
+            source=images,
+            root=root,
+            descriptions=desc,
+            images_per_shard=5,
+            deployment="test",
+            runner=runner,
+            workers=2,
+            report=False,
+            **TINY_FLOW_PARAMS,
+        )
+    )
     assert res["config"] == out["config"] and res["shards_computed"] == 5
     if runner == "dask":
         # the local workers report to the flow's own API (no temporary server per worker)
@@ -168,14 +219,27 @@ def test_cli_status_sql_and_help(first_run, tmp_path):
     res = runner.invoke(app, ["sql", "run", "accuracy", "--root", root, "-p", f"run_id={out['run_id']}"])
     assert res.exit_code == 0 and "abs" in res.output and "cupl" in res.output, res.output
     csv = tmp_path / "acc.csv"
-    res = runner.invoke(app, ["sql", "run", "select method, count(*) n from run_predictions group by 1",
-                              "--root", root, "--out", str(csv)])
+    res = runner.invoke(
+        app,
+        ["sql", "run", "select method, count(*) n from run_predictions group by 1", "--root", root, "--out", str(csv)],
+    )
     assert res.exit_code == 0, res.output
     assert csv.read_text().splitlines()[0] == "method,n"
     res = runner.invoke(app, ["sql", "run", "no_such_query", "--root", root])
     assert res.exit_code != 0
-    for cmd in ([], ["demo"], ["shard"], ["describe", "import"], ["describe", "generate"], ["run"], ["status"],
-                ["sql", "run"], ["sql", "catalog"], ["report"], ["layouts"]):
+    for cmd in (
+        [],
+        ["demo"],
+        ["shard"],
+        ["describe", "import"],
+        ["describe", "generate"],
+        ["run"],
+        ["status"],
+        ["sql", "run"],
+        ["sql", "catalog"],
+        ["report"],
+        ["layouts"],
+    ):
         res = runner.invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0 and "Usage" in res.output, (cmd, res.output)
 
@@ -186,8 +250,8 @@ def test_cli_run_rejects_bad_layout_with_a_message(prefect_server, tmp_path, sou
     from flows.cli import app
 
     images, _ = source
-    res = CliRunner().invoke(app, ["run", "--dataset", "x", "--source", images, "--layout", "nope",
-                                   "--root", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        app, ["run", "--dataset", "x", "--source", images, "--layout", "nope", "--root", str(tmp_path / "r")]
+    )
     assert res.exit_code == 2
     assert "unknown layout 'nope'" in res.output
-

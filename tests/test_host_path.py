@@ -108,14 +108,22 @@ def test_batched_draws_are_the_per_image_draws():
     widths, heights = [500, 375, 23, 1, 640, 333], [375, 500, 37, 9, 480, 500]
     ids = [f"img{k}" for k in range(B)]
     dr = draw_crops_batch(idx, vals, widths, heights, G, cfg, ids)
-    boxes = raw_boxes(dr.raw_cells, dr.raw_widths, dr.raw_heights, torch.tensor(widths, dtype=torch.float64)[:, None],
-                      torch.tensor(heights, dtype=torch.float64)[:, None], D)
+    boxes = raw_boxes(
+        dr.raw_cells,
+        dr.raw_widths,
+        dr.raw_heights,
+        torch.tensor(widths, dtype=torch.float64)[:, None],
+        torch.tensor(heights, dtype=torch.float64)[:, None],
+        D,
+    )
     wins = feature_windows(dr.feature_cells, dr.feature_sides, G, D)
     for b in range(B):
         one = draw_crops(idx[b], vals[b], widths[b], heights[b], G, cfg, image_generator(cfg.seed, ids[b]))
         for f in ("raw_cells", "feature_cells", "raw_widths", "raw_heights", "feature_sides"):
             assert torch.equal(getattr(dr, f)[b], getattr(one, f)), f
-        assert torch.equal(boxes[b], raw_boxes(one.raw_cells, one.raw_widths, one.raw_heights, widths[b], heights[b], D))
+        assert torch.equal(
+            boxes[b], raw_boxes(one.raw_cells, one.raw_widths, one.raw_heights, widths[b], heights[b], D)
+        )
         assert torch.equal(wins[b], feature_windows(one.feature_cells, one.feature_sides, G, D))
 
 
@@ -155,7 +163,9 @@ def test_aa_matrices_rows_equal_their_aa_matrix_call(monkeypatch, cpu_rows):
         expected = []
         for k, boxes in enumerate(calls):
             h, w = full[k]
-            start, length = (boxes[:, 1], boxes[:, 3] - boxes[:, 1]) if axis == 0 else (boxes[:, 0], boxes[:, 2] - boxes[:, 0])
+            start, length = (
+                (boxes[:, 1], boxes[:, 3] - boxes[:, 1]) if axis == 0 else (boxes[:, 0], boxes[:, 2] - boxes[:, 0])
+            )
             rs = (length * 224 // torch.minimum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0])).clamp(min=1)
             off = (rs - torch.minimum(rs, torch.tensor(224))) // 2
             size = h if axis == 0 else w
@@ -164,8 +174,17 @@ def test_aa_matrices_rows_equal_their_aa_matrix_call(monkeypatch, cpu_rows):
             starts.append(start), lengths.append(length), resized.append(rs), offsets.append(off)
             taps.append(torch.full_like(t, int(t.max())))
             blocks.append((len(boxes), size))
-        got = aa_matrices(torch.cat(starts), torch.cat(lengths), torch.cat(resized), torch.cat(offsets), 50, blocks,
-                          kernel, axis == 0, torch.cat(taps))
+        got = aa_matrices(
+            torch.cat(starts),
+            torch.cat(lengths),
+            torch.cat(resized),
+            torch.cat(offsets),
+            50,
+            blocks,
+            kernel,
+            axis == 0,
+            torch.cat(taps),
+        )
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
             assert a.is_contiguous() and a.shape == b.shape
@@ -193,13 +212,26 @@ def test_working_boxes_of_downscaled_images_match_the_per_image_formula():
 
     g = torch.Generator().manual_seed(6)
     sizes = [(500, 375), (1300, 400), (64, 1100), (30, 20)]  # (W, H) originals
-    work = [torch.zeros(3, h, w) if max(w, h) <= 1024 else torch.zeros(3, round(h * 1024 / max(w, h)),
-                                                                         round(w * 1024 / max(w, h))) for w, h in sizes]
+    work = [
+        torch.zeros(3, h, w)
+        if max(w, h) <= 1024
+        else torch.zeros(3, round(h * 1024 / max(w, h)), round(w * 1024 / max(w, h)))
+        for w, h in sizes
+    ]
     boxes = []
     for w, h in sizes:
         x0, y0 = torch.randint(0, w, (9,), generator=g), torch.randint(0, h, (9,), generator=g)
-        boxes.append(torch.stack([x0, y0, torch.minimum(x0 + 1 + torch.randint(0, w, (9,), generator=g), torch.tensor(w)),
-                                  torch.minimum(y0 + 1 + torch.randint(0, h, (9,), generator=g), torch.tensor(h))], 1))
+        boxes.append(
+            torch.stack(
+                [
+                    x0,
+                    y0,
+                    torch.minimum(x0 + 1 + torch.randint(0, w, (9,), generator=g), torch.tensor(w)),
+                    torch.minimum(y0 + 1 + torch.randint(0, h, (9,), generator=g), torch.tensor(h)),
+                ],
+                1,
+            )
+        )
     got = _to_working_batch(torch.stack(boxes), [w for w, _ in sizes], [h for _, h in sizes], work)
     for b, ((W, H), x) in enumerate(zip(sizes, work)):
         h, w = int(x.shape[1]), int(x.shape[2])
@@ -242,7 +274,9 @@ def test_soft_match_without_mask_equals_all_true_mask():
     g = torch.Generator().manual_seed(4)
     crops = torch.nn.functional.normalize(torch.randn(5, 7, 16, generator=g), dim=-1)
     text = torch.nn.functional.normalize(torch.randn(6, 3, 16, generator=g), dim=-1)
-    assert torch.equal(soft_match(crops, text, None, 0.03), soft_match(crops, text, torch.ones(6, 3, dtype=torch.bool), 0.03))
+    assert torch.equal(
+        soft_match(crops, text, None, 0.03), soft_match(crops, text, torch.ones(6, 3, dtype=torch.bool), 0.03)
+    )
 
 
 def test_method_scores_for_all_methods_at_once_equal_one_by_one():
@@ -259,8 +293,11 @@ def test_method_scores_for_all_methods_at_once_equal_one_by_one():
 def test_list_array_equals_arrow_from_python_lists():
     g = np.random.default_rng(0)
     valid = np.array([True, False, True, True, False])
-    for typ, shape in ((pa.list_(pa.int32()), (3,)), (pa.list_(pa.float32()), (4,)),
-                       (pa.list_(pa.list_(pa.int32())), (2, 4))):
+    for typ, shape in (
+        (pa.list_(pa.int32()), (3,)),
+        (pa.list_(pa.float32()), (4,)),
+        (pa.list_(pa.list_(pa.int32())), (2, 4)),
+    ):
         values = g.integers(-5, 500, (int(valid.sum()), *shape)).astype(np.float64) / (1 if "int" in str(typ) else 7)
         arr = list_array(values, valid, typ)
         it = iter(values)

@@ -51,24 +51,45 @@ def partition_of(prediction_rel: str) -> tuple[str, str, str, int]:
     return parts["dataset"], parts["model"], parts["config"], int(prediction_rel.rsplit("part-", 1)[1][:5])
 
 
-def run_infer(ctx, dino, config: str, *, run_id: str = "run-1", images_per_batch: int = IPB,
-              keep_features: bool = False) -> list:
+def run_infer(
+    ctx, dino, config: str, *, run_id: str = "run-1", images_per_batch: int = IPB, keep_features: bool = False
+) -> list:
     info = ctx.info
     return [
-        infer_shard(ctx.storage, ctx.classifier, dataset=info.dataset, model=ctx.spec.model_name, config=config,
-                    shard=sh.index, dino_path=dino[sh.index].path, classnames=list(info.classnames), run_id=run_id,
-                    images_per_batch=images_per_batch, keep_features=keep_features)
+        infer_shard(
+            ctx.storage,
+            ctx.classifier,
+            dataset=info.dataset,
+            model=ctx.spec.model_name,
+            config=config,
+            shard=sh.index,
+            dino_path=dino[sh.index].path,
+            classnames=list(info.classnames),
+            run_id=run_id,
+            images_per_batch=images_per_batch,
+            keep_features=keep_features,
+        )
         for sh in info.shards
     ]
 
 
 def dino_all(ctx) -> dict:
-    return {sh.index: dino_shard(ctx.storage, ctx.info.dataset, sh.index, ctx.info.fingerprint, ctx.dino,
-                                 max_image_side=ctx.spec.abs.max_image_side) for sh in ctx.info.shards}
+    return {
+        sh.index: dino_shard(
+            ctx.storage,
+            ctx.info.dataset,
+            sh.index,
+            ctx.info.fingerprint,
+            ctx.dino,
+            max_image_side=ctx.spec.abs.max_image_side,
+        )
+        for sh in ctx.info.shards
+    }
 
 
-def direct_predict(ctx, classifier, shard: int, dino_path: str, images_per_batch: int = IPB,
-                   return_features: bool = False) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, dict]]:
+def direct_predict(
+    ctx, classifier, shard: int, dino_path: str, images_per_batch: int = IPB, return_features: bool = False
+) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, dict]]:
     """``ABSClassifier.predict`` on the shard's decoded ok images, in the chunks inference uses.
 
     Returns ``{row: {method: logits [C]}}`` and ``{row: extras}``.
@@ -80,8 +101,12 @@ def direct_predict(ctx, classifier, shard: int, dino_path: str, images_per_batch
     for s in range(0, len(sh.ok), images_per_batch):
         chunk = sh.ok[s : s + images_per_batch]
         ids = [sh.ids[i] for i in chunk]
-        out = classifier.predict([sh.images[i] for i in chunk], ids, dino_topk=cached_topk(ctx.storage, dino_path, ids, K),
-                                 return_features=return_features)
+        out = classifier.predict(
+            [sh.images[i] for i in chunk],
+            ids,
+            dino_topk=cached_topk(ctx.storage, dino_path, ids, K),
+            return_features=return_features,
+        )
         for j, i in enumerate(chunk):
             logits[i] = {m: v[j] for m, v in out.logits.items()}
             extras[i] = {k: v[j] for k, v in out.extras.items()}
@@ -120,8 +145,9 @@ def mini(tmp_path_factory):
     """3 classes x 3 photos + a zero-byte .jpg + a text file named .jpg, in shards of 6; inferred once."""
     base = tmp_path_factory.mktemp("infer")
     src, root = str(base / "src"), str(base / "root")
-    expect = make_folder_source(src, ["cat", "dog", "owl"], per_class=3,
-                                bad=[("cat", "empty.jpg"), ("dog", "text.jpg")])
+    expect = make_folder_source(
+        src, ["cat", "dog", "owl"], per_class=3, bad=[("cat", "empty.jpg"), ("dog", "text.jpg")]
+    )
     prepare_dataset(root, "folder", src, "mini", images_per_shard=6, descriptions="mini-desc")
     ctx = build_context(root, make_spec("mini", "mini-desc"))  # 80 templates: all four methods
     dino = dino_all(ctx)
@@ -146,7 +172,11 @@ def test_one_row_per_image_and_method_including_error_rows(mini):
             for m in METHODS:
                 r = keyed[(image_id, m)]
                 assert (r["label"], r["class_name"], r["shard"], r["run_id"]) == (
-                    img.labels[i], img.class_names[i], sh.index, "run-1")
+                    img.labels[i],
+                    img.class_names[i],
+                    sh.index,
+                    "run-1",
+                )
                 assert r["class_name"] == ctx.info.classnames[r["label"]]
                 if img.status[i] == "ok":
                     assert r["status"] == "ok" and r["error"] is None
@@ -218,7 +248,11 @@ def test_second_call_is_a_cache_hit_and_leaves_the_part_alone(mini):
     for first, second in zip(mini.results, again):
         assert not second.computed
         assert (second.path, second.n_images, second.n_ok, second.n_error) == (
-            first.path, first.n_images, first.n_ok, first.n_error)
+            first.path,
+            first.n_images,
+            first.n_ok,
+            first.n_error,
+        )
     assert [(open(p, "rb").read(), ctx.storage.fs.modified(p)) for p in paths] == before
     assert {r["run_id"] for r in read_rows(ctx, ctx.config_hash, 0)} == {"run-1"}
 
@@ -233,10 +267,12 @@ def test_predictions_do_not_depend_on_images_per_batch(mini):
         a = read_rows(ctx, ctx.config_hash, sh.index)
         b = read_rows(ctx, f"{ctx.config_hash}-ipb1", sh.index)
         assert [(r["image_id"], r["method"], r["status"]) for r in a] == [
-            (r["image_id"], r["method"], r["status"]) for r in b]
+            (r["image_id"], r["method"], r["status"]) for r in b
+        ]
         for x, y in zip(a, b):
             assert {k: x[k] for k in ("pred", "pred_name", "top5") + GEOMETRY} == {
-                k: y[k] for k in ("pred", "pred_name", "top5") + GEOMETRY}
+                k: y[k] for k in ("pred", "pred_name", "top5") + GEOMETRY
+            }
             if x["status"] != "ok":
                 continue
             # Crops are seeded by image id, so they are identical; the models' matmuls may
@@ -327,8 +363,9 @@ def test_imagenet_a_subset_scores_1000_texts_and_keeps_the_subset_columns(tmp_pa
         for k in range(2):
             t.put(f"{w}/{w}_{k}.JPEG", photo_bytes(100 + 2 * n + k, 64 + 8 * k, 56 + 8 * n))
     t.put(f"{picked[1]}/broken.JPEG", b"not a jpeg either")
-    info = prepare_dataset(root, "imagenet-a", src, "ina", images_per_shard=4, descriptions="ina-desc",
-                           n_descriptions=2)
+    info = prepare_dataset(
+        root, "imagenet-a", src, "ina", images_per_shard=4, descriptions="ina-desc", n_descriptions=2
+    )
     subset = sorted(wnids.index(w) for w in picked)
     assert info.subset_indices == subset and len(info.text_classnames) == 1000
     assert info.classnames == [imagenet_classnames()[i] for i in subset]
@@ -342,9 +379,18 @@ def test_imagenet_a_subset_scores_1000_texts_and_keeps_the_subset_columns(tmp_pa
     assert sum(r.n_ok for r in res) == 6 and sum(r.n_error for r in res) == 1
 
     # the same cached embeddings without the subset: all 1000 columns
-    full_bank, entry = ensure_text_bank(ctx.storage, ctx.clip, list(info.text_classnames),
-                                        ctx.descriptions.texts, ctx.descriptions.content_hash, m=2,
-                                        prompt=ctx.spec.prompt, templates="none", subset=None, progress=False)
+    full_bank, entry = ensure_text_bank(
+        ctx.storage,
+        ctx.clip,
+        list(info.text_classnames),
+        ctx.descriptions.texts,
+        ctx.descriptions.content_hash,
+        m=2,
+        prompt=ctx.spec.prompt,
+        templates="none",
+        subset=None,
+        progress=False,
+    )
     assert not entry.computed and entry.key == ctx.text_entry.key and full_bank.subset is None
     full = ABSClassifier(ctx.clip, ctx.dino, full_bank, config, "cpu")
 
@@ -393,9 +439,19 @@ def test_progress_inside_a_shard_reaches_every_image(mini, caplog):
         prog(done, total)
 
     with caplog.at_level(logging.INFO, logger="abs-eval-test-progress"):
-        infer_shard(ctx.storage, ctx.classifier, dataset=ctx.info.dataset, model=ctx.spec.model_name,
-                    config=f"{ctx.config_hash}-progress", shard=sh.index, dino_path=mini.dino[sh.index].path,
-                    classnames=list(ctx.info.classnames), run_id="run-p", images_per_batch=2, progress=record)
+        infer_shard(
+            ctx.storage,
+            ctx.classifier,
+            dataset=ctx.info.dataset,
+            model=ctx.spec.model_name,
+            config=f"{ctx.config_hash}-progress",
+            shard=sh.index,
+            dino_path=mini.dino[sh.index].path,
+            classnames=list(ctx.info.classnames),
+            run_id="run-p",
+            images_per_batch=2,
+            progress=record,
+        )
     n_ok = len(shard_images(ctx.storage, "mini", sh.index).ok)
     assert calls and calls[-1] == (n_ok, n_ok)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) == -(-n_ok // 2)

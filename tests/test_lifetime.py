@@ -22,8 +22,18 @@ from flows import lifetime
 
 REPO = Path(__file__).resolve().parent.parent
 GONE_WITHIN_S = 30
-TINY_RUN = ["--clip-model", "abs-tiny-vit-b16", "--clip-pretrained", "random", "--dino-model",
-            "abs-tiny-dino-vit-b16", "--dino-pretrained", "random", "--templates", "none"]
+TINY_RUN = [
+    "--clip-model",
+    "abs-tiny-vit-b16",
+    "--clip-pretrained",
+    "random",
+    "--dino-model",
+    "abs-tiny-dino-vit-b16",
+    "--dino-pretrained",
+    "random",
+    "--templates",
+    "none",
+]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tracks processes in /proc")
 
@@ -34,7 +44,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
         data = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     return None if fields[0] in (b"Z", b"X") else (int(fields[1]), int(fields[19]))
 
 
@@ -84,13 +94,16 @@ def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
     """``abs-eval ARGS`` as a user starts it: its own fresh PREFECT_HOME, no PREFECT_API_URL."""
     home = tmp_path / "prefect-home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PREFECT_") and k not in (lifetime.TOKEN_ENV, lifetime.DISABLE_ENV)}
-    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               OMP_NUM_THREADS="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_") and k not in (lifetime.TOKEN_ENV, lifetime.DISABLE_ENV)
+    }
+    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", OMP_NUM_THREADS="1")
     with (tmp_path / "stderr.txt").open("wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
 
 
 def _signal_main_and_check(proc: subprocess.Popen, ready, sig: int, tmp_path: Path, wait_s: float) -> None:
@@ -137,8 +150,27 @@ def test_dask_run_killed_mid_flow_leaves_no_worker_behind(tmp_path, tmp_path_fac
     from common import demo_source
 
     images, desc = demo_source(tmp_path_factory, per_class=1)
-    proc = _start(["run", "-d", "x", "--source", images, "--descriptions", desc, "--root", str(tmp_path / "root"),
-                   *TINY_RUN, "--images-per-shard", "2", "--runner", "dask", "--workers", "2"], tmp_path)
+    proc = _start(
+        [
+            "run",
+            "-d",
+            "x",
+            "--source",
+            images,
+            "--descriptions",
+            desc,
+            "--root",
+            str(tmp_path / "root"),
+            *TINY_RUN,
+            "--images-per-shard",
+            "2",
+            "--runner",
+            "dask",
+            "--workers",
+            "2",
+        ],
+        tmp_path,
+    )
 
     def workers_up(cmds: list[str]) -> bool:
         return _server_up(cmds) and sum("multiprocessing.spawn" in c for c in cmds) >= 2
@@ -148,12 +180,15 @@ def test_dask_run_killed_mid_flow_leaves_no_worker_behind(tmp_path, tmp_path_fac
 
 def test_a_child_of_a_killed_process_is_stopped(tmp_path):
     """A plain child started after the guardian goes with its SIGKILLed parent, and stderr says so."""
-    code = ("import subprocess, sys, time; from flows.lifetime import start_guardian; start_guardian(); "
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
-            "print(p.pid, flush=True); time.sleep(600)")
+    code = (
+        "import subprocess, sys, time; from flows.lifetime import start_guardian; start_guardian(); "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(p.pid, flush=True); time.sleep(600)"
+    )
     with (tmp_path / "stderr.txt").open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, stderr=err,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True
+        )
     try:
         sleeper = int(proc.stdout.readline())
         tracked = _descendants(proc.pid)

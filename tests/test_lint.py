@@ -1,6 +1,6 @@
 """The linters people expect, run as tests so that CI (the README's test command) runs them.
 
-ruff: lint rules and import order as configured in pyproject.toml ([tool.ruff]); mypy:
+ruff: lint rules, import order and formatting as configured in pyproject.toml ([tool.ruff]); mypy:
 the modules listed in [tool.mypy] ``files``. Both are in the ``dev`` extra; a test is
 skipped (with the reason) where one is not installed.
 """
@@ -24,9 +24,18 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_finds_nothing():
-    res = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [_tool("ruff"), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+
+
+def test_tree_is_formatted():
+    """The tree was formatted once with ``ruff format`` (pyproject's [tool.ruff]); keep it so."""
+    res = subprocess.run(
+        [_tool("ruff"), "format", "--check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, "run `ruff format .`\n" + res.stdout[-4000:] + res.stderr[-2000:]
 
 
 def test_mypy_finds_nothing_in_the_checked_modules():

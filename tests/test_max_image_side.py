@@ -63,8 +63,7 @@ def test_dino_cache_key_names_the_setting(tiny_dino):
     assert dino_key(tiny_dino, ABSConfig().max_image_side) == dino_key(tiny_dino, 0)
 
 
-def test_global_view_of_a_large_image_is_open_clips_preprocess_bit_for_bit(tiny_clip, big_images,
-                                                                              open_clip_preprocess):
+def test_global_view_of_a_large_image_is_open_clips_preprocess_bit_for_bit(tiny_clip, big_images, open_clip_preprocess):
     n = tiny_clip.norm
     for img in big_images:
         want = open_clip_preprocess(img)
@@ -73,8 +72,7 @@ def test_global_view_of_a_large_image_is_open_clips_preprocess_bit_for_bit(tiny_
             assert torch.equal(got, want), (img.size, x.dtype)
 
 
-def test_predict_baselines_see_open_clips_input_unless_limited(tiny_clip, tiny_dino, big_images,
-                                                              open_clip_preprocess):
+def test_predict_baselines_see_open_clips_input_unless_limited(tiny_clip, tiny_dino, big_images, open_clip_preprocess):
     """``predict``'s global features equal ``encode_image(preprocess(img))`` within float32
     rounding (the same input bits; only the batch shape of the forward differs); with the old
     1024 px limit they do not."""
@@ -87,8 +85,9 @@ def test_predict_baselines_see_open_clips_input_unless_limited(tiny_clip, tiny_d
     exact = ABSClassifier(tiny_clip, tiny_dino, text, cfg, device="cpu").predict(big_images, ids, return_features=True)
     err = (exact.extras["global_features"] - ref).abs().max().item()
     assert err <= 1e-5, err
-    limited = ABSClassifier(tiny_clip, tiny_dino, text, ABSConfig(**{**cfg.to_dict(), "max_image_side": 1024}),
-                            device="cpu").predict(big_images, ids, return_features=True)
+    limited = ABSClassifier(
+        tiny_clip, tiny_dino, text, ABSConfig(**{**cfg.to_dict(), "max_image_side": 1024}), device="cpu"
+    ).predict(big_images, ids, return_features=True)
     assert (limited.extras["global_features"] - ref).abs().max().item() > 100 * max(err, 1e-7)
     # the crop geometry is in original pixels either way; without the limit the crops come from the original
     for g, (h, w) in zip(exact.geometry, BIG):
@@ -134,8 +133,11 @@ def test_cli_option_reaches_the_abs_config(monkeypatch, tmp_path):
         raise fp.ParameterError("stop here")
 
     monkeypatch.setattr(fp, "make_params", capture)
-    for args, want in ((["--max-image-side", "1024"], {"max_image_side": 1024}), ([], {}),
-                       (["--max-image-side", "0"], {"max_image_side": 0})):
+    for args, want in (
+        (["--max-image-side", "1024"], {"max_image_side": 1024}),
+        ([], {}),
+        (["--max-image-side", "0"], {"max_image_side": 0}),
+    ):
         seen.clear()
         res = invoke_cli("run", "--dataset", "x", "--root", str(tmp_path), *args)
         assert "stop here" in res.output, res.output

@@ -24,8 +24,14 @@ def test_micro_models_have_their_own_grids_and_say_they_are_random(capsys):
     clip, dino = _models()
     err = capsys.readouterr().err
     assert "abs-micro-vit' has RANDOM weights" in err and "abs-micro-dino' has RANDOM weights" in err
-    assert model_geometry(clip, dino) == {"clip_grid": 8, "clip_image_size": 64, "clip_patch": 8,
-                                          "dino_grid": 14, "dino_image_size": 56, "dino_patch": 4}
+    assert model_geometry(clip, dino) == {
+        "clip_grid": 8,
+        "clip_image_size": 64,
+        "clip_patch": 8,
+        "dino_grid": 14,
+        "dino_image_size": 56,
+        "dino_patch": 4,
+    }
     assert clip.embed_dim == 32
     # same seeded random weights in every process (workers of one run must agree)
     again = CLIPBackbone.load(MICRO_CLIP)
@@ -50,8 +56,14 @@ def test_micro_classifier_predicts_with_its_grid():
 
 
 def test_report_reads_grids_from_the_run_record_not_the_name():
-    micro = {"clip_grid": 8, "clip_image_size": 64, "clip_patch": 8, "dino_grid": 14, "dino_image_size": 56,
-             "dino_patch": 4}
+    micro = {
+        "clip_grid": 8,
+        "clip_image_size": 64,
+        "clip_patch": 8,
+        "dino_grid": 14,
+        "dino_image_size": 56,
+        "dino_patch": 4,
+    }
     assert report.run_grids({"clip_model": MICRO_CLIP, "model_geometry": micro}) == ((8, 64), 14)
     # a record from before geometry was recorded: the model's config file, then its name
     assert report.run_grids({"clip_model": "abs-micro-vit", "model_geometry": {}}) == ((8, 64), None)

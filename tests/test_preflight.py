@@ -24,8 +24,18 @@ from common import one_error_line as _one_error_line
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_RUN = ["--clip-model", "abs-tiny-vit-b16", "--clip-pretrained", "random", "--dino-model",
-            "abs-tiny-dino-vit-b16", "--dino-pretrained", "random", "--templates", "none"]
+TINY_RUN = [
+    "--clip-model",
+    "abs-tiny-vit-b16",
+    "--clip-pretrained",
+    "random",
+    "--dino-model",
+    "abs-tiny-dino-vit-b16",
+    "--dino-pretrained",
+    "random",
+    "--templates",
+    "none",
+]
 LOCAL_API = "starting a local Prefect API"
 
 
@@ -68,8 +78,9 @@ print(json.dumps({"code": code, "heavy": heavy, "seconds": time.perf_counter() -
 
 def _cli_in_fresh_interpreter(args: list[str], tmp_path: Path) -> tuple[dict, str]:
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "ABS_EVAL_NO_GUARDIAN": "1"}
-    res = subprocess.run([sys.executable, "-c", _CHECK, json.dumps(args)], capture_output=True, text=True,
-                         cwd=REPO, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", _CHECK, json.dumps(args)], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+    )
     return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
 
 
@@ -116,10 +127,13 @@ def _unwritable(tmp_path: Path, blocker: Path) -> list[str]:
 def test_every_command_that_writes_refuses_an_unwritable_root(tmp_path, source, blocker):
     images, desc = source
     for place in _unwritable(tmp_path, blocker):
-        for args in (["run", "-d", "x", "--source", images, "--descriptions", desc, *TINY_RUN],
-                     ["demo"], ["shard", "folder", images, "-d", "x"],
-                     ["describe", "import", desc, "-d", "x"],
-                     ["describe", "generate", "-d", "x", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]):
+        for args in (
+            ["run", "-d", "x", "--source", images, "--descriptions", desc, *TINY_RUN],
+            ["demo"],
+            ["shard", "folder", images, "-d", "x"],
+            ["describe", "import", desc, "-d", "x"],
+            ["describe", "generate", "-d", "x", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"],
+        ):
             line = _no_error_output_beyond_one_line(_invoke(*args, "--root", place))
             assert line.startswith(f"error: cannot write to {place}") and "--root" in line, (args, line)
 
@@ -129,8 +143,11 @@ def test_every_output_file_or_folder_is_checked_before_any_work(tmp_path, source
 
     root = build_results(str(tmp_path / "results")).root
     for place in _unwritable(tmp_path, blocker):
-        for args in (["sql", "run", "runs", "--out", f"{place}/x.csv"],
-                     ["sql", "catalog", "--out", f"{place}/c.duckdb"], ["export", "--out", place]):
+        for args in (
+            ["sql", "run", "runs", "--out", f"{place}/x.csv"],
+            ["sql", "catalog", "--out", f"{place}/c.duckdb"],
+            ["export", "--out", place],
+        ):
             line = _one_error_line(_invoke(*args, "--root", root))
             assert line.startswith("error: cannot write to") and "--out" in line, (args, line)
     line = _one_error_line(_invoke("sql", "run", "runs", "--root", root, "--out", str(tmp_path / "no" / "x.csv")))
@@ -177,15 +194,47 @@ def test_remote_roots_are_not_probed_and_unknown_protocols_are_named():
 def test_a_dino_model_with_another_grid_and_an_unsplittable_clip_fail_before_prefect(tmp_path, source):
     images, desc = source
     root = tmp_path / "root"
-    res = _invoke("run", "-d", "x", "--source", images, "--descriptions", desc, "--root", str(root),
-                  "--clip-model", "abs-tiny-vit-b16", "--clip-pretrained", "random",
-                  "--dino-model", "vit_base_patch8_224.dino", "--dino-pretrained", "random")
+    res = _invoke(
+        "run",
+        "-d",
+        "x",
+        "--source",
+        images,
+        "--descriptions",
+        desc,
+        "--root",
+        str(root),
+        "--clip-model",
+        "abs-tiny-vit-b16",
+        "--clip-pretrained",
+        "random",
+        "--dino-model",
+        "vit_base_patch8_224.dino",
+        "--dino-pretrained",
+        "random",
+    )
     line = _no_error_output_beyond_one_line(res)
     assert "vit_base_patch8_224.dino" in line and "28x28" in line and "14x14" in line
     assert not root.exists()  # nothing sharded
-    res = _invoke("run", "-d", "x", "--source", images, "--descriptions", desc, "--root", str(root),
-                  "--clip-model", "RN50", "--clip-pretrained", "random",
-                  "--dino-model", "abs-tiny-dino-vit-b16", "--dino-pretrained", "random")
+    res = _invoke(
+        "run",
+        "-d",
+        "x",
+        "--source",
+        images,
+        "--descriptions",
+        desc,
+        "--root",
+        str(root),
+        "--clip-model",
+        "RN50",
+        "--clip-pretrained",
+        "random",
+        "--dino-model",
+        "abs-tiny-dino-vit-b16",
+        "--dino-pretrained",
+        "random",
+    )
     line = _no_error_output_beyond_one_line(res)
     assert "RN50" in line and "VisionTransformer" in line
     assert not root.exists()
@@ -213,18 +262,50 @@ def offline_hub(monkeypatch, tmp_path):
     return tmp_path / "hf-cache"
 
 
-@pytest.mark.parametrize("models", [
-    ["--clip-model", "abs-tiny-vit-b16", "--clip-pretrained", "random", "--dino-model",
-     "vit_base_patch16_224.dino", "--dino-pretrained", "timm"],
-    ["--clip-model", "ViT-B-16", "--clip-pretrained", "openai", "--dino-model", "abs-tiny-dino-vit-b16",
-     "--dino-pretrained", "random"],
-], ids=["dino-timm", "clip-openai"])
+@pytest.mark.parametrize(
+    "models",
+    [
+        [
+            "--clip-model",
+            "abs-tiny-vit-b16",
+            "--clip-pretrained",
+            "random",
+            "--dino-model",
+            "vit_base_patch16_224.dino",
+            "--dino-pretrained",
+            "timm",
+        ],
+        [
+            "--clip-model",
+            "ViT-B-16",
+            "--clip-pretrained",
+            "openai",
+            "--dino-model",
+            "abs-tiny-dino-vit-b16",
+            "--dino-pretrained",
+            "random",
+        ],
+    ],
+    ids=["dino-timm", "clip-openai"],
+)
 def test_unavailable_weights_fail_in_one_line_before_prefect(models, offline_hub, tmp_path, source):
     images, desc = source
     root = tmp_path / "root"
     t = time.perf_counter()
-    res = _invoke("run", "-d", "x", "--source", images, "--descriptions", desc, "--root", str(root),
-                  "--templates", "none", *models)
+    res = _invoke(
+        "run",
+        "-d",
+        "x",
+        "--source",
+        images,
+        "--descriptions",
+        desc,
+        "--root",
+        str(root),
+        "--templates",
+        "none",
+        *models,
+    )
     print(f"\n[benchmark] unavailable weights ({models[1]}/{models[5]}): {time.perf_counter() - t:.2f} s")
     line = _no_error_output_beyond_one_line(res)
     kind = "DINO" if "timm" in models else "CLIP"
@@ -247,9 +328,25 @@ def test_cached_weights_are_found_without_the_network(offline_hub):
 
 def test_a_missing_checkpoint_path_is_one_line(tmp_path, source):
     images, desc = source
-    res = _invoke("run", "-d", "x", "--source", images, "--descriptions", desc, "--root", str(tmp_path / "r"),
-                  "--clip-model", "abs-tiny-vit-b16", "--clip-pretrained", str(tmp_path / "clip.pt"),
-                  "--dino-model", "abs-tiny-dino-vit-b16", "--dino-pretrained", "random")
+    res = _invoke(
+        "run",
+        "-d",
+        "x",
+        "--source",
+        images,
+        "--descriptions",
+        desc,
+        "--root",
+        str(tmp_path / "r"),
+        "--clip-model",
+        "abs-tiny-vit-b16",
+        "--clip-pretrained",
+        str(tmp_path / "clip.pt"),
+        "--dino-model",
+        "abs-tiny-dino-vit-b16",
+        "--dino-pretrained",
+        "random",
+    )
     line = _no_error_output_beyond_one_line(res)
     assert f"clip_pretrained: checkpoint file not found: {tmp_path / 'clip.pt'}" in line
 
@@ -272,30 +369,53 @@ def test_a_matrix_file_follows_the_cli_rules_for_pretrained(tmp_path, source):
 
     def matrix(models: list[dict], **defaults) -> str:
         f = tmp_path / "m.yaml"
-        f.write_text(json.dumps({
-            "defaults": {"templates": "none", "dino_model": "vit_base_patch8_224.dino", **defaults},
-            "models": models,
-            "datasets": [{"dataset": "x", "source": images, "layout": "folder", "descriptions": desc}],
-        }))
+        f.write_text(
+            json.dumps(
+                {
+                    "defaults": {"templates": "none", "dino_model": "vit_base_patch8_224.dino", **defaults},
+                    "models": models,
+                    "datasets": [{"dataset": "x", "source": images, "layout": "folder", "descriptions": desc}],
+                }
+            )
+        )
         return str(f)
 
     # random / null / RANDOM pass the tag checks of a model without tags: the first mistake found is the
     # (deliberate) DINO grid, for every cell
-    m = matrix([{"clip_model": "abs-tiny-vit-b16", "clip_pretrained": v} for v in ("random", None, "RANDOM")],
-               dino_pretrained="random")
+    m = matrix(
+        [{"clip_model": "abs-tiny-vit-b16", "clip_pretrained": v} for v in ("random", None, "RANDOM")],
+        dino_pretrained="random",
+    )
     res = _invoke("run", "--matrix", m, "--root", str(root))
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert res.output.count("28x28 grid") == 1  # three cells of the same model pair: one message
     assert "pretrained tag" not in res.output and "its tags are" not in res.output
     # a path that does not exist: the same line as from the command line
-    m = matrix([{"clip_model": "abs-tiny-vit-b16", "clip_pretrained": str(tmp_path / "ckpt.pt")}],
-               dino_pretrained=None)
+    m = matrix([{"clip_model": "abs-tiny-vit-b16", "clip_pretrained": str(tmp_path / "ckpt.pt")}], dino_pretrained=None)
     from_matrix = _one_error_line(_invoke("run", "--matrix", m, "--root", str(root)))
-    from_cli = _one_error_line(_invoke("run", "-d", "x", "--source", images, "--descriptions", desc,
-                                       "--root", str(root), "--templates", "none",
-                                       "--clip-model", "abs-tiny-vit-b16", "--clip-pretrained",
-                                       str(tmp_path / "ckpt.pt"), "--dino-model", "vit_base_patch8_224.dino",
-                                       "--dino-pretrained", "random"))
+    from_cli = _one_error_line(
+        _invoke(
+            "run",
+            "-d",
+            "x",
+            "--source",
+            images,
+            "--descriptions",
+            desc,
+            "--root",
+            str(root),
+            "--templates",
+            "none",
+            "--clip-model",
+            "abs-tiny-vit-b16",
+            "--clip-pretrained",
+            str(tmp_path / "ckpt.pt"),
+            "--dino-model",
+            "vit_base_patch8_224.dino",
+            "--dino-pretrained",
+            "random",
+        )
+    )
     assert from_matrix == from_cli and "checkpoint file not found" in from_cli
     assert not root.exists()
 

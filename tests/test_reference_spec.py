@@ -39,10 +39,12 @@ def pil_resize_hv(img, w, h, resample):
 
 def resize_shorter(size, resample=Image.BICUBIC):
     """``T.Resize(size)``: shorter side to ``size``, longer ``int(size * long / short)`` (torchvision)."""
+
     def resize(img):
         w, h = img.size
         nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
         return pil_resize_hv(img, nw, nh, resample)
+
     return T.Lambda(resize)
 
 
@@ -54,8 +56,9 @@ def spec_generator(seed, image_id):
 
 
 def dino_attention(dino_model, pil):
-    x = T.Compose([T.Lambda(lambda im: pil_resize_hv(im, 224, 224, Image.BILINEAR)), T.ToTensor(),
-                   T.Normalize(IN_MEAN, IN_STD)])(pil)[None]
+    x = T.Compose(
+        [T.Lambda(lambda im: pil_resize_hv(im, 224, 224, Image.BILINEAR)), T.ToTensor(), T.Normalize(IN_MEAN, IN_STD)]
+    )(pil)[None]
     attn = dino_model.blocks[-1].attn
     seen = []
     h = attn.attn_drop.register_forward_hook(lambda m, i, o: seen.append(i[0]))

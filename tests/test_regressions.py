@@ -44,7 +44,7 @@ def exact_mcnemar(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    return float(min(Fraction(1), Fraction(2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)), 2 ** n)))
+    return float(min(Fraction(1), Fraction(2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)), 2**n)))
 
 
 def _right(run: str, method: str, i: int) -> bool:
@@ -64,10 +64,21 @@ def regression_rows(run: str, computed_by: str) -> list[dict]:
         label = i % len(CLASSES)
         for method in ("abs", "clip", "cupl"):
             pred = label if _right(run, method, i) else (label + 1) % len(CLASSES)
-            row = {"image_id": f"im{i:03d}", "shard": i // PER_SHARD, "label": label, "class_name": CLASSES[label],
-                   "method": method, "pred": pred, "pred_name": CLASSES[pred],
-                   "top5": [pred] + [c for c in range(len(CLASSES)) if c != pred], "score_true": 0.5, "margin": 0.1,
-                   "status": "ok", "error": None, "run_id": computed_by}
+            row = {
+                "image_id": f"im{i:03d}",
+                "shard": i // PER_SHARD,
+                "label": label,
+                "class_name": CLASSES[label],
+                "method": method,
+                "pred": pred,
+                "pred_name": CLASSES[pred],
+                "top5": [pred] + [c for c in range(len(CLASSES)) if c != pred],
+                "score_true": 0.5,
+                "margin": 0.1,
+                "status": "ok",
+                "error": None,
+                "run_id": computed_by,
+            }
             if i == ERROR_IMAGE:
                 row.update(pred=None, pred_name=None, top5=None, status="truncated", error="image file is truncated")
             rows.append(row)
@@ -83,7 +94,9 @@ def build_regression_results(root: str) -> dict[str, list[dict]]:
         config = f"cfg-{run}"
         for shard in range(N_IMAGES // PER_SHARD):
             part = [r for r in rows if r["shard"] == shard]
-            st.write_parquet(prediction_part(DATASET, MODEL, config, shard), pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA))
+            st.write_parquet(
+                prediction_part(DATASET, MODEL, config, shard), pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA)
+            )
         write_run(st, run, config, "nightly", day)
         out[run] = rows
     return out
@@ -96,9 +109,27 @@ def reg(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------- the test itself
-@pytest.mark.parametrize("b, c", [(0, 0), (1, 0), (0, 1), (5, 5), (30, 2), (2, 30), (0, 10), (7, 3), (100, 60),
-                                  (500, 400), (1500, 1400), (2000, 1900), (2500, 2400), (3000, 2700), (1000, 0),
-                                  (4000, 3900)])
+@pytest.mark.parametrize(
+    "b, c",
+    [
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (5, 5),
+        (30, 2),
+        (2, 30),
+        (0, 10),
+        (7, 3),
+        (100, 60),
+        (500, 400),
+        (1500, 1400),
+        (2000, 1900),
+        (2500, 2400),
+        (3000, 2700),
+        (1000, 0),
+        (4000, 3900),
+    ],
+)
 def test_mcnemar_p_in_sql_equals_the_exact_binomial(b, c, tmp_path):
     con = catalog.connect(str(tmp_path / "empty"))
     try:
@@ -112,7 +143,10 @@ def test_mcnemar_p_in_sql_equals_the_exact_binomial(b, c, tmp_path):
 
 def test_regression_view_gives_the_exact_p_value(reg):
     root, rows = reg
-    got = {(r["method"], r["scope"], r["label"]): r for r in catalog.run_query(root, "regressions", {"run_a": "rA", "run_b": "rB"}).to_pylist()}
+    got = {
+        (r["method"], r["scope"], r["label"]): r
+        for r in catalog.run_query(root, "regressions", {"run_a": "rA", "run_b": "rB"}).to_pylist()
+    }
     abs_ = got[("abs", "method", None)]
     assert (abs_["n_broken"], abs_["n_fixed"], abs_["n_paired"]) == (30, 2, N_IMAGES)
     assert abs_["p_value"] == pytest.approx(exact_mcnemar(30, 2), rel=1e-9) and abs_["p_value"] < 1e-6
@@ -135,13 +169,26 @@ def test_regression_view_gives_the_exact_p_value(reg):
     assert (cupl["n_broken"], cupl["n_fixed"], cupl["p_value"], cupl["change"]) == (3, 3, 1.0, 0.0)
     assert not cupl["regressed"] and not cupl["significant"]
     clip = got[("clip", "method", None)]
-    assert (clip["n_broken"], clip["n_fixed"], clip["p_value"], clip["change"], clip["regressed"]) == (0, 0, 1.0, 0.0, False)
+    assert (clip["n_broken"], clip["n_fixed"], clip["p_value"], clip["change"], clip["regressed"]) == (
+        0,
+        0,
+        1.0,
+        0.0,
+        False,
+    )
     # the flips are exactly compare_methods' broken / fixed counts
-    cm = {r["method"]: r for r in catalog.run_query(root, "compare_methods", {"run_a": "rA", "run_b": "rB"}).to_pylist()}
+    cm = {
+        r["method"]: r for r in catalog.run_query(root, "compare_methods", {"run_a": "rA", "run_b": "rB"}).to_pylist()
+    }
     for m in ("abs", "clip", "cupl"):
-        assert (cm[m]["n_broken"], cm[m]["n_fixed"]) == (got[(m, "method", None)]["n_broken"], got[(m, "method", None)]["n_fixed"])
+        assert (cm[m]["n_broken"], cm[m]["n_fixed"]) == (
+            got[(m, "method", None)]["n_broken"],
+            got[(m, "method", None)]["n_fixed"],
+        )
     # alpha is a parameter: at 1e-9 the abs drop is no longer significant
-    strict = catalog.run_query(root, "regressions", {"run_a": "rA", "run_b": "rB", "scope": "method", "method": "abs", "alpha": 1e-9})
+    strict = catalog.run_query(
+        root, "regressions", {"run_a": "rA", "run_b": "rB", "scope": "method", "method": "abs", "alpha": 1e-9}
+    )
     assert strict.to_pylist()[0]["regressed"] is False
 
 
@@ -158,8 +205,14 @@ def test_default_pair_and_nothing_changed(reg):
     assert {r["run_a"] for r in catalog.run_query(root, "regressions", {"run_b": "rB"}).to_pylist()} == {"rA"}
     # a run without a previous run: nothing to pair, nothing regressed
     first = catalog.run_query(root, "regressions", {"run_b": "rA"}).to_pylist()
-    assert all(r["run_a"] is None and r["n_paired"] == 0 and r["p_value"] is None and not r["regressed"]
-               and r["present"] == "absent from run_a" for r in first)
+    assert all(
+        r["run_a"] is None
+        and r["n_paired"] == 0
+        and r["p_value"] is None
+        and not r["regressed"]
+        and r["present"] == "absent from run_a"
+        for r in first
+    )
 
 
 # ---------------------------------------------------------------------- the Prefect event
@@ -174,9 +227,13 @@ def _regression_events(run_id: str, want: int, timeout: float = 90.0) -> list:
 
     async def read():
         async with get_client() as client:
-            page = await client.read_events(filter=EventFilter(
-                event=EventNameFilter(name=[REGRESSION_EVENT]),
-                resource=EventResourceFilter(id=[f"abs-eval.run.{run_id}"])), limit=50)  # the server allows <= 50
+            page = await client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=[REGRESSION_EVENT]),
+                    resource=EventResourceFilter(id=[f"abs-eval.run.{run_id}"]),
+                ),
+                limit=50,
+            )  # the server allows <= 50
             return page.events
 
     deadline = time.monotonic() + timeout
@@ -202,7 +259,13 @@ def test_flow_emits_one_event_per_regressed_method(reg, prefect_server):
     emitted = announce("rB")
     assert [p["method"] for p in emitted] == ["abs"]  # cupl and clip did not drop significantly
     p = emitted[0]
-    assert (p["run_a"], p["run_b"], p["dataset"], p["model"], p["deployment"]) == ("rA", "rB", DATASET, MODEL, "nightly")
+    assert (p["run_a"], p["run_b"], p["dataset"], p["model"], p["deployment"]) == (
+        "rA",
+        "rB",
+        DATASET,
+        MODEL,
+        "nightly",
+    )
     assert (p["n_broken"], p["n_fixed"]) == (30, 2)
     assert p["p_value"] == pytest.approx(exact_mcnemar(30, 2), rel=1e-9)
     assert p["change"] == pytest.approx(p["accuracy_b"] - p["accuracy_a"]) and p["change"] < 0
@@ -242,7 +305,8 @@ def test_the_documented_automation_is_accepted_by_prefect(prefect_server):
     section = doc.split("## Regression alerts", 1)[1]
     text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     block_id = CustomWebhookNotificationBlock(name="abs-eval-test", url="http://127.0.0.1:9/hook").save(
-        "abs-eval-regression-test", overwrite=True)
+        "abs-eval-regression-test", overwrite=True
+    )
     data = yaml.safe_load(text.replace("<BLOCK_DOCUMENT_ID>", str(block_id)))
     automation = AutomationCore.model_validate(data)
     assert automation.trigger.expect == {REGRESSION_EVENT}
@@ -266,7 +330,9 @@ def test_a_method_one_run_lacks_is_absent_not_compared(tmp_path):
     rows = [r for r in regression_rows("rB", "rD") if r["method"] != "cupl"]
     for shard in range(N_IMAGES // PER_SHARD):
         part = [r for r in rows if r["shard"] == shard]
-        st.write_parquet(prediction_part(DATASET, MODEL, "cfg-rD", shard), pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA))
+        st.write_parquet(
+            prediction_part(DATASET, MODEL, "cfg-rD", shard), pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA)
+        )
     write_run(st, "rD", "cfg-rD", "nightly", 4)
     pair = {"run_a": "rC", "run_b": "rD"}
     cm = {r["method"]: r for r in catalog.run_query(root, "compare_methods", pair).to_pylist()}
@@ -282,10 +348,19 @@ def test_setting_differences_name_what_changed():
     """The report says which settings differ between the compared runs, not only that a hash did."""
     from tasks.results.runs import setting_differences
 
-    a = {"config_json": {"numbers": {"abs": {"n_crops": 60, "tau": 0.03}, "clip": {"name": "ViT-B-16", "digest": "aa"},
-                                     "subset": [1, 2, 3]}}}
-    b = {"config_json": '{"numbers": {"abs": {"n_crops": 2, "tau": 0.03}, "clip": {"name": "ViT-B-16", "digest": "bb"},'
-                        ' "subset": [1, 2, 4]}}'}
+    a = {
+        "config_json": {
+            "numbers": {
+                "abs": {"n_crops": 60, "tau": 0.03},
+                "clip": {"name": "ViT-B-16", "digest": "aa"},
+                "subset": [1, 2, 3],
+            }
+        }
+    }
+    b = {
+        "config_json": '{"numbers": {"abs": {"n_crops": 2, "tau": 0.03}, "clip": {"name": "ViT-B-16", "digest": "bb"},'
+        ' "subset": [1, 2, 4]}}'
+    }
     assert setting_differences(a, b) == [
         {"setting": "abs.n_crops", "before": 60, "after": 2},
         {"setting": "clip.digest", "before": "aa", "after": "bb"},
@@ -301,15 +376,19 @@ def test_regressions_name_the_settings_that_differ(tmp_path):
     from tasks.store.tables import RUN_SCHEMA
 
     st = Storage(str(tmp_path / "root"))
-    configs = {"rX": {"abs": {"n_crops": 60, "tau": 0.03}, "classnames": ["a", "b"], "prompt": "p"},
-               "rY": {"abs": {"n_crops": 2, "tau": 0.03}, "classnames": ["a", "c"], "prompt": "p"},
-               "rZ": {"abs": {"n_crops": 2, "tau": 0.03}, "classnames": ["a", "c"], "prompt": "p"}}
+    configs = {
+        "rX": {"abs": {"n_crops": 60, "tau": 0.03}, "classnames": ["a", "b"], "prompt": "p"},
+        "rY": {"abs": {"n_crops": 2, "tau": 0.03}, "classnames": ["a", "c"], "prompt": "p"},
+        "rZ": {"abs": {"n_crops": 2, "tau": 0.03}, "classnames": ["a", "c"], "prompt": "p"},
+    }
     for day, run in enumerate(configs, start=1):
         rows = regression_rows("rA" if run == "rX" else "rB", run)
         for shard in range(N_IMAGES // PER_SHARD):
             part = [r for r in rows if r["shard"] == shard]
-            st.write_parquet(prediction_part(DATASET, MODEL, f"cfg-{run}", shard),
-                             pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA))
+            st.write_parquet(
+                prediction_part(DATASET, MODEL, f"cfg-{run}", shard),
+                pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA),
+            )
         rec = write_run(st, run, f"cfg-{run}", "nightly", day)
         rec["config_json"] = json.dumps(configs[run])
         st.write_parquet(run_record_parquet(run), pa.Table.from_pylist([rec], schema=RUN_SCHEMA))

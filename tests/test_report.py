@@ -80,13 +80,18 @@ def test_report_numbers_are_the_sql_numbers(built):
     for r in m.accuracy:
         e = exp[r["method"]]
         assert (r["n"], r["n_error"], r["correct"]) == (e["n"], e["n_error"], e["correct"])
-        line = next(ln for ln in m.markdown.splitlines() if ln.startswith(f"| {r['method']} | {100 * e['accuracy']:.1f}% |"))
+        line = next(
+            ln for ln in m.markdown.splitlines() if ln.startswith(f"| {r['method']} | {100 * e['accuracy']:.1f}% |")
+        )
         assert f"| {e['n']} | {e['n_error']} |" in line
     for r in m.comparison:
         assert (r["run_a"], r["run_b"]) == ("r1", "r2")
         assert r["delta"] == pytest.approx(exp[r["method"]]["accuracy"] - prev[r["method"]]["accuracy"])
         assert f"{100 * r['delta']:+.1f} pp" in m.markdown
-    assert "## Per-class accuracy: extremes" in m.markdown and "![per-class accuracy](per_class_accuracy.png)" in m.markdown
+    assert (
+        "## Per-class accuracy: extremes" in m.markdown
+        and "![per-class accuracy](per_class_accuracy.png)" in m.markdown
+    )
     assert "| truncated | 1 |" in m.markdown and "| not_image | 1 |" in m.markdown
 
 
@@ -99,7 +104,9 @@ def test_report_shows_top5_and_mean_per_class_recall(built):
         rows = [x for x in fx.run_rows("r2") if x["method"] == r["method"]]
         acc5, mpcr = expected_acc5(rows), expected_mean_per_class_recall(rows)
         assert r["acc5"] == pytest.approx(acc5) and r["mean_per_class_recall"] == pytest.approx(mpcr)
-        line = next(ln for ln in m.markdown.splitlines() if ln.startswith(f"| {r['method']} | {100 * r['accuracy']:.1f}% |"))
+        line = next(
+            ln for ln in m.markdown.splitlines() if ln.startswith(f"| {r['method']} | {100 * r['accuracy']:.1f}% |")
+        )
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[cols.index("top-5")] == f"{100 * acc5:.1f}%"
         assert cells[cols.index("mean per-class recall")] == f"{100 * mpcr:.1f}%"
@@ -204,8 +211,19 @@ def _two_panel_png(img: Image.Image, row: dict, heat=None, source: str = "topk",
     return np.asarray(out.convert("RGB"), dtype=int)
 
 
-GALLERY_ROW = {"image_id": "x", "label": 0, "class_name": CLASSES[0], "method_a": "abs", "pred_a": 0, "pred_name_a": CLASSES[0],
-               "method_b": "clip", "pred_b": 1, "pred_name_b": CLASSES[1], "width": 100, "height": 50}
+GALLERY_ROW = {
+    "image_id": "x",
+    "label": 0,
+    "class_name": CLASSES[0],
+    "method_a": "abs",
+    "pred_a": 0,
+    "pred_name_a": CLASSES[0],
+    "method_b": "clip",
+    "pred_b": 1,
+    "pred_name_b": CLASSES[1],
+    "width": 100,
+    "height": 50,
+}
 
 
 def _colour_box(px: np.ndarray, rgb: tuple[int, int, int], tol: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -218,8 +236,13 @@ def test_gallery_shows_the_image_untouched_beside_the_attention_panel():
     colour = (200, 30, 30)
     img = Image.new("RGB", (200, 100), colour)
     heat = report.full_attention(list(np.linspace(0, 1, 196)), 14)
-    px = _two_panel_png(img, {**GALLERY_ROW, "raw_boxes": [[10, 10, 60, 40]], "feature_windows": [[0, 14, 0, 14]]}, heat, "cache",
-                        clip_grid=(14, 224))
+    px = _two_panel_png(
+        img,
+        {**GALLERY_ROW, "raw_boxes": [[10, 10, 60, 40]], "feature_windows": [[0, 14, 0, 14]]},
+        heat,
+        "cache",
+        clip_grid=(14, 224),
+    )
     ys, xs = _colour_box(px, colour)
     panel_w, panel_h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     assert len(xs) >= 0.95 * panel_w * panel_h  # the whole left panel is the image's own colour
@@ -243,8 +266,10 @@ def test_boxes_are_drawn_on_the_attention_panel_scaled_to_the_decoded_image():
     left_cols = (xs_img.min(), xs_img.max())
     panel_w = left_cols[1] - left_cols[0]
     # the image panel is the same with and without boxes: they are drawn on the attention panel
-    assert (plain[ys_img.min() : ys_img.max() + 1, left_cols[0] : left_cols[1] + 1]
-            == boxed[ys_img.min() : ys_img.max() + 1, left_cols[0] : left_cols[1] + 1]).all()
+    assert (
+        plain[ys_img.min() : ys_img.max() + 1, left_cols[0] : left_cols[1] + 1]
+        == boxed[ys_img.min() : ys_img.max() + 1, left_cols[0] : left_cols[1] + 1]
+    ).all()
     bluish = (boxed[..., 2] - boxed[..., 0] > 80) & (boxed[..., 2] - boxed[..., 1] > 80)  # solid blue raw boxes
     changed = (np.abs(plain - boxed).sum(axis=2) > 100) & bluish
     changed[ys_img.max() + 5 :] = False  # below the panels: the legend's crop count differs
@@ -283,7 +308,12 @@ def test_emphasised_crops_are_those_centred_on_the_highest_attention_cells():
     # top-K cells (D = 14) 30 (row 2, col 2) > 100 (row 7, col 2) > 150 (row 10, col 10); image 140 x 140: 10 px a cell
     cells = [(c % 14 * 10 + 5, c // 14 * 10 + 5) for c in (30, 100, 150)]
     values = [0.9, 0.5, 0.1]
-    boxes = [(85, 85, 125, 125), (5, 55, 45, 95), (5, 5, 45, 45), (0, 0, 40, 70)]  # centred on 150, 100, 30; the last clipped
+    boxes = [
+        (85, 85, 125, 125),
+        (5, 55, 45, 95),
+        (5, 5, 45, 45),
+        (0, 0, 40, 70),
+    ]  # centred on 150, 100, 30; the last clipped
     ranks = report._crop_ranks([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes], boxes, cells, values)
     assert ranks[:3] == pytest.approx([0.1, 0.5, 0.9])
     assert ranks[3] == pytest.approx(0.9)  # clipped at the corner: only cell 30 lies inside
@@ -293,9 +323,13 @@ def test_emphasised_crops_are_those_centred_on_the_highest_attention_cells():
 
 
 def test_methods_plot_has_errorbars_chance_line_and_a_legend_off_the_bars():
-    acc = [{"method": m, "accuracy": a, "ci_low": a - 0.1, "ci_high": a + 0.05}
-           for m, a in (("abs", 0.93), ("clip", 0.9), ("clip-e", 0.5), ("cupl", 0.97))]
-    prev = [{"method": m, "accuracy_a": 0.95, "ci_low_a": 0.9, "ci_high_a": 0.98} for m in ("abs", "clip", "clip-e", "cupl")]
+    acc = [
+        {"method": m, "accuracy": a, "ci_low": a - 0.1, "ci_high": a + 0.05}
+        for m, a in (("abs", 0.93), ("clip", 0.9), ("clip-e", 0.5), ("cupl", 0.97))
+    ]
+    prev = [
+        {"method": m, "accuracy_a": 0.95, "ci_low_a": 0.9, "ci_high_a": 0.98} for m in ("abs", "clip", "clip-e", "cupl")
+    ]
     fig = report.methods_figure(acc, prev, "r2", "r1", n_classes=8)
     ax = fig.axes[0]
     fig.canvas.draw()
@@ -309,7 +343,9 @@ def test_methods_plot_has_errorbars_chance_line_and_a_legend_off_the_bars():
     chance = [ln for ln in ax.get_lines() if ln.get_label().startswith("chance 1/C")]
     assert len(chance) == 1 and list(chance[0].get_ydata()) == pytest.approx([1 / 8, 1 / 8])
     # error bars: one vertical segment per bar (this run right of centre, previous left), ci_low to ci_high
-    segs = {round(float(sg[0][0]), 3): (float(sg[0][1]), float(sg[1][1])) for c in ax.collections for sg in c.get_segments()}
+    segs = {
+        round(float(sg[0][0]), 3): (float(sg[0][1]), float(sg[1][1])) for c in ax.collections for sg in c.get_segments()
+    }
     want = {}
     for i, r in enumerate(acc):
         want[round(i + 0.19, 3)] = (r["ci_low"], r["ci_high"])
@@ -372,8 +408,10 @@ def test_artifact_markdown_names_gallery_by_path_beyond_the_cap(tmp_path, monkey
     assert m.gallery and len(m.artifact_markdown.encode()) <= report.ARTIFACT_MAX_BYTES
     assert len(_LINK.findall(m.artifact_markdown)) == len(m.plots)
     for rel in m.gallery:  # named by their path under the root, never the writing machine's absolute path
-        assert f"not embedded (the artifact stays under {report.ARTIFACT_MAX_BYTES // 1000} KB); in the run's root: `{rel}`" \
+        assert (
+            f"not embedded (the artifact stays under {report.ARTIFACT_MAX_BYTES // 1000} KB); in the run's root: `{rel}`"
             in m.artifact_markdown
+        )
         assert fx.storage.url(rel) not in m.artifact_markdown
 
 
@@ -418,8 +456,11 @@ def test_best_classes_never_lists_a_class_at_zero(tmp_path):
 
 
 def test_per_class_plot_is_in_percent_like_the_methods_plot():
-    rows = [{"method": m, "label": c, "class_name": CLASSES[c], "accuracy": a}
-            for m, accs in (("abs", (0.2, 0.5, 1.0)), ("clip", (0.0, 0.25, 0.75))) for c, a in enumerate(accs)]
+    rows = [
+        {"method": m, "label": c, "class_name": CLASSES[c], "accuracy": a}
+        for m, accs in (("abs", (0.2, 0.5, 1.0)), ("clip", (0.0, 0.25, 0.75)))
+        for c, a in enumerate(accs)
+    ]
     fig = report.per_class_figure(rows, n_classes=4)
     ax = fig.axes[0]
     assert "%" in ax.get_ylabel() and ax.get_ylim() == pytest.approx((-2, 102))
@@ -499,17 +540,42 @@ def real_run(tmp_path_factory):
     info = ctx.info
     res = []
     for sh in info.shards:
-        d = dino_shard(ctx.storage, info.dataset, sh.index, info.fingerprint, ctx.dino, max_image_side=spec.abs.max_image_side)
-        res.append(infer_shard(ctx.storage, ctx.classifier, dataset=info.dataset, model=spec.model_name,
-                               config=ctx.config_hash, shard=sh.index, dino_path=d.path,
-                               classnames=list(info.classnames), run_id="real1"))
+        d = dino_shard(
+            ctx.storage, info.dataset, sh.index, info.fingerprint, ctx.dino, max_image_side=spec.abs.max_image_side
+        )
+        res.append(
+            infer_shard(
+                ctx.storage,
+                ctx.classifier,
+                dataset=info.dataset,
+                model=spec.model_name,
+                config=ctx.config_hash,
+                shard=sh.index,
+                dino_path=d.path,
+                classnames=list(info.classnames),
+                run_id="real1",
+            )
+        )
     RunRecord(
-        run_id="real1", dataset="mini", model=spec.model_name, config=ctx.config_hash, status=COMPLETED,
-        ended_at=datetime.now(timezone.utc), n_images=sum(r.n_images for r in res), n_ok=sum(r.n_ok for r in res),
-        n_error=sum(r.n_error for r in res), shards_total=len(res), shards_computed=len(res),
-        clip_model=spec.clip.name, clip_pretrained="random", clip_weights_digest=ctx.clip.weights_digest,
-        dino_model=spec.dino.name, dino_pretrained="random", dino_weights_digest=ctx.dino.weights_digest,
-        descriptions_hash=ctx.descriptions.content_hash, config_json={"spec": spec.to_dict(), "numbers": ctx.prediction_settings},
+        run_id="real1",
+        dataset="mini",
+        model=spec.model_name,
+        config=ctx.config_hash,
+        status=COMPLETED,
+        ended_at=datetime.now(timezone.utc),
+        n_images=sum(r.n_images for r in res),
+        n_ok=sum(r.n_ok for r in res),
+        n_error=sum(r.n_error for r in res),
+        shards_total=len(res),
+        shards_computed=len(res),
+        clip_model=spec.clip.name,
+        clip_pretrained="random",
+        clip_weights_digest=ctx.clip.weights_digest,
+        dino_model=spec.dino.name,
+        dino_pretrained="random",
+        dino_weights_digest=ctx.dino.weights_digest,
+        descriptions_hash=ctx.descriptions.content_hash,
+        config_json={"spec": spec.to_dict(), "numbers": ctx.prediction_settings},
         model_geometry=model_geometry(ctx.clip, ctx.dino),
     ).write(ctx.storage)
     m = report.write_report(root, "real1", gallery_size=2)
@@ -527,7 +593,10 @@ def test_gallery_names_margins_and_the_crops_and_descriptions_that_decided(real_
     from tasks.results import catalog
 
     m, md = real_run.manifest, real_run.manifest.markdown
-    rows = {r["image_id"]: r for r in catalog.run_query(real_run.root, "gallery", {"run_id": "real1", "top_k": 2}).to_pylist()}
+    rows = {
+        r["image_id"]: r
+        for r in catalog.run_query(real_run.root, "gallery", {"run_id": "real1", "top_k": 2}).to_pylist()
+    }
     assert m.gallery_items and {i["image_id"] for i in m.gallery_items} == set(rows)
     assert "Deciding crops and descriptions not shown" not in md and "**Deciding crops** (bold and numbered" in md
     own = simple_descriptions(REAL_CLASSES, 5)  # what prepare_dataset stored; ABS used the first M of each class
@@ -536,8 +605,10 @@ def test_gallery_names_margins_and_the_crops_and_descriptions_that_decided(real_
         assert e is not None and item["deciding_note"] is None and item["file"] in m.gallery
         text = _caption(md, r["image_id"])
         # the classes and both methods' stored margins
-        for meth, pred, name, margin in (("abs", r["pred_a"], r["pred_name_a"], r["margin_a"]),
-                                         ("clip", r["pred_b"], r["pred_name_b"], r["margin_b"])):
+        for meth, pred, name, margin in (
+            ("abs", r["pred_a"], r["pred_name_a"], r["margin_a"]),
+            ("clip", r["pred_b"], r["pred_name_b"], r["margin_b"]),
+        ):
             mark = "right" if pred == r["label"] else "wrong"
             assert f"`{meth}` predicted **{name}** ({mark}, margin {margin:+.3f})" in text, text
         assert f"true class **{r['class_name']}**" in text
@@ -551,13 +622,16 @@ def test_gallery_names_margins_and_the_crops_and_descriptions_that_decided(real_
         # (what every crop adds sums to the logit: the split is exact; the 3 named are the largest)
         assert len(e["crop_scores"]) == e["n_crops"] and sum(e["crop_scores"]) == pytest.approx(e["logit"], rel=1e-4)
         assert [c["score"] for c in e["crops"]] == sorted(e["crop_scores"], reverse=True)[:3]
-        assert [e["crop_scores"][c["index"] + (SMALL_ABS.n_crops if c["kind"] == "feature" else 0)]
-                for c in e["crops"]] == [c["score"] for c in e["crops"]]
+        assert [
+            e["crop_scores"][c["index"] + (SMALL_ABS.n_crops if c["kind"] == "feature" else 0)] for c in e["crops"]
+        ] == [c["score"] for c in e["crops"]]
         for c in e["crops"]:
             stored = r["raw_boxes"] if c["kind"] == "raw" else r["feature_windows"]
             assert c["box"] == list(stored[c["index"]])
             assert f"{c['rank']}. {report._crop_text(c['kind'], c['box'])} ({c['score']:+.3f})" in text
-        assert f"Deciding crops of `abs` for **{e['class_name']}** (what each adds to its logit {e['logit']:.3f}" in text
+        assert (
+            f"Deciding crops of `abs` for **{e['class_name']}** (what each adds to its logit {e['logit']:.3f}" in text
+        )
         # the deciding descriptions: 3 of the predicted class's own, named in the markdown
         assert len(e["descriptions"]) == 3
         for d in e["descriptions"]:
@@ -580,7 +654,8 @@ def test_gallery_without_the_models_says_so_in_one_line_and_shows_what_is_stored
     m = report.write_report(real_run.root, "real1", gallery_size=1)
     notes = [ln for ln in m.markdown.splitlines() if "not shown" in ln]
     assert len(notes) == 1 and notes[0].startswith(
-        "_Deciding crops and descriptions not shown: the run's models could not be loaded (WeightsUnavailableError: CLIP weights")
+        "_Deciding crops and descriptions not shown: the run's models could not be loaded (WeightsUnavailableError: CLIP weights"
+    )
     assert "Deciding crops of" not in m.markdown and "Best-matching descriptions" not in m.markdown
     assert m.gallery and len(m.gallery) == len(m.gallery_items)  # the pictures are still drawn
     for item in m.gallery_items:

@@ -115,10 +115,19 @@ def _levels(x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kernel", ["bicubic", "bilinear"])
-@pytest.mark.parametrize("hw,out", [
-    ((150, 210), (224, 313)), ((210, 150), (313, 224)), ((300, 40), (224, 224)), ((95, 35), (60, 60)),
-    ((500, 120), (233, 56)), ((37, 53), (16, 16)), ((120, 500), (224, 933)), ((64, 64), (64, 30)),
-])
+@pytest.mark.parametrize(
+    "hw,out",
+    [
+        ((150, 210), (224, 313)),
+        ((210, 150), (313, 224)),
+        ((300, 40), (224, 224)),
+        ((95, 35), (60, 60)),
+        ((500, 120), (233, 56)),
+        ((37, 53), (16, 16)),
+        ((120, 500), (224, 933)),
+        ((64, 64), (64, 30)),
+    ],
+)
 def test_reference_equals_installed_pillow_where_pass_order_cannot_matter(hw, out, kernel):
     """The reference's coefficients and rounding are Pillow's: checked on single-axis resizes
     (one pass, valid on every Pillow) and against two chained single-axis calls."""
@@ -195,7 +204,6 @@ def test_limit_size_equals_horizontal_first_bicubic_reference(hw, max_side):
     assert torch.equal(resize_whole(to_tensor_image(img), nh, nw, "bicubic"), x)
 
 
-
 @pytest.mark.parametrize("box", [(3, 5, 20, 30), (0, 0, 37, 53), (10, 2, 9, 7), (1, 1, 30, 45)])
 @pytest.mark.parametrize("size", [8, 16, 40])
 def test_aa_bicubic_matches_interpolate_of_crop(box, size):
@@ -232,26 +240,35 @@ def test_resize_crop_geometry_follows_torchvision():
 
 def _hv_resize_shorter(size: int):
     """``T.Resize(size)`` (torchvision's output size) with a horizontal-first Pillow resize."""
+
     def resize(img):
         w, h = img.size
         nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
         return pil_resize_hv(img, nw, nh, Image.BICUBIC)
+
     return T.Lambda(resize)
 
 
-@pytest.mark.parametrize("resize", [
-    pytest.param("torchvision", marks=pillow_two_pass_is_horizontal_first),  # the authors' exact pipeline
-    "horizontal-first",  # the same pipeline, valid on every Pillow
-])
+@pytest.mark.parametrize(
+    "resize",
+    [
+        pytest.param("torchvision", marks=pillow_two_pass_is_horizontal_first),  # the authors' exact pipeline
+        "horizontal-first",  # the same pipeline, valid on every Pillow
+    ],
+)
 def test_clip_views_match_pil_crop_and_standard_preprocess(resize):
     """Batched views equal ``preprocess(img.crop(box))`` pixel for pixel (PIL's 8-bit arithmetic)."""
     img = make_image(150, 210, 3)
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     tv_resize = T.Resize(224, interpolation=T.InterpolationMode.BICUBIC)
-    pre = T.Compose([
-        tv_resize if resize == "torchvision" else _hv_resize_shorter(224),
-        T.CenterCrop(224), T.ToTensor(), T.Normalize(mean, std),
-    ])
+    pre = T.Compose(
+        [
+            tv_resize if resize == "torchvision" else _hv_resize_shorter(224),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
     boxes = torch.tensor([[0, 0, 210, 150], [10, 20, 120, 140], [100, 0, 210, 75], [5, 5, 40, 100]])
     views = clip_views(to_tensor_image(img), boxes, 224, mean, std)
     for i, b in enumerate(boxes.tolist()):

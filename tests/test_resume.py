@@ -20,8 +20,15 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
     from flows.evaluate import evaluate
 
     images, desc = demo_source(tmp_path_factory, per_class=2)
-    params = dict(dataset="demo", source=images, descriptions=desc, images_per_shard=2, deployment="resume",
-                  report=False, **TINY_FLOW_PARAMS)
+    params = dict(
+        dataset="demo",
+        source=images,
+        descriptions=desc,
+        images_per_shard=2,
+        deployment="resume",
+        report=False,
+        **TINY_FLOW_PARAMS,
+    )
 
     clean_root = tmp_path / "uninterrupted"
     clean = evaluate(dict(root=str(clean_root), **params))
@@ -30,9 +37,13 @@ def test_sigkill_then_resume_gives_identical_predictions(prefect_server, tmp_pat
 
     root = tmp_path / "crashed"
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(Path(__file__).parent)}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "resume_worker.py"),
-                             json.dumps({**params, "root": str(root)})], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "resume_worker.py"), json.dumps({**params, "root": str(root)})],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while _committed(root) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

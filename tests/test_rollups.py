@@ -94,16 +94,22 @@ LEFT JOIN (
     FROM run_predictions GROUP BY run_id
 ) AS c USING (run_id)
 """
-VIEW_ERRORS = ("SELECT run_id, deployment, dataset, model, config, shard, image_id, method, label, class_name, "
-               "status, error, computed_by FROM errors")
-VIEW_RUN_COUNTS = ("SELECT run_id, status, shards_done, shards_computed, shards_reused, n_images, n_ok, n_error "
-                   "FROM runs")
-VIEW_ACCURACY = ("SELECT run_id, dataset, model, config, method, n, n_ok, n_error, correct, correct5, "
-                 "mean_per_class_recall FROM accuracy")
-VIEW_PER_CLASS = ("SELECT run_id, dataset, model, config, method, label, class_name, n, n_ok, n_error, correct "
-                  "FROM per_class_accuracy")
-VIEW_CONFUSIONS = ("SELECT run_id, dataset, model, config, method, label, class_name, pred, pred_name, n "
-                   "FROM confusions")
+VIEW_ERRORS = (
+    "SELECT run_id, deployment, dataset, model, config, shard, image_id, method, label, class_name, "
+    "status, error, computed_by FROM errors"
+)
+VIEW_RUN_COUNTS = (
+    "SELECT run_id, status, shards_done, shards_computed, shards_reused, n_images, n_ok, n_error FROM runs"
+)
+VIEW_ACCURACY = (
+    "SELECT run_id, dataset, model, config, method, n, n_ok, n_error, correct, correct5, "
+    "mean_per_class_recall FROM accuracy"
+)
+VIEW_PER_CLASS = (
+    "SELECT run_id, dataset, model, config, method, label, class_name, n, n_ok, n_error, correct "
+    "FROM per_class_accuracy"
+)
+VIEW_CONFUSIONS = "SELECT run_id, dataset, model, config, method, label, class_name, pred, pred_name, n FROM confusions"
 
 
 def norm(rows) -> list:
@@ -111,28 +117,71 @@ def norm(rows) -> list:
     ``"NaN"`` (two NaNs never compare equal; clip_benchmark's acc5 is NaN below 5 classes)."""
     if isinstance(rows, pa.Table):
         rows = [tuple(r.values()) for r in rows.to_pylist()]
-    return sorted((tuple(("NaN" if v != v else float(f"{v:.12g}")) if isinstance(v, float) else v for v in r)
-                   for r in rows), key=repr)
+    return sorted(
+        (tuple(("NaN" if v != v else float(f"{v:.12g}")) if isinstance(v, float) else v for v in r) for r in rows),
+        key=repr,
+    )
 
 
-def record(st: Storage, run_id: str, dataset: str, model: str, config: str, day: int, status: str,
-           reused: list[int] = (), expires: datetime | None = None) -> None:
-    RunRecord(run_id=run_id, dataset=dataset, model=model, config=config, deployment="weekly",
-              started_at=T0 + timedelta(days=day), ended_at=None if status == "running" else T0 + timedelta(days=day, hours=1),
-              status=status, reused_shards=list(reused), expires_at=expires, host="elsewhere", pid=None).write(st)
+def record(
+    st: Storage,
+    run_id: str,
+    dataset: str,
+    model: str,
+    config: str,
+    day: int,
+    status: str,
+    reused: list[int] = (),
+    expires: datetime | None = None,
+) -> None:
+    RunRecord(
+        run_id=run_id,
+        dataset=dataset,
+        model=model,
+        config=config,
+        deployment="weekly",
+        started_at=T0 + timedelta(days=day),
+        ended_at=None if status == "running" else T0 + timedelta(days=day, hours=1),
+        status=status,
+        reused_shards=list(reused),
+        expires_at=expires,
+        host="elsewhere",
+        pid=None,
+    ).write(st)
 
 
 def infer_all(ctx, dino: dict, run_id: str, shards=None) -> list:
     info = ctx.info
-    return [infer_shard(ctx.storage, ctx.classifier, dataset=info.dataset, model=ctx.spec.model_name,
-                        config=ctx.config_hash, shard=sh.index, dino_path=dino[sh.index].path,
-                        classnames=list(info.classnames), run_id=run_id, images_per_batch=4)
-            for sh in info.shards if shards is None or sh.index in shards]
+    return [
+        infer_shard(
+            ctx.storage,
+            ctx.classifier,
+            dataset=info.dataset,
+            model=ctx.spec.model_name,
+            config=ctx.config_hash,
+            shard=sh.index,
+            dino_path=dino[sh.index].path,
+            classnames=list(info.classnames),
+            run_id=run_id,
+            images_per_batch=4,
+        )
+        for sh in info.shards
+        if shards is None or sh.index in shards
+    ]
 
 
 def dino_all(ctx) -> dict:
-    return {sh.index: dino_shard(ctx.storage, ctx.info.dataset, sh.index, ctx.info.fingerprint, ctx.dino,
-                                 max_image_side=ctx.spec.abs.max_image_side) for sh in ctx.info.shards}
+    return {
+        sh.index: dino_shard(
+            ctx.storage,
+            ctx.info.dataset,
+            sh.index,
+            ctx.info.fingerprint,
+            ctx.dino,
+            max_image_side=ctx.spec.abs.max_image_side,
+        )
+        for sh in ctx.info.shards
+    }
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +202,17 @@ def real(tmp_path_factory):
     infer_all(ctx, dino, "r-full")
     record(st, "r-full", "mini", model, cfg, 2, "completed", reused=[0, 1])
     record(st, "r-rerun", "mini", model, cfg, 3, "completed", reused=[0, 1, 2, 3])
-    record(st, "r-live", "mini", model, cfg, 4, "running", reused=[0], expires=datetime.now(timezone.utc) + timedelta(days=1))
+    record(
+        st,
+        "r-live",
+        "mini",
+        model,
+        cfg,
+        4,
+        "running",
+        reused=[0],
+        expires=datetime.now(timezone.utc) + timedelta(days=1),
+    )
     # -- a class subset: ImageNet-A folders, labels index the 3 classes present (of 200)
     wnids = imagenet_wnids()
     official = sorted(official_subset_wnids("imagenet_a") or (), key=wnids.index)
@@ -165,8 +224,15 @@ def real(tmp_path_factory):
             t.put(f"{w}/{w}_{k}.JPEG", photo_bytes(100 + 2 * n + k, 64 + 8 * k, 56 + 8 * n))
     t.put(f"{picked[1]}/broken.JPEG", b"not a jpeg either")
     prepare_dataset(root, "imagenet-a", str(isrc), "ina", images_per_shard=4, descriptions="ina-desc", n_descriptions=2)
-    ictx = build_context(root, make_spec("ina", "ina-desc", ABSConfig(n_crops=SMALL_ABS.n_crops, top_k=SMALL_ABS.top_k,
-                                                                      n_descriptions=2), templates="none"))
+    ictx = build_context(
+        root,
+        make_spec(
+            "ina",
+            "ina-desc",
+            ABSConfig(n_crops=SMALL_ABS.n_crops, top_k=SMALL_ABS.top_k, n_descriptions=2),
+            templates="none",
+        ),
+    )
     infer_all(ictx, dino_all(ictx), "r-ina")
     record(st, "r-ina", "ina", ictx.spec.model_name, ictx.config_hash, 5, "completed")
     return type("Real", (), {"root": root, "st": st, "ctx": ctx, "dino": dino, "model": model, "config": cfg})
@@ -174,12 +240,16 @@ def real(tmp_path_factory):
 
 def three_ways(con) -> dict[str, tuple[list, list]]:
     """Each aggregate view (and errors, and the runs view's counts) against its raw-row definition, on one connection."""
-    return {name: (norm(con.execute(view).fetchall()), norm(con.execute(raw).fetchall()))
-            for name, view, raw in (("accuracy", VIEW_ACCURACY, RAW_ACCURACY),
-                                    ("per_class_accuracy", VIEW_PER_CLASS, RAW_PER_CLASS),
-                                    ("confusions", VIEW_CONFUSIONS, RAW_CONFUSIONS),
-                                    ("errors", VIEW_ERRORS, RAW_ERRORS),
-                                    ("runs", VIEW_RUN_COUNTS, RAW_RUN_COUNTS))}
+    return {
+        name: (norm(con.execute(view).fetchall()), norm(con.execute(raw).fetchall()))
+        for name, view, raw in (
+            ("accuracy", VIEW_ACCURACY, RAW_ACCURACY),
+            ("per_class_accuracy", VIEW_PER_CLASS, RAW_PER_CLASS),
+            ("confusions", VIEW_CONFUSIONS, RAW_CONFUSIONS),
+            ("errors", VIEW_ERRORS, RAW_ERRORS),
+            ("runs", VIEW_RUN_COUNTS, RAW_RUN_COUNTS),
+        )
+    }
 
 
 def every_result(root: str) -> dict[str, list]:
@@ -188,14 +258,25 @@ def every_result(root: str) -> dict[str, list]:
     try:
         out = {}
         for name in catalog.list_queries():
-            for params in ({}, {"run_id": "r-full", "run_a": "r-full", "run_b": "r-rerun", "method": "abs"},
-                           {"run_id": "r-crashed", "run_a": "r-crashed", "run_b": "r-full"},
-                           {"run_id": "r-live", "run_a": "r-crashed", "run_b": "r-live"}):
+            for params in (
+                {},
+                {"run_id": "r-full", "run_a": "r-full", "run_b": "r-rerun", "method": "abs"},
+                {"run_id": "r-crashed", "run_a": "r-crashed", "run_b": "r-full"},
+                {"run_id": "r-live", "run_a": "r-crashed", "run_b": "r-live"},
+            ):
                 if catalog.query_parameters(name, required_only=True) and not params:
                     continue
                 out[f"{name} {sorted(params.items())}"] = norm(catalog.run_query(con, name, params))
-        for view in ("accuracy", "per_class_accuracy", "confusions", "compare_methods", "compare_classes",
-                     "regressions", "errors", "runs"):
+        for view in (
+            "accuracy",
+            "per_class_accuracy",
+            "confusions",
+            "compare_methods",
+            "compare_classes",
+            "regressions",
+            "errors",
+            "runs",
+        ):
             out[view] = norm(catalog.run_query(con, view))
         return out
     finally:
@@ -224,13 +305,16 @@ def test_every_committed_part_has_its_rollup(real):
         rows = st.read_parquet(rel)
         assert sum(table.column("n").to_pylist()) == rows.num_rows
         assert table.num_rows < rows.num_rows  # counts, not rows
-    assert rollup_part("mini", real.model, real.config, 2) == rollup_of(prediction_part("mini", real.model, real.config, 2))
+    assert rollup_part("mini", real.model, real.config, 2) == rollup_of(
+        prediction_part("mini", real.model, real.config, 2)
+    )
     # and each partition's summed counts, one file per partition, over all its parts
     summed = st.glob("rollups/*/*/*/all-*.parquet")
     assert len(summed) == 2
     for p in summed:
-        parts = st.glob(os.path.dirname(os.path.relpath(p, st.root_path)).replace("rollups/", "predictions/", 1)
-                        + "/part-*.parquet")
+        parts = st.glob(
+            os.path.dirname(os.path.relpath(p, st.root_path)).replace("rollups/", "predictions/", 1) + "/part-*.parquet"
+        )
         t = pq.read_table(p)
         assert os.path.basename(p).startswith(f"all-{len(parts):05d}-")
         assert sum(t.column("n").to_pylist()) == sum(pq.ParquetFile(x).metadata.num_rows for x in parts)
@@ -307,7 +391,8 @@ def test_mixed_root_and_build_rollups(real, tmp_path):
         st.fs.rm(st.path(rollups.errors_of_part(prediction_part("mini", real.model, real.config, shard))))
     assert every_result(root) == want
     assert sorted(rollups.build_rollups(root)) == sorted(
-        rollups.errors_of_part(prediction_part("mini", real.model, real.config, s)) for s in range(4))
+        rollups.errors_of_part(prediction_part("mini", real.model, real.config, s)) for s in range(4)
+    )
     assert every_result(root) == want
 
 
@@ -337,8 +422,12 @@ def test_the_views_read_the_rollups_and_ignore_one_without_its_part(real, tmp_pa
     assert totals() == {**want, "r-full": want["r-full"] + extra, "r-rerun": want["r-rerun"] + extra}
     part0 = prediction_part("mini", real.model, real.config, 0)
     extra0 = doctor(rollup_of(part0))
-    assert totals() == {"r-crashed": want["r-crashed"] + extra0, "r-live": want["r-live"] + extra0,
-                        "r-full": want["r-full"] + extra, "r-rerun": want["r-rerun"] + extra}
+    assert totals() == {
+        "r-crashed": want["r-crashed"] + extra0,
+        "r-live": want["r-live"] + extra0,
+        "r-full": want["r-full"] + extra,
+        "r-rerun": want["r-rerun"] + extra,
+    }
     rollups.write_rollup(st, part0, st.read_parquet(part0))  # rewritten: the part's and the partition's counts
     assert totals() == want
     assert [os.path.relpath(p, st.root_path) for p in st.glob(f"{rollup_of(pdir)}/all-*.parquet")] == [summed]
@@ -351,8 +440,9 @@ def test_the_views_read_the_rollups_and_ignore_one_without_its_part(real, tmp_pa
     try:
         for name, (view, raw) in three_ways(con).items():
             assert view == raw, name
-        assert con.execute("SELECT count(*) FROM partition_rollup_files WHERE partition LIKE 'dataset=mini/%'"
-                           ).fetchall() == [(0,)]
+        assert con.execute(
+            "SELECT count(*) FROM partition_rollup_files WHERE partition LIKE 'dataset=mini/%'"
+        ).fetchall() == [(0,)]
     finally:
         con.close()
     assert totals()["r-full"] == want["r-full"] - removed and st.exists(rollup_of(part3))
@@ -367,16 +457,26 @@ def test_errors_and_run_counts_read_the_partition_files(real, tmp_path):
     st = Storage(root)
     pdir = os.path.dirname(prediction_part("mini", real.model, real.config, 0))
     names = [f"part-{s:05d}.parquet" for s in range(4)]
-    errors_all, shards_all = (os.path.join(os.path.dirname(partition_rollup(pdir, names)),
-                                           kind + os.path.basename(partition_rollup(pdir, names))[len("all"):])
-                              for kind in ("errors-all", "shards-all"))
+    errors_all, shards_all = (
+        os.path.join(
+            os.path.dirname(partition_rollup(pdir, names)),
+            kind + os.path.basename(partition_rollup(pdir, names))[len("all") :],
+        )
+        for kind in ("errors-all", "shards-all")
+    )
     assert st.exists(errors_all) and st.exists(shards_all)
     assert st.read_parquet(errors_all).num_rows == 2 * 3  # two bad files x three methods
-    counts_q = ("SELECT run_id, status, shards_done, shards_computed, shards_reused, n_images, n_error FROM runs "
-                "WHERE dataset = 'mini' ORDER BY run_id")
+    counts_q = (
+        "SELECT run_id, status, shards_done, shards_computed, shards_reused, n_images, n_error FROM runs "
+        "WHERE dataset = 'mini' ORDER BY run_id"
+    )
     want_counts = [tuple(r.values()) for r in catalog.run_query(root, counts_q).to_pylist()]
-    assert want_counts == [("r-crashed", "interrupted", 2, 2, 0, 8, 1), ("r-full", "completed", 4, 2, 2, 14, 2),
-                           ("r-live", "running", 1, 0, 1, 4, 1), ("r-rerun", "completed", 4, 0, 4, 14, 2)]
+    assert want_counts == [
+        ("r-crashed", "interrupted", 2, 2, 0, 8, 1),
+        ("r-full", "completed", 4, 2, 2, 14, 2),
+        ("r-live", "running", 1, 0, 1, 4, 1),
+        ("r-rerun", "completed", 4, 0, 4, 14, 2),
+    ]
     errors_q = "SELECT run_id, image_id, method, error FROM errors WHERE dataset = 'mini' ORDER BY ALL"
     want_errors = catalog.run_query(root, errors_q).to_pylist()
     assert {r["run_id"] for r in want_errors} == {"r-crashed", "r-full", "r-live", "r-rerun"}
@@ -413,8 +513,9 @@ def test_errors_and_run_counts_read_the_partition_files(real, tmp_path):
     try:
         for name, (view, raw) in three_ways(con).items():
             assert view == raw, name
-        assert con.execute("SELECT count(*) FROM partition_shard_files WHERE partition LIKE 'dataset=mini/%'"
-                           ).fetchall() == [(0,)]
+        assert con.execute(
+            "SELECT count(*) FROM partition_shard_files WHERE partition LIKE 'dataset=mini/%'"
+        ).fetchall() == [(0,)]
         full = con.execute("SELECT shards_done, shards_computed FROM runs WHERE run_id = 'r-full'").fetchall()
     finally:
         con.close()
@@ -432,17 +533,25 @@ def test_a_crash_between_the_part_and_its_rollup(real, tmp_path, monkeypatch):
     st.fs.rm(st.path(st.marker_path(marker_key(part))))  # shard 3 not committed: it will be recomputed
     # a doctored rollup stands for an attempt whose part differed
     t = st.read_parquet(rollup_of(part))
-    st.write_parquet(rollup_of(part), t.set_column(t.schema.get_field_index("n"), "n",
-                                                   pc.add(t.column("n"), 1)))
+    st.write_parquet(rollup_of(part), t.set_column(t.schema.get_field_index("n"), "n", pc.add(t.column("n"), 1)))
 
     def crash(*a, **k):
         raise KeyboardInterrupt("killed between the part and its rollup")
 
     monkeypatch.setattr(rollups, "write_rollup", crash)  # as infer calls it: rollups.write_rollup
     with pytest.raises(KeyboardInterrupt):
-        infer_shard(st, ctx.classifier, dataset="mini", model=real.model, config=real.config, shard=3,
-                    dino_path=real.dino[3].path.replace(real.root, root), classnames=list(ctx.info.classnames),
-                    run_id="r-again", images_per_batch=4)
+        infer_shard(
+            st,
+            ctx.classifier,
+            dataset="mini",
+            model=real.model,
+            config=real.config,
+            shard=3,
+            dino_path=real.dino[3].path.replace(real.root, root),
+            classnames=list(ctx.info.classnames),
+            run_id="r-again",
+            images_per_batch=4,
+        )
     assert st.exists(part) and not st.exists(rollup_of(part)) and not st.is_done(marker_key(part))
     con = catalog.connect(root)
     try:
@@ -452,9 +561,18 @@ def test_a_crash_between_the_part_and_its_rollup(real, tmp_path, monkeypatch):
     finally:
         con.close()
     monkeypatch.undo()
-    res = infer_shard(st, ctx.classifier, dataset="mini", model=real.model, config=real.config, shard=3,
-                      dino_path=real.dino[3].path.replace(real.root, root), classnames=list(ctx.info.classnames),
-                      run_id="r-again2", images_per_batch=4)
+    res = infer_shard(
+        st,
+        ctx.classifier,
+        dataset="mini",
+        model=real.model,
+        config=real.config,
+        shard=3,
+        dino_path=real.dino[3].path.replace(real.root, root),
+        classnames=list(ctx.info.classnames),
+        run_id="r-again2",
+        images_per_batch=4,
+    )
     assert res.computed and st.exists(rollup_of(part)) and st.is_done(marker_key(rollup_of(part)))
     assert set(st.read_parquet(rollup_of(part)).column("run_id").to_pylist()) == {"r-again2"}
     con = catalog.connect(root)
@@ -471,7 +589,8 @@ def test_catalog_files_absolute_and_relative_read_the_rollups(real, tmp_path, mo
     with duckdb.connect(out, read_only=True) as con:
         assert norm(con.execute(VIEW_ACCURACY).fetchall()) == want
         assert con.execute("SELECT count(*) FROM prediction_rollups").fetchall()[0][0] == sum(
-            pq.ParquetFile(p).metadata.num_rows for p in Storage(real.root).glob("rollups/*/*/*/part-*.parquet"))
+            pq.ParquetFile(p).metadata.num_rows for p in Storage(real.root).glob("rollups/*/*/*/part-*.parquet")
+        )
     rel = catalog.write_catalog(real.root, tmp_path / "rel.duckdb", relative=True)
     monkeypatch.chdir(real.root)
     with duckdb.connect(rel, read_only=True) as con:

@@ -31,9 +31,24 @@ from tasks.results.runs import RunRecord, RunTracker, announce_runs, claim_run_i
 from tasks.store import Storage
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_RUN = ["--clip-model", "abs-tiny-vit-b16", "--clip-pretrained", "random", "--dino-model",
-            "abs-tiny-dino-vit-b16", "--dino-pretrained", "random", "--templates", "none",
-            "--n-crops", "6", "--top-k", "5", "--m", "4"]
+TINY_RUN = [
+    "--clip-model",
+    "abs-tiny-vit-b16",
+    "--clip-pretrained",
+    "random",
+    "--dino-model",
+    "abs-tiny-dino-vit-b16",
+    "--dino-pretrained",
+    "random",
+    "--templates",
+    "none",
+    "--n-crops",
+    "6",
+    "--top-k",
+    "5",
+    "--m",
+    "4",
+]
 FIELDS = ("status", "shards_done", "shards_computed", "shards_reused", "n_images", "n_error")
 
 
@@ -109,8 +124,25 @@ def test_sigkill_of_abs_eval_run_status_and_every_view_agree(prefect_server, tmp
     duckdb shell; the rerun completes, and both runs keep agreeing."""
     images, desc = demo_source(tmp_path_factory, per_class=2)
     root = tmp_path / "root"
-    args = [sys.executable, "-m", "flows.cli", "run", "--dataset", "demo", "--source", images, "--descriptions", desc,
-            "--root", str(root), "--images-per-shard", "2", "--deployment", "truth", *TINY_RUN]
+    args = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "--dataset",
+        "demo",
+        "--source",
+        images,
+        "--descriptions",
+        desc,
+        "--root",
+        str(root),
+        "--images-per-shard",
+        "2",
+        "--deployment",
+        "truth",
+        *TINY_RUN,
+    ]
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"}
     with (tmp_path / "stderr.txt").open("wb") as err:
         t0 = time.monotonic()
@@ -174,13 +206,36 @@ def test_failed_completed_and_running_runs_read_the_same_everywhere(tmp_path):
     build_results(root)
     st = Storage(root)
     now = datetime.now(timezone.utc)
-    RunRecord("r-live", DATASET, MODEL, "c2", deployment="weekly", started_at=now, host="elsewhere",
-              reused_shards=[0], expires_at=now + timedelta(minutes=5)).write(st)
-    RunRecord("r-lost", DATASET, MODEL, "c2", deployment="weekly", started_at=now - timedelta(hours=1),
-              host="elsewhere", reused_shards=[0, 1], expires_at=now - timedelta(seconds=1)).write(st)
-    want = {"r1": ("completed", 3, 3, 0, 24, 2), "r2": ("completed", 3, 2, 1, 24, 2),
-            "r2-crashed": ("failed", 1, 1, 0, 8, 1), "r3": ("completed", 3, 0, 3, 24, 2),
-            "r-live": ("running", 1, 0, 1, 8, 1), "r-lost": ("interrupted", 2, 0, 2, 16, 1)}
+    RunRecord(
+        "r-live",
+        DATASET,
+        MODEL,
+        "c2",
+        deployment="weekly",
+        started_at=now,
+        host="elsewhere",
+        reused_shards=[0],
+        expires_at=now + timedelta(minutes=5),
+    ).write(st)
+    RunRecord(
+        "r-lost",
+        DATASET,
+        MODEL,
+        "c2",
+        deployment="weekly",
+        started_at=now - timedelta(hours=1),
+        host="elsewhere",
+        reused_shards=[0, 1],
+        expires_at=now - timedelta(seconds=1),
+    ).write(st)
+    want = {
+        "r1": ("completed", 3, 3, 0, 24, 2),
+        "r2": ("completed", 3, 2, 1, 24, 2),
+        "r2-crashed": ("failed", 1, 1, 0, 8, 1),
+        "r3": ("completed", 3, 0, 3, 24, 2),
+        "r-live": ("running", 1, 0, 1, 8, 1),
+        "r-lost": ("interrupted", 2, 0, 2, 16, 1),
+    }
     for run_id, expected in want.items():
         assert assert_one_truth(every_reader(root, run_id, tmp_path)) == expected, run_id
 
@@ -211,7 +266,10 @@ def test_a_run_is_visible_from_its_first_second_and_the_flow_takes_its_record_ov
         try:
             (p,) = run_progress(root)
             assert (p["status"], p["shards_total"], str(p["started_at"])) == (
-                "running", 3, str(datetime.fromisoformat(started)))
+                "running",
+                3,
+                str(datetime.fromisoformat(started)),
+            )
             assert not runs._PENDING
             release_pending()  # nothing left to release: the flow owns the record
             assert [r["run_id"] for r in run_progress(root)] == [second]
@@ -251,8 +309,15 @@ def test_a_dead_process_on_this_host_is_written_down_by_the_first_reader(tmp_pat
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         now_there = runs.process_identity(sleeper.pid)
-        RunRecord("r-pid-reused", "d", "m", "c", pid=sleeper.pid, process=dict(now_there, start=now_there["start"] - 1),
-                  expires_at=lease).write(st)
+        RunRecord(
+            "r-pid-reused",
+            "d",
+            "m",
+            "c",
+            pid=sleeper.pid,
+            process=dict(now_there, start=now_there["start"] - 1),
+            expires_at=lease,
+        ).write(st)
         RunRecord("r-other-alive", "d", "m", "c", pid=sleeper.pid, process=now_there, expires_at=lease).write(st)
         _check_reaping(root, st, tmp_path, dead)
     finally:
@@ -264,22 +329,41 @@ def _check_reaping(root: str, st: Storage, tmp_path: Path, dead: int) -> None:
     cat = catalog.write_catalog(root, tmp_path / "results.duckdb")
     with duckdb.connect(cat, read_only=True) as con:  # nobody has looked yet: the record says running
         assert dict(con.execute("SELECT run_id, status FROM runs").fetchall())["r-dead"] == "running"
-    statuses = {r["run_id"]: r["status"] for r in catalog.run_query(root, "SELECT run_id, status FROM runs").to_pylist()}
-    assert statuses == {"r-dead": "interrupted", "r-alive": "running", "r-elsewhere": "running",
-                        "r-other-boot": "running", "r-pid-reused": "interrupted", "r-other-alive": "running"}
+    statuses = {
+        r["run_id"]: r["status"] for r in catalog.run_query(root, "SELECT run_id, status FROM runs").to_pylist()
+    }
+    assert statuses == {
+        "r-dead": "interrupted",
+        "r-alive": "running",
+        "r-elsewhere": "running",
+        "r-other-boot": "running",
+        "r-pid-reused": "interrupted",
+        "r-other-alive": "running",
+    }
     with duckdb.connect(cat, read_only=True) as con:  # from then on the shell reads it too
         assert dict(con.execute("SELECT run_id, status FROM runs").fetchall()) == statuses
     assert {r["run_id"]: r["status"] for r in run_progress(root)} == statuses
     assert reap_dead_runs(root) == []  # written once
     rec = st.read_json("runs/run=r-dead/run.json")
-    assert rec["ended_at"] is None and rec["expires_at"] is None and f"process {dead}" in rec["extra"]["interrupted"]["why"]
+    assert (
+        rec["ended_at"] is None
+        and rec["expires_at"] is None
+        and f"process {dead}" in rec["extra"]["interrupted"]["why"]
+    )
 
 
 def test_a_reader_that_cannot_write_keeps_the_lease_rule(tmp_path, monkeypatch):
     root = str(tmp_path / "root")
     st = Storage(root)
-    RunRecord("r-dead", "d", "m", "c", pid=_dead_pid(), process={},
-              expires_at=datetime.now(timezone.utc) + timedelta(minutes=5)).write(st)
+    RunRecord(
+        "r-dead",
+        "d",
+        "m",
+        "c",
+        pid=_dead_pid(),
+        process={},
+        expires_at=datetime.now(timezone.utc) + timedelta(minutes=5),
+    ).write(st)
 
     def read_only(self, storage):
         raise PermissionError("read-only root")

@@ -49,8 +49,15 @@ def test_sizes_stay_in_bounds_and_equal_bounds_widen_to_b_plus_one():
     assert d.raw_widths.min() >= math.floor(0.5 * 301) and d.raw_widths.max() <= math.floor(0.9 * 301)
     assert d.raw_heights.min() >= math.floor(0.5 * 199) and d.raw_heights.max() <= math.floor(0.9 * 199)
     assert set(d.feature_sides.unique().tolist()) == set(range(7, 13))  # [floor(7), floor(12.6)] inclusive
-    eq = draw_crops(torch.arange(20), torch.ones(20), 100, 100, 7, ABSConfig(n_crops=500, alpha=0.5, beta=0.5),
-                    image_generator(0, "y"))
+    eq = draw_crops(
+        torch.arange(20),
+        torch.ones(20),
+        100,
+        100,
+        7,
+        ABSConfig(n_crops=500, alpha=0.5, beta=0.5),
+        image_generator(0, "y"),
+    )
     assert set(eq.feature_sides.unique().tolist()) == {3, 4}
 
 

@@ -148,7 +148,9 @@ def test_interrupted_run_resumes_with_only_missing_shards(tmp_path):
     assert not st.glob("_tmp/*")
     with pytest.raises(FileNotFoundError, match="not \\(completely\\) sharded"):
         list_shards(root, "d")
-    first = {i: (st.fs.cat_file(st.path(shard_part("d", i))), st.read_marker(marker_key(shard_part("d", i)))) for i in (0, 1)}
+    first = {
+        i: (st.fs.cat_file(st.path(shard_part("d", i))), st.read_marker(marker_key(shard_part("d", i)))) for i in (0, 1)
+    }
 
     m = shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False)
     assert m.skipped == [0, 1] and m.written == [2, 3]
@@ -324,7 +326,10 @@ def test_undecodable_file_names_become_rows_not_a_lost_dataset(tmp_path):
     make_images(str(src), 4, classes=("a", "b"))
     good = put_bytes_name(str(src / "a"), b"bad\xff.jpg", jpeg_bytes(42))
     put_bytes_name(str(src / "b"), b"text\xfe.jpg", b"not an image")
-    os.symlink(os.path.join(os.fsencode(str(src)), b"nowhere\xfd.jpg"), os.path.join(os.fsencode(str(src / "b")), b"gone\xfd.jpg"))
+    os.symlink(
+        os.path.join(os.fsencode(str(src)), b"nowhere\xfd.jpg"),
+        os.path.join(os.fsencode(str(src / "b")), b"gone\xfd.jpg"),
+    )
 
     m = shard_dataset("folder", str(src), root, "u", images_per_shard=2, progress=False)
     assert m.n_total == 7
@@ -376,7 +381,9 @@ def test_layout_classes_equal_dataset_info_after_sharding(tmp_path, layout):
     elif layout == "imagenet-a":
         from tasks.datasets.imagenet import imagenet_wnids
 
-        make_class_folders(src, [imagenet_wnids()[6], imagenet_wnids()[11]], per_class=1, label_of=imagenet_wnids().index)
+        make_class_folders(
+            src, [imagenet_wnids()[6], imagenet_wnids()[11]], per_class=1, label_of=imagenet_wnids().index
+        )
     else:
         make_pets(src)
     with warnings.catch_warnings():
@@ -418,7 +425,10 @@ def shard_files(root: str, dataset: str) -> dict[str, bytes]:
 
 def markers(root: str, dataset: str) -> dict[str, dict]:
     st = Storage(root)
-    return {Path(p).name: st.read_json(p.removeprefix(st.root_path + "/")) for p in st.glob(f"{COMMITS_DIR}/{dataset_dir(dataset)}/part-*.json")}
+    return {
+        Path(p).name: st.read_json(p.removeprefix(st.root_path + "/"))
+        for p in st.glob(f"{COMMITS_DIR}/{dataset_dir(dataset)}/part-*.json")
+    }
 
 
 class PausingStorage(Storage):
@@ -521,7 +531,14 @@ def test_two_processes_shard_the_same_source_on_one_root(tmp_path):
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, src, root], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, src, root],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -552,19 +569,29 @@ def test_prepare_keeps_unmarked_parts_and_write_shard_replaces_them(tmp_path):
         st.marker_path(marker_key(shard_part("d", 7))), shard_part("d", 7),
     ])  # fmt: skip
     assert st.fs.cat_file(st.path(shard_part("d", 1))) == b"an unmarked part: in flight or stale"
-    assert st.exists(shard_part("d", 2)) and not st.is_done(marker_key(shard_part("d", 2)))  # rewritten below, not deleted
+    assert st.exists(shard_part("d", 2)) and not st.is_done(
+        marker_key(shard_part("d", 2))
+    )  # rewritten below, not deleted
     assert prepare_shards(plan, st) == []  # idempotent: a second run's prepare removes nothing
 
     res = write_shard(plan, 1, st)
     assert not res.skipped and res.n_total == 2
-    assert [r["image_id"] for r in read_shard(root, "d", 1, columns=["image_id"]).to_pylist()] == [e.image_id for e in plan.entries(1)]
+    assert [r["image_id"] for r in read_shard(root, "d", 1, columns=["image_id"]).to_pylist()] == [
+        e.image_id for e in plan.entries(1)
+    ]
     m = shard_dataset("folder", src, root, "d", images_per_shard=2, progress=False)
     assert m.skipped == [1] and m.written == [0, 2]
     assert sorted(shard_files(root, "d")) == [f"part-{i:05d}.parquet" for i in range(3)]
     assert len(all_rows(root, "d")) == 5
 
     forced = prepare_shards(plan, st, force=True)  # markers go, part files within the plan stay
-    assert sorted(forced) == sorted([st.marker_path(marker_key(dataset_info("d"))), dataset_info("d"), *(st.marker_path(marker_key(shard_part("d", i))) for i in range(3))])
+    assert sorted(forced) == sorted(
+        [
+            st.marker_path(marker_key(dataset_info("d"))),
+            dataset_info("d"),
+            *(st.marker_path(marker_key(shard_part("d", i))) for i in range(3)),
+        ]
+    )
     assert sorted(shard_files(root, "d")) == [f"part-{i:05d}.parquet" for i in range(3)]
 
 
@@ -631,7 +658,9 @@ def test_worker_processes_check_unlisted_files_like_this_process(tmp_path, proce
     assert processes_for_small_sets == [2]
     _assert_same_output(one, procs, "m")
     by_id = {r["source"]: r for r in all_rows(procs, "m")}
-    assert by_id["mixed/fifo.jpg"]["status"] == "unreadable" and "not a regular file" in by_id["mixed/fifo.jpg"]["error"]
+    assert (
+        by_id["mixed/fifo.jpg"]["status"] == "unreadable" and "not a regular file" in by_id["mixed/fifo.jpg"]["error"]
+    )
     assert by_id["mixed/gone.jpg"]["status"] == "missing"
     assert by_id["normal"]["status"] == "unreadable"  # a folder
     assert by_id["mixed/truncated.jpg"]["status"] == "truncated"
@@ -650,7 +679,9 @@ def test_worker_processes_resume_and_skip_like_this_process(tmp_path, processes_
             raise Crash("injected after two shards")
 
     with pytest.raises(Crash):
-        shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False, workers=2, on_shard_done=crash_after_two)
+        shard_dataset(
+            "folder", src, root, "d", images_per_shard=3, progress=False, workers=2, on_shard_done=crash_after_two
+        )
     st = Storage(root)
     st.fs.rm(st.path(st.marker_path(marker_key(shard_part("d", 0)))))  # shard 0 to redo, 1 committed
     m = shard_dataset("folder", src, root, "d", images_per_shard=3, progress=False, workers=2)
@@ -667,7 +698,10 @@ def test_process_rows_in_any_order_equal_build_row(tmp_path, processes_for_small
     plan = plan_shards("folder", src, "d", images_per_shard=3)
 
     def expected(i):
-        return [build_row(plan.source, e, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes) for e in plan.entries(i)]
+        return [
+            build_row(plan.source, e, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes)
+            for e in plan.entries(i)
+        ]
 
     with _ProcessRows(plan, 2, [0, 1, 2]) as rows:
         assert list(rows.rows(1)) == expected(1)  # shard 0 skipped
@@ -699,7 +733,9 @@ def test_shard_workers_import_neither_torch_nor_prefect(tmp_path, processes_for_
     with _ProcessRows(plan, 1, []) as rows:  # what a real worker process has imported
         modules = rows.pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=120)
     assert "tasks.store.images" in modules or "PIL.Image" in modules
-    assert not {"torch", "prefect", "pyarrow", "tasks.steps.shard", "tasks.datasets", "timm", "open_clip"} & set(modules)
+    assert not {"torch", "prefect", "pyarrow", "tasks.steps.shard", "tasks.datasets", "timm", "open_clip"} & set(
+        modules
+    )
 
 
 def test_worker_count_default_env_and_small_sets(tmp_path, monkeypatch):

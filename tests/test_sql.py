@@ -58,7 +58,10 @@ CLASSES = ["cat", "dog", "bird", "fish", "frog"]
 METHODS = ["abs", "clip", "clip-e", "cupl"]
 N_SHARDS = 3
 PER_SHARD = 8
-ERROR_IMAGES = {"img_005": ("truncated", "image file is truncated"), "img_017": ("not_image", "cannot identify image file")}
+ERROR_IMAGES = {
+    "img_005": ("truncated", "image file is truncated"),
+    "img_017": ("not_image", "cannot identify image file"),
+}
 DINO_MODEL, DINO_DIGEST, DINO_GRID = "dino_vitb16", "d1g3st", 14
 Z = 1.959963984540054
 
@@ -157,7 +160,9 @@ def make_rows(config: str, shard: int, computed_by: str, flip_seed: int | None =
                 row.update(_abs_geometry(random.Random(f"geo/{image_id}"), image_id))
             if image_id in ERROR_IMAGES:
                 status, error = ERROR_IMAGES[image_id]
-                row.update(pred=None, pred_name=None, top5=None, score_true=None, margin=None, status=status, error=error)
+                row.update(
+                    pred=None, pred_name=None, top5=None, score_true=None, margin=None, status=status, error=error
+                )
                 for k in ("width", "height", "dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows"):
                     row[k] = None
             rows.append(row)
@@ -165,10 +170,20 @@ def make_rows(config: str, shard: int, computed_by: str, flip_seed: int | None =
 
 
 def write_part(st: Storage, config: str, shard: int, rows: list[dict]) -> str:
-    return st.write_parquet(prediction_part(DATASET, MODEL, config, shard), pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
+    return st.write_parquet(
+        prediction_part(DATASET, MODEL, config, shard), pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
+    )
 
 
-def write_run(st: Storage, run_id: str, config: str, deployment: str, day: int, status: str = "completed", computed: int = N_SHARDS) -> dict:
+def write_run(
+    st: Storage,
+    run_id: str,
+    config: str,
+    deployment: str,
+    day: int,
+    status: str = "completed",
+    computed: int = N_SHARDS,
+) -> dict:
     rec = {
         "run_id": run_id,
         "deployment": deployment,
@@ -247,7 +262,9 @@ def write_dino_cache(st: Storage, shard: int = 0, variant: str = DINO_DIGEST, ot
         att = attention_map(image_id)
         if other_weights:
             att = att[::-1]
-        rows.append({"image_id": image_id, "shard": shard, "grid": DINO_GRID, "attention": att, "status": "ok", "error": None})
+        rows.append(
+            {"image_id": image_id, "shard": shard, "grid": DINO_GRID, "attention": att, "status": "ok", "error": None}
+        )
     st.write_parquet(dino_part(DINO_MODEL, variant, DATASET, shard), pa.Table.from_pylist(rows, schema=DINO_SCHEMA))
 
 
@@ -261,8 +278,9 @@ def build_results(root: str, *, shards: bool = False, dino: bool = False) -> Fix
         write_part(st, "c1", shard, rows)
         # c1's parts have rollups (as the pipeline writes them), c2's not (an older root): the
         # aggregate views count the first from their rollups and the others from their rows
-        rollups.write_rollup(st, prediction_part(DATASET, MODEL, "c1", shard),
-                             pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
+        rollups.write_rollup(
+            st, prediction_part(DATASET, MODEL, "c1", shard), pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
+        )
         fx.rows["c1"] += rows
     fx.rows["c2"] = []
     for shard in range(N_SHARDS):
@@ -297,7 +315,13 @@ def expected_accuracy(rows: list[dict], key=lambda r: r["method"]) -> dict:
     for k, rs in groups.items():
         ok = [r for r in rs if r["status"] == "ok"]
         correct = sum(r["pred"] == r["label"] for r in ok)
-        out[k] = {"n": len(rs), "n_ok": len(ok), "n_error": len(rs) - len(ok), "correct": correct, "accuracy": correct / len(ok)}
+        out[k] = {
+            "n": len(rs),
+            "n_ok": len(ok),
+            "n_error": len(rs) - len(ok),
+            "correct": correct,
+            "accuracy": correct / len(ok),
+        }
     return out
 
 
@@ -343,7 +367,12 @@ def test_accuracy_equals_independent_computation(fx, con):
         assert len({r["shard"] for r in rows}) == (N_SHARDS if complete else 1)
         for method, exp in expected_accuracy(rows).items():
             row = got[(run_id, method)]
-            assert (row["n"], row["n_ok"], row["n_error"], row["correct"]) == (exp["n"], exp["n_ok"], exp["n_error"], exp["correct"])
+            assert (row["n"], row["n_ok"], row["n_error"], row["correct"]) == (
+                exp["n"],
+                exp["n_ok"],
+                exp["n_error"],
+                exp["correct"],
+            )
             assert row["n_error"] == (len(ERROR_IMAGES) if complete else exp["n_error"])
             assert row["accuracy"] == pytest.approx(exp["accuracy"], abs=1e-12)
             assert row["accuracy_all"] == pytest.approx(exp["correct"] / exp["n"], abs=1e-12)
@@ -355,7 +384,10 @@ def test_accuracy_equals_independent_computation(fx, con):
             assert row["acc5"] == pytest.approx(expected_acc5(method_rows), abs=1e-12)
             assert row["mean_per_class_recall"] == pytest.approx(expected_mean_per_class_recall(method_rows), abs=1e-12)
     # the two configs really differ, so the comparison below is not vacuous
-    assert got[("r1", "abs")]["correct"] != got[("r2", "abs")]["correct"] or got[("r1", "clip")]["correct"] != got[("r2", "clip")]["correct"]
+    assert (
+        got[("r1", "abs")]["correct"] != got[("r2", "abs")]["correct"]
+        or got[("r1", "clip")]["correct"] != got[("r2", "clip")]["correct"]
+    )
 
 
 TOPK_CLASSES = [f"c{i}" for i in range(9)]
@@ -375,19 +407,33 @@ def build_topk_results(root: str) -> tuple[Storage, list[dict]]:
             image_id = f"img_{n:03d}"
             n += 1
             for method, p_right in (("abs", 0.7 - 0.05 * label), ("clip", 0.3 + 0.05 * label)):
-                pred = label if rng.random() < p_right else rng.choice([c for c in range(len(TOPK_CLASSES)) if c != label])
+                pred = (
+                    label if rng.random() < p_right else rng.choice([c for c in range(len(TOPK_CLASSES)) if c != label])
+                )
                 others = [c for c in range(len(TOPK_CLASSES)) if c != pred]
                 rng.shuffle(others)
                 top5 = [pred] + others[:4]
                 row = {
-                    "image_id": image_id, "shard": 0, "label": label, "class_name": TOPK_CLASSES[label],
-                    "method": method, "pred": pred, "pred_name": TOPK_CLASSES[pred], "top5": top5,
-                    "score_true": 0.5, "margin": 0.1, "status": "ok", "error": None, "run_id": "rk",
+                    "image_id": image_id,
+                    "shard": 0,
+                    "label": label,
+                    "class_name": TOPK_CLASSES[label],
+                    "method": method,
+                    "pred": pred,
+                    "pred_name": TOPK_CLASSES[pred],
+                    "top5": top5,
+                    "score_true": 0.5,
+                    "margin": 0.1,
+                    "status": "ok",
+                    "error": None,
+                    "run_id": "rk",
                 }
                 if n % 13 == 0:  # an ok row without its top5 list: counts as a top-5 miss, not as NULL
                     row["top5"] = None
                 if n % 17 == 0:  # an unreadable image: in n and n_error, in neither accuracy
-                    row.update(pred=None, pred_name=None, top5=None, status="truncated", error="image file is truncated")
+                    row.update(
+                        pred=None, pred_name=None, top5=None, status="truncated", error="image file is truncated"
+                    )
                 rows.append(row)
     st.write_parquet(prediction_part(DATASET, MODEL, "ck", 0), pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
     rec = write_run(st, "rk", "ck", "weekly", 12)
@@ -414,11 +460,24 @@ def test_top5_accuracy_and_mean_per_class_recall(tmp_path):
         assert row["accuracy"] == pytest.approx(sum(r["pred"] == r["label"] for r in ok) / len(ok), abs=1e-12)
     # the named query keeps its first seven columns and adds the two metrics after them
     cols = catalog.run_query(st.root, "accuracy").column_names
-    assert cols[:9] == ["method", "accuracy", "ci_low", "ci_high", "n", "n_error", "run_id", "acc5", "mean_per_class_recall"]
+    assert cols[:9] == [
+        "method",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "n",
+        "n_error",
+        "run_id",
+        "acc5",
+        "mean_per_class_recall",
+    ]
 
 
 def test_run_predictions_include_rows_reused_from_a_crashed_run(con):
-    t = catalog.run_query(con, "SELECT computed_by, shard, count(*) AS n FROM run_predictions WHERE run_id = 'r2' GROUP BY ALL ORDER BY shard")
+    t = catalog.run_query(
+        con,
+        "SELECT computed_by, shard, count(*) AS n FROM run_predictions WHERE run_id = 'r2' GROUP BY ALL ORDER BY shard",
+    )
     assert rows_of(t) == [
         {"computed_by": "r2-crashed", "shard": 0, "n": PER_SHARD * len(METHODS)},
         {"computed_by": "r2", "shard": 1, "n": PER_SHARD * len(METHODS)},
@@ -456,7 +515,9 @@ def test_a_running_record_past_its_lease_reads_interrupted(tmp_path):
 
 
 def test_per_class_accuracy_and_extremes(fx, con):
-    got = {(r["method"], r["label"]): r for r in rows_of(catalog.run_query(con, "per_class_accuracy", {"run_id": "r2"}))}
+    got = {
+        (r["method"], r["label"]): r for r in rows_of(catalog.run_query(con, "per_class_accuracy", {"run_id": "r2"}))
+    }
     exp = expected_accuracy(fx.run_rows("r2"), key=lambda r: (r["method"], r["label"]))
     assert set(got) == set(exp)
     for k, e in exp.items():
@@ -486,7 +547,11 @@ def test_confusions(fx, con):
 
 def test_error_rows(fx, con):
     got = rows_of(catalog.run_query(con, "errors", {"run_id": "r2"}))
-    exp = {(r["image_id"], r["method"], r["status"], r["error"], r["shard"]) for r in fx.run_rows("r2") if r["status"] != "ok"}
+    exp = {
+        (r["image_id"], r["method"], r["status"], r["error"], r["shard"])
+        for r in fx.run_rows("r2")
+        if r["status"] != "ok"
+    }
     assert {(r["image_id"], r["method"], r["status"], r["error"], r["shard"]) for r in got} == exp
     assert {r["run_id"] for r in got} == {"r2"}
     counts = rows_of(catalog.run_query(con, "error_counts", {"run_id": "r2"}))
@@ -526,12 +591,16 @@ def test_comparison_finds_exactly_the_flipped_images(fx, con):
     # identical prediction sets (r3 reuses r1's rows) have no flips
     assert catalog.run_query(con, "compare_flips", {"run_a": "r1", "run_b": "r3"}).num_rows == 0
 
-    methods = {r["method"]: r for r in rows_of(catalog.run_query(con, "compare_methods", {"run_a": "r1", "run_b": "r2"}))}
+    methods = {
+        r["method"]: r for r in rows_of(catalog.run_query(con, "compare_methods", {"run_a": "r1", "run_b": "r2"}))
+    }
     acc_a, acc_b = expected_accuracy(fx.run_rows("r1")), expected_accuracy(fx.run_rows("r2"))
     for m in METHODS:
         assert methods[m]["delta"] == pytest.approx(acc_b[m]["accuracy"] - acc_a[m]["accuracy"])
         fixed = sum(1 for k in changed if k[1] == m and b[k]["pred"] == b[k]["label"] and a[k]["pred"] != a[k]["label"])
-        broken = sum(1 for k in changed if k[1] == m and a[k]["pred"] == a[k]["label"] and b[k]["pred"] != b[k]["label"])
+        broken = sum(
+            1 for k in changed if k[1] == m and a[k]["pred"] == a[k]["label"] and b[k]["pred"] != b[k]["label"]
+        )
         assert (methods[m]["n_fixed"], methods[m]["n_broken"]) == (fixed, broken)
         assert methods[m]["n_changed"] == sum(1 for k in changed if k[1] == m)
         # net change in correct images equals fixed - broken (same images in both runs)
@@ -547,8 +616,17 @@ def test_comparison_finds_exactly_the_flipped_images(fx, con):
 
 def test_every_named_query_runs_and_references_views_only(fx, con):
     queries = catalog.list_queries()
-    assert {"accuracy", "per_class_accuracy", "confusions", "errors", "compare_methods", "compare_classes", "compare_flips",
-            "regressions", "clip_benchmark"} <= set(queries)
+    assert {
+        "accuracy",
+        "per_class_accuracy",
+        "confusions",
+        "errors",
+        "compare_methods",
+        "compare_classes",
+        "compare_flips",
+        "regressions",
+        "clip_benchmark",
+    } <= set(queries)
     for name, doc in queries.items():
         text = catalog.query_sql(name)
         assert "${root}" not in text and "read_parquet" not in text and doc, name
@@ -578,10 +656,13 @@ def test_the_report_queries_answer_what_they_replace(fx, con):
 
     maps = catalog.run_query(con, "attention_maps").to_pylist()  # both cached DINO variants of shard 0
     assert sorted((r["image_id"], r["variant"]) for r in maps) == sorted(
-        (i, v) for i in image_ids(0) for v in (DINO_DIGEST, "0ther"))
+        (i, v) for i in image_ids(0) for v in (DINO_DIGEST, "0ther")
+    )
     for r in maps:
         att = attention_map(r["image_id"])
-        assert r["grid"] == DINO_GRID and r["attention"] == pytest.approx(att if r["variant"] == DINO_DIGEST else att[::-1])
+        assert r["grid"] == DINO_GRID and r["attention"] == pytest.approx(
+            att if r["variant"] == DINO_DIGEST else att[::-1]
+        )
     two = image_ids(0)[:2]
     picked = catalog.run_query(con, "attention_maps", {"dataset": DATASET, "image_ids": two}).to_pylist()
     assert sorted(r["image_id"] for r in picked) == sorted(two * 2)
@@ -618,7 +699,9 @@ def _check_half_written_invisible(root: str) -> None:
     try:
         acc = {r["method"]: r for r in catalog.run_query(root, "accuracy", {"run_id": "r9"}).to_pylist()}
         assert {m: r["n"] for m, r in acc.items()} == {m: PER_SHARD for m in METHODS}
-        assert catalog.run_query(root, "SELECT DISTINCT shard FROM predictions WHERE config = 'c9'").to_pylist() == [{"shard": 0}]
+        assert catalog.run_query(root, "SELECT DISTINCT shard FROM predictions WHERE config = 'c9'").to_pylist() == [
+            {"shard": 0}
+        ]
         # finish the write and commit it the way Storage does: whole file, move, then marker
         f.write(data[len(data) // 2 :])
         f.close()
@@ -678,14 +761,22 @@ def test_reads_during_concurrent_commits_see_whole_shards(tmp_path):
     t.start()
     try:
         while not done.is_set() or not seen:
-            n = catalog.run_query(con, "SELECT count(*) AS n FROM run_predictions WHERE run_id = 'rw' AND method = 'abs'").column("n")[0].as_py()
+            n = (
+                catalog.run_query(
+                    con, "SELECT count(*) AS n FROM run_predictions WHERE run_id = 'rw' AND method = 'abs'"
+                )
+                .column("n")[0]
+                .as_py()
+            )
             assert n % PER_SHARD == 0 and 1 <= n // PER_SHARD <= n_shards
             seen.add(n // PER_SHARD)
     finally:
         t.join()
         con.close()
     assert not errors, errors
-    assert catalog.run_query(st.root, "accuracy", {"run_id": "rw"}).column("n").to_pylist() == [n_shards * PER_SHARD] * len(METHODS)
+    assert catalog.run_query(st.root, "accuracy", {"run_id": "rw"}).column("n").to_pylist() == [
+        n_shards * PER_SHARD
+    ] * len(METHODS)
     assert len(seen) >= 2  # the reader really overlapped the writer
 
 
@@ -724,7 +815,9 @@ def test_empty_root_has_empty_typed_views(tmp_path):
     st = Storage(str(tmp_path / "norun"))
     write_part(st, "c1", 0, make_rows("c1", 0, "r1"))
     assert catalog.run_query(st.root, "accuracy").num_rows == 0
-    assert catalog.run_query(st.root, "SELECT count(*) AS n FROM predictions").to_pylist() == [{"n": PER_SHARD * len(METHODS)}]
+    assert catalog.run_query(st.root, "SELECT count(*) AS n FROM predictions").to_pylist() == [
+        {"n": PER_SHARD * len(METHODS)}
+    ]
 
 
 def test_config_hash_stays_a_string(tmp_path):
@@ -749,20 +842,25 @@ def test_parts_written_before_a_column_was_added_are_read_by_name(tmp_path):
     try:
         view_sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'").fetchall()[0][0]
         assert "union_by_name" not in view_sql  # fast path first
-        got = catalog.run_query(con, "SELECT shard, count(*) AS n, count(margin) AS with_margin FROM predictions "
-                                     "GROUP BY shard ORDER BY shard").to_pylist()
+        got = catalog.run_query(
+            con,
+            "SELECT shard, count(*) AS n, count(margin) AS with_margin FROM predictions GROUP BY shard ORDER BY shard",
+        ).to_pylist()
         view_sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'").fetchall()[0][0]
         assert "union_by_name" in view_sql
     finally:
         con.close()
     n_ok = sum(r["margin"] is not None for r in make_rows("c1", 0, "r1"))
-    assert got == [{"shard": 0, "n": PER_SHARD * len(METHODS), "with_margin": n_ok},
-                   {"shard": 1, "n": PER_SHARD * len(METHODS), "with_margin": 0}]
+    assert got == [
+        {"shard": 0, "n": PER_SHARD * len(METHODS), "with_margin": n_ok},
+        {"shard": 1, "n": PER_SHARD * len(METHODS), "with_margin": 0},
+    ]
     assert catalog.mixed_schema_globs(duckdb.connect(), st) == {"predictions/*/*/*/part-*.parquet"}
     out = catalog.write_catalog(st.root, tmp_path / "results.duckdb")
     with duckdb.connect(out, read_only=True) as cat:
-        assert cat.execute("SELECT count(*) FROM run_predictions WHERE margin IS NULL AND shard = 1").fetchall()[0][0] \
-            == PER_SHARD * len(METHODS)
+        assert cat.execute("SELECT count(*) FROM run_predictions WHERE margin IS NULL AND shard = 1").fetchall()[0][
+            0
+        ] == PER_SHARD * len(METHODS)
     # one schema again (the old part rewritten): back to reading by position
     write_part(st, "c1", 1, old_rows)
     assert catalog.mixed_schema_globs(duckdb.connect(), st) == set()
@@ -775,16 +873,20 @@ def _rounded(row: tuple) -> tuple:
 def test_run_predictions_of_reads_only_the_listed_runs(fx, con):
     """The table macros under the views: the listed runs' rows, exactly what the views hold for them."""
     for ids in (["r1"], ["r2", "r2-crashed"], []):
-        got = con.execute("SELECT run_id, count(*) FROM run_predictions_of(?) GROUP BY run_id ORDER BY run_id",
-                          [ids]).fetchall()
+        got = con.execute(
+            "SELECT run_id, count(*) FROM run_predictions_of(?) GROUP BY run_id ORDER BY run_id", [ids]
+        ).fetchall()
         assert got == [(r, len(fx.run_rows(r))) for r in sorted(ids)]
         acc = con.execute("SELECT * FROM accuracy_of(?) ORDER BY run_id, method", [ids]).fetchall()
-        view = con.execute("SELECT * FROM accuracy WHERE list_contains(?, run_id) ORDER BY run_id, method",
-                           [ids]).fetchall()
+        view = con.execute(
+            "SELECT * FROM accuracy WHERE list_contains(?, run_id) ORDER BY run_id, method", [ids]
+        ).fetchall()
         # averages may differ in the last bit: DuckDB sums in parallel, in no fixed order
         assert [_rounded(r) for r in acc] == [_rounded(r) for r in view]
-    assert con.execute("SELECT count(*) FROM run_predictions_of(NULL)").fetchall() == \
-        con.execute("SELECT count(*) FROM run_predictions").fetchall()
+    assert (
+        con.execute("SELECT count(*) FROM run_predictions_of(NULL)").fetchall()
+        == con.execute("SELECT count(*) FROM run_predictions").fetchall()
+    )
 
 
 def test_catalog_file_opens_without_paths(fx, tmp_path):
@@ -818,13 +920,23 @@ def test_duckdb_cli_opens_catalog_and_runs_every_query(fx, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1 + len(fx.runs) * len(METHODS) and "r2-crashed" in res.stdout
-    script = "SET VARIABLE run_id = 'r2';\n" + "".join(f".read {catalog.QUERIES_DIR / f'{q}.sql'}\n" for q in catalog.list_queries())
+    script = "SET VARIABLE run_id = 'r2';\n" + "".join(
+        f".read {catalog.QUERIES_DIR / f'{q}.sql'}\n" for q in catalog.list_queries()
+    )
     res = subprocess.run([cli, "-csv", out], input=script, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "Error" not in res.stdout + res.stderr, res.stdout + res.stderr
     # a catalog with relative paths works from a shell started in the root
     rel = catalog.write_catalog(fx.root, tmp_path / "rel.duckdb", relative=True)
-    res = subprocess.run([cli, "-csv", rel, "-c", "select count(*) as n from predictions"], capture_output=True, text=True, timeout=60, cwd=fx.root)
-    assert res.returncode == 0 and res.stdout.split() == ["n", str(sum(len(r) for r in fx.rows.values()))], res.stdout + res.stderr
+    res = subprocess.run(
+        [cli, "-csv", rel, "-c", "select count(*) as n from predictions"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=fx.root,
+    )
+    assert res.returncode == 0 and res.stdout.split() == ["n", str(sum(len(r) for r in fx.rows.values()))], (
+        res.stdout + res.stderr
+    )
 
 
 def test_export_formats(fx, con, tmp_path):

@@ -26,8 +26,15 @@ FRESH = {"top_k=3,tau=0.05": {"top_k": 3, "tau": 0.05}, "top_k=5,crop_kinds=raw"
 
 
 def _params(root: str, abs_config: dict) -> dict:
-    return dict(TINY_FLOW_PARAMS, dataset="demo", root=root, images_per_shard=8, deployment="sweep", report=False,
-                abs_config={**BASE, **abs_config})
+    return dict(
+        TINY_FLOW_PARAMS,
+        dataset="demo",
+        root=root,
+        images_per_shard=8,
+        deployment="sweep",
+        report=False,
+        abs_config={**BASE, **abs_config},
+    )
 
 
 # ---------------------------------------------------------------------- the plan
@@ -49,8 +56,11 @@ def test_the_plan_runs_the_models_only_where_the_draws_change():
     # points that change no draw come from one run, which need not be a point itself
     plan = plan_sweep(base, [{"tau": 0.01}, {"crop_kinds": "feature", "matching": "average"}, {"n_descriptions": 10}])
     assert len(plan) == 1 and plan[0].own is None and plan[0].keeps_features
-    assert [p.name for p in plan[0].variants] == ["tau=0.01", "crop_kinds=feature,matching=average",
-                                                  "n_descriptions=10"]
+    assert [p.name for p in plan[0].variants] == [
+        "tau=0.01",
+        "crop_kinds=feature,matching=average",
+        "n_descriptions=10",
+    ]
     # a raw-only base gives feature-only points from a run with both branches
     raw = ABSConfig(feature_crops=False)
     plan = plan_sweep(raw, [{"crop_kinds": "raw"}, {"crop_kinds": "feature"}])
@@ -92,8 +102,9 @@ def fresh(prefect_server, source, tmp_path_factory):
 def test_every_point_has_its_partition_and_says_how_it_was_computed(swept):
     root, out = swept
     points = {p["point"]: p for p in out["points"]}
-    assert set(points) == {f"top_k={k}" + t + c for k in (5, 3) for t in ("", ",tau=0.05")
-                           for c in ("", ",crop_kinds=raw")}
+    assert set(points) == {
+        f"top_k={k}" + t + c for k in (5, 3) for t in ("", ",tau=0.05") for c in ("", ",crop_kinds=raw")
+    }
     by_model = {n for n, p in points.items() if p["computed_by"] == "model"}
     assert by_model == {"top_k=5", "top_k=3"}  # top_k changes the draws: the models run
     assert len({p["config"] for p in points.values()}) == 8  # every point its own partition

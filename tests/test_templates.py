@@ -119,10 +119,22 @@ def test_every_named_layout_declares_a_shipped_set_and_the_others_none():
     """Each layout module declares its set on its class (no central table): the CLIP paper's for the
     datasets CLIP evaluated, the ImageNet set for CUB and Places365, none for the generic layouts."""
     known = set(builtin_names())
-    expected = {"imagenet": "imagenet1k", "imagenet-v2": "imagenet1k", "imagenet-sketch": "imagenet1k",
-                "imagenet-a": "imagenet1k", "imagenet-r": "imagenet1k", "food101": "food101", "pets": "pets",
-                "dtd": "dtd", "cub": "imagenet1k", "places365": "imagenet1k",
-                "folder": None, "manifest": None, "webdataset": None, "hf-parquet": None}
+    expected = {
+        "imagenet": "imagenet1k",
+        "imagenet-v2": "imagenet1k",
+        "imagenet-sketch": "imagenet1k",
+        "imagenet-a": "imagenet1k",
+        "imagenet-r": "imagenet1k",
+        "food101": "food101",
+        "pets": "pets",
+        "dtd": "dtd",
+        "cub": "imagenet1k",
+        "places365": "imagenet1k",
+        "folder": None,
+        "manifest": None,
+        "webdataset": None,
+        "hf-parquet": None,
+    }
     assert set(list_layouts()) == set(expected)  # a new layout is added here with its set
     for layout in list_layouts():
         name = get_layout(layout).default_templates
@@ -145,14 +157,17 @@ def test_a_regular_install_would_ship_the_template_data():
 
 
 # ---------------------------------------------------------------------- files: {c} and {}, .txt and .json
-@pytest.mark.parametrize("name,text", [
-    ("t.txt", "a photo of a {c}.\n\n  a drawing of the {c}.  \n"),
-    ("t.txt", "a photo of a {}.\na drawing of the {}.\n"),
-    ("t.json", json.dumps(["a photo of a {c}.", "a drawing of the {}."])),
-    ("t.json", json.dumps({"wds/mine": ["a photo of a {}.", "a drawing of the {c}."]})),  # CLIP_benchmark's shape
-    ("noext", json.dumps(["a photo of a {c}.", "a drawing of the {c}."])),
-    ("noext", "a photo of a {c}.\na drawing of the {}.\n"),
-])
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("t.txt", "a photo of a {c}.\n\n  a drawing of the {c}.  \n"),
+        ("t.txt", "a photo of a {}.\na drawing of the {}.\n"),
+        ("t.json", json.dumps(["a photo of a {c}.", "a drawing of the {}."])),
+        ("t.json", json.dumps({"wds/mine": ["a photo of a {}.", "a drawing of the {c}."]})),  # CLIP_benchmark's shape
+        ("noext", json.dumps(["a photo of a {c}.", "a drawing of the {c}."])),
+        ("noext", "a photo of a {c}.\na drawing of the {}.\n"),
+    ],
+)
 def test_template_files_take_c_or_braces_as_txt_or_json(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text)
@@ -164,17 +179,20 @@ def test_template_files_take_c_or_braces_as_txt_or_json(tmp_path, name, text):
     assert resolve_template_set(str(path), {"templates": OWN, "layout": "webdataset"}).templates == ts.templates
 
 
-@pytest.mark.parametrize("name,text,message", [
-    ("empty.txt", "", "no templates"),
-    ("blank.txt", "\n  \n\n", "no templates"),
-    ("noplace.txt", "a photo of a {c}.\na photo of a dog.\n", r"#2 'a photo of a dog\.' lacks the placeholder"),
-    ("empty.json", "[]", "no templates"),
-    ("bad.json", "[\"a {c}\",", "not valid JSON"),
-    ("dict.json", json.dumps({"cat": ["a cat."], "dog": ["a dog."]}), "descriptions"),
-    ("nums.json", json.dumps(["a {c}", 3]), "#2 is a int"),
-    ("str.json", json.dumps("a photo of a {c}."), "a JSON str"),
-    ("latin1.txt", "a caf\xe9 {c}".encode("latin-1"), "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "name,text,message",
+    [
+        ("empty.txt", "", "no templates"),
+        ("blank.txt", "\n  \n\n", "no templates"),
+        ("noplace.txt", "a photo of a {c}.\na photo of a dog.\n", r"#2 'a photo of a dog\.' lacks the placeholder"),
+        ("empty.json", "[]", "no templates"),
+        ("bad.json", '["a {c}",', "not valid JSON"),
+        ("dict.json", json.dumps({"cat": ["a cat."], "dog": ["a dog."]}), "descriptions"),
+        ("nums.json", json.dumps(["a {c}", 3]), "#2 is a int"),
+        ("str.json", json.dumps("a photo of a {c}."), "a JSON str"),
+        ("latin1.txt", "a caf\xe9 {c}".encode("latin-1"), "not UTF-8"),
+    ],
+)
 def test_a_malformed_template_file_is_a_clear_error(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -199,8 +217,14 @@ def test_fill_replaces_both_placeholders_once_in_the_library_and_the_pipeline():
 
 # ---------------------------------------------------------------------- which set a dataset gets
 def test_auto_is_the_datasets_own_else_its_layouts_set_else_imagenet():
-    own = resolve_template_set("auto", {"layout": "webdataset", "templates": OWN,
-                                        "templates_file": "/data/wds_x/zeroshot_classification_templates.txt"})
+    own = resolve_template_set(
+        "auto",
+        {
+            "layout": "webdataset",
+            "templates": OWN,
+            "templates_file": "/data/wds_x/zeroshot_classification_templates.txt",
+        },
+    )
     assert own.name == "dataset:zeroshot_classification_templates.txt" and own.count == 3
     assert own.texts("dog")[2] == "dog in a painting."
     assert resolve_template_set("auto", {"layout": "dtd"}).name == "dtd"
@@ -209,8 +233,10 @@ def test_auto_is_the_datasets_own_else_its_layouts_set_else_imagenet():
     assert resolve_template_set("auto", {"layout": "folder"}).name == "imagenet1k"
     assert resolve_template_set("auto", None).name == "imagenet1k"
     # the same content by another route records the same set (so the same config)
-    assert resolve_template_set("auto", {"layout": "imagenet"}).record() == builtin_template_set(
-        "openai-imagenet").record()
+    assert (
+        resolve_template_set("auto", {"layout": "imagenet"}).record()
+        == builtin_template_set("openai-imagenet").record()
+    )
     # a named set wins over the dataset's own
     assert resolve_template_set("dtd", {"layout": "webdataset", "templates": OWN}).name == "dtd"
     with pytest.raises(TemplateError, match="lacks the placeholder.*--templates"):
@@ -225,7 +251,9 @@ def test_the_templates_parameter_takes_names_and_files_and_refuses_typos(tmp_pat
     assert make_params(dataset="x").templates == "auto"
     for ok in ("openai-imagenet", "dtd", "none", "birdsnap", "/some/where/t.txt", "s3://b/t.json"):
         assert make_params(dataset="x", templates=ok).templates == ok
-    with pytest.raises(ParameterError, match="templates: .*unknown template set 'openai'.*did you mean openai-imagenet"):
+    with pytest.raises(
+        ParameterError, match="templates: .*unknown template set 'openai'.*did you mean openai-imagenet"
+    ):
         make_params(dataset="x", templates="openai")
     help_text = EvaluateParams.model_fields["templates"].description or ""
     assert all(n in help_text for n in builtin_names()), help_text  # the help names every set
@@ -233,11 +261,27 @@ def test_the_templates_parameter_takes_names_and_files_and_refuses_typos(tmp_pat
     bad = tmp_path / "bad.txt"
     bad.write_text("a photo of a dog.\n")
     with pytest.raises(ParameterError, match=r"templates: .*bad\.txt.*lacks the placeholder"):
-        check(make_params(dataset="x", templates=str(bad), clip_model="abs-tiny-vit-b16", clip_pretrained=None,
-                          dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None))
+        check(
+            make_params(
+                dataset="x",
+                templates=str(bad),
+                clip_model="abs-tiny-vit-b16",
+                clip_pretrained=None,
+                dino_model="abs-tiny-dino-vit-b16",
+                dino_pretrained=None,
+            )
+        )
     with pytest.raises(ParameterError, match="template file not found"):
-        check(make_params(dataset="x", templates=str(tmp_path / "nope.txt"), clip_model="abs-tiny-vit-b16",
-                          clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16", dino_pretrained=None))
+        check(
+            make_params(
+                dataset="x",
+                templates=str(tmp_path / "nope.txt"),
+                clip_model="abs-tiny-vit-b16",
+                clip_pretrained=None,
+                dino_model="abs-tiny-dino-vit-b16",
+                dino_pretrained=None,
+            )
+        )
 
 
 # ---------------------------------------------------------------------- description files: {c} and .txt
@@ -284,8 +328,11 @@ def test_a_webdataset_with_its_own_templates_gives_clip_e_exactly_those(tmp_path
     other = _direct_ensemble(tiny_clip, CLASSES, [imagenet.texts(c) for c in CLASSES])
     assert (other - want).abs().max() > 1e-3
 
-    record = {"name": "dataset:zeroshot_classification_templates.txt", "count": 3,
-              "sha256": TemplateSet("x", tuple(t.replace("{}", "{c}") for t in OWN)).sha256}
+    record = {
+        "name": "dataset:zeroshot_classification_templates.txt",
+        "count": 3,
+        "sha256": TemplateSet("x", tuple(t.replace("{}", "{c}") for t in OWN)).sha256,
+    }
     assert ctx.prediction_settings["templates"] == record  # run records keep it as config_json["numbers"]
     assert ctx.text_entry.templates == record
 
@@ -307,8 +354,9 @@ def test_other_templates_are_another_recorded_set_another_text_bank_and_another_
     assert own.config_hash != mine.config_hash
     assert own.text_entry.key != mine.text_entry.key and own.text_entry.path != mine.text_entry.path
     # the rest of the settings is the same: only the templates tell the two runs apart
-    assert {k: v for k, v in own.prediction_settings.items() if k != "templates"} == \
-           {k: v for k, v in mine.prediction_settings.items() if k != "templates"}
+    assert {k: v for k, v in own.prediction_settings.items() if k != "templates"} == {
+        k: v for k, v in mine.prediction_settings.items() if k != "templates"
+    }
 
     # the same texts written with {c} in a JSON file: the same bank from the cache (content-keyed)
     jfile = tmp_path / "mine.json"
@@ -328,9 +376,18 @@ def test_a_dataset_whose_own_templates_are_malformed_fails_before_any_work(tmp_p
     root, source = _prepare(tmp_path, "a photo of a dog.\n", name="wds-bad")
     desc = tmp_path / "desc.json"
     desc.write_text(json.dumps(simple_descriptions(CLASSES, 3)))
-    params = dict(dataset="wds-bad", layout="webdataset", source=source, root=root, descriptions=str(desc),
-                  clip_model="abs-tiny-vit-b16", clip_pretrained=None, dino_model="abs-tiny-dino-vit-b16",
-                  dino_pretrained=None, abs_config={"n_descriptions": 3})
+    params = dict(
+        dataset="wds-bad",
+        layout="webdataset",
+        source=source,
+        root=root,
+        descriptions=str(desc),
+        clip_model="abs-tiny-vit-b16",
+        clip_pretrained=None,
+        dino_model="abs-tiny-dino-vit-b16",
+        dino_pretrained=None,
+        abs_config={"n_descriptions": 3},
+    )
     with pytest.raises(ParameterError, match=r"templates: .*zeroshot_classification_templates\.txt.*placeholder"):
         preflight(make_params(**params))
     with pytest.raises(ParameterError, match="templates"):

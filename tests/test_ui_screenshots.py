@@ -25,9 +25,22 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 
 def test_every_artifact_page_renders_its_images_and_fits_1400_px(tmp_path):
     out = tmp_path / "ui"
-    p = subprocess.run([sys.executable, str(REPO / "scripts" / "ui_screenshots.py"), "--out", str(out),
-                        "--chromium", CHROMIUM, "--server-timeout", "300"],
-                       cwd=REPO, capture_output=True, text=True, timeout=1800)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "ui_screenshots.py"),
+            "--out",
+            str(out),
+            "--chromium",
+            CHROMIUM,
+            "--server-timeout",
+            "300",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert p.returncode == 0 and not summary["failures"], (summary["failures"], p.stdout[-3000:], p.stderr[-3000:])
     pages = summary["pages"]

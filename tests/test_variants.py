@@ -40,8 +40,15 @@ NAMES = {*FRESH, "n_crops=3", "matching=average"}
 
 
 def _params(root: str, **abs_changes) -> dict:
-    return dict(TINY_FLOW_PARAMS, dataset="demo", root=root, images_per_shard=8, deployment="test", report=False,
-                abs_config={**BASE, **abs_changes})
+    return dict(
+        TINY_FLOW_PARAMS,
+        dataset="demo",
+        root=root,
+        images_per_shard=8,
+        deployment="test",
+        report=False,
+        abs_config={**BASE, **abs_changes},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +115,10 @@ def _stored(root: str, run_id: str, shard: int):
 def _part_rows(st, run, config: str, shard: int) -> dict[tuple[str, str], dict]:
     from tasks.store.paths import prediction_part
 
-    return {(r["image_id"], r["method"]): r
-            for r in st.read_parquet(prediction_part(run.dataset, run.model, config, shard)).to_pylist()}
+    return {
+        (r["image_id"], r["method"]): r
+        for r in st.read_parquet(prediction_part(run.dataset, run.model, config, shard)).to_pylist()
+    }
 
 
 def test_the_analysis_lists_every_variant_and_its_accuracy(base):
@@ -163,8 +172,9 @@ def test_a_prefix_scores_the_first_crops_of_each_branch(base):
             assert math.isclose(row["score_true"], float(logits[row["label"]]), rel_tol=SCORE_RTOL, abs_tol=SCORE_ATOL)
             assert row["raw_boxes"] == was["raw_boxes"][:3] and row["feature_windows"] == was["feature_windows"][:3]
             for m in ("clip", "cupl"):
-                assert {k: mine[(image, m)][k] for k in ("pred", "top5", "score_true", "margin")} == \
-                       {k: theirs[(image, m)][k] for k in ("pred", "top5", "score_true", "margin")}
+                assert {k: mine[(image, m)][k] for k in ("pred", "top5", "score_true", "margin")} == {
+                    k: theirs[(image, m)][k] for k in ("pred", "top5", "score_true", "margin")
+                }
 
 
 def test_plain_averaging_averages_each_class_descriptions(base):
@@ -211,8 +221,10 @@ def test_sql_views_list_the_variants_and_the_run_stays_the_latest(base):
         assert a["n"] == 24 and a["deployment"] == f"test:{name}" and a["config"] == rec["config"]
         assert a["correct"] == sum(1 for r in rows if r[4] == "abs" and r[6] == r[5])
     runs = {r["run_id"]: r for r in run_query(root, "runs").to_pylist()}
-    assert all(runs[rec["run_id"]]["shards_done"] == 3 and runs[rec["run_id"]]["status"] == "completed"
-               for rec in recs.values())
+    assert all(
+        runs[rec["run_id"]]["shards_done"] == 3 and runs[rec["run_id"]]["status"] == "completed"
+        for rec in recs.values()
+    )
     latest = {r["run_id"] for r in run_query(root, "clip_benchmark").to_pylist()}  # what `export` takes by default
     assert latest == {out["run_id"]}
     # a variant against its run: the regressions view names the setting that differs

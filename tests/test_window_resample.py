@@ -58,9 +58,16 @@ def _boxes(h: int, w: int, seed: int, n: int = 6) -> torch.Tensor:
     ones (1 x 1, 1 x k, k x 1), thin ones, ones smaller than the view (upscaled) and random ones."""
     g = torch.Generator().manual_seed(seed)
     fixed = [
-        (0, 0, w, h), (0, 0, max(1, w // 3), h), (w - max(1, w // 4), 0, w, h), (0, h - max(1, h // 5), w, h),
-        (w - 1, h - 1, w, h), (0, 0, 1, 1), (w // 2, 0, w // 2 + 1, h), (0, h // 2, w, h // 2 + 1),
-        (w // 3, h // 3, min(w, w // 3 + 7), min(h, h // 3 + 4)), (1, 2, w - 1, min(h, 5)),
+        (0, 0, w, h),
+        (0, 0, max(1, w // 3), h),
+        (w - max(1, w // 4), 0, w, h),
+        (0, h - max(1, h // 5), w, h),
+        (w - 1, h - 1, w, h),
+        (0, 0, 1, 1),
+        (w // 2, 0, w // 2 + 1, h),
+        (0, h // 2, w, h // 2 + 1),
+        (w // 3, h // 3, min(w, w // 3 + 7), min(h, h // 3 + 4)),
+        (1, 2, w - 1, min(h, 5)),
     ]
     x0 = torch.randint(0, w, (n,), generator=g)
     y0 = torch.randint(0, h, (n,), generator=g)
@@ -111,13 +118,16 @@ def test_windowed_views_equal_dense_per_call_views(images, size):
     assert torch.equal(clip_views_batch_dense(xs, groups, size, MEAN, STD, n), ref)  # the benchmarks' "before"
 
 
-@pytest.mark.parametrize("parts,call_samples,cpu_rows", [
-    ((1, 1), 1, 3),  # one window per crop, one crop per call
-    ((4, 4), 1 << 40, 1 << 30),  # one call for everything (the GPU grouping)
-    ((16, 2), 1 << 16, 64),
-    ((1, 28), 1 << 20, 64),
-    ((7, 5), 1 << 18, 5),  # 7 divides 224, 5 does not (4 bands)
-])
+@pytest.mark.parametrize(
+    "parts,call_samples,cpu_rows",
+    [
+        ((1, 1), 1, 3),  # one window per crop, one crop per call
+        ((4, 4), 1 << 40, 1 << 30),  # one call for everything (the GPU grouping)
+        ((16, 2), 1 << 16, 64),
+        ((1, 28), 1 << 20, 64),
+        ((7, 5), 1 << 18, 5),  # 7 divides 224, 5 does not (4 bands)
+    ],
+)
 def test_windowed_views_do_not_depend_on_bands_or_calls(monkeypatch, parts, call_samples, cpu_rows):
     monkeypatch.setattr(preprocess, "_PARTS", parts)
     monkeypatch.setattr(preprocess, "_CPU_CALL_SAMPLES", call_samples)
@@ -169,13 +179,27 @@ def test_window_matrices_are_the_dense_rows_shifted(parts):
         dense = aa_matrices(start, length, resized, offset, size, [(len(boxes), full)], "bicubic", True, taps)[0]
         lo, hi = aa_spans(start, length, resized, offset, size, full, "bicubic", parts)
         width = int((hi - lo).max())
-        win = aa_window_matrices(start, length, resized, offset, size, [(5, width), (len(boxes) - 5, width + 3)],
-                                 torch.full((len(boxes),), full), lo, "bicubic", True, taps)
+        win = aa_window_matrices(
+            start,
+            length,
+            resized,
+            offset,
+            size,
+            [(5, width), (len(boxes) - 5, width + 3)],
+            torch.full((len(boxes),), full),
+            lo,
+            "bicubic",
+            True,
+            taps,
+        )
         rows = torch.cat([m[:, :, :width] for m in win])
         assert all(torch.equal(m[:, :, width:], torch.zeros_like(m[:, :, width:])) for m in win)
         lo_i = lo[:, torch.arange(size) * parts // size]  # [n, size]: window start of each output
-        back = torch.zeros_like(dense).scatter_add_(2, (lo_i.unsqueeze(-1) + torch.arange(width)).clamp(max=full - 1),
-                                                    torch.where(lo_i.unsqueeze(-1) + torch.arange(width) < full, rows, 0.0))
+        back = torch.zeros_like(dense).scatter_add_(
+            2,
+            (lo_i.unsqueeze(-1) + torch.arange(width)).clamp(max=full - 1),
+            torch.where(lo_i.unsqueeze(-1) + torch.arange(width) < full, rows, 0.0),
+        )
         assert torch.equal(back, dense)
 
 
@@ -203,7 +227,7 @@ def test_pil_window_levels_equal_dense_pil_levels(parts):
     ky = aa_window_matrices(*ys, size, [(n, wy)], torch.full((n,), h), ylo, "bicubic", True, ty)[0]
     src = torch.cat([torch.round(x.double() * 255).reshape(-1), torch.full((wx,), 7.0)])
     y = torch.minimum(r0.view(n, 1) + torch.arange(ly), torch.tensor(h - 1))  # [n, ly]
-    starts = (torch.arange(c).view(1, 1, c, 1) * h * w + (y * w).view(n, 1, 1, ly) + xlo.view(n, parts, 1, 1))
+    starts = torch.arange(c).view(1, 1, c, 1) * h * w + (y * w).view(n, 1, 1, ly) + xlo.view(n, parts, 1, 1)
     rows = torch.clamp((ylo - r0.view(n, 1)).unsqueeze(-1) + torch.arange(wy), max=ly - 1)
     assert torch.equal(pil_window_levels(src, starts, kx, ky, rows), dense)
     if parts == 1:
@@ -216,6 +240,7 @@ _AA_SPANS = preprocess.aa_spans  # the real one, whatever a test patches in
 def _patch_spans(monkeypatch, how: str) -> None:
     """Make ``preprocess.aa_spans`` return other windows: ``widen`` (3 samples more before, 5
     after: nothing may change), ``lo`` / ``hi`` (one sample fewer at that end of every band)."""
+
     def patched(*args, **kw):
         lo, hi = _AA_SPANS(*args, **kw)
         if how == "widen":

@@ -186,4 +186,3 @@ class CLIPBackbone(WeightsInfo, nn.Module):
             out[s : s + len(tokens)] = nn.functional.normalize(f.to(self.feature_dtype), dim=-1).cpu()
             del tokens, f
         return out
-

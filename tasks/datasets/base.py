@@ -220,7 +220,9 @@ class DatasetSource:
         if self.class_ids is not None:
             self.class_ids = [escape_undecodable(c) for c in self.class_ids]
         self.entries = _unique_escaped_ids(self.entries)
-        self.ignored = [IgnoredFile(escape_undecodable(i.path), i.reason) if is_undecodable(i.path) else i for i in self.ignored]
+        self.ignored = [
+            IgnoredFile(escape_undecodable(i.path), i.reason) if is_undecodable(i.path) else i for i in self.ignored
+        ]
         if self.subset_indices is not None:
             if len(self.subset_indices) != len(self.classnames):
                 raise ValueError("subset_indices must have one index per class")
@@ -230,7 +232,9 @@ class DatasetSource:
         n = len(self.classnames)
         bad_labels = sorted({e.label for e in self.entries if not 0 <= e.label < n})
         if bad_labels:
-            raise LayoutError(f"{self.layout}: labels {bad_labels[:5]} in {self.url} are outside 0..{n - 1}; expected one of the {n} class labels")
+            raise LayoutError(
+                f"{self.layout}: labels {bad_labels[:5]} in {self.url} are outside 0..{n - 1}; expected one of the {n} class labels"
+            )
         seen: set[str] = set()
         for e in self.entries:
             if e.image_id in seen:
@@ -262,7 +266,6 @@ class DatasetSource:
         """
         return len({e.label for e in self.entries})
 
-
     # ------------------------------------------------------------------ reading
     def resolve(self, entry: Entry) -> tuple[AbstractFileSystem, str]:
         """Filesystem and path of an entry; relative paths are under the source root."""
@@ -285,8 +288,6 @@ class DatasetSource:
         """
         fs, path = self.resolve(entry)
         return fs.cat_file(path)
-
-
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> str:
@@ -369,7 +370,9 @@ class Layout(ABC):
         split = split if split is not None else self.default_split
         if self.splits is not None and split not in self.splits:
             if self.splits == (None,):
-                raise LayoutError(f"{self.name}: this layout has no splits (the folder is the evaluation set); leave split unset")
+                raise LayoutError(
+                    f"{self.name}: this layout has no splits (the folder is the evaluation set); leave split unset"
+                )
             raise LayoutError(f"{self.name}: unknown split {split!r}; expected one of {list(self.splits)}")
         fs, root = fsspec.core.url_to_fs(source, **storage_options)
         root = root.rstrip("/") or "/"
@@ -397,7 +400,9 @@ class Layout(ABC):
         return self.expected_sizes.get(split or "", None)
 
     @abstractmethod
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         """Build the :class:`DatasetSource`; ``root`` is the filesystem path of ``source``."""
 
 

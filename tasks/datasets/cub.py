@@ -43,30 +43,53 @@ class CUB(Layout):
     #: (``--templates birdsnap`` picks CLIP's bird set instead).
     default_templates = "imagenet1k"
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
         base = find_root(fs, root, "images.txt", subdirs=("CUB_200_2011",), what=self.title, layout=self.name)
         p = lambda name: posixpath.join(base, name)  # noqa: E731
 
-        classes = parse_table(fs, p("classes.txt"), n_fields=2, int_fields=(0,), what="'<class_id> <NNN.Class_Name>'", layout=self.name)
+        classes = parse_table(
+            fs, p("classes.txt"), n_fields=2, int_fields=(0,), what="'<class_id> <NNN.Class_Name>'", layout=self.name
+        )
         class_ids = [int(f[0]) for _, f in classes]
         if class_ids != list(range(1, len(class_ids) + 1)):
-            raise LayoutError(f"{self.name}: {display(fs, p('classes.txt'))}: class ids must run 1..N in order, got {class_ids[:5]}...")
+            raise LayoutError(
+                f"{self.name}: {display(fs, p('classes.txt'))}: class ids must run 1..N in order, got {class_ids[:5]}..."
+            )
         folders = [f[1] for _, f in classes]
         classnames = [readable_name(re.sub(r"^\d+\.", "", f)) for f in folders]
 
-        images = parse_table(fs, p("images.txt"), n_fields=2, int_fields=(0,), what="'<image_id> <class_folder/file.jpg>'", layout=self.name)
+        images = parse_table(
+            fs,
+            p("images.txt"),
+            n_fields=2,
+            int_fields=(0,),
+            what="'<image_id> <class_folder/file.jpg>'",
+            layout=self.name,
+        )
         labels = dict(
             (int(f[0]), int(f[1]))
             for _, f in parse_table(
-                fs, p("image_class_labels.txt"), n_fields=2, int_fields=(0, 1), what="'<image_id> <class_id>'", layout=self.name
+                fs,
+                p("image_class_labels.txt"),
+                n_fields=2,
+                int_fields=(0, 1),
+                what="'<image_id> <class_id>'",
+                layout=self.name,
             )
         )
         flags = dict(
             (int(f[0]), f[1])
             for _, f in parse_table(
-                fs, p("train_test_split.txt"), n_fields=2, int_fields=(0, 1), what="'<image_id> <1 (train) or 0 (test)>'", layout=self.name
+                fs,
+                p("train_test_split.txt"),
+                n_fields=2,
+                int_fields=(0, 1),
+                what="'<image_id> <1 (train) or 0 (test)>'",
+                layout=self.name,
             )
         )
         wanted = _SPLIT_FLAG[split or "test"]
@@ -74,14 +97,22 @@ class CUB(Layout):
         for lineno, (sid, rel) in images:
             iid = int(sid)
             if iid not in labels:
-                raise LayoutError(f"{self.name}: image {iid} (images.txt line {lineno}) has no line in {display(fs, p('image_class_labels.txt'))}")
+                raise LayoutError(
+                    f"{self.name}: image {iid} (images.txt line {lineno}) has no line in {display(fs, p('image_class_labels.txt'))}"
+                )
             if iid not in flags:
-                raise LayoutError(f"{self.name}: image {iid} (images.txt line {lineno}) has no line in {display(fs, p('train_test_split.txt'))}")
+                raise LayoutError(
+                    f"{self.name}: image {iid} (images.txt line {lineno}) has no line in {display(fs, p('train_test_split.txt'))}"
+                )
             if flags[iid] not in ("0", "1"):
-                raise LayoutError(f"{self.name}: {display(fs, p('train_test_split.txt'))}: image {iid} has flag {flags[iid]!r}, expected 0 or 1")
+                raise LayoutError(
+                    f"{self.name}: {display(fs, p('train_test_split.txt'))}: image {iid} has flag {flags[iid]!r}, expected 0 or 1"
+                )
             cid = labels[iid]
             if not 1 <= cid <= len(classnames):
-                raise LayoutError(f"{self.name}: {display(fs, p('image_class_labels.txt'))}: image {iid} has class {cid}, expected 1..{len(classnames)}")
+                raise LayoutError(
+                    f"{self.name}: {display(fs, p('image_class_labels.txt'))}: image {iid} has class {cid}, expected 1..{len(classnames)}"
+                )
             if flags[iid] in wanted:
                 specs.append((posixpath.join("images", rel), cid - 1, rel))
 

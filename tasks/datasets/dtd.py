@@ -39,7 +39,9 @@ class DTD(Layout):
     splits = _SPLITS
     default_templates = "dtd"  # CLIP's 8 texture templates
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
         base = find_root(fs, root, "labels", subdirs=("dtd",), what=self.title, layout=self.name)
@@ -47,7 +49,9 @@ class DTD(Layout):
         rows = parse_table(fs, split_file, n_fields=1, what="'<class>/<file>.jpg'", layout=self.name)
         for lineno, (rel,) in rows:
             if rel.count("/") != 1:
-                raise LayoutError(f"{self.name}: {display(fs, split_file)} line {lineno}: expected '<class>/<file>.jpg', got {rel!r}")
+                raise LayoutError(
+                    f"{self.name}: {display(fs, split_file)} line {lineno}: expected '<class>/<file>.jpg', got {rel!r}"
+                )
 
         images_dir = posixpath.join(base, "images")
         listing = {f"images/{k}": v for k, v in (list_tree(fs, images_dir) if fs.isdir(images_dir) else {}).items()}

@@ -28,7 +28,9 @@ class ImageFolder(Layout):
 
     title = "a folder with one sub-folder of images per class"
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         allow_empty = _flag(options.pop("allow_empty_classes", False))
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)} (known: allow_empty_classes)")
@@ -36,7 +38,9 @@ class ImageFolder(Layout):
         if not groups:
             n_loose = sum(1 for i in ignored if i.reason == "not inside a class folder")
             hint = f" ({n_loose} file(s) lie directly in it: move them into class folders)" if n_loose else ""
-            raise LayoutError(f"{self.name}: no class folders with files in {display(fs, root)}{hint}; expected {self.title}")
+            raise LayoutError(
+                f"{self.name}: no class folders with files in {display(fs, root)}{hint}; expected {self.title}"
+            )
         empty = _empty_class_folders(fs, root, groups)
         if empty and not allow_empty:
             raise LayoutError(
@@ -46,8 +50,10 @@ class ImageFolder(Layout):
                 "-o allow_empty_classes=true to leave them out of the class list"
             )
         if empty:
-            warn_user(f"{self.name}: class folder(s) with no images left out of the class list "
-                      f"(allow_empty_classes): {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
+            warn_user(
+                f"{self.name}: class folder(s) with no images left out of the class list "
+                f"(allow_empty_classes): {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}"
+            )
         folders = sorted(groups)
         label_of = {c: i for i, c in enumerate(folders)}
         entries = [

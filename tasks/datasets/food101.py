@@ -37,18 +37,29 @@ class Food101(Layout):
     splits = ("test", "train")
     default_templates = "food101"  # CLIP's "a photo of {c}, a type of food."
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
         base = find_root(fs, root, "meta", subdirs=("food-101",), what=self.title, layout=self.name)
         classes_file = posixpath.join(base, "meta", "classes.txt")
-        folders = [f[0] for _, f in parse_table(fs, classes_file, n_fields=1, what="one class folder name per line (e.g. 'apple_pie')", layout=self.name)]
+        folders = [
+            f[0]
+            for _, f in parse_table(
+                fs, classes_file, n_fields=1, what="one class folder name per line (e.g. 'apple_pie')", layout=self.name
+            )
+        ]
         if len(set(folders)) != len(folders):
-            raise LayoutError(f"{self.name}: {display(fs, classes_file)} lists a class twice; expected unique folder names")
+            raise LayoutError(
+                f"{self.name}: {display(fs, classes_file)} lists a class twice; expected unique folder names"
+            )
         label_of = {c: i for i, c in enumerate(folders)}
         split_file = posixpath.join(base, "meta", f"{split}.txt")
         specs: list[tuple[str, int, str]] = []
-        for lineno, (item,) in parse_table(fs, split_file, n_fields=1, what="'<class>/<image id>' (e.g. 'apple_pie/1011328')", layout=self.name):
+        for lineno, (item,) in parse_table(
+            fs, split_file, n_fields=1, what="'<class>/<image id>' (e.g. 'apple_pie/1011328')", layout=self.name
+        ):
             cls, _, stem = item.partition("/")
             if cls not in label_of or not stem:
                 raise LayoutError(

@@ -115,8 +115,13 @@ class HFParquetSource(DatasetSource):
                     with fs.open(path, "rb") as f:
                         table = pq.ParquetFile(f).read_row_group(index, columns=[self.image_column])
                     hit = table.column(0).combine_chunks()
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:  # a damaged file: about its rows, not the network
-                    hit = EntryReadError(STATUS_UNREADABLE, f"{display(fs, path)} row group {index}: {type(e).__name__}: {e}")
+                except (
+                    pa.ArrowInvalid,
+                    pa.ArrowNotImplementedError,
+                ) as e:  # a damaged file: about its rows, not the network
+                    hit = EntryReadError(
+                        STATUS_UNREADABLE, f"{display(fs, path)} row group {index}: {type(e).__name__}: {e}"
+                    )
                 self._groups[key] = hit
                 while len(self._groups) > CACHED_ROW_GROUPS:
                     self._groups.popitem(last=False)
@@ -148,10 +153,14 @@ class HFParquet(Layout):
     title = "Hugging Face Parquet files with an image column {bytes, path} and an integer label column"
     source_is_file = None  # a file, a folder or a glob
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         unknown = sorted(set(options) - {"image_column", "label_column", "classnames"})
         if unknown:
-            raise TypeError(f"{self.name}: unexpected options {unknown}; known: ['classnames', 'image_column', 'label_column']")
+            raise TypeError(
+                f"{self.name}: unexpected options {unknown}; known: ['classnames', 'image_column', 'label_column']"
+            )
         image_col = str(options.get("image_column") or "image")
         label_col = str(options.get("label_column") or "label")
         base, files, single = self._find_files(fs, root, source)
@@ -161,7 +170,9 @@ class HFParquet(Layout):
         stems = [posixpath.splitext(posixpath.basename(r))[0] for r in rels]
         if len(set(stems)) < len(stems):
             stems = [posixpath.splitext(r)[0] for r in rels]
-        specs: list[tuple[str, int, int, int, int, str | None]] = []  # rel, row in file, group, row in group, label, path
+        specs: list[
+            tuple[str, int, int, int, int, str | None]
+        ] = []  # rel, row in file, group, row in group, label, path
         meta_names: list[str] | None = None
         meta_from: str | None = None
         for (path, _size), rel in zip(files, rels):
@@ -174,19 +185,25 @@ class HFParquet(Layout):
                     names = _classlabel_names(schema, label_col)
                     if names is not None:
                         if meta_names is not None and names != meta_names:
-                            raise LayoutError(f"{self.name}: the ClassLabel names of {label_col!r} in {where} differ from those in {meta_from}")
+                            raise LayoutError(
+                                f"{self.name}: the ClassLabel names of {label_col!r} in {where} differ from those in {meta_from}"
+                            )
                         meta_names, meta_from = names, where
                     labels = pf.read(columns=[label_col]).column(0).to_pylist()
                     img_type = schema.field(image_col).type
                     if pa.types.is_struct(img_type) and img_type.get_field_index("path") >= 0:
-                        paths = pf.read(columns=[f"{image_col}.path"]).column(0).combine_chunks().field("path").to_pylist()
+                        paths = (
+                            pf.read(columns=[f"{image_col}.path"]).column(0).combine_chunks().field("path").to_pylist()
+                        )
                     else:
                         paths = [None] * len(labels)
                     group_rows = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
             except LayoutError:
                 raise
             except (OSError, pa.ArrowException, ValueError) as e:
-                raise LayoutError(f"{self.name}: {where} is not a readable Parquet file ({type(e).__name__}: {e}); expected {self.title}") from e
+                raise LayoutError(
+                    f"{self.name}: {where} is not a readable Parquet file ({type(e).__name__}: {e}); expected {self.title}"
+                ) from e
             i = 0
             for g, n in enumerate(group_rows):
                 for r in range(n):
@@ -241,11 +258,17 @@ class HFParquet(Layout):
         )
 
     # ------------------------------------------------------------------ helpers
-    def _find_files(self, fs: AbstractFileSystem, root: str, source: str) -> tuple[str, list[tuple[str, int | None]], bool]:
+    def _find_files(
+        self, fs: AbstractFileSystem, root: str, source: str
+    ) -> tuple[str, list[tuple[str, int | None]], bool]:
         """``(base folder, [(path, size)], single file?)`` for a file, a folder or a glob."""
         if any(c in root for c in _GLOB_CHARS):
             found = fs.glob(root, detail=True)
-            files = [(p, _size(i)) for p, i in found.items() if i.get("type") != "directory" and p.lower().endswith(PARQUET_SUFFIXES)]
+            files = [
+                (p, _size(i))
+                for p, i in found.items()
+                if i.get("type") != "directory" and p.lower().endswith(PARQUET_SUFFIXES)
+            ]
             head = root[: min(root.index(c) for c in _GLOB_CHARS if c in root)]
             base = (head.rsplit("/", 1)[0] if "/" in head else "") or "/"
             single = False
@@ -253,10 +276,16 @@ class HFParquet(Layout):
             files, base, single = [(root, _size(fs.info(root)))], posixpath.dirname(root) or "/", True
         elif fs.isdir(root):
             found = fs.find(root, detail=True)
-            files = [(p, _size(i)) for p, i in found.items() if p.lower().endswith(PARQUET_SUFFIXES) and not _hidden(relpath(p, root))]
+            files = [
+                (p, _size(i))
+                for p, i in found.items()
+                if p.lower().endswith(PARQUET_SUFFIXES) and not _hidden(relpath(p, root))
+            ]
             base, single = root, False
         else:
-            raise LayoutError(f"{self.name}: {source} does not exist; expected a .parquet file, a folder of them or a glob")
+            raise LayoutError(
+                f"{self.name}: {source} does not exist; expected a .parquet file, a folder of them or a glob"
+            )
         if not files:
             raise LayoutError(f"{self.name}: no .parquet files at {source}; expected {self.title}")
         files.sort(key=lambda t: _natural_key(relpath(t[0], base)))
@@ -271,7 +300,9 @@ class HFParquet(Layout):
             keep = [f for i, f in enumerate(files) if (found[i] or "").lower() == split.lower()]
             if not keep:
                 seen = sorted({s for s in found.values() if s})
-                raise LayoutError(f"{self.name}: no .parquet files of split {split!r} under {display(fs, base)} (splits found: {seen or 'none'})")
+                raise LayoutError(
+                    f"{self.name}: no .parquet files of split {split!r} under {display(fs, base)} (splits found: {seen or 'none'})"
+                )
             return keep, split
         splits = sorted({s.lower() for s in found.values() if s})
         if len(splits) > 1:
@@ -282,17 +313,29 @@ class HFParquet(Layout):
         names = schema.names
         for col, opt in ((image_col, "image_column"), (label_col, "label_column")):
             if col not in names:
-                raise LayoutError(f"{self.name}: {where} has no column {col!r} (columns: {names}); pass layout_options={{'{opt}': ...}}")
+                raise LayoutError(
+                    f"{self.name}: {where} has no column {col!r} (columns: {names}); pass layout_options={{'{opt}': ...}}"
+                )
         t = schema.field(image_col).type
-        ok = (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and _is_binary(t.field(t.get_field_index("bytes")).type)) or _is_binary(t)
+        ok = (
+            pa.types.is_struct(t)
+            and t.get_field_index("bytes") >= 0
+            and _is_binary(t.field(t.get_field_index("bytes")).type)
+        ) or _is_binary(t)
         if not ok:
-            raise LayoutError(f"{self.name}: {where} column {image_col!r} is {t}; expected a struct {{bytes: binary, path: string}} or binary")
+            raise LayoutError(
+                f"{self.name}: {where} column {image_col!r} is {t}; expected a struct {{bytes: binary, path: string}} or binary"
+            )
         if not pa.types.is_integer(schema.field(label_col).type):
-            raise LayoutError(f"{self.name}: {where} column {label_col!r} is {schema.field(label_col).type}; expected integer class labels")
+            raise LayoutError(
+                f"{self.name}: {where} column {label_col!r} is {schema.field(label_col).type}; expected integer class labels"
+            )
 
     def _name(self, base: str, rels: list[str], split: str | None, single: bool) -> str:
         folder = base.rstrip("/")
-        if posixpath.basename(folder) in ("data", "") or (split and posixpath.basename(folder).lower() == split.lower()):
+        if posixpath.basename(folder) in ("data", "") or (
+            split and posixpath.basename(folder).lower() == split.lower()
+        ):
             folder = posixpath.dirname(folder)
             if posixpath.basename(folder) == "data":
                 folder = posixpath.dirname(folder)
@@ -333,7 +376,12 @@ def _split_of(rel: str) -> str | None:
 
 
 def _is_binary(t: pa.DataType) -> bool:
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) or getattr(pa.types, "is_binary_view", lambda _: False)(t)
+    return (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or getattr(pa.types, "is_binary_view", lambda _: False)(t)
+    )
 
 
 def _size(info: dict[str, Any]) -> int | None:

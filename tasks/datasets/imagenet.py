@@ -146,7 +146,9 @@ class _ImageNetFolders(Layout):
     def _wnid_index() -> dict[str, int]:
         return {w: i for i, w in enumerate(imagenet_wnids())}
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
         groups, ignored = scan_class_folders(fs, root)

@@ -76,8 +76,6 @@ def _list_files(fs: AbstractFileSystem, root: str, seen: set[str]) -> dict[str, 
     return out
 
 
-
-
 def info_size(info: Mapping[str, Any] | None) -> int | None:
     if info is None:
         return None
@@ -162,7 +160,9 @@ def find_root(
         base = posixpath.join(root, cand) if cand else root
         if fs.isfile(posixpath.join(base, marker)) or fs.isdir(posixpath.join(base, marker)):
             return base.rstrip("/")
-    where = " or ".join(display(fs, posixpath.join(root, c, marker) if c else posixpath.join(root, marker)) for c in ("", *subdirs))
+    where = " or ".join(
+        display(fs, posixpath.join(root, c, marker) if c else posixpath.join(root, marker)) for c in ("", *subdirs)
+    )
     raise LayoutError(f"{layout}: missing {where} — expected {what}")
 
 
@@ -190,9 +190,7 @@ def scan_class_folders(
     return groups, ignored
 
 
-def entries_from_listing(
-    specs: list[tuple[str, int, str]], listing: Mapping[str, Mapping[str, Any]]
-) -> list[Entry]:
+def entries_from_listing(specs: list[tuple[str, int, str]], listing: Mapping[str, Mapping[str, Any]]) -> list[Entry]:
     """Entries for ``(path, label, image_id)`` specs, with size/kind from a listing.
 
     A listed-in-the-index file that is absent from the listing stays an entry (it
@@ -204,8 +202,9 @@ def entries_from_listing(
     ]
 
 
-
-def warn_missing(layout: str, fs: AbstractFileSystem, root: str, entries: list[Entry], listing: Mapping[str, Any], index_file: str) -> None:
+def warn_missing(
+    layout: str, fs: AbstractFileSystem, root: str, entries: list[Entry], listing: Mapping[str, Any], index_file: str
+) -> None:
     """Warn (once, with a count and an example) about indexed images that are not on disk."""
     missing = [e for e in entries if e.path not in listing]
     if missing:

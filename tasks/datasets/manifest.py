@@ -38,7 +38,9 @@ class Manifest(Layout):
     title = "a .csv or .parquet file with columns path, label[, class_name][, image_id]"
     source_is_file = True
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
         where = display(fs, root)
@@ -47,7 +49,9 @@ class Manifest(Layout):
             raise LayoutError(f"{self.name}: {where} is empty; expected {self.title}")
         missing_cols = [c for c in REQUIRED if c not in columns]
         if missing_cols:
-            raise LayoutError(f"{self.name}: {where} lacks column(s) {missing_cols}; found {sorted(columns)}, expected {self.title}")
+            raise LayoutError(
+                f"{self.name}: {where} lacks column(s) {missing_cols}; found {sorted(columns)}, expected {self.title}"
+            )
         if not rows:
             raise LayoutError(f"{self.name}: {where} has no rows; expected {self.title}")
 
@@ -67,7 +71,9 @@ class Manifest(Layout):
             if name is not None and _text(name).strip() != "":
                 name = _text(name).strip()
                 if names.setdefault(label, name) != name:
-                    raise LayoutError(f"{self.name}: {where} row {n}: label {label} is named {name!r} here but {names[label]!r} before")
+                    raise LayoutError(
+                        f"{self.name}: {where} row {n}: label {label} is named {name!r} here but {names[label]!r} before"
+                    )
             # Ids with undecodable bytes are escaped (and kept unique) by DatasetSource.
             image_id = _text(row.get("image_id")).strip() or path
             entries.append(Entry(path=path, label=label, image_id=image_id))
@@ -99,7 +105,9 @@ class Manifest(Layout):
                 with fs.open(path, "rb") as f:
                     table = pq.read_table(f)
             except Exception as e:  # pyarrow raises several types for a broken file
-                raise LayoutError(f"{self.name}: {where} is not a readable Parquet file ({e}); expected {self.title}") from e
+                raise LayoutError(
+                    f"{self.name}: {where} is not a readable Parquet file ({e}); expected {self.title}"
+                ) from e
             columns = [str(c).strip() for c in table.column_names]
             return columns, [{str(k).strip(): v for k, v in row.items()} for row in table.to_pylist()]
         text = read_text(fs, path, self.title, self.name)

@@ -41,7 +41,9 @@ class OxfordPets(Layout):
     splits = ("test", "trainval")
     default_templates = "pets"  # CLIP's "a photo of a {c}, a type of pet."
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
         base = find_root(fs, root, "annotations", subdirs=("oxford-iiit-pet",), what=self.title, layout=self.name)
@@ -54,13 +56,17 @@ class OxfordPets(Layout):
         for other in ("test", "trainval"):
             path = posixpath.join(base, "annotations", f"{other}.txt")
             if other != split and fs.isfile(path):
-                sources.append((path, parse_table(fs, path, n_fields=(2, 4), int_fields=(1,), what=_ROW, layout=self.name)))
+                sources.append(
+                    (path, parse_table(fs, path, n_fields=(2, 4), int_fields=(1,), what=_ROW, layout=self.name))
+                )
         for path, table in sources:
             for lineno, fields in table:
                 cid = int(fields[1])
                 breed = fields[0].rsplit("_", 1)[0]
                 if cid < 1:
-                    raise LayoutError(f"{self.name}: {display(fs, path)} line {lineno}: class id {cid}, expected 1 or more")
+                    raise LayoutError(
+                        f"{self.name}: {display(fs, path)} line {lineno}: class id {cid}, expected 1 or more"
+                    )
                 if names.setdefault(cid, breed) != breed:
                     raise LayoutError(
                         f"{self.name}: {display(fs, path)} line {lineno}: class {cid} is {breed!r} here but {names[cid]!r} elsewhere"

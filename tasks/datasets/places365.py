@@ -64,14 +64,30 @@ class Places365(Layout):
     default_templates = "imagenet1k"
 
     def _load(
-        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, images_dir: str | None = None, **options: Any
+        self,
+        fs: AbstractFileSystem,
+        root: str,
+        *,
+        source: str,
+        split: str | None,
+        images_dir: str | None = None,
+        **options: Any,
     ) -> DatasetSource:
         """``images_dir`` picks the image folder; by default the first of val_large/, val_256/ present."""
         if options:
             raise TypeError(f"{self.name}: unexpected options {sorted(options)}")
-        lists = find_root(fs, root, "categories_places365.txt", subdirs=("filelist_places365-standard",), what=self.title, layout=self.name)
+        lists = find_root(
+            fs,
+            root,
+            "categories_places365.txt",
+            subdirs=("filelist_places365-standard",),
+            what=self.title,
+            layout=self.name,
+        )
         cat_file = posixpath.join(lists, "categories_places365.txt")
-        cats = parse_table(fs, cat_file, n_fields=2, int_fields=(1,), what="'/<letter>/<category> <index>'", layout=self.name)
+        cats = parse_table(
+            fs, cat_file, n_fields=2, int_fields=(1,), what="'/<letter>/<category> <index>'", layout=self.name
+        )
         by_index = {int(f[1]): f[0] for _, f in cats}
         if sorted(by_index) != list(range(len(cats))):
             raise LayoutError(f"{self.name}: {display(fs, cat_file)}: indices must run 0..{len(cats) - 1} once each")
@@ -85,15 +101,24 @@ class Places365(Layout):
                     "holding Places365_val_*.jpg"
                 )
         elif not fs.isdir(posixpath.join(root, images_dir)):
-            raise LayoutError(f"{self.name}: missing {display(fs, posixpath.join(root, images_dir))}/ (images_dir option)")
+            raise LayoutError(
+                f"{self.name}: missing {display(fs, posixpath.join(root, images_dir))}/ (images_dir option)"
+            )
 
         val_file = posixpath.join(lists, "places365_val.txt")
         specs: list[tuple[str, int, str]] = []
         for lineno, (name, label) in parse_table(
-            fs, val_file, n_fields=2, int_fields=(1,), what="'<file>.jpg <label>' (e.g. 'Places365_val_00000001.jpg 165')", layout=self.name
+            fs,
+            val_file,
+            n_fields=2,
+            int_fields=(1,),
+            what="'<file>.jpg <label>' (e.g. 'Places365_val_00000001.jpg 165')",
+            layout=self.name,
         ):
             if not 0 <= int(label) < len(categories):
-                raise LayoutError(f"{self.name}: {display(fs, val_file)} line {lineno}: label {label}, expected 0..{len(categories) - 1}")
+                raise LayoutError(
+                    f"{self.name}: {display(fs, val_file)} line {lineno}: label {label}, expected 0..{len(categories) - 1}"
+                )
             specs.append((f"{images_dir}/{name.lstrip('/')}", int(label), name.lstrip("/")))
         listing = {f"{images_dir}/{k}": v for k, v in list_tree(fs, posixpath.join(root, images_dir)).items()}
         entries = entries_from_listing(specs, listing)

@@ -37,7 +37,9 @@ def register_layout(name: str, *aliases: str) -> Callable[[L], L]:
         for key in keys:
             other = _LAYOUTS.get(key)
             if other is not None and other.__qualname__ != cls.__qualname__:
-                raise ValueError(f"layout name {key!r} is already registered by {other.__module__}.{other.__qualname__}")
+                raise ValueError(
+                    f"layout name {key!r} is already registered by {other.__module__}.{other.__qualname__}"
+                )
         cls.name = _norm(name)
         cls.aliases = tuple(_norm(a) for a in aliases)
         for key in keys:
@@ -64,7 +66,6 @@ def is_layout(name: str) -> bool:
 def list_layouts() -> list[str]:
     """Primary names of all registered layouts, sorted."""
     return sorted(_PRIMARY)
-
 
 
 def load_source(layout: str, source: str, **kwargs: Any) -> DatasetSource:

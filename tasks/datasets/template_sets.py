@@ -125,10 +125,13 @@ def parse_templates(items: Sequence[Any], where: str, *, skip_blank: bool = Fals
     if bad:
         raise TemplateError(
             f"{where}: {len(bad)} template(s) cannot be used: {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}. "
-            "Write one template per line (or a JSON list of strings) with {c} or {} where the class name goes")
+            "Write one template per line (or a JSON list of strings) with {c} or {} where the class name goes"
+        )
     if not out:
-        raise TemplateError(f"{where}: no templates (empty); expected one template per line (or a JSON list of "
-                            "strings) with {c} or {} where the class name goes, e.g. 'a photo of a {c}.'")
+        raise TemplateError(
+            f"{where}: no templates (empty); expected one template per line (or a JSON list of "
+            "strings) with {c} or {} where the class name goes, e.g. 'a photo of a {c}.'"
+        )
     return tuple(out)
 
 
@@ -144,8 +147,10 @@ def templates_from_text(text: str, where: str, *, suffix: str = "") -> tuple[str
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise TemplateError(f"{where} is not valid JSON ({exc}); expected a JSON list of templates, or a .txt "
-                                "file with one template per line") from None
+            raise TemplateError(
+                f"{where} is not valid JSON ({exc}); expected a JSON list of templates, or a .txt "
+                "file with one template per line"
+            ) from None
     elif suffix != ".txt" and text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -158,7 +163,8 @@ def templates_from_text(text: str, where: str, *, suffix: str = "") -> tuple[str
                 raise TemplateError(
                     f"{where}: an object with keys {list(data)[:5]}; expected a JSON list of templates (or one key "
                     "holding that list). Class-specific prompts ({class: [sentences]}) are descriptions: pass them "
-                    "with --descriptions")
+                    "with --descriptions"
+                )
             data = next(iter(lists.values()))
         if not isinstance(data, list):
             raise TemplateError(f"{where}: a JSON {type(data).__name__}; expected a list of templates")
@@ -206,8 +212,9 @@ def builtin_template_set(name: str) -> TemplateSet:
     key = data["aliases"].get(name, name)
     entry = data["sets"].get(key)
     if entry is None:
-        raise TemplateError(f"unknown template set {name!r}; known: {', '.join(builtin_names())}, or a .txt / .json "
-                            "template file")
+        raise TemplateError(
+            f"unknown template set {name!r}; known: {', '.join(builtin_names())}, or a .txt / .json template file"
+        )
     return TemplateSet(key, parse_templates(entry["templates"], f"template set {key!r}"), entry["source"])
 
 
@@ -223,8 +230,11 @@ def selection_problem(selection: str) -> str | None:
     import difflib
 
     near = difflib.get_close_matches(selection, [AUTO, *builtin_names()], n=2, cutoff=0.5)
-    return (f"unknown template set {selection!r}" + (f" (did you mean {' or '.join(near)}?)" if near else "")
-            + f"; use auto, one of {', '.join(builtin_names())}, or a .txt / .json template file")
+    return (
+        f"unknown template set {selection!r}"
+        + (f" (did you mean {' or '.join(near)}?)" if near else "")
+        + f"; use auto, one of {', '.join(builtin_names())}, or a .txt / .json template file"
+    )
 
 
 def resolve_template_set(selection: str, dataset: Mapping[str, Any] | None = None) -> TemplateSet:
@@ -247,8 +257,9 @@ def resolve_template_set(selection: str, dataset: Mapping[str, Any] | None = Non
         try:
             templates = parse_templates(list(own), where, skip_blank=True)
         except TemplateError as exc:
-            raise TemplateError(f"{exc} (or pass --templates with a set or a file instead of the dataset's own)") \
-                from None
+            raise TemplateError(
+                f"{exc} (or pass --templates with a set or a file instead of the dataset's own)"
+            ) from None
         return TemplateSet(f"dataset:{base}", templates, where)
     return builtin_template_set(layout_template_set_name(dataset.get("layout")) or FALLBACK)
 
@@ -261,7 +272,21 @@ def layout_template_set_name(layout: str | None) -> str | None:
 
 
 __all__ = [
-    "AUTO", "FALLBACK", "NONE", "PLACEHOLDER", "PLACEHOLDERS", "TemplateError", "TemplateSet", "builtin_names",
-    "builtin_template_set", "fill", "is_template_file", "layout_template_set_name", "parse_templates",
-    "read_template_file", "resolve_template_set", "selection_problem", "templates_from_text",
+    "AUTO",
+    "FALLBACK",
+    "NONE",
+    "PLACEHOLDER",
+    "PLACEHOLDERS",
+    "TemplateError",
+    "TemplateSet",
+    "builtin_names",
+    "builtin_template_set",
+    "fill",
+    "is_template_file",
+    "layout_template_set_name",
+    "parse_templates",
+    "read_template_file",
+    "resolve_template_set",
+    "selection_problem",
+    "templates_from_text",
 ]

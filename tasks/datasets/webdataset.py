@@ -95,7 +95,9 @@ class WebDatasetSource(DatasetSource):
         fs, path = self.resolve(entry)
         where = display(fs, path)
         if entry.offset < 0:
-            raise EntryReadError(STATUS_MISSING, f"{where}: sample {entry.image_id!r} has a .{LABEL_EXTENSION} label but no image member")
+            raise EntryReadError(
+                STATUS_MISSING, f"{where}: sample {entry.image_id!r} has a .{LABEL_EXTENSION} label but no image member"
+            )
         size = entry.size or 0
         data = fs.cat_file(path, start=entry.offset, end=entry.offset + size)
         if len(data) < size:
@@ -139,7 +141,9 @@ class WebDatasetLayout(Layout):
 
     title = "a split folder of WebDataset .tar shards (<key>.jpg/.png/.webp + <key>.cls) with classnames.txt beside it"
 
-    def _load(self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any) -> DatasetSource:
+    def _load(
+        self, fs: AbstractFileSystem, root: str, *, source: str, split: str | None, **options: Any
+    ) -> DatasetSource:
         unknown = sorted(set(options) - {"classnames"})
         if unknown:
             raise TypeError(f"{self.name}: unexpected options {unknown}; known: ['classnames']")
@@ -162,8 +166,13 @@ class WebDatasetLayout(Layout):
             classnames_file = display(fs, names_path)
             classnames = read_name_list(fs, names_path, "class names, one per line in label order", self.name)
         tpath = _first_file(fs, search, TEMPLATES_FILE)
-        templates = None if tpath is None else read_name_list(fs, tpath, "prompt templates, one per line", self.name,
-                                                              allow_blank=True, allow_empty=True)
+        templates = (
+            None
+            if tpath is None
+            else read_name_list(
+                fs, tpath, "prompt templates, one per line", self.name, allow_blank=True, allow_empty=True
+            )
+        )
 
         entries: list[Entry] = []
         ignored: list[IgnoredFile] = []
@@ -203,7 +212,9 @@ class WebDatasetLayout(Layout):
         )
 
     # ------------------------------------------------------------------ helpers
-    def _find_tars(self, fs: AbstractFileSystem, root: str, split: str | None) -> tuple[str, list[tuple[str, int | None]]]:
+    def _find_tars(
+        self, fs: AbstractFileSystem, root: str, split: str | None
+    ) -> tuple[str, list[tuple[str, int | None]]]:
         """``(split folder, [(tar name, size)])``: the given folder, or its ``split`` (default ``test``) sub-folder."""
         here = _list_tars(fs, root)
         if split is None or (here and posixpath.basename(root) == split):
@@ -213,7 +224,11 @@ class WebDatasetLayout(Layout):
         sub = posixpath.join(root, split)
         tars = _list_tars(fs, sub) if fs.isdir(sub) else []
         if not tars:
-            hint = f" ({display(fs, root)} holds .tar files itself: leave split unset)" if here else f" nor in {display(fs, root)}"
+            hint = (
+                f" ({display(fs, root)} holds .tar files itself: leave split unset)"
+                if here
+                else f" nor in {display(fs, root)}"
+            )
             raise LayoutError(f"{self.name}: no .tar files in {display(fs, sub)}{hint}; expected {self.title}")
         return sub, tars
 
@@ -233,7 +248,9 @@ class WebDatasetLayout(Layout):
             try:
                 tf = tarfile.open(fileobj=f, mode="r:")
             except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-                raise LayoutError(f"{self.name}: {where} is not a readable tar file ({e}); expected WebDataset .tar shards") from e
+                raise LayoutError(
+                    f"{self.name}: {where} is not a readable tar file ({e}); expected WebDataset .tar shards"
+                ) from e
             try:
                 for m in tf:
                     if not m.isfile():
@@ -257,7 +274,9 @@ class WebDatasetLayout(Layout):
             except (tarfile.ReadError, EOFError) as e:
                 end_ok = False
                 if not samples:
-                    raise LayoutError(f"{self.name}: {where} is not a readable tar file ({e}); expected WebDataset .tar shards") from e
+                    raise LayoutError(
+                        f"{self.name}: {where} is not a readable tar file ({e}); expected WebDataset .tar shards"
+                    ) from e
             else:
                 # tarfile stops silently at a broken header after the first member: a
                 # well-formed tar ends with zero blocks (or exactly at its end).
@@ -278,7 +297,9 @@ class WebDatasetLayout(Layout):
         for key, s in samples.items():
             image, label = s["image"], s["label"]
             for extra in s["extra"]:
-                ignored.append(IgnoredFile(f"{rel}/{extra.name}", f"a second image of sample {key!r} (kept {image.name})"))
+                ignored.append(
+                    IgnoredFile(f"{rel}/{extra.name}", f"a second image of sample {key!r} (kept {image.name})")
+                )
             if not isinstance(label, int):
                 if image is not None:
                     reason = f"no .{LABEL_EXTENSION} label" if label is None else f".{LABEL_EXTENSION} label {label}"
@@ -286,7 +307,17 @@ class WebDatasetLayout(Layout):
                     unlabelled.append(f"{rel}/{image.name}")
                 continue
             if image is None:
-                entries.append(TarEntry(path=f"{rel}/{key}", label=label, image_id=f"{rel}/{key}", size=None, regular=True, tar=rel, offset=-1))
+                entries.append(
+                    TarEntry(
+                        path=f"{rel}/{key}",
+                        label=label,
+                        image_id=f"{rel}/{key}",
+                        size=None,
+                        regular=True,
+                        tar=rel,
+                        offset=-1,
+                    )
+                )
             else:
                 entries.append(
                     TarEntry(
@@ -340,8 +371,9 @@ def _option_fs(url: str, fs: AbstractFileSystem) -> tuple[AbstractFileSystem, st
         raise LayoutError(f"cannot open {url} ({type(e).__name__}: {e})") from e
 
 
-def read_name_list(fs: AbstractFileSystem, path: str, what: str, layout: str, *, allow_blank: bool = False,
-                   allow_empty: bool = False) -> list[str]:
+def read_name_list(
+    fs: AbstractFileSystem, path: str, what: str, layout: str, *, allow_blank: bool = False, allow_empty: bool = False
+) -> list[str]:
     """The lines of a text file (class names, templates), stripped; trailing blank lines dropped.
 
     A blank line inside a class list would shift every later label, so it fails

@@ -133,9 +133,7 @@ def _unwrap(data: Any, dataset_key: str | None, what: str) -> tuple[Any, str | N
     keys = list(data)
     if dataset_key is None:
         if len(keys) != 1:
-            raise DescriptionError(
-                f"{what}: the file holds several datasets {keys}; pick one with dataset_key"
-            )
+            raise DescriptionError(f"{what}: the file holds several datasets {keys}; pick one with dataset_key")
         dataset_key = keys[0]
     if dataset_key not in data:
         raise DescriptionError(f"{what}: dataset key {dataset_key!r} not in the file; it has {keys}")
@@ -159,9 +157,7 @@ def import_cupl(data: Any, opts: ImportOptions) -> RawDescriptions:
 def import_nested(data: Any, opts: ImportOptions) -> RawDescriptions:
     """``{"dataset": {"class": [sentences]}}``; a single dataset key is taken without asking."""
     if not _is_nested_map(data):
-        raise DescriptionError(
-            f"nested: expected {{dataset: {{class: [sentences]}}}}, got {_shape(data)}"
-        )
+        raise DescriptionError(f"nested: expected {{dataset: {{class: [sentences]}}}}, got {_shape(data)}")
     inner, key = _unwrap(data, opts.dataset_key, "nested")
     return RawDescriptions(_clean_map(inner, "nested"), "nested", opts.source, dataset_key=key)
 
@@ -289,7 +285,9 @@ def import_templates(data: Any, opts: ImportOptions) -> RawDescriptions:
     ``format``), so other braces in a template stay as written.
     """
     if not _is_str_list(data) or not data:
-        raise DescriptionError(f"templates: expected a non-empty list of strings with {{c}} or {{}}, got {_shape(data)}")
+        raise DescriptionError(
+            f"templates: expected a non-empty list of strings with {{c}} or {{}}, got {_shape(data)}"
+        )
     try:
         templates = parse_templates(data, "templates")
     except TemplateError as exc:
@@ -349,7 +347,9 @@ def detect_format(data: Any) -> str:
                 "(format='attributes'); pass the format explicitly"
             )
         return style
-    raise DescriptionError(f"auto: unrecognised description file shape: {_shape(data)}; known formats: {sorted(FORMATS)}")
+    raise DescriptionError(
+        f"auto: unrecognised description file shape: {_shape(data)}; known formats: {sorted(FORMATS)}"
+    )
 
 
 def parse_descriptions(
@@ -368,7 +368,9 @@ def parse_descriptions(
     opts = ImportOptions(classnames=classnames, dataset_key=dataset_key, attribute_style=attribute_style, source=source)
     raw = FORMATS[name](data, opts)
     if format == "auto":
-        raw = RawDescriptions(raw.entries, raw.format, raw.source, raw.dataset_key, (f"format auto-detected as {name!r}", *raw.notes))
+        raw = RawDescriptions(
+            raw.entries, raw.format, raw.source, raw.dataset_key, (f"format auto-detected as {name!r}", *raw.notes)
+        )
     return raw
 
 
@@ -399,15 +401,19 @@ def load_description_file(
         if fname.lower().endswith(".txt"):
             data: Any = [ln.strip() for ln in blob.decode("utf-8-sig").splitlines() if ln.strip()]
             if not data:
-                raise DescriptionError(f"description file {path} is empty; a .txt file holds one template per line "
-                                       "with {c} or {} where the class name goes")
+                raise DescriptionError(
+                    f"description file {path} is empty; a .txt file holds one template per line "
+                    "with {c} or {} where the class name goes"
+                )
         else:
             data = json.loads(blob)
     except UnicodeDecodeError as e:
         raise DescriptionError(f"description file {path} is not UTF-8 text: {e}") from e
     except json.JSONDecodeError as e:
-        raise DescriptionError(f"description file {path} is not valid JSON: {e} (a template list may also be a "
-                               ".txt file, one template per line)") from e
+        raise DescriptionError(
+            f"description file {path} is not valid JSON: {e} (a template list may also be a "
+            ".txt file, one template per line)"
+        ) from e
     raw = parse_descriptions(
         data, format=format, classnames=classnames, dataset_key=dataset_key, attribute_style=attribute_style
     )

@@ -54,8 +54,6 @@ from .validate import HASH_VERSION, DescriptionSet
 META_KEY = b"abs.descriptions"
 
 
-
-
 def check_name(name: str) -> str:
     """A description set name is one safe path segment (it becomes ``name=<name>``)."""
     if not is_valid_name(name):
@@ -65,17 +63,9 @@ def check_name(name: str) -> str:
     return name
 
 
-
-
 def content_hash(ds: DescriptionSet) -> str:
     """sha256 hex of ``canonical_bytes`` (class names in label order and their texts)."""
     return ds.content_hash
-
-
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -129,7 +119,9 @@ def to_table(ds: DescriptionSet) -> pa.Table:
         pa.array(tx, pa.string()),
         pa.array([ds.source] * len(tx), pa.string()),
     ]
-    schema = DESCRIPTIONS_SCHEMA.with_metadata({META_KEY: json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode()})
+    schema = DESCRIPTIONS_SCHEMA.with_metadata(
+        {META_KEY: json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode()}
+    )
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -197,8 +189,9 @@ def write_descriptions(ds: DescriptionSet, root: str | Storage, name: str) -> De
             report=ds.report(),
             provenance=ds.provenance,
         )
-        commits.commit_parquet(storage, rel, to_table(ds),
-                               DescriptionSetMarker(**manifest.to_dict(), committed_at=time.time()))
+        commits.commit_parquet(
+            storage, rel, to_table(ds), DescriptionSetMarker(**manifest.to_dict(), committed_at=time.time())
+        )
     storage.write_json(description_latest(check_name(name)), {"content_hash": digest, "path": rel})
     return manifest
 
@@ -228,7 +221,9 @@ def read_descriptions(root: str | Storage, name: str, content_hash: str | None =
         raise DescriptionError(f"give at least {SHORT_HASH} hex digits of the content hash, got {content_hash!r}")
     rel = description_set(check_name(name), content_hash)
     if commits.committed(storage, rel) is None:
-        raise DescriptionError(f"descriptions {name!r} with hash {content_hash[:SHORT_HASH]} are not committed under {storage.root}")
+        raise DescriptionError(
+            f"descriptions {name!r} with hash {content_hash[:SHORT_HASH]} are not committed under {storage.root}"
+        )
     ds = from_table(storage.read_parquet(rel))
     if not ds.content_hash.startswith(content_hash):
         raise DescriptionError(f"{rel} holds hash {ds.content_hash[:16]}, not {content_hash[:16]}")

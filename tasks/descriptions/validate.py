@@ -145,7 +145,9 @@ class DescriptionSet:
         if r["n_dropped_empty"]:
             lines.append(f"dropped {r['n_dropped_empty']} empty description(s) in {len(self.dropped_empty)} class(es)")
         if r["n_truncated"]:
-            lines.append(f"kept the first {self.m}: dropped {r['n_truncated']} beyond M in {len(self.truncated)} class(es)")
+            lines.append(
+                f"kept the first {self.m}: dropped {r['n_truncated']} beyond M in {len(self.truncated)} class(es)"
+            )
         if self.short:
             shown = ", ".join(f"{self.classnames[i]!r} ({n})" for i, n in sorted(self.short.items())[:10])
             more = f" and {len(self.short) - 10} more" if len(self.short) > 10 else ""
@@ -153,7 +155,9 @@ class DescriptionSet:
         if r["n_repeated_texts"]:
             lines.append(f"{r['n_repeated_texts']} repeated description(s) kept as in the source")
         if self.unused_keys:
-            lines.append(f"{len(self.unused_keys)} key(s) in the source match no class, e.g. {list(self.unused_keys[:5])}")
+            lines.append(
+                f"{len(self.unused_keys)} key(s) in the source match no class, e.g. {list(self.unused_keys[:5])}"
+            )
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -166,7 +170,9 @@ def _nearest(name: str, keys: Sequence[str], n: int = 3) -> list[str]:
     return [by_norm[h] for h in hits]
 
 
-def match_keys(classnames: Sequence[str], keys: Sequence[str]) -> tuple[list[str | None], dict[int, tuple[str, list[str]]]]:
+def match_keys(
+    classnames: Sequence[str], keys: Sequence[str]
+) -> tuple[list[str | None], dict[int, tuple[str, list[str]]]]:
     """Key for each class (exact, else unique normalised match) and the missing ones with nearest keys."""
     keyset = set(keys)
     by_norm: dict[str, list[str]] = {}
@@ -193,7 +199,11 @@ def match_keys(classnames: Sequence[str], keys: Sequence[str]) -> tuple[list[str
 
 
 def _missing_message(
-    source: str, classnames: Sequence[str], keys: Sequence[str], missing: dict[int, tuple[str, list[str]]], limit: int = 30
+    source: str,
+    classnames: Sequence[str],
+    keys: Sequence[str],
+    missing: dict[int, tuple[str, list[str]]],
+    limit: int = 30,
 ) -> str:
     # A file with exactly one key per class is usually in label order (every
     # published one is), so the key at the same position is the best hint when

@@ -26,12 +26,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ACCURACY_TABLE_COLUMNS", "RunProgress", "accuracy_table_description", "accuracy_table_rows", "artifact_key",
-           "comparison_text", "report_artifacts", "settings_text"]
+__all__ = [
+    "ACCURACY_TABLE_COLUMNS",
+    "RunProgress",
+    "accuracy_table_description",
+    "accuracy_table_rows",
+    "artifact_key",
+    "comparison_text",
+    "report_artifacts",
+    "settings_text",
+]
 
 #: The accuracy table's columns, in order (the keys of :func:`accuracy_table_rows`' dicts are the headers).
-ACCURACY_TABLE_COLUMNS = ("method", "accuracy", "95% CI", "n", "errors", "top-5", "mean class recall",
-                          "vs previous run")
+ACCURACY_TABLE_COLUMNS = (
+    "method",
+    "accuracy",
+    "95% CI",
+    "n",
+    "errors",
+    "top-5",
+    "mean class recall",
+    "vs previous run",
+)
 
 
 def artifact_key(kind: str, deployment: str, dataset: str, model: str) -> str:
@@ -94,9 +110,13 @@ def comparison_text(row: Mapping[str, Any] | None, test: Mapping[str, Any] | Non
     return text
 
 
-def accuracy_table_rows(accuracy: Sequence[Mapping[str, Any]], comparison: Sequence[Mapping[str, Any]] = (),
-                        regressions: Sequence[Mapping[str, Any]] = (), settings: Sequence[Mapping[str, Any]] = (),
-                        previous_run_id: str | None = None) -> list[dict[str, Any]]:
+def accuracy_table_rows(
+    accuracy: Sequence[Mapping[str, Any]],
+    comparison: Sequence[Mapping[str, Any]] = (),
+    regressions: Sequence[Mapping[str, Any]] = (),
+    settings: Sequence[Mapping[str, Any]] = (),
+    previous_run_id: str | None = None,
+) -> list[dict[str, Any]]:
     """The table artifact's rows, one per method (in the order given: the report's): the columns of
     :data:`ACCURACY_TABLE_COLUMNS`, numbers as the report writes them (%, one decimal).
 
@@ -108,17 +128,33 @@ def accuracy_table_rows(accuracy: Sequence[Mapping[str, Any]], comparison: Seque
     rows = []
     for r in accuracy:
         m = r["method"]
-        rows.append(dict(zip(ACCURACY_TABLE_COLUMNS, (
-            m, _pct(r.get("accuracy")), _interval(r.get("ci_low"), r.get("ci_high")), r.get("n"), r.get("n_error"),
-            _pct(r.get("acc5")), _pct(r.get("mean_per_class_recall")),  # "mean class recall"
-            comparison_text(compared.get(m, {"accuracy_a": None}) if previous_run_id else None, tests.get(m),
-                            bool(settings)),
-        ))))
+        rows.append(
+            dict(
+                zip(
+                    ACCURACY_TABLE_COLUMNS,
+                    (
+                        m,
+                        _pct(r.get("accuracy")),
+                        _interval(r.get("ci_low"), r.get("ci_high")),
+                        r.get("n"),
+                        r.get("n_error"),
+                        _pct(r.get("acc5")),
+                        _pct(r.get("mean_per_class_recall")),  # "mean class recall"
+                        comparison_text(
+                            compared.get(m, {"accuracy_a": None}) if previous_run_id else None,
+                            tests.get(m),
+                            bool(settings),
+                        ),
+                    ),
+                )
+            )
+        )
     return rows
 
 
-def accuracy_table_description(run: Mapping[str, Any], previous_run_id: str | None = None,
-                               settings: Sequence[Mapping[str, Any]] = ()) -> str:
+def accuracy_table_description(
+    run: Mapping[str, Any], previous_run_id: str | None = None, settings: Sequence[Mapping[str, Any]] = ()
+) -> str:
     """The table artifact's description: what every row shares, run id first (the cards cut the rest).
 
     ``run``: the run's row of the ``runs`` view (``run_details``); ``settings``: what differs from the
@@ -136,8 +172,11 @@ def accuracy_table_description(run: Mapping[str, Any], previous_run_id: str | No
         "p < 0.05 (the report has the flips and the test).",
     ]
     if previous_run_id:
-        lines += ["", f"vs previous run `{previous_run_id}`: "
-                  + (f"**settings differ**: {settings_text(settings)}" if settings else "same settings")]
+        lines += [
+            "",
+            f"vs previous run `{previous_run_id}`: "
+            + (f"**settings differ**: {settings_text(settings)}" if settings else "same settings"),
+        ]
     return "\n".join(lines)
 
 
@@ -148,12 +187,13 @@ def report_artifacts(manifest: Any) -> dict[str, Any]:
     run = manifest.run or {"run_id": manifest.run_id}
     prev = manifest.previous_run_id
     return {
-        "table": accuracy_table_rows(manifest.accuracy, manifest.comparison, manifest.regressions, manifest.settings,
-                                     prev),
+        "table": accuracy_table_rows(
+            manifest.accuracy, manifest.comparison, manifest.regressions, manifest.settings, prev
+        ),
         "table_description": accuracy_table_description(run, prev, manifest.settings),
         "markdown": manifest.artifact_markdown,
         "markdown_description": f"Run `{manifest.run_id}`: evaluation report, {run.get('dataset')} x {run.get('model')}"
-                                + (f", compared with run `{prev}`" if prev else ""),
+        + (f", compared with run `{prev}`" if prev else ""),
     }
 
 
@@ -264,8 +304,11 @@ class RunProgress:
             head += f"done, {self.shards_done}/{self.shards_total} shards"
         else:
             head += f"{self.shards_done}/{self.shards_total} shards"
-        lines = [head + f", {self.images_done:,}{total} images"
-                 + (f" ({self.shards_reused} shards reused from earlier runs)" if self.shards_reused else "")]
+        lines = [
+            head
+            + f", {self.images_done:,}{total} images"
+            + (f" ({self.shards_reused} shards reused from earlier runs)" if self.shards_reused else "")
+        ]
         rate, left = self.rate(), self.seconds_left()
         if rate is not None:
             speed = [f"{rate:.1f} images/s"]
@@ -274,8 +317,9 @@ class RunProgress:
         else:
             speed = ["images/s: after the first computed shard"]
         if not self.finished:
-            speed.append(f"about {_duration(left)} left" if left is not None else "time left: after the first "
-                         "computed shard")
+            speed.append(
+                f"about {_duration(left)} left" if left is not None else "time left: after the first computed shard"
+            )
         speed.append(f"elapsed {_duration(self.clock() - self.started)}")
         lines.append(", ".join(speed) + (f"; {self.errors} unreadable images" if self.errors else ""))
         order = [m for m in methods if m in self.counts] + sorted(m for m in self.counts if m not in methods)

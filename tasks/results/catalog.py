@@ -108,8 +108,9 @@ def view_texts(only: Collection[str] | None = None) -> list[tuple[Path, str]]:
     for path in view_files():
         text = path.read_text()
         if only is not None:
-            text = "".join(st for st in _STATEMENT_START.split(text)
-                           if (m := _STATEMENT_NAME.match(st)) and m.group(1) in only)
+            text = "".join(
+                st for st in _STATEMENT_START.split(text) if (m := _STATEMENT_NAME.match(st)) and m.group(1) in only
+            )
             if not text:
                 continue
         out.append((path, text))
@@ -125,7 +126,7 @@ def query_parameters(name: str, required_only: bool = False) -> str | list[str]:
     for i, ln in enumerate(lines):
         if ln.startswith("-- Parameters:"):
             out.append(ln.removeprefix("-- Parameters:").strip())
-            for cont in lines[i + 1:]:
+            for cont in lines[i + 1 :]:
                 if not cont.startswith("--   "):
                     break
                 out.append(cont.removeprefix("--").strip())
@@ -227,8 +228,12 @@ def _empty_globs(st: Storage, only: Collection[str] | None = None) -> set[str]:
 
 def _by_position_globs() -> set[str]:
     """Source globs read without ``union_by_name`` in ``sql/views`` (the big ones)."""
-    return {m.group("glob") for p in view_files() for m in _SOURCE_CALL.finditer(p.read_text())
-            if "union_by_name" not in m.group(0)}
+    return {
+        m.group("glob")
+        for p in view_files()
+        for m in _SOURCE_CALL.finditer(p.read_text())
+        if "union_by_name" not in m.group(0)
+    }
 
 
 def mixed_schema_globs(con: duckdb.DuckDBPyConnection, st: Storage, globs: set[str] | None = None) -> set[str]:
@@ -250,7 +255,8 @@ def mixed_schema_globs(con: duckdb.DuckDBPyConnection, st: Storage, globs: set[s
         url = f"{_sql_literal(_root_sql(st).rstrip('/'))}/{glob}"
         n = con.execute(
             "SELECT count(DISTINCT cols) FROM (SELECT file_name, string_agg(name || ':' || coalesce(type, ''), ',' "
-            f"ORDER BY name, coalesce(type, '')) AS cols FROM parquet_schema('{url}') GROUP BY file_name)").fetchall()[0][0]
+            f"ORDER BY name, coalesce(type, '')) AS cols FROM parquet_schema('{url}') GROUP BY file_name)"
+        ).fetchall()[0][0]
         if n > 1:
             out.add(glob)
     return out
@@ -266,8 +272,9 @@ def create_views(
 ) -> None:
     """Create (or replace) every view of ``sql/views`` (or those named in ``only``) on ``con`` for the root
     of ``st``."""
-    con.execute(render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st, only),
-                             by_name_globs, only))
+    con.execute(
+        render_views(root_sql if root_sql is not None else _root_sql(st), _empty_globs(st, only), by_name_globs, only)
+    )
     _ROOTS[con] = (st, only)
 
 
@@ -278,7 +285,9 @@ def _root_sql(st: Storage) -> str:
 #: The storage root whose views each connection holds (weak keys: an entry goes with its
 #: connection), so that a query that meets files of different versions can recreate the
 #: views reading them by name.
-_ROOTS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, tuple[Storage, Collection[str] | None]] = weakref.WeakKeyDictionary()
+_ROOTS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, tuple[Storage, Collection[str] | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _schema_mismatch(exc: BaseException) -> bool:
@@ -293,8 +302,10 @@ def _vanished(exc: BaseException) -> bool:
     """A read that met a file a writer removed or replaced after the query listed it: a partition's
     summed files are superseded as parts commit, and dropped when a part is rewritten. Listing again
     (running the query again) sees the files there now."""
-    return any(m in str(exc) for m in ("Cannot open file", "No files found that match the pattern", "No such file",
-                                       "TProtocolException"))
+    return any(
+        m in str(exc)
+        for m in ("Cannot open file", "No files found that match the pattern", "No such file", "TProtocolException")
+    )
 
 
 def read_by_name(con: duckdb.DuckDBPyConnection) -> bool:
@@ -311,8 +322,13 @@ def read_by_name(con: duckdb.DuckDBPyConnection) -> bool:
     return True
 
 
-def connect(root: str | Storage, storage_options: Mapping[str, Any] | None = None, *,
-            reap: bool = True, only: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    root: str | Storage,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    reap: bool = True,
+    only: Collection[str] | None = None,
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with all views over ``root`` (any fsspec URL).
 
     For a non-local root the root's fsspec filesystem is registered with DuckDB, so
@@ -355,9 +371,13 @@ def reap_dead_runs(con: duckdb.DuckDBPyConnection, st: Storage) -> list[str]:
     from tasks.results.runs import reap_dead_runs as reap
 
     try:
-        ids = [r[0] for r in con.execute(
-            f"SELECT run_id FROM run_records WHERE status IN ({', '.join('?' for _ in LIVE)}) AND host = ?",
-            [*LIVE, socket.gethostname()]).fetchall()]
+        ids = [
+            r[0]
+            for r in con.execute(
+                f"SELECT run_id FROM run_records WHERE status IN ({', '.join('?' for _ in LIVE)}) AND host = ?",
+                [*LIVE, socket.gethostname()],
+            ).fetchall()
+        ]
         return reap(st, ids) if ids else []
     except (duckdb.Error, OSError, ValueError):
         return []
@@ -392,7 +412,9 @@ def write_catalog(
     st = as_storage(root, storage_options)
     if not st.is_local:
         if st.protocol == "memory":
-            raise ValueError("a memory:// root lives in this process only: use tasks.results.catalog.connect() instead of a catalog file")
+            raise ValueError(
+                "a memory:// root lives in this process only: use tasks.results.catalog.connect() instead of a catalog file"
+            )
         if not allow_remote:
             raise ValueError(
                 f"{st.root} is not a local folder: the duckdb shell would need its httpfs extension and credentials "
@@ -408,7 +430,9 @@ def write_catalog(
     try:
         if not st.is_local:
             con.register_filesystem(st.fs)
-        con.execute(f"ATTACH '{_sql_literal(str(tmp))}' AS abs_eval_catalog (STORAGE_VERSION '{_sql_literal(storage_version)}')")
+        con.execute(
+            f"ATTACH '{_sql_literal(str(tmp))}' AS abs_eval_catalog (STORAGE_VERSION '{_sql_literal(storage_version)}')"
+        )
         con.execute("USE abs_eval_catalog")
         if relative:
             # Views are bound when created: resolve the relative globs against the root.
@@ -439,7 +463,9 @@ def resolve_sql(con: duckdb.DuckDBPyConnection, name_or_sql: str) -> str:
             return query_sql(text)
         if text in _view_names(con):
             return f"SELECT * FROM {text}"
-        raise KeyError(f"{text!r} is neither a query ({', '.join(list_queries())}) nor a view ({', '.join(sorted(_view_names(con)))})")
+        raise KeyError(
+            f"{text!r} is neither a query ({', '.join(list_queries())}) nor a view ({', '.join(sorted(_view_names(con)))})"
+        )
     return name_or_sql
 
 

@@ -50,15 +50,36 @@ from tasks.store import Storage, as_storage, is_local
 from tasks.store.datasets import DatasetInfo, read_dataset_info
 from tasks.store.paths import slug
 
-__all__ = ["CLIP_BENCHMARK_CONFIGS", "CLIP_BENCHMARK_CSV", "CLIP_BENCHMARK_DATASETS", "FORMATS", "ClipBenchmarkExport",
-           "ClipBenchmarkName", "ExportError", "clip_benchmark_dataset", "clip_benchmark_filename",
-           "clip_benchmark_results", "clip_benchmark_rows", "csv_row", "export", "export_clip_benchmark",
-           "model_fullname", "parse_dataset_names"]
+__all__ = [
+    "CLIP_BENCHMARK_CONFIGS",
+    "CLIP_BENCHMARK_CSV",
+    "CLIP_BENCHMARK_DATASETS",
+    "FORMATS",
+    "ClipBenchmarkExport",
+    "ClipBenchmarkName",
+    "ExportError",
+    "clip_benchmark_dataset",
+    "clip_benchmark_filename",
+    "clip_benchmark_results",
+    "clip_benchmark_rows",
+    "csv_row",
+    "export",
+    "export_clip_benchmark",
+    "model_fullname",
+    "parse_dataset_names",
+]
 
 
 # ---------------------------------------------------------------------- a table as a file
 #: File suffix -> output format of :func:`export`.
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
 
 
 def export(table: pa.Table, path: str, fmt: str | None = None) -> str:
@@ -144,8 +165,9 @@ def parse_dataset_names(pairs: Sequence[str]) -> dict[str, str]:
         if not sep or not name.strip() or not cb_name.strip():
             raise ValueError(f"--dataset-name {pair!r}: expected NAME=CLIP_BENCHMARK_NAME (e.g. toy=wds/toy)")
         if out.get(name.strip(), cb_name.strip()) != cb_name.strip():
-            raise ValueError(f"--dataset-name gives {name.strip()!r} two names: {out[name.strip()]!r} and "
-                             f"{cb_name.strip()!r}")
+            raise ValueError(
+                f"--dataset-name gives {name.strip()!r} two names: {out[name.strip()]!r} and {cb_name.strip()!r}"
+            )
         out[name.strip()] = cb_name.strip()
     return out
 
@@ -196,8 +218,9 @@ def clip_benchmark_results(
     completed run of each (dataset, model). ``dataset_names``: abs-eval dataset name -> the name to
     write (over :func:`clip_benchmark_dataset`'s). Raises :class:`ExportError` with one line.
     """
-    return [r for r, _ in clip_benchmark_rows(root, run_ids, storage_options=storage_options,
-                                              dataset_names=dataset_names)]
+    return [
+        r for r, _ in clip_benchmark_rows(root, run_ids, storage_options=storage_options, dataset_names=dataset_names)
+    ]
 
 
 def clip_benchmark_rows(
@@ -212,19 +235,26 @@ def clip_benchmark_rows(
     st = as_storage(root, storage_options)
     con = connect(st)
     try:
-        status = {r["run_id"]: r["status"] for r in run_query(con, "SELECT run_id, status FROM run_records").to_pylist()}
+        status = {
+            r["run_id"]: r["status"] for r in run_query(con, "SELECT run_id, status FROM run_records").to_pylist()
+        }
         if not status:
-            raise ExportError(f"no runs under {st.root} (runs are recorded in {st.root}/runs/); pass --root "
-                              "or set ABS_EVAL_ROOT")
+            raise ExportError(
+                f"no runs under {st.root} (runs are recorded in {st.root}/runs/); pass --root or set ABS_EVAL_ROOT"
+            )
         wanted = list(dict.fromkeys(run_ids or []))
         unknown = [r for r in wanted if r not in status]
         if unknown:
-            raise ExportError(f"unknown run id {', '.join(repr(r) for r in unknown)} under {st.root} "
-                              f"(`abs-eval status --root {st.root}` lists the runs)")
+            raise ExportError(
+                f"unknown run id {', '.join(repr(r) for r in unknown)} under {st.root} "
+                f"(`abs-eval status --root {st.root}` lists the runs)"
+            )
         unfinished = [f"{r} ({status[r]})" for r in wanted if status[r] != "completed"]
         if unfinished:
-            raise ExportError(f"run {', '.join(unfinished)} is not completed: its numbers cover only the shards it "
-                              "had, not the dataset; export a completed run")
+            raise ExportError(
+                f"run {', '.join(unfinished)} is not completed: its numbers cover only the shards it "
+                "had, not the dataset; export a completed run"
+            )
         rows = run_query(con, "clip_benchmark", {"run_ids": wanted or None}).to_pylist()
     finally:
         con.close()
@@ -233,8 +263,10 @@ def clip_benchmark_rows(
     names = dict(dataset_names or {})
     unused = sorted(set(names) - {r["dataset"] for r in rows})
     if unused:
-        raise ExportError(f"--dataset-name names {', '.join(repr(n) for n in unused)}, which no exported run "
-                          f"evaluated (exported: {', '.join(sorted({r['dataset'] for r in rows}))})")
+        raise ExportError(
+            f"--dataset-name names {', '.join(repr(n) for n in unused)}, which no exported run "
+            f"evaluated (exported: {', '.join(sorted({r['dataset'] for r in rows}))})"
+        )
     infos = {ds: _dataset_info(st, ds) for ds in {r["dataset"] for r in rows}}
     out = []
     for r in rows:
@@ -276,14 +308,18 @@ def _template_set(config: Mapping[str, Any]) -> dict[str, Any]:
     numbers = config.get("numbers")
     record = numbers.get("templates") if isinstance(numbers, Mapping) else None
     if isinstance(record, Mapping):
-        return {"templates": record.get("name"), "templates_sha256": record.get("sha256"),
-                "templates_count": record.get("count")}
+        return {
+            "templates": record.get("name"),
+            "templates_sha256": record.get("sha256"),
+            "templates_count": record.get("count"),
+        }
     name = record if isinstance(record, str) else _spec_value(config, "templates")
     return {"templates": name, "templates_sha256": None, "templates_count": None}
 
 
-def _clip_benchmark_object(r: Mapping[str, Any], dataset: str, info: DatasetInfo | None,
-                           config: Mapping[str, Any]) -> dict[str, Any]:
+def _clip_benchmark_object(
+    r: Mapping[str, Any], dataset: str, info: DatasetInfo | None, config: Mapping[str, Any]
+) -> dict[str, Any]:
     started = r.get("started_at")
     metrics = {k: r[k] for k in CLIP_BENCHMARK_METRICS}
     return {

@@ -53,7 +53,8 @@ def format_table(table: pa.Table, max_rows: int = 50, width: int | None = None) 
         for i in kept:
             v = values[i] if len(values[i]) <= widths[i] else values[i][: widths[i] - 1] + "~"
             numeric = table.schema.field(i).type in (pa.float32(), pa.float64()) or pa.types.is_integer(
-                table.schema.field(i).type)
+                table.schema.field(i).type
+            )
             out.append(v.rjust(widths[i]) if numeric else v.ljust(widths[i]))
         return "  ".join(out).rstrip()
 

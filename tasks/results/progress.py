@@ -20,9 +20,24 @@ __all__ = ["PROGRESS_COLUMNS", "RUNS_VIEWS", "run_progress"]
 #: every view costs more than the query, ~2 s over 50 ImageNet runs).
 RUNS_VIEWS = ("run_records", "run_records_of", "part_files_of", "runs_of")
 #: Columns of :func:`run_progress`, from the ``runs`` view.
-PROGRESS_COLUMNS = ("run_id", "status", "dataset", "model", "config", "deployment", "shards_total", "shards_done",
-                    "shards_computed", "shards_reused", "n_images", "n_ok", "n_error", "started_at", "ended_at",
-                    "flow_run_id")
+PROGRESS_COLUMNS = (
+    "run_id",
+    "status",
+    "dataset",
+    "model",
+    "config",
+    "deployment",
+    "shards_total",
+    "shards_done",
+    "shards_computed",
+    "shards_reused",
+    "n_images",
+    "n_ok",
+    "n_error",
+    "started_at",
+    "ended_at",
+    "flow_run_id",
+)
 
 
 def run_progress(root: str | Storage, run_id: str | None = None, latest: int = 10) -> list[dict[str, Any]]:
@@ -43,18 +58,25 @@ def run_progress(root: str | Storage, run_id: str | None = None, latest: int = 1
 
     def query() -> list[dict[str, Any]]:
         # a list of run ids, not a subquery: DuckDB then reads only those runs' files (twice as fast)
-        return run_query(con, f"SELECT {cols} FROM runs_of(getvariable('ids')) ORDER BY run_id DESC",
-                         {"ids": ids}).to_pylist() if ids else []
+        return (
+            run_query(
+                con, f"SELECT {cols} FROM runs_of(getvariable('ids')) ORDER BY run_id DESC", {"ids": ids}
+            ).to_pylist()
+            if ids
+            else []
+        )
 
     try:
-        ids = [run_id] if run_id is not None else runs_mod.list_run_ids(st)[:max(0, int(latest))]  # ids sort by start
+        ids = [run_id] if run_id is not None else runs_mod.list_run_ids(st)[: max(0, int(latest))]  # ids sort by start
         rows = query()
         here = [r["run_id"] for r in rows if r["status"] in runs_mod.LIVE and r["host"] == socket.gethostname()]
         if here and runs_mod.reap_dead_runs(st, here):  # a live-looking run on this host whose process is gone
             rows = query()
         if run_id is not None and not rows:
-            known = [r["run_id"] for r in run_query(
-                con, "SELECT run_id FROM run_records ORDER BY run_id DESC LIMIT 3").to_pylist()]
+            known = [
+                r["run_id"]
+                for r in run_query(con, "SELECT run_id FROM run_records ORDER BY run_id DESC LIMIT 3").to_pylist()
+            ]
             hint = f"; latest: {', '.join(known)}" if known else "; it holds no runs"
             raise KeyError(f"no run {run_id!r} under {st.root}{hint}")
     finally:

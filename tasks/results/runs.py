@@ -59,7 +59,18 @@ from tasks.store.paths import (
 )
 from tasks.store.tables import RUN_SCHEMA
 
-_PACKAGES = ("abs-eval", "torch", "torchvision", "open_clip_torch", "timm", "prefect", "duckdb", "pyarrow", "fsspec", "pillow")
+_PACKAGES = (
+    "abs-eval",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "timm",
+    "prefect",
+    "duckdb",
+    "pyarrow",
+    "fsspec",
+    "pillow",
+)
 
 #: Seconds between two rewrites of a running run's record.
 HEARTBEAT_S = 60.0
@@ -107,7 +118,7 @@ def _start_ticks(pid: int) -> int | None:
     data = _read(f"/proc/{pid}/stat")
     if not data or ")" not in data:
         return None
-    parts = data[data.rindex(")") + 2:].split()
+    parts = data[data.rindex(")") + 2 :].split()
     try:
         return int(parts[19])
     except (IndexError, ValueError):
@@ -221,8 +232,9 @@ class RunTracker:
     this process (``starting``) stops that record's heartbeat and keeps its start time.
     """
 
-    def __init__(self, storage: Storage, record: RunRecord, heartbeat_s: float = HEARTBEAT_S,
-                 lease_s: float = LEASE_S) -> None:
+    def __init__(
+        self, storage: Storage, record: RunRecord, heartbeat_s: float = HEARTBEAT_S, lease_s: float = LEASE_S
+    ) -> None:
         self.storage, self.record = storage, record
         self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
         self._lock = threading.Lock()
@@ -328,9 +340,13 @@ def announce_runs(params: Sequence[Any]) -> list[str]:
             st = as_storage(p.root)
             model = _model_name(p.clip_model, getattr(p, "clip_pretrained", None))
             rec = RunRecord(
-                run_id=new_run_id(), dataset=p.dataset, model=model, config="",
+                run_id=new_run_id(),
+                dataset=p.dataset,
+                model=model,
+                config="",
                 deployment=getattr(p, "deployment", None) or "manual",
-                clip_model=p.clip_model, clip_pretrained=getattr(p, "clip_pretrained", None) or "random",
+                clip_model=p.clip_model,
+                clip_pretrained=getattr(p, "clip_pretrained", None) or "random",
                 dino_model=getattr(p, "dino_model", "") or "",
                 dino_pretrained=getattr(p, "dino_pretrained", None) or "random",
             )
@@ -368,7 +384,7 @@ def claim_run_id(root: str | Storage, dataset: str, model: str) -> str:
         if hit is None:
             return new_run_id()
         hit.claimed = True
-        earlier = list(_PENDING[:_PENDING.index(hit)])
+        earlier = list(_PENDING[: _PENDING.index(hit)])
     for p in earlier:
         _release(p)
     if hit.tracker.record.status == QUEUED:
@@ -494,9 +510,15 @@ def reap_dead_runs(root: str | Storage, run_ids: Iterable[str] | None = None) ->
         rec = RunRecord.from_json(d)
         now = _now()
         rec.status, rec.expires_at = INTERRUPTED, None  # ended_at stays unknown: the run could not say
-        rec.extra = {**rec.extra, "interrupted": {
-            "observed_at": now.isoformat(), "by_pid": os.getpid(), "host": socket.gethostname(),
-            "why": f"process {rec.pid} on {rec.host} is gone (last heartbeat {d.get('heartbeat_at')})"}}
+        rec.extra = {
+            **rec.extra,
+            "interrupted": {
+                "observed_at": now.isoformat(),
+                "by_pid": os.getpid(),
+                "host": socket.gethostname(),
+                "why": f"process {rec.pid} on {rec.host} is gone (last heartbeat {d.get('heartbeat_at')})",
+            },
+        }
         try:
             rec.write(st)
         except Exception:  # read-only root: the lease will say it
@@ -511,6 +533,8 @@ def read_run(storage: Storage, run_id: str) -> dict[str, Any]:
     if not storage.exists(rel):
         raise KeyError(f"no run {run_id!r} under {storage.root} (see `abs-eval status --root {storage.root}`)")
     return storage.read_json(rel)
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}
@@ -565,5 +589,6 @@ def setting_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, 
 def list_run_ids(root: str | Storage) -> list[str]:
     """Run ids under ``root``, newest first (ids sort by start time)."""
     st = as_storage(root)
-    return sorted((re.search(r"run=([^/]+)/run\.json$", p).group(1) for p in st.glob(run_record_json("*"))),
-                  reverse=True)
+    return sorted(
+        (re.search(r"run=([^/]+)/run\.json$", p).group(1) for p in st.glob(run_record_json("*"))), reverse=True
+    )

@@ -73,25 +73,39 @@ def build_context(root: str | Storage, spec: EvalSpec, progress: bool = False) -
     clip = process_cache.get_clip(spec.clip, spec.device)
     dino = process_cache.get_dino(spec.dino, spec.device)
     if dino.grid != DINO_GRID:
-        raise EvaluationError(f"DINO model {spec.dino.name} has a {dino.grid}x{dino.grid} grid; "
-                              f"ABS expects {DINO_GRID}x{DINO_GRID}")
+        raise EvaluationError(
+            f"DINO model {spec.dino.name} has a {dino.grid}x{dino.grid} grid; ABS expects {DINO_GRID}x{DINO_GRID}"
+        )
     subset = list(info.subset_indices) if info.subset_indices is not None else None
     try:
         templates = spec.template_set(info.raw)  # --templates auto: the dataset's own, else its layout's set
     except ValueError as exc:
         raise EvaluationError(f"templates: {exc}") from None
     bank, entry = ensure_text_bank(
-        storage, clip, list(info.text_classnames), ds.texts, ds.content_hash,
-        m=spec.abs.n_descriptions, prompt=spec.prompt, templates=templates, subset=subset, progress=progress,
+        storage,
+        clip,
+        list(info.text_classnames),
+        ds.texts,
+        ds.content_hash,
+        m=spec.abs.n_descriptions,
+        prompt=spec.prompt,
+        templates=templates,
+        subset=subset,
+        progress=progress,
     )
     prediction_settings = spec.prediction_settings_key(
-        clip_digest=clip.weights_digest, dino_digest=dino.weights_digest, descriptions_hash=ds.content_hash,
-        dataset_fingerprint=info.fingerprint, text_classnames=list(info.text_classnames), subset=subset,
+        clip_digest=clip.weights_digest,
+        dino_digest=dino.weights_digest,
+        descriptions_hash=ds.content_hash,
+        dataset_fingerprint=info.fingerprint,
+        text_classnames=list(info.text_classnames),
+        subset=subset,
         templates=templates,
     )
     clf = ABSClassifier(clip, dino, bank, spec.abs, spec.device, spec.precision, compile=spec.compile)
-    return EvalContext(storage, spec, info, ds, clip, dino, bank, entry, prediction_settings,
-                       short_hash(prediction_settings), clf)
+    return EvalContext(
+        storage, spec, info, ds, clip, dino, bank, entry, prediction_settings, short_hash(prediction_settings), clf
+    )
 
 
 def resolve(root: str, spec: EvalSpec | dict, expect_config: str | None = None, progress: bool = False) -> EvalContext:
@@ -120,10 +134,15 @@ def prepare_task(root: str, spec: dict) -> dict[str, Any]:
     """Load models, build (or reuse) the text-embedding cache, compute the config hash."""
     ctx = resolve(root, spec, progress=True)
     return {
-        "config_hash": ctx.config_hash, "prediction_settings": ctx.prediction_settings, "text": ctx.text_entry.to_dict(),
-        "fingerprint": ctx.info.fingerprint, "shards": [s.index for s in ctx.info.shards],
-        "clip_digest": ctx.clip.weights_digest, "dino_digest": ctx.dino.weights_digest,
-        "descriptions_hash": ctx.descriptions.content_hash, "model": ctx.spec.model_name,
+        "config_hash": ctx.config_hash,
+        "prediction_settings": ctx.prediction_settings,
+        "text": ctx.text_entry.to_dict(),
+        "fingerprint": ctx.info.fingerprint,
+        "shards": [s.index for s in ctx.info.shards],
+        "clip_digest": ctx.clip.weights_digest,
+        "dino_digest": ctx.dino.weights_digest,
+        "descriptions_hash": ctx.descriptions.content_hash,
+        "model": ctx.spec.model_name,
         "random_weights": ctx.clip.is_random or ctx.dino.is_random,
         "geometry": model_geometry(ctx.clip, ctx.dino),
     }
@@ -138,8 +157,10 @@ def model_geometry(clip: CLIPBackbone, dino: DINOBackbone) -> dict[str, int]:
     ViT at 224 px (the shipped micro models, a 336 px model, a local checkpoint).
     """
     return {
-        "clip_grid": int(clip.grid), "clip_image_size": int(clip.norm.size),
+        "clip_grid": int(clip.grid),
+        "clip_image_size": int(clip.norm.size),
         "clip_patch": int(clip.norm.size) // int(clip.grid),
-        "dino_grid": int(dino.grid), "dino_image_size": int(dino.norm.size),
+        "dino_grid": int(dino.grid),
+        "dino_image_size": int(dino.norm.size),
         "dino_patch": int(dino.norm.size) // int(dino.grid),
     }

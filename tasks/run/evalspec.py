@@ -81,9 +81,17 @@ class EvalSpec:
 
         return resolve_template_set(self.templates, dataset)
 
-    def prediction_settings_key(self, *, clip_digest: str, dino_digest: str, descriptions_hash: str,
-                                dataset_fingerprint: str, text_classnames: list[str], subset: list[int] | None,
-                                templates: TemplateSet) -> dict[str, Any]:
+    def prediction_settings_key(
+        self,
+        *,
+        clip_digest: str,
+        dino_digest: str,
+        descriptions_hash: str,
+        dataset_fingerprint: str,
+        text_classnames: list[str],
+        subset: list[int] | None,
+        templates: TemplateSet,
+    ) -> dict[str, Any]:
         """Every setting that decides the predictions (what ``config_hash`` hashes).
 
         ``templates``: the resolved ``clip-e`` set (:meth:`template_set`); its record (name, sha256,

@@ -106,4 +106,3 @@ def limit_heap_arenas(n: int = HEAP_ARENAS) -> None:
         libc.mallopt(-8, int(n))  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
-

@@ -27,8 +27,13 @@ class ShardProgress:
     so a user sees the rate after one batch instead of after ``log_every_s``.
     """
 
-    def __init__(self, label: str, logger: logging.Logger | logging.LoggerAdapter | None = None,
-                 log_every_s: float = 30.0, bar: bool = True) -> None:
+    def __init__(
+        self,
+        label: str,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        log_every_s: float = 30.0,
+        bar: bool = True,
+    ) -> None:
         self.label, self.logger, self.log_every_s = label, logger, log_every_s
         self.t0 = time.monotonic()
         self._last_log: float | None = None
@@ -54,8 +59,9 @@ class ShardProgress:
             self._bar.total = total
             self._bar.update(done - self._bar.n)
         now = time.monotonic()
-        if self.logger is not None and (self._last_log is None or now - self._last_log >= self.log_every_s
-                                        or done >= total):
+        if self.logger is not None and (
+            self._last_log is None or now - self._last_log >= self.log_every_s or done >= total
+        ):
             self._last_log = now
             self.logger.info(self.line())
 

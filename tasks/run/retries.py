@@ -22,8 +22,16 @@ from tasks.run.evalspec import EvaluationError
 GPU_TAG = "gpu"
 
 #: Errors that would fail again on retry: the job is wrong, not the weather.
-PERMANENT = (EvaluationError, WeightsUnavailableError, DescriptionError, LayoutError, FileNotFoundError,
-             ValueError, TypeError, KeyError)
+PERMANENT = (
+    EvaluationError,
+    WeightsUnavailableError,
+    DescriptionError,
+    LayoutError,
+    FileNotFoundError,
+    ValueError,
+    TypeError,
+    KeyError,
+)
 
 
 def _transient(task, task_run, state) -> bool:

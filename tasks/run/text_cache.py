@@ -54,17 +54,27 @@ def template_set(templates: TemplateSet | str) -> TemplateSet:
     if isinstance(templates, TemplateSet):
         return templates
     if templates == AUTO:
-        raise ValueError("template set 'auto' depends on the dataset: resolve it with EvalSpec.template_set(info) "
-                         "or tasks.datasets.template_sets.resolve_template_set first")
+        raise ValueError(
+            "template set 'auto' depends on the dataset: resolve it with EvalSpec.template_set(info) "
+            "or tasks.datasets.template_sets.resolve_template_set first"
+        )
     return builtin_template_set(templates)  # TemplateError (a ValueError) for an unknown name
 
 
-def text_key(clip: CLIPBackbone, descriptions_hash: str, classnames: list[str], m: int, prompt: str,
-             templates: TemplateSet | str) -> str:
-    return short_hash({
-        "clip": clip.spec.name, "weights": clip.weights_digest, "descriptions": descriptions_hash,
-        "classes": classnames, "m": m, "prompt": prompt, "templates": template_set(templates).sha256,
-    })
+def text_key(
+    clip: CLIPBackbone, descriptions_hash: str, classnames: list[str], m: int, prompt: str, templates: TemplateSet | str
+) -> str:
+    return short_hash(
+        {
+            "clip": clip.spec.name,
+            "weights": clip.weights_digest,
+            "descriptions": descriptions_hash,
+            "classes": classnames,
+            "m": m,
+            "prompt": prompt,
+            "templates": template_set(templates).sha256,
+        }
+    )
 
 
 def _rows(kind: str, feats: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, list]:
@@ -105,8 +115,15 @@ def ensure_text_bank(
     rel = text_cache(clip.spec.name, key)
     computed = False
     if commits.committed(storage, rel) is None:
-        bank = TextBank.build(clip, classnames, [list(t) for t in texts], m=m, prompt=prompt or None,
-                              templates=list(tset.templates), progress=progress)
+        bank = TextBank.build(
+            clip,
+            classnames,
+            [list(t) for t in texts],
+            m=m,
+            prompt=prompt or None,
+            templates=list(tset.templates),
+            progress=progress,
+        )
         cols: dict[str, list] = {"kind": [], "class_index": [], "index": [], "embedding": []}
         parts = [_rows("description", bank.descriptions, bank.mask)]
         if bank.prompt is not None:
@@ -116,13 +133,28 @@ def ensure_text_bank(
         for p in parts:
             for k in cols:
                 cols[k].extend(p[k])
-        commits.commit_parquet(storage, rel, pa.table(cols, schema=TEXT_SCHEMA), TextCacheMarker(
-            path=rel, clip=clip.spec.name, weights=clip.weights_digest, descriptions_hash=descriptions_hash, m=m,
-            prompt=prompt, templates=json.dumps(tset.record(), sort_keys=True), n_classes=len(classnames)))
+        commits.commit_parquet(
+            storage,
+            rel,
+            pa.table(cols, schema=TEXT_SCHEMA),
+            TextCacheMarker(
+                path=rel,
+                clip=clip.spec.name,
+                weights=clip.weights_digest,
+                descriptions_hash=descriptions_hash,
+                m=m,
+                prompt=prompt,
+                templates=json.dumps(tset.record(), sort_keys=True),
+                n_classes=len(classnames),
+            ),
+        )
         computed = True
     bank = load_text_bank(storage, rel, list(classnames), m, subset)
-    n = int(bank.mask.sum()) + (len(classnames) if bank.prompt is not None else 0) + (
-        len(classnames) if bank.ensemble is not None else 0)
+    n = (
+        int(bank.mask.sum())
+        + (len(classnames) if bank.prompt is not None else 0)
+        + (len(classnames) if bank.ensemble is not None else 0)
+    )
     return bank, TextCacheEntry(rel, key, computed, len(classnames), m, n, tset.record())
 
 

@@ -28,8 +28,11 @@ def _draw(name: str, rng: random.Random) -> Image.Image:
     d = ImageDraw.Draw(img)
     for _ in range(12):  # background clutter
         x, y = rng.randrange(w), rng.randrange(h)
-        d.line([(x, y), (x + rng.randint(-40, 40), y + rng.randint(-40, 40))],
-               fill=tuple(rng.randint(0, 255) for _ in range(3)), width=2)
+        d.line(
+            [(x, y), (x + rng.randint(-40, 40), y + rng.randint(-40, 40))],
+            fill=tuple(rng.randint(0, 255) for _ in range(3)),
+            width=2,
+        )
     side = rng.randint(min(w, h) // 3, int(min(w, h) * 0.8))
     x0, y0 = rng.randint(0, w - side), rng.randint(0, h - side)
     box = [x0, y0, x0 + side, y0 + side]

@@ -21,8 +21,15 @@ from tasks.run.retries import TASK_OPTIONS
 from tasks.store.datasets import read_dataset_info
 
 
-def store_descriptions(root: str, dataset: str, name: str, path: str | None, fmt: str = "auto",
-                       dataset_key: str | None = None, m: int = N_DESCRIPTIONS) -> dict[str, Any]:
+def store_descriptions(
+    root: str,
+    dataset: str,
+    name: str,
+    path: str | None,
+    fmt: str = "auto",
+    dataset_key: str | None = None,
+    m: int = N_DESCRIPTIONS,
+) -> dict[str, Any]:
     """Import ``path`` against the dataset's class list as set ``name``, or check the stored set."""
     info = read_dataset_info(root, dataset)
     if path:

@@ -38,8 +38,16 @@ from tasks.store.tables import DINO_SCHEMA
 
 def dino_key(dino: DINOBackbone, max_image_side: int) -> str:
     n = dino.norm
-    return short_hash({"weights": dino.weights_digest, "size": n.size, "mean": n.mean, "std": n.std,
-                       "max_image_side": max_image_side, "algorithm": ALGORITHM_VERSION})
+    return short_hash(
+        {
+            "weights": dino.weights_digest,
+            "size": n.size,
+            "mean": n.mean,
+            "std": n.std,
+            "max_image_side": max_image_side,
+            "algorithm": ALGORITHM_VERSION,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -105,13 +113,30 @@ def dino_shard(
                 progress(done, len(ok))
     finally:
         images.close()
-    table = pa.table({
-        "image_id": ids, "shard": [shard] * len(ids), "grid": [dino.grid] * len(ids),
-        "attention": att, "status": status, "error": error,
-    }, schema=DINO_SCHEMA)
+    table = pa.table(
+        {
+            "image_id": ids,
+            "shard": [shard] * len(ids),
+            "grid": [dino.grid] * len(ids),
+            "attention": att,
+            "status": status,
+            "error": error,
+        },
+        schema=DINO_SCHEMA,
+    )
     n_ok = sum(1 for a in att if a is not None)
-    commits.commit_parquet(storage, rel, table, DinoPartMarker(fingerprint=fingerprint, n_ok=n_ok, n_error=len(ids) - n_ok,
-                                                               dino=dino.spec.name, weights=dino.weights_digest))
+    commits.commit_parquet(
+        storage,
+        rel,
+        table,
+        DinoPartMarker(
+            fingerprint=fingerprint,
+            n_ok=n_ok,
+            n_error=len(ids) - n_ok,
+            dino=dino.spec.name,
+            weights=dino.weights_digest,
+        ),
+    )
     return DinoShardResult(shard, rel, True, n_ok, len(ids) - n_ok)
 
 
@@ -128,9 +153,17 @@ def dino_shard_task(root: str, spec: dict, config_hash: str, shard: int) -> dict
     progress = ShardProgress(f"dino shard {shard}", get_run_logger())
     process_cache.limit_heap_arenas()
     try:
-        r = dino_shard(ctx.storage, ctx.spec.dataset, shard, ctx.info.fingerprint, ctx.dino,
-                       max_image_side=ctx.spec.abs.max_image_side, device=ctx.classifier.device,
-                       precision=ctx.spec.precision, progress=progress)
+        r = dino_shard(
+            ctx.storage,
+            ctx.spec.dataset,
+            shard,
+            ctx.info.fingerprint,
+            ctx.dino,
+            max_image_side=ctx.spec.abs.max_image_side,
+            device=ctx.classifier.device,
+            precision=ctx.spec.precision,
+            progress=progress,
+        )
     finally:
         progress.close()
         process_cache.trim_heap()

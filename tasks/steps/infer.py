@@ -84,8 +84,19 @@ class _ShardOutputs:
         a[rows] = values
 
 
-def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shard: int, labels: list,
-                      cnames: list, status: list, error: list, classnames: list[str], run_id: str) -> pa.Table:
+def _prediction_table(
+    out: _ShardOutputs,
+    methods: list[str],
+    *,
+    ids: list,
+    shard: int,
+    labels: list,
+    cnames: list,
+    status: list,
+    error: list,
+    classnames: list[str],
+    run_id: str,
+) -> pa.Table:
     """The shard's prediction rows (image x method, in that order) from ``out``."""
     n, nm = out.n, len(methods)
     ok = out.ok
@@ -113,8 +124,19 @@ def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shar
         for name in ("dino_topk_indices", "dino_topk_values", "raw_boxes", "feature_windows"):
             cols[name] = list_array(a[name][img_of_geo], geo_rows, f[name])
     else:
-        for name in ("pred", "pred_name", "top5", "score_true", "margin", "width", "height", "dino_topk_indices",
-                     "dino_topk_values", "raw_boxes", "feature_windows"):
+        for name in (
+            "pred",
+            "pred_name",
+            "top5",
+            "score_true",
+            "margin",
+            "width",
+            "height",
+            "dino_topk_indices",
+            "dino_topk_values",
+            "raw_boxes",
+            "feature_windows",
+        ):
             cols[name] = pa.nulls(n * nm, f[name])
     cols["status"] = [("ok" if o else st) for o, st in zip(ok, status) for _ in range(nm)]
     cols["error"] = [(None if o else e) for o, e in zip(ok, error) for _ in range(nm)]
@@ -122,7 +144,9 @@ def _prediction_table(out: _ShardOutputs, methods: list[str], *, ids: list, shar
     return pa.table({k: cols[k] for k in f}, schema=PREDICTION_SCHEMA)
 
 
-def _read_attention(storage: Storage, rel: str) -> tuple[dict[str, tuple[int | None, str, str | None]], np.ndarray | None]:
+def _read_attention(
+    storage: Storage, rel: str
+) -> tuple[dict[str, tuple[int | None, str, str | None]], np.ndarray | None]:
     """The DINO cache part: ``image_id -> (row in the matrix or None, status, error)`` and the
     attention of every cached row as one float32 matrix (same values as ``read_dino_shard``)."""
     t = storage.read_parquet(rel)
@@ -225,7 +249,9 @@ def infer_shard(
                 raise RuntimeError(f"classifier returned methods {sorted(res.logits)}, expected {methods}")
             width = next(iter(res.logits.values())).shape[1]
             if width != len(classnames):
-                raise ValueError(f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)")
+                raise ValueError(
+                    f"{len(classnames)} class names for {width} logit columns (pass the dataset's classnames)"
+                )
             decode_pool().submit(_drop, decoded, imgs)  # freeing the images is not the main thread's job
             del decoded, imgs
             nums = method_scores(torch.stack([res.logits[m] for m in methods]), [labels[i] for i in good])
@@ -251,41 +277,71 @@ def infer_shard(
         crops = out.arrays.get("crop_features")
         glob = out.arrays.get("global_features")
         sel: np.ndarray = np.ones(len(ok_rows), dtype=bool)
-        ft = pa.table({
-            "image_id": [ids[i] for i in ok_rows],
-            "crop_features": list_array(crops[ok_rows], sel, ff["crop_features"]) if crops is not None
-            else pa.array([], ff["crop_features"]),
-            "global_feature": list_array(glob[ok_rows], sel, ff["global_feature"]) if glob is not None
-            else pa.array([], ff["global_feature"]),
-        }, schema=FEATURES_SCHEMA)
-        commits.commit_parquet(storage, frel, ft, FeaturesPartMarker(n_images=len(ids), n_ok=len(ok_rows), run_id=run_id))
+        ft = pa.table(
+            {
+                "image_id": [ids[i] for i in ok_rows],
+                "crop_features": list_array(crops[ok_rows], sel, ff["crop_features"])
+                if crops is not None
+                else pa.array([], ff["crop_features"]),
+                "global_feature": list_array(glob[ok_rows], sel, ff["global_feature"])
+                if glob is not None
+                else pa.array([], ff["global_feature"]),
+            },
+            schema=FEATURES_SCHEMA,
+        )
+        commits.commit_parquet(
+            storage, frel, ft, FeaturesPartMarker(n_images=len(ids), n_ok=len(ok_rows), run_id=run_id)
+        )
     if marker is not None:  # committed: only the features were missing
         return InferShardResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
 
-    table = _prediction_table(out, methods, ids=ids, shard=shard, labels=labels, cnames=cnames, status=status,
-                              error=error, classnames=classnames, run_id=run_id)
+    table = _prediction_table(
+        out,
+        methods,
+        ids=ids,
+        shard=shard,
+        labels=labels,
+        cnames=cnames,
+        status=status,
+        error=error,
+        classnames=classnames,
+        run_id=run_id,
+    )
     # the part, then its rollup (the counts the aggregate views read), then the part's marker; a
     # rollup left by a crashed attempt at this part goes first (see tasks.store.rollups.drop_rollup)
     rollups.drop_rollup(storage, rel)
     storage.write_parquet(rel, table)
     rollups.write_rollup(storage, rel, table)
     n_ok = len(ok_rows)
-    commits.mark(storage, rel, PredictionPartMarker(n_images=len(ids), n_ok=n_ok, n_error=len(ids) - n_ok, run_id=run_id))
+    commits.mark(
+        storage, rel, PredictionPartMarker(n_images=len(ids), n_ok=n_ok, n_error=len(ids) - n_ok, run_id=run_id)
+    )
     return InferShardResult(shard, rel, True, len(ids), n_ok, len(ids) - n_ok)
 
 
 @task(name="infer-shard", tags=[GPU_TAG], task_run_name="infer-shard-{shard}", **TASK_OPTIONS)
-def infer_shard_task(root: str, spec: dict, config_hash: str, shard: int, run_id: str,
-                     dino: dict[str, Any]) -> dict[str, Any]:
+def infer_shard_task(
+    root: str, spec: dict, config_hash: str, shard: int, run_id: str, dino: dict[str, Any]
+) -> dict[str, Any]:
     """:func:`infer_shard` for one shard of the evaluation ``spec``, with progress in the task log."""
     ctx = resolve(root, spec, expect_config=config_hash)
     progress = ShardProgress(f"infer shard {shard}", get_run_logger())
     process_cache.limit_heap_arenas()
     try:
-        r = infer_shard(ctx.storage, ctx.classifier, dataset=ctx.spec.dataset, model=ctx.spec.model_name,
-                        config=config_hash, shard=shard, dino_path=dino["path"], classnames=list(ctx.info.classnames),
-                        run_id=run_id, images_per_batch=ctx.images_per_batch, keep_features=ctx.spec.keep_features,
-                        progress=progress)
+        r = infer_shard(
+            ctx.storage,
+            ctx.classifier,
+            dataset=ctx.spec.dataset,
+            model=ctx.spec.model_name,
+            config=config_hash,
+            shard=shard,
+            dino_path=dino["path"],
+            classnames=list(ctx.info.classnames),
+            run_id=run_id,
+            images_per_batch=ctx.images_per_batch,
+            keep_features=ctx.spec.keep_features,
+            progress=progress,
+        )
     finally:
         progress.close()
         process_cache.trim_heap()

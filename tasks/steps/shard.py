@@ -178,10 +178,17 @@ class ShardReadError(RuntimeError):
     """
 
 
-_ROW_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_ROW_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
-def _read_entry(source: DatasetSource, entry: Entry, max_file_bytes: int | None, retries: int = 2) -> tuple[bytes | None, str | None, str | None]:
+def _read_entry(
+    source: DatasetSource, entry: Entry, max_file_bytes: int | None, retries: int = 2
+) -> tuple[bytes | None, str | None, str | None]:
     """``(bytes, None, None)`` or ``(None, status, error)`` for one entry.
 
     The bytes come from ``source.read_entry_bytes`` (a whole file for most
@@ -233,8 +240,9 @@ def _reads_whole_files(source: DatasetSource) -> bool:
     return type(source).read_entry_bytes is DatasetSource.read_entry_bytes
 
 
-def _row(source: DatasetSource, entry: Entry, status: str | None, error: str | None,
-         checked: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _row(
+    source: DatasetSource, entry: Entry, status: str | None, error: str | None, checked: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The shard row of ``entry``: its read outcome, then the columns :func:`check_bytes` gave for its bytes."""
     row: dict[str, Any] = {
         "image_id": escape_undecodable(entry.image_id),
@@ -258,7 +266,9 @@ def _row(source: DatasetSource, entry: Entry, status: str | None, error: str | N
     return row
 
 
-def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | None, max_file_bytes: int | None) -> dict[str, Any]:
+def build_row(
+    source: DatasetSource, entry: Entry, *, max_image_pixels: int | None, max_file_bytes: int | None
+) -> dict[str, Any]:
     """One shard row for ``entry``: read once, hash, decode once (in this process).
 
     The file is opened by its real name (``entry.path``, undecodable bytes
@@ -267,7 +277,9 @@ def build_row(source: DatasetSource, entry: Entry, *, max_image_pixels: int | No
     Worker processes produce the same rows (:class:`_ProcessRows`).
     """
     data, status, error = _read_entry(source, entry, max_file_bytes)
-    return _row(source, entry, status, error, None if data is None else check_bytes(data, max_file_bytes, max_image_pixels))
+    return _row(
+        source, entry, status, error, None if data is None else check_bytes(data, max_file_bytes, max_image_pixels)
+    )
 
 
 def _record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
@@ -387,7 +399,9 @@ class ShardManifest:
 
 def _check_name(name: str) -> str:
     if not is_valid_name(name):
-        raise ValueError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a path and a hive value)")
+        raise ValueError(
+            f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a path and a hive value)"
+        )
     return name
 
 
@@ -418,7 +432,9 @@ def plan_shards(
     else:
         if source is None:
             raise ValueError("give the source URL of the dataset")
-        ds = load_source(layout, source, split=split, storage_options=source_storage_options, **dict(layout_options or {}))
+        ds = load_source(
+            layout, source, split=split, storage_options=source_storage_options, **dict(layout_options or {})
+        )
     if not ds.entries:
         raise LayoutError(f"{ds.layout}: no images found in {ds.url}; expected at least one image to shard")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -587,8 +603,9 @@ class _ProcessRows:
         future = None
         if files and self.pool is not None:
             try:
-                future = self.pool.submit(check_files, files, self.plan.max_file_bytes, self.plan.max_image_pixels,
-                                          self.settings)
+                future = self.pool.submit(
+                    check_files, files, self.plan.max_file_bytes, self.plan.max_image_pixels, self.settings
+                )
             except BrokenProcessPool:
                 self._broken()
         self.queue.append((index, start, entries, paths, future))
@@ -608,8 +625,10 @@ class _ProcessRows:
 
     def _broken(self) -> None:
         if self.pool is not None:
-            warn_user(f"{self.plan.dataset}: a shard worker process died; reading and checking the rest in this process",
-                      RuntimeWarning)
+            warn_user(
+                f"{self.plan.dataset}: a shard worker process died; reading and checking the rest in this process",
+                RuntimeWarning,
+            )
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
 
@@ -645,7 +664,9 @@ class _ProcessRows:
             for entry, path in zip(entries, paths):
                 result = next(got) if path is not None else None
                 if result is None:
-                    yield build_row(source, entry, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes)
+                    yield build_row(
+                        source, entry, max_image_pixels=plan.max_image_pixels, max_file_bytes=plan.max_file_bytes
+                    )
                 elif isinstance(result, tuple):
                     yield _row(source, entry, result[0], result[1])
                 else:
@@ -750,9 +771,13 @@ def write_shard(
         digest=plan.shard_digest(index),
         n_bytes=n_bytes,
     )
-    commits.commit_parquet(st, rel, table, ShardPartMarker(**result.to_dict(), dataset=plan.dataset,
-                                                           fingerprint=plan.fingerprint, committed_at=_now()),
-                           **_PARQUET_OPTIONS)
+    commits.commit_parquet(
+        st,
+        rel,
+        table,
+        ShardPartMarker(**result.to_dict(), dataset=plan.dataset, fingerprint=plan.fingerprint, committed_at=_now()),
+        **_PARQUET_OPTIONS,
+    )
     return result
 
 
@@ -796,9 +821,14 @@ def finalize_shards(plan: ShardPlan, storage: str | Storage, results: list[Shard
         "shards": [r.to_dict() for r in results],
         "finalized_at": _now(),
     }
-    commits.commit_json(st, dataset_info(plan.dataset), info,
-                        DatasetMarker(dataset=plan.dataset, fingerprint=plan.fingerprint, n_shards=plan.n_shards,
-                                      n_total=manifest.n_total))
+    commits.commit_json(
+        st,
+        dataset_info(plan.dataset),
+        info,
+        DatasetMarker(
+            dataset=plan.dataset, fingerprint=plan.fingerprint, n_shards=plan.n_shards, n_total=manifest.n_total
+        ),
+    )
     return manifest
 
 
@@ -868,7 +898,9 @@ def shard_dataset(
     n_err = 0
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
-            tqdm(total=plan.n_images, unit="img", desc=f"shard {plan.dataset}", disable=not progress, dynamic_ncols=True)
+            tqdm(
+                total=plan.n_images, unit="img", desc=f"shard {plan.dataset}", disable=not progress, dynamic_ncols=True
+            )
         )
         rows = stack.enter_context(_ProcessRows(plan, processes, todo)) if processes else None
         bar.set_postfix_str(f"shards 0/{plan.n_shards}")
@@ -877,8 +909,16 @@ def shard_dataset(
             bar.update(1)
 
         for i in range(plan.n_shards):
-            res = write_shard(plan, i, st, force=force, workers=0 if rows is None else workers, threads=threads,
-                              on_image=on_image, _rows=rows)
+            res = write_shard(
+                plan,
+                i,
+                st,
+                force=force,
+                workers=0 if rows is None else workers,
+                threads=threads,
+                on_image=on_image,
+                _rows=rows,
+            )
             if res.skipped:
                 bar.update(res.n_total)
             n_err += res.n_error
@@ -891,13 +931,29 @@ def shard_dataset(
     return finalize_shards(plan, st, results)
 
 
-def _shard_task(layout: str, source: str, root: str, dataset: str, images_per_shard: int,
-                layout_options: dict | None = None, progress: bool = True) -> dict[str, Any]:
+def _shard_task(
+    layout: str,
+    source: str,
+    root: str,
+    dataset: str,
+    images_per_shard: int,
+    layout_options: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """:func:`shard_dataset` as a Prefect task; returns the counts (not the rows)."""
-    m = shard_dataset(layout, source, root, dataset, images_per_shard, layout_options=layout_options or {},
-                      progress=progress)
-    return {"dataset": dataset, "fingerprint": m.fingerprint, "n_shards": len(m.shards), "n_total": m.n_total,
-            "n_ok": m.n_ok, "n_error": m.n_error, "written": m.written, "skipped": m.skipped}
+    m = shard_dataset(
+        layout, source, root, dataset, images_per_shard, layout_options=layout_options or {}, progress=progress
+    )
+    return {
+        "dataset": dataset,
+        "fingerprint": m.fingerprint,
+        "n_shards": len(m.shards),
+        "n_total": m.n_total,
+        "n_ok": m.n_ok,
+        "n_error": m.n_error,
+        "written": m.written,
+        "skipped": m.skipped,
+    }
 
 
 def __getattr__(name: str) -> Any:
@@ -917,6 +973,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DatasetInfo",

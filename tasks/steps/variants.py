@@ -50,8 +50,17 @@ from tasks.store.paths import features_part, prediction_part, text_cache
 from tasks.store.predictions import committed_parts, method_scores, score_columns
 from tasks.store.tables import PREDICTION_SCHEMA
 
-__all__ = ["AnalyzedRun", "VariantError", "VariantPartResult", "find_text_bank", "missing_features",
-           "read_features", "variant_part", "variant_rows", "variant_settings"]
+__all__ = [
+    "AnalyzedRun",
+    "VariantError",
+    "VariantPartResult",
+    "find_text_bank",
+    "missing_features",
+    "read_features",
+    "variant_part",
+    "variant_rows",
+    "variant_settings",
+]
 
 
 class VariantError(ValueError):
@@ -82,11 +91,20 @@ class AnalyzedRun:
         if not isinstance(settings, dict) or not isinstance(settings.get("abs"), dict):
             raise VariantError(f"run {rid}: its record holds no prediction settings (config_json.numbers)")
         if short_hash(settings) != record.get("config"):
-            raise VariantError(f"run {rid}: its recorded settings hash to {short_hash(settings)}, not to its partition "
-                               f"config={record.get('config')} (a record of another version): variants would be "
-                               "hashed inconsistently")
-        return cls(rid, record["dataset"], record["model"], record["config"], settings,
-                   ABSConfig.from_dict(settings["abs"]), record)
+            raise VariantError(
+                f"run {rid}: its recorded settings hash to {short_hash(settings)}, not to its partition "
+                f"config={record.get('config')} (a record of another version): variants would be "
+                "hashed inconsistently"
+            )
+        return cls(
+            rid,
+            record["dataset"],
+            record["model"],
+            record["config"],
+            settings,
+            ABSConfig.from_dict(settings["abs"]),
+            record,
+        )
 
     @property
     def spec(self) -> VariantSpec:
@@ -100,8 +118,9 @@ class AnalyzedRun:
 
 def missing_features(storage: Storage, run: AnalyzedRun, shards: list[int]) -> list[int]:
     """The shards among ``shards`` whose crop features are not committed."""
-    return [s for s in shards
-            if commits.committed(storage, features_part(run.dataset, run.model, run.config, s)) is None]
+    return [
+        s for s in shards if commits.committed(storage, features_part(run.dataset, run.model, run.config, s)) is None
+    ]
 
 
 def variant_settings(run: AnalyzedRun, spec: VariantSpec) -> dict[str, Any]:
@@ -132,9 +151,15 @@ def find_text_bank(storage: Storage, run: AnalyzedRun, info: DatasetInfo) -> Tex
     and class count."""
     s = run.settings
     clip = s["clip"]["name"]
-    want = {"clip": clip, "weights": s["clip"].get("digest"), "descriptions_hash": s["descriptions_hash"],
-            "m": run.abs.n_descriptions, "prompt": s["prompt"], "templates": _templates_marker(s["templates"]),
-            "n_classes": len(info.text_classnames)}
+    want = {
+        "clip": clip,
+        "weights": s["clip"].get("digest"),
+        "descriptions_hash": s["descriptions_hash"],
+        "m": run.abs.n_descriptions,
+        "prompt": s["prompt"],
+        "templates": _templates_marker(s["templates"]),
+        "n_classes": len(info.text_classnames),
+    }
     found = []
     for path in storage.glob(text_cache(clip, "*")):
         rel = posixpath.relpath(path, storage.root_path)
@@ -142,9 +167,11 @@ def find_text_bank(storage: Storage, run: AnalyzedRun, info: DatasetInfo) -> Tex
             found.append(rel)
     if len(found) != 1:
         why = "no committed text bank" if not found else f"{len(found)} text banks ({', '.join(found)})"
-        raise VariantError(f"run {run.run_id}: {why} under {storage.root} matches its settings (CLIP {clip}, "
-                           f"M={run.abs.n_descriptions}, descriptions {s['descriptions_hash'][:16]}); rerun the "
-                           "evaluation (it re-encodes the bank, reusing every committed part)")
+        raise VariantError(
+            f"run {run.run_id}: {why} under {storage.root} matches its settings (CLIP {clip}, "
+            f"M={run.abs.n_descriptions}, descriptions {s['descriptions_hash'][:16]}); rerun the "
+            "evaluation (it re-encodes the bank, reusing every committed part)"
+        )
     subset = list(info.subset_indices) if info.subset_indices is not None else None
     return load_text_bank(storage, found[0], list(info.text_classnames), run.abs.n_descriptions, subset)
 
@@ -160,8 +187,11 @@ def read_features(storage: Storage, rel: str) -> tuple[list[str], np.ndarray, np
         return ids, np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.float32)
     rows = crops.flatten()
     k, d = len(rows) // len(ids), (len(rows.flatten()) // len(rows)) if len(rows) else 0
-    if not (np.all(crops.value_lengths().to_numpy() == k) and np.all(rows.value_lengths().to_numpy() == d)
-            and np.all(glob.value_lengths().to_numpy() == d)):
+    if not (
+        np.all(crops.value_lengths().to_numpy() == k)
+        and np.all(rows.value_lengths().to_numpy() == d)
+        and np.all(glob.value_lengths().to_numpy() == d)
+    ):
         raise VariantError(f"{rel}: crop features of different shapes")
     # copies (writable: torch.from_numpy takes them as they are)
     values = np.array(rows.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
@@ -169,8 +199,14 @@ def read_features(storage: Storage, rel: str) -> tuple[list[str], np.ndarray, np
     return ids, values.reshape(len(ids), k, d), gvalues.reshape(len(ids), d)
 
 
-def variant_rows(rows: pa.Table, ids: list[str], logits: dict[str, torch.Tensor], classnames: list[str], run_id: str,
-                 n_crops: int | None = None) -> pa.Table:
+def variant_rows(
+    rows: pa.Table,
+    ids: list[str],
+    logits: dict[str, torch.Tensor],
+    classnames: list[str],
+    run_id: str,
+    n_crops: int | None = None,
+) -> pa.Table:
     """The variant's prediction rows: ``rows`` (the run's part) with ``pred``, ``pred_name``, ``top5``,
     ``score_true`` and ``margin`` of its ok rows rescored from ``logits`` (``{method: [len(ids), C]}``, row j
     is image ``ids[j]``), ``run_id`` set, and, for a prefix (``n_crops``), the geometry cut to the crops kept.
@@ -245,21 +281,39 @@ def variant_part(
     rows = storage.read_parquet(prediction_part(run.dataset, run.model, run.config, shard))
     ids, crops, glob = read_features(storage, features_part(run.dataset, run.model, run.config, shard))
     if ids and crops.shape[1] != stored_crop_count(run.abs):
-        raise VariantError(f"shard {shard}: {crops.shape[1]} stored crops per image, the run's settings say "
-                           f"{stored_crop_count(run.abs)}")
+        raise VariantError(
+            f"shard {shard}: {crops.shape[1]} stored crops per image, the run's settings say "
+            f"{stored_crop_count(run.abs)}"
+        )
     dev = resolve_device(device)
     if ids:
         logits = variant_logits(torch.from_numpy(crops).to(dev), run.abs, text, spec, torch.from_numpy(glob).to(dev))
     else:  # every image of the shard is an error row
         logits = {m: torch.zeros(0, len(classnames)) for m in dict.fromkeys(rows.column("method").to_pylist())}
-    table = variant_rows(rows, ids, {k: v.cpu() for k, v in logits.items()}, classnames, run_id,
-                         n_crops=spec.n_crops if spec.is_prefix(run.abs) else None)
+    table = variant_rows(
+        rows,
+        ids,
+        {k: v.cpu() for k, v in logits.items()},
+        classnames,
+        run_id,
+        n_crops=spec.n_crops if spec.is_prefix(run.abs) else None,
+    )
     images = dict(zip(table.column("image_id").to_pylist(), table.column("status").to_pylist()))
     n_ok = sum(1 for s in images.values() if s == "ok")
     rollups.drop_rollup(storage, rel)
     storage.write_parquet(rel, table)
     rollups.write_rollup(storage, rel, table)
-    commits.mark(storage, rel, VariantPartMarker(n_images=len(images), n_ok=n_ok, n_error=len(images) - n_ok,
-                                                 run_id=run_id, of_config=run.config, of_run=run.run_id,
-                                                 variant=spec.name(run.spec)))
+    commits.mark(
+        storage,
+        rel,
+        VariantPartMarker(
+            n_images=len(images),
+            n_ok=n_ok,
+            n_error=len(images) - n_ok,
+            run_id=run_id,
+            of_config=run.config,
+            of_run=run.run_id,
+            variant=spec.name(run.spec),
+        ),
+    )
     return VariantPartResult(shard, rel, True, len(images), n_ok, len(images) - n_ok)

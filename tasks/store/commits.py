@@ -34,8 +34,7 @@ if TYPE_CHECKING:
 
     from tasks.store.storage import Storage
 
-__all__ = ["commit_json", "commit_parquet", "committed", "mark", "marker_of", "read_json_or_none", "remove",
-           "uncommit"]
+__all__ = ["commit_json", "commit_parquet", "committed", "mark", "marker_of", "read_json_or_none", "remove", "uncommit"]
 
 
 def marker_of(storage: Storage, rel: str) -> dict[str, Any] | None:
@@ -95,7 +94,7 @@ def remove(storage: Storage, rel: str) -> bool:
 def uncommit(storage: Storage, rel: str, *, data: bool = True) -> list[str]:
     """Remove the marker of ``rel`` and then (``data``) the file; returns what was removed."""
     out = []
-    for path in ([storage.marker_path(marker_key(rel))] + ([rel] if data else [])):
+    for path in [storage.marker_path(marker_key(rel))] + ([rel] if data else []):
         if remove(storage, path):
             out.append(path)
     return out

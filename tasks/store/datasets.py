@@ -21,8 +21,15 @@ from tasks.store.storage import COMMITS_DIR, Storage, as_storage
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["DatasetInfo", "ShardResult", "iter_shards", "list_datasets", "list_shards", "read_dataset_info",
-           "read_shard"]
+__all__ = [
+    "DatasetInfo",
+    "ShardResult",
+    "iter_shards",
+    "list_datasets",
+    "list_shards",
+    "read_dataset_info",
+    "read_shard",
+]
 
 
 @dataclass
@@ -98,7 +105,9 @@ def list_datasets(root: str | Storage, storage_options: Mapping[str, Any] | None
     return sorted(out)
 
 
-def read_dataset_info(root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None) -> DatasetInfo:
+def read_dataset_info(
+    root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None
+) -> DatasetInfo:
     """The committed metadata of ``dataset``; fails clearly when it is not completely sharded."""
     st = as_storage(root, storage_options)
     marker = commits.marker_of(st, dataset_info(dataset))
@@ -109,11 +118,15 @@ def read_dataset_info(root: str | Storage, dataset: str, storage_options: Mappin
         )
     info = st.read_json(dataset_info(dataset))
     if info.get("fingerprint") != marker.get("fingerprint"):
-        raise RuntimeError(f"{dataset_info(dataset)} does not match its done-marker under {st.root}; shard the dataset again")
+        raise RuntimeError(
+            f"{dataset_info(dataset)} does not match its done-marker under {st.root}; shard the dataset again"
+        )
     return DatasetInfo.from_dict(info)
 
 
-def list_shards(root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None) -> list[ShardResult]:
+def list_shards(
+    root: str | Storage, dataset: str, storage_options: Mapping[str, Any] | None = None
+) -> list[ShardResult]:
     """Committed shards of a completely sharded dataset, in order (paths relative to the root)."""
     return read_dataset_info(root, dataset, storage_options).shards
 

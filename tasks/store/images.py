@@ -150,8 +150,15 @@ def check_bytes(data: bytes, max_file_bytes: int | None, max_image_pixels: int |
         out.update(status=STATUS_TOO_LARGE, error=f"{len(data)} bytes exceeds max_file_bytes={max_file_bytes}")
         return out
     check = check_image(data, max_image_pixels)
-    out.update(image=data, status=check.status, error=check.error, width=check.width, height=check.height,
-               format=check.format, mode=check.mode)
+    out.update(
+        image=data,
+        status=check.status,
+        error=check.error,
+        width=check.width,
+        height=check.height,
+        format=check.format,
+        mode=check.mode,
+    )
     return out
 
 
@@ -288,8 +295,12 @@ class RowGroupImages:
         self.close()
 
 
-def iter_decoded(images: pa.ChunkedArray | RowGroupImages, indices: list[int], batch: int,
-                 prepare: Callable[[Image.Image], Any] | None = None) -> Iterator[list[tuple[int, Any]]]:
+def iter_decoded(
+    images: pa.ChunkedArray | RowGroupImages,
+    indices: list[int],
+    batch: int,
+    prepare: Callable[[Image.Image], Any] | None = None,
+) -> Iterator[list[tuple[int, Any]]]:
     """Decoded images of ``indices`` in batches: ``[(index, image or the exception)]``.
 
     Why threads and prefetch: JPEG decoding releases the GIL, so a pool decodes a

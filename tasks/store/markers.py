@@ -18,9 +18,18 @@ from typing import Any, TypeVar
 
 _R = TypeVar("_R", bound="_Marker")
 
-__all__ = ["DatasetMarker", "DescriptionSetMarker", "DinoPartMarker", "FeaturesPartMarker", "PartitionFileMarker",
-           "PredictionPartMarker", "RollupPartMarker", "ShardPartMarker", "TextCacheMarker",
-           "VariantPartMarker"]
+__all__ = [
+    "DatasetMarker",
+    "DescriptionSetMarker",
+    "DinoPartMarker",
+    "FeaturesPartMarker",
+    "PartitionFileMarker",
+    "PredictionPartMarker",
+    "RollupPartMarker",
+    "ShardPartMarker",
+    "TextCacheMarker",
+    "VariantPartMarker",
+]
 
 
 class _Marker:

@@ -46,8 +46,17 @@ RUNS_DIR = "runs"
 SHORT_HASH = 16
 
 __all__ = [
-    "COMMITS_DIR", "TMP_DIR", "SHARDS_DIR", "DESCRIPTIONS_DIR", "TEXT_CACHE_DIR", "DINO_CACHE_DIR",
-    "PREDICTIONS_DIR", "FEATURES_DIR", "ROLLUPS_DIR", "RUNS_DIR", "SHORT_HASH",
+    "COMMITS_DIR",
+    "TMP_DIR",
+    "SHARDS_DIR",
+    "DESCRIPTIONS_DIR",
+    "TEXT_CACHE_DIR",
+    "DINO_CACHE_DIR",
+    "PREDICTIONS_DIR",
+    "FEATURES_DIR",
+    "ROLLUPS_DIR",
+    "RUNS_DIR",
+    "SHORT_HASH",
 ]
 
 
@@ -158,7 +167,7 @@ def rollup_of(prediction_rel: str) -> str:
     """The rollup path of a prediction part path (``predictions/...`` -> ``rollups/...``)."""
     if not prediction_rel.startswith(PREDICTIONS_DIR + "/"):
         raise ValueError(f"not a prediction part path: {prediction_rel!r}")
-    return ROLLUPS_DIR + prediction_rel[len(PREDICTIONS_DIR):]
+    return ROLLUPS_DIR + prediction_rel[len(PREDICTIONS_DIR) :]
 
 
 def partition_rollup(prediction_dir: str, part_names: list[str]) -> str:

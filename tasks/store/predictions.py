@@ -81,8 +81,9 @@ def list_array(values: np.ndarray, valid: np.ndarray, typ: pa.ListType) -> pa.Ar
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=typ, mask=mask)
 
 
-def score_columns(pred: np.ndarray, top5: np.ndarray, score: np.ndarray, margin: np.ndarray, ok: np.ndarray,
-                  classnames: list[str]) -> dict[str, pa.Array]:
+def score_columns(
+    pred: np.ndarray, top5: np.ndarray, score: np.ndarray, margin: np.ndarray, ok: np.ndarray, classnames: list[str]
+) -> dict[str, pa.Array]:
     """``pred``, ``pred_name``, ``top5``, ``score_true`` and ``margin`` of prediction rows (one entry per
     row; rows not ``ok`` are null), typed as ``PREDICTION_SCHEMA`` says."""
     f = {fld.name: fld.type for fld in PREDICTION_SCHEMA}

@@ -36,8 +36,17 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-__all__ = ["PARTITION_ROLLUP_SQL", "ROLLUP_SQL", "build_rollups", "compact_partition", "drop_rollup",
-           "error_rows_table", "errors_of_part", "rollup_table", "write_rollup"]
+__all__ = [
+    "PARTITION_ROLLUP_SQL",
+    "ROLLUP_SQL",
+    "build_rollups",
+    "compact_partition",
+    "drop_rollup",
+    "error_rows_table",
+    "errors_of_part",
+    "rollup_table",
+    "write_rollup",
+]
 
 #: The counts of one prediction part, grouped as ``tables.ROLLUP_SCHEMA``: what the aggregate views
 #: (accuracy, per_class_accuracy, confusions and everything built on them) read instead of the part's
@@ -113,8 +122,12 @@ def _arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
 # ---------------------------------------------------------------------- one part
 def rollup_table(rows: pa.Table) -> pa.Table:
     """The rollup of a prediction part's rows (``tables.PREDICTION_SCHEMA``), as ``tables.ROLLUP_SCHEMA``."""
-    return _query(ROLLUP_SQL, "part_rows", rows.select(["run_id", "shard", "method", "label", "class_name", "pred",
-                                                        "pred_name", "status", "top5"]), ROLLUP_SCHEMA)
+    return _query(
+        ROLLUP_SQL,
+        "part_rows",
+        rows.select(["run_id", "shard", "method", "label", "class_name", "pred", "pred_name", "status", "top5"]),
+        ROLLUP_SCHEMA,
+    )
 
 
 def error_rows_table(rows: pa.Table) -> pa.Table:
@@ -249,14 +262,14 @@ def compact_partition(storage: Storage, prediction_dir: str) -> str | None:
 
 def _partition_file(prediction_dir: str, names: list[str], kind: str) -> str:
     d, name = posixpath.split(partition_rollup(prediction_dir, names))
-    return f"{d}/{kind}{name[len('all'):]}"
+    return f"{d}/{kind}{name[len('all') :]}"
 
 
 def _compact(storage: Storage, prediction_dir: str, names: list[str], kind: str) -> str | None:
     """One partition-wide file of ``kind`` (see :data:`_PARTITION_KINDS`) for the parts ``names``."""
     prefix, load, combine = _PARTITION_KINDS[kind]
     rdir = rollup_of(prediction_dir)
-    have = {posixpath.basename(p)[len(prefix):] for p in storage.glob(f"{rdir}/{prefix}part-*.parquet")}
+    have = {posixpath.basename(p)[len(prefix) :] for p in storage.glob(f"{rdir}/{prefix}part-*.parquet")}
     if not names or not set(names) <= have:
         return None
     target = _partition_file(prediction_dir, names, kind)
@@ -316,8 +329,12 @@ def build_rollups(root: str | Storage, storage_options: Mapping[str, Any] | None
             written.append(rel_err)
         if rel_roll not in have:
             table = rollup_table(rows)
-            commits.commit_parquet(st, rel_roll, table, RollupPartMarker(
-                rows=int(sum(table.column("n").to_pylist())), groups=table.num_rows))
+            commits.commit_parquet(
+                st,
+                rel_roll,
+                table,
+                RollupPartMarker(rows=int(sum(table.column("n").to_pylist())), groups=table.num_rows),
+            )
             written.append(rel_roll)
     for pdir in sorted(partitions):
         compact_partition(st, pdir)

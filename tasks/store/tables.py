@@ -49,11 +49,13 @@ TEXT_SCHEMA = pa.schema(
 )
 
 # ---------------------------------------------------------------- crop features (keep_features)
-FEATURES_SCHEMA = pa.schema([
-    pa.field("image_id", pa.string(), nullable=False),
-    pa.field("crop_features", pa.list_(pa.list_(pa.float32()))),  # raw crops, then feature crops
-    pa.field("global_feature", pa.list_(pa.float32())),
-])
+FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("crop_features", pa.list_(pa.list_(pa.float32()))),  # raw crops, then feature crops
+        pa.field("global_feature", pa.list_(pa.float32())),
+    ]
+)
 
 # ---------------------------------------------------------------- predictions
 PREDICTION_SCHEMA = pa.schema(
@@ -168,5 +170,9 @@ PART_COUNTS_SCHEMA = pa.schema([ROLLUP_SCHEMA.field(n) for n in ("run_id", "shar
 #: The error rows of a prediction part (status <> 'ok'), committed beside its rollup
 #: (``rollups/<partition>/errors-part-<n>.parquet``) and for a whole partition
 #: (``errors-all-<k>-<md5>.parquet``): what the ``errors`` view reads instead of every row's status.
-ERRORS_SCHEMA = pa.schema([PREDICTION_SCHEMA.field(n) for n in
-                           ("run_id", "shard", "image_id", "method", "label", "class_name", "status", "error")])
+ERRORS_SCHEMA = pa.schema(
+    [
+        PREDICTION_SCHEMA.field(n)
+        for n in ("run_id", "shard", "image_id", "method", "label", "class_name", "status", "error")
+    ]
+)

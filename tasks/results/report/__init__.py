@@ -90,13 +90,45 @@ from .sensitivity import _run_row as _run_row_of
 from .sensitivity import abs_rows, panels, plot_sensitivity, sensitivity_figure
 
 __all__ = [
-    "ARTIFACT_MAX_BYTES", "DECIDING_CROPS", "DECIDING_DESCRIPTIONS", "DROP_FLAG", "EMPHASISED_CROPS",
-    "FEATURE_WINDOW_COLOR", "GALLERY_DPI", "MAX_PLOT_PX", "MIN_FONT_PT", "PLOT_DPI", "RAW_BOX_COLOR", "ReportManifest", "RunTables",
-    "_crop_ranks", "_crop_text", "attention_grid", "clip_grid_of", "draw_gallery_image", "emphasised",
-    "explain_gallery", "explain_image", "feature_window_pixels", "full_attention", "gallery_layout",
-    "load_run_context", "md_table", "methods_figure", "n_classes_scored", "per_class_figure", "plot_methods",
-    "plot_per_class", "plot_sensitivity", "png_data_uri", "read_tables", "run_grids", "sensitivity_figure",
-    "soft_match_terms", "write_gallery", "write_report",
+    "ARTIFACT_MAX_BYTES",
+    "DECIDING_CROPS",
+    "DECIDING_DESCRIPTIONS",
+    "DROP_FLAG",
+    "EMPHASISED_CROPS",
+    "FEATURE_WINDOW_COLOR",
+    "GALLERY_DPI",
+    "MAX_PLOT_PX",
+    "MIN_FONT_PT",
+    "PLOT_DPI",
+    "RAW_BOX_COLOR",
+    "ReportManifest",
+    "RunTables",
+    "_crop_ranks",
+    "_crop_text",
+    "attention_grid",
+    "clip_grid_of",
+    "draw_gallery_image",
+    "emphasised",
+    "explain_gallery",
+    "explain_image",
+    "feature_window_pixels",
+    "full_attention",
+    "gallery_layout",
+    "load_run_context",
+    "md_table",
+    "methods_figure",
+    "n_classes_scored",
+    "per_class_figure",
+    "plot_methods",
+    "plot_per_class",
+    "plot_sensitivity",
+    "png_data_uri",
+    "read_tables",
+    "run_grids",
+    "sensitivity_figure",
+    "soft_match_terms",
+    "write_gallery",
+    "write_report",
 ]
 
 #: Cap on the Prefect artifact markdown; gallery images beyond it are named by path, not embedded.
@@ -172,8 +204,9 @@ def write_report(
         con.close()
 
 
-def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, gallery_size: int,
-                  explain: bool = True) -> ReportManifest:
+def _write_report(
+    st: Storage, con, run_id: str, previous_run_id: str | None, gallery_size: int, explain: bool = True
+) -> ReportManifest:
     run = _run_row(con, run_id)
     prev_id = previous_run_id or run.get("previous_run_id")
     t = read_tables(con, run_id, prev_id)
@@ -192,20 +225,65 @@ def _write_report(st: Storage, con, run_id: str, previous_run_id: str | None, ga
         pngs[plots[-1]] = plot_sensitivity(variants, _run_row_of(abs_rows(t.variants, "clip")))
     for rel in plots:
         st.write_bytes(rel, pngs[rel])
-    gallery, shown, explain_note = (write_gallery(st, con, run, size=gallery_size, explain=explain)
-                                    if gallery_size > 0 else ([], [], None))
+    gallery, shown, explain_note = (
+        write_gallery(st, con, run, size=gallery_size, explain=explain) if gallery_size > 0 else ([], [], None)
+    )
 
-    ctx = _Context(run, prev_id, t.accuracy, t.extremes, t.confusions, t.errors, t.comparison, t.class_changes, t.flips,
-                   shown, base, st.root, n_classes, n_classes_source, t.regressions, settings, explain_note, t.variants)
+    ctx = _Context(
+        run,
+        prev_id,
+        t.accuracy,
+        t.extremes,
+        t.confusions,
+        t.errors,
+        t.comparison,
+        t.class_changes,
+        t.flips,
+        shown,
+        base,
+        st.root,
+        n_classes,
+        n_classes_source,
+        t.regressions,
+        settings,
+        explain_note,
+        t.variants,
+    )
     md = _markdown(ctx, lambda rel, alt: f"![{alt}]({_rel(rel, base)})")
     artifact = _artifact_markdown(st, ctx, pngs, gallery, len(md.encode()), ARTIFACT_MAX_BYTES)
     report = f"{base}/report.md"
     st.write_bytes(report, md.encode())
     return ReportManifest(
-        root=st.root, run_id=run_id, previous_run_id=prev_id, report=report, plots=plots, gallery=gallery,
-        markdown=md, accuracy=t.accuracy, comparison=t.comparison, regressions=t.regressions, run=dict(run),
-        settings=settings, variants=t.variants,
-        gallery_items=[{k: r.get(k) for k in ("image_id", "kind", "shard", "file", "heat", "note", "margin_a", "margin_b",
-                                              "deciding", "deciding_note")} for r in shown],
+        root=st.root,
+        run_id=run_id,
+        previous_run_id=prev_id,
+        report=report,
+        plots=plots,
+        gallery=gallery,
+        markdown=md,
+        accuracy=t.accuracy,
+        comparison=t.comparison,
+        regressions=t.regressions,
+        run=dict(run),
+        settings=settings,
+        variants=t.variants,
+        gallery_items=[
+            {
+                k: r.get(k)
+                for k in (
+                    "image_id",
+                    "kind",
+                    "shard",
+                    "file",
+                    "heat",
+                    "note",
+                    "margin_a",
+                    "margin_b",
+                    "deciding",
+                    "deciding_note",
+                )
+            }
+            for r in shown
+        ],
         artifact_markdown=artifact,
     )

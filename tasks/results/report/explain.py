@@ -77,8 +77,10 @@ def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, s
     except Exception as exc:  # noqa: BLE001 - whatever stops the models loading, the report goes on without them
         return None, f"the run's models could not be loaded ({_one_line(exc)})"
     if run.get("config") and ctx.config_hash != run["config"]:
-        return None, (f"the run's inputs changed since it ran (config {ctx.config_hash} now, {run['config']} in the "
-                      "run: weights, descriptions or dataset differ), so its crops cannot be rescored faithfully")
+        return None, (
+            f"the run's inputs changed since it ran (config {ctx.config_hash} now, {run['config']} in the "
+            "run: weights, descriptions or dataset differ), so its crops cannot be rescored faithfully"
+        )
     return ctx, None
 
 
@@ -93,13 +95,19 @@ def _variant_note(variant: Mapping[str, Any], numbers: Mapping[str, Any]) -> str
     prefix_of = marks.get("crops_prefix_of")
     if prefix_of:
         n = setting.get("n_crops", "N'")
-        why.append(f"it keeps the first {n} of the {prefix_of} crops of each branch, and rescoring with the models "
-                   f"would draw a fresh {n}-crop run's crops instead")
+        why.append(
+            f"it keeps the first {n} of the {prefix_of} crops of each branch, and rescoring with the models "
+            f"would draw a fresh {n}-crop run's crops instead"
+        )
     if (setting.get("matching") or marks.get("matching")) == "average":
-        why.append("it averages the descriptions plainly (no soft matching), and the deciding crops are computed for "
-                   "soft matching only")
-    return (f"this run is the variant `{name}` of run `{of_run}`, scored from that run's stored crop features; "
-            + "; ".join(why or ["no fresh run scores it this way"]))
+        why.append(
+            "it averages the descriptions plainly (no soft matching), and the deciding crops are computed for "
+            "soft matching only"
+        )
+    return (
+        f"this run is the variant `{name}` of run `{of_run}`, scored from that run's stored crop features; "
+        + "; ".join(why or ["no fresh run scores it this way"])
+    )
 
 
 def _crop_text(kind: str, box: Sequence[int]) -> str:
@@ -110,8 +118,14 @@ def _crop_text(kind: str, box: Sequence[int]) -> str:
     return f"feature window rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1} of CLIP's token grid"
 
 
-def explain_image(ctx, row: Mapping[str, Any], data: bytes, *, n_crops: int = DECIDING_CROPS,
-                  n_descriptions: int = DECIDING_DESCRIPTIONS) -> tuple[dict[str, Any] | None, str | None]:
+def explain_image(
+    ctx,
+    row: Mapping[str, Any],
+    data: bytes,
+    *,
+    n_crops: int = DECIDING_CROPS,
+    n_descriptions: int = DECIDING_DESCRIPTIONS,
+) -> tuple[dict[str, Any] | None, str | None]:
     """Which crops and descriptions decided ABS's prediction for one gallery row: ``(explanation, None)``,
     or ``(None, why not)``.
 
@@ -145,7 +159,8 @@ def explain_image(ctx, row: Mapping[str, Any], data: bytes, *, n_crops: int = DE
     geo = res.geometry[0]
     raw, wins = geo.raw_boxes.tolist(), geo.feature_windows.tolist()
     if (row.get("raw_boxes") is not None and [list(b) for b in row["raw_boxes"]] != raw) or (
-            row.get("feature_windows") is not None and [list(w) for w in row["feature_windows"]] != wins):
+        row.get("feature_windows") is not None and [list(w) for w in row["feature_windows"]] != wins
+    ):
         return None, "the recomputed crops differ from the stored ones (not the run's models or config?)"
     n_raw = cfg.n_crops if cfg.raw_crops else 0
     m = cfg.n_descriptions
@@ -155,7 +170,10 @@ def explain_image(ctx, row: Mapping[str, Any], data: bytes, *, n_crops: int = DE
     cols = res.logits["abs"][0].double()  # the classifier's own logits, in the dataset's label space
     pred = int(cols.argmax())
     if row.get("pred_a") is not None and pred != int(row["pred_a"]):
-        return None, f"rescoring predicts label {pred}, the stored row {row['pred_a']} (not the run's models or config?)"
+        return (
+            None,
+            f"rescoring predicts label {pred}, the stored row {row['pred_a']} (not the run's models or config?)",
+        )
     names = list(ctx.info.classnames)
     other = cols.clone()
     other[pred] = float("-inf")
@@ -167,19 +185,33 @@ def explain_image(ctx, row: Mapping[str, Any], data: bytes, *, n_crops: int = DE
     for i in sorted(range(len(per_crop)), key=lambda j: (-float(per_crop[j]), j))[:n_crops]:
         kind, k = ("raw", i) if i < n_raw else ("feature", i - n_raw)
         box = (raw if kind == "raw" else wins)[k]
-        crops.append({"rank": len(crops) + 1, "kind": kind, "index": k, "box": [int(v) for v in box],
-                      "score": float(per_crop[i])})
+        crops.append(
+            {
+                "rank": len(crops) + 1,
+                "kind": kind,
+                "index": k,
+                "box": [int(v) for v in box],
+                "score": float(per_crop[i]),
+            }
+        )
     texts = [d for d in ctx.descriptions.texts[tc] if d and d.strip()][:m]  # the bank's rows (TextBank.build)
     valid = bank.mask[tc, :m].tolist()
-    order = sorted((j for j in range(len(per_desc)) if valid[j] and j < len(texts)), key=lambda j: (-float(per_desc[j]), j))
+    order = sorted(
+        (j for j in range(len(per_desc)) if valid[j] and j < len(texts)), key=lambda j: (-float(per_desc[j]), j)
+    )
     descriptions = [{"index": j, "text": texts[j], "score": float(per_desc[j])} for j in order[:n_descriptions]]
     label = row.get("label")
     true_score = float(cols[int(label)]) if label is not None and 0 <= int(label) < len(cols) else None
     return {
-        "pred": pred, "class_name": names[pred] if pred < len(names) else str(pred), "logit": float(cols[pred]),
+        "pred": pred,
+        "class_name": names[pred] if pred < len(names) else str(pred),
+        "logit": float(cols[pred]),
         "runner_up": None if runner is None else (names[runner] if runner < len(names) else str(runner)),
-        "runner_up_logit": None if runner is None else float(cols[runner]), "score_true": true_score,
-        "n_crops": int(terms.shape[0]), "crops": crops, "descriptions": descriptions,
+        "runner_up_logit": None if runner is None else float(cols[runner]),
+        "score_true": true_score,
+        "n_crops": int(terms.shape[0]),
+        "crops": crops,
+        "descriptions": descriptions,
         "crop_scores": [float(x) for x in per_crop],  # every crop's, raw crops first (they sum to ``logit``)
     }, None
 
@@ -205,4 +237,3 @@ def explain_gallery(
         else:
             notes[r["image_id"]] = note or "not rescored"
     return done, notes, None
-

@@ -34,8 +34,12 @@ RAW_BOX_COLOR = "#1f4eff"  # raw crop boxes: solid blue
 FEATURE_WINDOW_COLOR = "#111111"  # feature-space windows: dashed black
 
 
-def _crop_ranks(centres: Sequence[tuple[float, float]], boxes: Sequence[tuple[float, float, float, float]],
-                cell_xy: Sequence[tuple[float, float]], cell_values: Sequence[float]) -> list[float]:
+def _crop_ranks(
+    centres: Sequence[tuple[float, float]],
+    boxes: Sequence[tuple[float, float, float, float]],
+    cell_xy: Sequence[tuple[float, float]],
+    cell_values: Sequence[float],
+) -> list[float]:
     """For each box, the attention of the top-K cell it was (most likely) centred on.
 
     ABS centres every crop on one of the row's top-K DINO cells; the cell is not stored,
@@ -71,8 +75,16 @@ def gallery_layout(width: int, height: int, panel: float = 3.6, max_height: floa
     pw = ph / aspect
     # room for 10-pt text (MIN_FONT_PT): two title lines above the panel titles, legend and two caption lines below
     gap, side, top, bottom = 0.15, 0.05, 0.95, 0.85
-    return {"fig_w": 2 * pw + gap + 2 * side, "fig_h": ph + top + bottom, "panel_w": pw, "panel_h": ph,
-            "gap": gap, "side": side, "top": top, "bottom": bottom}
+    return {
+        "fig_w": 2 * pw + gap + 2 * side,
+        "fig_h": ph + top + bottom,
+        "panel_w": pw,
+        "panel_h": ph,
+        "gap": gap,
+        "side": side,
+        "top": top,
+        "bottom": bottom,
+    }
 
 
 def draw_gallery_image(
@@ -120,7 +132,9 @@ def draw_gallery_image(
     left_ax.set_title("image (untouched)", fontsize=MIN_FONT_PT)
 
     grey = np.asarray(img.convert("L"), dtype=np.float64)
-    right_ax.imshow(grey, cmap="gray", vmin=-255, vmax=255 + 128, extent=(0, w, h, 0), interpolation="nearest")  # dimmed
+    right_ax.imshow(
+        grey, cmap="gray", vmin=-255, vmax=255 + 128, extent=(0, w, h, 0), interpolation="nearest"
+    )  # dimmed
     d = heat.shape[0] if heat is not None else DEFAULT_DINO_GRID
     if heat is not None:
         if heat_source == "cache":
@@ -129,10 +143,18 @@ def draw_gallery_image(
         else:  # top-K cells only: the others are unknown, leave them uncoloured
             hi = float(heat.max()) or 1.0
             norm = np.ma.masked_where(heat <= 0, heat / hi)
-        right_ax.imshow(norm, cmap="YlOrRd", vmin=0, vmax=1, alpha=0.75, extent=(0, w, h, 0),
-                        interpolation="bilinear" if heat_source == "cache" else "nearest")
+        right_ax.imshow(
+            norm,
+            cmap="YlOrRd",
+            vmin=0,
+            vmax=1,
+            alpha=0.75,
+            extent=(0, w, h, 0),
+            interpolation="bilinear" if heat_source == "cache" else "nearest",
+        )
     heat_text = {"cache": "DINO attention (full map)", "topk": "DINO attention (top-K cells)"}.get(
-        heat_source if heat is not None else "", "no DINO attention stored")
+        heat_source if heat is not None else "", "no DINO attention stored"
+    )
     right_ax.set_title(f"{heat_text} + ABS crops", fontsize=MIN_FONT_PT)
 
     # Stored geometry is in the pixels the classifier saw (row width/height); scale if the decoded size differs.
@@ -156,8 +178,19 @@ def draw_gallery_image(
         for i, (x0, y0, x1, y1) in sorted(enumerate(boxes), key=lambda t: t[0] in bold):  # bold on top
             # (width, alpha): bold, faint, or (nothing to rank them by) all alike
             lw, alpha = (2.0, 1.0) if i in bold else (0.5, 0.3) if bold else (1.2, 0.9)
-            right_ax.add_patch(Rectangle((x0 * sx, y0 * sy), (x1 - x0) * sx, (y1 - y0) * sy, fill=False, edgecolor=color,
-                                         linestyle=style, linewidth=lw, alpha=alpha, zorder=4 if i in bold else 3))
+            right_ax.add_patch(
+                Rectangle(
+                    (x0 * sx, y0 * sy),
+                    (x1 - x0) * sx,
+                    (y1 - y0) * sy,
+                    fill=False,
+                    edgecolor=color,
+                    linestyle=style,
+                    linewidth=lw,
+                    alpha=alpha,
+                    zorder=4 if i in bold else 3,
+                )
+            )
 
     ranked = [(c["kind"], int(c["index"])) for c in (deciding or {}).get("crops") or []]
     if ranked:
@@ -170,9 +203,19 @@ def draw_gallery_image(
     for rank, (kind, i) in enumerate(ranked, 1):  # the deciding crops' ranks, at their top-left corners
         boxes, color = (raw, RAW_BOX_COLOR) if kind == "raw" else (win_px, FEATURE_WINDOW_COLOR)
         if i < len(boxes):
-            right_ax.text(boxes[i][0] * sx + 1, boxes[i][1] * sy + 1, str(rank), color="white", fontsize=MIN_FONT_PT,
-                          fontweight="bold", ha="left", va="top", zorder=5, clip_on=True,
-                          bbox={"boxstyle": "square,pad=0.15", "facecolor": color, "edgecolor": "none", "alpha": 0.9})
+            right_ax.text(
+                boxes[i][0] * sx + 1,
+                boxes[i][1] * sy + 1,
+                str(rank),
+                color="white",
+                fontsize=MIN_FONT_PT,
+                fontweight="bold",
+                ha="left",
+                va="top",
+                zorder=5,
+                clip_on=True,
+                bbox={"boxstyle": "square,pad=0.15", "facecolor": color, "edgecolor": "none", "alpha": 0.9},
+            )
     for ax in (left_ax, right_ax):
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
@@ -188,26 +231,46 @@ def draw_gallery_image(
         f"{row['image_id']}   true: {row['class_name']}\n"
         f"{verdict(row['method_a'], row['pred_name_a'], row['pred_a'], row.get('margin_a'))}  |  "
         f"{verdict(row['method_b'], row['pred_name_b'], row['pred_b'], row.get('margin_b'))}",
-        fontsize=MIN_FONT_PT, y=1 - 0.05 / fh, va="top",
+        fontsize=MIN_FONT_PT,
+        y=1 - 0.05 / fh,
+        va="top",
     )
     handles = [
         Line2D([], [], color=RAW_BOX_COLOR, linestyle="-", linewidth=1.5, label=f"raw crop box ({len(raw)})"),
-        Line2D([], [], color=FEATURE_WINDOW_COLOR, linestyle="--", linewidth=1.5,
-               label=f"feature window, CLIP {g}x{g} grid ({len(wins)})"),
+        Line2D(
+            [],
+            [],
+            color=FEATURE_WINDOW_COLOR,
+            linestyle="--",
+            linewidth=1.5,
+            label=f"feature window, CLIP {g}x{g} grid ({len(wins)})",
+        ),
     ]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (lay["bottom"] - 0.03) / fh), ncol=2,
-               fontsize=MIN_FONT_PT, frameon=False, handlelength=2.0, columnspacing=1.0, borderaxespad=0.0)
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, (lay["bottom"] - 0.03) / fh),
+        ncol=2,
+        fontsize=MIN_FONT_PT,
+        frameon=False,
+        handlelength=2.0,
+        columnspacing=1.0,
+        borderaxespad=0.0,
+    )
     if ranked:
-        caption = (f"bold, numbered {'1' if len(ranked) == 1 else f'1-{len(ranked)}'}: the crops adding most to ABS's logit of "
-                   f"{deciding.get('class_name')}\n(recomputed with the run's models); faint: all the other crops")
+        caption = (
+            f"bold, numbered {'1' if len(ranked) == 1 else f'1-{len(ranked)}'}: the crops adding most to ABS's logit of "
+            f"{deciding.get('class_name')}\n(recomputed with the run's models); faint: all the other crops"
+        )
     elif bold_raw or bold_feat:
-        caption = (f"bold: the {emphasis} crops of each kind centred on the highest-attention DINO cells\n"
-                   "(per-crop matching weights are not stored); faint: all the other crops")
+        caption = (
+            f"bold: the {emphasis} crops of each kind centred on the highest-attention DINO cells\n"
+            "(per-crop matching weights are not stored); faint: all the other crops"
+        )
     else:
         caption = "no DINO top-K cells stored: all crops drawn alike"
     fig.text(0.5, 0.02 / fh, caption, ha="center", va="bottom", fontsize=MIN_FONT_PT)
     return _png(fig)
-
 
 
 def _consistent(full: np.ndarray, indices: Sequence[int] | None, values: Sequence[float] | None) -> bool:
@@ -244,7 +307,13 @@ def _cached_maps(con, run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
 
 
 def write_gallery(
-    st: Storage, con, run: Mapping[str, Any], *, size: int = 4, method_a: str = "abs", method_b: str = "clip",
+    st: Storage,
+    con,
+    run: Mapping[str, Any],
+    *,
+    size: int = 4,
+    method_a: str = "abs",
+    method_b: str = "clip",
     explain: bool = True,
 ) -> tuple[list[str], list[dict[str, Any]], str | None]:
     """Draw the gallery of one run; returns (written paths, the query rows with a 'file' key, and
@@ -294,4 +363,3 @@ def write_gallery(
         written.append(rel)
         shown.append({**r, "file": rel, "heat": source if heat is not None else "none"})
     return written, shown, explain_note
-

@@ -19,7 +19,9 @@ import numpy as np
 from tasks.defaults import DINO_GRID as DEFAULT_DINO_GRID
 
 
-def attention_grid(indices: Sequence[int] | None, values: Sequence[float] | None, grid: int | None = None) -> np.ndarray | None:
+def attention_grid(
+    indices: Sequence[int] | None, values: Sequence[float] | None, grid: int | None = None
+) -> np.ndarray | None:
     """The D x D map holding the top-K cells' attention (zero elsewhere); ``None`` without cells.
 
     D is ``grid`` when known, else 14 (a 224-pixel /16 DINO), grown when an index says so.
@@ -112,7 +114,9 @@ def _model_grid(name: str) -> tuple[int, int] | None:
     return int(clip.grid), int(clip.norm.size)
 
 
-def feature_window_pixels(window: Sequence[int], width: int, height: int, grid: int, size: int) -> tuple[float, float, float, float]:
+def feature_window_pixels(
+    window: Sequence[int], width: int, height: int, grid: int, size: int
+) -> tuple[float, float, float, float]:
     """A feature window (r0, r1, c0, c1), half-open CLIP grid cells, as (x0, y0, x1, y1) pixels
     of the ``width`` x ``height`` image.
 
@@ -129,4 +133,3 @@ def feature_window_pixels(window: Sequence[int], width: int, height: int, grid: 
     cell = size / grid
     fx, fy = width / new_w, height / new_h  # original pixels per resized pixel
     return ((left + c0 * cell) * fx, (top + r0 * cell) * fy, (left + c1 * cell) * fx, (top + r1 * cell) * fy)
-

@@ -46,8 +46,18 @@ def _legend_above(ax, ncol: int = 2) -> None:
     (a legend right of the axes widened the PNG by its longest label, e.g. a run id)."""
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("chance"))  # the data first, chance last
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=MIN_FONT_PT, loc="lower left", bbox_to_anchor=(0.0, 1.01), borderaxespad=0.0, frameon=False,
-              ncol=ncol, columnspacing=1.2, handlelength=1.8)
+    ax.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        fontsize=MIN_FONT_PT,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.01),
+        borderaxespad=0.0,
+        frameon=False,
+        ncol=ncol,
+        columnspacing=1.2,
+        handlelength=1.8,
+    )
 
 
 def _chance_label(n_classes: int) -> str:
@@ -94,21 +104,44 @@ def methods_figure(
     def bars(offset: float, vals, lows, highs, label: str, color: str, err_label: str | None = None) -> None:
         v, lo, hi = arr(vals), arr(lows), arr(highs)
         ax.bar(x + offset, v, width, label=label, color=color, zorder=2)
-        ax.errorbar(x + offset, v, yerr=np.vstack([v - lo, hi - v]), fmt="none", ecolor="black",
-                    elinewidth=1.0, capsize=4, zorder=3, label=err_label)
+        ax.errorbar(
+            x + offset,
+            v,
+            yerr=np.vstack([v - lo, hi - v]),
+            fmt="none",
+            ecolor="black",
+            elinewidth=1.0,
+            capsize=4,
+            zorder=3,
+            label=err_label,
+        )
         for xi, vi, hi_i in zip(x + offset, v, hi):
             if not np.isnan(vi):  # the value just above the interval's upper end
                 top_y = vi if np.isnan(hi_i) else max(vi, hi_i)
                 ax.text(xi, top_y + 0.015, f"{100 * vi:.1f}", ha="center", va="bottom", fontsize=MIN_FONT_PT, zorder=4)
 
     if prev:
-        bars(-width / 2, [prev.get(m, {}).get("accuracy_a") for m in methods], [prev.get(m, {}).get("ci_low_a") for m in methods],
-             [prev.get(m, {}).get("ci_high_a") for m in methods],
-             f"previous run{', other settings' if settings_differ else ''}", "#b0b0b0")
-    bars(width / 2 if prev else 0.0, [cur[m]["accuracy"] for m in methods], [cur[m]["ci_low"] for m in methods],
-         [cur[m]["ci_high"] for m in methods], "this run", "#1f77b4", "95% Wilson interval")
+        bars(
+            -width / 2,
+            [prev.get(m, {}).get("accuracy_a") for m in methods],
+            [prev.get(m, {}).get("ci_low_a") for m in methods],
+            [prev.get(m, {}).get("ci_high_a") for m in methods],
+            f"previous run{', other settings' if settings_differ else ''}",
+            "#b0b0b0",
+        )
+    bars(
+        width / 2 if prev else 0.0,
+        [cur[m]["accuracy"] for m in methods],
+        [cur[m]["ci_low"] for m in methods],
+        [cur[m]["ci_high"] for m in methods],
+        "this run",
+        "#1f77b4",
+        "95% Wilson interval",
+    )
     if n_classes:
-        ax.axhline(1.0 / n_classes, color="#444444", linestyle="--", linewidth=1.2, zorder=1, label=_chance_label(n_classes))
+        ax.axhline(
+            1.0 / n_classes, color="#444444", linestyle="--", linewidth=1.2, zorder=1, label=_chance_label(n_classes)
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(methods)
     ax.set_xlim(-0.6, len(methods) - 0.4)
@@ -147,9 +180,19 @@ def per_class_figure(per_class: Sequence[Mapping[str, Any]], n_classes: int | No
             w = 0.8 / max(len(methods), 1)
             ax.bar(x - 0.4 + w * (i + 0.5), y, w, label=m, zorder=2)
         else:  # many classes: one line per method over the sorted classes
-            ax.plot(x, y, marker="o" if n <= 60 else None, markersize=3, linewidth=1.2 if m == ref else 0.8, label=m, zorder=2)
+            ax.plot(
+                x,
+                y,
+                marker="o" if n <= 60 else None,
+                markersize=3,
+                linewidth=1.2 if m == ref else 0.8,
+                label=m,
+                zorder=2,
+            )
     if n_classes:
-        ax.axhline(100.0 / n_classes, color="#444444", linestyle="--", linewidth=1.0, zorder=1, label=_chance_label(n_classes))
+        ax.axhline(
+            100.0 / n_classes, color="#444444", linestyle="--", linewidth=1.0, zorder=1, label=_chance_label(n_classes)
+        )
     if n <= 32:  # one 10-pt name per class fits 8.5 in
         ax.set_xticks(x)
         ax.set_xticklabels([str(names.get(c, c)) for c in order], rotation=90, fontsize=MIN_FONT_PT)

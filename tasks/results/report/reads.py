@@ -68,6 +68,7 @@ def read_tables(con, run_id: str, prev_id: str | None) -> RunTables:
         tables.regressions = _rows(con, "regressions", **pair)
     return tables
 
+
 def _run_row(con, run_id: str) -> dict[str, Any]:
     """The run's row of the ``runs`` view, every column (the ``run_details`` query)."""
     rows = _rows(con, "run_details", run_id=run_id)

@@ -53,8 +53,13 @@ def ablation_bars(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         return []
     same = [r for r in rows if all(r[k] == run[k] for k in ("n_crops", "n_descriptions", "tau"))]
     order = list(KIND_LABELS)
-    return sorted(same, key=lambda r: (r["matching"] != "soft", order.index(r["crop_kinds"])
-                                       if r["crop_kinds"] in order else len(order)))
+    return sorted(
+        same,
+        key=lambda r: (
+            r["matching"] != "soft",
+            order.index(r["crop_kinds"]) if r["crop_kinds"] in order else len(order),
+        ),
+    )
 
 
 def bar_label(r: Mapping[str, Any]) -> str:
@@ -91,12 +96,21 @@ def sensitivity_figure(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str,
             lo = np.array([100 * (r["ci_low"] if r["ci_low"] is not None else r["accuracy"]) for r in bars])
             hi = np.array([100 * (r["ci_high"] if r["ci_high"] is not None else r["accuracy"]) for r in bars])
             paper = [r["crop_kinds"] == "both" and r["matching"] == "soft" for r in bars]
-            ax.bar(x, y, 0.6, color=[RUN_COLOR if r["is_run"] else VARIANT_COLOR for r in bars],
-                   hatch=None, edgecolor=["black" if p else "none" for p in paper], linewidth=1.2, zorder=2)
+            ax.bar(
+                x,
+                y,
+                0.6,
+                color=[RUN_COLOR if r["is_run"] else VARIANT_COLOR for r in bars],
+                hatch=None,
+                edgecolor=["black" if p else "none" for p in paper],
+                linewidth=1.2,
+                zorder=2,
+            )
             ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), fmt="none", ecolor="black", capsize=4, zorder=3)
             ax.set_xticks(x)
-            ax.set_xticklabels([bar_label(r) + ("\n(paper)" if p else "") for r, p in zip(bars, paper)],
-                               fontsize=MIN_FONT_PT)
+            ax.set_xticklabels(
+                [bar_label(r) + ("\n(paper)" if p else "") for r, p in zip(bars, paper)], fontsize=MIN_FONT_PT
+            )
             ax.set_title("crop branches (raw, feature, both) x matching", fontsize=MIN_FONT_PT)
         else:
             pts = curve_points(rows, name)
@@ -107,16 +121,24 @@ def sensitivity_figure(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str,
             hi = np.array([100 * (r["ci_high"] if r["ci_high"] is not None else r["accuracy"]) for r in pts])
             ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), color=VARIANT_COLOR, marker="o", capsize=4, zorder=2)
             own = [j for j, r in enumerate(pts) if r["is_run"]]
-            ax.plot(x[own], y[own], linestyle="none", marker="D", markersize=8, color=RUN_COLOR, zorder=3,
-                    label="this run")
-            ax.axvline(paper_value, color=PAPER_COLOR, linestyle="--", linewidth=1.2, zorder=1,
-                       label=f"paper: {paper_value:g}")
+            ax.plot(
+                x[own], y[own], linestyle="none", marker="D", markersize=8, color=RUN_COLOR, zorder=3, label="this run"
+            )
+            ax.axvline(
+                paper_value, color=PAPER_COLOR, linestyle="--", linewidth=1.2, zorder=1, label=f"paper: {paper_value:g}"
+            )
             if name == "tau" and max(x.max(), paper_value) / max(min(x.min(), paper_value), 1e-12) > 5:
                 ax.set_xscale("log")
             ax.set_xlabel(label, fontsize=MIN_FONT_PT)
         if baseline is not None and baseline.get("accuracy") is not None:
-            ax.axhline(100 * baseline["accuracy"], color="#2ca02c", linestyle=":", linewidth=1.4, zorder=1,
-                       label=f"{baseline.get('method', 'clip')}, this run")
+            ax.axhline(
+                100 * baseline["accuracy"],
+                color="#2ca02c",
+                linestyle=":",
+                linewidth=1.4,
+                zorder=1,
+                label=f"{baseline.get('method', 'clip')}, this run",
+            )
         if name != "ablation":
             ax.legend(fontsize=MIN_FONT_PT, frameon=False, loc="upper left")
         ax.set_ylabel("abs accuracy (%)", fontsize=MIN_FONT_PT)
