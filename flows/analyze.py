@@ -152,7 +152,8 @@ def _variant_record(
 ) -> RunRecord:
     rec = run.record
     name = spec.name(run.spec)
-    cfg = rec.get("config_json") if isinstance(rec.get("config_json"), dict) else {}
+    found = rec.get("config_json")
+    cfg: dict[str, Any] = found if isinstance(found, dict) else {}
     spec_d = {**(cfg.get("spec") or {}), "abs": settings["abs"], "keep_features": False}
     started = datetime.fromisoformat(str(rec["started_at"])) - timedelta(microseconds=1)
     return RunRecord(

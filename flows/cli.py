@@ -865,9 +865,10 @@ def sql_run(
         _fail("--format is the format of --out: add --out FILE (or --out - for stdout)")
     with _job_mistakes():
         pf.check_root_exists(root)
+    out_format = ""
     if out:
         try:
-            fmt = _output_format(out, fmt)
+            out_format = _output_format(out, fmt)
         except ValueError as exc:
             _fail(str(exc))
         with _job_mistakes():
@@ -883,9 +884,9 @@ def sql_run(
     if t.num_rows == 0:
         _explain_empty(root, query, _parse_kv(param))
     if out == "-":
-        sys.stdout.write(_to_text(t, fmt))
+        sys.stdout.write(_to_text(t, out_format))
     elif out:
-        typer.echo(f"wrote {t.num_rows} rows to {export(t, out, fmt)}")
+        typer.echo(f"wrote {t.num_rows} rows to {export(t, out, out_format)}")
     else:
         typer.echo(format_table(t, max_rows))
 
@@ -1049,4 +1050,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

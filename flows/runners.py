@@ -11,6 +11,7 @@ gs:// roots, or a shared filesystem, across machines).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 RUNNERS = ("threads", "dask", "ray")
 
@@ -66,7 +67,12 @@ def build_task_runner(runner: str = "threads", workers: int = 1, address: str | 
         address = address or os.environ.get("ABS_DASK_ADDRESS")
         if address:
             return DaskTaskRunner(address=address)
-        cluster = {"n_workers": max(1, workers), "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        cluster: dict[str, Any] = {
+            "n_workers": max(1, workers),
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
         api = current_api_url()
         if api:  # the workers report to the flow's API instead of each starting a temporary one
             cluster["env"] = {"PREFECT_API_URL": api}

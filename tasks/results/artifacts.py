@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 __all__ = [
@@ -160,7 +161,8 @@ def accuracy_table_description(
     ``run``: the run's row of the ``runs`` view (``run_details``); ``settings``: what differs from the
     previous run (named here, so the table's "settings differ" has its answer one line up)."""
     started = run.get("started_at")
-    started = started.strftime("%Y-%m-%d %H:%M UTC") if hasattr(started, "strftime") else started
+    if isinstance(started, datetime):
+        started = started.strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Run `{run.get('run_id')}`: accuracy by method, {run.get('dataset')} x {run.get('model')}",
         "",
@@ -281,7 +283,7 @@ class RunProgress:
         if rate is None:
             return None
         if self.images_total:
-            left = max(0, self.images_total - self.images_done)
+            left: float = max(0, self.images_total - self.images_done)
         else:  # images of a shard as seen so far
             left = (self.shards_total - self.shards_done) * self.images_done / max(self.shards_done, 1)
         return left / rate

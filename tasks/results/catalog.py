@@ -494,7 +494,9 @@ def run_query(
     ``SET VARIABLE run_a = 'r1'``); a ``None`` value leaves the variable unset.
     """
     own = not isinstance(root, duckdb.DuckDBPyConnection)
-    con = connect(root, storage_options) if own else root
+    con: duckdb.DuckDBPyConnection = (
+        root if isinstance(root, duckdb.DuckDBPyConnection) else connect(root, storage_options)
+    )
     params = dict(params or {})
     for key in params:
         if not _IDENT.match(key):

@@ -38,6 +38,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +348,7 @@ def _clip_benchmark_object(
         "classes_ranked": r["classes_ranked"],
         "deployment": r["deployment"],
         "model_slug": r["model_slug"],
-        "started_at": started.isoformat() if hasattr(started, "isoformat") else started,
+        "started_at": started.isoformat() if isinstance(started, datetime) else started,
         # what made the numbers (the whole of it: config_file)
         "config": r["config"],
         "clip_weights_digest": r.get("clip_weights_digest"),

@@ -41,7 +41,8 @@ def format_table(table: pa.Table, max_rows: int = 50, width: int | None = None) 
     rows = table.slice(0, max_rows).to_pylist()
     cells = [[_cell(r[n]) for n in names] for r in rows]
     widths = [min(40, max([len(n)] + [len(c[i]) for c in cells])) for i, n in enumerate(names)]
-    kept, used = [], 0
+    kept: list[int] = []
+    used = 0
     for i, w in enumerate(widths):
         if kept and used + w + 2 > width:
             break

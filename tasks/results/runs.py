@@ -590,5 +590,6 @@ def list_run_ids(root: str | Storage) -> list[str]:
     """Run ids under ``root``, newest first (ids sort by start time)."""
     st = as_storage(root)
     return sorted(
-        (re.search(r"run=([^/]+)/run\.json$", p).group(1) for p in st.glob(run_record_json("*"))), reverse=True
+        (m.group(1) for p in st.glob(run_record_json("*")) if (m := re.search(r"run=([^/]+)/run\.json$", p))),
+        reverse=True,
     )

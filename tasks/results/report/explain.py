@@ -67,7 +67,7 @@ def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, s
     spec = cfg.get("spec") if isinstance(cfg, Mapping) else None
     variant = cfg.get("variant") if isinstance(cfg, Mapping) else None
     if isinstance(variant, Mapping) and not variant.get("equals_fresh_run", True):
-        return None, _variant_note(variant, cfg.get("numbers") if isinstance(cfg.get("numbers"), Mapping) else {})
+        return None, _variant_note(variant, _mapping(cfg.get("numbers")))
     if not spec:
         return None, "the run record holds no evaluation spec (`config_json.spec`), so the run's models are unknown"
     try:
@@ -84,13 +84,17 @@ def load_run_context(st: Storage, run: Mapping[str, Any]) -> tuple[Any | None, s
     return ctx, None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one (record fields written by older versions may be absent)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _variant_note(variant: Mapping[str, Any], numbers: Mapping[str, Any]) -> str:
     """Why a variant that no fresh run equals (``abs-eval analyze``: an N' prefix, plain averaging) shows no
     deciding crops. Not "the inputs changed": the run's models are there, but rescoring with them scores what a
     fresh run with this setting would, which is not what this variant's rows hold."""
     of_run, name = variant.get("of_run", "?"), variant.get("name", "?")
-    setting = variant.get("setting") if isinstance(variant.get("setting"), Mapping) else {}
-    marks = numbers.get("variant") if isinstance(numbers.get("variant"), Mapping) else {}
+    setting, marks = _mapping(variant.get("setting")), _mapping(numbers.get("variant"))
     why = []
     prefix_of = marks.get("crops_prefix_of")
     if prefix_of:
@@ -181,7 +185,7 @@ def explain_image(
     tc = subset[pred] if subset is not None else pred  # the predicted class's row of the text bank
     per_crop = terms[:, tc, :].sum(dim=1)
     per_desc = terms[:, tc, :].sum(dim=0)
-    crops = []
+    crops: list[dict[str, Any]] = []
     for i in sorted(range(len(per_crop)), key=lambda j: (-float(per_crop[j]), j))[:n_crops]:
         kind, k = ("raw", i) if i < n_raw else ("feature", i - n_raw)
         box = (raw if kind == "raw" else wins)[k]

@@ -164,7 +164,7 @@ def draw_gallery_image(
     vals = list(row.get("dino_topk_values") or [1.0] * len(idx))
     cells_px = [((i % d + 0.5) * rw / d, (i // d + 0.5) * rh / d) for i in idx]  # in row pixels
 
-    raw = [tuple(float(v) for v in b) for b in (row.get("raw_boxes") or [])]
+    raw = [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in (row.get("raw_boxes") or [])]
     raw_ranks = _crop_ranks([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in raw], raw, cells_px, vals)
     g, size = clip_grid or (DEFAULT_DINO_GRID, 224)
     wins = [tuple(int(v) for v in win) for win in (row.get("feature_windows") or [])]
@@ -260,7 +260,7 @@ def draw_gallery_image(
     if ranked:
         caption = (
             f"bold, numbered {'1' if len(ranked) == 1 else f'1-{len(ranked)}'}: the crops adding most to ABS's logit of "
-            f"{deciding.get('class_name')}\n(recomputed with the run's models); faint: all the other crops"
+            f"{(deciding or {}).get('class_name')}\n(recomputed with the run's models); faint: all the other crops"
         )
     elif bold_raw or bold_feat:
         caption = (
@@ -353,6 +353,7 @@ def write_gallery(
         except Exception as exc:  # a shard row the classifier could read should decode; say so if not
             shown.append({**r, "file": None, "note": f"cannot decode: {exc}"})
             continue
+        heat: np.ndarray | None
         if r["image_id"] in maps:
             heat, source = maps[r["image_id"]], "cache"
         else:

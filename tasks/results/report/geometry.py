@@ -32,7 +32,7 @@ def attention_grid(
     d = grid or DEFAULT_DINO_GRID
     if int(idx.max()) >= d * d:
         d = math.isqrt(int(idx.max())) + 1
-    out = np.zeros(d * d, dtype=np.float64)
+    out: np.ndarray = np.zeros(d * d, dtype=np.float64)
     out[idx] = np.asarray(values if values is not None else np.ones(len(idx)), dtype=np.float64)
     return out.reshape(d, d)
 
