@@ -19,16 +19,26 @@ pipeline's own steps without Prefect (its start-up is not what is compared):
 
 Prints the figures and the ratio sweep / fresh inference (target: under 10%). The machine may be
 shared: the ratio is the figure to compare, both sides measured in the same process, same minutes.
+``--profile`` then scores one more point under cProfile and prints where its time goes.
+
+``--dataset imagenet``: the paper's scale of the text side instead of the 12 shapes: ImageNet-val-like
+JPEGs (500x375 and the like) in the ``imagenet`` layout, 1,000 classes, M = 50 sentences per class, generated
+by ``benchmarks/rehearsal.py``'s generator (cached under ``--data``, shared with the rehearsal).
 
     .venv/bin/python benchmarks/bench_variants.py                     # tiny models, 240 images, N=60
     .venv/bin/python benchmarks/bench_variants.py --models micro --per-class 40 --json out.json
+    .venv/bin/python benchmarks/bench_variants.py --models micro --dataset imagenet --images 1000 \
+        --images-per-shard 1000 --json out.json                    # N=60, K=20, M=50, 1000 classes
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -40,12 +50,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(1, HERE)
 
 from abs_model import ABSConfig, ModelSpec  # noqa: E402
 from abs_model.variants import VariantSpec, variant_logits  # noqa: E402
 from tasks import defaults  # noqa: E402
 
+DATASETS = ("shapes", "imagenet")
 MODELS = {
     "tiny": (defaults.TINY_CLIP_MODEL, defaults.TINY_DINO_MODEL),
     "micro": (defaults.MICRO_CLIP_MODEL, defaults.MICRO_DINO_MODEL),
@@ -172,14 +185,31 @@ def _fp16_effect(storage, run, text, specs: list[VariantSpec], rels: list[str]) 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", choices=sorted(MODELS), default="tiny")
-    ap.add_argument("--per-class", type=int, default=20, help="Generated images per class (12 classes).")
+    ap.add_argument("--dataset", choices=DATASETS, default="shapes", help="The generated set (module docstring).")
+    ap.add_argument("--per-class", type=int, default=20, help="shapes: generated images per class (12 classes).")
+    ap.add_argument("--images", type=int, default=1000, help="imagenet: images (1,000 classes, at least 1 each).")
+    ap.add_argument("--data", default=None, help="imagenet: where the generated images are cached.")
     ap.add_argument("--images-per-shard", type=int, default=60)
     ap.add_argument("--n-crops", type=int, default=60, help="N of the base run (the paper's 60).")
-    ap.add_argument("--m", type=int, default=8, help="M of the base run (the generated descriptions have 8).")
+    ap.add_argument("--top-k", type=int, default=ABSConfig.top_k, help="K of the base run (the paper's 20).")
+    ap.add_argument(
+        "--m", type=int, default=None, help="M of the base run (default: shapes 8, all they have; imagenet 50)."
+    )
+    ap.add_argument("--profile", action="store_true", help="Profile one more point and print where its time goes.")
+    ap.add_argument(
+        "--paper-scale",
+        type=int,
+        default=0,
+        metavar="IMAGES",
+        help="Also time, per image, the paper's models' CLIP pass (ViT-B-16, random weights) against the 10 points "
+        "scored from features of its size (D=512, 1000 classes x M=50), on IMAGES images (see _paper_scale).",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--root", default=None, help="Storage root (default: a temporary folder, removed after).")
     ap.add_argument("--json", default=None, help="Also write the figures to this JSON file.")
     args = ap.parse_args(argv)
+    if args.m is None:
+        args.m = 50 if args.dataset == "imagenet" else 8
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as tmp:
         return run(args, args.root or tmp)
 
@@ -200,18 +230,31 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     torch.manual_seed(0)
     st = Storage(root)
     clip_name, dino_name = MODELS[args.models]
-    src = os.path.join(root, "source")
-    classes = write_demo_dataset(src, per_class=args.per_class)
     desc = os.path.join(root, "descriptions.json")
-    with open(desc, "w") as f:
-        json.dump(demo_descriptions(classes), f)
+    if args.dataset == "imagenet":
+        from pathlib import Path
+
+        import rehearsal  # benchmarks/rehearsal.py: the ImageNet-val-like generator
+
+        data = Path(args.data or os.path.join(os.path.dirname(HERE), "abs-output", "rehearsal-data"))
+        src = str(rehearsal.generate(data, args.images, max(1, os.cpu_count() or 1)))
+        rehearsal.write_descriptions(Path(src), Path(desc), m=args.m)
+        with open(desc) as f:
+            classes = list(json.load(f))
+        layout = "imagenet"
+    else:
+        src = os.path.join(root, "source")
+        classes = write_demo_dataset(src, per_class=args.per_class)
+        with open(desc, "w") as f:
+            json.dump(demo_descriptions(classes), f)
+        layout = "folder"
     t0 = time.perf_counter()
-    shard_dataset("folder", src, root, "bench", args.images_per_shard, progress=False)
+    shard_dataset(layout, src, root, "bench", args.images_per_shard, progress=False)
     store_descriptions(root, "bench", "bench", desc, m=args.m)
     t_shard = time.perf_counter() - t0
     _say(f"sharded and descriptions imported: {t_shard:.1f} s")
 
-    base = ABSConfig(n_crops=args.n_crops, n_descriptions=args.m)
+    base = ABSConfig(n_crops=args.n_crops, top_k=args.top_k, n_descriptions=args.m)
     spec = EvalSpec(
         dataset="bench",
         clip=ModelSpec(clip_name, None),
@@ -245,7 +288,7 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
 
     specs = sweep_points(base)
     t0 = time.perf_counter()
-    done = analyze(root, variants=specs, run_id=base_id, device=args.device)
+    done = analyze(root, variants=specs, run_id=base_id, device=args.device, report=False)
     t_sweep = time.perf_counter() - t0
     _say(f"10-point sweep from features: {t_sweep:.1f} s")
     assert len(done.variants) == 10 and all(v.shards_computed == len(dino_parts) for v in done.variants)
@@ -257,7 +300,9 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
         "models": f"{clip_name} + {dino_name}",
         "images": n_images,
         "shards": len(dino_parts),
+        "dataset": args.dataset,
         "n_crops": args.n_crops,
+        "top_k": args.top_k,
         "m": args.m,
         "classes": len(classes),
         "feature_dim": int(ctx.clip.embed_dim),
@@ -276,11 +321,95 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
         "features": _feature_bytes(st, rels, n_images),
         "fp16": _fp16_effect(st, analyzed, text, specs, rels),
     }
+    if args.paper_scale:
+        out["paper_scale"] = _paper_scale(args.paper_scale, defaults.ABS.n_crops, args.device)
+    if args.profile:
+        point = VariantSpec.of(base).with_changes(tau=0.07)
+        out["profile"] = {"point": point.name(VariantSpec.of(base))}
+        out["profile"].update(_profile_point(root, base_id, point, args.device))
     _print(out)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     return out
+
+
+def _paper_scale(n_images: int, n_crops: int, device: str, classes: int = 1000, m: int = 50) -> dict[str, Any]:
+    """Per image, side by side (alternating): the CLIP passes of a fresh run with the paper's CLIP architecture (ViT-B-16,
+    random weights: the same arithmetic) against the 10 points scored from crop features of its size.
+
+    Why: with the micro models the model side of a run costs about as little as its soft matching, and a
+    point from features IS one soft matching; at the paper's scale the models dominate. Counted for the run:
+    only ``encode_image`` of the N raw crops and the global view (N + 1 full forwards, on random pixels); not
+    the N feature-space crops' head passes, DINO, decoding and crop views, so the run's time is an underestimate
+    and the ratio an overestimate. For the points: ``variant_logits`` of the 10 points (every method) on
+    random unit features ``[images, 2N, 512]`` against a random unit text bank (``classes`` x ``m``); not
+    the Parquet reads and commits (the ``seconds`` above include them)."""
+    from abs_model import CLIPBackbone, TextBank
+    from abs_model.device import resolve_device
+
+    dev = resolve_device(device)
+    clip = CLIPBackbone.load(ModelSpec(defaults.CLIP_MODEL, None), dev)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(n_crops + 1, 3, clip.norm.size, clip.norm.size, generator=g).to(dev)
+    d = int(clip.embed_dim)
+
+    def unit(*shape: int) -> torch.Tensor:
+        x = torch.randn(*shape, generator=g)
+        return (x / x.norm(dim=-1, keepdim=True)).to(dev)
+
+    text = TextBank(
+        classnames=[f"class {i}" for i in range(classes)],
+        descriptions=unit(classes, m, d),
+        mask=torch.ones(classes, m, dtype=torch.bool, device=dev),
+        prompt=unit(classes, d),
+        ensemble=unit(classes, d),
+    )
+    base = ABSConfig(n_crops=n_crops, n_descriptions=m)
+    feats, glob = unit(n_images, 2 * n_crops, d), unit(n_images, d)
+    points = sweep_points(base)
+    names = [spec.name(VariantSpec.of(base)) for spec in points]
+    per_point = dict.fromkeys(names, 0.0)
+    t_model = 0.0
+    with torch.inference_mode():
+        clip.encode_image(pixels[:2])  # warm-up
+        variant_logits(feats[:1], base, text, points[0], glob[:1])
+        for i in range(n_images):  # alternating, image by image: both sides see the same load
+            t0 = time.perf_counter()
+            clip.encode_image(pixels)
+            t_model += (time.perf_counter() - t0) / n_images
+            for name, spec in zip(names, points):
+                t0 = time.perf_counter()
+                variant_logits(feats[i : i + 1], base, text, spec, glob[i : i + 1])
+                per_point[name] += (time.perf_counter() - t0) / n_images
+    t_points = sum(per_point.values())
+    return {
+        "images": n_images,
+        "clip": defaults.CLIP_MODEL,
+        "feature_dim": d,
+        "text_bank": f"{classes} x {m}",
+        "run_clip_forwards_s_per_image": t_model,
+        "sweep_10_points_s_per_image": t_points,
+        "points_s_per_image": {k: round(v, 4) for k, v in per_point.items()},
+        "ratio_sweep_to_run_clip_forwards": t_points / t_model,
+    }
+
+
+def _profile_point(root: str, run_id: str, spec: VariantSpec, device: str, top: int = 18) -> dict[str, Any]:
+    """One more point (``spec``, not in the sweep) under cProfile: its seconds and the functions that take the most
+    cumulative time (``file:line(function)`` -> seconds), to see where a point's fixed cost goes."""
+    from flows.analyze import analyze
+
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    analyze(root, variants=[spec], run_id=run_id, device=device, report=False)
+    prof.disable()
+    seconds = time.perf_counter() - t0
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)  # type: ignore[attr-defined]
+    cumulative = {f"{os.path.basename(f)}:{line}({fn})": round(v[3], 3) for (f, line, fn), v in rows[:top]}
+    return {"seconds": seconds, "cumulative": cumulative}
 
 
 def _say(text: str) -> None:
@@ -290,7 +419,8 @@ def _say(text: str) -> None:
 def _print(out: dict[str, Any]) -> None:
     s = out["seconds"]
     print(
-        f"{out['models']}: {out['images']} images in {out['shards']} shards, N={out['n_crops']}, M={out['m']}, "
+        f"{out['models']}: {out['images']} images in {out['shards']} shards, N={out['n_crops']}, K={out['top_k']}, "
+        f"M={out['m']}, "
         f"{out['classes']} classes, D={out['feature_dim']}, {out['device']}, {out['torch_threads']} torch threads"
     )
     print(f"  shard + descriptions           {s['shard_and_descriptions']:8.2f} s")
@@ -315,6 +445,19 @@ def _print(out: dict[str, Any]) -> None:
         f"(logits up to {h['max_abs_logit']:.3g}, {h['max_rel_score_diff']:.2g} relative), max |margin diff| "
         f"{h['max_abs_margin_diff']:.3g}, top-1 flips {h['top1_flips']} of {h['decisions_compared']}"
     )
+    if "paper_scale" in out:
+        p = out["paper_scale"]
+        print(
+            f"  paper scale ({p['clip']} random weights, D={p['feature_dim']}, text bank {p['text_bank']}, "
+            f"{p['images']} images), per image: the run's N+1 CLIP forwards {p['run_clip_forwards_s_per_image']:.2f} s, "
+            f"the 10 points from features {p['sweep_10_points_s_per_image']:.3f} s: "
+            f"{100 * p['ratio_sweep_to_run_clip_forwards']:.1f}%"
+        )
+    if "profile" in out:
+        p = out["profile"]
+        print(f"  profile of one more point, {p['point']} ({p['seconds']:.2f} s), cumulative seconds:")
+        for name, sec in p["cumulative"].items():
+            print(f"    {sec:8.3f}  {name}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ the run's stored crop features and its cached text bank (``abs_model.variants``)
   ``export`` and the default run pair pick), ``config_json["variant"]``: of which run, what differs,
   whether it equals a fresh run. Written ``running`` with a heartbeat, then ``completed``;
 * per shard, ``tasks.steps.variants.variant_part``: a committed part is reused, so a rerun computes
-  nothing and an interrupted analysis resumes.
+  nothing and an interrupted analysis resumes;
+* at the end, the run's report (``flows.variant_report``): ``report.md``, its plots and gallery rewritten
+  where the evaluate flow wrote them, now with the sensitivity section, and, where a Prefect API is
+  configured, published as one more version of the run's report artifact.
 
 Why a plain function and not a Prefect flow: nothing here loads a model or needs a worker pool; per
 variant and shard it is two Parquet reads, a matrix product and a commit (seconds for a shard of
@@ -33,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from abs_model.variants import VariantSpec, sweep
+from flows.variant_report import ReportUpdate, update_report
 from tasks.results.runs import COMPLETED, FAILED, RunRecord, RunTracker, effective_status, list_run_ids, read_run
 from tasks.run.evalspec import short_hash
 from tasks.steps.variants import (
@@ -47,7 +51,16 @@ from tasks.store import Storage, as_storage, commits
 from tasks.store.datasets import read_dataset_info
 from tasks.store.paths import features_part, part_markers, prediction_part
 
-__all__ = ["Analysis", "VariantError", "VariantRun", "analyze", "parse_axes", "runs_with_features", "summary_rows"]
+__all__ = [
+    "Analysis",
+    "ReportUpdate",
+    "VariantError",
+    "VariantRun",
+    "analyze",
+    "parse_axes",
+    "runs_with_features",
+    "summary_rows",
+]
 
 #: The ``abs-eval analyze`` option of each variant field (for messages), and how its values are read.
 OPTIONS: dict[str, tuple[str, type]] = {
@@ -78,6 +91,8 @@ class VariantRun:
 class Analysis:
     run: AnalyzedRun
     variants: list[VariantRun]
+    report: ReportUpdate | None = None
+    """The run's report after the analysis (``flows.variant_report``); ``None``: not looked at (``report=False``)."""
 
 
 def parse_axes(
@@ -196,12 +211,17 @@ def analyze(
     run_id: str | None = None,
     cross: bool = False,
     device: str = "cpu",
+    report: bool | None = None,
+    publish: bool | None = None,
 ) -> Analysis:
     """Score the variants of run ``run_id`` (default: the latest completed run that kept its features).
 
     ``axes``: ``{VariantSpec field: values}``, swept one field at a time, or every combination with
     ``cross`` (``abs_model.variants.sweep``); ``variants``: further settings as they are. Every setting
     and every shard's features are checked before any work (:class:`VariantError`, one line).
+    Then the run's report (``flows.variant_report.update_report``): ``report`` None rewrites it with the
+    sensitivity section when it is stale, True always, False never; ``publish`` None publishes the
+    artifact when a Prefect API is configured, True always, False never.
     """
     st = as_storage(root)
     run = _load_run(st, run_id)
@@ -314,7 +334,17 @@ def analyze(
                 spec.to_dict(),
             )
         )
-    return Analysis(run, out)
+    update = None
+    if report is not False:
+        update = update_report(
+            st,
+            run.record,
+            [v.name for v in out],
+            computed=any(v.shards_computed for v in out),
+            write=report,
+            publish=publish,
+        )
+    return Analysis(run, out, update)
 
 
 def summary_rows(root: str | Storage, analysis: Analysis) -> list[dict[str, Any]]:

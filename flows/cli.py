@@ -796,6 +796,19 @@ def analyze(
         help="Every combination of the values given (default: one setting at a time, the others as in the run).",
     ),
     device: str = typer.Option("cpu", help="Where the matching runs: cpu, cuda, auto."),
+    report: Optional[bool] = typer.Option(
+        None,
+        "--report/--no-report",
+        help="Rewrite the run's report (runs/run=<id>/report.md) with the sensitivity section "
+        "(default: when this call computed a variant or the report lacks one).",
+    ),
+    publish: Optional[bool] = typer.Option(
+        None,
+        "--publish/--no-publish",
+        help="Publish the rewritten report as one more version of the run's Prefect report artifact "
+        "(default: when a Prefect API is configured, PREFECT_API_URL; --publish without one starts a "
+        "temporary local server, ~45 s).",
+    ),
 ) -> None:
     """ABS variants of a completed run, scored from the crop features it kept: no model runs again.
 
@@ -804,6 +817,8 @@ def analyze(
     partition hashed like any configuration, so every SQL view, regressions, export and the report
     read it. Variants that change no crop draw (tau, M', raw-only, feature-only) equal a fresh run
     with that setting and share its partition. Rerunning computes nothing already committed.
+    Then the run's report is rewritten with the sensitivity section (and its Prefect artifact
+    published again where an API is configured); the last lines say where it went.
     """
     from flows import preflight as pf
 
@@ -816,7 +831,7 @@ def analyze(
 
     try:
         axes = parse_axes(n_crops, m, tau, kinds, plain_averaging)
-        done = analyze_run(root, axes, run_id=run_id, cross=cross, device=device)
+        done = analyze_run(root, axes, run_id=run_id, cross=cross, device=device, report=report, publish=publish)
     except VariantError as exc:
         _fail(str(exc))
     import pyarrow as pa
@@ -826,6 +841,11 @@ def analyze(
         f"M={done.run.abs.n_descriptions}, tau={done.run.abs.tau:g}), from its stored crop features:"
     )
     typer.echo(format_table(pa.Table.from_pylist(summary_rows(root, done))))
+    if done.report is not None:
+        r = done.report
+        typer.echo(f"Report: {r.report} ({'rewritten with the sensitivity section' if r.written else r.note})")
+        if r.written:
+            typer.echo(f"Prefect report artifact: {r.artifact_key} (a new version)" if r.artifact_key else r.note)
 
 
 # ------------------------------------------------------------------------------ sql

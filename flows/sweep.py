@@ -29,6 +29,9 @@ Labels: each source run is ``<deployment>:<what differs from the base>`` (the ba
 deployment), each point from features ``<its source run's label>:<what differs from it>`` (the
 variants step's rule), so ``regressions`` compares each point with the same point of the previous job.
 The log and the command's table say for every point whether the models ran or it came from features.
+A source run's report is published before its points from features exist, so scoring them rewrites that
+report with the sensitivity section and publishes it again (``flows.variant_report``; not with ``report``
+off).
 """
 
 from __future__ import annotations
@@ -218,8 +221,14 @@ def run_sweep(
         if not source.variants:
             continue
         try:
+            # the source run's report was written before its variants existed: rewritten (and published
+            # again) with the sensitivity section, unless the cell writes no report
             done = analyze(
-                params.root, variants=[p.spec for p in source.variants], run_id=out["run_id"], device=params.device
+                params.root,
+                variants=[p.spec for p in source.variants],
+                run_id=out["run_id"],
+                device=params.device,
+                report=None if params.report else False,
             )
         except VariantError as exc:
             raise ParameterError(f"sweep points from run {out['run_id']}: {exc}") from None

@@ -125,6 +125,8 @@ def test_progress_counts_images_rate_and_time_left_and_publishes_at_most_every_f
     assert "Accuracy so far (completed shards, not final): clip 11.1%, abs 33.3%" in text
     p.shard_done({"n_images": 100, "n_error": 0, "computed": True})
     assert not p.due()  # 2 s after the last update
+    # from the first computed shard's commit on (10 s): the start-up before it is not the rate
+    assert p.rate() == pytest.approx(100 / 2) and p.seconds_left() == pytest.approx(100 / 50)
     clock.t += 4
     p.shard_done({"n_images": 100, "n_error": 0, "computed": True})
     assert p.finished and p.due() and p.percent == 100 and p.seconds_left() == 0
@@ -277,6 +279,46 @@ def test_progress_artifact_per_run_on_the_evaluate_flow_run(runs):
         assert str(art.flow_run_id) == out["flow_run_id"]  # beside the report, not on the evaluate-shards subflow
         assert "done, 3/3 shards, 24/24 images" in art.description and "images/s" in art.description
         assert "Accuracy so far" in art.description
+        # what it cost, measured in the run and logged by the evaluate-shards subflow (flows.live.ProgressCost)
+        costs = _cost_lines(out["flow_run_id"], out["run_id"])
+        assert len(costs) == 1, costs
+        updates, shards, seconds = costs[0]
+        assert shards == 3 and 2 <= updates <= 4 and seconds > 0  # created, then at most one per shard
+
+
+def _cost_lines(flow_run_id: str, run_id: str) -> list[tuple[int, int, float]]:
+    """(updates, shards, seconds) of every cost line the subflows of ``flow_run_id`` logged for ``run_id``."""
+    import re
+    import time
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    line = re.compile(rf"progress artifact of run {re.escape(run_id)}: (\d+) updates over (\d+) shards, ([\d.]+) s ")
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            subs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(flow_run_id)]))
+            )
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[f.id for f in subs])), limit=200
+            )
+            return [log.message for log in logs]
+
+    found: list[tuple[int, int, float]] = []
+    for _ in range(20):  # run logs reach the API in batches (every ~2 s): wait for the batch, not for a time
+        found = [(int(m[1]), int(m[2]), float(m[3])) for msg in asyncio.run(read()) for m in [line.search(msg)] if m]
+        if found:
+            break
+        time.sleep(0.5)
+    return found
 
 
 def test_variant_accuracy_view_and_the_reports_sensitivity_section(runs):

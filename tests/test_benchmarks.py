@@ -268,3 +268,55 @@ def test_bench_sql_replays_a_run_into_the_real_layout(tmp_path):
     seconds, results = bench.time_queries(tmp_path / "root", tmp_path / "results.duckdb", reps=1)
     assert set(catalog.list_queries()) <= set(seconds) and "abs-eval status (whole command)" in seconds
     assert all(_positive(s) for s in seconds.values())
+
+
+def test_bench_variants_prints_its_figures_at_a_tiny_size(tmp_path, capsys):
+    """bench_variants.py end to end on 12 generated images (tiny models, N=6): the base run, one fresh run, the
+    10-point sweep from the kept features, the bytes per image, the float16 check and the profiled point."""
+    bench = _load("bench_variants")
+    out_json = tmp_path / "variants.json"
+    argv = ["--per-class", "1", "--n-crops", "6", "--m", "4", "--images-per-shard", "12", "--profile"]
+    out = bench.main([*argv, "--root", str(tmp_path / "root"), "--json", str(out_json)])
+    assert json.loads(out_json.read_text()) == json.loads(json.dumps(out))
+    assert (out["images"], out["shards"], out["n_crops"], out["top_k"], out["m"]) == (12, 1, 6, 20, 4)
+    assert len(out["sweep_points"]) == 10 and "matching=average" in out["sweep_points"]
+    assert all(_positive(s) for s in out["seconds"].values()) and _positive(out["ratio_sweep_to_fresh_inference"])
+    assert 0 < out["features"]["fp16_bytes_per_image"] < out["features"]["fp32_bytes_per_image"]
+    assert out["fp16"]["decisions_compared"] % (10 * 12) == 0 and out["fp16"]["decisions_compared"] > 0
+    assert out["profile"]["point"] == "tau=0.07" and "analyze" in " ".join(out["profile"]["cumulative"])
+    text = capsys.readouterr().out
+    assert "10-point sweep from features" in text and "ratio sweep / fresh inference:" in text
+    assert "profile of one more point, tau=0.07" in text
+
+
+def test_bench_progress_reads_the_runs_cost_line_and_judges_a_timeline():
+    """bench_progress.py parses the line flows.live logs (the two must not drift apart) and the artifact's
+    real description texts, and its checks fail a timeline with too few intermediate values."""
+    from flows.live import ProgressCost
+    from tasks.results.artifacts import RunProgress
+
+    bench = _load("bench_progress")
+    cost = ProgressCost(seconds=0.31, cpu_seconds=0.05, api_seconds=0.18, first_api_seconds=0.09, updates=14)
+    cost.shards, cost.span_s = 12, 1512.0
+    m = bench.COST_LINE.search(f"04:00:00.000 | INFO    | Flow run 'shards' - {cost.line('r1')}")
+    assert m and (m["run_id"], m["updates"], m["shards"], m["span"]) == ("r1", "14", "12", "1,512")
+    assert (m["seconds"], m["cpu"], m["api"], m["first"], m["percent"]) == ("0.31", "0.05", "0.18", "0.09", "0.021")
+
+    now = [0.0]
+    p = RunProgress("r1", "demo", "m", shards_total=4, images_total=40, min_interval=0, clock=lambda: now[0])
+    seen = [bench.Seen.parse(0, p.percent, p.description(["abs"]))]
+    for k in range(4):
+        now[0] += 10
+        p.shard_done({"n_images": 10, "n_error": 0, "computed": True})
+        p.add_counts([{"method": "abs", "n_ok": 10, "n_correct": k}])
+        seen.append(bench.Seen.parse(now[0], p.percent, p.description(["abs"])))
+    mid = seen[2]
+    assert (mid.shards, mid.images, mid.rate, mid.left) == ("2/4", "20/40", 1.0, "20 s")
+    assert mid.accuracy == "abs 5.0%"
+    cost = {"updates": 5}
+    assert bench.checks(0, seen, cost) == []
+    assert len(bench.checks(0, seen[:1] + seen[2:], cost)) == 1  # 2 intermediate values: one failure
+    assert len(bench.checks(0, seen, None)) == 1  # no cost line in the run's output
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0

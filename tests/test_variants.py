@@ -132,6 +132,40 @@ def test_the_analysis_lists_every_variant_and_its_accuracy(base):
     assert f"Variants of run {out['run_id']}" in text
 
 
+def test_analyze_rewrites_the_runs_report_and_publishes_it(base):
+    """The sensitivity section right after analyze: in report.md where the evaluate flow writes it, and in a new
+    version of the run's report artifact on the session's Prefect server (the run itself published none)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.results.artifacts import artifact_key
+    from tasks.results.report import SENSITIVITY_HEADING
+
+    root, out, text = base
+    path = os.path.join(root, "runs", f"run={out['run_id']}", "report.md")
+    with open(path) as f:
+        section = f.read().split(SENSITIVITY_HEADING)[1].split("\n## ")[0]
+    assert "](sensitivity.png)" in section and all(f"| {n} |" in section for n in NAMES)
+    assert os.path.getsize(os.path.join(os.path.dirname(path), "sensitivity.png")) > 0
+    assert f"Report: {path} (rewritten with the sensitivity section)" in text
+    key = artifact_key("report", "test", "demo", out["model"])
+    assert f"Prefect report artifact: {key} (a new version)" in text
+
+    async def versions():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    ours = sorted(
+        (a for a in asyncio.run(versions()) if out["run_id"] in (a.description or "")), key=lambda a: a.created
+    )
+    assert ours, f"no version of {key} for run {out['run_id']}"
+    latest = ours[-1].data.split(SENSITIVITY_HEADING)[1].split("\n## ")[0]
+    assert "](data:image/png;base64," in latest and all(f"| {n} |" in latest for n in NAMES)
+    assert ours[-1].type == "markdown" and str(ours[-1].flow_run_id) == out["flow_run_id"]  # the run's flow run
+
+
 def test_variants_that_keep_the_draws_equal_fresh_runs(base, fresh):
     root, _, _ = base
     fresh_root, runs = fresh
@@ -247,7 +281,8 @@ def test_rerunning_analyze_recomputes_nothing(base):
     before = _tree(root)
     res = invoke_cli("analyze", "--root", root, *ANALYZE)
     assert res.exit_code == 0, res.output
-    assert _tree(root) == before  # no part, rollup, marker or record written again
+    assert _tree(root) == before  # no part, rollup, marker, record or report written again
+    assert "(already shows these variants)" in res.output
     from flows.analyze import analyze
 
     again = analyze(root, {"tau": [0.05], "n_crops": [3]})

@@ -83,7 +83,17 @@ from .gallery import (
     write_gallery,
 )
 from .geometry import attention_grid, clip_grid_of, feature_window_pixels, full_attention, run_grids
-from .markdown import DROP_FLAG, _artifact_markdown, _Context, _markdown, _rel, md_table, png_data_uri
+from .markdown import (
+    DROP_FLAG,
+    SENSITIVITY_HEADING,
+    _artifact_markdown,
+    _Context,
+    _markdown,
+    _rel,
+    md_table,
+    png_data_uri,
+    report_shows_variants,
+)
 from .plots import MAX_PLOT_PX, MIN_FONT_PT, PLOT_DPI, methods_figure, per_class_figure, plot_methods, plot_per_class
 from .reads import RunTables, _run_row, _setting_differences, n_classes_scored, read_tables
 from .sensitivity import _run_row as _run_row_of
@@ -101,6 +111,7 @@ __all__ = [
     "MIN_FONT_PT",
     "PLOT_DPI",
     "RAW_BOX_COLOR",
+    "SENSITIVITY_HEADING",
     "ReportManifest",
     "RunTables",
     "_crop_ranks",
@@ -124,6 +135,8 @@ __all__ = [
     "plot_sensitivity",
     "png_data_uri",
     "read_tables",
+    "report_file",
+    "report_shows_variants",
     "run_grids",
     "sensitivity_figure",
     "soft_match_terms",
@@ -174,6 +187,11 @@ class ReportManifest:
         d.pop("markdown")
         d.pop("artifact_markdown")
         return d
+
+
+def report_file(run_id: str) -> str:
+    """Where :func:`write_report` writes a run's ``report.md``, relative to the root."""
+    return f"{run_dir(run_id)}/report.md"
 
 
 def write_report(
@@ -251,7 +269,7 @@ def _write_report(
     )
     md = _markdown(ctx, lambda rel, alt: f"![{alt}]({_rel(rel, base)})")
     artifact = _artifact_markdown(st, ctx, pngs, gallery, len(md.encode()), ARTIFACT_MAX_BYTES)
-    report = f"{base}/report.md"
+    report = report_file(run_id)
     st.write_bytes(report, md.encode())
     return ReportManifest(
         root=st.root,

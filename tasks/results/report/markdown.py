@@ -441,11 +441,26 @@ def _markdown(ctx: _Context, image: Callable[[str, str], str]) -> str:
     return "\n".join(out)
 
 
+#: The sensitivity section's heading (``report_shows_variants`` finds the section by it).
+SENSITIVITY_HEADING = "## Sensitivity and ablations (ABS variants)"
+
+
+def report_shows_variants(markdown: str, names: Sequence[str]) -> bool:
+    """Whether a written ``report.md`` has the sensitivity section with a table row for each variant in ``names``
+    (``abs-eval analyze`` rewrites a report only when it does not: a rerun that computed nothing writes nothing)."""
+    start = markdown.find(SENSITIVITY_HEADING)
+    if start < 0:
+        return False
+    end = markdown.find("\n## ", start + len(SENSITIVITY_HEADING))
+    section = markdown[start : end if end >= 0 else len(markdown)]
+    return all(f"\n| {_cell(name)} |" in section for name in names)
+
+
 def _sensitivity_section(ctx: _Context, image: Callable[[str, str], str]) -> str:
     """ABS accuracy against N', M' and tau and the ablations, from the run's variants (``abs-eval analyze``);
     without variants, how to get them."""
     run_id = ctx.run["run_id"]
-    out = ["## Sensitivity and ablations (ABS variants)\n"]
+    out = [SENSITIVITY_HEADING + "\n"]
     rows = abs_rows(ctx.variants)
     if not any(not r["is_run"] for r in rows):
         out.append(
