@@ -6,12 +6,12 @@ against it (``PREFECT_API_URL``):
 1. ``abs-eval demo`` (N = 20 crops);
 2. the demo's evaluation again with other method parameters (N = 8) and ``keep_features``: its report
    compares with run 1 and must say the settings differ;
-3. ``abs-eval analyze`` on run 2 (N', M', tau, one crop branch, plain averaging);
-4. run 2's evaluation again (everything reused): its report has the sensitivity section, from run 2's variants.
+3. ``abs-eval analyze`` on run 2 (N', M', tau, one crop branch, plain averaging): it rewrites run 2's report
+   with the sensitivity section and publishes it as the newest version of run 2's report artifact.
 
 Then opens, in headless Chromium at 1,400 px wide, for both UIs (the default one and ``/v2``): each run's
 flow-run page on its Artifacts tab, and the artifact pages of the report, the accuracy table and the progress
-of runs 2 and 3. In every page (through the DevTools protocol: a websocket client, no browser driver) it
+of run 2 (its report the version ``analyze`` published). In every page (through the DevTools protocol: a websocket client, no browser driver) it
 checks that every image loaded (``complete`` and a natural width) and that no table is wider than the box it
 sits in, saves a screenshot per page and ``summary.json`` under ``--out``, and exits 1 when a check fails.
 
@@ -176,7 +176,7 @@ def result_of(stdout: str) -> dict[str, Any]:
 
 
 def make_runs(server: Server, root: Path, log: Path) -> dict[str, dict[str, Any]]:
-    """The four steps of the module docstring; returns ``{"demo" | "other" | "again": {run_id, flow_run_id}}``."""
+    """The three steps of the module docstring; returns ``{"demo" | "other": {run_id, flow_run_id}}``."""
     env = server.env
     run_step("abs-eval demo", [str(BIN / "abs-eval"), "demo", "--root", str(root), "--per-class", "2"], env, log)
     records = sorted((json.loads(p.read_text()) for p in root.glob("runs/run=*/run.json")), key=lambda r: r["run_id"])
@@ -205,9 +205,6 @@ def make_runs(server: Server, root: Path, log: Path) -> dict[str, dict[str, Any]
         ],
         env,
         log,
-    )
-    runs["again"] = result_of(
-        run_step("the N=8 run again", [sys.executable, "-c", SECOND_RUN, str(root), "8", "1"], env, log)
     )
     return runs
 
@@ -309,8 +306,9 @@ class Browser:
 
 
 def artifacts_of(server: Server, flow_run_id: str) -> dict[str, dict[str, Any]]:
+    """The newest artifact of each type of a flow run (``abs-eval analyze`` adds a version of the report)."""
     rows = server.api("POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
-    return {a["type"]: a for a in rows}
+    return {a["type"]: a for a in sorted(rows, key=lambda a: a["created"])}
 
 
 def pages(server: Server, runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str | None]]:
@@ -326,9 +324,13 @@ def pages(server: Server, runs: dict[str, dict[str, Any]]) -> list[tuple[str, st
                     "Artifacts",
                 )
             )
-        for name in ("other", "again"):
+        for name in ("other",):
             arts = artifacts_of(server, runs[name]["flow_run_id"])
-            for kind, text in (("markdown", "Evaluation report"), ("table", "vs previous run"), ("progress", "shards")):
+            for kind, text in (
+                ("markdown", "Sensitivity and ablations"),
+                ("table", "vs previous run"),
+                ("progress", "shards"),
+            ):
                 if kind in arts:
                     out.append(
                         (

@@ -1,6 +1,6 @@
 """The Prefect UI in a real browser: ``scripts/ui_screenshots.py`` end to end (issue 21, item 4; issue 20, item 3).
 
-Slow (a real ``prefect server start``, four evaluations of the demo, headless Chromium over ~16 pages: about
+Slow (a real ``prefect server start``, three evaluations of the demo and one analyze, headless Chromium over ~16 pages: about
 5 minutes on 2 cores) and needs Chromium: skipped, with the reason, where ``chromium`` is not installed
 (``apt-get install -y chromium``). Checked: the script's own in-page checks pass (every image loaded, no
 table wider than its box, no header cut, in both UIs), the report page shows its embedded plots (methods,
@@ -45,8 +45,8 @@ def test_every_artifact_page_renders_its_images_and_fits_1400_px(tmp_path):
     assert p.returncode == 0 and not summary["failures"], (summary["failures"], p.stdout[-3000:], p.stderr[-3000:])
     pages = summary["pages"]
     for ui in ("v1", "v2"):
-        report = pages[f"{ui}-again-markdown"]
-        # the three plots at least (methods, per-class, sensitivity), each loaded
+        report = pages[f"{ui}-other-markdown"]
+        # the report analyze published: three plots at least (methods, per-class, sensitivity), each loaded
         assert report["images"] >= 3 and report["loaded"] == report["images"], report
         assert pages[f"{ui}-other-table"]["tables"] >= 1
     assert all((out / f"{name}.png").stat().st_size > 10_000 for name in pages)
