@@ -6,12 +6,24 @@
 #   bash benchmarks/gpu_check.sh --out "$OUT"                     # H200 defaults, < 8 min
 #   bash benchmarks/gpu_check.sh --device cpu --tiny --images 16  # CPU dry run, ~1 min
 #
-# A bare machine (no .venv/bin/python) gets the project's venv first (scripts/setup.sh,
-# offline on this project's machines); an existing .venv is used as it is.
+# Which Python: the project's .venv where there is one; else, on a lent GPU machine (no network, its own
+# Python 3.12 with CUDA torch), that Python with the packages it lacks unpacked from .whl/site312.tar.xz
+# (built here by benchmarks/gpu_pack.py, carried with the working tree); else scripts/setup.sh (needs an
+# index: this project's machines, not the lent one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/python ]; then
+PY=.venv/bin/python
+pack=${ABS_GPU_PACK:-.whl/site312.tar.xz}
+if [ ! -x "$PY" ] && [ -f "$pack" ]; then
+  site=${ABS_GPU_SITE:-/tmp/abs-gpu-site}
+  t0=$(date +%s)
+  mkdir -p "$site" && tar xJf "$pack" -C "$site"
+  echo "[gpu_check] no .venv: $(command -v python3) with $pack unpacked to $site ($(( $(date +%s) - t0 )) s)" >&2
+  PY=python3
+  export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  python3 -c "import prefect, open_clip, duckdb, torch, flows.cli; print('[gpu_check] torch', torch.__version__, 'prefect', prefect.__version__, 'open_clip', open_clip.__version__, 'duckdb', duckdb.__version__)" >&2
+elif [ ! -x "$PY" ]; then
   echo "[gpu_check] no .venv/bin/python: running scripts/setup.sh first" >&2
   t0=$(date +%s)
   bash scripts/setup.sh
@@ -26,4 +38,4 @@ fi
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PYTHONUNBUFFERED=1
 
-exec .venv/bin/python benchmarks/gpu_check.py "$@"
+exec "$PY" benchmarks/gpu_check.py "$@"

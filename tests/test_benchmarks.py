@@ -320,3 +320,34 @@ def test_bench_progress_reads_the_runs_cost_line_and_judges_a_timeline():
     with pytest.raises(SystemExit) as exc:
         bench.main(["--help"])
     assert exc.value.code == 0
+
+
+def test_gpu_pack_takes_what_the_lent_image_lacks():
+    """``gpu_pack.py`` packs Prefect, open_clip and DuckDB for the lent machine, never torch or numpy (the
+    image's CUDA builds), nor dev tools; the CLI's pure-Python stack goes at the tested versions."""
+    gp = _load("gpu_pack")
+    image = gp.image_packages()
+    assert {"torch", "torchvision", "numpy", "pyarrow", "timm", "typer"} <= image
+    venv = {
+        "prefect": "3.9.1",
+        "open_clip_torch": "3.3.0",
+        "duckdb": "2.0.1",
+        "duckdb-cli": "1.5.6",
+        "torch": "2.14.1",
+        "numpy": "2.4.6",
+        "ruff": "0.17.6",
+        "typer": "0.29.2",
+        "typing_extensions": "4.16.0",
+        "SQLAlchemy": "2.1.9",
+    }
+    packed = gp.to_pack(venv, image)
+    assert packed == sorted(
+        [
+            "SQLAlchemy==2.1.9",
+            "duckdb==2.0.1",
+            "open_clip_torch==3.3.0",
+            "prefect==3.9.1",
+            "typer==0.29.2",
+            "typing_extensions==4.16.0",
+        ]
+    )
