@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(1, HERE)
 
 from abs_model import ABSConfig, ModelSpec  # noqa: E402
-from abs_model.variants import VariantSpec, variant_logits  # noqa: E402
+from abs_model.variants import VariantSpec, sweep_logits, variant_logits  # noqa: E402
 from tasks import defaults  # noqa: E402
 
 DATASETS = ("shapes", "imagenet")
@@ -159,9 +159,7 @@ def _fp16_effect(storage, run, text, specs: list[VariantSpec], rels: list[str]) 
         _, crops, glob = read_features(storage, rel)
         c32, g32 = torch.from_numpy(crops), torch.from_numpy(glob)
         c16, g16 = c32.half().float(), g32.half().float()
-        for spec in specs:
-            a = variant_logits(c32, run.abs, text, spec, g32)
-            b = variant_logits(c16, run.abs, text, spec, g16)
+        for a, b in zip(sweep_logits(c32, run.abs, text, specs, g32), sweep_logits(c16, run.abs, text, specs, g16)):
             for m in a:
                 x, y = a[m].double(), b[m].double()
                 worst = max(worst, float((x - y).abs().max()))
@@ -203,6 +201,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="IMAGES",
         help="Also time, per image, the paper's models' CLIP pass (ViT-B-16, random weights) against the 10 points "
         "scored from features of its size (D=512, 1000 classes x M=50), on IMAGES images (see _paper_scale).",
+    )
+    ap.add_argument(
+        "--shared",
+        action="store_true",
+        help="Sweep with every point sharing the work (analyze(exact=False)): the tau and raw-only points then equal "
+        "a fresh run within rounding, not bit for bit.",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--root", default=None, help="Storage root (default: a temporary folder, removed after).")
@@ -288,7 +292,7 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
 
     specs = sweep_points(base)
     t0 = time.perf_counter()
-    done = analyze(root, variants=specs, run_id=base_id, device=args.device, report=False)
+    done = analyze(root, variants=specs, run_id=base_id, device=args.device, report=False, exact=not args.shared)
     t_sweep = time.perf_counter() - t0
     _say(f"10-point sweep from features: {t_sweep:.1f} s")
     assert len(done.variants) == 10 and all(v.shards_computed == len(dino_parts) for v in done.variants)
@@ -316,10 +320,12 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
             "sweep_10_points_from_features": t_sweep,
         },
         "sweep_points": {v.name: round(v.seconds, 3) for v in done.variants},
+        "sweep_exact": not args.shared,
         "ratio_sweep_to_fresh_inference": t_sweep / t_fresh,
         "ratio_sweep_to_fresh_dino_plus_inference": t_sweep / (t_fresh + t_dino),
         "features": _feature_bytes(st, rels, n_images),
         "fp16": _fp16_effect(st, analyzed, text, specs, rels),
+        "matching_ms_per_image": _matching(st, analyzed, text, specs, rels[0]),
     }
     if args.paper_scale:
         out["paper_scale"] = _paper_scale(args.paper_scale, defaults.ABS.n_crops, args.device)
@@ -334,6 +340,32 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     return out
 
 
+def _matching(storage, run, text, specs: list[VariantSpec], rel: str, n: int = 200, reps: int = 2) -> dict[str, float]:
+    """The matching alone, ms per image, on the first ``n`` images of a shard's stored features (alternating,
+    ``reps`` times): one ``soft_match`` at the run's setting (what a fresh run's matching costs), the 10 points
+    one by one (``variant_logits``: before they shared their work), ``sweep_logits`` as ``analyze`` runs it
+    (``exact``: the points a fresh run scores with the same call keep it) and with every point shared."""
+    from abs_model.matching import soft_match
+    from tasks.steps.variants import read_features
+
+    _, crops, glob = read_features(storage, rel)
+    c, g = torch.from_numpy(crops[:n]), torch.from_numpy(glob[:n])
+    mask = None if bool(text.mask.all()) else text.mask
+    sides = {
+        "one_soft_match": lambda: soft_match(c, text.descriptions, mask, run.abs.tau, check_mask=False),
+        "points_one_by_one": lambda: [variant_logits(c, run.abs, text, spec, g) for spec in specs],
+        "sweep_exact": lambda: sweep_logits(c, run.abs, text, specs, g),
+        "sweep_shared": lambda: sweep_logits(c, run.abs, text, specs, g, exact=False),
+    }
+    out = dict.fromkeys(sides, 0.0)
+    for _ in range(reps):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name] += (time.perf_counter() - t0) * 1e3 / (reps * len(c))
+    return out
+
+
 def _paper_scale(n_images: int, n_crops: int, device: str, classes: int = 1000, m: int = 50) -> dict[str, Any]:
     """Per image, side by side (alternating): the CLIP passes of a fresh run with the paper's CLIP architecture (ViT-B-16,
     random weights: the same arithmetic) against the 10 points scored from crop features of its size.
@@ -342,9 +374,11 @@ def _paper_scale(n_images: int, n_crops: int, device: str, classes: int = 1000, 
     point from features IS one soft matching; at the paper's scale the models dominate. Counted for the run:
     only ``encode_image`` of the N raw crops and the global view (N + 1 full forwards, on random pixels); not
     the N feature-space crops' head passes, DINO, decoding and crop views, so the run's time is an underestimate
-    and the ratio an overestimate. For the points: ``variant_logits`` of the 10 points (every method) on
-    random unit features ``[images, 2N, 512]`` against a random unit text bank (``classes`` x ``m``); not
-    the Parquet reads and commits (the ``seconds`` above include them)."""
+    and the ratio an overestimate. For the points: one ``sweep_logits`` call for the 10 points (every method;
+    what ``abs-eval analyze`` runs per shard; and with every point shared, ``exact=False``) on random unit features ``[images, 2N, 512]`` against a random unit
+    text bank (``classes`` x ``m``), and, for reference, each point alone (``variant_logits``: ``points_s_per_image``,
+    the cost before the points shared their work); not the Parquet reads and commits (the ``seconds`` above
+    include them)."""
     from abs_model import CLIPBackbone, TextBank
     from abs_model.device import resolve_device
 
@@ -370,14 +404,21 @@ def _paper_scale(n_images: int, n_crops: int, device: str, classes: int = 1000, 
     points = sweep_points(base)
     names = [spec.name(VariantSpec.of(base)) for spec in points]
     per_point = dict.fromkeys(names, 0.0)
-    t_model = 0.0
+    t_model = t_sweep = t_shared = 0.0
     with torch.inference_mode():
         clip.encode_image(pixels[:2])  # warm-up
         variant_logits(feats[:1], base, text, points[0], glob[:1])
-        for i in range(n_images):  # alternating, image by image: both sides see the same load
+        sweep_logits(feats[:1], base, text, points, glob[:1])
+        for i in range(n_images):  # alternating, image by image: every side sees the same load
             t0 = time.perf_counter()
             clip.encode_image(pixels)
             t_model += (time.perf_counter() - t0) / n_images
+            t0 = time.perf_counter()
+            sweep_logits(feats[i : i + 1], base, text, points, glob[i : i + 1])
+            t_sweep += (time.perf_counter() - t0) / n_images
+            t0 = time.perf_counter()
+            sweep_logits(feats[i : i + 1], base, text, points, glob[i : i + 1], exact=False)
+            t_shared += (time.perf_counter() - t0) / n_images
             for name, spec in zip(names, points):
                 t0 = time.perf_counter()
                 variant_logits(feats[i : i + 1], base, text, spec, glob[i : i + 1])
@@ -389,9 +430,13 @@ def _paper_scale(n_images: int, n_crops: int, device: str, classes: int = 1000, 
         "feature_dim": d,
         "text_bank": f"{classes} x {m}",
         "run_clip_forwards_s_per_image": t_model,
-        "sweep_10_points_s_per_image": t_points,
+        "sweep_10_points_s_per_image": t_sweep,
         "points_s_per_image": {k: round(v, 4) for k, v in per_point.items()},
-        "ratio_sweep_to_run_clip_forwards": t_points / t_model,
+        "points_one_by_one_s_per_image": t_points,
+        "sweep_10_points_shared_s_per_image": t_shared,
+        "ratio_sweep_shared_to_run_clip_forwards": t_shared / t_model,
+        "ratio_sweep_to_run_clip_forwards": t_sweep / t_model,
+        "ratio_points_one_by_one_to_run_clip_forwards": t_points / t_model,
     }
 
 
@@ -429,7 +474,8 @@ def _print(out: dict[str, Any]) -> None:
     print(f"  one fresh run's inference      {s['fresh_run_inference']:8.2f} s")
     print(
         f"  10-point sweep from features   {s['sweep_10_points_from_features']:8.2f} s  "
-        f"({', '.join(f'{k} {v:.2f}' for k, v in out['sweep_points'].items())})"
+        f"({'tau and raw-only points bit for bit' if out['sweep_exact'] else 'every point shared'}; "
+        f"{', '.join(f'{k} {v:.2f}' for k, v in out['sweep_points'].items())})"
     )
     print(
         f"  ratio sweep / fresh inference: {100 * out['ratio_sweep_to_fresh_inference']:.1f}% "
@@ -445,13 +491,22 @@ def _print(out: dict[str, Any]) -> None:
         f"(logits up to {h['max_abs_logit']:.3g}, {h['max_rel_score_diff']:.2g} relative), max |margin diff| "
         f"{h['max_abs_margin_diff']:.3g}, top-1 flips {h['top1_flips']} of {h['decisions_compared']}"
     )
+    k = out["matching_ms_per_image"]
+    print(
+        f"  matching alone, ms per image: one soft_match {k['one_soft_match']:.2f}, the 10 points one by one "
+        f"{k['points_one_by_one']:.2f}, swept {k['sweep_exact']:.2f} (as analyze: tau and raw-only points keep "
+        f"their own call, bit for bit), every point shared {k['sweep_shared']:.2f}"
+    )
     if "paper_scale" in out:
         p = out["paper_scale"]
         print(
             f"  paper scale ({p['clip']} random weights, D={p['feature_dim']}, text bank {p['text_bank']}, "
             f"{p['images']} images), per image: the run's N+1 CLIP forwards {p['run_clip_forwards_s_per_image']:.2f} s, "
             f"the 10 points from features {p['sweep_10_points_s_per_image']:.3f} s: "
-            f"{100 * p['ratio_sweep_to_run_clip_forwards']:.1f}%"
+            f"{100 * p['ratio_sweep_to_run_clip_forwards']:.1f}% (scored one by one: "
+            f"{p['points_one_by_one_s_per_image']:.3f} s, {100 * p['ratio_points_one_by_one_to_run_clip_forwards']:.1f}%; "
+            f"every point shared: {p['sweep_10_points_shared_s_per_image']:.3f} s, "
+            f"{100 * p['ratio_sweep_shared_to_run_clip_forwards']:.1f}%)"
         )
     if "profile" in out:
         p = out["profile"]

@@ -13,14 +13,18 @@ the run's stored crop features and its cached text bank (``abs_model.variants``)
   microsecond before the run's own (the run stays the latest of its dataset and model, which
   ``export`` and the default run pair pick), ``config_json["variant"]``: of which run, what differs,
   whether it equals a fresh run. Written ``running`` with a heartbeat, then ``completed``;
-* per shard, ``tasks.steps.variants.variant_part``: a committed part is reused, so a rerun computes
-  nothing and an interrupted analysis resumes;
+* shard by shard, ``tasks.steps.variants.variant_parts``: the shard's rows and crop features are read
+  once and every variant not yet committed there is scored by one ``abs_model.variants.sweep_logits``
+  call (the variants share the crop x description products and one exponential pass per tau), then
+  each variant's part is committed; a committed part is reused, so a rerun computes nothing and an
+  interrupted analysis resumes. The run records are started before the first shard and finished
+  after the last (``failed``, those not finished, when anything raises);
 * at the end, the run's report (``flows.variant_report``): ``report.md``, its plots and gallery rewritten
   where the evaluate flow wrote them, now with the sensitivity section, and, where a Prefect API is
   configured, published as one more version of the run's report artifact.
 
 Why a plain function and not a Prefect flow: nothing here loads a model or needs a worker pool; per
-variant and shard it is two Parquet reads, a matrix product and a commit (seconds for a shard of
+shard it is two Parquet reads, the shared scoring and a commit per variant (seconds for a shard of
 1,000 images on a GPU), so the ~45 s a local Prefect API takes to start would be most of the time.
 It writes like ``abs-eval shard`` does: committed units and run records, resumable without Prefect.
 The per-shard step is a plain function like the other steps, so a flow can map it (issue 20, item 2).
@@ -29,7 +33,6 @@ The per-shard step is a plain function like the other steps, so a flow can map i
 from __future__ import annotations
 
 import posixpath
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,9 +45,11 @@ from tasks.run.evalspec import short_hash
 from tasks.steps.variants import (
     AnalyzedRun,
     VariantError,
+    VariantPartResult,
+    VariantTarget,
     find_text_bank,
     missing_features,
-    variant_part,
+    variant_parts,
     variant_settings,
 )
 from tasks.store import Storage, as_storage, commits
@@ -84,6 +89,7 @@ class VariantRun:
     shards_reused: int
     n_images: int
     seconds: float
+    """Its share of each computed shard's reads and shared scoring, plus its own commits (0 when nothing was computed)."""
     setting: dict[str, Any] = field(default_factory=dict)
 
 
@@ -203,6 +209,54 @@ def _variant_record(
     )
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One variant before the shard loop: its partition, run id, record and what is already committed."""
+
+    spec: VariantSpec
+    config: str
+    run_id: str
+    record: RunRecord
+    done: list[int]
+    """The shards whose part is committed."""
+    complete: bool
+    """Every part committed and its record completed: the variant is not touched."""
+    n_images: int
+    """The completed record's image count (0 otherwise)."""
+
+
+def _plan(st: Storage, run: AnalyzedRun, spec: VariantSpec, shards: list[int]) -> _Plan:
+    settings = variant_settings(run, spec)
+    config = short_hash(settings)
+    vid = f"{run.run_id}-{config[:8]}"
+    done = [s for s in shards if commits.committed(st, prediction_part(run.dataset, run.model, config, s)) is not None]
+    try:
+        existing: dict[str, Any] | None = read_run(st, vid)
+    except KeyError:
+        existing = None
+    complete = existing is not None and effective_status(existing) == COMPLETED and len(done) == len(shards)
+    n_images = int(existing.get("n_images") or 0) if complete and existing is not None else 0
+    return _Plan(spec, config, vid, _variant_record(run, spec, settings, config, vid, done), done, complete, n_images)
+
+
+def _variant_run(
+    run: AnalyzedRun, plan: _Plan, computed: int, reused: int, n_images: int, seconds: float
+) -> VariantRun:
+    spec = plan.spec
+    return VariantRun(
+        spec.name(run.spec),
+        plan.run_id,
+        plan.config,
+        plan.record.deployment,
+        spec.equals_fresh_run(run.abs),
+        computed,
+        reused,
+        n_images,
+        seconds,
+        spec.to_dict(),
+    )
+
+
 def analyze(
     root: str | Storage,
     axes: Mapping[str, Sequence[Any]] | None = None,
@@ -213,6 +267,7 @@ def analyze(
     device: str = "cpu",
     report: bool | None = None,
     publish: bool | None = None,
+    exact: bool = True,
 ) -> Analysis:
     """Score the variants of run ``run_id`` (default: the latest completed run that kept its features).
 
@@ -221,7 +276,9 @@ def analyze(
     and every shard's features are checked before any work (:class:`VariantError`, one line).
     Then the run's report (``flows.variant_report.update_report``): ``report`` None rewrites it with the
     sensitivity section when it is stale, True always, False never; ``publish`` None publishes the
-    artifact when a Prefect API is configured, True always, False never.
+    artifact when a Prefect API is configured, True always, False never. ``exact`` (``sweep_logits``): True keeps
+    the variants a fresh run scores with the same call (another tau, raw crops only) bit for bit equal to it;
+    False shares their work too (equal within rounding, about half the matching time of a tau sweep).
     """
     st = as_storage(root)
     run = _load_run(st, run_id)
@@ -257,94 +314,59 @@ def analyze(
             "no variant asked for: give --n-crops, --m, --tau, --kinds or --plain-averaging "
             "(values other than the run's own)"
         )
+    plans = [_plan(st, run, spec, shards) for spec in specs]
+    out = {i: _variant_run(run, p, 0, len(shards), p.n_images, 0.0) for i, p in enumerate(plans) if p.complete}
+    active = [i for i in range(len(plans)) if i not in out]
+    targets = [VariantTarget(plans[i].spec, plans[i].config, plans[i].run_id) for i in active]
+    results: dict[int, list[VariantPartResult]] = {i: [] for i in active}
+    trackers: dict[int, RunTracker] = {}
+    finished: set[int] = set()
     text = None
-    out = []
-    for spec in specs:
-        t0 = time.perf_counter()
-        settings = variant_settings(run, spec)
-        config = short_hash(settings)
-        vid = f"{run.run_id}-{config[:8]}"
-        done = [
-            s for s in shards if commits.committed(st, prediction_part(run.dataset, run.model, config, s)) is not None
-        ]
-        try:
-            existing: dict[str, Any] | None = read_run(st, vid)
-        except KeyError:
-            existing = None
-        record = _variant_record(run, spec, settings, config, vid, done)
-        if existing is not None and effective_status(existing) == COMPLETED and len(done) == len(shards):
-            out.append(
-                VariantRun(
-                    spec.name(run.spec),
-                    vid,
-                    config,
-                    record.deployment,
-                    spec.equals_fresh_run(run.abs),
-                    0,
-                    len(shards),
-                    int(existing.get("n_images") or 0),
-                    0.0,
-                    spec.to_dict(),
-                )
+    try:
+        for i in active:
+            trackers[i] = RunTracker(st, plans[i].record).start()
+        # shard outer, variants inner: each shard's rows and features are read once, its variants scored together
+        for s in shards:
+            if not targets:
+                break
+            if text is None and any(s not in plans[i].done for i in active):
+                text = find_text_bank(st, run, info)
+            parts = variant_parts(
+                st, run, targets, text=text, classnames=list(info.classnames), shard=s, device=device, exact=exact
             )
-            continue
-        tracker = RunTracker(st, record).start()
-        results = []
-        try:
-            for s in shards:
-                if s not in done and text is None:
-                    text = find_text_bank(st, run, info)
-                results.append(
-                    variant_part(
-                        st,
-                        run,
-                        spec,
-                        text=text,
-                        classnames=list(info.classnames),
-                        config=config,
-                        run_id=vid,
-                        shard=s,
-                        device=device,
-                    )
-                )
-        except BaseException:
-            tracker.finish(FAILED)
-            raise
-        computed = sum(r.computed for r in results)
-        n_images = sum(r.n_images for r in results)
-        tracker.finish(
-            COMPLETED,
-            n_images=n_images,
-            n_ok=sum(r.n_ok for r in results),
-            n_error=sum(r.n_error for r in results),
-            shards_computed=computed,
-            shards_reused=len(results) - computed,
-        )
-        out.append(
-            VariantRun(
-                spec.name(run.spec),
-                vid,
-                config,
-                record.deployment,
-                spec.equals_fresh_run(run.abs),
-                computed,
-                len(results) - computed,
-                n_images,
-                time.perf_counter() - t0,
-                spec.to_dict(),
+            for i, part in zip(active, parts):
+                results[i].append(part)
+        for i in active:
+            rs = results[i]
+            computed = sum(r.computed for r in rs)
+            n_images = sum(r.n_images for r in rs)
+            trackers[i].finish(
+                COMPLETED,
+                n_images=n_images,
+                n_ok=sum(r.n_ok for r in rs),
+                n_error=sum(r.n_error for r in rs),
+                shards_computed=computed,
+                shards_reused=len(rs) - computed,
             )
-        )
+            finished.add(i)
+            out[i] = _variant_run(run, plans[i], computed, len(rs) - computed, n_images, sum(r.seconds for r in rs))
+    except BaseException:
+        for i, tracker in trackers.items():
+            if i not in finished:
+                tracker.finish(FAILED)
+        raise
+    variant_runs = [out[i] for i in range(len(plans))]
     update = None
     if report is not False:
         update = update_report(
             st,
             run.record,
-            [v.name for v in out],
-            computed=any(v.shards_computed for v in out),
+            [v.name for v in variant_runs],
+            computed=any(v.shards_computed for v in variant_runs),
             write=report,
             publish=publish,
         )
-    return Analysis(run, out, update)
+    return Analysis(run, variant_runs, update)
 
 
 def summary_rows(root: str | Storage, analysis: Analysis) -> list[dict[str, Any]]:

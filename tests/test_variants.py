@@ -345,3 +345,143 @@ def _dense_soft(v: torch.Tensor, desc: torch.Tensor, mask: torch.Tensor, tau: fl
     s = torch.einsum("nd,cmd->ncm", v, desc) / tau
     p = torch.softmax(s.masked_fill(~mask, float("-inf")).flatten(1), dim=1).view_as(s)
     return (p * s.masked_fill(~mask, 0.0)).sum(dim=(0, 2))
+
+
+def _random_bank(c: int, m: int, d: int, seed: int, padded: bool = True, subset=None, scale: float = 1.0):
+    """A text bank of random unit features (times ``scale``), some classes padded (fewer than M descriptions)."""
+    from abs_model.text import TextBank
+
+    g = torch.Generator().manual_seed(seed)
+
+    def unit(*shape):
+        x = torch.randn(*shape, generator=g)
+        return x / x.norm(dim=-1, keepdim=True)
+
+    mask = torch.ones(c, m, dtype=torch.bool)
+    if padded:
+        mask[1, 2:] = False  # 2 descriptions
+        mask[3, m - 1 :] = False
+        mask[c - 1, 1:] = False  # 1 description: some blocks of the M' ranges hold only padding
+    return TextBank([f"class {i}" for i in range(c)], scale * unit(c, m, d), mask, unit(c, d), unit(c, d), subset)
+
+
+def _assert_sweep_equals_variant_logits(crops, stored, bank, specs, glob=None, rtol=1e-5, exact=False):
+    """``sweep_logits`` against ``variant_logits`` point by point: within float rounding, and with ``exact`` the
+    points a fresh run scores with the same call bit for bit."""
+    from abs_model.variants import same_call_as_fresh_run, sweep_logits, variant_logits
+
+    got = sweep_logits(crops, stored, bank, specs, glob, exact=exact)
+    assert len(got) == len(specs)
+    for spec, mine in zip(specs, got):
+        want = variant_logits(crops, stored, bank, spec, glob)
+        assert list(mine) == list(want), spec
+        if exact and same_call_as_fresh_run(spec, stored):
+            assert all(torch.equal(mine[m], want[m]) for m in want), spec
+        for method, w in want.items():
+            assert mine[method].dtype == w.dtype and torch.isfinite(mine[method]).all(), (spec, method)
+            # within float rounding, relative to the scale of the logits
+            torch.testing.assert_close(
+                mine[method], w, rtol=rtol, atol=rtol * float(w.abs().max()), msg=f"{spec} {method}"
+            )
+
+
+@pytest.mark.parametrize(("one_class_blocks", "exact"), [(False, False), (True, False), (False, True)])
+def test_a_sweep_scores_every_point_as_variant_logits_does(monkeypatch, one_class_blocks, exact):
+    """``sweep_logits`` (the points sharing their products and one exponential pass per tau) against
+    ``variant_logits`` point by point: N' prefixes, each branch, M' groups, tau groups (one shifted: unit
+    features at tau = 0.002 are past the no-shift bound), plain averaging, padded descriptions, a class
+    subset and every baseline. With blocks of one class, some (block, description range) cells hold
+    padding only (their shift is -inf, their terms 0). ``exact``: the points a fresh run scores with the same
+    call (tau, raw only) are that call's numbers bit for bit, the others still shared."""
+    from abs_model import ABSConfig, variants
+    from abs_model.variants import VariantSpec
+
+    if one_class_blocks:
+        monkeypatch.setattr(variants, "_CPU_SWEEP_BLOCK_BYTES", 1)
+
+    stored = ABSConfig(n_crops=5, top_k=3, n_descriptions=6)
+    bank = _random_bank(9, 6, 8, seed=1, subset=[0, 2, 3, 5, 8])
+    g = torch.Generator().manual_seed(2)
+    crops = torch.randn(4, 10, 8, generator=g)
+    crops = crops / crops.norm(dim=-1, keepdim=True)
+    glob = torch.randn(4, 8, generator=g)
+    own = VariantSpec.of(stored)
+    changes = [
+        {},
+        {"n_crops": 2},
+        {"n_crops": 4, "crop_kinds": "raw"},
+        {"crop_kinds": "feature", "n_crops": 3},
+        {"crop_kinds": "raw"},
+        {"n_descriptions": 2},
+        {"n_descriptions": 4, "tau": 0.05},
+        {"tau": 0.05},
+        {"tau": 0.002},
+        {"tau": 0.002, "n_descriptions": 1, "crop_kinds": "raw", "n_crops": 1},
+        {"matching": "average", "n_descriptions": 3},
+        {"matching": "average", "crop_kinds": "feature", "tau": 0.05},
+    ]
+    specs = [own.with_changes(**c) for c in changes]
+    _assert_sweep_equals_variant_logits(crops, stored, bank, specs, glob, exact=exact)
+    # no global features, another order
+    _assert_sweep_equals_variant_logits(crops, stored, bank, specs[::-1], exact=exact)
+    # one point, and a sweep without soft matching
+    _assert_sweep_equals_variant_logits(crops, stored, bank, specs[1:2], glob, exact=exact)
+    _assert_sweep_equals_variant_logits(crops, stored, bank, specs[-2:], glob, exact=exact)
+
+
+def test_a_sweep_of_a_one_branch_run_and_of_unnormalised_features():
+    """Runs that kept one branch (the feature crops then start at row 0), features of norm 3 (tau = 0.03 is
+    then shifted too), every description valid, float64 (within 1e-10)."""
+    from abs_model import ABSConfig
+    from abs_model.variants import VariantSpec
+
+    g = torch.Generator().manual_seed(3)
+    bank = _random_bank(7, 5, 6, seed=4, padded=False, scale=3.0)
+    for raw, feature in ((True, False), (False, True)):
+        stored = ABSConfig(n_crops=4, top_k=3, n_descriptions=5, raw_crops=raw, feature_crops=feature)
+        own = VariantSpec.of(stored)
+        specs = [own, *(own.with_changes(**c) for c in ({"n_crops": 2}, {"n_descriptions": 3, "tau": 0.1}))]
+        crops = 3.0 * torch.randn(3, 4, 6, generator=g)
+        _assert_sweep_equals_variant_logits(crops, stored, bank, specs, torch.randn(3, 6, generator=g))
+        _assert_sweep_equals_variant_logits(crops.double(), stored, bank, specs, rtol=1e-10)
+
+
+def test_a_sweep_keeps_a_description_prefix_whose_scores_are_far_below_the_rest():
+    """Tiny tau, and the first M' = 2 descriptions score ~1 cosine (~360 in log2 units at tau = 0.004) below
+    the others: shifted by the maximum over all M descriptions, every term of the M'-prefix would underflow
+    to 0 (0 / 0). The sweep shifts per description range and rescales to the prefix's own maximum."""
+    from abs_model import ABSConfig
+    from abs_model.text import TextBank
+    from abs_model.variants import VariantSpec
+
+    g = torch.Generator().manual_seed(5)
+    c, m, d = 6, 5, 4
+    e1, e2 = torch.eye(d)[0], torch.eye(d)[1]
+    desc = torch.empty(c, m, d)
+    desc[:, :2] = e2 + 0.05 * torch.randn(c, 2, d, generator=g)
+    desc[:, 2:] = e1 + 0.05 * torch.randn(c, m - 2, d, generator=g)
+    desc = desc / desc.norm(dim=-1, keepdim=True)
+    bank = TextBank([f"class {i}" for i in range(c)], desc, torch.ones(c, m, dtype=torch.bool), None, None)
+    stored = ABSConfig(n_crops=3, top_k=3, n_descriptions=m)
+    crops = e1 + 0.05 * torch.randn(2, 6, d, generator=g)
+    crops = crops / crops.norm(dim=-1, keepdim=True)
+    own = VariantSpec.of(stored)
+    specs = [own.with_changes(tau=0.004), own.with_changes(tau=0.004, n_descriptions=2)]
+    _assert_sweep_equals_variant_logits(crops, stored, bank, specs)
+
+
+def test_an_images_sweep_does_not_depend_on_its_batch():
+    """On a CPU a block is one image: an image's logits are the same numbers alone or in a batch."""
+    from abs_model import ABSConfig
+    from abs_model.variants import VariantSpec, sweep_logits
+
+    stored = ABSConfig(n_crops=5, top_k=3, n_descriptions=6)
+    bank = _random_bank(9, 6, 8, seed=6)
+    crops = torch.randn(5, 10, 8, generator=torch.Generator().manual_seed(7))
+    own = VariantSpec.of(stored)
+    specs = [own, own.with_changes(tau=0.002, n_descriptions=3), own.with_changes(n_crops=2, crop_kinds="raw")]
+    batch = sweep_logits(crops, stored, bank, specs)
+    for i in (0, 3):
+        alone = sweep_logits(crops[i : i + 1], stored, bank, specs)
+        for b, a in zip(batch, alone):
+            assert torch.equal(b["abs"][i : i + 1], a["abs"])

@@ -3,13 +3,15 @@
 What: a run evaluated with ``keep_features`` stored, beside each prediction part, its images' crop
 features and global features (``features/<partition>/part-<n>.parquet``, ``tables.FEATURES_SCHEMA``).
 For each variant (``abs_model.variants.VariantSpec``: the first N' crops, one crop branch, the first M'
-descriptions, another tau, plain averaging instead of soft matching) :func:`variant_part` scores one
-shard from those features and the run's text bank (the cache it was encoded into, found by its
-marker) and commits the result as a prediction part of the variant's own partition: the rows of the
-run's part (``PREDICTION_SCHEMA``, same images, methods, labels, error rows and crop geometry) with the
-numbers rescored, then its rollup, then its done-marker (``VariantPartMarker``), exactly as
-``infer`` commits a part. So every SQL view reads a variant like any run; a committed part is never
-recomputed.
+descriptions, another tau, plain averaging instead of soft matching) :func:`variant_parts` scores one
+shard for several variants at once from those features (read once) and the run's text bank (the cache
+it was encoded into, found by its marker), and commits each result as a prediction part of the variant's
+own partition: the rows of the run's part (``PREDICTION_SCHEMA``, same images, methods, labels, error rows
+and crop geometry) with the numbers rescored, then its rollup, then its done-marker
+(``VariantPartMarker``), exactly as ``infer`` commits a part. So every SQL view reads a variant like any
+run; a committed part is never recomputed. The variants share their scoring
+(``abs_model.variants.sweep_logits``: one crop x description product per block, one exponential pass
+per tau); :func:`variant_part` is the same for one variant.
 
 Which partition (:func:`variant_settings`): the hash of the variant's prediction settings, built as
 for any run: the run's settings (``config_json["numbers"]`` of its record) with the ``abs`` fields the
@@ -30,7 +32,9 @@ from __future__ import annotations
 import copy
 import json
 import posixpath
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,7 +44,7 @@ import torch
 
 from abs_model import ABSConfig, TextBank
 from abs_model.device import resolve_device
-from abs_model.variants import VariantSpec, stored_crop_count, variant_logits
+from abs_model.variants import VariantSpec, stored_crop_count, sweep_logits
 from tasks.run.evalspec import short_hash
 from tasks.run.text_cache import load_text_bank
 from tasks.store import Storage, commits, rollups
@@ -54,10 +58,12 @@ __all__ = [
     "AnalyzedRun",
     "VariantError",
     "VariantPartResult",
+    "VariantTarget",
     "find_text_bank",
     "missing_features",
     "read_features",
     "variant_part",
+    "variant_parts",
     "variant_rows",
     "variant_settings",
 ]
@@ -252,6 +258,122 @@ class VariantPartResult:
     n_images: int
     n_ok: int
     n_error: int
+    seconds: float = 0.0
+    """What this call spent on the part: its share of the shard's reads and shared scoring, and its commit."""
+
+
+@dataclass(frozen=True)
+class VariantTarget:
+    """One variant to commit on a shard: its setting, its partition (config hash) and its run id."""
+
+    spec: VariantSpec
+    config: str
+    run_id: str
+
+
+def variant_parts(
+    storage: Storage,
+    run: AnalyzedRun,
+    targets: Sequence[VariantTarget],
+    *,
+    text: TextBank | None,
+    classnames: list[str],
+    shard: int,
+    device: str = "cpu",
+    exact: bool = True,
+) -> list[VariantPartResult]:
+    """Score every target not yet committed on one shard of ``run`` from its kept features and commit each
+    part under its config; a committed part is returned untouched (``text`` may be None when all are).
+
+    The shard's rows and features are read once and the targets' logits come from one
+    ``abs_model.variants.sweep_logits`` call, which shares the crop x description products, one exponential
+    pass per tau and the sums per crop and description range between them (each target's numbers are
+    ``variant_logits``'s within float rounding). Then each target's part is committed in the order of
+    ``targets``, as ``infer`` commits a part: the part, its rollup (a crashed attempt's goes first), its
+    done-marker. ``classnames``: the dataset's label names (``pred_name``). ``device``: where the matching
+    runs. ``exact``: ``sweep_logits``'s (True: the variants a fresh run scores with the same call, another tau
+    or raw crops only, keep that call and its bits; False: they share the work too, equal within rounding).
+    Returns one result per target, in order.
+    """
+    rels = [prediction_part(run.dataset, run.model, t.config, shard) for t in targets]
+    results: list[VariantPartResult | None] = []
+    for rel in rels:
+        marker = commits.committed(storage, rel)
+        results.append(
+            None
+            if marker is None
+            else VariantPartResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
+        )
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+        if text is None:
+            raise VariantError(f"{rels[todo[0]]} is not committed: pass the run's text bank to compute it")
+        t0 = time.perf_counter()
+        rows = storage.read_parquet(prediction_part(run.dataset, run.model, run.config, shard))
+        ids, crops, glob = read_features(storage, features_part(run.dataset, run.model, run.config, shard))
+        if ids and crops.shape[1] != stored_crop_count(run.abs):
+            raise VariantError(
+                f"shard {shard}: {crops.shape[1]} stored crops per image, the run's settings say "
+                f"{stored_crop_count(run.abs)}"
+            )
+        dev = resolve_device(device)
+        specs = [targets[i].spec for i in todo]
+        if ids:
+            found = sweep_logits(
+                torch.from_numpy(crops).to(dev), run.abs, text, specs, torch.from_numpy(glob).to(dev), exact=exact
+            )
+            logits = [{k: v.cpu() for k, v in f.items()} for f in found]
+        else:  # every image of the shard is an error row
+            methods = dict.fromkeys(rows.column("method").to_pylist())
+            logits = [{m: torch.zeros(0, len(classnames)) for m in methods} for _ in specs]
+        shared = (time.perf_counter() - t0) / len(todo)
+        for i, lg in zip(todo, logits):
+            t1 = time.perf_counter()
+            part = _commit_part(storage, run, targets[i], rels[i], shard, rows, ids, lg, classnames)
+            results[i] = replace(part, seconds=shared + time.perf_counter() - t1)
+    return [r for r in results if r is not None]
+
+
+def _commit_part(
+    storage: Storage,
+    run: AnalyzedRun,
+    target: VariantTarget,
+    rel: str,
+    shard: int,
+    rows: pa.Table,
+    ids: list[str],
+    logits: dict[str, torch.Tensor],
+    classnames: list[str],
+) -> VariantPartResult:
+    """``target``'s part from the run's ``rows`` and its ``logits``, committed at ``rel``: part, rollup, marker."""
+    spec = target.spec
+    table = variant_rows(
+        rows,
+        ids,
+        logits,
+        classnames,
+        target.run_id,
+        n_crops=spec.n_crops if spec.is_prefix(run.abs) else None,
+    )
+    images = dict(zip(table.column("image_id").to_pylist(), table.column("status").to_pylist()))
+    n_ok = sum(1 for s in images.values() if s == "ok")
+    rollups.drop_rollup(storage, rel)
+    storage.write_parquet(rel, table)
+    rollups.write_rollup(storage, rel, table)
+    commits.mark(
+        storage,
+        rel,
+        VariantPartMarker(
+            n_images=len(images),
+            n_ok=n_ok,
+            n_error=len(images) - n_ok,
+            run_id=target.run_id,
+            of_config=run.config,
+            of_run=run.run_id,
+            variant=spec.name(run.spec),
+        ),
+    )
+    return VariantPartResult(shard, rel, True, len(images), n_ok, len(images) - n_ok)
 
 
 def variant_part(
@@ -267,53 +389,10 @@ def variant_part(
     device: str = "cpu",
 ) -> VariantPartResult:
     """Score ``spec`` on one shard of ``run`` from its kept features and commit the part under ``config``
-    (or return the committed part untouched; ``text`` may then be None).
+    (or return the committed part untouched; ``text`` may then be None): :func:`variant_parts` of one target.
 
     Commit order as in ``infer``: the part, its rollup (a crashed attempt's goes first), its done-marker.
     ``classnames``: the dataset's label names (``pred_name``). ``device``: where the matching runs.
     """
-    rel = prediction_part(run.dataset, run.model, config, shard)
-    marker = commits.committed(storage, rel)
-    if marker is not None:
-        return VariantPartResult(shard, rel, False, marker["n_images"], marker["n_ok"], marker["n_error"])
-    if text is None:
-        raise VariantError(f"{rel} is not committed: pass the run's text bank to compute it")
-    rows = storage.read_parquet(prediction_part(run.dataset, run.model, run.config, shard))
-    ids, crops, glob = read_features(storage, features_part(run.dataset, run.model, run.config, shard))
-    if ids and crops.shape[1] != stored_crop_count(run.abs):
-        raise VariantError(
-            f"shard {shard}: {crops.shape[1]} stored crops per image, the run's settings say "
-            f"{stored_crop_count(run.abs)}"
-        )
-    dev = resolve_device(device)
-    if ids:
-        logits = variant_logits(torch.from_numpy(crops).to(dev), run.abs, text, spec, torch.from_numpy(glob).to(dev))
-    else:  # every image of the shard is an error row
-        logits = {m: torch.zeros(0, len(classnames)) for m in dict.fromkeys(rows.column("method").to_pylist())}
-    table = variant_rows(
-        rows,
-        ids,
-        {k: v.cpu() for k, v in logits.items()},
-        classnames,
-        run_id,
-        n_crops=spec.n_crops if spec.is_prefix(run.abs) else None,
-    )
-    images = dict(zip(table.column("image_id").to_pylist(), table.column("status").to_pylist()))
-    n_ok = sum(1 for s in images.values() if s == "ok")
-    rollups.drop_rollup(storage, rel)
-    storage.write_parquet(rel, table)
-    rollups.write_rollup(storage, rel, table)
-    commits.mark(
-        storage,
-        rel,
-        VariantPartMarker(
-            n_images=len(images),
-            n_ok=n_ok,
-            n_error=len(images) - n_ok,
-            run_id=run_id,
-            of_config=run.config,
-            of_run=run.run_id,
-            variant=spec.name(run.spec),
-        ),
-    )
-    return VariantPartResult(shard, rel, True, len(images), n_ok, len(images) - n_ok)
+    target = VariantTarget(spec, config, run_id)
+    return variant_parts(storage, run, [target], text=text, classnames=classnames, shard=shard, device=device)[0]
