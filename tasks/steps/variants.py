@@ -11,7 +11,7 @@ and crop geometry) with the numbers rescored, then its rollup, then its done-mar
 (``VariantPartMarker``), exactly as ``infer`` commits a part. So every SQL view reads a variant like any
 run; a committed part is never recomputed. The variants share their scoring
 (``abs_model.variants.sweep_logits``: one crop x description product per block, one exponential pass
-per tau); :func:`variant_part` is the same for one variant.
+per tau).
 
 Which partition (:func:`variant_settings`): the hash of the variant's prediction settings, built as
 for any run: the run's settings (``config_json["numbers"]`` of its record) with the ``abs`` fields the
@@ -62,7 +62,6 @@ __all__ = [
     "find_text_bank",
     "missing_features",
     "read_features",
-    "variant_part",
     "variant_parts",
     "variant_rows",
     "variant_settings",
@@ -374,25 +373,3 @@ def _commit_part(
         ),
     )
     return VariantPartResult(shard, rel, True, len(images), n_ok, len(images) - n_ok)
-
-
-def variant_part(
-    storage: Storage,
-    run: AnalyzedRun,
-    spec: VariantSpec,
-    *,
-    text: TextBank | None,
-    classnames: list[str],
-    config: str,
-    run_id: str,
-    shard: int,
-    device: str = "cpu",
-) -> VariantPartResult:
-    """Score ``spec`` on one shard of ``run`` from its kept features and commit the part under ``config``
-    (or return the committed part untouched; ``text`` may then be None): :func:`variant_parts` of one target.
-
-    Commit order as in ``infer``: the part, its rollup (a crashed attempt's goes first), its done-marker.
-    ``classnames``: the dataset's label names (``pred_name``). ``device``: where the matching runs.
-    """
-    target = VariantTarget(spec, config, run_id)
-    return variant_parts(storage, run, [target], text=text, classnames=classnames, shard=shard, device=device)[0]
